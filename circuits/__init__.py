@@ -1,0 +1,1 @@
+"""Circuits: attribution and activation patching on emotion directions (builds on `probe`)."""

@@ -1,0 +1,1 @@
+"""Emotion datasets: one schema, loaders, and the embedded stimulus set."""

@@ -1,0 +1,1 @@
+"""Steering: emotion directions applied at inference (builds on `probe`)."""
