@@ -1,0 +1,167 @@
+"""Where each site lives in a Hugging Face model: one small table per architecture family.
+
+A table maps a site kind to ``(submodule path inside a decoder block, "input" | "output")``.
+``"input"`` means the first positional input of that module (a forward pre-hook), ``"output"``
+its output (a forward hook; the first element when the module returns a tuple). An empty path
+means the decoder block itself. ``hook_embed`` is always the input of block 0, so it includes
+position embeddings and embedding scaling wherever the architecture adds them.
+
+To support a new family, add a table to :data:`FAMILIES` (and, for a vision-language model, the
+path of its language backbone's block list to :data:`LAYER_PATHS`); nothing else changes.
+Unknown decoder models fall back to :func:`guess_architecture`; users can override with
+:func:`register_family`.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Mapping
+
+from torch import nn
+
+Where = tuple[str, str]
+
+_LLAMA_LIKE: dict[str, Where] = {
+    "hook_resid_pre": ("", "input"),
+    "hook_resid_mid": ("post_attention_layernorm", "input"),
+    "hook_resid_post": ("", "output"),
+    "hook_attn_out": ("self_attn", "output"),
+    "hook_mlp_out": ("mlp", "output"),
+    "attn.hook_z": ("self_attn.o_proj", "input"),
+    "mlp.hook_post": ("mlp.down_proj", "input"),
+}
+_GEMMA2_LIKE: dict[str, Where] = {
+    **_LLAMA_LIKE,
+    # Gemma 2/3 normalise each sublayer's output before adding it to the residual stream.
+    "hook_resid_mid": ("pre_feedforward_layernorm", "input"),
+    "hook_attn_out": ("post_attention_layernorm", "output"),
+    "hook_mlp_out": ("post_feedforward_layernorm", "output"),
+}
+_GPT2: dict[str, Where] = {
+    "hook_resid_pre": ("", "input"),
+    "hook_resid_mid": ("ln_2", "input"),
+    "hook_resid_post": ("", "output"),
+    "hook_attn_out": ("attn", "output"),
+    "hook_mlp_out": ("mlp", "output"),
+    "attn.hook_z": ("attn.c_proj", "input"),
+    "mlp.hook_post": ("mlp.c_proj", "input"),
+}
+
+FAMILIES: dict[str, Mapping[str, Where]] = {
+    "llama": _LLAMA_LIKE,
+    "mistral": _LLAMA_LIKE,
+    "qwen2": _LLAMA_LIKE,
+    "qwen3": _LLAMA_LIKE,
+    "gemma": _LLAMA_LIKE,
+    "gemma2": _GEMMA2_LIKE,
+    "gemma3_text": _GEMMA2_LIKE,
+    "gemma3": _GEMMA2_LIKE,
+    "gpt2": _GPT2,
+}
+#: Where the block list sits, tried in order (VLM language backbones included).
+LAYER_PATHS = (
+    "model.layers",
+    "transformer.h",
+    "model.language_model.layers",
+    "language_model.model.layers",
+    "model.decoder.layers",
+)
+
+
+class ArchitectureError(ValueError):
+    """The model's layout is not one this toolkit knows how to hook."""
+
+
+@dataclass(frozen=True)
+class Architecture:
+    """A resolved family table plus where the block list and the base model are."""
+
+    family: str
+    table: Mapping[str, Where]
+    layers_path: str
+
+    def layers(self, model: nn.Module) -> nn.ModuleList:
+        return model.get_submodule(self.layers_path)
+
+    def base(self, model: nn.Module) -> nn.Module:
+        """The module that owns the block list: running it skips the LM head (no logits)."""
+        return model.get_submodule(self.layers_path.rsplit(".", 1)[0])
+
+    def where(self, kind: str) -> Where:
+        if kind == "hook_embed":
+            return ("", "input")
+        if kind not in self.table:
+            raise ArchitectureError(f"family {self.family!r} has no mapping for site {kind!r}")
+        return self.table[kind]
+
+    def module(self, model: nn.Module, kind: str, layer: int) -> tuple[nn.Module, str]:
+        path, io = self.where(kind)
+        block = self.layers(model)[0 if kind == "hook_embed" else layer]
+        return (block.get_submodule(path) if path else block), io
+
+    def d_model(self, model: nn.Module) -> int:
+        cfg = _text_config(model.config)
+        return int(getattr(cfg, "hidden_size", None) or getattr(cfg, "n_embd"))
+
+    def head_shape(self, model: nn.Module) -> tuple[int, int]:
+        cfg = _text_config(model.config)
+        n_heads = int(getattr(cfg, "num_attention_heads", None) or getattr(cfg, "n_head"))
+        head_dim = getattr(cfg, "head_dim", None) or self.d_model(model) // n_heads
+        return n_heads, int(head_dim)
+
+    def d_mlp(self, model: nn.Module) -> int:
+        cfg = _text_config(model.config)
+        d = getattr(cfg, "intermediate_size", None) or getattr(cfg, "n_inner", None)
+        return int(d or 4 * self.d_model(model))
+
+
+def _text_config(config):
+    return getattr(config, "text_config", None) or config
+
+
+def _find_layers_path(model: nn.Module) -> str:
+    for path in LAYER_PATHS:
+        try:
+            mod = model.get_submodule(path)
+        except AttributeError:
+            continue
+        if isinstance(mod, nn.ModuleList):
+            return path
+    raise ArchitectureError(
+        f"cannot find the decoder block list of {type(model).__name__}; tried {', '.join(LAYER_PATHS)}. "
+        "Register its layout with probe.arch.register_family()."
+    )
+
+
+def guess_architecture(model: nn.Module) -> Architecture:
+    """Fallback for unknown decoder models: a Llama-like or GPT-2-like layout, checked."""
+    path = _find_layers_path(model)
+    block = model.get_submodule(path)[0]
+    for family, table in (("llama-like", _LLAMA_LIKE), ("gpt2-like", _GPT2)):
+        try:
+            for sub, _ in table.values():
+                if sub:
+                    block.get_submodule(sub)
+        except AttributeError:
+            continue
+        return Architecture(family, table, path)
+    raise ArchitectureError(
+        f"unknown architecture {type(model).__name__}: its blocks match no known layout. "
+        "Register one with probe.arch.register_family(model_type, table)."
+    )
+
+
+def register_family(model_type: str, table: Mapping[str, Where]) -> None:
+    """Add or override the site table of a ``config.model_type``."""
+    missing = set(_LLAMA_LIKE) - set(table)
+    if missing:
+        raise ArchitectureError(f"table for {model_type!r} lacks {sorted(missing)}")
+    FAMILIES[model_type] = dict(table)
+
+
+def architecture_for(model: nn.Module) -> Architecture:
+    """The architecture of a loaded Hugging Face model (by ``model_type``, else guessed)."""
+    model_type = _text_config(model.config).model_type
+    if model_type in FAMILIES:
+        return Architecture(model_type, FAMILIES[model_type], _find_layers_path(model))
+    return guess_architecture(model)

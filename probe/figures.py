@@ -1,0 +1,345 @@
+"""Layer-wise figures of a probe sweep, sized for papers.
+
+:func:`plot_layerwise` draws one metric against layer: one line per site with its CI band,
+the control-task curve of each site (thin, lighter: the gap to it is the selectivity), the
+lexical baseline (dashed, CI band) and chance (dotted), the embedding output as a point at
+x = -1 ("emb"), and each site's peak marked ``"L19: 0.93"``. :func:`plot_sweep_panels` puts
+several metrics side by side. Both take the tidy table of :mod:`probe.results`.
+
+Figures are built on :class:`matplotlib.figure.Figure` with an Agg canvas, so nothing here
+touches pyplot, the global backend or global rcParams.
+
+>>> fig = plot_layerwise(results, out="figures/goemotions_layerwise")  # doctest: +SKIP
+"""
+
+from __future__ import annotations
+
+import math
+import os
+from pathlib import Path
+from typing import Sequence
+
+import matplotlib as mpl
+import numpy as np
+import pandas as pd
+from matplotlib.axes import Axes
+from matplotlib.backends.backend_agg import FigureCanvasAgg
+from matplotlib.figure import Figure
+from matplotlib.lines import Line2D
+from matplotlib.ticker import MaxNLocator
+
+from probe.results import EMBED_SITE, METRICS, Peak, default_metric, peak, sites_in, \
+    validate_results
+
+SINGLE_COLUMN = (3.4, 2.4)  # inches
+DOUBLE_COLUMN = (7.0, 2.4)
+DPI = 300
+# Okabe & Ito (2008), a palette that stays distinct under common colour-vision deficiencies.
+OKABE_ITO = ("#0072B2", "#D55E00", "#009E73", "#CC79A7", "#E69F00", "#56B4E9", "#000000")
+SITE_COLORS = {"hook_resid_post": "#0072B2", "hook_attn_out": "#D55E00",
+               "hook_mlp_out": "#009E73", "hook_resid_pre": "#CC79A7",
+               "hook_resid_mid": "#E69F00", EMBED_SITE: "#333333"}
+LEXICAL_COLOR, CHANCE_COLOR, CONTROL_COLOR = "#4D4D4D", "#8C8C8C", "#9E9E9E"
+METRIC_LABELS = {"accuracy": "Accuracy", "macro_f1": "Macro-F1", "auroc": "AUROC",
+                 "r2": "R²", "pearson_r": "Pearson r", "selectivity": "Selectivity"}
+RC = {"font.size": 7, "axes.labelsize": 7, "axes.titlesize": 8, "xtick.labelsize": 7,
+      "ytick.labelsize": 7, "legend.fontsize": 7, "axes.linewidth": 0.6,
+      "xtick.major.width": 0.6, "ytick.major.width": 0.6, "xtick.major.size": 2.5,
+      "ytick.major.size": 2.5, "xtick.major.pad": 2, "ytick.major.pad": 2,
+      "axes.labelpad": 2, "axes.spines.top": False, "axes.spines.right": False,
+      "legend.handlelength": 1.8, "legend.columnspacing": 1.2, "legend.borderaxespad": 0.2,
+      "svg.fonttype": "none", "pdf.fonttype": 42, "savefig.dpi": DPI}
+# Where a peak label may go, tried in order: (dx, dy) in points, horizontal alignment.
+_LABEL_SLOTS = ((0, 5, "center"), (-4, 4, "right"), (4, 4, "left"), (0, 12, "center"),
+                (-10, 10, "right"), (10, 10, "left"), (-5, -10, "right"), (5, -10, "left"),
+                (0, -12, "center"), (0, 20, "center"), (0, -22, "center"),
+                (-12, -18, "right"), (12, -18, "left"), (0, 28, "center"), (0, -32, "center"))
+
+
+def plot_layerwise(df: pd.DataFrame, *, metric: str | None = None,
+                   out: str | os.PathLike | None = None, title: str | None = None,
+                   sites: Sequence[str] | None = None, ax: Axes | None = None) -> Figure:
+    """Plot one metric against layer for each site, with baselines, control and peaks.
+
+    Args:
+        df: A results table (:func:`probe.results.validate_results` schema).
+        metric: Metric to plot; default ``"accuracy"`` (classification) or ``"r2"``
+            (regression).
+        out: Path stem; writes ``{out}.png`` (300 dpi) and ``{out}.svg`` (text as text).
+        title: Axes title.
+        sites: Sites to draw, in legend order; default every site in ``df``.
+        ax: Axes to draw into (legend goes to its right); default a new single-column figure
+            (3.4 x 2.4 in, legend below).
+
+    Returns:
+        The figure drawn on.
+    """
+    df = validate_results(df)
+    metric = metric or default_metric(df)
+    with mpl.rc_context(RC):
+        fig = _new_figure(SINGLE_COLUMN) if ax is None else _root(ax)
+        own = ax is None
+        ax = fig.add_subplot() if own else ax
+        handles, marks = _draw_metric(ax, df, metric, sites)
+        if title:
+            ax.set_title(title)
+        if own:
+            _figure_legend(fig, handles)
+        else:
+            ax.legend(handles=handles, loc="upper left", bbox_to_anchor=(1.02, 1), frameon=False)
+        _mark_peaks(fig, marks)
+        if out is not None:
+            save_figure(fig, out)
+    return fig
+
+
+def plot_sweep_panels(df: pd.DataFrame, *, metrics: Sequence[str] | None = None,
+                      out: str | os.PathLike | None = None, title: str | None = None,
+                      sites: Sequence[str] | None = None) -> Figure:
+    """One :func:`plot_layerwise` panel per metric, side by side at double-column width (7 in).
+
+    Args:
+        df: A results table.
+        metrics: Metrics to plot, one panel each; default every probe metric in ``df``.
+        out: Path stem; writes ``{out}.png`` and ``{out}.svg``.
+        title: Figure title.
+        sites: Sites to draw; default every site in ``df``.
+    """
+    df = validate_results(df)
+    present = set(df.loc[df["estimator"] == "probe", "metric"])
+    metrics = list(metrics or [m for m in METRICS if m in present])
+    with mpl.rc_context(RC):
+        fig = _new_figure(DOUBLE_COLUMN)
+        axes = np.atleast_1d(fig.subplots(1, len(metrics), squeeze=False)[0])
+        handles, marks = {}, []
+        for ax, metric in zip(axes, metrics):
+            drawn, peaks = _draw_metric(ax, df, metric, sites)
+            handles.update({h.get_label(): h for h in drawn if h.get_label() not in handles})
+            marks += peaks
+        if title:
+            fig.suptitle(title)
+        _figure_legend(fig, list(handles.values()), per_row=8)
+        _mark_peaks(fig, marks)
+        if out is not None:
+            save_figure(fig, out)
+    return fig
+
+
+def save_figure(fig: Figure, out: str | os.PathLike) -> dict[str, Path]:
+    """Write ``fig`` as ``{out}.png`` (300 dpi) and ``{out}.svg``; returns the paths by format."""
+    stem = Path(out)
+    if stem.suffix.lower() in (".png", ".svg", ".pdf"):
+        stem = stem.with_suffix("")
+    stem.parent.mkdir(parents=True, exist_ok=True)
+    paths = {fmt: stem.with_name(f"{stem.name}.{fmt}") for fmt in ("png", "svg")}
+    with mpl.rc_context(RC):
+        for fmt, path in paths.items():
+            fig.savefig(path, format=fmt, dpi=DPI)
+    return paths
+
+
+# ---------------------------------------------------------------------------- drawing
+
+
+def _new_figure(size: tuple[float, float]) -> Figure:
+    fig = Figure(figsize=size, dpi=DPI, layout="constrained")
+    FigureCanvasAgg(fig)
+    fig.get_layout_engine().set(w_pad=0.02, h_pad=0.02, wspace=0.04)
+    return fig
+
+
+def _root(ax: Axes) -> Figure:
+    fig = ax.figure
+    while getattr(fig, "figure", fig) is not fig:  # SubFigure -> its parent
+        fig = fig.figure
+    return fig
+
+
+def _draw_metric(ax: Axes, df: pd.DataFrame, metric: str, sites: Sequence[str] | None):
+    """Draw one metric into ``ax``; returns (legend handles, [(ax, Peak, colour)])."""
+    if not ((df["estimator"] == "probe") & (df["metric"] == metric)).any():
+        raise ValueError(f"no probe rows for metric {metric!r}; "
+                         f"metrics: {sorted(set(df['metric']))}")
+    all_sites = sites_in(df)
+    unknown = sorted(set(sites or ()) - set(all_sites))
+    if unknown:
+        raise ValueError(f"sites {unknown} not in results; sites: {all_sites}")
+    colors = _site_colors(all_sites)
+    handles, marks, layers, has_control = [], [], [], False
+    for site in [s for s in (sites or all_sites) if s != EMBED_SITE]:
+        probe = _curve(df, "probe", metric, site)
+        if probe.empty:
+            continue
+        handles.append(_draw_site(ax, probe, colors[site], site))
+        control = _curve(df, "control", metric, site)
+        if not control.empty:
+            has_control = True
+            ax.plot(control["layer"], control["value"], color=colors[site], lw=0.7, alpha=0.55,
+                    zorder=2, gid=f"control:{site}", label=f"_control {_short(site)}")
+        layers += list(probe["layer"])
+        marks.append((ax, peak(df, site, metric), colors[site]))
+    has_embed = EMBED_SITE in (sites or all_sites) and _draw_embed(ax, df, metric, colors)
+    if has_control:
+        handles.append(Line2D([], [], color=CONTROL_COLOR, lw=0.7, label="control task"))
+    handles += _draw_references(ax, df, metric)
+    _layer_axis(ax, layers, has_embed)
+    _value_axis(ax, df, metric, sites or all_sites)
+    return handles, marks
+
+
+def _site_colors(sites: Sequence[str]) -> dict[str, str]:
+    spare = iter([c for c in OKABE_ITO if c not in SITE_COLORS.values()] + list(OKABE_ITO))
+    return {s: SITE_COLORS.get(s) or next(spare) for s in sites}
+
+
+def _curve(df: pd.DataFrame, estimator: str, metric: str, site: str) -> pd.DataFrame:
+    rows = df[(df["estimator"] == estimator) & (df["metric"] == metric) & (df["site"] == site)]
+    rows = rows.dropna(subset=["value", "layer"]).sort_values("layer")
+    return rows.assign(layer=rows["layer"].astype(int))
+
+
+def _draw_site(ax: Axes, rows: pd.DataFrame, color: str, site: str) -> Line2D:
+    x, y = rows["layer"].to_numpy(), rows["value"].to_numpy()
+    lo, hi = rows["ci_low"].to_numpy(), rows["ci_high"].to_numpy()
+    ok = np.isfinite(lo) & np.isfinite(hi)
+    if ok.any():
+        ax.fill_between(x, np.where(ok, lo, y), np.where(ok, hi, y), where=ok, color=color,
+                        alpha=0.18, lw=0, zorder=1, gid=f"ci:{site}")
+    sparse = len(x) <= 12  # few layers stored: show where the samples are
+    (line,) = ax.plot(x, y, color=color, lw=1.3, zorder=3, marker="o" if sparse else None,
+                      ms=2.2, label=_short(site), gid=f"probe:{site}")
+    return line
+
+
+def _draw_embed(ax: Axes, df: pd.DataFrame, metric: str, colors: dict[str, str]) -> bool:
+    rows = df[(df["site"] == EMBED_SITE) & (df["metric"] == metric)].dropna(subset=["value"])
+    color = colors[EMBED_SITE]
+    for estimator, face in (("probe", color), ("control", "white")):
+        row = rows[rows["estimator"] == estimator]
+        if row.empty:
+            continue
+        r = row.iloc[0]
+        if pd.notna(r["ci_low"]) and pd.notna(r["ci_high"]):
+            ax.vlines(-1, r["ci_low"], r["ci_high"], color=color, lw=0.8, alpha=0.6, zorder=3)
+        ax.plot([-1], [r["value"]], ls="none", marker="D", ms=2.8, mfc=face, mec=color,
+                mew=0.7, zorder=4, gid=f"{estimator}:{EMBED_SITE}", label="_embed")
+    return not rows[rows["estimator"] == "probe"].empty
+
+
+def _draw_references(ax: Axes, df: pd.DataFrame, metric: str) -> list[Line2D]:
+    handles = []
+    lexical = df[(df["estimator"] == "lexical") & (df["metric"] == metric)]
+    if not lexical.empty and pd.notna(lexical["value"].iloc[0]):
+        r = lexical.iloc[0]
+        if pd.notna(r["ci_low"]) and pd.notna(r["ci_high"]):
+            ax.axhspan(r["ci_low"], r["ci_high"], color=LEXICAL_COLOR, alpha=0.1, lw=0,
+                       zorder=0, gid="lexical_ci")
+        handles.append(ax.axhline(r["value"], color=LEXICAL_COLOR, ls="--", lw=0.8, zorder=1,
+                                  dashes=(4, 2), gid="lexical", label="lexical baseline"))
+    chance = df[(df["estimator"] == "chance") & (df["metric"] == metric)]["value"].dropna()
+    level = chance.iloc[0] if len(chance) else (0.0 if metric == "selectivity" else None)
+    if level is not None:
+        handles.append(ax.axhline(level, color=CHANCE_COLOR, ls=":", lw=0.9, zorder=1,
+                                  gid="chance", label="chance"))
+    return handles
+
+
+def _layer_axis(ax: Axes, layers: list[int], has_embed: bool) -> None:
+    """Integer layer ticks (about 6 of them), with "emb" at x = -1 for the embedding."""
+    first, last = (min(layers), max(layers)) if layers else (0, 0)
+    left = -1 if has_embed else first
+    ticks = [int(t) for t in MaxNLocator(nbins=6, integer=True, steps=[1, 2, 5, 10])
+             .tick_values(first, last) if first <= t <= last]
+    if has_embed:  # keep clear of the "emb" label
+        ticks = [-1] + [t for t in ticks if t + 1 >= max(1, 0.08 * (last - left))]
+    ax.set_xticks(ticks, ["emb" if t == -1 else str(t) for t in ticks])
+    ax.set_xlim(left - 0.8, last + 0.8)
+    ax.set_xlabel("Layer")
+
+
+def _value_axis(ax: Axes, df: pd.DataFrame, metric: str, sites: Sequence[str]) -> None:
+    """Y limits from everything drawn, with headroom above for the peak labels."""
+    drawn = df[(df["metric"] == metric)
+               & (df["site"].isin(list(sites)) | df["estimator"].isin(["lexical", "chance"]))]
+    ys = drawn[["value", "ci_low", "ci_high"]].to_numpy(dtype=float).ravel()
+    ys = np.append(ys[np.isfinite(ys)], 0.0 if metric == "selectivity" else [])
+    low, high = ys.min(), ys.max()
+    span = high - low or 1.0
+    ax.set_ylim(low - 0.06 * span, high + 0.2 * span)
+    ticks = MaxNLocator(nbins=5).tick_values(*ax.get_ylim())
+    # Every metric is at most 1: no tick above it, however much headroom the labels need.
+    ax.set_yticks([t for t in ticks if low - 0.06 * span <= t <= min(1.0, high + 0.2 * span)])
+    ax.set_ylabel(METRIC_LABELS.get(metric, metric))
+
+
+def _figure_legend(fig: Figure, handles: list[Line2D], per_row: int = 4) -> None:
+    rows = math.ceil(len(handles) / per_row)
+    fig.legend(handles=handles, loc="outside lower center", ncol=math.ceil(len(handles) / rows),
+               frameon=False)
+
+
+def _short(site: str) -> str:
+    return site.removeprefix("hook_")
+
+
+# ---------------------------------------------------------------------------- peak labels
+
+
+def _mark_peaks(fig: Figure, marks: list[tuple[Axes, Peak, str]]) -> None:
+    """Mark each site's peak and label it "L19: 0.93" where it covers the fewest lines."""
+    for ax, pk, color in marks:
+        ax.plot([pk.layer], [pk.value], ls="none", marker="o", ms=3.6, mfc=color, mec="white",
+                mew=0.6, zorder=5, gid=f"peak:{pk.site}", label="_peak")
+    fig.draw_without_rendering()  # settle the layout so display coordinates are final
+    obstacles = {ax: _line_points(ax) for ax in {m[0] for m in marks}}
+    placed: dict[Axes, list] = {ax: [] for ax in obstacles}
+    for ax, pk, color in sorted(marks, key=lambda m: -m[1].value):  # top peak gets first pick
+        best = None
+        for dx, dy, ha in _LABEL_SLOTS:
+            ann = ax.annotate(pk.label, (pk.layer, pk.value), xytext=(dx, dy),
+                              textcoords="offset points", ha=ha,
+                              va="bottom" if dy > 0 else "top", color=color, fontsize=7,
+                              zorder=6, gid=f"peak_label:{pk.site}", annotation_clip=False)
+            ann.set_in_layout(False)
+            box = ann.get_window_extent()
+            cost = _collisions(box, ax, obstacles[ax], placed[ax], pk.value)
+            if best is None or cost < best[0]:
+                if best is not None:
+                    best[1].remove()
+                best = (cost, ann, box)
+            else:
+                ann.remove()
+            if cost == 0:
+                break
+        cost, ann, box = best
+        if cost:  # no free slot: keep the label legible over what it covers
+            ann.set_bbox({"facecolor": "white", "edgecolor": "none", "alpha": 0.8, "pad": 0.4})
+        placed[ax].append((box, pk.value))
+
+
+def _line_points(ax: Axes) -> np.ndarray:
+    """Display coordinates of points along every line in ``ax``, about 2 px apart."""
+    points = []
+    for line in ax.get_lines():
+        xy = line.get_transform().transform(np.asarray(line.get_xydata(), dtype=float))
+        xy = xy[np.isfinite(xy).all(axis=1)]
+        points.append(xy)
+        for a, b in zip(xy[:-1], xy[1:]):
+            n = int(np.hypot(*(b - a)) // 2)
+            if n > 1:
+                points.append(a + np.linspace(0, 1, n)[:, None] * (b - a))
+    return np.concatenate(points) if points else np.empty((0, 2))
+
+
+def _collisions(box, ax: Axes, points: np.ndarray, placed: list, value: float) -> float:
+    """How badly a label's box collides: line points under it, other labels, leaving the axes,
+    and sitting above the label of a higher peak (stacked labels read in the curves' order)."""
+    pad = 1.5
+    inside = ((points[:, 0] > box.x0 - pad) & (points[:, 0] < box.x1 + pad)
+              & (points[:, 1] > box.y0 - pad) & (points[:, 1] < box.y1 + pad))
+    frame = ax.get_window_extent()
+    outside = box.x0 < frame.x0 or box.x1 > frame.x1 or box.y0 < frame.y0 or box.y1 > frame.y1
+    overlaps = sum(box.overlaps(b) for b, _ in placed)
+    inverted = sum(b.x0 < box.x1 and box.x0 < b.x1 and box.y0 > b.y0 and value < v
+                   for b, v in placed)
+    return float(inside.sum()) + 1000.0 * overlaps + 500.0 * outside + 200.0 * inverted

@@ -1,0 +1,380 @@
+"""Resumable Zarr v3 activation stores that open as labelled ``xarray.Dataset``s.
+
+Layout of a store (a Zarr v3 group on disk):
+
+* one array per site kind, e.g. ``hook_resid_post`` with dims
+  ``(sample, layer, pooling, d_model)``; ``attn.hook_z`` has ``(..., head, d_head)``,
+  ``mlp.hook_post`` ``(..., d_mlp)``, ``hook_embed`` has no ``layer`` dim;
+* coordinates: ``sample`` (the dataset's ids), ``text_hash``, ``split``, ``group``, one per target
+  column (multi-label targets as ``|``-joined names), ``layer``, ``pooling``;
+* chunks of ``block_size`` samples x one layer x one pooling, so one layer reads fast;
+* root attributes ``emoprobe`` (provenance), ``progress`` (rows committed per array) and
+  ``complete``.
+
+Rows are written a block at a time, in order; after every array of a block is on disk the
+``progress`` attribute is rewritten (Zarr replaces ``zarr.json`` atomically). A run killed at
+any moment therefore leaves a store whose committed prefix is exact; resuming recomputes the
+rest and the result is identical to an uninterrupted run. ``complete`` turns true only when
+every array is committed to the last row.
+
+>>> ds = open_store("cache/smollm2-135m/emotion-scenarios-1a2b3c4d.zarr")  # doctest: +SKIP
+>>> ds["hook_resid_post"].sel(layer=19, pooling="last")  # doctest: +SKIP
+"""
+
+from __future__ import annotations
+
+import fcntl
+import json
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Mapping, Sequence
+
+import numpy as np
+import xarray as xr
+import zarr
+from zarr.codecs import BloscCodec
+
+from probe.data.schema import EmotionDataset
+
+#: Provenance keys that must match for a run to write into an existing store.
+MATCH_KEYS = (
+    "model_id", "weight_fingerprint", "dtype", "dataset_hash", "n_samples", "chat_template",
+    "system_prompt", "poolings", "store_dtype", "block_size", "max_length",
+)
+STORE_DTYPES = ("float16", "float32")
+
+
+class StoreError(RuntimeError):
+    """A store is missing, incomplete, locked, or does not match the run."""
+
+
+@dataclass(frozen=True)
+class VariableSpec:
+    """An array to hold one site kind: its layers and trailing (feature) dims."""
+
+    name: str
+    layers: tuple[int, ...] | None
+    feature_dims: tuple[str, ...]
+    feature_shape: tuple[int, ...]
+
+    def dims(self) -> list[str]:
+        lead = ["sample"] + (["layer"] if self.layers is not None else []) + ["pooling"]
+        return lead + list(self.feature_dims)
+
+
+def _coord_values(ds: EmotionDataset, col: str) -> np.ndarray:
+    kind = ds.targets.get(col)
+    values = ds.frame[col]
+    if kind == "continuous":
+        return values.astype("float64").to_numpy()
+    if kind == "multilabel":
+        return np.array(["|".join(v) if v is not None else "" for v in values], dtype=str)
+    return np.array(["" if v is None or v != v else str(v) for v in values], dtype=str)
+
+
+class ActivationStore:
+    """Writer side of a store. Use :func:`open_store` to read one."""
+
+    def __init__(self, path: Path, group: zarr.Group, lock_fh) -> None:
+        self.path = path
+        self.group = group
+        self._lock_fh = lock_fh
+
+    # ------------------------------------------------------------------ open / create
+    @classmethod
+    def open_for_writing(
+        cls, path: str | Path, *, provenance: Mapping, dataset: EmotionDataset
+    ) -> "ActivationStore":
+        """Create the store, or reopen it for resuming if its provenance matches."""
+        path = Path(path)
+        path.mkdir(parents=True, exist_ok=True)
+        lock_fh = _lock(path)
+        try:
+            if (path / "zarr.json").is_file():
+                group = zarr.open_group(str(path), mode="r+")
+                _check_provenance(path, dict(group.attrs.get("emoprobe", {})), provenance)
+                _drop_partial_files(path)
+            else:
+                group = _create(path, provenance, dataset)
+        except BaseException:
+            lock_fh.close()
+            raise
+        return cls(path, group, lock_fh)
+
+    def close(self) -> None:
+        if self._lock_fh is not None:
+            self._lock_fh.close()
+            self._lock_fh = None
+
+    def __enter__(self) -> "ActivationStore":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    # ------------------------------------------------------------------ arrays
+    @property
+    def provenance(self) -> dict:
+        return dict(self.group.attrs["emoprobe"])
+
+    @property
+    def n_samples(self) -> int:
+        return int(self.provenance["n_samples"])
+
+    @property
+    def block_size(self) -> int:
+        return int(self.provenance["block_size"])
+
+    def progress(self) -> dict[str, int]:
+        return dict(self.group.attrs.get("progress", {}))
+
+    def ensure_variable(self, spec: VariableSpec) -> None:
+        """Create the array for ``spec`` (spanning every layer) and track its requested layers.
+
+        Layers are chunked separately and tracked separately, so a later run can add layers
+        (or site kinds) to a store; layers never cached read as NaN.
+        """
+        prov = self.provenance
+        if spec.name not in self.group:
+            n_pool = len(prov["poolings"])
+            layered = spec.layers is not None
+            shape = [self.n_samples] + ([prov["n_layers"]] if layered else []) + [n_pool]
+            chunks = [self.block_size] + ([1] if layered else []) + [1]
+            self.group.create_array(
+                spec.name,
+                shape=tuple(shape + list(spec.feature_shape)),
+                chunks=tuple(chunks + list(spec.feature_shape)),
+                dtype=prov["store_dtype"],
+                fill_value=np.nan,
+                compressors=[BloscCodec(cname="lz4", clevel=3, shuffle="shuffle")],
+                dimension_names=spec.dims(),
+                attributes={"coordinates": " ".join(prov["sample_coords"])},
+            )
+        progress = self.progress()
+        new = {k: 0 for k in progress_keys(spec) if k not in progress}
+        if new:
+            progress.update(new)
+            self.group.attrs.update({"progress": progress, "complete": False})
+
+    def write_block(self, start: int, arrays: Mapping[str, tuple[tuple[int, ...] | None, np.ndarray]]) -> None:
+        """Write rows ``start:start+len`` of each ``name: (layers, values)``, then commit them.
+
+        ``values`` has the layer axis (if any) second, holding exactly ``layers`` in order.
+        """
+        progress = self.progress()
+        for name, (layers, values) in arrays.items():
+            stop = start + values.shape[0]
+            keys = progress_keys(VariableSpec(name, layers, (), ()))
+            for key in keys:
+                if progress.get(key, 0) < start:
+                    raise StoreError(f"{key}: block at row {start} would leave a gap after "
+                                     f"row {progress.get(key, 0)}")
+            if layers is None:
+                if progress.get(name, 0) < stop:
+                    self.group[name][start:stop] = values
+            else:
+                todo = [j for j, key in enumerate(keys) if progress.get(key, 0) < stop]
+                for j0, j1 in _runs(todo, layers):
+                    self.group[name][start:stop, layers[j0]:layers[j1 - 1] + 1] = values[:, j0:j1]
+            for key in keys:
+                progress[key] = max(progress.get(key, 0), stop)
+        self.group.attrs["progress"] = progress
+        if all(v == self.n_samples for v in progress.values()):
+            self.group.attrs["complete"] = True
+
+
+def progress_keys(spec: VariableSpec) -> list[str]:
+    """Progress is tracked per array and layer: ``hook_embed``, ``hook_resid_post/19``."""
+    if spec.layers is None:
+        return [spec.name]
+    return [f"{spec.name}/{layer}" for layer in spec.layers]
+
+
+def _runs(todo: list[int], layers: Sequence[int]) -> list[tuple[int, int]]:
+    """Split positions ``todo`` into runs ``[j0, j1)`` whose layers are consecutive."""
+    runs: list[tuple[int, int]] = []
+    for j in todo:
+        if runs and runs[-1][1] == j and layers[j] == layers[j - 1] + 1:
+            runs[-1] = (runs[-1][0], j + 1)
+        else:
+            runs.append((j, j + 1))
+    return runs
+
+
+# ---------------------------------------------------------------------- helpers
+class _DirLock:
+    """An exclusive advisory lock on the store directory itself (released on close or death)."""
+
+    def __init__(self, path: Path) -> None:
+        self.fd = os.open(path, os.O_RDONLY)
+        try:
+            fcntl.flock(self.fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            os.close(self.fd)
+            raise StoreError(f"another process is writing {path}; wait for it or use another --out")
+
+    def close(self) -> None:
+        os.close(self.fd)
+
+
+def _lock(path: Path) -> _DirLock:
+    return _DirLock(path)
+
+
+def _drop_partial_files(path: Path) -> None:
+    for p in path.rglob("*.partial"):
+        p.unlink(missing_ok=True)
+
+
+def _check_provenance(path: Path, have: Mapping, want: Mapping) -> None:
+    diffs = [f"  {k}: store has {have.get(k)!r}, this run has {want.get(k)!r}"
+             for k in MATCH_KEYS if have.get(k) != want.get(k)]
+    if diffs:
+        raise StoreError(
+            f"refusing to write into {path}: it was made by a different run.\n" + "\n".join(diffs)
+            + "\nUse another --out (or delete the store to rebuild it)."
+        )
+
+
+def _create(path: Path, provenance: Mapping, dataset: EmotionDataset) -> zarr.Group:
+    if any(path.iterdir()):
+        raise StoreError(f"{path} exists and is not an activation store; choose an empty --out")
+    group = zarr.open_group(str(path), mode="a")
+    n = len(dataset)
+    coords = {
+        "sample": np.asarray(dataset.ids, dtype=str),
+        "text_hash": dataset.text_hashes(),
+        "split": np.asarray(dataset.frame["split"], dtype=str),
+        "group": np.asarray(dataset.frame["group"], dtype=str),
+    }
+    for col in dataset.targets:
+        coords[col] = _coord_values(dataset, col)
+    for name, values in coords.items():
+        arr = group.create_array(name, shape=(n,), dtype=values.dtype if values.dtype.kind == "f"
+                                 else str, dimension_names=["sample"])
+        arr[:] = values
+    layer = group.create_array("layer", shape=(provenance["n_layers"],), dtype="int64",
+                               dimension_names=["layer"])
+    layer[:] = np.arange(provenance["n_layers"])
+    pool = np.asarray(provenance["poolings"], dtype=str)
+    group.create_array("pooling", shape=pool.shape, dtype=str, dimension_names=["pooling"])[:] = pool
+    prov = dict(provenance, sample_coords=[c for c in coords if c != "sample"],
+                targets=dict(dataset.targets))
+    group.attrs.update({"emoprobe": prov, "progress": {}, "complete": False})
+    return group
+
+
+# ---------------------------------------------------------------------- reading
+def open_store(path: str | Path, *, require_complete: bool = True) -> xr.Dataset:
+    """Open a store lazily as an ``xarray.Dataset`` (provenance in ``ds.attrs``).
+
+    Args:
+        path: the store directory.
+        require_complete: refuse a store whose caching has not finished (default). With
+            ``False`` an unfinished store opens with its uncommitted rows as NaN.
+    """
+    path = Path(path)
+    if not (path / "zarr.json").is_file():
+        raise StoreError(f"no activation store at {path} (run `probe cache` to make one)")
+    ds = xr.open_zarr(str(path), consolidated=False)
+    attrs = ds.attrs
+    if require_complete and not attrs.get("complete", False):
+        prog = attrs.get("progress", {})
+        n = attrs.get("emoprobe", {}).get("n_samples")
+        raise StoreError(
+            f"store {path} is incomplete (rows committed: {prog} of {n}); rerun the same "
+            "`probe cache` command to resume it, or pass require_complete=False"
+        )
+    return ds
+
+
+def describe(path: str | Path) -> str:
+    """A human-readable summary of a store (what `probe info` prints)."""
+    path = Path(path)
+    ds = open_store(path, require_complete=False)
+    prov = ds.attrs.get("emoprobe", {})
+    prog = ds.attrs.get("progress", {})
+    n = prov.get("n_samples")
+    size = sum(p.stat().st_size for p in path.rglob("*") if p.is_file())
+    lines = [
+        f"store     {path}",
+        f"status    {'complete' if ds.attrs.get('complete') else 'INCOMPLETE (rerun to resume)'}",
+        f"model     {prov.get('model')} ({prov.get('model_id')}), {prov.get('dtype')}, "
+        f"weights {prov.get('weight_fingerprint')}",
+        f"dataset   {prov.get('dataset')} ({n} samples, hash {str(prov.get('dataset_hash'))[:12]})",
+        f"template  {'chat template' if prov.get('chat_template') else 'raw text'}"
+        + (f", system prompt {prov.get('system_prompt')!r}" if prov.get("system_prompt") else ""),
+        f"pooling   {', '.join(prov.get('poolings', []))}",
+        f"stored as {prov.get('store_dtype')}, {size / 2**20:.1f} MiB on disk",
+        f"toolkit   emoprobe {prov.get('toolkit_version')}, created {prov.get('created')}",
+        "arrays:",
+    ]
+    for name, var in ds.data_vars.items():
+        dims = ", ".join(f"{d}={s}" for d, s in zip(var.dims, var.shape))
+        lines.append(f"  {name:16s} ({dims})")
+        lines.append(f"  {'':16s} {_progress_line(name, prog, n)}")
+    targets = prov.get("targets", {})
+    if targets:
+        lines.append("targets:  " + ", ".join(f"{k} ({v})" for k, v in targets.items()))
+    return "\n".join(lines)
+
+
+def _progress_line(name: str, progress: Mapping[str, int], n: int) -> str:
+    if name in progress:
+        return f"rows {progress[name]}/{n}"
+    done = sorted(int(k.split("/")[1]) for k, v in progress.items() if k.startswith(name + "/") and v == n)
+    part = {int(k.split("/")[1]): v for k, v in progress.items() if k.startswith(name + "/") and v < n}
+    text = f"layers cached: {_ranges(done) or 'none'}"
+    if part:
+        text += "; unfinished: " + ", ".join(f"L{k} {v}/{n}" for k, v in sorted(part.items()))
+    return text
+
+
+def _ranges(values: Sequence[int]) -> str:
+    out: list[str] = []
+    for v in values:
+        if out and out[-1][1] == v - 1:
+            out[-1] = (out[-1][0], v)
+        else:
+            out.append((v, v))
+    return ",".join(f"{a}" if a == b else f"{a}-{b}" for a, b in out)
+
+
+def cached_layers(ds: xr.Dataset, name: str) -> list[int]:
+    """Layers of array ``name`` whose every row is committed."""
+    n = ds.attrs["emoprobe"]["n_samples"]
+    prog = ds.attrs.get("progress", {})
+    return sorted(int(k.split("/")[1]) for k, v in prog.items()
+                  if k.startswith(name + "/") and v == n)
+
+
+def store_summary_json(path: str | Path) -> str:
+    ds = open_store(path, require_complete=False)
+    return json.dumps({"attrs": ds.attrs, "vars": {k: list(v.dims) for k, v in ds.data_vars.items()}},
+                      default=str, indent=2)
+
+
+def variable_specs(lm, sites: Sequence) -> list[VariableSpec]:
+    """One :class:`VariableSpec` per site kind among ``sites`` (a list of :class:`Site`)."""
+    kinds: dict[str, list[int]] = {}
+    for s in sites:
+        kinds.setdefault(s.kind, [])
+        if s.layer is not None:
+            kinds[s.kind].append(s.layer)
+    out = []
+    d_model = lm.arch.d_model(lm.model)
+    for kind, layers in kinds.items():
+        if kind == "attn.hook_z":
+            dims, shape = ("head", "d_head"), lm.arch.head_shape(lm.model)
+        elif kind == "mlp.hook_post":
+            dims, shape = ("d_mlp",), (lm.arch.d_mlp(lm.model),)
+        else:
+            dims, shape = ("d_model",), (d_model,)
+        out.append(VariableSpec(kind, None if kind == "hook_embed" else tuple(sorted(layers)),
+                                dims, tuple(shape)))
+    return out
+
+
+def _env_cache_root() -> Path:
+    return Path(os.environ.get("EMOPROBE_CACHE", "cache"))

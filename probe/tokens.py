@@ -1,0 +1,111 @@
+"""Turn stimulus texts into token ids, with the chat template and the spans pooling needs.
+
+For every text we keep the token ids the model sees, the token span of the stimulus itself
+(``content``: excluding the template and system prompt), and optionally the token of a target
+word (for ``token`` pooling). Spans come from the fast tokenizer's character offsets, so they
+are exact for any template.
+
+>>> enc = encode(tok, ["I lost my keys."], chat_template=True)  # doctest: +SKIP
+>>> enc.content[0]  # doctest: +SKIP
+(22, 27)
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from typing import Sequence
+
+
+class EncodingError(ValueError):
+    """Texts cannot be encoded as asked (too long, no target word, no offsets)."""
+
+
+@dataclass(frozen=True)
+class Encoded:
+    """Token ids per text plus the content span and target-token index of each."""
+
+    ids: list[list[int]]
+    content: list[tuple[int, int]]
+    target: list[int | None]
+
+    def __len__(self) -> int:
+        return len(self.ids)
+
+    @property
+    def lengths(self) -> list[int]:
+        return [len(x) for x in self.ids]
+
+
+def render(tokenizer, text: str, *, chat_template: bool, system_prompt: str | None) -> tuple[str, int]:
+    """The string fed to the tokenizer and the character offset of ``text`` inside it."""
+    if not chat_template:
+        return text, 0
+    messages = [{"role": "user", "content": text}]
+    if system_prompt is not None:
+        messages.insert(0, {"role": "system", "content": system_prompt})
+    rendered = tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
+    start = rendered.rfind(text)
+    if start < 0:
+        raise EncodingError(
+            "the chat template changed the stimulus text (it is not found verbatim in the rendered "
+            f"prompt): {text[:60]!r}. Use --no-chat-template, or clean the text"
+        )
+    return rendered, start
+
+
+def _word_span(text: str, word: str) -> tuple[int, int] | None:
+    m = re.search(rf"(?<!\w){re.escape(word)}(?!\w)", text, flags=re.IGNORECASE)
+    if m is None:
+        m = re.search(re.escape(word), text, flags=re.IGNORECASE)
+    return (m.start(), m.end()) if m else None
+
+
+def encode(
+    tokenizer,
+    texts: Sequence[str],
+    *,
+    chat_template: bool,
+    system_prompt: str | None = None,
+    target_words: Sequence[str | None] | None = None,
+    max_length: int | None = None,
+) -> Encoded:
+    """Tokenize ``texts`` (with the chat template if asked) and locate content and target tokens."""
+    if not getattr(tokenizer, "is_fast", False):
+        raise EncodingError("a fast (Rust) tokenizer is needed for character offsets")
+    rendered, starts = zip(*(render(tokenizer, t, chat_template=chat_template,
+                                    system_prompt=system_prompt) for t in texts))
+    batch = tokenizer(list(rendered), add_special_tokens=not chat_template,
+                      return_offsets_mapping=True)
+    ids, content, target = [], [], []
+    for i, text in enumerate(texts):
+        tok_ids, offsets = batch["input_ids"][i], batch["offset_mapping"][i]
+        lo, hi = starts[i], starts[i] + len(text)
+        inside = [j for j, (a, b) in enumerate(offsets) if b > a and a < hi and b > lo]
+        if not inside:
+            raise EncodingError(f"text {i} ({text[:40]!r}) maps to no tokens")
+        content.append((inside[0], inside[-1] + 1))
+        target.append(_target_token(offsets, lo, text, target_words[i] if target_words else None, i))
+        ids.append(list(tok_ids))
+    if max_length is not None:
+        too_long = [i for i, x in enumerate(ids) if len(x) > max_length]
+        if too_long:
+            raise EncodingError(
+                f"{len(too_long)} text(s) are longer than --max-length {max_length} tokens (the "
+                f"longest has {max(len(ids[i]) for i in too_long)}; first is row {too_long[0]}). "
+                "Nothing is truncated silently: raise --max-length or shorten/drop those texts"
+            )
+    return Encoded(ids=ids, content=content, target=target)
+
+
+def _target_token(offsets, lo: int, text: str, word: str | None, row: int) -> int | None:
+    if word is None or word != word or word == "":
+        return None
+    span = _word_span(text, word)
+    if span is None:
+        raise EncodingError(f"row {row}: target word {word!r} does not occur in its text {text!r}")
+    a, b = span[0] + lo, span[1] + lo
+    hits = [j for j, (x, y) in enumerate(offsets) if y > x and x < b and y > a]
+    if not hits:
+        raise EncodingError(f"row {row}: target word {word!r} maps to no token")
+    return hits[-1]
