@@ -14,10 +14,11 @@ touches pyplot, the global backend or global rcParams.
 
 from __future__ import annotations
 
+import itertools
 import math
 import os
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Sequence
 
 import matplotlib as mpl
 import numpy as np
@@ -26,10 +27,17 @@ from matplotlib.axes import Axes
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 from matplotlib.lines import Line2D
-from matplotlib.ticker import MaxNLocator
+from matplotlib.ticker import FuncFormatter, Locator, MaxNLocator
 
-from probe.results import EMBED_SITE, METRICS, Peak, default_metric, peak, sites_in, \
-    validate_results
+from probe.results import (
+    EMBED_SITE,
+    METRICS,
+    Peak,
+    default_metric,
+    peak,
+    sites_in,
+    validate_results,
+)
 
 SINGLE_COLUMN = (3.4, 2.4)  # inches
 DOUBLE_COLUMN = (7.0, 2.4)
@@ -235,7 +243,7 @@ def _draw_references(ax: Axes, df: pd.DataFrame, metric: str) -> list[Line2D]:
             ax.axhspan(r["ci_low"], r["ci_high"], color=LEXICAL_COLOR, alpha=0.1, lw=0,
                        zorder=0, gid="lexical_ci")
         handles.append(ax.axhline(r["value"], color=LEXICAL_COLOR, ls="--", lw=0.8, zorder=1,
-                                  dashes=(4, 2), gid="lexical", label="lexical baseline"))
+                                  gid="lexical", label="lexical baseline"))
     chance = df[(df["estimator"] == "chance") & (df["metric"] == metric)]["value"].dropna()
     level = chance.iloc[0] if len(chance) else (0.0 if metric == "selectivity" else None)
     if level is not None:
@@ -245,16 +253,34 @@ def _draw_references(ax: Axes, df: pd.DataFrame, metric: str) -> list[Line2D]:
 
 
 def _layer_axis(ax: Axes, layers: list[int], has_embed: bool) -> None:
-    """Integer layer ticks (about 6 of them), with "emb" at x = -1 for the embedding."""
+    """Integer layer ticks spaced for the axes' final width, with "emb" at x = -1."""
     first, last = (min(layers), max(layers)) if layers else (0, 0)
     left = -1 if has_embed else first
-    ticks = [int(t) for t in MaxNLocator(nbins=6, integer=True, steps=[1, 2, 5, 10])
-             .tick_values(first, last) if first <= t <= last]
-    if has_embed:  # keep clear of the "emb" label
-        ticks = [-1] + [t for t in ticks if t + 1 >= max(1, 0.08 * (last - left))]
-    ax.set_xticks(ticks, ["emb" if t == -1 else str(t) for t in ticks])
+    ax.xaxis.set_major_locator(_LayerLocator(first, last, has_embed))
+    ax.xaxis.set_major_formatter(FuncFormatter(lambda x, _: "emb" if x == -1 else f"{x:.0f}"))
     ax.set_xlim(left - 0.8, last + 0.8)
     ax.set_xlabel("Layer")
+
+
+class _LayerLocator(Locator):
+    """Integer ticks within ``[first, last]``, as many as the axis length allows (at most 8),
+    plus -1 for the embedding with the ticks too close to it dropped."""
+
+    def __init__(self, first: int, last: int, embed: bool):
+        self.first, self.last, self.embed = first, last, embed
+
+    def __call__(self) -> list[int]:
+        return self.tick_values(*self.axis.get_view_interval())
+
+    def tick_values(self, vmin: float, vmax: float) -> list[int]:
+        nbins = max(2, min(8, self.axis.get_tick_space())) if self.axis else 6
+        locator = MaxNLocator(nbins=nbins, integer=True, steps=[1, 2, 5, 10])
+        ticks = [int(t) for t in locator.tick_values(self.first, self.last)
+                 if self.first <= t <= self.last]
+        if not self.embed:
+            return ticks
+        gap = max(1.0, 0.08 * (self.last + 1))  # keep clear of the "emb" label
+        return [-1] + [t for t in ticks if t + 1 >= gap]
 
 
 def _value_axis(ax: Axes, df: pd.DataFrame, metric: str, sites: Sequence[str]) -> None:
@@ -324,7 +350,7 @@ def _line_points(ax: Axes) -> np.ndarray:
         xy = line.get_transform().transform(np.asarray(line.get_xydata(), dtype=float))
         xy = xy[np.isfinite(xy).all(axis=1)]
         points.append(xy)
-        for a, b in zip(xy[:-1], xy[1:]):
+        for a, b in itertools.pairwise(xy):
             n = int(np.hypot(*(b - a)) // 2)
             if n > 1:
                 points.append(a + np.linspace(0, 1, n)[:, None] * (b - a))

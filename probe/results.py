@@ -63,10 +63,11 @@ def validate_results(df: pd.DataFrame) -> pd.DataFrame:
         A copy with the columns in schema order, a fresh index and canonical dtypes.
 
     Raises:
-        ValueError: naming the first problem found and how to fix it.
+        TypeError: if ``df`` is not a DataFrame.
+        ValueError: naming the first schema problem found and how to fix it.
     """
     if not isinstance(df, pd.DataFrame):
-        raise ValueError(f"results must be a pandas DataFrame, got {type(df).__name__}")
+        raise TypeError(f"results must be a pandas DataFrame, got {type(df).__name__}")
     missing = [c for c in COLUMNS if c not in df.columns]
     extra = [c for c in df.columns if c not in COLUMNS]
     if missing or extra:
@@ -74,7 +75,7 @@ def validate_results(df: pd.DataFrame) -> pd.DataFrame:
                          f"missing {missing}, unexpected {extra}")
     if len(df) == 0:
         raise ValueError("results table has no rows")
-    if not isinstance(df["layer"].dtype, pd.Int64Dtype):
+    if df["layer"].dtype != "Int64":
         raise ValueError(f"column 'layer' must have dtype Int64 (nullable integer), got "
                          f"{df['layer'].dtype}; use df['layer'] = df['layer'].astype('Int64')")
     _check_values(df, "estimator", ESTIMATORS)
@@ -153,7 +154,8 @@ def write_results(out_dir: str | os.PathLike, df: pd.DataFrame,
     """
     df = validate_results(df)
     if "environment" in config:
-        raise ValueError("config key 'environment' is reserved for the provenance write_results adds")
+        raise ValueError("config key 'environment' is reserved for the provenance that "
+                         "write_results adds")
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     records = [{k: _json_scalar(v) for k, v in row.items()} for row in df.to_dict("records")]
@@ -218,7 +220,7 @@ def _environment() -> dict[str, str | None]:
         except metadata.PackageNotFoundError:
             return None
 
-    return {"timestamp": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
+    return {"timestamp": _dt.datetime.now(_dt.UTC).isoformat(timespec="seconds"),
             "emoprobe": __version__, "python": platform.python_version(),
             "torch": version("torch"), "transformers": version("transformers"),
             "platform": platform.platform()}

@@ -20,3 +20,32 @@ def shared_data() -> Path:
     if not path.is_dir():
         pytest.fail(f"real data not found at {path}; set EMOPROBE_SHARED_DATA to ../shared/data")
     return path
+
+
+@pytest.fixture(scope="session")
+def tiny_dir(tmp_path_factory) -> Path:
+    """Every tiny family saved under one directory (built once per session)."""
+    from tests.tiny import FAMILIES, save_tiny
+
+    root = tmp_path_factory.mktemp("tiny")
+    for family in FAMILIES:
+        save_tiny(family, root)
+    return root
+
+
+@pytest.fixture(scope="session")
+def tiny_llama(tiny_dir):
+    from probe.models import load_model
+
+    return load_model(str(tiny_dir / "llama"), device="cpu", dtype="float32")
+
+
+@pytest.fixture()
+def toy_dataset():
+    from probe.data.schema import EmotionDataset
+    from tests.tiny import CORPUS
+
+    labels = ["sadness", "joy", "neutral", "anger", "fear", "joy"]
+    rows = [{"id": f"r{i}", "text": t, "label": labels[i % 6], "group": f"g{i % 12}"}
+            for i, t in enumerate(CORPUS)]
+    return EmotionDataset.from_records("toy", rows)

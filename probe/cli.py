@@ -1,0 +1,239 @@
+"""The ``probe`` command line: cache activations, describe stores, run probe sweeps.
+
+Every user-facing error (unknown model or dataset, missing weights, bad site, incomplete store,
+degenerate data) prints one clear ``error:`` message and exits with status 2, without a stack
+trace. ``main(argv)`` is callable from tests.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from pathlib import Path
+from typing import Sequence
+
+EPILOG_CACHE = """examples:
+  probe cache --limit 64                      # embedded SmolLM2, our stimulus set
+  probe cache --model llama-3-8b --device cuda --dtype bfloat16 --dataset ../shared/data/meld
+  probe cache --sites 'blocks.*.hook_resid_post blocks.10-20.attn.hook_z' --pooling last,token
+"""
+EPILOG_SWEEP = """examples:
+  probe sweep                                        # SmolLM2 x emotion-scenarios, ~2-4 min on CPU
+  probe sweep --dataset ../shared/data/emobank --target A --limit 1000     # regression (arousal)
+  probe sweep --dataset ../shared/data/goemotions --limit 2000             # Ekman classes
+  probe sweep --model qwen3-8b --device cuda --sites 'resid_post attn_out mlp_out'
+"""
+
+
+def _user_errors() -> tuple[type[BaseException], ...]:
+    from probe.arch import ArchitectureError
+    from probe.capture import CaptureError
+    from probe.data.schema import DatasetError
+    from probe.models import ModelError
+    from probe.sites import SiteError
+    from probe.store import StoreError
+    from probe.tokens import EncodingError
+
+    errors: list[type[BaseException]] = [ArchitectureError, CaptureError, DatasetError,
+                                          ModelError, SiteError, StoreError, EncodingError]
+    try:
+        from probe.stats import ProbeError
+
+        errors.append(ProbeError)
+    except ImportError:  # pragma: no cover
+        pass
+    return tuple(errors)
+
+
+def _model_args(p: argparse.ArgumentParser) -> None:
+    g = p.add_argument_group("model")
+    g.add_argument("--model", default="smollm2-135m",
+                   help="registered alias (see `probe models`), Hugging Face id, or local directory "
+                        "(default: %(default)s, embedded)")
+    g.add_argument("--device", default="auto", help="auto (CUDA if present), cpu, cuda, cuda:1, ...")
+    g.add_argument("--dtype", default="auto",
+                   help="auto (bfloat16 on CUDA, float32 on CPU), float32, bfloat16, float16")
+    g.add_argument("--no-chat-template", dest="chat_template", action="store_false",
+                   help="feed raw text (default: wrap each text as a user turn when the model has "
+                        "a chat template)")
+    g.add_argument("--system-prompt", default=None,
+                   help="system prompt for the chat template (default: the template's own)")
+    g.add_argument("--allow-download", action="store_true",
+                   help="let Hugging Face download missing weights (default: local files only)")
+
+
+def _data_args(p: argparse.ArgumentParser) -> None:
+    g = p.add_argument_group("data")
+    g.add_argument("--dataset", default="emotion-scenarios",
+                   help="registered name (see `probe datasets`), NAME:PATH, a dataset directory "
+                        "(format detected), or a .csv/.jsonl file (default: %(default)s)")
+    g.add_argument("--text-column", default=None, help="text column of a user CSV/JSONL")
+    g.add_argument("--label-column", default=None, help="label column of a user CSV/JSONL")
+    g.add_argument("--group-column", default=None, help="group column of a user CSV/JSONL")
+    g.add_argument("--split", default=None, help="use only this split (train, dev, test)")
+    g.add_argument("--limit", type=int, default=None,
+                   help="use a deterministic random subset of N rows (seeded)")
+
+
+def _cache_args(p: argparse.ArgumentParser) -> None:
+    g = p.add_argument_group("caching")
+    g.add_argument("--sites", default="blocks.*.hook_resid_post",
+                   help="site patterns, space-separated: blocks.*.hook_resid_post, "
+                        "blocks.0-11.hook_mlp_out, blocks.5.attn.hook_z, blocks.*.mlp.hook_post, "
+                        "hook_embed; short forms resid_post, attn_out, ... (default: %(default)s)")
+    g.add_argument("--pooling", default="last,content-mean",
+                   help="comma-separated: last, mean, content-mean, content-last, token "
+                        "(default: %(default)s)")
+    g.add_argument("--batch-size", type=int, default=32)
+    g.add_argument("--store-dtype", default="float16", choices=["float16", "float32"])
+    g.add_argument("--padding-side", default=None, choices=["left", "right"],
+                   help="default: the tokenizer's")
+    g.add_argument("--max-length", type=int, default=None,
+                   help="refuse (never truncate) texts longer than this many tokens")
+    g.add_argument("--cache-dir", default=None,
+                   help="root for stores (default: $EMOPROBE_CACHE or ./cache)")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="probe",
+        description="Emotion interpretability toolkit: cache activations of emotion stimuli into "
+                    "resumable Zarr stores and fit linear probes at every layer.",
+    )
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    p = sub.add_parser("cache", help="cache pooled activations into a Zarr store",
+                       description="Run the model over a dataset and cache pooled activations "
+                                   "at the chosen sites. Resumes an interrupted store.",
+                       epilog=EPILOG_CACHE, formatter_class=argparse.RawDescriptionHelpFormatter)
+    _model_args(p)
+    _data_args(p)
+    _cache_args(p)
+    p.add_argument("--out", default=None, help="store path (default: <cache-dir>/<model>/<dataset>-<key>.zarr)")
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
+
+    p = sub.add_parser("info", help="describe an activation store")
+    p.add_argument("store", help="path of a .zarr store")
+
+    p = sub.add_parser("sweep", help="cache what is missing, fit a probe at every layer, plot",
+                       description="Cache activations (resuming if cached), fit a linear probe "
+                                   "at every layer and site with group-aware cross-validation, "
+                                   "bootstrap CIs, a control task and a lexical baseline; write "
+                                   "a results table and layerwise figures.",
+                       epilog=EPILOG_SWEEP, formatter_class=argparse.RawDescriptionHelpFormatter)
+    _model_args(p)
+    _data_args(p)
+    _cache_args(p)
+    g = p.add_argument_group("probing")
+    g.add_argument("--target", default=None,
+                   help="target column (default: the dataset's; e.g. valence, V, A, D)")
+    g.add_argument("--folds", type=int, default=5, help="cross-validation folds (group-aware)")
+    g.add_argument("--C", type=float, default=None, help="inverse L2 strength of logistic probes")
+    g.add_argument("--alpha", type=float, default=None, help="L2 strength of ridge probes")
+    g.add_argument("--bootstrap", type=int, default=1000, help="bootstrap resamples for CIs")
+    g.add_argument("--no-control", dest="control", action="store_false",
+                   help="skip the control task (selectivity)")
+    g.add_argument("--no-lexical", dest="lexical", action="store_false",
+                   help="skip the bag-of-words baseline")
+    g.add_argument("--seed", type=int, default=0)
+    p.add_argument("--store", default=None, help="use this store path instead of the default")
+    p.add_argument("--out", default=None,
+                   help="results folder (default: runs/<model>/<dataset>-<target>-<time>)")
+    p.add_argument("--quiet", action="store_true", help="no progress bars")
+
+    sub.add_parser("models", help="list registered model aliases")
+    sub.add_parser("datasets", help="list registered datasets")
+    return parser
+
+
+def _load_data(args):
+    from probe.data import load_dataset
+
+    ds = load_dataset(args.dataset, text_column=args.text_column, label_column=args.label_column,
+                      group_column=args.group_column, split=args.split)
+    return ds.limit(args.limit)
+
+
+def _load_model(args):
+    from probe.models import load_model
+
+    return load_model(args.model, device=args.device, dtype=args.dtype,
+                      chat_template=args.chat_template, allow_download=args.allow_download)
+
+
+def _cache_config(args):
+    from probe.cache import CacheConfig
+
+    return CacheConfig(sites=args.sites, poolings=tuple(p.strip() for p in args.pooling.split(",") if p.strip()),
+                       batch_size=args.batch_size, store_dtype=args.store_dtype,
+                       padding_side=args.padding_side, system_prompt=args.system_prompt,
+                       max_length=args.max_length)
+
+
+def cmd_cache(args) -> int:
+    from probe.cache import cache_activations, default_store_path
+
+    dataset = _load_data(args)
+    lm = _load_model(args)
+    config = _cache_config(args)
+    out = args.out or default_store_path(lm, dataset, config,
+                                         Path(args.cache_dir) if args.cache_dir else None)
+    path = cache_activations(lm, dataset, config=config, out=out, progress=not args.quiet)
+    print(f"store: {path}")
+    print(f"open it with: xarray.open_zarr({str(path)!r}) or probe.store.open_store(...)")
+    return 0
+
+
+def cmd_info(args) -> int:
+    from probe.store import describe
+
+    print(describe(args.store))
+    return 0
+
+
+def cmd_sweep(args) -> int:
+    from probe.sweep import sweep_from_args
+
+    return sweep_from_args(args, load_data=_load_data, load_model=_load_model,
+                           cache_config=_cache_config)
+
+
+def cmd_models(args) -> int:
+    from probe.models import REGISTRY
+
+    for spec in REGISTRY.values():
+        flags = ", ".join(f for f in ("embedded" if spec.embedded else "",
+                                      "gated" if spec.gated else "") if f)
+        print(f"{spec.alias:24s} {spec.hf_id:40s} {flags}{'  ' + spec.note if spec.note else ''}")
+    return 0
+
+
+def cmd_datasets(args) -> int:
+    from probe.data import available_datasets
+
+    for name, desc in available_datasets().items():
+        print(f"{name:20s} {desc}")
+    return 0
+
+
+COMMANDS = {"cache": cmd_cache, "info": cmd_info, "sweep": cmd_sweep, "models": cmd_models,
+            "datasets": cmd_datasets}
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    try:
+        return COMMANDS[args.command](args)
+    except _user_errors() as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("interrupted: committed blocks are kept; rerun the same command to resume",
+              file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())
