@@ -164,6 +164,19 @@ def forward_pooled(lm, hooks: SiteHooks, inputs: dict, weights: Tensor) -> dict[
     return hooks.out
 
 
+def plan_blocks(lengths: Sequence[int], *, batch_size: int, block_size: int,
+                start_row: int = 0) -> Iterator[tuple[int, list[list[int]]]]:
+    """``(first_row, batches)`` per block: rows of a block, longest first, cut into batches.
+
+    Blocks are fixed by ``block_size`` alone, so a resumed run computes exactly the batches an
+    uninterrupted one would (and a benchmark can replay them).
+    """
+    n = len(lengths)
+    for first in range(start_row - start_row % block_size, n, block_size):
+        order = sorted(range(first, min(first + block_size, n)), key=lambda r: -lengths[r])
+        yield first, [order[b:b + batch_size] for b in range(0, len(order), batch_size)]
+
+
 def iter_blocks(
     lm,
     encoded: Encoded,
@@ -179,20 +192,16 @@ def iter_blocks(
     """Yield ``(first_row, {site: pooled})`` per block of ``block_size`` rows, in row order.
 
     Within a block rows run longest first in batches of ``batch_size`` (less padding); the
-    block's rows come back in dataset order. Blocks are fixed by ``block_size`` alone, so a
-    resumed run computes exactly the batches an uninterrupted one would.
+    block's rows come back in dataset order (see :func:`plan_blocks`).
     """
     if padding_side not in ("left", "right"):
         raise CaptureError(f"padding side must be 'left' or 'right', not {padding_side!r}")
     pad_id = lm.tokenizer.pad_token_id
-    n = len(encoded)
     with SiteHooks(lm, sites) as hooks:
-        for first in range(start_row - start_row % block_size, n, block_size):
-            rows = list(range(first, min(first + block_size, n)))
-            order = sorted(rows, key=lambda r: -len(encoded.ids[r]))
+        for first, batches in plan_blocks(encoded.lengths, batch_size=batch_size,
+                                          block_size=block_size, start_row=start_row):
             parts: dict[Site, list[Tensor]] = {s: [] for s in sites}
-            for b in range(0, len(order), batch_size):
-                idx = order[b:b + batch_size]
+            for idx in batches:
                 ids = [encoded.ids[r] for r in idx]
                 inputs = pad_batch(ids, pad_id, padding_side, lm.device)
                 w = pooling_weights([len(x) for x in ids], [encoded.content[r] for r in idx],
@@ -203,7 +212,8 @@ def iter_blocks(
                     parts[s].append(out[s])
                 if on_batch is not None:
                     on_batch(len(idx))
-            inverse = torch.argsort(torch.as_tensor(order) - first).to(lm.device)
+            order = torch.as_tensor([r for idx in batches for r in idx]) - first
+            inverse = torch.argsort(order).to(lm.device)
             yield first, {s: torch.cat(parts[s])[inverse] for s in sites}
 
 

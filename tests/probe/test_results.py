@@ -154,7 +154,7 @@ def test_validate_rejects_inconsistent_rows():
 
 
 def test_validate_rejects_non_dataframe():
-    with pytest.raises(ValueError, match="DataFrame"):
+    with pytest.raises(TypeError, match="DataFrame"):
         validate_results({"site": []})
 
 
