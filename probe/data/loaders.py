@@ -13,17 +13,17 @@ External datasets are not redistributed (licences); the error for a missing one 
 where to get it and how to pass it.
 
 >>> ds = load_dataset()
->>> ds.name, len(ds), ds.classes()
-('emotion-scenarios', 448, ('anger', 'sadness', 'happiness', 'fear', 'surprise', 'disgust', 'neutral'))
+>>> ds.name, len(ds), ds.classes()[-1]
+('emotion-scenarios', 448, 'neutral')
 """
 
 from __future__ import annotations
 
 import dataclasses
 import os
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable
 
 from probe.data import readers
 from probe.data.schema import DatasetError, EmotionDataset
@@ -199,18 +199,20 @@ def _locate(source: Source) -> Path:
     if source.bundled:
         return bundled_scenarios_path()
     root = os.environ.get(DATA_ENV)
-    folders = (source.name, source.name.replace("-", "_"), *_ENV_FOLDERS.get(source.name, ()))
+    extra = _ENV_FOLDERS.get(source.name, ())
+    folders = (source.name, source.name.replace("-", "_"), *extra)
+    shown = extra[0] if extra else source.name
     if root:
         for folder in folders:
             if (Path(root) / folder).exists():
                 return Path(root) / folder
     looked = f"${DATA_ENV}/{source.name} ({DATA_ENV}={root})" if root else f"${DATA_ENV} is unset"
     raise DatasetError(
-        f"dataset {source.name!r} is not bundled with emoprobe (licence); download it from "
+        f"dataset {source.name!r} is not shipped with emoprobe (licences differ); download it from "
         f"{source.home} ({source.expects}) and pass its folder: "
-        f"load_dataset('{source.name}:/path/to/{folders[1]}'), on the command line "
-        f"--dataset {source.name}:/path/to/{folders[1]}, or set {DATA_ENV} to the folder that "
-        f"holds {folders[1]}/. Looked in: {looked}.")
+        f"load_dataset('{source.name}:/path/to/{shown}'), on the command line "
+        f"--dataset {source.name}:/path/to/{shown}, or set {DATA_ENV} to the folder that "
+        f"holds {shown}/. Looked in: {looked}.")
 
 
 def _detect(folder: Path) -> Source:

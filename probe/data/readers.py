@@ -8,11 +8,12 @@ reader to call.
 
 from __future__ import annotations
 
+import csv
 import json
 import re
 import warnings
+from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
-from typing import Iterator, Mapping, Sequence
 
 import pandas as pd
 
@@ -46,10 +47,11 @@ def build(name: str, rows: Sequence[Mapping], *, targets: Mapping[str, TargetKin
     """Assemble a dataset; ``label``/``multilabel`` columns keep ``None`` (object dtype)."""
     if not rows:
         raise DatasetError(f"dataset {name!r} at {source} has no rows; check the files")
-    frame = pd.DataFrame(list(rows))
-    for col, kind in targets.items():
+    rows = list(rows)
+    frame = pd.DataFrame(rows)
+    for col, kind in targets.items():  # pandas would turn None into NaN in a str column
         if kind != "continuous" and col in frame:
-            frame[col] = pd.Series(frame[col].tolist(), dtype=object, index=frame.index)
+            frame[col] = pd.Series([r.get(col) for r in rows], dtype=object, index=frame.index)
     return EmotionDataset(name=name, frame=frame, targets=dict(targets),
                           default_target=default_target, source=str(source), card=card,
                           class_order=dict(class_order))
@@ -111,8 +113,8 @@ def require(obj: Mapping, keys: Sequence[str], where: str) -> None:
 # a UTF-8 sequence wrongly decoded as cp1252 is one of these leads followed by them.
 _CONT = "".join(bytes([b]).decode("cp1252", errors="ignore") or chr(b) for b in range(0x80, 0xC0))
 _CONT_CLASS = "[" + re.escape(_CONT) + "]"
-_MOJIBAKE = re.compile(
-    f"[\u00c2-\u00df]{_CONT_CLASS}|[\u00e0-\u00ef]{_CONT_CLASS}{{2}}|[\u00f0-\u00f4]{_CONT_CLASS}{{3}}")
+_MOJIBAKE = re.compile(f"[\u00c2-\u00df]{_CONT_CLASS}|[\u00e0-\u00ef]{_CONT_CLASS}{{2}}"
+                       f"|[\u00f0-\u00f4]{_CONT_CLASS}{{3}}")
 _C1 = re.compile("[\u0080-\u009f]")
 
 
@@ -156,23 +158,24 @@ def _c1_to_cp1252(match: re.Match) -> str:
 def read_goemotions(path: Path) -> EmotionDataset:
     """GoEmotions: ``{train,dev,test}.tsv`` (text, label ids, comment id; no header).
 
-    Accepts the Google release layout (``data/``) and monologg's (``original/``). The TSVs
-    are read line by line, not as CSV: 1,097 training texts contain ``"`` characters that a
-    CSV reader would take for quoting.
+    Accepts the Google release layout (``data/``) and monologg's (``original/``). A text
+    containing ``"`` is CSV-quoted in the TSV (wrapped in quotes, inner quotes doubled: 1,383
+    rows); each line is unquoted on its own, so a stray quote cannot swallow later lines.
     """
-    root = next((d for d in (path / "original", path / "data", path) if (d / "train.tsv")
-                 .is_file() or (d / "test.tsv").is_file()), path)
+    root = next((d for d in (path / "original", path / "data") if d.is_dir()), path)
+    files = split_files(root, "{split}.tsv", "goemotions")
     names_file = find_file(root, ["emotions.txt", "../emotions.txt", "labels.txt"], "goemotions")
     names = [n for _, n in read_lines(names_file)]
     rows = []
-    for split, file in split_files(root, "{split}.tsv", "goemotions").items():
+    for split, file in files.items():
         for lineno, line in read_lines(file):
-            parts = line.split("\t")
+            parts = next(csv.reader([line], delimiter="\t"))
             if len(parts) != 3:
                 raise DatasetError(f"{file}:{lineno}: expected 3 tab-separated fields (text, "
                                    f"label ids, comment id), found {len(parts)}")
             text, label_ids, cid = parts
-            emotions = tuple(_goemotions_label(names, i, file, lineno) for i in label_ids.split(","))
+            emotions = tuple(_goemotions_label(names, i, file, lineno)
+                             for i in label_ids.split(","))
             ekman = {GOEMOTIONS_TO_EKMAN[e] for e in emotions}
             rows.append({"id": cid, "text": text, "split": split, "group": cid,
                          "emotions": emotions, "label": emotions[0] if len(emotions) == 1 else None,
@@ -195,7 +198,11 @@ def _goemotions_label(names: list[str], raw: str, file: Path, lineno: int) -> st
 
 # ---------------------------------------------------------------------------- dair-ai emotion
 def read_dair(path: Path) -> EmotionDataset:
-    """dair-ai "emotion" (CARER): ``{train,val,test}.txt`` with ``text;label`` lines."""
+    """dair-ai "emotion" (CARER): ``{train,val,test}.txt`` with ``text;label`` lines.
+
+    ``val`` becomes split ``"dev"``; ids are ``<split>-<line number>``. The release repeats
+    52 texts (19 of them across splits, some with different labels); they are kept as is.
+    """
     rows = []
     files = split_files(path, "{split}.txt", "dair-emotion", splits=("train", "val", "test"))
     for split, file in files.items():
@@ -252,11 +259,20 @@ def read_emobank(path: Path) -> EmotionDataset:
                  card="https://github.com/JULIELab/EmoBank")
 
 
-def _read_csv(file: Path, columns: Sequence[str]) -> pd.DataFrame:
-    try:
-        frame = pd.read_csv(file, dtype=str, keep_default_na=False, encoding="utf-8")
-    except (pd.errors.ParserError, UnicodeDecodeError, ValueError) as err:
-        raise DatasetError(f"{file}: cannot be read as CSV: {err}") from None
+def _read_csv(file: Path, columns: Sequence[str], *, latin1_fallback: bool = False
+              ) -> pd.DataFrame:
+    """All cells as strings; a non-UTF-8 file is read as latin-1 if ``latin1_fallback``
+    (its cp1252 punctuation then comes back as C1 characters for :func:`repair_mojibake`)."""
+    encodings = ("utf-8", "latin-1") if latin1_fallback else ("utf-8",)
+    for encoding in encodings:
+        try:
+            frame = pd.read_csv(file, dtype=str, keep_default_na=False, encoding=encoding)
+            break
+        except UnicodeDecodeError as err:
+            if encoding == encodings[-1]:
+                raise DatasetError(f"{file}: not UTF-8 text ({err})") from None
+        except (pd.errors.ParserError, pd.errors.EmptyDataError, ValueError) as err:
+            raise DatasetError(f"{file}: cannot be read as CSV: {err}") from None
     missing = [c for c in columns if c not in frame.columns]
     if missing:
         raise DatasetError(f"{file}: missing column(s) {missing}; it has {list(frame.columns)}")
@@ -268,13 +284,13 @@ def read_meld(path: Path) -> EmotionDataset:
     """MELD ``{train,dev,test}_sent_emo.csv``: one row per utterance of a Friends dialogue.
 
     Dialogue ids restart in every split, so the group is ``<split>-d<dialogue>``. Copies of
-    MELD in circulation carry mojibake (``â€™``, ``\\x92``); utterances and speakers are
-    repaired with :func:`repair_mojibake` (a no-op on clean text).
+    MELD in circulation carry mojibake (``â€™``, ``\\x92``, or raw cp1252 bytes); utterances
+    and speakers are repaired with :func:`repair_mojibake` (a no-op on clean text).
     """
     rows = []
     need = ["Utterance", "Speaker", "Emotion", "Sentiment", "Dialogue_ID", "Utterance_ID"]
     for split, file in split_files(path, "{split}_sent_emo.csv", "meld").items():
-        frame = _read_csv(file, need)
+        frame = _read_csv(file, need, latin1_fallback=True)
         for i, r in enumerate(frame.itertuples(index=False)):
             d, u = r.Dialogue_ID.strip(), r.Utterance_ID.strip()
             emotion, sentiment = r.Emotion.strip().lower(), r.Sentiment.strip().lower()
