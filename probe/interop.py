@@ -1,0 +1,276 @@
+"""Capture through TransformerLens' ``TransformerBridge`` or an nnsight trace, pooled like ours.
+
+For users who already work in one of those libraries, and as a reference our own hooks are tested
+against (``tests/probe/test_interop.py``): both paths pad with :func:`probe.capture.pad_batch`
+(mask-derived position ids on either padding side), pool with
+:func:`probe.capture.pooling_weights`, and return what :func:`probe.capture.forward_pooled`
+returns: ``{site: Float[Tensor, "batch pooling d"]}`` in float32, rows in input order.
+
+Site names need no translation table: our grammar *is* TransformerLens' spelling, so a layer
+site's bridge hook is its own name (``blocks.3.attn.hook_z``). Conventions that differ:
+
+* ``hook_embed``: ours is what block 0 receives. The bridge's ``hook_embed`` is the same for
+  rotary models (Gemma's embedding scaling included) but lacks the learned position embedding
+  of GPT-2-style models (``hook_pos_embed``), so ours maps to ``blocks.0.hook_resid_pre``.
+* ``attn.hook_z`` is ``[batch, pos, head, d_head]`` in TransformerLens and flattened to
+  ``head * d_head`` (head-major) here, as in our store.
+* The bridge's ``hook_attn_out`` / ``hook_mlp_out`` of Gemma 2/3 are, like ours, taken after
+  the post-sublayer norm (what is added to the residual stream); they agree.
+* After ``bridge.enable_compatibility_mode()`` (folded norms, centred weights) the residual
+  stream is no longer Hugging Face's and will not equal our captures; use a plain bridge.
+
+Tested on the tiny Llama, Mistral, Qwen2/3, Gemma 1/2/3 and GPT-2 models: the bridge (eager
+attention) agrees with our hooks (SDPA) to ~1e-6 relative, nnsight bit for bit.
+
+Neither library is imported at module import (importing nnsight patches ``Tensor.backward``);
+install them with ``pip install emoprobe[interop]``.
+
+>>> lm = load_model("smollm2-135m")  # doctest: +SKIP
+>>> enc = encode(lm.tokenizer, ["I lost my keys."], chat_template=True)  # doctest: +SKIP
+>>> sites = parse_sites("resid_post", n_layers=lm.n_layers)  # doctest: +SKIP
+>>> got = capture_with_bridge(boot_bridge(lm), enc, sites, ["last"])  # doctest: +SKIP
+>>> got[Site("hook_resid_post", 19)].shape  # doctest: +SKIP
+torch.Size([1, 1, 576])
+"""
+
+from __future__ import annotations
+
+import copy
+from collections.abc import Sequence
+from typing import Any
+
+import torch
+from jaxtyping import Float
+from torch import Tensor
+
+from probe.arch import Architecture, architecture_for
+from probe.capture import CaptureError, check_poolings, pad_batch, pooling_weights
+from probe.sites import Site
+from probe.tokens import Encoded
+
+Pooled = dict[Site, Float[Tensor, "batch pooling d"]]
+
+#: Order in which a decoder block computes each site (nnsight must read values in this order).
+EXECUTION_ORDER: dict[str, int] = {
+    "hook_embed": 0, "hook_resid_pre": 1, "attn.hook_z": 2, "hook_attn_out": 3,
+    "hook_resid_mid": 4, "mlp.hook_post": 5, "hook_mlp_out": 6, "hook_resid_post": 7,
+}
+
+
+def bridge_hook_name(site: Site) -> str:
+    """The ``TransformerBridge`` hook that carries the same value as ``site``.
+
+    >>> bridge_hook_name(Site("attn.hook_z", 3))
+    'blocks.3.attn.hook_z'
+    >>> bridge_hook_name(Site("hook_embed"))
+    'blocks.0.hook_resid_pre'
+    """
+    return "blocks.0.hook_resid_pre" if site.kind == "hook_embed" else str(site)
+
+
+def boot_bridge(lm, tokenizer=None, *, name: str | None = None, copy_model: bool = True):
+    """A ``TransformerBridge`` around a loaded model, offline.
+
+    The bridge mutates the Hugging Face model it wraps (swaps submodules, forces eager
+    attention), so by default it gets a deep copy and ``lm`` stays as it was.
+
+    Args:
+        lm: a :class:`probe.models.LoadedModel`, or a Hugging Face causal LM (then pass
+            ``tokenizer``).
+        tokenizer: the tokenizer, when ``lm`` is a bare Hugging Face model.
+        name: the name TransformerLens records (default: the model's ``name_or_path``); with the
+            model given, nothing is downloaded.
+        copy_model: give the bridge a deep copy (memory x2); ``False`` hands over ``lm`` itself.
+    """
+    from transformer_lens.model_bridge import TransformerBridge
+
+    hf, tok, _ = _unpack(lm, tokenizer)
+    hf = copy.deepcopy(hf) if copy_model else hf
+    device = next(hf.parameters()).device
+    name = name or getattr(hf.config, "_name_or_path", "") or type(hf).__name__
+    return TransformerBridge.boot_transformers(name, hf_model=hf, tokenizer=tok, device=device)
+
+
+def capture_with_bridge(
+    bridge,
+    token_ids: Encoded | Sequence[Sequence[int]],
+    sites: Sequence[Site],
+    poolings: Sequence[str] = ("last",),
+    *,
+    content: Sequence[tuple[int, int]] | None = None,
+    target: Sequence[int | None] | None = None,
+    padding_side: str = "right",
+) -> Pooled:
+    """Pooled activations at ``sites``, read from the bridge's own hooks.
+
+    Args:
+        bridge: a TransformerLens 4.x ``TransformerBridge`` (e.g. from :func:`boot_bridge`).
+        token_ids: one list of token ids per row (or an :class:`~probe.tokens.Encoded`, which
+            brings its content spans and targets). Ids, not strings: the bridge would
+            prepend BOS to strings.
+        sites: where to read; every name from :func:`bridge_hook_name` must be a bridge hook.
+        poolings: as in :mod:`probe.capture`.
+        content: per-row ``(start, end)`` token span for the ``content-*`` poolings (default:
+            the whole row).
+        target: per-row token index for ``token`` pooling.
+        padding_side: ``"left"`` or ``"right"``.
+
+    Returns:
+        ``{site: (batch, pooling, d)}`` float32 on the bridge's device.
+    """
+    names = {s: bridge_hook_name(s) for s in sites}
+    missing = sorted({n for n in names.values() if n not in bridge.hook_dict})
+    if missing:
+        raise CaptureError(f"the bridge has no hook {missing[0]!r} (sites {list(map(str, sites))})")
+    device = torch.device(bridge.cfg.device)
+    inputs, weights = _prepare(token_ids, content, target, poolings, padding_side,
+                               _pad_id(bridge.tokenizer), device)
+    out: Pooled = {}
+
+    def make_hook(site: Site):
+        def hook(value: Tensor, hook) -> None:
+            out[site] = _pool(weights, value)
+        return hook
+
+    deepest = max(s.layer or 0 for s in sites)
+    stop = deepest + 1 if deepest + 1 < bridge.cfg.n_layers else None
+    with torch.no_grad():
+        bridge.run_with_hooks(
+            inputs["input_ids"], fwd_hooks=[(names[s], make_hook(s)) for s in sites],
+            return_type=None, stop_at_layer=stop, attention_mask=inputs["attention_mask"],
+            position_ids=inputs["position_ids"], use_cache=False,
+        )
+    _check_reached(sites, out)
+    return out
+
+
+def capture_with_nnsight(
+    model,
+    token_ids: Encoded | Sequence[Sequence[int]],
+    sites: Sequence[Site],
+    poolings: Sequence[str] = ("last",),
+    *,
+    tokenizer=None,
+    content: Sequence[tuple[int, int]] | None = None,
+    target: Sequence[int | None] | None = None,
+    padding_side: str = "right",
+) -> Pooled:
+    """Pooled activations at ``sites``, read inside one nnsight trace.
+
+    The trace reads the modules our architecture table names (their input or output, as the
+    table says), pools inside the trace (so only ``batch x pooling x d`` values are saved), and
+    stops after the deepest site: no LM head. Future work: ``remote=True`` to run the same
+    trace on NDIF, where pooling inside the trace is what keeps the download small.
+
+    Args:
+        model: an ``nnsight.TransformersModel`` you already trace with, a
+            :class:`probe.models.LoadedModel`, or a Hugging Face causal LM (then pass
+            ``tokenizer``). A Hugging Face model gets wrapped; nnsight instruments its
+            modules' ``forward`` in place (inert outside a trace; the values are unchanged).
+            Your tokenizer is not touched (nnsight gets a copy; it would set left padding).
+        token_ids, sites, poolings, content, target, padding_side: as in
+            :func:`capture_with_bridge`.
+        tokenizer: the tokenizer of a bare Hugging Face model (only its pad id is used).
+
+    Returns:
+        ``{site: (batch, pooling, d)}`` float32 on the model's device.
+    """
+    import nnsight
+
+    traced = isinstance(model, nnsight.Envoy)  # a model the user already traces with
+    if traced:
+        if not getattr(model, "dispatched", True):
+            model.dispatch()  # a lazily loaded model still has meta weights
+        hf, tok = model._module, tokenizer or getattr(model, "tokenizer", None)
+        arch = architecture_for(hf)
+    else:
+        hf, tok, arch = _unpack(model, tokenizer)
+    device = next(hf.parameters()).device
+    inputs, weights = _prepare(token_ids, content, target, poolings, padding_side, _pad_id(tok),
+                               device)
+    plan = _plan(arch, sites)
+    # Inputs are checked before wrapping; nnsight gets a tokenizer copy (it sets left padding).
+    nn_model = model if traced else nnsight.TransformersModel(hf, tokenizer=copy.deepcopy(tok))
+    with torch.no_grad(), nn_model.trace(**inputs, use_cache=False) as tracer:
+        blocks = _envoy(nn_model, arch.layers_path)
+        values = []
+        for layer, path, io, _ in plan:
+            envoy = _envoy(blocks[layer], path)
+            values.append(_pool(weights, envoy.input if io == "input" else envoy.output))
+        values = nnsight.save(values)
+        tracer.stop()
+    out: Pooled = {}
+    for (_, _, _, group), value in zip(plan, values):
+        out.update({s: value for s in group})
+    _check_reached(sites, out)
+    return out
+
+
+# --------------------------------------------------------------------------- helpers
+def _unpack(lm, tokenizer) -> tuple[Any, Any, Architecture]:
+    """(hf model, tokenizer, architecture) from a LoadedModel or a bare Hugging Face model."""
+    if hasattr(lm, "arch") and hasattr(lm, "model"):
+        return lm.model, tokenizer or lm.tokenizer, lm.arch
+    if tokenizer is None:
+        raise CaptureError("pass tokenizer= with a bare Hugging Face model")
+    return lm, tokenizer, architecture_for(lm)
+
+
+def _pad_id(tokenizer) -> int:
+    """Any valid id works (padded positions are masked and get zero pooling weight)."""
+    for attr in ("pad_token_id", "eos_token_id"):
+        value = getattr(tokenizer, attr, None)
+        if isinstance(value, int):
+            return value
+    return 0
+
+
+def _prepare(token_ids, content, target, poolings, padding_side, pad_id, device):
+    """Padded inputs and pooling weights, made as :func:`probe.capture.iter_blocks` makes them."""
+    if padding_side not in ("left", "right"):
+        raise CaptureError(f"padding side must be 'left' or 'right', not {padding_side!r}")
+    if isinstance(token_ids, Encoded):
+        if content is not None or target is not None:
+            raise CaptureError("an Encoded input brings its own content and target; pass neither")
+        enc = token_ids
+    else:
+        ids = [list(map(int, row)) for row in token_ids]
+        enc = Encoded(ids=ids, content=list(content) if content else [(0, len(r)) for r in ids],
+                      target=list(target) if target else [None] * len(ids))
+    if not len(enc) or min(enc.lengths) == 0:
+        raise CaptureError("every row needs at least one token")
+    poolings = check_poolings(poolings, enc)
+    inputs = pad_batch(enc.ids, pad_id, padding_side, device)
+    weights = pooling_weights(enc.lengths, enc.content, enc.target, poolings,
+                              width=inputs["input_ids"].shape[1], padding_side=padding_side)
+    return inputs, weights.to(device)
+
+
+def _pool(weights: Tensor, value) -> Tensor:
+    if isinstance(value, tuple):
+        value = value[0]
+    if value.dim() == 4:  # TransformerLens' per-head [batch, pos, head, d_head]
+        value = value.flatten(2)
+    return torch.bmm(weights, value.float())
+
+
+def _plan(arch: Architecture, sites: Sequence[Site]) -> list[tuple[int, str, str, list[Site]]]:
+    """(block, submodule path, io, sites) per distinct module read, in execution order."""
+    groups: dict[tuple[int, str, str], list[Site]] = {}
+    order = sorted(sites, key=lambda s: (s.layer or 0, EXECUTION_ORDER[s.kind]))
+    for site in order:
+        path, io = arch.where(site.kind)
+        groups.setdefault((site.layer or 0, path, io), []).append(site)
+    return [(layer, path, io, group) for (layer, path, io), group in groups.items()]
+
+
+def _envoy(root, path: str):
+    for part in filter(None, path.split(".")):
+        root = root[int(part)] if part.isdigit() else getattr(root, part)
+    return root
+
+
+def _check_reached(sites: Sequence[Site], out: Pooled) -> None:
+    missing = [str(s) for s in sites if s not in out]
+    if missing:
+        raise CaptureError(f"sites {missing} were not reached by the forward pass")
