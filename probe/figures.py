@@ -36,6 +36,7 @@ from probe.results import (
     default_metric,
     peak,
     sites_in,
+    select_pooling,
     validate_results,
 )
 
@@ -66,7 +67,8 @@ _LABEL_SLOTS = ((0, 5, "center"), (-4, 4, "right"), (4, 4, "left"), (0, 12, "cen
 
 def plot_layerwise(df: pd.DataFrame, *, metric: str | None = None,
                    out: str | os.PathLike | None = None, title: str | None = None,
-                   sites: Sequence[str] | None = None, ax: Axes | None = None) -> Figure:
+                   sites: Sequence[str] | None = None, ax: Axes | None = None,
+                   pooling: str | None = None) -> Figure:
     """Plot one metric against layer for each site, with baselines, control and peaks.
 
     Args:
@@ -78,11 +80,12 @@ def plot_layerwise(df: pd.DataFrame, *, metric: str | None = None,
         sites: Sites to draw, in legend order; default every site in ``df``.
         ax: Axes to draw into (legend goes to its right); default a new single-column figure
             (3.4 x 2.4 in, legend below).
+        pooling: Which pooling to draw (required when the table holds several).
 
     Returns:
         The figure drawn on.
     """
-    df = validate_results(df)
+    df = select_pooling(validate_results(df), pooling)
     metric = metric or default_metric(df)
     with mpl.rc_context(RC):
         fig = _new_figure(SINGLE_COLUMN) if ax is None else _root(ax)
@@ -103,7 +106,7 @@ def plot_layerwise(df: pd.DataFrame, *, metric: str | None = None,
 
 def plot_sweep_panels(df: pd.DataFrame, *, metrics: Sequence[str] | None = None,
                       out: str | os.PathLike | None = None, title: str | None = None,
-                      sites: Sequence[str] | None = None) -> Figure:
+                      sites: Sequence[str] | None = None, pooling: str | None = None) -> Figure:
     """One :func:`plot_layerwise` panel per metric, side by side at double-column width (7 in).
 
     Args:
@@ -112,8 +115,9 @@ def plot_sweep_panels(df: pd.DataFrame, *, metrics: Sequence[str] | None = None,
         out: Path stem; writes ``{out}.png`` and ``{out}.svg``.
         title: Figure title.
         sites: Sites to draw; default every site in ``df``.
+        pooling: Which pooling to draw (required when the table holds several).
     """
-    df = validate_results(df)
+    df = select_pooling(validate_results(df), pooling)
     present = set(df.loc[df["estimator"] == "probe", "metric"])
     metrics = list(metrics or [m for m in METRICS if m in present])
     with mpl.rc_context(RC):

@@ -7,6 +7,8 @@ A sweep's results are one :class:`pandas.DataFrame` with one row per
                ``lexical`` and ``chance`` rows
 ``layer``      nullable ``Int64``; NA for ``"hook_embed"`` (before layer 0) and for
                ``lexical`` / ``chance`` rows
+``pooling``    how each sample's tokens were pooled (``"last"``, ``"content-mean"``, ...); NA
+               for ``lexical`` / ``chance`` rows. Optional on input (filled with NA)
 ``estimator``  ``"probe"``, ``"control"`` (control task), ``"lexical"`` or ``"chance"``
 ``metric``     ``"accuracy"``, ``"macro_f1"``, ``"auroc"``, ``"r2"``, ``"pearson_r"`` or
                ``"selectivity"`` (probe minus control task; probe and chance rows only)
@@ -37,20 +39,37 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-COLUMNS = ("site", "layer", "estimator", "metric", "value", "ci_low", "ci_high", "n_folds", "n")
+COLUMNS = ("site", "layer", "pooling", "estimator", "metric", "value", "ci_low", "ci_high",
+           "n_folds", "n")
 ESTIMATORS = ("probe", "control", "lexical", "chance")
 METRICS = ("accuracy", "macro_f1", "auroc", "r2", "pearson_r", "selectivity")
 EMBED_SITE = "hook_embed"
-KEY = ["site", "layer", "estimator", "metric"]
+KEY = ["site", "layer", "pooling", "estimator", "metric"]
 FILES = {"csv": "results.csv", "json": "results.json", "run": "run.json"}
 
 _STR = pd.Series(["x"]).dtype  # pandas' default string dtype ("str" in pandas 3, object before)
-_DTYPES = {"site": _STR, "layer": "Int64", "estimator": _STR, "metric": _STR,
+_DTYPES = {"site": _STR, "layer": "Int64", "pooling": _STR, "estimator": _STR, "metric": _STR,
            "value": "float64", "ci_low": "float64", "ci_high": "float64",
            "n_folds": "Int64", "n": "Int64"}
 
 
 # ---------------------------------------------------------------------------- schema
+
+
+def select_pooling(df: pd.DataFrame, pooling: str | None = None) -> pd.DataFrame:
+    """Rows of one pooling (plus the pooling-free lexical/chance rows).
+
+    With ``pooling=None`` the table must hold a single pooling; otherwise a ValueError lists
+    them, since curves of different poolings cannot share a site's line.
+    """
+    have = sorted({p for p in df["pooling"].dropna()})
+    if pooling is None:
+        if len(have) > 1:
+            raise ValueError(f"results hold several poolings {have}; pass pooling=... to pick one")
+        return df
+    if pooling not in have:
+        raise ValueError(f"no results for pooling {pooling!r}; the table has {have}")
+    return df[df["pooling"].isna() | (df["pooling"] == pooling)].reset_index(drop=True)
 
 
 def validate_results(df: pd.DataFrame) -> pd.DataFrame:
@@ -68,6 +87,8 @@ def validate_results(df: pd.DataFrame) -> pd.DataFrame:
     """
     if not isinstance(df, pd.DataFrame):
         raise TypeError(f"results must be a pandas DataFrame, got {type(df).__name__}")
+    if "pooling" not in df.columns:
+        df = df.assign(pooling=pd.Series([None] * len(df), index=df.index, dtype=object))
     missing = [c for c in COLUMNS if c not in df.columns]
     extra = [c for c in df.columns if c not in COLUMNS]
     if missing or extra:
@@ -125,7 +146,7 @@ def _check_rows(df: pd.DataFrame) -> None:
 
 def _canonical(df: pd.DataFrame) -> pd.DataFrame:
     out = df.loc[:, list(COLUMNS)].reset_index(drop=True).copy()
-    for col in ("site", "estimator", "metric"):
+    for col in ("site", "pooling", "estimator", "metric"):
         obj = out[col].astype(object)
         out[col] = obj.where(obj.notna(), np.nan).astype(_STR)
     for col in ("value", "ci_low", "ci_high"):
@@ -282,18 +303,19 @@ def peak(df: pd.DataFrame, site: str, metric: str) -> Peak:
                 float(best["ci_high"]))
 
 
-def summarize(df: pd.DataFrame, metric: str | None = None) -> pd.DataFrame:
+def summarize(df: pd.DataFrame, metric: str | None = None, pooling: str | None = None) -> pd.DataFrame:
     """One row per site: peak layer and value with CI, last layer, selectivity, baselines.
 
     Args:
         df: A results table.
         metric: The metric to summarise; default :func:`default_metric`.
+        pooling: The pooling to summarise (required when the table holds several).
 
     Returns:
         Columns ``site, metric, peak_layer, peak_value, peak_ci_low, peak_ci_high,
         last_layer, last_value, selectivity`` (at the peak layer), ``lexical, chance``.
     """
-    df = validate_results(df)
+    df = select_pooling(validate_results(df), pooling)
     metric = metric or default_metric(df)
     lexical, chance = _rows(df, "lexical", metric), _rows(df, "chance", metric)
     out = []
@@ -316,9 +338,9 @@ def summarize(df: pd.DataFrame, metric: str | None = None) -> pd.DataFrame:
     return table
 
 
-def format_summary(df: pd.DataFrame, metric: str | None = None) -> str:
+def format_summary(df: pd.DataFrame, metric: str | None = None, pooling: str | None = None) -> str:
     """A plain-text table of :func:`summarize` for the terminal at the end of a sweep."""
-    df = validate_results(df)
+    df = select_pooling(validate_results(df), pooling)
     metric = metric or default_metric(df)
     table = summarize(df, metric)
     head = ["site", "peak", metric, "CI", "last", "selectivity"]

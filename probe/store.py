@@ -5,7 +5,7 @@ Layout of a store (a Zarr v3 group on disk):
 * one array per site kind, e.g. ``hook_resid_post`` with dims
   ``(sample, layer, pooling, d_model)``; ``attn.hook_z`` has ``(..., head, d_head)``,
   ``mlp.hook_post`` ``(..., d_mlp)``, ``hook_embed`` has no ``layer`` dim;
-* coordinates: ``sample`` (the dataset's ids), ``text_hash``, ``split``, ``group``, one per target
+* coordinates: ``sample`` (the dataset's ids), ``text``, ``text_hash``, ``split``, ``group``, one per target
   column (multi-label targets as ``|``-joined names), ``layer``, ``pooling``;
 * chunks of ``block_size`` samples x one layer x one pooling, so one layer reads fast;
 * root attributes ``emoprobe`` (provenance), ``progress`` (rows committed per array) and
@@ -244,6 +244,7 @@ def _create(path: Path, provenance: Mapping, dataset: EmotionDataset) -> zarr.Gr
     n = len(dataset)
     coords = {
         "sample": np.asarray(dataset.ids, dtype=str),
+        "text": np.asarray(dataset.texts, dtype=str),
         "text_hash": dataset.text_hashes(),
         "split": np.asarray(dataset.frame["split"], dtype=str),
         "group": np.asarray(dataset.frame["group"], dtype=str),
@@ -278,6 +279,9 @@ def open_store(path: str | Path, *, require_complete: bool = True) -> xr.Dataset
     if not (path / "zarr.json").is_file():
         raise StoreError(f"no activation store at {path} (run `probe cache` to make one)")
     ds = xr.open_zarr(str(path), consolidated=False)
+    # numpy's variable-width StringDType refuses .astype(str); plain Python strings do not.
+    ds = ds.assign_coords({name: (c.dims, c.values.astype(object))
+                           for name, c in ds.coords.items() if c.dtype.kind == "T"})
     attrs = ds.attrs
     if require_complete and not attrs.get("complete", False):
         prog = attrs.get("progress", {})

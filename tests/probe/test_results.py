@@ -36,7 +36,8 @@ def _curve(n_layers: int, top: float, at: int, floor: float, width: float) -> np
 
 def _row(site, layer, estimator, metric, value, half=None, n_folds=5, n=800):
     lo, hi = (np.nan, np.nan) if half is None else (value - half, value + half)
-    return {"site": site, "layer": layer, "estimator": estimator, "metric": metric,
+    pooling = None if estimator in ("lexical", "chance") else "last"
+    return {"site": site, "layer": layer, "pooling": pooling, "estimator": estimator, "metric": metric,
             "value": value, "ci_low": lo, "ci_high": hi, "n_folds": n_folds, "n": n}
 
 
@@ -45,6 +46,8 @@ def _table(rows: list[dict]) -> pd.DataFrame:
     df["layer"] = df["layer"].astype("Int64")
     df["n_folds"] = df["n_folds"].astype("Int64")
     df["n"] = df["n"].astype("Int64")
+    df["pooling"] = df["pooling"].astype(object).where(df["pooling"].notna(), np.nan).astype(
+        pd.Series(["x"]).dtype)
     return df
 
 
@@ -257,3 +260,20 @@ def test_format_summary_is_a_readable_table():
     resid = next(line for line in lines if line.startswith("resid_post"))
     assert "L19" in resid and "0.930" in resid and "(L29)" in resid
     assert lines[-1].startswith("lexical 0.620 [0.590, 0.650]; chance 0.125")
+
+
+def test_several_poolings_must_be_chosen():
+    from probe.results import select_pooling
+
+    a = synthetic_classification()
+    b = a.copy()
+    b.loc[b["pooling"].notna(), "pooling"] = "content-mean"
+    both = pd.concat([a, b[b["pooling"].notna()]], ignore_index=True)
+    validate_results(both)  # (site, layer, pooling, estimator, metric) stays a key
+    with pytest.raises(ValueError, match="several poolings"):
+        summarize(both)
+    one = select_pooling(validate_results(both), "content-mean")
+    assert set(one["pooling"].dropna()) == {"content-mean"}
+    assert len(one) == len(a)
+    with pytest.raises(ValueError, match="no results for pooling"):
+        select_pooling(validate_results(both), "token")

@@ -1,0 +1,122 @@
+"""The `probe` CLI as a newcomer meets it: help, listings, clear errors, nothing half-written."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from probe.cli import main
+from probe.store import open_store
+
+
+def _run(capsys, *argv):
+    code = main(list(argv))
+    out = capsys.readouterr()
+    return code, out.out, out.err
+
+
+def _csv(tmp_path, rows, name="data.csv"):
+    path = tmp_path / name
+    path.write_text("text,label\n" + "".join(f"{t},{lab}\n" for t, lab in rows))
+    return path
+
+
+def test_help_reads_well(capsys):
+    for argv in (["--help"], ["cache", "--help"], ["sweep", "--help"]):
+        with pytest.raises(SystemExit) as exc:
+            main(argv)
+        assert exc.value.code == 0
+    out = capsys.readouterr().out
+    assert "probe sweep --dataset ../shared/data/emobank --target A" in out
+    assert "--pooling" in out and "content-mean" in out
+
+
+def test_models_and_datasets_are_listed(capsys):
+    code, out, _ = _run(capsys, "models")
+    assert code == 0 and "llama-3-8b" in out and "smollm2-135m" in out and "qwen3-8b" in out
+    code, out, _ = _run(capsys, "datasets")
+    assert code == 0 and "emotion-scenarios" in out and "goemotions" in out
+
+
+def test_unknown_alias(capsys):
+    code, _, err = _run(capsys, "cache", "--model", "llama-9000")
+    assert code == 2 and "unknown model 'llama-9000'" in err and "Traceback" not in err
+
+
+def test_missing_weights_say_how_to_get_them(capsys, tmp_path, monkeypatch):
+    monkeypatch.setenv("HF_HUB_CACHE", str(tmp_path / "empty-hub"))
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    code, _, err = _run(capsys, "cache", "--model", "llama-3-8b", "--out", str(tmp_path / "s.zarr"))
+    assert code == 2
+    assert "meta-llama/Meta-Llama-3-8B" in err and "hf download meta-llama/Meta-Llama-3-8B" in err
+    assert "accept the licence" in err and "Traceback" not in err
+    assert not (tmp_path / "s.zarr").exists()
+
+
+@pytest.mark.parametrize("sites, message", [
+    ("blocks.*.hook_foo", "unknown site kind"),
+    ("blocks.7.hook_resid_post", "out of range"),
+    ("nonsense", "cannot parse site pattern"),
+])
+def test_bad_sites(capsys, tiny_dir, tmp_path, sites, message):
+    out = tmp_path / "s.zarr"
+    code, _, err = _run(capsys, "cache", "--model", str(tiny_dir / "llama"), "--sites", sites,
+                        "--out", str(out), "--quiet")
+    assert code == 2 and message in err
+    assert not out.exists()
+
+
+def test_bad_datasets(capsys, tiny_dir, tmp_path):
+    empty = tmp_path / "empty.csv"
+    empty.write_text("text,label\n")
+    broken = tmp_path / "broken.jsonl"
+    broken.write_text('{"text": "fine", "label": "a"}\n{"text": "oops", \n')
+    for path, message in ((empty, "no rows"), (broken, "line 2"),
+                          (tmp_path / "absent.csv", "absent.csv")):
+        code, _, err = _run(capsys, "cache", "--model", str(tiny_dir / "llama"), "--dataset",
+                            str(path), "--out", str(tmp_path / "s.zarr"), "--quiet")
+        assert code == 2 and message in err, err
+        assert not (tmp_path / "s.zarr").exists()
+
+
+def test_one_class_dataset_is_refused_before_any_work(capsys, tiny_dir, tmp_path):
+    data = _csv(tmp_path, [(f"text number {i}", "joy") for i in range(20)])
+    code, _, err = _run(capsys, "sweep", "--model", str(tiny_dir / "llama"), "--dataset", str(data),
+                        "--out", str(tmp_path / "run"), "--cache-dir", str(tmp_path / "cache"))
+    assert code == 2 and "at least two" in err
+    assert not (tmp_path / "cache").exists() and not (tmp_path / "run").exists()
+
+
+def test_cache_then_info(capsys, tiny_dir, tmp_path):
+    data = _csv(tmp_path, [(f"I lost my keys {i} times", "sadness" if i % 2 else "joy")
+                           for i in range(12)])
+    store = tmp_path / "s.zarr"
+    code, out, err = _run(capsys, "cache", "--model", str(tiny_dir / "llama"), "--dataset", str(data),
+                          "--sites", "resid_post blocks.1.attn.hook_z", "--pooling", "last,mean",
+                          "--out", str(store), "--quiet")
+    assert code == 0, err
+    assert f"store: {store}" in out
+    code, out, _ = _run(capsys, "info", str(store))
+    assert code == 0 and "status    complete" in out and "attn.hook_z" in out
+    assert open_store(store)["hook_resid_post"].shape[:3] == (12, 3, 2)
+    code, _, err = _run(capsys, "info", str(tmp_path / "nothing.zarr"))
+    assert code == 2 and "no activation store" in err
+
+
+def test_sweep_on_a_tiny_model_writes_everything(capsys, tiny_dir, tmp_path):
+    data = _csv(tmp_path, [(f"{w} story number {i}", lab) for i in range(40)
+                           for w, lab in [("happy", "joy")] if i % 2] +
+                [(f"{w} story number {i}", lab) for i in range(40)
+                 for w, lab in [("gloomy", "sadness")] if not i % 2])
+    run = tmp_path / "run"
+    code, out, err = _run(capsys, "sweep", "--model", str(tiny_dir / "llama"), "--dataset", str(data),
+                          "--folds", "4", "--bootstrap", "50", "--out", str(run), "--quiet",
+                          "--cache-dir", str(tmp_path / "cache"))
+    assert code == 0, err
+    for name in ("results.csv", "results.json", "run.json", "layerwise_last.png",
+                 "layerwise_content-mean.svg", "panels_last.png"):
+        assert (run / name).stat().st_size > 0, name
+    assert "peak" in out and f"results: {run}" in out
+    meta = json.loads((run / "run.json").read_text())
+    assert meta["target"] == "label" and meta["provenance"]["n_layers"] == 3
