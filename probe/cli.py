@@ -78,7 +78,7 @@ def _data_args(p: argparse.ArgumentParser) -> None:
 
 def _cache_args(p: argparse.ArgumentParser) -> None:
     g = p.add_argument_group("caching")
-    g.add_argument("--sites", default="blocks.*.hook_resid_post",
+    g.add_argument("--sites", default="hook_embed blocks.*.hook_resid_post",
                    help="site patterns, space-separated: blocks.*.hook_resid_post, "
                         "blocks.0-11.hook_mlp_out, blocks.5.attn.hook_z, blocks.*.mlp.hook_post, "
                         "hook_embed; short forms resid_post, attn_out, ... (default: %(default)s)")

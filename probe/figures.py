@@ -95,7 +95,7 @@ def plot_layerwise(df: pd.DataFrame, *, metric: str | None = None,
         if title:
             ax.set_title(title)
         if own:
-            _figure_legend(fig, handles)
+            _figure_legend(fig, handles, per_row=3)
         else:
             ax.legend(handles=handles, loc="upper left", bbox_to_anchor=(1.02, 1), frameon=False)
         _mark_peaks(fig, marks)

@@ -51,7 +51,7 @@ LAYER_KINDS: tuple[str, ...] = (
     "mlp.hook_post",
 )
 ALL_KINDS: tuple[str, ...] = ("hook_embed", *LAYER_KINDS)
-DEFAULT_SITES = "blocks.*.hook_resid_post"
+DEFAULT_SITES = "hook_embed blocks.*.hook_resid_post"
 
 _SITE_RE = re.compile(r"^blocks\.(?P<layers>[^.]+)\.(?P<kind>.+)$")
 

@@ -177,9 +177,10 @@ def sweep_from_args(args, *, load_data, load_model, cache_config) -> int:
     write_results(out, results, run)
     poolings = [p for p in results["pooling"].dropna().unique()]
     for pooling in poolings:
-        title = f"{lm.spec.alias} · {dataset.name} · {target} · {pooling}"
+        title = f"{lm.spec.alias} · {dataset.name}\n{target} · {pooling} pooling"
         plot_layerwise(results, pooling=pooling, title=title, out=out / f"layerwise_{pooling}")
-        plot_sweep_panels(results, pooling=pooling, title=title, out=out / f"panels_{pooling}")
+        plot_sweep_panels(results, pooling=pooling, title=title.replace("\n", " · "),
+                          out=out / f"panels_{pooling}")
         print(f"\n{target} ({results.attrs.get('task')}), pooling {pooling}, "
               f"n={results.attrs.get('n_used')}:")
         print(format_summary(results, pooling=pooling))

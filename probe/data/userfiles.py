@@ -32,6 +32,8 @@ def read_user_file(path: Path, *, text_column: str | None = None,
                    id_column: str | None = None) -> EmotionDataset:
     """Load a user file; see :func:`probe.data.loaders.load_dataset` for the options."""
     records, where = _records(path)
+    if not records:
+        raise DatasetError(f"{path} has no rows (only a header, or nothing); add data rows")
     text_col, label_col = text_column or "text", label_column or "label"
     if label_col in _RESERVED:
         raise DatasetError(f"{path}: label column {label_col!r} clashes with the schema's "

@@ -72,7 +72,7 @@ def test_bad_datasets(capsys, tiny_dir, tmp_path):
     empty.write_text("text,label\n")
     broken = tmp_path / "broken.jsonl"
     broken.write_text('{"text": "fine", "label": "a"}\n{"text": "oops", \n')
-    for path, message in ((empty, "no rows"), (broken, "line 2"),
+    for path, message in ((empty, "no rows"), (broken, "broken.jsonl:2: not valid JSON"),
                           (tmp_path / "absent.csv", "absent.csv")):
         code, _, err = _run(capsys, "cache", "--model", str(tiny_dir / "llama"), "--dataset",
                             str(path), "--out", str(tmp_path / "s.zarr"), "--quiet")

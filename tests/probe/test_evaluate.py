@@ -1,0 +1,133 @@
+"""evaluate(): the tidy table, selectivity that means something, chunking, clear errors."""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from probe.evaluate import EvalConfig, evaluate, per_fold_scores, text_baselines
+from probe.stats import ProbeError
+from probe.results import validate_results
+
+CLASSES = np.array(["anger", "joy", "sadness"])
+WORDS = np.array([f"word{i}" for i in range(12)])
+CFG = EvalConfig(n_bootstrap=200, n_folds=4)
+
+
+@pytest.fixture(scope="module")
+def sweep():
+    """Site 0: noise. Site 1: linearly encodes the label. Site 2: encodes the last word."""
+    rng = np.random.default_rng(0)
+    n, d = 240, 24
+    y = CLASSES[rng.integers(0, 3, n)]
+    groups = np.arange(n) // 3
+    words = WORDS[rng.integers(0, len(WORDS), n)]
+    texts = [f"something happened {i} {w}" for i, w in enumerate(words)]
+    X = rng.normal(size=(3, n, d)).astype(np.float32)
+    X[1, :, :3] += 2.5 * (y[:, None] == CLASSES)
+    X[2] += 3 * (words[:, None] == WORDS) @ rng.normal(size=(len(WORDS), d))
+    keys = [("hook_resid_post", 0), ("hook_resid_post", 1), ("hook_resid_post", 2)]
+    table = evaluate(X, y=y, groups=groups, texts=texts, site_keys=keys,
+                     task="classification", config=CFG)
+    return X, y, groups, texts, keys, table
+
+
+def _value(table, layer, estimator, metric):
+    row = table[(table.layer == layer) & (table.estimator == estimator) & (table.metric == metric)]
+    assert len(row) == 1
+    return row.iloc[0]
+
+
+def test_table_follows_the_results_schema(sweep):
+    *_, table = sweep
+    validate_results(table)
+    assert list(table.columns) == ["site", "layer", "estimator", "metric", "value", "ci_low",
+                                   "ci_high", "n_folds", "n"]
+    assert len(table) == 3 * (3 + 3 + 1) + 3 + 3
+    assert isinstance(table["layer"].dtype, pd.Int64Dtype)
+    baseline = table[table.estimator.isin(["lexical", "chance"])]
+    assert baseline.site.isna().all() and baseline.layer.isna().all()
+    probes = table[table.estimator == "probe"]
+    assert (probes.n == 240).all() and (probes.n_folds == 4).all()
+    assert ((probes.ci_low <= probes.value) & (probes.value <= probes.ci_high)).all()
+
+
+def test_selectivity_separates_encoding_from_memorisation(sweep):
+    *_, table = sweep
+    chance = table[(table.estimator == "chance") & (table.metric == "accuracy")].value.iloc[0]
+    noise, label, word = (_value(table, i, "probe", "selectivity") for i in range(3))
+    assert _value(table, 0, "control", "accuracy").value < chance + 0.12  # random X
+    assert _value(table, 1, "control", "accuracy").value < chance + 0.12
+    assert label.value > 0.4 and label.ci_low > 0.25  # X encodes y: large selectivity
+    assert abs(noise.value) < 0.15
+    # a site that encodes word identity lets the probe memorise the control labels
+    assert _value(table, 2, "control", "accuracy").value > chance + 0.3
+    assert word.value < 0
+
+
+def test_chunks_give_the_same_table(sweep):
+    X, y, groups, texts, keys, table = sweep
+    parts = [evaluate(X[i : i + 2], y=y, groups=groups, texts=texts, site_keys=keys[i : i + 2],
+                      task="classification", config=CFG, include_text_baselines=False)
+             for i in (0, 2)]
+    parts.append(text_baselines(y=y, groups=groups, texts=texts, task="classification",
+                                config=CFG))
+    chunked = pd.concat(parts, ignore_index=True)
+    key = ["site", "layer", "estimator", "metric"]
+    pd.testing.assert_frame_equal(chunked.sort_values(key, ignore_index=True),
+                                  table.sort_values(key, ignore_index=True), atol=1e-5)
+
+
+def test_regression_and_an_embedding_site():
+    rng = np.random.default_rng(1)
+    y = rng.normal(size=150)
+    X = rng.normal(size=(2, 150, 10))
+    X[1, :, 0] += 2 * y
+    table = evaluate(X, y=y, groups=np.arange(150) // 3, texts=None,
+                     site_keys=[("hook_embed", None), ("hook_resid_post", 0)],
+                     task="regression",
+                     config=EvalConfig(n_bootstrap=100, lexical=False, control=False))
+    validate_results(table)
+    assert table[table.site == "hook_embed"].layer.isna().all()
+    r2 = table[(table.metric == "r2") & (table.estimator == "probe")].value.to_numpy()
+    assert r2[0] < 0.05 < 0.7 < r2[1]
+    assert set(table.metric) == {"r2", "pearson_r"}
+
+
+def test_per_fold_scores():
+    y = np.array([0, 1] * 10)
+    pred = np.eye(2)[y][None] * 0.8 + 0.1
+    folds = [(np.arange(10, 20), np.arange(10)), (np.arange(10), np.arange(10, 20))]
+    out = per_fold_scores("classification", y, pred, folds)
+    assert set(out.metric) == {"accuracy", "macro_f1", "auroc"}
+    assert (out.value == 1.0).all() and len(out) == 6
+
+
+@pytest.mark.parametrize("change, match", [
+    (lambda a: {**a, "y": a["y"][:-1]}, "lengths"),
+    (lambda a: {**a, "texts": None}, "texts are needed"),
+    (lambda a: {**a, "y": np.array(["joy"] * 60)}, "one class"),
+    (lambda a: {**a, "X": a["X"][:, :4], "y": np.array(["a", "b"] * 2),
+                "groups": a["groups"][:4], "texts": a["texts"][:4]}, "fewer than n_splits"),
+    (lambda a: {**a, "site_keys": a["site_keys"][:1]}, "site_keys"),
+    (lambda a: {**a, "task": "ranking"}, "task must be"),
+])
+def test_degenerate_inputs_raise(change, match):
+    rng = np.random.default_rng(0)
+    args = {"X": rng.normal(size=(2, 60, 4)), "y": np.array(["a", "b", "c"] * 20),
+            "groups": np.arange(60), "texts": ["x y"] * 60,
+            "site_keys": [("hook_resid_post", 0), ("hook_resid_post", 1)],
+            "task": "classification"}
+    args = change(args)
+    with pytest.raises(ProbeError, match=match):
+        evaluate(args.pop("X"), **args, config=EvalConfig(n_bootstrap=0))
+
+
+def test_nan_and_inf_are_located():
+    X = np.random.default_rng(0).normal(size=(2, 60, 4))
+    X[1, 7, 2], X[1, 9, 0] = np.nan, np.inf
+    with pytest.raises(ProbeError, match=r"blocks\.1\.hook_resid_post \(rows \[7, 9\]\)"):
+        evaluate(X, y=np.array(["a", "b"] * 30), groups=np.arange(60), texts=["w"] * 60,
+                 site_keys=[("hook_resid_post", 0), ("hook_resid_post", 1)],
+                 task="classification", config=EvalConfig(n_bootstrap=0))
