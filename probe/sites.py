@@ -29,7 +29,7 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass
-from typing import Iterable, Literal
+from typing import Iterable, Literal, get_args
 
 SiteKind = Literal[
     "hook_embed",
@@ -41,16 +41,8 @@ SiteKind = Literal[
     "attn.hook_z",
     "mlp.hook_post",
 ]
-LAYER_KINDS: tuple[str, ...] = (
-    "hook_resid_pre",
-    "hook_resid_mid",
-    "hook_resid_post",
-    "hook_attn_out",
-    "hook_mlp_out",
-    "attn.hook_z",
-    "mlp.hook_post",
-)
-ALL_KINDS: tuple[str, ...] = ("hook_embed", *LAYER_KINDS)
+ALL_KINDS: tuple[str, ...] = get_args(SiteKind)
+LAYER_KINDS: tuple[str, ...] = ALL_KINDS[1:]
 DEFAULT_SITES = "hook_embed blocks.*.hook_resid_post"
 
 _SITE_RE = re.compile(r"^blocks\.(?P<layers>[^.]+)\.(?P<kind>.+)$")
