@@ -120,3 +120,25 @@ def test_sweep_on_a_tiny_model_writes_everything(capsys, tiny_dir, tmp_path):
     assert "peak" in out and f"results: {run}" in out
     meta = json.loads((run / "run.json").read_text())
     assert meta["target"] == "label" and meta["provenance"]["n_layers"] == 3
+
+
+@pytest.mark.slow
+def test_real_embedded_model_end_to_end(capsys, tmp_path):
+    """The README's main job on a small slice: SmolLM2 on CPU, cache then sweep, through the CLI."""
+    cache = tmp_path / "cache"
+    code, out, err = _run(capsys, "cache", "--limit", "84", "--cache-dir", str(cache), "--quiet")
+    assert code == 0, err
+    store = out.split("store: ")[1].split()[0]
+    code, info, _ = _run(capsys, "info", store)
+    assert "status    complete" in info and "smollm2-135m" in info and "layers cached: 0-29" in info
+    run = tmp_path / "run"
+    code, out, err = _run(capsys, "sweep", "--limit", "84", "--cache-dir", str(cache), "--folds", "3",
+                          "--bootstrap", "100", "--out", str(run), "--quiet")
+    assert code == 0, err
+    from probe.results import read_results
+
+    df, meta = read_results(run)
+    probe = df[(df.estimator == "probe") & (df.metric == "accuracy") & (df.site == "hook_resid_post")]
+    assert sorted(probe.layer.unique()) == list(range(30))
+    assert meta["store"] == store  # the sweep reused the cached store
+    assert (run / "layerwise_last.png").stat().st_size > 10_000
