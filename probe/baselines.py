@@ -31,7 +31,7 @@ FACTS.md reference (plain TF-IDF: 0.785).
 from __future__ import annotations
 
 import re
-from typing import Sequence
+from collections.abc import Sequence
 
 import numpy as np
 from sklearn.feature_extraction.text import TfidfVectorizer

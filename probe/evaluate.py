@@ -18,19 +18,30 @@ True
 
 from __future__ import annotations
 
+import warnings
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Literal, Sequence
+from typing import Literal
 
 import numpy as np
 import pandas as pd
 import torch
 
-from probe.baselines import control_labels, last_word_keys, lexical_predictions
+from probe.baselines import control_labels, key_coverage, last_word_keys, lexical_predictions
 from probe.engine import fit_logistic_cv, fit_ridge_cv
-from probe.stats import (FoldList, ProbeError, Task, chance_scores, group_bootstrap_weights,
-                         group_stratified_folds, percentile_ci, score)
+from probe.stats import (
+    FoldList,
+    ProbeError,
+    ProbeWarning,
+    Task,
+    chance_scores,
+    group_bootstrap_weights,
+    group_stratified_folds,
+    percentile_ci,
+    score,
+)
 
-SiteKey = tuple[str, "int | None"]
+SiteKey = tuple[str, int | None]
 COLUMNS = ("site", "layer", "estimator", "metric", "value", "ci_low", "ci_high", "n_folds", "n")
 
 
@@ -101,11 +112,11 @@ def score_with_ci(task: Task, y: Sequence, pred: np.ndarray, groups: Sequence,
 
 
 def per_fold_scores(task: Task, y: Sequence, pred: np.ndarray, folds: FoldList) -> pd.DataFrame:
-    """Each metric on each test fold: columns ``site_index, fold, metric, value``."""
+    """Each metric on each test fold (pred: ``[S, n, K]`` or ``[S, n]``): a table with columns
+    ``site_index, fold, metric, value``."""
     masks = np.zeros((len(folds), len(y)))
     for f, (_, test) in enumerate(folds):
         masks[f, test] = 1
-    pred = pred if pred.ndim == 3 or task == "regression" else pred[None]
     out = score(task, _codes(y, task), pred, masks)
     return pd.DataFrame([{"site_index": s, "fold": f, "metric": m, "value": v[f, s]}
                          for m, v in out.items() for f in range(len(folds))
@@ -180,9 +191,8 @@ def evaluate(
                     groups, config)
     n = len(y)
     rows = _rows("probe", probe, site_keys, config, len(folds), n)
-    if config.control:
-        keys = last_word_keys(texts) if control_keys is None else control_keys
-        fake = control_labels(keys, y, folds if task == "classification" else None, config.seed)
+    fake = _control_task(y, texts, control_keys, folds, task, config) if config.control else None
+    if fake is not None:
         control = _scores(task, fake, cross_val_predict(X, fake, folds, task=task,
                                                         config=config), groups, config)
         rows += _rows("control", control, site_keys, config, len(folds), n)
@@ -194,6 +204,23 @@ def evaluate(
         extra = text_baselines(y=y, groups=groups, texts=texts, task=task, config=config)
         table = pd.concat([table, extra], ignore_index=True)
     return table
+
+
+def _control_task(y, texts, control_keys, folds, task, config) -> np.ndarray | None:
+    """Control labels, or None (with a ProbeWarning) when the keys cannot support them."""
+    keys = last_word_keys(texts) if control_keys is None else np.asarray(control_keys)
+    try:
+        fake = control_labels(keys, y, folds if task == "classification" else None, config.seed)
+    except ProbeError as err:
+        warnings.warn(f"control task skipped (no control/selectivity rows): {err}",
+                      ProbeWarning, stacklevel=3)
+        return None
+    coverage = key_coverage(keys, folds)
+    if coverage < 0.2:
+        warnings.warn(f"control task is weak: only {coverage:.0%} of test rows have a control "
+                      "key seen in training, so control scores sit near chance whatever the "
+                      "representation", ProbeWarning, stacklevel=3)
+    return fake
 
 
 def text_baselines(*, y: Sequence, groups: Sequence, texts: Sequence[str] | None, task: Task,
@@ -264,9 +291,11 @@ def check_finite(X, site_keys: Sequence[SiteKey]) -> None:
     problems = []
     for s in range(X.shape[0]):
         Xs = X[s]
-        ok = torch.isfinite(Xs).all(-1) if isinstance(Xs, torch.Tensor) else \
-            np.isfinite(np.asarray(Xs)).all(-1)
-        rows = np.flatnonzero(~np.asarray(ok))
+        if isinstance(Xs, torch.Tensor):
+            ok = torch.isfinite(Xs).all(-1).cpu().numpy()
+        else:
+            ok = np.isfinite(np.asarray(Xs)).all(-1)
+        rows = np.flatnonzero(~ok)
         if len(rows):
             site, layer = site_keys[s]
             name = site if layer is None else f"blocks.{layer}.{site}"

@@ -81,7 +81,7 @@ class LogisticProbe(ClassifierMixin, BaseEstimator):
         self.max_iter = max_iter
         self.tol = tol
 
-    def fit(self, X, y) -> "LogisticProbe":
+    def fit(self, X, y) -> LogisticProbe:
         """Fit on ``X [n, d]`` and labels ``y [n]``."""
         X, y = validate_data(self, X, y, dtype=[np.float64, np.float32])
         check_classification_targets(y)
@@ -164,7 +164,7 @@ class RidgeProbe(RegressorMixin, BaseEstimator):
         tags.target_tags.multi_output = True
         return tags
 
-    def fit(self, X, y) -> "RidgeProbe":
+    def fit(self, X, y) -> RidgeProbe:
         """Fit on ``X [n, d]`` and targets ``y [n]`` or ``[n, T]``."""
         X, y = validate_data(self, X, y, y_numeric=True, multi_output=True,
                              dtype=[np.float64, np.float32])

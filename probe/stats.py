@@ -17,8 +17,10 @@
 
 from __future__ import annotations
 
+import math
 import warnings
-from typing import Literal, Sequence
+from collections.abc import Sequence
+from typing import Literal
 
 import numpy as np
 import torch
@@ -130,7 +132,7 @@ def _missing(a: np.ndarray) -> np.ndarray:
     if a.dtype.kind in "fc":
         return ~np.isfinite(a)
     if a.dtype.kind == "O":
-        return np.array([v is None or (isinstance(v, float) and v != v) for v in a], bool)
+        return np.array([v is None or (isinstance(v, float) and math.isnan(v)) for v in a], bool)
     return np.zeros(len(a), dtype=bool)
 
 
@@ -213,13 +215,18 @@ def score(task: Task, y: np.ndarray, pred: np.ndarray, weights: np.ndarray) -> d
     """
     W = torch.as_tensor(np.asarray(weights, dtype=np.float64))
     P = torch.as_tensor(np.asarray(pred, dtype=np.float64))
+    missing = ~torch.isfinite(P.reshape(*P.shape[:2], -1)).all(-1).any(0)  # rows never predicted
+    if (missing & (W > 0).any(0)).any():
+        raise ProbeError(f"{int(missing.sum())} rows have no prediction but a weight; score "
+                         "only rows that are in a test fold")
+    P = torch.where(missing[:, None] if P.ndim == 3 else missing, 0.0, P)
     if task == "classification":
         return _classification(torch.as_tensor(np.asarray(y)), P, W)
     return _regression(torch.as_tensor(np.asarray(y, dtype=np.float64)), P, W)
 
 
 def _classification(y, P, W) -> dict:
-    S, n, K = P.shape
+    K = P.shape[-1]
     Yh = torch.nn.functional.one_hot(y, K).double()  # [n, K]
     Ph = torch.nn.functional.one_hot(P.argmax(-1), K).double()  # [S, n, K]
     total = W.sum(1, keepdim=True)
@@ -235,32 +242,46 @@ def _classification(y, P, W) -> dict:
 def _macro_auroc(Yh, P, W) -> torch.Tensor:
     """Weighted one-vs-rest AUROC (ties count half), averaged over classes, [B, S].
 
-    Per class: sort the scores once, then for every weighting the positives' wins are the
-    cumulative negative weight below them -- O(B n) per (site, class), no pairwise matrix.
+    Per class: sort the negatives' scores once; under every weighting a positive wins the
+    cumulative weight of the negatives below it (found by binary search) -- O(B n) per
+    (site, class), no pairwise matrix.
     """
-    S, n, K = P.shape
-    W = W.float()
-    out = torch.empty(W.shape[0], S, K)
+    S, _, K = P.shape
+    Wt = np.ascontiguousarray(W.numpy().T, dtype=np.float32)  # [n, B]; counts: exact
+    total = Wt.sum(0)
+    out = np.full((len(total), S, K), np.nan)
     for s in range(S):
         for k in range(K):
-            sorted_, order = torch.sort(P[s, :, k])
-            pos = Yh[order, k].float()
-            Ws = W[:, order]
-            cum_neg = torch.cumsum(Ws * (1 - pos), 1)
-            wins = cum_neg
-            new = torch.cat([torch.ones(1, dtype=torch.bool), sorted_[1:] != sorted_[:-1]])
-            if not new.all():  # ties: half credit for negatives with an equal score
-                tie = torch.cumsum(new.long(), 0) - 1
-                end = torch.zeros(int(tie[-1]) + 1, dtype=torch.long).scatter_reduce(
-                    0, tie, torch.arange(n), "amax")
-                start = torch.nonzero(new).squeeze(1)[tie]
-                below = torch.where(start > 0, cum_neg[:, (start - 1).clamp_min(0)], 0.0)
-                wins = 0.5 * (cum_neg[:, end[tie]] + below)
-            npos = Ws @ pos
-            nneg = W.sum(1) - npos
-            auc = (Ws * wins) @ pos / (npos * nneg)
-            out[:, s, k] = torch.where((npos > 0) & (nneg > 0), auc, torch.nan)
-    return torch.nanmean(out, -1).double()
+            pos = Yh[:, k].numpy().astype(bool)
+            score_ = P[s, :, k].numpy()
+            order = np.flatnonzero(~pos)[np.argsort(score_[~pos], kind="stable")]
+            neg_sorted = score_[order]
+            lo = np.searchsorted(neg_sorted, score_[pos], "left")  # negatives strictly below
+            hi = np.searchsorted(neg_sorted, score_[pos], "right")  # ... or tied
+            below = _prefix_sums(Wt[order], np.concatenate([lo, hi]))
+            w_pos = Wt[pos]
+            npos = w_pos.sum(0)
+            wins = (w_pos * (below[: len(lo)] + below[len(lo):])).sum(0, dtype=np.float64) / 2
+            with np.errstate(divide="ignore", invalid="ignore"):
+                out[:, s, k] = np.where((npos > 0) & (npos < total),
+                                        wins / (npos * (total - npos)), np.nan)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)  # a resample with no defined class
+        return torch.as_tensor(np.nanmean(out, -1))
+
+
+def _prefix_sums(A: np.ndarray, cuts: np.ndarray) -> np.ndarray:
+    """``A[:c].sum(0)`` for every cut c, ``[len(cuts), B]``: a cumulative sum, or for few
+    cuts segment sums between them (vectorised) and a short cumulative sum over those."""
+    edges = np.unique(cuts[(cuts > 0) & (cuts < len(A))])
+    if len(edges) > len(A) // 4:
+        cum, points = np.cumsum(A, axis=0), np.arange(1, len(A) + 1)
+    else:
+        starts = np.concatenate([[0], edges]).astype(int)
+        cum = np.cumsum(np.add.reduceat(A, starts, axis=0), axis=0) if len(A) else A
+        points = np.concatenate([edges, [len(A)]]).astype(int)  # cum[i] = A[:points[i]].sum(0)
+    values = np.concatenate([np.zeros((1, A.shape[1]), A.dtype), cum])
+    return values[np.searchsorted(np.concatenate([[0], points]), cuts)]
 
 
 def _regression(y, P, W) -> dict:

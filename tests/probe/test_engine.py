@@ -10,9 +10,20 @@ from sklearn.linear_model import LogisticRegression, Ridge
 from sklearn.model_selection import StratifiedKFold
 from sklearn.pipeline import make_pipeline
 from sklearn.preprocessing import StandardScaler
+from threadpoolctl import threadpool_limits
 
 from probe.engine import fit_logistic_cv, fit_ridge_cv
 from probe.stats import ProbeError, ProbeWarning
+
+
+@pytest.fixture(autouse=True)
+def _one_thread():
+    """Tiny solves on a shared machine: 2 busy-waiting threads can be 5x slower than 1."""
+    old = torch.get_num_threads()
+    torch.set_num_threads(1)
+    with threadpool_limits(1):
+        yield
+    torch.set_num_threads(old)
 
 
 def activations(S: int, n: int, d: int, K: int, seed: int = 0):
@@ -115,15 +126,19 @@ def test_string_labels_and_rows_outside_test_folds():
     np.testing.assert_allclose(fit.predictions[0, tested].sum(-1), 1, atol=1e-5)
 
 
-def test_constant_feature_and_duplicate_rows_are_harmless():
-    X, y = activations(1, 100, 12, 2)
+@pytest.mark.parametrize("form", ["primal", "dual"])
+def test_constant_feature_and_duplicate_rows_match_sklearn(form):
+    X, y = activations(1, 60, 12, 3)
     X[..., 3] = 7.0
-    X = np.concatenate([X, X], 1)  # n_train < d is not needed for duplicates to matter
-    y = np.concatenate([y, y])
+    X, y = np.concatenate([X, X, X[:, :10]], 1), np.concatenate([y, y, y[:10]])  # rank-poor
     folds = kfold(y)
-    for form in ("primal", "dual"):
-        fit = fit_logistic_cv(X, y, folds, form=form)
-        assert np.isfinite(fit.predictions).all() and fit.converged.all()
+    fit = fit_logistic_cv(X, y, folds, C=0.5, form=form, tol=1e-7)
+    assert fit.converged.all()
+    for train, test in folds:
+        ref = make_pipeline(StandardScaler(), LogisticRegression(C=0.5, tol=1e-10))
+        ref.fit(X[0, train].astype(np.float64), y[train])
+        np.testing.assert_allclose(fit.predictions[0, test],
+                                   ref.predict_proba(X[0, test].astype(np.float64)), atol=1e-4)
 
 
 def test_degenerate_inputs():
@@ -144,3 +159,22 @@ def test_degenerate_inputs():
         fit_ridge_cv(X, np.where(y == 0, np.nan, 1.0), folds)
     with pytest.warns(ProbeWarning, match="did not reach"):
         fit_logistic_cv(X, y, folds, max_iter=1)
+
+
+def test_nan_in_x_is_an_error_not_a_nan_result():
+    X, y = activations(3, 60, 5, 2)
+    X[2, 4, 1] = np.nan
+    with pytest.raises(ProbeError, match=r"sites \[2\]"):
+        fit_logistic_cv(X, y, kfold(y))
+
+
+def test_feature_constant_in_one_folds_training_rows():
+    X, y = activations(1, 90, 6, 2)
+    folds = kfold(y)
+    train, test = folds[0]
+    X[0, train, 2] = 3.0  # constant where fold 0 trains, varying where it tests
+    fit = fit_logistic_cv(X, y, folds, C=0.5, tol=1e-7)
+    ref = make_pipeline(StandardScaler(), LogisticRegression(C=0.5, tol=1e-10))
+    ref.fit(X[0, train].astype(np.float64), y[train])
+    np.testing.assert_allclose(fit.predictions[0, test],
+                               ref.predict_proba(X[0, test].astype(np.float64)), atol=1e-4)

@@ -5,14 +5,26 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 import pytest
+import torch
+from threadpoolctl import threadpool_limits
 
 from probe.evaluate import EvalConfig, evaluate, per_fold_scores, text_baselines
-from probe.stats import ProbeError
 from probe.results import validate_results
+from probe.stats import ProbeError, ProbeWarning
 
 CLASSES = np.array(["anger", "joy", "sadness"])
 WORDS = np.array([f"word{i}" for i in range(12)])
 CFG = EvalConfig(n_bootstrap=200, n_folds=4)
+
+
+@pytest.fixture(autouse=True)
+def _one_thread():
+    """Tiny solves on a shared machine: 2 busy-waiting threads can be 5x slower than 1."""
+    old = torch.get_num_threads()
+    torch.set_num_threads(1)
+    with threadpool_limits(1):
+        yield
+    torch.set_num_threads(old)
 
 
 @pytest.fixture(scope="module")
@@ -91,7 +103,7 @@ def test_regression_and_an_embedding_site():
     validate_results(table)
     assert table[table.site == "hook_embed"].layer.isna().all()
     r2 = table[(table.metric == "r2") & (table.estimator == "probe")].value.to_numpy()
-    assert r2[0] < 0.05 < 0.7 < r2[1]
+    assert r2[0] < 0.05 and r2[1] > 0.7
     assert set(table.metric) == {"r2", "pearson_r"}
 
 
@@ -131,3 +143,16 @@ def test_nan_and_inf_are_located():
         evaluate(X, y=np.array(["a", "b"] * 30), groups=np.arange(60), texts=["w"] * 60,
                  site_keys=[("hook_resid_post", 0), ("hook_resid_post", 1)],
                  task="classification", config=EvalConfig(n_bootstrap=0))
+
+
+def test_control_task_fallbacks_are_reported():
+    rng = np.random.default_rng(0)
+    y = np.array(["a", "b", "c"] * 20)
+    X = rng.normal(size=(1, 60, 4))
+    kwargs = {"y": y, "groups": np.arange(60), "site_keys": [("hook_resid_post", 0)],
+              "task": "classification", "config": EvalConfig(n_bootstrap=0, lexical=False)}
+    with pytest.warns(ProbeWarning, match="control task skipped"):
+        table = evaluate(X, texts=["same ending"] * 60, **kwargs)
+    assert set(table.estimator) == {"probe", "chance"} and "selectivity" not in set(table.metric)
+    with pytest.warns(ProbeWarning, match="control task is weak"):
+        evaluate(X, texts=[f"unique {i}" for i in range(60)], **kwargs)

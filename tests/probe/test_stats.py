@@ -4,10 +4,31 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+import torch
 from sklearn.metrics import accuracy_score, f1_score, r2_score, roc_auc_score
+from threadpoolctl import threadpool_limits
 
-from probe.stats import (ProbeError, ProbeWarning, chance_levels, chance_scores, check_folds,
-                         group_bootstrap_weights, group_stratified_folds, percentile_ci, score)
+from probe.stats import (
+    ProbeError,
+    ProbeWarning,
+    chance_levels,
+    chance_scores,
+    check_folds,
+    group_bootstrap_weights,
+    group_stratified_folds,
+    percentile_ci,
+    score,
+)
+
+
+@pytest.fixture(autouse=True)
+def _one_thread():
+    """Tiny solves on a shared machine: 2 busy-waiting threads can be 5x slower than 1."""
+    old = torch.get_num_threads()
+    torch.set_num_threads(1)
+    with threadpool_limits(1):
+        yield
+    torch.set_num_threads(old)
 
 
 def _random_layout(rng: np.random.Generator, n: int, K: int):
@@ -47,7 +68,7 @@ def test_regression_folds_and_determinism():
     y, groups = rng.normal(size=100), np.arange(100) // 4
     a = group_stratified_folds(y, groups, 5, seed=1)
     b = group_stratified_folds(y, groups, 5, seed=1)
-    assert all(np.array_equal(ta, tb) for (_, ta), (_, tb) in zip(a, b))
+    assert all(np.array_equal(ta, tb) for (_, ta), (_, tb) in zip(a, b, strict=True))
     check_folds(a, groups)
 
 
@@ -90,9 +111,10 @@ def test_reduce_fallback_is_reported():
 # -------------------------------------------------------------------------------- metrics
 
 
-def test_classification_metrics_match_sklearn_with_weights_and_ties():
+@pytest.mark.parametrize("rare", [False, True])  # many or few positives per class
+def test_classification_metrics_match_sklearn_with_weights_and_ties(rare):
     rng = np.random.default_rng(0)
-    y = rng.integers(0, 3, 200)
+    y = rng.choice(3, 200, p=[0.9, 0.06, 0.04] if rare else None)
     P = np.round(rng.dirichlet(np.ones(3), size=(2, 200)) + 0.3 * np.eye(3)[y], 1)  # ties
     P /= P.sum(-1, keepdims=True)
     W = np.stack([np.ones(200), rng.integers(0, 4, 200)])
@@ -100,7 +122,8 @@ def test_classification_metrics_match_sklearn_with_weights_and_ties():
     for b in range(2):
         for s in range(2):
             pred = P[s].argmax(-1)
-            assert out["accuracy"][b, s] == pytest.approx(accuracy_score(y, pred, sample_weight=W[b]))
+            assert out["accuracy"][b, s] == pytest.approx(
+                accuracy_score(y, pred, sample_weight=W[b]))
             assert out["macro_f1"][b, s] == pytest.approx(
                 f1_score(y, pred, average="macro", sample_weight=W[b]))
             assert out["auroc"][b, s] == pytest.approx(
@@ -166,3 +189,15 @@ def test_chance_levels_match_simulated_label_shuffles():
     assert sim["macro_f1"].mean() == pytest.approx(c["shuffle_macro_f1"], abs=0.01)
     assert chance_scores(y, "classification")["accuracy"] == 0.6
     assert chance_scores(np.zeros(3) + 0.5, "regression") == {"r2": 0.0, "pearson_r": 0.0}
+
+
+@pytest.mark.parametrize("task", ["classification", "regression"])
+def test_rows_without_predictions_are_ignored_only_at_zero_weight(task):
+    y = np.array([0, 1, 0, 1])
+    pred = np.array([[[0.8, 0.2], [0.3, 0.7], [0.6, 0.4], [np.nan, np.nan]]])
+    if task == "regression":
+        y, pred = y.astype(float), pred[..., 1]
+    out = score(task, y, pred, np.array([[1.0, 1.0, 1.0, 0.0]]))
+    assert all(np.isfinite(v).all() for v in out.values())
+    with pytest.raises(ProbeError, match="no prediction"):
+        score(task, y, pred, np.ones((1, 4)))
