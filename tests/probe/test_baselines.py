@@ -4,21 +4,12 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-import torch
-from threadpoolctl import threadpool_limits
 
 from probe.baselines import control_labels, key_coverage, last_word_keys, lexical_predictions
 from probe.stats import ProbeError, group_stratified_folds
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """Tiny solves on a shared machine: 2 busy-waiting threads can be 5x slower than 1."""
-    old = torch.get_num_threads()
-    torch.set_num_threads(1)
-    with threadpool_limits(1):
-        yield
-    torch.set_num_threads(old)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def test_last_word_keys():

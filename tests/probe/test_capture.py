@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from probe.capture import (SiteHooks, forward_pooled, iter_blocks, no_hooks_left, pad_batch,
+from probe.capture import (SiteHooks, iter_blocks, no_hooks_left, pad_batch,
                            pooling_weights)
 from probe.models import load_model
 from probe.sites import Site, parse_sites

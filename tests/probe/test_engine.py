@@ -10,20 +10,12 @@ from sklearn.linear_model import LogisticRegression, Ridge
 from sklearn.model_selection import StratifiedKFold
 from sklearn.pipeline import make_pipeline
 from sklearn.preprocessing import StandardScaler
-from threadpoolctl import threadpool_limits
 
 from probe.engine import fit_logistic_cv, fit_ridge_cv
 from probe.stats import ProbeError, ProbeWarning
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """Tiny solves on a shared machine: 2 busy-waiting threads can be 5x slower than 1."""
-    old = torch.get_num_threads()
-    torch.set_num_threads(1)
-    with threadpool_limits(1):
-        yield
-    torch.set_num_threads(old)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def activations(S: int, n: int, d: int, K: int, seed: int = 0):

@@ -5,8 +5,6 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 import pytest
-import torch
-from threadpoolctl import threadpool_limits
 
 from probe.evaluate import EvalConfig, evaluate, per_fold_scores, text_baselines
 from probe.results import validate_results
@@ -17,14 +15,7 @@ WORDS = np.array([f"word{i}" for i in range(12)])
 CFG = EvalConfig(n_bootstrap=200, n_folds=4)
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """Tiny solves on a shared machine: 2 busy-waiting threads can be 5x slower than 1."""
-    old = torch.get_num_threads()
-    torch.set_num_threads(1)
-    with threadpool_limits(1):
-        yield
-    torch.set_num_threads(old)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture(scope="module")

@@ -4,24 +4,15 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-import torch
 from sklearn.linear_model import LogisticRegression, Ridge
 from sklearn.pipeline import make_pipeline
 from sklearn.preprocessing import StandardScaler
 from sklearn.utils.estimator_checks import parametrize_with_checks
-from threadpoolctl import threadpool_limits
 
 from probe.probes import LogisticProbe, RidgeProbe
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """Tiny solves on a shared machine: 2 busy-waiting threads can be 5x slower than 1."""
-    old = torch.get_num_threads()
-    torch.set_num_threads(1)
-    with threadpool_limits(1):
-        yield
-    torch.set_num_threads(old)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @parametrize_with_checks([LogisticProbe(), RidgeProbe()])

@@ -4,9 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-import torch
 from sklearn.metrics import accuracy_score, f1_score, r2_score, roc_auc_score
-from threadpoolctl import threadpool_limits
 
 from probe.stats import (
     ProbeError,
@@ -21,14 +19,7 @@ from probe.stats import (
 )
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """Tiny solves on a shared machine: 2 busy-waiting threads can be 5x slower than 1."""
-    old = torch.get_num_threads()
-    torch.set_num_threads(1)
-    with threadpool_limits(1):
-        yield
-    torch.set_num_threads(old)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def _random_layout(rng: np.random.Generator, n: int, K: int):
