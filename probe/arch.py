@@ -14,8 +14,8 @@ Unknown decoder models fall back to :func:`guess_architecture`; users can overri
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Mapping
 
 from torch import nn
 
@@ -101,11 +101,11 @@ class Architecture:
 
     def d_model(self, model: nn.Module) -> int:
         cfg = _text_config(model.config)
-        return int(getattr(cfg, "hidden_size", None) or getattr(cfg, "n_embd"))
+        return int(getattr(cfg, "hidden_size", None) or cfg.n_embd)
 
     def head_shape(self, model: nn.Module) -> tuple[int, int]:
         cfg = _text_config(model.config)
-        n_heads = int(getattr(cfg, "num_attention_heads", None) or getattr(cfg, "n_head"))
+        n_heads = int(getattr(cfg, "num_attention_heads", None) or cfg.n_head)
         head_dim = getattr(cfg, "head_dim", None) or self.d_model(model) // n_heads
         return n_heads, int(head_dim)
 

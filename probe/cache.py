@@ -26,8 +26,16 @@ import probe
 from probe.capture import DEFAULT_POOLINGS, check_poolings, iter_blocks
 from probe.data.schema import EmotionDataset
 from probe.sites import DEFAULT_SITES, Site, parse_sites
-from probe.store import (MATCH_KEYS, STORE_DTYPES, ActivationStore, StoreError, VariableSpec,
-                         _env_cache_root, progress_keys, variable_specs)
+from probe.store import (
+    MATCH_KEYS,
+    STORE_DTYPES,
+    ActivationStore,
+    StoreError,
+    VariableSpec,
+    _env_cache_root,
+    progress_keys,
+    variable_specs,
+)
 from probe.tokens import encode
 
 

@@ -18,8 +18,8 @@ Poolings (``--pooling``):
 
 from __future__ import annotations
 
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
-from typing import Iterator, Sequence
 
 import torch
 from jaxtyping import Float
@@ -117,7 +117,7 @@ class SiteHooks:
             h = h[0]
         self.out[site] = torch.bmm(self.weights, h.float())
 
-    def __enter__(self) -> "SiteHooks":
+    def __enter__(self) -> SiteHooks:
         try:
             for site in self.sites:
                 module, io = self.lm.arch.module(self.lm.model, site.kind, site.layer or 0)

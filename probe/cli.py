@@ -10,8 +10,8 @@ from __future__ import annotations
 import argparse
 import os
 import sys
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Sequence
 
 EPILOG_CACHE = """examples:
   probe cache --limit 64                      # embedded SmolLM2, our stimulus set
@@ -129,6 +129,9 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--target", default=None,
                    help="target column (default: the dataset's; e.g. valence, V, A, D)")
     g.add_argument("--folds", type=int, default=5, help="cross-validation folds (group-aware)")
+    g.add_argument("--fold-fallback", default="error", choices=["error", "reduce"],
+                   help="when a class spans fewer groups than --folds: stop with an error "
+                        "(default) or use fewer folds and report it")
     g.add_argument("--C", type=float, default=None, help="inverse L2 strength of logistic probes")
     g.add_argument("--alpha", type=float, default=None, help="L2 strength of ridge probes")
     g.add_argument("--bootstrap", type=int, default=1000, help="bootstrap resamples for CIs")
@@ -222,7 +225,9 @@ COMMANDS = {"cache": cmd_cache, "info": cmd_info, "sweep": cmd_sweep, "models": 
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
     args = build_parser().parse_args(argv)
+    args.argv = argv
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     try:
         return COMMANDS[args.command](args)

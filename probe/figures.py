@@ -35,8 +35,8 @@ from probe.results import (
     Peak,
     default_metric,
     peak,
-    sites_in,
     select_pooling,
+    sites_in,
     validate_results,
 )
 

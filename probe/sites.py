@@ -28,8 +28,9 @@ Site(kind='hook_resid_post', layer=19)
 from __future__ import annotations
 
 import re
+from collections.abc import Iterable
 from dataclasses import dataclass
-from typing import Iterable, Literal, get_args
+from typing import Literal, get_args
 
 SiteKind = Literal[
     "hook_embed",
@@ -74,7 +75,7 @@ class Site:
         return self.kind if self.layer is None else f"blocks.{self.layer}.{self.kind}"
 
     @classmethod
-    def parse(cls, text: str) -> "Site":
+    def parse(cls, text: str) -> Site:
         """Parse one concrete site name such as ``blocks.3.attn.hook_z``."""
         text = text.strip()
         if text == "hook_embed":

@@ -159,7 +159,8 @@ def _supported_splits(y, groups, n_splits: int, task: Task, fallback: str) -> in
         return n_splits
     message = f"only {limit} {why}, fewer than n_splits={n_splits}"
     if fallback == "error":
-        raise ProbeError(f"{message}; lower n_folds, or pass fallback='reduce'")
+        raise ProbeError(f"{message}; lower the folds (--folds / n_folds) or let them be reduced "
+                         "with a reported fallback (--fold-fallback reduce / fallback='reduce')")
     warnings.warn(f"{message}: using {limit} folds instead", ProbeWarning, stacklevel=3)
     return limit
 

@@ -26,9 +26,9 @@ from __future__ import annotations
 import fcntl
 import json
 import os
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Mapping, Sequence
 
 import numpy as np
 import xarray as xr
@@ -85,7 +85,7 @@ class ActivationStore:
     @classmethod
     def open_for_writing(
         cls, path: str | Path, *, provenance: Mapping, dataset: EmotionDataset
-    ) -> "ActivationStore":
+    ) -> ActivationStore:
         """Create the store, or reopen it for resuming if its provenance matches."""
         path = Path(path)
         path.mkdir(parents=True, exist_ok=True)
@@ -107,7 +107,7 @@ class ActivationStore:
             self._lock_fh.close()
             self._lock_fh = None
 
-    def __enter__(self) -> "ActivationStore":
+    def __enter__(self) -> ActivationStore:
         return self
 
     def __exit__(self, *exc) -> None:

@@ -10,11 +10,11 @@ results and figures, print a summary.
 
 from __future__ import annotations
 
-import sys
+import shlex
 import time
+from collections.abc import Sequence
 from dataclasses import asdict
 from pathlib import Path
-from typing import Sequence
 
 import numpy as np
 import pandas as pd
@@ -142,7 +142,7 @@ def probe_store(
     parts.append(text_baselines(y=y, groups=groups, texts=texts, task=task, config=config))
     out = pd.concat(parts, ignore_index=True)
     out = validate_results(out)
-    out.attrs.update({"target": target, "task": task, "n_used": int(len(rows)),
+    out.attrs.update({"target": target, "task": task, "n_used": len(rows),
                       "n_dropped": int(ds.sizes["sample"] - len(rows))})
     return out
 
@@ -164,12 +164,13 @@ def sweep_from_args(args, *, load_data, load_model, cache_config) -> int:
     cache_activations(lm, dataset, config=config, out=store, progress=not args.quiet)
     eval_config = EvalConfig(**{k: v for k, v in dict(
         n_folds=args.folds, C=args.C, alpha=args.alpha, n_bootstrap=args.bootstrap, seed=args.seed,
-        control=args.control, lexical=args.lexical, device=str(lm.device)).items() if v is not None})
+        control=args.control, lexical=args.lexical, device=str(lm.device),
+        fold_fallback=args.fold_fallback).items() if v is not None})
     results = probe_store(store, target=target, sites=parse_sites(config.sites, n_layers=lm.n_layers),
                           config=eval_config, progress=not args.quiet)
     out = Path(args.out) if args.out else (
         Path("runs") / lm.spec.alias / f"{dataset.name}-{target}-{time.strftime('%Y%m%d-%H%M%S')}")
-    run = {"command": "probe sweep " + " ".join(sys.argv[1:]) if sys.argv else "",
+    run = {"command": "probe " + " ".join(shlex.quote(a) for a in args.argv),
            "store": str(store), "target": target, "task": results.attrs.get("task"),
            "n_used": results.attrs.get("n_used"), "n_dropped_no_target": results.attrs.get("n_dropped"),
            "cache": asdict(config), "eval": asdict(eval_config),

@@ -13,8 +13,8 @@ are exact for any template.
 from __future__ import annotations
 
 import re
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Sequence
 
 
 class EncodingError(ValueError):

@@ -28,8 +28,9 @@ from __future__ import annotations
 
 import hashlib
 import json
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
-from typing import Iterable, Literal, Mapping
+from typing import Literal
 
 import numpy as np
 import pandas as pd
@@ -68,7 +69,7 @@ class EmotionDataset:
         default_target: str | None = None,
         source: str = "",
         card: str | None = None,
-    ) -> "EmotionDataset":
+    ) -> EmotionDataset:
         """Build from dicts; missing ``split``/``group`` default to ``"all"``/the row id."""
         frame = pd.DataFrame(list(records))
         if frame.empty:
@@ -172,7 +173,7 @@ class EmotionDataset:
         return np.array([hashlib.sha1(t.encode()).hexdigest()[:16] for t in self.texts])
 
     # ------------------------------------------------------------------ selection
-    def select(self, mask_or_index) -> "EmotionDataset":
+    def select(self, mask_or_index) -> EmotionDataset:
         """A new dataset with the chosen rows (boolean mask or integer positions)."""
         frame = self.frame.iloc[np.asarray(mask_or_index)] if not _is_mask(mask_or_index) \
             else self.frame[np.asarray(mask_or_index)]
@@ -184,7 +185,7 @@ class EmotionDataset:
             class_order=dict(self.class_order),
         )
 
-    def limit(self, n: int | None, seed: int = 0) -> "EmotionDataset":
+    def limit(self, n: int | None, seed: int = 0) -> EmotionDataset:
         """A deterministic random subset of ``n`` rows (kept in the original order)."""
         if n is None or n >= len(self):
             return self

@@ -8,7 +8,6 @@ import pytest
 from probe.baselines import control_labels, key_coverage, last_word_keys, lexical_predictions
 from probe.stats import ProbeError, group_stratified_folds
 
-
 pytestmark = pytest.mark.usefixtures("one_thread")
 
 

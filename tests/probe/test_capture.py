@@ -5,8 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from probe.capture import (SiteHooks, iter_blocks, no_hooks_left, pad_batch,
-                           pooling_weights)
+from probe.capture import SiteHooks, iter_blocks, no_hooks_left, pad_batch, pooling_weights
 from probe.models import load_model
 from probe.sites import Site, parse_sites
 from probe.tokens import encode
@@ -97,9 +96,8 @@ def test_hooks_removed_and_logits_bit_identical(lm):
     sites = parse_sites("hook_embed blocks.0.hook_resid_post blocks.1.attn.hook_z", n_layers=lm.n_layers)
     with no_hooks_left(lm.model):
         _capture(lm, sites)
-        with pytest.raises(RuntimeError):
-            with SiteHooks(lm, sites):
-                raise RuntimeError("boom inside the hooks")
+        with pytest.raises(RuntimeError), SiteHooks(lm, sites):
+            raise RuntimeError("boom inside the hooks")
     with torch.no_grad():
         after = lm.model(ids).logits
     assert torch.equal(before, after)

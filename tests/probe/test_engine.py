@@ -14,7 +14,6 @@ from sklearn.preprocessing import StandardScaler
 from probe.engine import fit_logistic_cv, fit_ridge_cv
 from probe.stats import ProbeError, ProbeWarning
 
-
 pytestmark = pytest.mark.usefixtures("one_thread")
 
 

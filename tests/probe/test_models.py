@@ -2,8 +2,15 @@
 
 import pytest
 
-from probe.models import (REGISTRY, ModelError, ModelNotAvailableError, load_model, resolve_dtype,
-                          resolve_device, resolve_model)
+from probe.models import (
+    REGISTRY,
+    ModelError,
+    ModelNotAvailableError,
+    load_model,
+    resolve_device,
+    resolve_dtype,
+    resolve_model,
+)
 
 REQUIRED = ("llama-3-8b", "llama-3-8b-instruct", "llama-3.1-8b-instruct", "llama-3.2-1b-instruct",
             "llama-3.2-3b-instruct", "qwen2.5-7b-instruct", "qwen3-8b", "gemma-2-9b-it",

@@ -11,7 +11,6 @@ from sklearn.utils.estimator_checks import parametrize_with_checks
 
 from probe.probes import LogisticProbe, RidgeProbe
 
-
 pytestmark = pytest.mark.usefixtures("one_thread")
 
 

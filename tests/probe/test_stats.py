@@ -18,7 +18,6 @@ from probe.stats import (
     score,
 )
 
-
 pytestmark = pytest.mark.usefixtures("one_thread")
 
 

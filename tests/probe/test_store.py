@@ -129,8 +129,9 @@ def test_adding_sites_later_caches_only_what_is_missing(tiny_llama, toy_dataset,
 
 
 def test_float16_overflow_is_detected_not_stored(tiny_dir, toy_dataset, tmp_path):
-    from probe.models import load_model
     import torch
+
+    from probe.models import load_model
 
     lm = load_model(str(tiny_dir / "llama"), device="cpu", dtype="float32")
     with torch.no_grad():
