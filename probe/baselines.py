@@ -6,7 +6,8 @@ from the empirical label distribution; a probe can only solve that by memorising
 identity, so ``selectivity = probe accuracy - control accuracy`` separates what the
 representation encodes about the task from what the probe can memorise. Here the unit is a
 stimulus, and its "type" is a surface key: by default the lowercased last word of the text
-(:func:`last_word_keys`; the token usually read out under last-token pooling), or any keys the
+(:func:`last_word_keys`; the token read out by ``content-last`` pooling, and by ``last``
+pooling when no chat template is used), or any keys the
 caller passes (e.g. the token id at the read-out position). Every stimulus with the same key
 gets the same random control label. Labels are dealt to keys in random order so that the
 control classes have the true classes' shares of rows: with few distinct keys, independent

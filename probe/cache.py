@@ -150,7 +150,7 @@ def cache_activations(
     if config.store_dtype not in STORE_DTYPES:
         raise StoreError(f"--store-dtype must be one of {STORE_DTYPES}")
     if config.batch_size < 1 or config.block_size < 1:
-        raise StoreError("--batch-size and --block-size must be positive")
+        raise StoreError("batch_size (--batch-size) and block_size must be positive")
     sites = parse_sites(config.sites, n_layers=lm.n_layers)
     poolings = check_poolings(config.poolings)
     config = CacheConfig(**{**asdict(config), "poolings": poolings})

@@ -10,6 +10,7 @@ from __future__ import annotations
 import argparse
 import os
 import sys
+import warnings
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -73,7 +74,7 @@ def _data_args(p: argparse.ArgumentParser) -> None:
     g.add_argument("--group-column", default=None, help="group column of a user CSV/JSONL")
     g.add_argument("--split", default=None, help="use only this split (train, dev, test)")
     g.add_argument("--limit", type=int, default=None,
-                   help="use a deterministic random subset of N rows (seeded)")
+                   help="use a deterministic random subset of N rows (fixed seed 0, so reruns reuse the store)")
 
 
 def _cache_args(p: argparse.ArgumentParser) -> None:
@@ -128,18 +129,20 @@ def build_parser() -> argparse.ArgumentParser:
     g = p.add_argument_group("probing")
     g.add_argument("--target", default=None,
                    help="target column (default: the dataset's; e.g. valence, V, A, D)")
-    g.add_argument("--folds", type=int, default=5, help="cross-validation folds (group-aware)")
+    g.add_argument("--folds", type=int, default=5,
+                   help="cross-validation folds, group-aware (default: %(default)s)")
     g.add_argument("--fold-fallback", default="error", choices=["error", "reduce"],
                    help="when a class spans fewer groups than --folds: stop with an error "
                         "(default) or use fewer folds and report it")
-    g.add_argument("--C", type=float, default=None, help="inverse L2 strength of logistic probes")
-    g.add_argument("--alpha", type=float, default=None, help="L2 strength of ridge probes")
-    g.add_argument("--bootstrap", type=int, default=1000, help="bootstrap resamples for CIs")
+    g.add_argument("--C", type=float, default=None, help="inverse L2 strength of logistic probes on standardised features (default: 0.05)")
+    g.add_argument("--alpha", type=float, default=None, help="L2 strength of ridge probes (default: 10)")
+    g.add_argument("--bootstrap", type=int, default=1000, help="cluster-bootstrap resamples for 95%% CIs (default: %(default)s)")
     g.add_argument("--no-control", dest="control", action="store_false",
                    help="skip the control task (selectivity)")
     g.add_argument("--no-lexical", dest="lexical", action="store_false",
                    help="skip the bag-of-words baseline")
-    g.add_argument("--seed", type=int, default=0)
+    g.add_argument("--seed", type=int, default=0,
+                   help="seed of folds, bootstrap and control labels (default: %(default)s)")
     p.add_argument("--store", default=None, help="use this store path instead of the default")
     p.add_argument("--out", default=None,
                    help="results folder (default: runs/<model>/<dataset>-<target>-<time>)")
@@ -159,10 +162,15 @@ def _load_data(args):
 
 
 def _load_model(args):
-    from probe.models import load_model
+    from probe.models import ModelError, load_model
 
-    return load_model(args.model, device=args.device, dtype=args.dtype,
-                      chat_template=args.chat_template, allow_download=args.allow_download)
+    if args.system_prompt is not None and not args.chat_template:
+        raise ModelError("--system-prompt needs the chat template; drop --no-chat-template")
+    lm = load_model(args.model, device=args.device, dtype=args.dtype,
+                    chat_template=args.chat_template, allow_download=args.allow_download)
+    if args.system_prompt is not None and not lm.chat_template:
+        raise ModelError(f"--system-prompt was given but {args.model} has no chat template")
+    return lm
 
 
 def _cache_config(args):
@@ -220,6 +228,10 @@ def cmd_datasets(args) -> int:
     return 0
 
 
+def _warning_line(message, category, filename, lineno, line=None) -> str:
+    return f"warning: {message}\n"
+
+
 COMMANDS = {"cache": cmd_cache, "info": cmd_info, "sweep": cmd_sweep, "models": cmd_models,
             "datasets": cmd_datasets}
 
@@ -229,6 +241,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     args.argv = argv
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    previous, warnings.formatwarning = warnings.formatwarning, _warning_line
     try:
         return COMMANDS[args.command](args)
     except _user_errors() as exc:
@@ -238,6 +251,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         print("interrupted: committed blocks are kept; rerun the same command to resume",
               file=sys.stderr)
         return 130
+    finally:
+        warnings.formatwarning = previous
 
 
 if __name__ == "__main__":  # pragma: no cover

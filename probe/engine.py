@@ -140,6 +140,14 @@ def _standardise(X: Tensor, train: Tensor) -> tuple[Tensor, Tensor, Tensor]:
 # and applies the inverse Böhning bound to a weight gradient that is centred over classes.
 
 
+def _bound(Xg: Tensor, dtype: torch.dtype, scale: float) -> Tensor:
+    """``scale/n * X'X + I`` per site, the Gram accumulated in ``dtype`` (float32 out)."""
+    n = Xg.shape[1]
+    G = torch.stack([(Xs.T @ Xs).float() for Xs in Xg.to(dtype)]).mul_(scale / n)
+    G.diagonal(dim1=1, dim2=2).add_(1.0)
+    return G
+
+
 class _Primal:
     """Shared X for all folds; fold standardisation is folded into the weights."""
 
@@ -147,9 +155,11 @@ class _Primal:
         self.X, self.mu, self.sd = Xg, mu[:, None], sd[:, None]  # [S, 1, F, d]
         n, d = Xg.shape[1:]
         low = torch.bfloat16 if Xg.device.type == "cpu" else Xg.dtype  # a bound needs ~3 digits
-        G = torch.stack([(Xs.T @ Xs).float() for Xs in Xg.to(low)]).mul_(scale / n)
-        G.diagonal(dim1=1, dim2=2).add_(1.0)
-        self.P_inv = torch.cholesky_inverse(torch.linalg.cholesky(G))
+        L, info = torch.linalg.cholesky_ex(_bound(Xg, low, scale))
+        if (info != 0).any():  # bfloat16 rounding broke positive-definiteness: redo in float32
+            bad = (info != 0).nonzero().squeeze(1)
+            L[bad] = torch.linalg.cholesky(_bound(Xg[bad], torch.float32, scale))
+        self.P_inv = torch.cholesky_inverse(L)
         self.p = d
 
     def standardised_coef(self, W: Tensor) -> Tensor:

@@ -99,6 +99,8 @@ def _expand_layers(spec: str, n_layers: int, original: str) -> list[int]:
         if lo < 0:
             lo += n_layers
             hi = lo if not m[2] else hi
+        if hi < lo:
+            raise SiteError(f"empty layer range {part!r} in {original!r}; write it low-high, e.g. '3-5'")
         layers.extend(range(lo, hi + 1))
     bad = [layer for layer in layers if not 0 <= layer < n_layers]
     if bad:

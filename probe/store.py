@@ -24,7 +24,6 @@ every array is committed to the last row.
 from __future__ import annotations
 
 import fcntl
-import json
 import os
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
@@ -212,7 +211,8 @@ class _DirLock:
             fcntl.flock(self.fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
             os.close(self.fd)
-            raise StoreError(f"another process is writing {path}; wait for it or use another --out")
+            raise StoreError(f"another process is writing {path}; wait for it or use another store path "
+                             "(--out for probe cache, --store for probe sweep)")
 
     def close(self) -> None:
         os.close(self.fd)
@@ -233,13 +233,15 @@ def _check_provenance(path: Path, have: Mapping, want: Mapping) -> None:
     if diffs:
         raise StoreError(
             f"refusing to write into {path}: it was made by a different run.\n" + "\n".join(diffs)
-            + "\nUse another --out (or delete the store to rebuild it)."
+            + "\nUse another store path (--out for probe cache, --store for probe sweep), or delete "
+            "this store to rebuild it."
         )
 
 
 def _create(path: Path, provenance: Mapping, dataset: EmotionDataset) -> zarr.Group:
     if any(path.iterdir()):
-        raise StoreError(f"{path} exists and is not an activation store; choose an empty --out")
+        raise StoreError(f"{path} exists and is not an activation store; choose another store path "
+                         "(--out for probe cache, --store for probe sweep)")
     group = zarr.open_group(str(path), mode="a")
     n = len(dataset)
     coords = {
@@ -261,7 +263,7 @@ def _create(path: Path, provenance: Mapping, dataset: EmotionDataset) -> zarr.Gr
     pool = np.asarray(provenance["poolings"], dtype=str)
     group.create_array("pooling", shape=pool.shape, dtype=str, dimension_names=["pooling"])[:] = pool
     prov = dict(provenance, sample_coords=[c for c in coords if c != "sample"],
-                targets=dict(dataset.targets))
+                targets=dict(dataset.targets), default_target=dataset.default_target)
     group.attrs.update({"emoprobe": prov, "progress": {}, "complete": False})
     return group
 
@@ -284,11 +286,12 @@ def open_store(path: str | Path, *, require_complete: bool = True) -> xr.Dataset
                            for name, c in ds.coords.items() if c.dtype.kind == "T"})
     attrs = ds.attrs
     if require_complete and not attrs.get("complete", False):
-        prog = attrs.get("progress", {})
         n = attrs.get("emoprobe", {}).get("n_samples")
+        unfinished = sorted({k.split("/")[0] for k, v in attrs.get("progress", {}).items() if v != n})
         raise StoreError(
-            f"store {path} is incomplete (rows committed: {prog} of {n}); rerun the same "
-            "`probe cache` command to resume it, or pass require_complete=False"
+            f"store {path} is incomplete: {', '.join(unfinished) or 'nothing'} not fully cached. "
+            "Rerun the `probe cache` (or `probe sweep`) command that made it to resume; "
+            "`probe info` shows what is cached (Python: open_store(..., require_complete=False))"
         )
     return ds
 
@@ -351,12 +354,6 @@ def cached_layers(ds: xr.Dataset, name: str) -> list[int]:
     prog = ds.attrs.get("progress", {})
     return sorted(int(k.split("/")[1]) for k, v in prog.items()
                   if k.startswith(name + "/") and v == n)
-
-
-def store_summary_json(path: str | Path) -> str:
-    ds = open_store(path, require_complete=False)
-    return json.dumps({"attrs": ds.attrs, "vars": {k: list(v.dims) for k, v in ds.data_vars.items()}},
-                      default=str, indent=2)
 
 
 def variable_specs(lm, sites: Sequence) -> list[VariableSpec]:

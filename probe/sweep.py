@@ -23,8 +23,8 @@ import xarray as xr
 from probe.evaluate import EvalConfig, evaluate, text_baselines
 from probe.results import validate_results
 from probe.sites import Site, parse_sites
-from probe.stats import ProbeError
-from probe.store import cached_layers, open_store
+from probe.stats import ProbeError, group_stratified_folds
+from probe.store import StoreError, cached_layers, open_store
 
 #: Features read at once (float32 bytes): bounds memory whatever the model size.
 READ_BUDGET = 1 << 30
@@ -35,8 +35,10 @@ def probe_targets(ds: xr.Dataset, target: str | None) -> tuple[str, str, np.ndar
 
     Rows without a value (``""`` labels, NaN scores) are left out and counted by the caller.
     """
-    targets = ds.attrs["emoprobe"].get("targets", {})
-    target = target or next(iter(targets), None)
+    prov = ds.attrs["emoprobe"]
+    targets = prov.get("targets", {})
+    target = target or prov.get("default_target") or next(
+        (k for k, v in targets.items() if v != "multilabel"), None)
     if target not in targets:
         raise ProbeError(f"target {target!r} is not in this store; it has {sorted(targets)} "
                          "(choose one with --target)")
@@ -57,24 +59,42 @@ def probe_targets(ds: xr.Dataset, target: str | None) -> tuple[str, str, np.ndar
 
 
 def _site_groups(ds: xr.Dataset, sites: Sequence[Site] | None) -> list[tuple[str, list[int] | None]]:
-    """(array name, layers) to probe: what was asked for, all of it cached, or a clear error."""
+    """(array name, layers) to probe: what was asked for, all of it fully cached, else an error.
+
+    Only committed rows count: a site another run left unfinished does not block the others.
+    """
+    n = int(ds.attrs["emoprobe"]["n_samples"])
+    progress = ds.attrs.get("progress", {})
     have: dict[str, list[int] | None] = {}
     for name in ds.data_vars:
-        have[name] = None if "layer" not in ds[name].dims else cached_layers(ds, name)
+        if "layer" in ds[name].dims:
+            have[name] = cached_layers(ds, name)
+        elif progress.get(name) == n:
+            have[name] = None
     if sites is None:
-        return [(k, v) for k, v in have.items() if v is None or v]
+        found = [(k, v) for k, v in have.items() if v is None or v]
+        if not found:
+            raise StoreError(f"store {ds.encoding.get('source', '')} is incomplete: no site is fully "
+                             "cached yet; rerun the `probe cache` command that made it to resume")
+        return found
     wanted: dict[str, list[int] | None] = {}
     for s in sites:
         if s.kind not in have or (s.layer is not None and s.layer not in (have[s.kind] or [])):
+            held = ", ".join(f"{k} layers {_compact(v)}" if v is not None else k
+                             for k, v in have.items()) or "nothing complete"
             raise ProbeError(
-                f"the store has no cached {s} (it holds "
-                f"{', '.join(f'{k} layers {v}' if v is not None else k for k, v in have.items())}); "
-                "run `probe cache` with these --sites first, or let `probe sweep` cache them")
+                f"the store has no cached {s} (fully cached: {held}); run `probe cache` with "
+                "these --sites first, or let `probe sweep` cache them")
         if s.layer is None:
             wanted[s.kind] = None
         else:
             wanted.setdefault(s.kind, []).append(s.layer)
     return list(wanted.items())
+
+
+def _compact(layers: list[int]) -> str:
+    return f"{layers[0]}-{layers[-1]}" if layers and layers == list(range(layers[0], layers[-1] + 1)) \
+        else str(layers)
 
 
 def _read(var: xr.DataArray, pooling: str, layers: list[int] | None, rows: np.ndarray) -> np.ndarray:
@@ -113,7 +133,7 @@ def probe_store(
     """
     from tqdm.auto import tqdm
 
-    ds = store if isinstance(store, xr.Dataset) else open_store(store)
+    ds = store if isinstance(store, xr.Dataset) else open_store(store, require_complete=False)
     n_layers = int(ds.attrs["emoprobe"]["n_layers"])
     if isinstance(sites, str):
         sites = parse_sites(sites, n_layers=n_layers)
@@ -156,7 +176,7 @@ def sweep_from_args(args, *, load_data, load_model, cache_config) -> int:
     t0 = time.time()
     dataset = load_data(args)
     target = args.target or dataset.default_target
-    _check_target(dataset, target)
+    _check_target(dataset, target, n_folds=args.folds, fold_fallback=args.fold_fallback)
     lm = load_model(args)
     config = cache_config(args)
     store = Path(args.store) if args.store else default_store_path(
@@ -187,13 +207,13 @@ def sweep_from_args(args, *, load_data, load_model, cache_config) -> int:
         print(format_summary(results, pooling=pooling))
     if results.attrs.get("n_dropped"):
         print(f"\nnote: {results.attrs['n_dropped']} row(s) without a {target!r} value were left out")
-    print(f"\nresults: {out}  (results.csv, results.json, run.json, layerwise_*.png/svg)")
+    print(f"\nresults: {out}  (results.csv/json, run.json, layerwise_*.png/svg, panels_*.png/svg)")
     print(f"store:   {store}")
     return 0
 
 
-def _check_target(dataset, target: str) -> None:
-    """Fail before any model work when the target cannot be probed."""
+def _check_target(dataset, target: str, *, n_folds: int, fold_fallback: str) -> None:
+    """Fail before any model work when the target cannot be probed (classes, groups, folds)."""
     kind = dataset.target_kind(target)
     if kind == "multilabel":
         raise ProbeError(f"target {target!r} is multi-label; choose a single-label target "
@@ -203,9 +223,15 @@ def _check_target(dataset, target: str) -> None:
         vals = pd.to_numeric(col, errors="coerce")
         if vals.notna().sum() < 2 or vals.nunique() < 2:
             raise ProbeError(f"target {target!r} has fewer than two distinct values")
+        rows = vals.notna().to_numpy()
+        group_stratified_folds(vals[rows].to_numpy(), dataset.frame["group"][rows].to_numpy(),
+                               n_folds, task="regression", fallback=fold_fallback)
         return
-    counts = col.dropna()[col.dropna() != ""].value_counts()
+    rows = (col.notna() & (col.astype(str) != "")).to_numpy()
+    counts = col[rows].value_counts()
     if len(counts) < 2:
         raise ProbeError(f"target {target!r} has {len(counts)} class(es) "
                          f"({', '.join(map(str, counts.index)) or 'none'}) in the selected rows; "
                          "a probe needs at least two")
+    group_stratified_folds(col[rows].astype(str).to_numpy(), dataset.frame["group"][rows].to_numpy(),
+                           n_folds, task="classification", fallback=fold_fallback)
