@@ -197,7 +197,11 @@ def evaluate(
                                                         config=config), groups, config)
         rows += _rows("control", control, site_keys, config, len(folds), n)
         main = "accuracy" if task == "classification" else "r2"
-        selectivity = {"selectivity": probe[main] - control[main]}
+        # R^2 is unbounded below: a control probe on unseen keys can score far under 0, which
+        # would inflate selectivity past the probe's own R^2. Credit it with no less than
+        # predicting the mean (R^2 = 0, the chance level). Accuracy is used as is (H&L 2019).
+        floor = control[main] if task == "classification" else np.maximum(control[main], 0.0)
+        selectivity = {"selectivity": probe[main] - floor}
         rows += _rows("probe", selectivity, site_keys, config, len(folds), n)
     table = _table(rows)
     if include_text_baselines:

@@ -147,3 +147,20 @@ def test_control_task_fallbacks_are_reported():
     assert set(table.estimator) == {"probe", "chance"} and "selectivity" not in set(table.metric)
     with pytest.warns(ProbeWarning, match="control task is weak"):
         evaluate(X, texts=[f"unique {i}" for i in range(60)], **kwargs)
+
+
+def test_regression_selectivity_never_exceeds_the_probe_r2():
+    """A control probe can score R^2 far below 0; selectivity floors it at chance (0)."""
+    rng = np.random.default_rng(3)
+    n, d = 240, 32
+    y = rng.normal(size=n)
+    X = np.stack([np.c_[y + 0.5 * rng.normal(size=n), rng.normal(size=(n, d - 1))]]).astype("float32")
+    groups = np.array([f"g{i // 4}" for i in range(n)])
+    texts = [f"row {i} ends with w{i % 40}" for i in range(n)]
+    df = evaluate(X, y=y, groups=groups, texts=texts, site_keys=[("hook_resid_post", 3)],
+                  task="regression", config=EvalConfig(n_folds=4, n_bootstrap=50, lexical=False))
+    get = lambda est, m: df[(df.estimator == est) & (df.metric == m)].value.iloc[0]  # noqa: E731
+    r2, control, sel = get("probe", "r2"), get("control", "r2"), get("probe", "selectivity")
+    assert r2 > 0.5
+    assert sel == pytest.approx(r2 - max(control, 0.0))
+    assert sel <= r2 + 1e-12
