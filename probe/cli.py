@@ -86,8 +86,11 @@ def _cache_args(p: argparse.ArgumentParser) -> None:
     g.add_argument("--pooling", default="last,content-mean",
                    help="comma-separated: last, mean, content-mean, content-last, token "
                         "(default: %(default)s)")
-    g.add_argument("--batch-size", type=int, default=32)
-    g.add_argument("--store-dtype", default="float16", choices=["float16", "float32"])
+    g.add_argument("--batch-size", type=int, default=32,
+                   help="texts per forward pass (default: %(default)s)")
+    g.add_argument("--store-dtype", default="float16", choices=["float16", "float32"],
+                   help="dtype on disk; values beyond float16's range stop the run with a "
+                        "pointer to float32, never stored as inf (default: %(default)s)")
     g.add_argument("--padding-side", default=None, choices=["left", "right"],
                    help="default: the tokenizer's")
     g.add_argument("--max-length", type=int, default=None,
@@ -132,8 +135,8 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--folds", type=int, default=5,
                    help="cross-validation folds, group-aware (default: %(default)s)")
     g.add_argument("--fold-fallback", default="error", choices=["error", "reduce"],
-                   help="when a class spans fewer groups than --folds: stop with an error "
-                        "(default) or use fewer folds and report it")
+                   help="when the groups (or a class's groups) are fewer than --folds: stop "
+                        "with an error (default) or use fewer folds and report it")
     g.add_argument("--C", type=float, default=None, help="inverse L2 strength of logistic probes on standardised features (default: 0.05)")
     g.add_argument("--alpha", type=float, default=None, help="L2 strength of ridge probes (default: 10)")
     g.add_argument("--bootstrap", type=int, default=1000, help="cluster-bootstrap resamples for 95%% CIs (default: %(default)s)")
