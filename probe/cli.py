@@ -169,6 +169,10 @@ def _load_model(args):
 
     if args.system_prompt is not None and not args.chat_template:
         raise ModelError("--system-prompt needs the chat template; drop --no-chat-template")
+    if getattr(args, "quiet", False):
+        from transformers.utils import logging as hf_logging
+
+        hf_logging.disable_progress_bar()
     lm = load_model(args.model, device=args.device, dtype=args.dtype,
                     chat_template=args.chat_template, allow_download=args.allow_download)
     if args.system_prompt is not None and not lm.chat_template:
