@@ -122,7 +122,7 @@ def probe_store(
 
     Args:
         store: a store path or an opened store.
-        target: a target coordinate of the store (default: the dataset's first target).
+        target: a target coordinate of the store (default: the dataset's default target).
         sites: site patterns or :class:`Site` list (default: everything cached).
         poolings: poolings to probe (default: all in the store).
         config: cross-validation, regularisation, bootstrap, control and lexical settings.
