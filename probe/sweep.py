@@ -20,7 +20,8 @@ import numpy as np
 import pandas as pd
 import xarray as xr
 
-from probe.evaluate import EvalConfig, evaluate, text_baselines
+from probe.baselines import key_coverage, last_word_keys
+from probe.evaluate import EvalConfig, evaluate, make_folds, text_baselines
 from probe.results import validate_results
 from probe.sites import Site, parse_sites
 from probe.stats import ProbeError, group_stratified_folds
@@ -162,8 +163,11 @@ def probe_store(
     parts.append(text_baselines(y=y, groups=groups, texts=texts, task=task, config=config))
     out = pd.concat(parts, ignore_index=True)
     out = validate_results(out)
+    folds = make_folds(y, groups, task, config)
     out.attrs.update({"target": target, "task": task, "n_used": len(rows),
-                      "n_dropped": int(ds.sizes["sample"] - len(rows))})
+                      "n_dropped": int(ds.sizes["sample"] - len(rows)),
+                      "n_folds": len(folds),
+                      "control_key_coverage": key_coverage(last_word_keys(texts), folds)})
     return out
 
 
@@ -193,6 +197,8 @@ def sweep_from_args(args, *, load_data, load_model, cache_config) -> int:
     run = {"command": "probe " + " ".join(shlex.quote(a) for a in args.argv),
            "store": str(store), "target": target, "task": results.attrs.get("task"),
            "n_used": results.attrs.get("n_used"), "n_dropped_no_target": results.attrs.get("n_dropped"),
+           "n_folds": results.attrs.get("n_folds"),
+           "control_key_coverage": results.attrs.get("control_key_coverage"),
            "cache": asdict(config), "eval": asdict(eval_config),
            "provenance": open_store(store).attrs["emoprobe"], "seconds": round(time.time() - t0, 1)}
     write_results(out, results, run)
@@ -205,6 +211,10 @@ def sweep_from_args(args, *, load_data, load_model, cache_config) -> int:
         print(f"\n{target} ({results.attrs.get('task')}), pooling {pooling}, "
               f"n={results.attrs.get('n_used')}:")
         print(format_summary(results, pooling=pooling))
+    if args.control:
+        print(f"\ncontrol task: labels keyed on each text's last word; "
+              f"{results.attrs['control_key_coverage']:.0%} of test rows have a key seen in "
+              "training (the control can only be learned for those)")
     if results.attrs.get("n_dropped"):
         print(f"\nnote: {results.attrs['n_dropped']} row(s) without a {target!r} value were left out")
     print(f"\nresults: {out}  (results.csv/json, run.json, layerwise_*.png/svg, panels_*.png/svg)")

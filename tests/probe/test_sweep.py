@@ -87,3 +87,10 @@ def test_incomplete_store_is_refused(tiny_llama, tmp_path):
     group.attrs.update({"complete": False, "progress": {"hook_resid_post/0": 16}})
     with pytest.raises(StoreError, match="incomplete"):
         probe_store(out, config=FAST, progress=False)
+
+
+def test_control_key_coverage_is_reported(store):
+    df = probe_store(store, target="label", poolings=["last"], sites="blocks.0.hook_resid_post",
+                     config=FAST, progress=False)
+    # 7 distinct last words over 30 rows: every test key was seen in training
+    assert df.attrs["control_key_coverage"] == 1.0 and df.attrs["n_folds"] == 3
