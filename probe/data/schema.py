@@ -161,12 +161,18 @@ class EmotionDataset:
         return self.targets[target]
 
     def content_hash(self) -> str:
-        """sha256 over ids, texts, groups and targets: identifies the data a store was made from."""
+        """sha256 over ids, texts, groups and targets: identifies the data a store was made from.
+
+        Computed once per dataset (the frame is not meant to be mutated after construction).
+        """
+        if "_content_hash" in self.__dict__:
+            return self.__dict__["_content_hash"]
         h = hashlib.sha256()
         cols = ["id", "text", "group", *sorted(self.targets)]
         for row in self.frame[cols].itertuples(index=False):
             h.update(json.dumps([_jsonable(v) for v in row]).encode())
-        return h.hexdigest()
+        self.__dict__["_content_hash"] = h.hexdigest()  # frozen: bypass __setattr__ for the memo
+        return self.__dict__["_content_hash"]
 
     def text_hashes(self) -> np.ndarray:
         """Short sha1 of each text (a store coordinate: detects a text changed under an id)."""
