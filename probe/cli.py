@@ -1,5 +1,12 @@
 """The ``probe`` command line: cache activations, describe stores, run probe sweeps.
 
+Other packages add subcommands (``probe steer``, ``probe circuits``, ...) without ``probe``
+importing them: each registers a function under the entry-point group ``emoprobe.commands``
+(see ``pyproject.toml``). The function receives the subparsers object, adds its parsers, and
+returns ``{command: handler}``; a handler takes the parsed arguments and returns an exit code.
+A package's own user errors are reported like ours when they subclass ``ValueError`` and are
+listed in the handler's ``user_errors`` attribute.
+
 Every user-facing error (unknown model or dataset, missing weights, bad site, incomplete store,
 degenerate data) prints one clear ``error:`` message and exits with status 2, without a stack
 trace. ``main(argv)`` is callable from tests.
@@ -153,7 +160,22 @@ def build_parser() -> argparse.ArgumentParser:
 
     sub.add_parser("models", help="list registered model aliases")
     sub.add_parser("datasets", help="list registered datasets")
+    parser.handlers = {**COMMANDS, **plugin_commands(sub)}
     return parser
+
+
+def plugin_commands(sub) -> dict:
+    """Subcommands registered by other packages (entry-point group ``emoprobe.commands``)."""
+    from importlib.metadata import entry_points
+
+    handlers: dict = {}
+    for ep in sorted(entry_points(group="emoprobe.commands"), key=lambda e: e.name):
+        register = ep.load()
+        for name, handler in register(sub).items():
+            if name in COMMANDS or name in handlers:
+                raise RuntimeError(f"command {name!r} from {ep.value} is already defined")
+            handlers[name] = handler
+    return handlers
 
 
 def _load_data(args):
@@ -245,13 +267,15 @@ COMMANDS = {"cache": cmd_cache, "info": cmd_info, "sweep": cmd_sweep, "models": 
 
 def main(argv: Sequence[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    args = parser.parse_args(argv)
     args.argv = argv
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     previous, warnings.formatwarning = warnings.formatwarning, _warning_line
+    handler = parser.handlers[args.command]
     try:
-        return COMMANDS[args.command](args)
-    except _user_errors() as exc:
+        return handler(args)
+    except (*_user_errors(), *getattr(handler, "user_errors", ())) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:

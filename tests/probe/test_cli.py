@@ -142,3 +142,46 @@ def test_real_embedded_model_end_to_end(capsys, tmp_path):
     assert sorted(probe.layer.unique()) == list(range(30))
     assert meta["store"] == store  # the sweep reused the cached store
     assert (run / "layerwise_last.png").stat().st_size > 10_000
+
+
+def test_other_packages_register_commands_one_way(capsys, monkeypatch):
+    """`probe` finds subcommands through entry points; a handler's own errors are user errors."""
+    import importlib.metadata as md
+
+    class Oops(ValueError):
+        pass
+
+    def register(sub):
+        sub.add_parser("hello", help="say hello").add_argument("--fail", action="store_true")
+
+        def hello(args):
+            if not args.fail:
+                print("hello from a plugin")
+                return 0
+            raise Oops("bad plugin input")
+        hello.user_errors = (Oops,)
+        return {"hello": hello}
+
+    class EP:
+        name, value = "demo", "demo:register"
+
+        def load(self):
+            return register
+
+    real = md.entry_points
+    monkeypatch.setattr(md, "entry_points",
+                        lambda **kw: [EP()] if kw.get("group") == "emoprobe.commands" else real(**kw))
+    assert main(["hello"]) == 0 and "hello from a plugin" in capsys.readouterr().out
+    code, _, err = _run(capsys, "hello", "--fail")
+    assert code == 2 and "error: bad plugin input" in err and "Traceback" not in err
+
+
+def test_probe_never_imports_steering_or_circuits():
+    import re
+    from pathlib import Path
+
+    import probe
+    root = Path(probe.__file__).parent
+    bad = [str(p) for p in root.rglob("*.py")
+           if re.search(r"^\s*(from|import)\s+(steering|circuits)\b", p.read_text(), re.M)]
+    assert not bad, bad
