@@ -4,7 +4,13 @@ A table maps a site kind to ``(submodule path inside a decoder block, "input" | 
 ``"input"`` means the first positional input of that module (a forward pre-hook), ``"output"``
 its output (a forward hook; the first element when the module returns a tuple). An empty path
 means the decoder block itself. ``hook_embed`` is always the input of block 0, so it includes
-position embeddings and embedding scaling wherever the architecture adds them.
+position embeddings and embedding scaling wherever the architecture adds them. A third element
+names a slice of a fused output (GPT-2's ``c_attn`` holds queries, keys and values: ``"q"``,
+``"k"``, ``"v"``).
+
+``hook_resid_mid`` is read from the MLP-side norm's input, but the hook layer
+(:mod:`probe.hooks`) reads and writes it as ``resid_pre + attn_out`` at attention's output, so a
+write changes the residual stream downstream, not only the MLP's input.
 
 To support a new family, add a table to :data:`FAMILIES` (and, for a vision-language model, the
 path of its language backbone's block list to :data:`LAYER_PATHS`); nothing else changes.
@@ -19,7 +25,7 @@ from dataclasses import dataclass
 
 from torch import nn
 
-Where = tuple[str, str]
+Where = tuple[str, str] | tuple[str, str, str]
 
 _LLAMA_LIKE: dict[str, Where] = {
     "hook_resid_pre": ("", "input"),
@@ -29,6 +35,9 @@ _LLAMA_LIKE: dict[str, Where] = {
     "hook_mlp_out": ("mlp", "output"),
     "attn.hook_z": ("self_attn.o_proj", "input"),
     "mlp.hook_post": ("mlp.down_proj", "input"),
+    "attn.hook_q": ("self_attn.q_proj", "output"),
+    "attn.hook_k": ("self_attn.k_proj", "output"),
+    "attn.hook_v": ("self_attn.v_proj", "output"),
 }
 _GEMMA2_LIKE: dict[str, Where] = {
     **_LLAMA_LIKE,
@@ -45,6 +54,9 @@ _GPT2: dict[str, Where] = {
     "hook_mlp_out": ("mlp", "output"),
     "attn.hook_z": ("attn.c_proj", "input"),
     "mlp.hook_post": ("mlp.c_proj", "input"),
+    "attn.hook_q": ("attn.c_attn", "output", "q"),
+    "attn.hook_k": ("attn.c_attn", "output", "k"),
+    "attn.hook_v": ("attn.c_attn", "output", "v"),
 }
 
 FAMILIES: dict[str, Mapping[str, Where]] = {
@@ -95,7 +107,7 @@ class Architecture:
         return self.table[kind]
 
     def module(self, model: nn.Module, kind: str, layer: int) -> tuple[nn.Module, str]:
-        path, io = self.where(kind)
+        path, io = self.where(kind)[:2]
         block = self.layers(model)[0 if kind == "hook_embed" else layer]
         return (block.get_submodule(path) if path else block), io
 
@@ -113,6 +125,19 @@ class Architecture:
         cfg = _text_config(model.config)
         d = getattr(cfg, "intermediate_size", None) or getattr(cfg, "n_inner", None)
         return int(d or 4 * self.d_model(model))
+
+    def n_kv_heads(self, model: nn.Module) -> int:
+        """Key/value heads (fewer than query heads in grouped-query attention)."""
+        cfg = _text_config(model.config)
+        n = getattr(cfg, "num_key_value_heads", None)
+        return int(n or self.head_shape(model)[0])
+
+    def units(self, model: nn.Module) -> dict[str, int]:
+        """Heads or neurons per site kind, for ``parse_sites(..., units=...)``."""
+        n_heads = self.head_shape(model)[0]
+        n_kv = self.n_kv_heads(model)
+        return {"attn.hook_z": n_heads, "attn.hook_q": n_heads, "attn.hook_k": n_kv,
+                "attn.hook_v": n_kv, "mlp.hook_post": self.d_mlp(model)}
 
 
 def _text_config(config):
@@ -139,7 +164,7 @@ def guess_architecture(model: nn.Module) -> Architecture:
     block = model.get_submodule(path)[0]
     for family, table in (("llama-like", _LLAMA_LIKE), ("gpt2-like", _GPT2)):
         try:
-            for sub, _ in table.values():
+            for sub, *_ in table.values():
                 if sub:
                     block.get_submodule(sub)
         except AttributeError:
@@ -153,7 +178,7 @@ def guess_architecture(model: nn.Module) -> Architecture:
 
 def register_family(model_type: str, table: Mapping[str, Where]) -> None:
     """Add or override the site table of a ``config.model_type``."""
-    missing = set(_LLAMA_LIKE) - set(table)
+    missing = set(_LLAMA_LIKE) - {"attn.hook_q", "attn.hook_k", "attn.hook_v"} - set(table)
     if missing:
         raise ArchitectureError(f"table for {model_type!r} lacks {sorted(missing)}")
     FAMILIES[model_type] = dict(table)

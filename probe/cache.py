@@ -25,7 +25,7 @@ import torch
 import probe
 from probe.capture import DEFAULT_POOLINGS, check_poolings, iter_blocks
 from probe.data.schema import EmotionDataset
-from probe.sites import DEFAULT_SITES, Site, parse_sites
+from probe.sites import DEFAULT_SITES, STORE_KINDS, Site, parse_sites
 from probe.store import (
     MATCH_KEYS,
     STORE_DTYPES,
@@ -152,6 +152,11 @@ def cache_activations(
     if config.batch_size < 1 or config.block_size < 1:
         raise StoreError("batch_size (--batch-size) and block_size must be positive")
     sites = parse_sites(config.sites, n_layers=lm.n_layers)
+    bad = [s for s in sites if s.kind not in STORE_KINDS or s.unit is not None]
+    if bad:
+        raise StoreError(f"{bad[0]} cannot be cached into a store: stores hold whole sites of kinds "
+                         f"{', '.join(STORE_KINDS)} (a head or neuron is a slice of attn.hook_z / "
+                         "mlp.hook_post); read other sites with lm.run_with_cache")
     poolings = check_poolings(config.poolings)
     config = CacheConfig(**{**asdict(config), "poolings": poolings})
     encoded = encode(lm.tokenizer, dataset.texts, chat_template=lm.chat_template,

@@ -1,9 +1,10 @@
 """Batched forward passes that capture pooled activations at the requested sites.
 
-Each hook pools on the device, as one batched matmul ``W @ h`` where ``W`` (batch x pooling x
-position) holds the pooling weights of every pooling at once, so the full ``(batch, position,
-d)`` activations never leave the device and never pile up. The forward runs the base model only
-(no LM head, so no logits) and stops right after the deepest requested block. Hooks are removed in
+Capture is one user of the hook layer (:mod:`probe.hooks`): a read hook per site pools on the
+device, as one batched matmul ``W @ h`` where ``W`` (batch x pooling x position) holds the pooling
+weights of every pooling at once, so the full ``(batch, position, d)`` activations never leave the
+device and never pile up. The forward runs the base model only (no LM head, so no logits), under
+``inference_mode``, and stops right after the deepest requested block. Hooks are removed in
 ``finally``; the model is left exactly as it was.
 
 Poolings (``--pooling``):
@@ -25,6 +26,7 @@ import torch
 from jaxtyping import Float
 from torch import Tensor
 
+from probe.hooks import HookManager, StopForward
 from probe.sites import Site
 from probe.tokens import Encoded
 
@@ -34,10 +36,6 @@ DEFAULT_POOLINGS = ("last", "content-mean")
 
 class CaptureError(ValueError):
     """Capture cannot proceed as asked."""
-
-
-class _StopForward(Exception):
-    """Raised by a hook after the deepest requested block: the rest of the model is skipped."""
 
 
 def check_poolings(poolings: Sequence[str], encoded: Encoded | None = None) -> tuple[str, ...]:
@@ -98,10 +96,11 @@ def pad_batch(ids: Sequence[Sequence[int]], pad_id: int, padding_side: str, devi
 
 
 class SiteHooks:
-    """Hooks that pool the activations at ``sites`` into ``self.out`` on every forward.
+    """Read hooks (on :mod:`probe.hooks`) that pool the values at ``sites`` into ``self.out``.
 
     Set ``self.weights`` (batch x pooling x position, on the model's device) before each
-    forward. Use as a context manager; hooks are removed on exit, whatever happens.
+    forward. Use as a context manager; hooks are removed on exit, whatever happens. With
+    ``stop_early`` the forward stops after the deepest requested block.
     """
 
     def __init__(self, lm, sites: Sequence[Site], *, stop_early: bool = True) -> None:
@@ -110,40 +109,26 @@ class SiteHooks:
         self.stop_early = stop_early
         self.weights: Tensor | None = None
         self.out: dict[Site, Tensor] = {}
-        self._handles: list = []
+        self._manager: HookManager | None = None
 
-    def _pool(self, site: Site, h) -> None:
-        if isinstance(h, tuple):
-            h = h[0]
-        self.out[site] = torch.bmm(self.weights, h.float())
+    def _pool(self, value: Tensor, ctx) -> None:
+        if value.dim() > 3:  # per-head values [batch, pos, head, d_head] -> head-major flat
+            value = value.flatten(2)
+        elif value.dim() == 2:  # one neuron [batch, pos]
+            value = value[..., None]
+        self.out[ctx.site] = torch.bmm(self.weights, value.float())
 
     def __enter__(self) -> SiteHooks:
-        try:
-            for site in self.sites:
-                module, io = self.lm.arch.module(self.lm.model, site.kind, site.layer or 0)
-                if io == "input":
-                    def pre(mod, args, kwargs, site=site):
-                        self._pool(site, args[0] if args else kwargs["hidden_states"])
-                    self._handles.append(module.register_forward_pre_hook(pre, with_kwargs=True))
-                else:
-                    def post(mod, args, output, site=site):
-                        self._pool(site, output)
-                    self._handles.append(module.register_forward_hook(post))
-            deepest = max((s.layer or 0) for s in self.sites)
-            layers = self.lm.arch.layers(self.lm.model)
-            if self.stop_early and deepest < len(layers) - 1:
-                def stop(mod, args, output):
-                    raise _StopForward
-                self._handles.append(layers[deepest].register_forward_hook(stop))
-        except BaseException:
-            self.remove()
-            raise
+        deepest = max((s.layer or 0) for s in self.sites)
+        self._manager = HookManager(self.lm, {s: self._pool for s in self.sites},
+                                    stop_after=deepest if self.stop_early else None)
+        self._manager.__enter__()
         return self
 
     def remove(self) -> None:
-        for h in self._handles:
-            h.remove()
-        self._handles.clear()
+        if self._manager is not None:
+            self._manager.remove()
+            self._manager = None
 
     def __exit__(self, *exc) -> None:
         self.remove()
@@ -156,7 +141,7 @@ def forward_pooled(lm, hooks: SiteHooks, inputs: dict, weights: Tensor) -> dict[
     hooks.out = {}
     try:
         lm.arch.base(lm.model)(**inputs, use_cache=False)
-    except _StopForward:
+    except StopForward:
         pass
     missing = [s for s in hooks.sites if s not in hooks.out]
     if missing:

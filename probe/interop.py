@@ -7,13 +7,17 @@ against (``tests/probe/test_interop.py``): both paths pad with :func:`probe.capt
 returns: ``{site: Float[Tensor, "batch pooling d"]}`` in float32, rows in input order.
 
 Site names need no translation table: our grammar *is* TransformerLens' spelling, so a layer
-site's bridge hook is its own name (``blocks.3.attn.hook_z``). Conventions that differ:
+site's bridge hook is its own name (``blocks.3.attn.hook_z``). The nnsight path reads the modules
+that :func:`probe.hooks.route` names (one site table for every reader and writer), except
+``hook_resid_mid``, which it reads where it is computed (the MLP-side norm's input). Conventions
+that differ:
 
 * ``hook_embed``: ours is what block 0 receives. The bridge's ``hook_embed`` is the same for
   rotary models (Gemma's embedding scaling included) but lacks the learned position embedding
   of GPT-2-style models (``hook_pos_embed``), so ours maps to ``blocks.0.hook_resid_pre``.
-* ``attn.hook_z`` is ``[batch, pos, head, d_head]`` in TransformerLens and flattened to
-  ``head * d_head`` (head-major) here, as in our store.
+* ``attn.hook_z`` (and ``hook_q``/``hook_k``/``hook_v``, keys and values with one entry per KV
+  head in both) is ``[batch, pos, head, d_head]`` in TransformerLens and flattened to
+  ``head * d_head`` (head-major) here, as in our store. A site with ``head=h`` reads that head.
 * The bridge's ``hook_attn_out`` / ``hook_mlp_out`` of Gemma 2/3 are, like ours, taken after
   the post-sublayer norm (what is added to the residual stream); they agree.
 * After ``bridge.enable_compatibility_mode()`` (folded norms, centred weights) the residual
@@ -45,17 +49,11 @@ from torch import Tensor
 
 from probe.arch import Architecture, architecture_for
 from probe.capture import CaptureError, check_poolings, pad_batch, pooling_weights
+from probe.hooks import EXECUTION_ORDER, route
 from probe.sites import Site
 from probe.tokens import Encoded
 
 Pooled = dict[Site, Float[Tensor, "batch pooling d"]]
-
-#: Order in which a decoder block computes each site (nnsight must read values in this order).
-EXECUTION_ORDER: dict[str, int] = {
-    "hook_embed": 0, "hook_resid_pre": 1, "attn.hook_z": 2, "hook_attn_out": 3,
-    "hook_resid_mid": 4, "mlp.hook_post": 5, "hook_mlp_out": 6, "hook_resid_post": 7,
-}
-
 
 def bridge_hook_name(site: Site) -> str:
     """The ``TransformerBridge`` hook that carries the same value as ``site``.
@@ -65,7 +63,7 @@ def bridge_hook_name(site: Site) -> str:
     >>> bridge_hook_name(Site("hook_embed"))
     'blocks.0.hook_resid_pre'
     """
-    return "blocks.0.hook_resid_pre" if site.kind == "hook_embed" else str(site)
+    return "blocks.0.hook_resid_pre" if site.kind == "hook_embed" else str(site.whole)
 
 
 def boot_bridge(lm, tokenizer=None, *, name: str | None = None, copy_model: bool = True):
@@ -129,6 +127,10 @@ def capture_with_bridge(
 
     def make_hook(site: Site):
         def hook(value: Tensor, hook) -> None:
+            if site.head is not None:
+                value = value[:, :, site.head]
+            elif site.neuron is not None:
+                value = value[..., site.neuron : site.neuron + 1]
             out[site] = _pool(weights, value)
         return hook
 
@@ -188,20 +190,22 @@ def capture_with_nnsight(
     device = next(hf.parameters()).device
     inputs, weights = _prepare(token_ids, content, target, poolings, padding_side, _pad_id(tok),
                                device)
-    plan = _plan(arch, sites)
+    plan = _plan(hf, tok, arch, sites)
     # Inputs are checked before wrapping; nnsight gets a tokenizer copy (it sets left padding).
     nn_model = model if traced else nnsight.TransformersModel(hf, tokenizer=copy.deepcopy(tok))
     with torch.no_grad(), nn_model.trace(**inputs, use_cache=False) as tracer:
         blocks = _envoy(nn_model, arch.layers_path)
         values = []
-        for layer, path, io, _ in plan:
+        for layer, path, io, reads in plan:
             envoy = _envoy(blocks[layer], path)
-            values.append(_pool(weights, envoy.input if io == "input" else envoy.output))
+            raw = envoy.input if io == "input" else envoy.output
+            raw = raw[0] if isinstance(raw, tuple) else raw
+            values.append([_pool(weights, view(raw)) for view, _ in reads])
         values = nnsight.save(values)
         tracer.stop()
     out: Pooled = {}
-    for (_, _, _, group), value in zip(plan, values):
-        out.update({s: value for s in group})
+    for (_, _, _, reads), pooled in zip(plan, values):
+        out.update({s: v for (_, s), v in zip(reads, pooled)})
     _check_reached(sites, out)
     return out
 
@@ -249,19 +253,37 @@ def _prepare(token_ids, content, target, poolings, padding_side, pad_id, device)
 def _pool(weights: Tensor, value) -> Tensor:
     if isinstance(value, tuple):
         value = value[0]
-    if value.dim() == 4:  # TransformerLens' per-head [batch, pos, head, d_head]
+    if value.dim() == 4:  # per-head [batch, pos, head, d_head]
         value = value.flatten(2)
+    elif value.dim() == 2:  # one neuron [batch, pos]
+        value = value[..., None]
     return torch.bmm(weights, value.float())
 
 
-def _plan(arch: Architecture, sites: Sequence[Site]) -> list[tuple[int, str, str, list[Site]]]:
-    """(block, submodule path, io, sites) per distinct module read, in execution order."""
-    groups: dict[tuple[int, str, str], list[Site]] = {}
-    order = sorted(sites, key=lambda s: (s.layer or 0, EXECUTION_ORDER[s.kind]))
+def _plan(hf, tok, arch: Architecture, sites: Sequence[Site]) -> list[tuple[int, str, str, list]]:
+    """(block, submodule path, io, [(view, site)]) per distinct module read, in execution order.
+
+    Module paths and views come from :func:`probe.hooks.route` (the hook layer's site table);
+    ``hook_resid_mid`` is read at the MLP-side norm's input, where the model computes it.
+    """
+    from types import SimpleNamespace
+
+    lm = SimpleNamespace(model=hf, tokenizer=tok, arch=arch)
+    groups: dict[tuple[int, str, str], list] = {}
+    order = sorted(sites, key=lambda s: (s.layer or 0, EXECUTION_ORDER[s.kind], s.unit or 0))
     for site in order:
-        path, io = arch.where(site.kind)
-        groups.setdefault((site.layer or 0, path, io), []).append(site)
-    return [(layer, path, io, group) for (layer, path, io), group in groups.items()]
+        if site.kind == "hook_resid_mid":
+            path, io = arch.where(site.kind)[:2]
+            view = _identity
+        else:
+            r = route(lm, site)
+            path, io, view = r.path, r.io, r.value
+        groups.setdefault((site.layer or 0, path, io), []).append((view, site))
+    return [(layer, path, io, reads) for (layer, path, io), reads in groups.items()]
+
+
+def _identity(x):
+    return x
 
 
 def _envoy(root, path: str):

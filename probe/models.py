@@ -148,6 +148,43 @@ class LoadedModel:
             "dtype": str(self.dtype).removeprefix("torch."),
         }
 
+    # ------------------------------------------------------------ the hook layer (probe.hooks)
+    def hooks(self, fns, *, stop_after: int | None = None):
+        """``with lm.hooks({site: fn}): ...`` -- see :func:`probe.hooks.hooks`."""
+        from probe.hooks import hooks
+
+        return hooks(self, fns, stop_after=stop_after)
+
+    def batch(self, texts, **kwargs):
+        """Texts -> a padded :class:`probe.forward.Batch` -- see :func:`probe.forward.make_batch`."""
+        from probe.forward import make_batch
+
+        return make_batch(self, texts, **kwargs)
+
+    def logits(self, batch):
+        """A full forward under the open hooks -- see :func:`probe.forward.logits`."""
+        from probe.forward import logits
+
+        return logits(self, batch)
+
+    def generate(self, prompts, *, max_new_tokens: int = 40, **kwargs) -> list[str]:
+        """Generated texts under the open hooks -- see :func:`probe.forward.generate`."""
+        from probe.forward import generate
+
+        return generate(self, prompts, max_new_tokens=max_new_tokens, **kwargs)
+
+    def run_with_cache(self, batch, sites, **kwargs):
+        """Logits and values at ``sites`` -- see :func:`probe.forward.run_with_cache`."""
+        from probe.forward import run_with_cache
+
+        return run_with_cache(self, batch, sites, **kwargs)
+
+    def run_with_grads(self, batch, metric, sites, **kwargs):
+        """Values and gradients at ``sites`` -- see :func:`probe.forward.run_with_grads`."""
+        from probe.forward import run_with_grads
+
+        return run_with_grads(self, batch, metric, sites, **kwargs)
+
 
 def load_model(
     name: str = EMBEDDED,

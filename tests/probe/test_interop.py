@@ -36,7 +36,9 @@ pytest.importorskip("transformer_lens", reason="install the interop extra")
 pytest.importorskip("nnsight", reason="install the interop extra")
 
 
-ALL_SITES = "hook_embed resid_pre resid_mid resid_post attn_out mlp_out attn.hook_z mlp.hook_post"
+ALL_SITES = ("hook_embed resid_pre resid_mid resid_post attn_out mlp_out attn.hook_z mlp.hook_post "
+             "attn.hook_q attn.hook_k attn.hook_v blocks.1.attn.hook_z[1] blocks.1.attn.hook_k[1] "
+             "blocks.0.mlp.hook_post[5]")
 POOLINGS = ("last", "mean", "content-mean", "content-last")
 REL_TOL = 1e-5
 
@@ -50,9 +52,11 @@ def _ours(lm, enc, sites, poolings, padding_side):
         return forward_pooled(lm, hooks, inputs, w)
 
 
-def assert_rel_close(got, ref, site, tol=REL_TOL):
+def assert_rel_close(got, ref, site, tol=REL_TOL, scale=None):
+    """Relative error per pooled vector (a head or neuron: relative to its whole site's vector)."""
     assert got.shape == ref.shape, (site, got.shape, ref.shape)
-    err = ((got - ref).norm(dim=-1) / ref.norm(dim=-1).clamp_min(1e-30)).max().item()
+    norm = (ref if scale is None else scale).norm(dim=-1)
+    err = ((got - ref).norm(dim=-1) / norm.clamp_min(1e-30)).max().item()
     assert err < tol, f"{site}: relative error {err:.2e} >= {tol:.0e}"
 
 
@@ -72,10 +76,11 @@ def test_bridge_hook_names(tiny_llama):
     assert bridge_hook_name(Site("attn.hook_z", 3)) == "blocks.3.attn.hook_z"
     assert bridge_hook_name(Site("mlp.hook_post", 0)) == "blocks.0.mlp.hook_post"
     assert bridge_hook_name(Site("hook_embed")) == "blocks.0.hook_resid_pre"
+    assert bridge_hook_name(Site("attn.hook_z", 3, head=2)) == "blocks.3.attn.hook_z"
     bridge = boot_bridge(tiny_llama)
     for site in parse_sites(ALL_SITES, n_layers=tiny_llama.n_layers):
         assert bridge_hook_name(site) in bridge.hook_dict
-    assert {Site.parse(str(s)).kind for s in parse_sites(ALL_SITES, n_layers=1)} == set(ALL_KINDS)
+    assert {Site.parse(str(s)).kind for s in parse_sites(ALL_SITES, n_layers=2)} == set(ALL_KINDS)
 
 
 @pytest.mark.parametrize("padding_side", ["right", "left"])
@@ -87,7 +92,8 @@ def test_bridge_and_nnsight_equal_ours(lm_and_bridge, enc, padding_side):
     via_bridge = capture_with_bridge(bridge, enc, sites, POOLINGS, padding_side=padding_side)
     via_nnsight = capture_with_nnsight(lm, enc, sites, POOLINGS, padding_side=padding_side)
     for s in sites:
-        assert_rel_close(via_bridge[s], ref[s], f"bridge {s}")
+        scale = ref[s.whole] if s.unit is not None else None
+        assert_rel_close(via_bridge[s], ref[s], f"bridge {s}", scale=scale)
         assert torch.equal(via_nnsight[s], ref[s]), f"nnsight {s}"
 
 

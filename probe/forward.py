@@ -1,0 +1,271 @@
+"""Forward modes on the hook layer: logits, generation, caches of activations, gradients.
+
+Every function takes a :class:`probe.models.LoadedModel` and either texts or a :class:`Batch`,
+and runs whatever hooks are open on the model (``with lm.hooks(...)``):
+
+* :func:`logits` -- a full forward, LM head included (grad mode is the caller's);
+* :func:`generate` -- ``model.generate`` with the KV cache; hooks fire at every step and know
+  which positions are prompt and which generated (``ctx.positions(...)``);
+* :func:`run_with_cache` -- logits and the values at chosen sites (TransformerLens' name);
+* :func:`run_with_grads` -- one forward and one backward: values at chosen sites and the
+  gradient of a scalar metric with respect to each, keeping no graph before the first site.
+
+>>> lm = load_model("smollm2-135m")  # doctest: +SKIP
+>>> with lm.hooks({"blocks.12.hook_resid_post": lambda t, ctx: t + 4.0 * v}):  # doctest: +SKIP
+...     print(lm.generate(["Tell me about your day."], max_new_tokens=40))
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping, Sequence
+from contextlib import ExitStack
+from dataclasses import dataclass
+
+import torch
+from jaxtyping import Float
+from torch import Tensor
+
+from probe.hooks import HookContext, HookError, StopForward, active_managers, hooks, resolve
+from probe.sites import Site
+from probe.tokens import Encoded, encode
+
+
+@dataclass(frozen=True)
+class Batch:
+    """Padded token ids of several rows, with the masks hooks need.
+
+    Attributes:
+        input_ids, attention_mask, position_ids: ``[batch, width]`` (position ids follow the
+            mask, so either padding side is exact).
+        content: ``[batch, width]`` bool, the stimulus text's own tokens (template excluded).
+        lengths: Real tokens per row.
+        padding_side: ``"left"`` or ``"right"``.
+    """
+
+    input_ids: Tensor
+    attention_mask: Tensor
+    position_ids: Tensor
+    content: Tensor
+    lengths: tuple[int, ...]
+    padding_side: str
+
+    def __len__(self) -> int:
+        return self.input_ids.shape[0]
+
+    @property
+    def inputs(self) -> dict[str, Tensor]:
+        return {"input_ids": self.input_ids, "attention_mask": self.attention_mask,
+                "position_ids": self.position_ids}
+
+    @property
+    def last(self) -> Tensor:
+        """``[batch]`` column of each row's last real token."""
+        width = self.input_ids.shape[1]
+        if self.padding_side == "left":
+            return torch.full((len(self),), width - 1, device=self.input_ids.device)
+        return torch.as_tensor(self.lengths, device=self.input_ids.device) - 1
+
+
+def make_batch(lm, texts: Sequence[str] | Encoded, *, padding_side: str = "left",
+               chat_template: bool | None = None, system_prompt: str | None = None) -> Batch:
+    """Encode ``texts`` (chat template as the model was loaded, unless overridden) and pad.
+
+    Left padding by default: it is what generation needs, and the last column is then every
+    row's last token.
+    """
+    from probe.capture import pad_batch
+
+    if isinstance(texts, Encoded):
+        enc = texts
+    else:
+        if isinstance(texts, str) or not len(texts):
+            raise HookError("pass a non-empty list of texts (a single string is not a list)")
+        use_template = lm.chat_template if chat_template is None else chat_template
+        enc = encode(lm.tokenizer, list(texts), chat_template=use_template,
+                     system_prompt=system_prompt if use_template else None)
+    if padding_side not in ("left", "right"):
+        raise HookError(f"padding side must be 'left' or 'right', not {padding_side!r}")
+    inputs = pad_batch(enc.ids, lm.tokenizer.pad_token_id, padding_side, lm.device)
+    width = inputs["input_ids"].shape[1]
+    content = torch.zeros(len(enc), width, dtype=torch.bool)
+    for i, (n, (c0, c1)) in enumerate(zip(enc.lengths, enc.content)):
+        off = width - n if padding_side == "left" else 0
+        content[i, off + c0:off + c1] = True
+    return Batch(**inputs, content=content.to(lm.device), lengths=tuple(enc.lengths),
+                 padding_side=padding_side)
+
+
+def _as_batch(lm, batch, padding_side="left") -> Batch:
+    return batch if isinstance(batch, Batch) else make_batch(lm, batch, padding_side=padding_side)
+
+
+class _BatchInfo:
+    """Tell the open hook contexts about a batch (prompt width, content span) for one call."""
+
+    def __init__(self, lm, batch: Batch, prompt_width: int | None) -> None:
+        self.managers = active_managers(lm.model)
+        self.values = (prompt_width, batch.content)
+
+    def __enter__(self):
+        self.saved = [(m.prompt_width, m.content) for m in self.managers]
+        for m in self.managers:
+            m.prompt_width, m.content = self.values
+        return self
+
+    def __exit__(self, *exc):
+        for m, (w, c) in zip(self.managers, self.saved):
+            m.prompt_width, m.content = w, c
+
+
+def logits(lm, batch: Batch | Sequence[str]) -> Float[Tensor, "batch pos vocab"]:
+    """A full forward (LM head included) under the open hooks; grad mode is the caller's."""
+    batch = _as_batch(lm, batch)
+    with _BatchInfo(lm, batch, batch.input_ids.shape[1]):
+        return lm.model(**batch.inputs, use_cache=False).logits
+
+
+@dataclass(frozen=True)
+class Generation:
+    """Texts generated for a batch of prompts, and their token ids."""
+
+    texts: list[str]
+    prompt_ids: Tensor  # [batch, prompt_width] left-padded
+    new_ids: Tensor  # [batch, new] (pad after a row's end)
+
+
+def generate_batch(lm, prompts: Sequence[str] | Batch, *, max_new_tokens: int = 40,
+                   do_sample: bool = False, use_cache: bool = True, **kwargs) -> Generation:
+    """``model.generate`` on left-padded prompts under the open hooks.
+
+    Hooks see every step; ``ctx.prompt_width`` is the padded prompt's width, so
+    ``ctx.positions("generated")`` and ``"last-prompt+generated"`` are right with and without the
+    KV cache. Extra keyword arguments go to ``generate`` (``repetition_penalty``,
+    ``no_repeat_ngram_size``, ``temperature``, ...).
+    """
+    batch = _as_batch(lm, prompts, padding_side="left")
+    if batch.padding_side != "left":
+        raise HookError("generation needs left padding: make_batch(..., padding_side='left')")
+    if max_new_tokens < 1:
+        raise HookError(f"max_new_tokens must be >= 1, got {max_new_tokens}")
+    tok = lm.tokenizer
+    width = batch.input_ids.shape[1]
+    with _BatchInfo(lm, batch, width):
+        out = lm.model.generate(input_ids=batch.input_ids, attention_mask=batch.attention_mask,
+                                max_new_tokens=max_new_tokens, do_sample=do_sample,
+                                use_cache=use_cache, pad_token_id=tok.pad_token_id, **kwargs)
+    new = out[:, width:]
+    texts = tok.batch_decode(new, skip_special_tokens=True)
+    return Generation(texts=[t.strip() for t in texts], prompt_ids=batch.input_ids, new_ids=new)
+
+
+def generate(lm, prompts: Sequence[str] | Batch, *, max_new_tokens: int = 40,
+             **kwargs) -> list[str]:
+    """The generated texts (special tokens removed); see :func:`generate_batch`."""
+    return generate_batch(lm, prompts, max_new_tokens=max_new_tokens, **kwargs).texts
+
+
+def run_with_cache(lm, batch: Batch | Sequence[str], sites, *,
+                   stop: bool = False) -> tuple[Tensor | None, dict[Site, Tensor]]:
+    """Logits and the values at ``sites`` (names, patterns or :class:`Site` s), detached.
+
+    With ``stop=True`` the forward ends after the deepest site (no logits: returns None).
+    """
+    batch = _as_batch(lm, batch)
+    cache: dict[Site, Tensor] = {}
+    wanted = resolve(lm, {s: _noop for s in _site_list(sites)})
+
+    def keep(value: Tensor, ctx: HookContext) -> None:
+        cache[ctx.site] = value.detach().clone()
+
+    deepest = max((s.layer or 0) for s, _ in wanted)
+    out = None
+    with hooks(lm, {s: keep for s, _ in wanted}, stop_after=deepest if stop else None), \
+            _BatchInfo(lm, batch, batch.input_ids.shape[1]):
+        try:
+            out = lm.model(**batch.inputs, use_cache=False).logits
+        except StopForward:
+            pass
+    return out, cache
+
+
+Metric = Callable[..., Tensor]
+
+
+def run_with_grads(lm, batch: Batch | Sequence[str], metric: Metric, sites, *,
+                   metric_sites=None) -> tuple[dict[Site, Tensor], dict[Site, Tensor], Tensor]:
+    """One forward and one backward: values at ``sites`` and ``d metric / d value``.
+
+    Each site's value ``a`` is replaced by ``a + 0`` where the ``0`` is a leaf that requires
+    grad: the forward is unchanged, the gradient of that leaf is the gradient at ``a``, and no
+    graph is kept before the earliest site (model weights stay frozen).
+
+    Args:
+        lm: a loaded model.
+        batch: texts or a :class:`Batch`.
+        metric: ``metric(logits, batch) -> scalar`` by default; with ``metric_sites`` it is
+            ``metric(values, batch)`` where ``values`` maps each metric site to its value, and the
+            forward stops after the deepest metric site (no LM head).
+        sites: where to read values and gradients (names, patterns or sites).
+        metric_sites: sites the metric reads instead of logits (e.g. a late residual stream).
+
+    Returns:
+        ``(values, grads, metric_value)``: detached ``{site: tensor}`` dicts and the metric.
+    """
+    batch = _as_batch(lm, batch)
+    wanted = [s for s, _ in resolve(lm, {s: _noop for s in _site_list(sites)})]
+    leaves: dict[Site, Tensor] = {}
+    values: dict[Site, Tensor] = {}
+    read: dict[Site, Tensor] = {}
+
+    def tap(value: Tensor, ctx: HookContext) -> Tensor:
+        values[ctx.site] = value.detach().clone()
+        leaf = torch.zeros_like(value, requires_grad=True)
+        leaves[ctx.site] = leaf
+        return value + leaf
+
+    def grab(value: Tensor, ctx: HookContext) -> None:
+        read[ctx.site] = value
+
+    fns: dict = {s: [tap] for s in wanted}
+    stop = None
+    if metric_sites is not None:
+        msites = [s for s, _ in resolve(lm, {s: _noop for s in _site_list(metric_sites)})]
+        for s in msites:
+            fns.setdefault(s, []).append(grab)
+        stop = max((s.layer or 0) for s in msites)
+    with torch.enable_grad(), ExitStack() as stack:
+        stack.enter_context(hooks(lm, fns, stop_after=stop))
+        stack.enter_context(_BatchInfo(lm, batch, batch.input_ids.shape[1]))
+        try:
+            out = lm.model(**batch.inputs, use_cache=False)
+        except StopForward:
+            out = None
+        m = metric(read, batch) if metric_sites is not None else metric(out.logits, batch)
+        _check_metric(m, leaves, wanted)
+        grads = torch.autograd.grad(m, [leaves[s] for s in wanted], allow_unused=True)
+    return values, {s: (g if g is not None else torch.zeros_like(leaves[s])).detach()
+                    for s, g in zip(wanted, grads)}, m.detach()
+
+
+def _check_metric(m, leaves, wanted) -> None:
+    missing = [str(s) for s in wanted if s not in leaves]
+    if missing:
+        raise HookError(f"sites {missing} were not reached before the metric (a metric site "
+                        "earlier than them stops the forward)")
+    if not isinstance(m, Tensor) or m.numel() != 1:
+        raise HookError(f"the metric must return a scalar tensor, got {getattr(m, 'shape', m)!r}")
+    if not m.requires_grad:
+        raise HookError("the metric does not depend on any requested site (no gradient path); "
+                        "check the sites and that the metric uses the model's output")
+
+
+def _noop(value, ctx):
+    return None
+
+
+def _site_list(sites) -> list:
+    if isinstance(sites, (str, Site)):
+        return [sites]
+    if isinstance(sites, Mapping):
+        return list(sites)
+    return list(sites)

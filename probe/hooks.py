@@ -1,0 +1,430 @@
+"""One hook layer under everything: read, write and differentiate at any :class:`Site`.
+
+A hook is ``fn(value, ctx) -> Tensor | None``: it gets the site's value and a
+:class:`HookContext` (which positions are prompt or generated tokens, padding, the row's content
+span) and returns a replacement, or ``None`` to leave the value as it is (a read). Capture,
+steering, activation patching and attribution patching are all users of :func:`hooks`:
+
+>>> with hooks(lm, {"blocks.12.hook_resid_post": lambda t, ctx: t + 4.0 * v}):  # doctest: +SKIP
+...     out = lm.generate(["Tell me about your day."], max_new_tokens=40)
+
+What a value is, per site kind (``...`` = ``batch, pos``):
+
+* ``hook_embed``, ``hook_resid_*``, ``hook_attn_out``, ``hook_mlp_out``: ``[..., d_model]``;
+* ``attn.hook_q`` / ``hook_z``: ``[..., head, d_head]``; ``attn.hook_k`` / ``hook_v``:
+  ``[..., kv_head, d_head]`` (grouped-query models are not converted);
+* ``mlp.hook_post``: ``[..., d_mlp]``;
+* a site with ``head=h``: ``[..., d_head]``; with ``neuron=n``: ``[...]``.
+
+Every site is writable with the meaning its name promises. ``hook_resid_mid`` in particular is
+read and written as ``resid_pre + attn_out`` at attention's output, so a write there changes the
+residual stream that the MLP *and* every later block see (a hook on the MLP norm's input would
+change the MLP's input only). Several sites on one module run in execution order
+(``hook_embed`` before ``blocks.0.hook_resid_pre``; a whole site before its heads).
+
+Hooks are torch module hooks: they fire in any call of the model (``model(...)``,
+``model.generate(...)`` with or without the KV cache, a backward pass), in whatever grad mode the
+caller chose, and are removed in ``finally``.
+"""
+
+from __future__ import annotations
+
+import weakref
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from typing import Literal
+
+import torch
+from torch import Tensor, nn
+
+from probe.sites import Site, SiteError, parse_sites
+
+HookFn = Callable[[Tensor, "HookContext"], "Tensor | None"]
+Hooks = Mapping[Site | str, HookFn | Sequence[HookFn]]
+PositionMode = Literal["all", "prompt", "generated", "last", "last-prompt",
+                       "last-prompt+generated", "content"]
+
+#: Order in which a decoder block computes each site kind.
+EXECUTION_ORDER: dict[str, float] = {
+    "hook_embed": 0, "hook_resid_pre": 1, "_stash": 1.5, "attn.hook_q": 2, "attn.hook_k": 3,
+    "attn.hook_v": 4, "attn.hook_z": 5, "hook_attn_out": 6, "hook_resid_mid": 7,
+    "mlp.hook_post": 8, "hook_mlp_out": 9, "hook_resid_post": 10,
+}
+_HEADED = {"attn.hook_q": "heads", "attn.hook_z": "heads", "attn.hook_k": "kv", "attn.hook_v": "kv"}
+
+
+class HookError(ValueError):
+    """A hook cannot be placed or applied as asked; the message says what to fix."""
+
+
+class StopForward(Exception):
+    """Raised after the deepest block a caller needs: the rest of the model is skipped."""
+
+
+# ------------------------------------------------------------------------------ positions
+@dataclass
+class _Forward:
+    """What one forward pass is about, shared by every hook that fires in it."""
+
+    columns: Tensor  # [cur] absolute column of each current position
+    attention_mask: Tensor  # [batch, total]
+    prompt_width: int
+    step: int
+    content: Tensor | None = None  # [batch, prompt_width] bool
+    stash: dict = field(default_factory=dict)
+    _cache: dict = field(default_factory=dict)
+
+
+class HookContext:
+    """What a hook knows about the forward it runs in.
+
+    Attributes:
+        site: The site the hook is attached to.
+        step: Forwards seen by this hook context so far (in generation: 0 is the prompt).
+        columns: ``[pos]`` absolute column (in the padded, growing sequence) of each position of
+            the value. With the KV cache a generation step has one column; without, all.
+        attention_mask: ``[batch, total]`` mask of the whole sequence so far (1 = real token).
+        prompt_width: Columns below this are the (padded) prompt; the rest were generated.
+    """
+
+    __slots__ = ("site", "_f")
+
+    def __init__(self, site: Site, forward: _Forward) -> None:
+        self.site, self._f = site, forward
+
+    name = property(lambda self: str(self.site))
+    step = property(lambda self: self._f.step)
+    columns = property(lambda self: self._f.columns)
+    attention_mask = property(lambda self: self._f.attention_mask)
+    prompt_width = property(lambda self: self._f.prompt_width)
+
+    def positions(self, mode: PositionMode | range = "all") -> Tensor:
+        """``[batch, pos]`` bool: which positions of the value ``mode`` selects (never padding).
+
+        Modes: ``all``; ``prompt``; ``generated``; ``last`` (each row's last real token so far);
+        ``last-prompt`` (the last prompt token); ``last-prompt+generated`` (Wang et al.'s
+        ``last_k=1``); ``content`` (the row's stimulus text, template excluded; needs a batch
+        made by :func:`probe.forward.make_batch`); or a ``range`` of row-relative token
+        indices (0 = the row's first real token).
+        """
+        key = mode if isinstance(mode, str) else ("range", mode.start, mode.stop, mode.step)
+        if key not in self._f._cache:
+            self._f._cache[key] = self._positions(mode)
+        return self._f._cache[key]
+
+    def mask(self, mode: PositionMode | range, like: Tensor) -> Tensor:
+        """:meth:`positions` as a 0/1 tensor of ``like``'s dtype that broadcasts against it."""
+        m = self.positions(mode).to(like.dtype)
+        return m.reshape(*m.shape, *([1] * (like.dim() - 2)))
+
+    def _positions(self, mode) -> Tensor:
+        f = self._f
+        cols = f.columns
+        real = f.attention_mask[:, cols].bool()
+        if isinstance(mode, range):
+            first = f.attention_mask.float().argmax(1)  # first real column of each row
+            rel = cols[None, :] - first[:, None]
+            return real & (rel >= mode.start) & (rel < mode.stop) & ((rel - mode.start) % (mode.step or 1) == 0)
+        generated = (cols >= f.prompt_width)[None, :]
+        if mode == "all":
+            return real
+        if mode == "prompt":
+            return real & ~generated
+        if mode == "generated":
+            return real & generated
+        if mode == "last-prompt":
+            return real & (cols == f.prompt_width - 1)[None, :]
+        if mode == "last-prompt+generated":
+            return real & (generated | (cols == f.prompt_width - 1)[None, :])
+        if mode == "last":
+            last = f.attention_mask.shape[1] - 1 - f.attention_mask.flip(1).float().argmax(1)
+            return real & (cols[None, :] == last[:, None])
+        if mode == "content":
+            if f.content is None:
+                raise HookError("'content' positions need a batch made by probe "
+                                "(probe.forward.make_batch, lm.logits(texts), lm.generate(texts))")
+            out = torch.zeros_like(real)
+            inside = cols < f.content.shape[1]
+            out[:, inside] = f.content[:, cols[inside]]
+            return out & real
+        raise HookError(f"unknown positions {mode!r}; choose all, prompt, generated, last, "
+                        "last-prompt, last-prompt+generated, content, or a range")
+
+
+# --------------------------------------------------------------------------------- routes
+@dataclass(frozen=True, eq=False)
+class Route:
+    """Where a site's value lives: a module's input or output, and how to view it.
+
+    ``value(raw)`` gives what a hook sees; ``replace(raw, new)`` builds the raw tensor that
+    carries a hook's replacement. ``resid_mid`` routes have ``mid=True`` (see module docstring).
+    """
+
+    site: Site
+    module: nn.Module
+    io: Literal["input", "output"]
+    path: str = ""  # the module's path inside its block ("" = the block)
+    part: tuple[int, int] | None = None  # slice of a fused last dim (GPT-2 c_attn)
+    heads: int | None = None  # view the last dim as [heads, d_head]
+    mid: bool = False
+
+    def value(self, raw: Tensor) -> Tensor:
+        x = raw if self.part is None else raw[..., self.part[0]:self.part[1]]
+        if self.heads is not None:
+            x = x.unflatten(-1, (self.heads, -1))
+        if self.site.head is not None:
+            return x[..., self.site.head, :]
+        if self.site.neuron is not None:
+            return x[..., self.site.neuron]
+        return x
+
+    def replace(self, raw: Tensor, new: Tensor) -> Tensor:
+        view = self.value(raw)
+        if new.shape != view.shape:
+            raise HookError(f"hook at {self.site} returned shape {tuple(new.shape)}; the value "
+                            f"has shape {tuple(view.shape)}")
+        if self.part is None and self.site.unit is None:
+            return new.reshape(raw.shape).to(raw.dtype)
+        out = raw.clone()
+        self.value(out).copy_(new)
+        return out
+
+
+def route(lm, site: Site) -> Route:
+    """The :class:`Route` of ``site`` in a loaded model (checks layer, head and neuron)."""
+    arch, model = lm.arch, lm.model
+    n_layers = len(arch.layers(model))
+    if site.layer is not None and site.layer >= n_layers:
+        raise SiteError(f"{site} is out of range: the model has {n_layers} layers (0-{n_layers - 1})")
+    units = arch.units(model)
+    if site.unit is not None and site.unit >= units[site.kind]:
+        what = "neuron" if site.neuron is not None else "head"
+        raise SiteError(f"{site}: the model has {units[site.kind]} {what}s per layer at "
+                        f"{site.kind} (0-{units[site.kind] - 1})")
+    kind = "hook_attn_out" if site.kind == "hook_resid_mid" else site.kind
+    where = arch.where(kind)
+    module, io = arch.module(model, kind, site.layer or 0)
+    part = None
+    if len(where) == 3:
+        d = arch.head_shape(model)[0] * arch.head_shape(model)[1]
+        i = "qkv".index(where[2])
+        part = (i * d, (i + 1) * d)
+    heads = None
+    if site.kind in _HEADED:
+        heads = units[site.kind]
+    return Route(site, module, io, where[0], part, heads, mid=site.kind == "hook_resid_mid")
+
+
+def resolve(lm, fns: Hooks) -> list[tuple[Site, list[HookFn]]]:
+    """``{site or pattern: fn or [fns]}`` -> ``[(site, [fns])]`` with patterns expanded."""
+    out: dict[Site, list[HookFn]] = {}
+    for key, value in fns.items():
+        sites = [key] if isinstance(key, Site) else parse_sites(
+            key, n_layers=len(lm.arch.layers(lm.model)), units=lm.arch.units(lm.model))
+        funcs = [value] if callable(value) else list(value)
+        if not all(callable(f) for f in funcs):
+            raise HookError(f"hooks for {key!r} must be callables fn(value, ctx) -> Tensor | None")
+        for s in sites:
+            out.setdefault(s, []).extend(funcs)
+    return list(out.items())
+
+
+# -------------------------------------------------------------------------------- manager
+_ACTIVE: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()  # model -> [HookManager]
+
+
+class HookManager:
+    """Torch hooks that run ``fns`` at their sites; use :func:`hooks` to get one."""
+
+    def __init__(self, lm, fns: Hooks, *, stop_after: int | None = None) -> None:
+        self.lm = lm
+        self.entries = [(route(lm, s), f) for s, f in resolve(lm, fns)]
+        self.stop_after = stop_after
+        self.prompt_width: int | None = None  # set by probe.forward around generate()
+        self.content: Tensor | None = None
+        self._forward: _Forward | None = None
+        self._last_width: int | None = None
+        self._steps = 0
+        self._handles: list = []
+
+    # ------------------------------------------------------------ forward state
+    def _begin(self, module, args, kwargs) -> None:
+        ids = kwargs.get("input_ids", args[0] if args else None)
+        embeds = kwargs.get("inputs_embeds")
+        ref = ids if ids is not None else embeds
+        batch, cur = ref.shape[0], ref.shape[1]
+        cache = kwargs.get("cache", kwargs.get("past_key_values"))
+        past = cache.get_seq_length() if cache is not None and hasattr(cache, "get_seq_length") else 0
+        mask = kwargs.get("attention_mask")
+        if not isinstance(mask, Tensor) or mask.dim() != 2:
+            mask = torch.ones(batch, past + cur, dtype=torch.long, device=ref.device)
+        width = self.prompt_width
+        if width is None:
+            # Raw HF calls: a forward with an empty cache starts a new prompt; cached steps
+            # continue the last one.
+            width = past + cur if past == 0 or self._last_width is None else self._last_width
+        self._last_width = width
+        cols = torch.arange(past, past + cur, device=ref.device)
+        self._forward = _Forward(cols, mask, width, self._steps, self.content)
+        self._steps += 1
+
+    def _end(self, module, args, kwargs, output) -> None:
+        self._forward = None
+
+    def _state(self, value: Tensor) -> _Forward:
+        if self._forward is None:  # a submodule called on its own: every position is a prompt
+            n = value.shape[1] if value.dim() > 1 else 1
+            self._forward = _Forward(torch.arange(n, device=value.device),
+                                     torch.ones(value.shape[0], n, dtype=torch.long,
+                                                device=value.device), n, self._steps)
+        return self._forward
+
+    # ------------------------------------------------------------ dispatch
+    def _apply(self, entries, raw: Tensor) -> Tensor | None:
+        """Run every entry of one module slot on ``raw``; the new raw tensor or None."""
+        state, changed = self._state(raw), False
+        for r, funcs in entries:
+            if isinstance(funcs, _Stash):  # a block's (possibly rewritten) input, for resid_mid
+                state.stash[funcs.layer] = raw
+                continue
+            if r.mid:
+                base = state.stash.get(r.site.layer)
+                if base is None:
+                    raise HookError(f"{r.site}: the block's input was not seen (a resid_mid hook "
+                                    "needs the whole block to run)")
+                mid = base + raw
+                new = _run(funcs, mid, HookContext(r.site, state))
+                if new is not None:
+                    raw, changed = raw + (new - mid), True
+                continue
+            new = _run(funcs, r.value(raw), HookContext(r.site, state))
+            if new is not None:
+                raw, changed = r.replace(raw, new), True
+        return raw if changed else None
+
+    def _slots(self) -> dict[tuple[int, str], list]:
+        """Entries grouped by (module, io), each group in execution order."""
+        slots: dict[tuple[int, str], list] = {}
+        modules: dict[int, nn.Module] = {}
+        entries = list(self.entries)
+        for layer in sorted({r.site.layer for r, _ in entries if r.mid}):
+            block = self.lm.arch.layers(self.lm.model)[layer]
+            entries.append((Route(Site("hook_resid_pre", layer), block, "input", ""), _Stash(layer)))
+        for r, funcs in entries:
+            key = (id(r.module), r.io)
+            modules[id(r.module)] = r.module
+            slots.setdefault(key, []).append((r, funcs))
+        for group in slots.values():
+            group.sort(key=_order)
+        self._modules = modules
+        return slots
+
+    def __enter__(self) -> HookManager:
+        try:
+            base = self.lm.arch.base(self.lm.model)
+            self._handles.append(base.register_forward_pre_hook(self._begin, with_kwargs=True))
+            self._handles.append(base.register_forward_hook(self._end, with_kwargs=True))
+            for (mid, io), entries in self._slots().items():
+                module = self._modules[mid]
+                if io == "input":
+                    self._handles.append(module.register_forward_pre_hook(
+                        _pre(self, entries), with_kwargs=True))
+                else:
+                    self._handles.append(module.register_forward_hook(_post(self, entries)))
+            if self.stop_after is not None:
+                layers = self.lm.arch.layers(self.lm.model)
+                if self.stop_after < len(layers) - 1:
+                    self._handles.append(layers[self.stop_after].register_forward_hook(_stop))
+            _ACTIVE.setdefault(self.lm.model, []).append(self)
+        except BaseException:
+            self.remove()
+            raise
+        return self
+
+    def remove(self) -> None:
+        for h in self._handles:
+            h.remove()
+        self._handles.clear()
+        active = _ACTIVE.get(self.lm.model, [])
+        if self in active:
+            active.remove(self)
+        self._forward = None
+
+    def __exit__(self, *exc) -> None:
+        self.remove()
+
+
+@dataclass(frozen=True)
+class _Stash:
+    """Marks the slot entry that keeps block ``layer``'s input for its resid_mid hooks."""
+
+    layer: int
+
+
+def _order(entry) -> tuple:
+    r, funcs = entry
+    rank = EXECUTION_ORDER["_stash" if isinstance(funcs, _Stash) else r.site.kind]
+    return rank, r.site.unit is not None, r.site.unit or 0
+
+
+def _run(funcs: list[HookFn], value: Tensor, ctx: HookContext) -> Tensor | None:
+    out = None
+    for fn in funcs:
+        new = fn(value if out is None else out, ctx)
+        if new is not None:
+            if not isinstance(new, Tensor):
+                raise HookError(f"hook at {ctx.site} returned {type(new).__name__}; return a "
+                                "Tensor (a replacement) or None (a read)")
+            out = new
+    return out
+
+
+def _pre(manager: HookManager, entries):
+    def hook(module, args, kwargs):
+        raw = args[0] if args else kwargs["hidden_states"]
+        new = manager._apply(entries, raw)
+        if new is None:
+            return None
+        if args:
+            return (new, *args[1:]), kwargs
+        return args, {**kwargs, "hidden_states": new}
+    return hook
+
+
+def _post(manager: HookManager, entries):
+    def hook(module, args, output):
+        raw = output[0] if isinstance(output, tuple) else output
+        new = manager._apply(entries, raw)
+        if new is None:
+            return None
+        return (new, *output[1:]) if isinstance(output, tuple) else new
+    return hook
+
+
+def _stop(module, args, output):
+    raise StopForward
+
+
+@contextmanager
+def hooks(lm, fns: Hooks, *, stop_after: int | None = None) -> Iterator[HookManager]:
+    """Run ``fns`` at their sites during every forward inside the ``with`` block.
+
+    Args:
+        lm: a :class:`probe.models.LoadedModel`.
+        fns: ``{site: fn}`` or ``{site: [fn, ...]}``; a key is a :class:`Site` or a site name /
+            pattern (``"blocks.3.attn.hook_z[2]"``, ``"resid_post"``). A hook is
+            ``fn(value, ctx) -> Tensor | None``.
+        stop_after: raise :class:`StopForward` after this block (callers catch it), so deeper
+            blocks and the LM head never run.
+
+    Yields:
+        The :class:`HookManager` (its hooks are removed when the block exits, whatever happens).
+    """
+    with HookManager(lm, fns, stop_after=stop_after) as manager:
+        yield manager
+
+
+def active_managers(model: nn.Module) -> list[HookManager]:
+    """Hook contexts currently open on ``model`` (innermost last)."""
+    return list(_ACTIVE.get(model, []))
