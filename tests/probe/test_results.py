@@ -34,11 +34,12 @@ def _curve(n_layers: int, top: float, at: int, floor: float, width: float) -> np
     return np.where(x <= at, left, late)
 
 
-def _row(site, layer, estimator, metric, value, half=None, n_folds=5, n=800):
+def _row(site, layer, estimator, metric, value, half=None, n_folds=5, n=800, evaluation="cv"):
     lo, hi = (np.nan, np.nan) if half is None else (value - half, value + half)
     pooling = None if estimator in ("lexical", "chance") else "last"
-    return {"site": site, "layer": layer, "pooling": pooling, "estimator": estimator, "metric": metric,
-            "value": value, "ci_low": lo, "ci_high": hi, "n_folds": n_folds, "n": n}
+    return {"site": site, "layer": layer, "pooling": pooling, "evaluation": evaluation,
+            "estimator": estimator, "metric": metric, "value": value, "ci_low": lo,
+            "ci_high": hi, "n_folds": n_folds, "n": n}
 
 
 def _table(rows: list[dict]) -> pd.DataFrame:
