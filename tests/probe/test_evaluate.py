@@ -230,3 +230,40 @@ def test_the_control_labelling_equal_to_the_real_one_is_reported():
     with pytest.warns(ProbeWarning, match="control labelling equals the real labelling"):
         evaluate(X, y=y, groups=np.arange(60), texts=texts, site_keys=[("hook_resid_post", 0)],
                  task="classification", config=EvalConfig(n_bootstrap=0, lexical=False))
+
+
+def test_a_heldout_split_scores_only_the_test_rows(sweep):
+    X, y, groups, texts, keys, table = sweep
+    train, test = np.arange(160), np.arange(160, 240)  # groups are rows // 3: 53 | 54 split
+    test = test[groups[test] != groups[159]]  # keep group 53 on one side
+    df = evaluate(X, y=y, groups=groups, texts=texts, site_keys=keys, task="classification",
+                  config=CFG, split=(train, test))
+    validate_results(df)
+    assert set(df.evaluation) == {"heldout"} and (df.n == len(test)).all()
+    assert df.n_folds.isna().all()
+    held = _value(df, 1, "probe", "accuracy")
+    cv = _value(table, 1, "probe", "accuracy")
+    assert abs(held.value - cv.value) < 0.1 and held.ci_low < held.value < held.ci_high
+    assert held.ci_high - held.ci_low > cv.ci_high - cv.ci_low  # fewer rows, wider CI
+    # the same as fitting on the train rows alone and scoring the test rows by hand
+    from probe.engine import fit_logistic_cv
+
+    proba = fit_logistic_cv(X[1:2], y, [(train, test)], C=CFG.C, tol=CFG.tol).predictions[0]
+    by_hand = np.mean(np.unique(y)[proba[test].argmax(1)] == y[test])
+    assert held.value == pytest.approx(by_hand)
+    assert _value(df, 1, "probe", "selectivity").value > 0.3
+    chance = df[(df.estimator == "chance") & (df.metric == "accuracy")].value.iloc[0]
+    assert chance == pytest.approx(max(np.unique(y[test], return_counts=True)[1]) / len(test))
+
+
+def test_heldout_splits_that_cannot_be_scored_are_refused(sweep):
+    X, y, groups, texts, keys, _ = sweep
+    kwargs = {"y": y, "groups": groups, "texts": texts, "site_keys": keys,
+              "task": "classification", "config": EvalConfig(n_bootstrap=0)}
+    with pytest.raises(ProbeError, match="group.*both the train and the test"):
+        evaluate(X, **kwargs, split=(np.arange(100), np.arange(100, 240)))  # group 33 straddles
+    angry = np.isin(groups, groups[y == "anger"])  # whole groups holding an "anger" row
+    with pytest.raises(ProbeError, match=r"classes \['anger'\] occur only in the test part"):
+        evaluate(X, **kwargs, split=(np.flatnonzero(~angry), np.flatnonzero(angry)))
+    with pytest.raises(ProbeError, match="needs train and test rows"):
+        evaluate(X, **kwargs, split=(np.arange(240), np.array([], int)))
