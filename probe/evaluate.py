@@ -217,15 +217,16 @@ def evaluate(
     check_finite(X, site_keys)
     scored, evaluation = _scored(folds, len(y)), "cv" if split is None else "heldout"
     labels = list(site_labels) if site_labels is not None else [_name(k) for k in site_keys]
-    predict = lambda target: cross_val_predict(X, target, folds, task=task, config=config,  # noqa: E731
-                                               site_labels=labels)
-    probe = _scores(task, y, predict(y), groups, config, scored)
+    fit = {"folds": folds, "task": task, "config": config}
+    probe = _scores(task, y, cross_val_predict(X, y, **fit, site_labels=labels), groups, config,
+                    scored)
     meta = {"evaluation": evaluation, "n_folds": len(folds) if split is None else None,
             "n": int(scored.sum())}
     rows = _rows("probe", probe, site_keys, config, **meta)
     fake = _control_task(y, texts, control_keys, folds, task, config) if config.control else None
     if fake is not None:
-        control = _scores(task, fake, predict(fake), groups, config, scored)
+        pred = cross_val_predict(X, fake, **fit, site_labels=[f"{s}, control task" for s in labels])
+        control = _scores(task, fake, pred, groups, config, scored)
         rows += _rows("control", control, site_keys, config, **meta)
         selectivity = _selectivity(task, probe, control, y, fake, folds, groups, config, scored)
         rows += _rows("probe", {"selectivity": selectivity}, site_keys, config, **meta)

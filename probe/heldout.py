@@ -37,8 +37,7 @@ def parse_split_eval(spec: str | tuple) -> tuple[tuple[str, ...], tuple[str, ...
         train, test = spec
         return tuple(train), None if test is None else tuple(test)
     train, colon, test = str(spec).partition(":")
-    names = lambda part: tuple(p.strip().lower() for p in part.split(",") if p.strip())  # noqa: E731
-    train_splits, test_splits = names(train), names(test)
+    train_splits, test_splits = _names(train), _names(test)
     if not train_splits or (colon and not test_splits):
         raise ProbeError(f"--split-eval {spec!r}: expected TRAIN or TRAIN:TEST split names, e.g. "
                          "train:test or train:dev,test")
@@ -46,6 +45,10 @@ def parse_split_eval(spec: str | tuple) -> tuple[tuple[str, ...], tuple[str, ...
     if overlap:
         raise ProbeError(f"--split-eval {spec!r}: {sorted(overlap)} is on both sides")
     return train_splits, test_splits or None
+
+
+def _names(part: str) -> tuple[str, ...]:
+    return tuple(p.strip().lower() for p in part.split(",") if p.strip())
 
 
 def split_rows(splits: np.ndarray, spec: str | tuple) -> tuple[np.ndarray, np.ndarray]:
@@ -59,9 +62,9 @@ def split_rows(splits: np.ndarray, spec: str | tuple) -> tuple[np.ndarray, np.nd
         names, counts = np.unique(splits, return_counts=True)
         have = ", ".join(f"{n or '(empty)'}: {c}" for n, c in zip(names, counts))
         side = "training" if not len(train) else "test"
-        raise ProbeError(f"--split-eval {_spec(spec)} leaves no {side} rows; the rows' split column "
-                         f"holds {{{have}}}. Give the file a split column (train/dev/test), or "
-                         "hold out another dataset with --eval-dataset / --eval-store")
+        raise ProbeError(f"--split-eval {_spec(spec)} leaves no {side} rows; the rows' split "
+                         f"column holds {{{have}}}. Give the file a split column (train/dev/test), "
+                         "or hold out another dataset with --eval-dataset / --eval-store")
     return train, test
 
 

@@ -332,7 +332,8 @@ def peak(df: pd.DataFrame, site: str, metric: str, evaluation: str | None = None
                 float(best["ci_high"]))
 
 
-def summarize(df: pd.DataFrame, metric: str | None = None, pooling: str | None = None) -> pd.DataFrame:
+def summarize(df: pd.DataFrame, metric: str | None = None,
+              pooling: str | None = None) -> pd.DataFrame:
     """One row per site: peak layer and value with CI, last layer, selectivity, baselines.
 
     The peak is that of the main evaluation (:func:`main_evaluation`). When the table also
@@ -414,9 +415,9 @@ def format_summary(df: pd.DataFrame, metric: str | None = None, pooling: str | N
             row = _rows(df, estimator, metric, evaluation=evaluation)
             if not row.empty:
                 r = row.iloc[0]
-                notes.append(("held-out " if transfer and evaluation == "heldout" else "")
-                             + f"{estimator} {r['value']:.3f}" + (
-                                 "" if pd.isna(r["ci_low"]) else f" {_ci(r['ci_low'], r['ci_high'])}"))
+                ci = "" if pd.isna(r["ci_low"]) else f" {_ci(r['ci_low'], r['ci_high'])}"
+                prefix = "held-out " if transfer and evaluation == "heldout" else ""
+                notes.append(f"{prefix}{estimator} {r['value']:.3f}{ci}")
     return "\n".join(lines + (["; ".join(notes)] if notes else []))
 
 

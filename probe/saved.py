@@ -155,7 +155,7 @@ def load_probe(run_dir: str | os.PathLike, site: str | Site, layer: int | None =
     if pooling not in meta["poolings"]:
         raise ValueError(f"pooling {pooling!r} was not saved; choose one of {meta['poolings']}")
     layers = meta["layers"]
-    if (layers is None) != (site.layer is None) or (layers is not None and site.layer not in layers):
+    if (layers is None) != (site.layer is None) or site.layer not in (layers or [None]):
         raise ValueError(f"{site} was not saved; {site.kind} has layers {layers}")
     i = 0 if layers is None else layers.index(site.layer)
     from safetensors import safe_open

@@ -10,12 +10,10 @@ results and figures, print a summary.
 
 from __future__ import annotations
 
-import shlex
-import time
 import warnings
 from collections.abc import Sequence
 from contextlib import contextmanager
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -28,7 +26,7 @@ from probe.evaluate import EvalConfig, evaluate, make_folds, text_baselines
 from probe.heldout import check_label_sets, check_pair, split_rows, warn_overlap
 from probe.results import validate_results
 from probe.sites import Site, parse_sites
-from probe.stats import ProbeError, ProbeWarning, Task, group_stratified_folds
+from probe.stats import ProbeError, ProbeWarning, Task
 from probe.store import StoreError, cached_layers, open_store
 from probe.targets import TargetTask, resolve_task
 
@@ -254,7 +252,8 @@ def _jobs(ds, sites, poolings, n_rows: int) -> list[tuple[str, str, list[int] | 
     for name, layers in _site_groups(ds, sites):
         width = int(np.prod([ds.sizes[d] for d in ds[name].dims[2 if layers is None else 3:]]))
         per = max(1, READ_BUDGET // max(1, 4 * n_rows * width))
-        chunks = [None] if layers is None else [layers[i:i + per] for i in range(0, len(layers), per)]
+        chunks = [None] if layers is None else [layers[i:i + per]
+                                                for i in range(0, len(layers), per)]
         jobs += [(p, name, chunk) for p in poolings for chunk in chunks]
     return jobs
 

@@ -109,7 +109,8 @@ def _run_record(args, results, store, eval_store, heldout_name, config, eval_con
                           "provenance": open_store(eval_store).attrs["emoprobe"]
                           if eval_store else None}
     if args.save_probes:
-        run["probes"] = "probes/<site>.safetensors (+ .json); probe.saved.load_probe(run, site, pooling=...)"
+        run["probes"] = ("probes/<site>.safetensors (+ .json); "
+                         "probe.saved.load_probe(run, site, pooling=...)")
     run["seconds"] = round(time.time() - t0, 1)
     return run
 
@@ -154,8 +155,9 @@ def check_target(dataset, target: str, *, task: str | None, n_folds: int, fold_f
     folds or splits); returns the resolved target."""
     kind = dataset.target_kind(target)
     if kind == "multilabel":
+        single = ", ".join(k for k, v in dataset.targets.items() if v != "multilabel")
         raise ProbeError(f"target {target!r} is multi-label; choose a single-label target "
-                         f"({', '.join(k for k, v in dataset.targets.items() if v != 'multilabel')})")
+                         f"({single})")
     tt = resolve_task(dataset.frame[target].to_numpy(), kind, target=target, task=task)
     distinct = len(np.unique(tt.y))
     if distinct < 2:

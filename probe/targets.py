@@ -109,9 +109,10 @@ def _numbers(values: np.ndarray, target: str, task: Task | None) -> TargetTask:
         reason = "--task regression" if task else "inferred: the values are not whole numbers"
         return TargetTask(target=target, task="regression", y=y, rows=rows, reason=reason)
     if task is None:
-        shown = ", ".join(f"{v:g}" for v in np.unique(y)[:8])
+        values = np.unique(y)
+        shown = ", ".join(f"{v:g}" for v in values[:8]) + (", ..." if len(values) > 8 else "")
         raise ProbeError(
-            f"target {target!r} holds whole numbers ({shown}{', ...' if len(np.unique(y)) > 8 else ''}): "
+            f"target {target!r} holds whole numbers ({shown}): "
             "class ids or a score? Pass --task classification (each value is a class) or --task "
             "regression (the values are a quantity); in Python, task='classification' or "
             "'regression'")
