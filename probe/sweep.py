@@ -192,7 +192,8 @@ def probe_store(
         if tt.task == "classification":
             check_label_sets(train.y[split[0]], train.y[split[1]], tt.target)
     keys = {p: _control_keys(p, train, held) for p in poolings} if config.control else {}
-    jobs = _jobs(ds, sites, poolings, len(train.rows) + (len(held.rows) if held else 0))
+    jobs = _jobs(ds, sites, poolings, len(train.rows) + (len(held.rows) if held else 0),
+                 held.ds if held else None)
     parts = []
     fitted = _Fitted(train, split, tt, config) if probes_dir is not None else None
     for pooling, name, chunk in tqdm(jobs, desc="probing", unit="chunk", disable=not progress,
@@ -246,10 +247,17 @@ def _subset(side: _Side, keep: np.ndarray) -> _Side:
                  [side.texts[i] for i in keep], None if side.words is None else side.words[keep])
 
 
-def _jobs(ds, sites, poolings, n_rows: int) -> list[tuple[str, str, list[int] | None]]:
-    """(pooling, array, layers) chunks, each read at most :data:`READ_BUDGET` bytes."""
+def _jobs(ds, sites, poolings, n_rows: int,
+          heldout: xr.Dataset | None) -> list[tuple[str, str, list[int] | None]]:
+    """(pooling, array, layers) chunks, each read at most :data:`READ_BUDGET` bytes; the
+    held-out store must hold every one of them."""
     jobs = []
     for name, layers in _site_groups(ds, sites):
+        if heldout is not None:
+            try:
+                _site_groups(heldout, [Site(name, layer) for layer in (layers or [None])])
+            except ProbeError as err:
+                raise ProbeError(f"held-out store: {err}") from None
         width = int(np.prod([ds.sizes[d] for d in ds[name].dims[2 if layers is None else 3:]]))
         per = max(1, READ_BUDGET // max(1, 4 * n_rows * width))
         chunks = [None] if layers is None else [layers[i:i + per]

@@ -149,6 +149,16 @@ def test_heldout_stores_that_cannot_be_compared_are_refused(tiny_llama, tiny_dir
     with pytest.raises(ProbeError, match="(?s)not made with the same model.*model_id"):
         probe_store(train, eval_store=other, sites="blocks.0.hook_resid_post", config=FAST,
                     progress=False)
+    partial = tmp_path / "partial.zarr"
+    cache_activations(tiny_llama, EmotionDataset("part1", rows.iloc[36:].reset_index(drop=True),
+                                                 targets={"label": "label"},
+                                                 default_target="label"),
+                      out=partial, progress=False,
+                      config=CacheConfig(sites="blocks.0.hook_resid_post", block_size=16))
+    with pytest.raises(ProbeError, match="held-out store: the store has no cached "
+                                         "blocks.1.hook_resid_post"):
+        probe_store(train, eval_store=partial, sites="blocks.0-1.hook_resid_post", config=FAST,
+                    progress=False)
     with pytest.raises(ProbeError, match="either eval_store"):
         probe_store(train, eval_store=held, split_eval="train", config=FAST, progress=False)
 
