@@ -11,7 +11,7 @@ from probe.data.schema import EmotionDataset
 from probe.evaluate import EvalConfig
 from probe.results import format_summary
 from probe.stats import ProbeError, ProbeWarning
-from probe.store import StoreError
+from probe.store import StoreError, open_store
 from probe.sweep import probe_store
 
 WORDS = ["day", "dog", "rain", "plan", "trip", "meal", "song"]
@@ -208,3 +208,36 @@ def test_token_pooling_keys_the_control_on_the_target_word(tiny_llama, tmp_path)
     assert cover["last"]["key"] == "the content's last word"
     with pytest.warns(ProbeWarning, match="no target words"):
         probe_store(store, poolings=["token"], config=FAST, progress=False)
+
+
+@pytest.fixture(scope="module")
+def smollm_store(tmp_path_factory):
+    """SmolLM2 on 12 emotion-scenarios (84 texts, every scenario with all 7 emotions), chat
+    template on, `last` pooling: hook_embed is one constant vector (the template's last token)."""
+    from probe.data import load_dataset
+    from probe.models import load_model
+
+    dataset = load_dataset("emotion-scenarios")
+    dataset = dataset.select(dataset.frame["group"].isin(sorted(set(dataset.frame["group"]))[:12]))
+    out = tmp_path_factory.mktemp("smollm") / "es.zarr"
+    return cache_activations(load_model("smollm2-135m"), dataset, out=out, progress=False,
+                             config=CacheConfig(sites="hook_embed blocks.12.hook_resid_post",
+                                                poolings=("last", "content-mean")))
+
+
+@pytest.mark.slow
+@pytest.mark.usefixtures("one_thread")
+def test_real_constant_embedding_has_zero_selectivity(smollm_store):
+    df = probe_store(smollm_store, config=EvalConfig(n_bootstrap=500, lexical=False),
+                     progress=False)
+    x = open_store(smollm_store)["hook_embed"].sel(pooling="last").values
+    assert (x == x[0]).all()  # the representation is constant
+    sel = df[df.metric == "selectivity"].set_index(["site", "pooling"])
+    embed = sel.loc[("hook_embed", "last")]
+    control = df[(df.estimator == "control") & (df.metric == "accuracy") & (df.layer.isna())
+                 & (df.pooling == "last")].value.iloc[0]
+    assert control < 1 / 7 - 0.03  # the control's own chance on these folds is lower ...
+    assert embed.value == pytest.approx(0.0, abs=1e-9)  # ... which no longer counts
+    assert embed.ci_low <= 0.0 <= embed.ci_high
+    informative = sel.loc[("hook_resid_post", "content-mean")]  # 0.23 [0.13, 0.33] measured
+    assert informative.value > 0.15 and informative.ci_low > 0.08
