@@ -222,7 +222,7 @@ def _draw_metric(ax: Axes, df: pd.DataFrame, metric: str, sites: Sequence[str] |
                         "control task"))
     if held or "heldout" in embed:
         entries.append((tuple(held[:3] + [embed[k] for k in ("heldout",) if k in embed]),
-                        f"held-out ({heldout_label})" if heldout_label else "held-out"))
+                        f"held-out: {heldout_label}" if heldout_label else "held-out"))
     entries += _draw_references(ax, df, metric, main, transfer)
     _layer_axis(ax, layers, "probe" in embed)
     _value_axis(ax, df, metric, sites or all_sites)

@@ -84,7 +84,7 @@ def _heldout_name(args, dataset, eval_dataset, eval_store) -> str | None:
     if name != dataset.name:
         return name
     where = args.eval_dataset.split(":", 1)[-1] if eval_dataset is not None else str(eval_store)
-    return f"{name}: {Path(where).name}"  # two parts of one dataset: say which
+    return f"{name} ({Path(where).name})"  # two parts of one dataset: say which
 
 
 def _words(dataset) -> list | None:
@@ -132,7 +132,7 @@ def _write_and_report(out: Path, results, run: dict, *, title: str, heldout_name
             counts = f"trained on {attrs['n_train']}, held out {attrs['n_heldout']} " \
                      f"(--split-eval {attrs['split_eval']})"
         elif attrs.get("n_heldout"):
-            counts += f"; held out ({heldout_name}): n={attrs['n_heldout']}"
+            counts += f"; held out on {heldout_name}: n={attrs['n_heldout']}"
         print(f"\n{target} ({attrs.get('task')}), pooling {pooling}, {counts}:")
         print(format_summary(results, pooling=pooling))
     coverage = attrs.get("control_key_coverage") or {}

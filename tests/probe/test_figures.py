@@ -108,8 +108,8 @@ def test_heldout_curves_are_dashed_in_the_site_colour_with_a_band():
     assert gids["heldout:hook_resid_post"].get_ydata()[17] == pytest.approx(0.91)
     assert "heldout:hook_embed" in gids and "heldout_lexical" in gids
     labels = _legend_labels(fig)
-    assert "held-out (sev-b)" in labels and "held-out lexical" in labels
-    swatch = [a for a in _legend_marks(fig, "held-out (sev-b)") if a.get_linestyle() != "None"]
+    assert "held-out: sev-b" in labels and "held-out lexical" in labels
+    swatch = [a for a in _legend_marks(fig, "held-out: sev-b") if a.get_linestyle() != "None"]
     assert swatch[0].get_color() == gids["heldout:hook_resid_post"].get_color()
     assert swatch[0].get_linestyle() == gids["heldout:hook_resid_post"].get_linestyle()
     # peaks stay those of cross-validation

@@ -53,16 +53,27 @@ def test_eval_dataset_reports_transfer_next_to_cv(capsys, tiny_dir, tmp_path):
     held = _csv(tmp_path / "held.csv", _stories(offset=100))
     run = tmp_path / "run"
     code, out, err = _sweep(capsys, tiny_dir, tmp_path, "--dataset", str(train), "--eval-dataset",
-                            str(held), "--out", str(run), "--max-iter", "50",
-                            "--no-save-probes")
+                            str(held), "--out", str(run), "--max-iter", "500")
     assert code == 0, err
-    assert "held out (held): n=48" in out and "held-out peak" in out
+    assert "held out on held: n=48" in out and "held-out peak" in out
     assert "held-out lexical" in out and out.count("held-out store: ") == 1
     df, meta = read_results(run)
     assert set(df.evaluation) == {"cv", "heldout"}
     assert meta["heldout"]["dataset"] == "held" and meta["heldout"]["n"] == 48
-    assert meta["eval"]["max_iter"] == 50
+    assert meta["eval"]["max_iter"] == 500
     assert (run / "layerwise_last.png").stat().st_size > 10_000
+    # the saved probe (fitted on all training rows) is the held-out probe of the table
+    from probe.saved import load_probe
+    from probe.store import open_store
+
+    store = open_store(meta["heldout"]["store"])
+    for layer in (0, 2):
+        X = store["hook_resid_post"].sel(layer=layer, pooling="last").values.astype("float32")
+        saved = load_probe(run, "hook_resid_post", layer, "last")
+        accuracy = (saved.predict(X) == store["label"].values.astype(str)).mean()
+        table = df[(df.evaluation == "heldout") & (df.estimator == "probe") & (df.layer == layer)
+                   & (df.metric == "accuracy") & (df.pooling == "last")].value.iloc[0]
+        assert accuracy == pytest.approx(table, abs=1.5 / 48)  # at most one borderline row
 
 
 def test_heldout_options_are_checked_before_any_work(capsys, tiny_dir, tmp_path):
