@@ -5,10 +5,11 @@ adapted to sentence-level probing. In the original, every word TYPE gets a rando
 from the empirical label distribution; a probe can only solve that by memorising type
 identity, so ``selectivity = probe accuracy - control accuracy`` separates what the
 representation encodes about the task from what the probe can memorise. Here the unit is a
-stimulus, and its "type" is a surface key: by default the lowercased last word of the text
-(:func:`last_word_keys`; the token read out by ``content-last`` pooling, and by ``last``
-pooling when no chat template is used), or any keys the
-caller passes (e.g. the token id at the read-out position). Every stimulus with the same key
+stimulus, and its "type" is a surface key, the word at the pooled token
+(:func:`control_keys`): the target word under ``token`` pooling, else the lowercased last
+word of the stimulus (:func:`last_word_keys`; ``content-last`` reads the stimulus's final
+token, often a full stop shared by every row, and ``last`` with a chat template a template
+token after it), or any keys the caller passes. Every stimulus with the same key
 gets the same random control label. Labels are dealt to keys in random order so that the
 control classes have the true classes' shares of rows: with few distinct keys, independent
 draws (as in the paper, where types number thousands) would give the control task a very
@@ -22,6 +23,12 @@ real task -- which is the comparison selectivity needs. :func:`key_coverage` rep
 of test rows whose key was seen in training; when it is low the control task is weak (close
 to chance whatever the representation) and selectivity reduces to "probe minus chance".
 Regression targets get the same construction with values drawn from the empirical targets.
+
+Each task is scored against its own chance on the same folds, :func:`prior_predictions` (the
+label-blind predictor; what the probe predicts from a constant representation): the control
+labels are not balanced within groups, so under group folds the control's training majority
+class is rare in the test fold and its chance sits below the real task's. ``probe.evaluate``
+takes selectivity as ``(probe - prior) - (control - control prior)``.
 
 Lexical baseline: sublinear TF-IDF over word 1-2 grams + ``LogisticRegression(C=1)``
 (``Ridge(alpha=1)`` for continuous targets), the vectoriser fitted on each fold's training

@@ -1,7 +1,7 @@
 """The tidy results table of a probe sweep: schema, files on disk, and the end-of-sweep summary.
 
 A sweep's results are one :class:`pandas.DataFrame` with one row per
-``(site, layer, estimator, metric)`` and exactly these columns:
+``(site, layer, pooling, evaluation, estimator, metric)`` and exactly these columns:
 
 ``site``       activation site kind (``"hook_resid_post"``, ``"hook_embed"``, ...); NA for
                ``lexical`` and ``chance`` rows
