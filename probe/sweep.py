@@ -24,7 +24,7 @@ from tqdm.auto import tqdm
 
 from probe.baselines import control_keys, key_coverage
 from probe.engine import fit_logistic_cv, fit_ridge_cv
-from probe.evaluate import EvalConfig, evaluate, make_folds, text_baselines
+from probe.evaluate import EvalConfig, evaluate, make_folds, text_baselines, warn_unconverged
 from probe.heldout import check_label_sets, check_pair, split_rows, warn_overlap
 from probe.results import validate_results
 from probe.sites import Site, parse_sites
@@ -198,13 +198,15 @@ def probe_store(
                  held.ds if held else None)
     parts = []
     fitted = _Fitted(train, split, tt, config) if probes_dir is not None else None
+    relay = _Relay()
     for pooling, name, chunk in tqdm(jobs, desc="probing", unit="chunk", disable=not progress,
                                      dynamic_ncols=True):
         X = _read(train.ds[name], pooling, chunk, train.rows)
         parts += _probe_chunk(X, train, held, split, tt.task, pooling, name, chunk, config,
-                              keys.get(pooling))
+                              keys.get(pooling), relay)
         if fitted is not None:
-            fitted.fit(X, pooling, name, chunk)
+            with relay(pooling):
+                fitted.fit(X, pooling, name, chunk)
     if fitted is not None:
         fitted.save(probes_dir)
     parts += _baselines(train, held, split, tt.task, config)
@@ -269,27 +271,30 @@ def _jobs(ds, sites, poolings, n_rows: int,
 
 
 def _probe_chunk(X, train: _Side, held: _Side | None, split, task, pooling, name, chunk,
-                 config, keys) -> list[pd.DataFrame]:
+                 config, keys, relay: _Relay) -> list[pd.DataFrame]:
     """Cross-validated and/or held-out rows of one chunk of layers under one pooling."""
     n = len(train.rows)
     keys = None if keys is None else keys[0]
     common = {"site_keys": [(name, layer) for layer in (chunk or [None])], "task": task,
-              "config": config, "include_text_baselines": False,
-              "site_labels": [f"{_name(name, layer)} ({pooling})" for layer in (chunk or [None])]}
+              "config": config, "include_text_baselines": False}
+    labels = [f"{_name(name, layer)} ({pooling}" for layer in (chunk or [None])]
     parts = []
     if split is None:
-        with _relay(f"pooling {pooling}"):
+        with relay(pooling):
             parts.append(evaluate(X, y=train.y, groups=train.groups, texts=train.texts,
-                                  control_keys=None if keys is None else keys[:n], **common))
-    with _relay(f"pooling {pooling}, held-out"):
+                                  control_keys=None if keys is None else keys[:n],
+                                  site_labels=[f"{label})" for label in labels], **common))
+    held_labels = [f"{label}, held-out fit)" for label in labels]
+    with relay(pooling, heldout=True):
         if held is not None:
             Xh = np.concatenate([X, _read(held.ds[name], pooling, chunk, held.rows)], axis=1)
             parts.append(evaluate(Xh, **_joined(train, held), control_keys=keys,
                                   split=(np.arange(n), np.arange(n, n + len(held.rows))),
-                                  **common))
+                                  site_labels=held_labels, **common))
         elif split is not None:
             parts.append(evaluate(X, y=train.y, groups=train.groups, texts=train.texts,
-                                  control_keys=keys, split=split, **common))
+                                  control_keys=keys, split=split, site_labels=held_labels,
+                                  **common))
     return [df.assign(pooling=pooling) for df in parts]
 
 
@@ -357,8 +362,11 @@ def _fit_all_rows(X: np.ndarray, y: np.ndarray, task: Task, cfg: EvalConfig,
     """
     folds = [(np.arange(X.shape[1]), np.array([], dtype=int))]
     if task == "classification":
-        fit = fit_logistic_cv(X, y, folds, C=cfg.C, tol=cfg.tol, max_iter=cfg.max_iter,
-                              device=cfg.device, site_batch=cfg.site_batch, return_coef=True)
+        with warnings.catch_warnings():  # replaced by one that names the sites
+            warnings.simplefilter("ignore", ProbeWarning)
+            fit = fit_logistic_cv(X, y, folds, C=cfg.C, tol=cfg.tol, max_iter=cfg.max_iter,
+                                  device=cfg.device, site_batch=cfg.site_batch, return_coef=True)
+        warn_unconverged(fit.converged, labels, cfg, folds=False)
     else:
         fit = fit_ridge_cv(X, np.asarray(y, float), folds, alpha=cfg.alpha, device=cfg.device,
                            site_batch=cfg.site_batch, return_coef=True)
@@ -421,22 +429,30 @@ class _Fitted:
             save_probes(run_dir, name, self.layers[name], arrays, meta)
 
 
-@contextmanager
-def _relay(prefix: str):
-    """Re-issue the ProbeWarnings of a block once each, prefixed (chunks repeat them)."""
-    with warnings.catch_warnings(record=True) as caught:
-        warnings.simplefilter("always")
-        yield
-    seen = set()
-    for w in caught:
-        text = str(w.message)
-        if text in seen:
-            continue
-        seen.add(text)
-        if issubclass(w.category, ProbeWarning):
-            warnings.warn(f"{prefix}: {text}", w.category, stacklevel=3)
-        else:
-            warnings.warn_explicit(w.message, w.category, w.filename, w.lineno)
+class _Relay:
+    """Re-issues the warnings of each chunk once per sweep (chunks repeat them), ProbeWarnings
+    prefixed with the pooling unless they name it already. (``catch_warnings`` resets Python's
+    own once-per-location registry, so deduplication has to happen here.)"""
+
+    def __init__(self):
+        self.seen: set[str] = set()
+
+    @contextmanager
+    def __call__(self, pooling: str, heldout: bool = False):
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            yield
+        for w in caught:
+            text = str(w.message)
+            if issubclass(w.category, ProbeWarning) and f"({pooling}" not in text:
+                text = f"pooling {pooling}{', held-out' if heldout else ''}: {text}"
+            if text in self.seen:
+                continue
+            self.seen.add(text)
+            if issubclass(w.category, ProbeWarning):
+                warnings.warn(text, w.category, stacklevel=3)
+            else:
+                warnings.warn_explicit(w.message, w.category, w.filename, w.lineno)
 
 
 def _name(kind: str, layer: int | None) -> str:

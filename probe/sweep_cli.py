@@ -142,7 +142,9 @@ def _write_and_report(out: Path, results, run: dict, *, title: str, heldout_name
     for pooling, entry in coverage.items():
         seen = ", ".join(f"{entry[k]:.0%} {'held-out' if k == 'heldout' else 'in CV'}"
                          for k in ("cv", "heldout") if k in entry)
-        print(f"  {pooling}: keyed on {entry['key']}; {seen}")
+        fitted = ((results["estimator"] == "control") & (results["pooling"] == pooling)).any()
+        print(f"  {pooling}: keyed on {entry['key']}; {seen}"
+              + ("" if fitted else " (control task skipped: see the warning)"))
     if attrs.get("n_dropped"):
         print(f"\nnote: {attrs['n_dropped']} row(s) without a {target!r} value were left out")
     print(f"\nresults: {out}  (results.csv/json, run.json, layerwise_*.png/svg, panels_*.png/svg"

@@ -267,3 +267,17 @@ def test_heldout_splits_that_cannot_be_scored_are_refused(sweep):
         evaluate(X, **kwargs, split=(np.flatnonzero(~angry), np.flatnonzero(angry)))
     with pytest.raises(ProbeError, match="needs train and test rows"):
         evaluate(X, **kwargs, split=(np.arange(240), np.array([], int)))
+
+
+def test_convergence_warnings_name_layer_pooling_and_the_fix():
+    rng = np.random.default_rng(0)
+    y = np.array(["a", "b", "c"] * 40)
+    X = rng.normal(size=(2, 120, 30)) + 3 * (y == "a")[None, :, None]
+    cfg = EvalConfig(n_bootstrap=0, lexical=False, control=False, max_iter=2, n_folds=3)
+    with pytest.warns(ProbeWarning) as caught:
+        evaluate(X, y=y, groups=np.arange(120), texts=None, task="classification", config=cfg,
+                 site_keys=[("hook_resid_post", 14), ("hook_resid_post", 15)],
+                 site_labels=["blocks.14.hook_resid_post (last)", "blocks.15.hook_resid_post (last)"])
+    text = " ".join(str(w.message) for w in caught)
+    assert "blocks.14.hook_resid_post (last) folds [0, 1, 2]" in text and "max_iter=2" in text
+    assert "--max-iter" in text and "site 14" not in text and "site 0" not in text

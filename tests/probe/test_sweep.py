@@ -269,3 +269,20 @@ def test_all_rows_probes_match_sklearn_in_raw_space(n, d):
     np.testing.assert_allclose(X.astype("f8") @ ridge.coef[0, 0] + ridge.intercept[0, 0],
                                RidgeProbe(alpha=cfg.alpha).fit(X.astype("f8"), t).predict(X),
                                atol=1e-6 * np.abs(t).max())
+
+
+def test_chunk_warnings_are_reported_once_per_pooling(tiny_llama, tmp_path, monkeypatch):
+    import warnings
+
+    import probe.sweep
+
+    frame = _dataset(36).frame.assign(text=lambda f: f["text"] + " the end")  # one control key
+    ds = EmotionDataset("ends", frame, targets={"label": "label"}, default_target="label")
+    store = cache_activations(tiny_llama, ds, out=tmp_path / "e.zarr", progress=False,
+                              config=CacheConfig(sites="blocks.0-1.hook_resid_post"))
+    monkeypatch.setattr(probe.sweep, "READ_BUDGET", 1)  # one layer per chunk
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        probe_store(store, config=FAST, progress=False)
+    skipped = [str(w.message) for w in caught if "control task skipped" in str(w.message)]
+    assert sorted(m.split(":")[0] for m in skipped) == ["pooling content-mean", "pooling last"]
