@@ -1,8 +1,9 @@
 """Probe sweeps: a probe at every cached layer x site x pooling of a store, with baselines.
 
-:func:`probe_store` is the notebook entry point (a store in, a tidy results table out);
-:func:`sweep_from_args` is what ``probe sweep`` runs: load, cache what is missing, probe, write
-results and figures, print a summary.
+:func:`probe_store` is the notebook entry point (a store in, a tidy results table out): group
+k-fold CV at every site, layer and pooling, held-out scores on another store or a test split,
+and the probes fitted on all training rows (saved for steering). ``probe sweep`` wraps it
+(:mod:`probe.sweep_cli`).
 
 >>> results = probe_store("cache/smollm2-135m/emotion-scenarios-1a2b3c4d5e.zarr")  # doctest: +SKIP
 >>> plot_layerwise(results, pooling="last")  # doctest: +SKIP
