@@ -81,10 +81,9 @@ def _heldout_name(args, dataset, eval_dataset, eval_store) -> str | None:
         return None
     name = eval_dataset.name if eval_dataset is not None else \
         open_store(eval_store).attrs["emoprobe"].get("dataset")
-    if name != dataset.name:
-        return name
     where = args.eval_dataset.split(":", 1)[-1] if eval_dataset is not None else str(eval_store)
-    return f"{name} ({Path(where).name})"  # two parts of one dataset: say which
+    part = args.eval_split or (Path(where).name if name == dataset.name else name)
+    return name if part == name else f"{name} ({part})"  # parts of one dataset: say which
 
 
 def _words(dataset) -> list | None:
