@@ -106,32 +106,11 @@ def cross_val_predict(X, y: Sequence, folds: FoldList, *, task: Task, config: Ev
     order) or ``[S, n]`` predicted values; NaN for rows in no test fold. ``site_labels`` name
     the sites in the solver's convergence warnings."""
     if task == "classification":
-        with warnings.catch_warnings():  # the solver's own warning counts sites by index
-            warnings.simplefilter("ignore", ProbeWarning)
-            fit = fit_logistic_cv(X, y, folds, C=config.C, tol=config.tol, device=config.device,
-                                  max_iter=config.max_iter, site_batch=config.site_batch)
-        labels = site_labels or [f"site {s}" for s in range(X.shape[0])]
-        warn_unconverged(fit.converged, labels, config, folds=len(folds) > 1)
-        return fit.predictions
+        return fit_logistic_cv(X, y, folds, C=config.C, tol=config.tol, device=config.device,
+                               max_iter=config.max_iter, site_batch=config.site_batch,
+                               site_labels=site_labels).predictions
     return fit_ridge_cv(X, np.asarray(y, float), folds, alpha=config.alpha, device=config.device,
                         site_batch=config.site_batch).predictions[..., 0]
-
-
-def warn_unconverged(converged: np.ndarray, site_labels: Sequence[str], config: EvalConfig, *,
-                     folds: bool = True) -> None:
-    """A :class:`ProbeWarning` naming the sites (and folds) whose solve stopped at
-    ``config.max_iter`` before reaching ``config.tol``, and how to raise the cap."""
-    converged = np.asarray(converged, dtype=bool).reshape(len(site_labels), -1)
-    sites = np.flatnonzero(~converged.all(1))
-    if not len(sites):
-        return
-    where = [site_labels[s] + (f" folds {np.flatnonzero(~converged[s]).tolist()}" if folds else "")
-             for s in sites[:4]]
-    more = f" and {len(sites) - 4} more sites" if len(sites) > 4 else ""
-    warnings.warn(f"the logistic probe did not reach tol={config.tol:g} within "
-                  f"max_iter={config.max_iter} iterations at {', '.join(where)}{more}; its "
-                  "scores there may be slightly off: raise --max-iter (Python: "
-                  "EvalConfig(max_iter=...))", ProbeWarning, stacklevel=3)
 
 
 def score_with_ci(task: Task, y: Sequence, pred: np.ndarray, groups: Sequence,

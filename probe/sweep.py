@@ -16,7 +16,6 @@ from collections.abc import Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from types import SimpleNamespace
 
 import numpy as np
 import pandas as pd
@@ -24,8 +23,8 @@ import xarray as xr
 from tqdm.auto import tqdm
 
 from probe.baselines import control_keys, key_coverage
-from probe.engine import fit_logistic_cv, fit_ridge_cv
-from probe.evaluate import EvalConfig, evaluate, make_folds, text_baselines, warn_unconverged
+from probe.engine import fit_probes
+from probe.evaluate import EvalConfig, evaluate, make_folds, text_baselines
 from probe.heldout import check_label_sets, check_pair, split_rows, warn_overlap
 from probe.results import validate_results
 from probe.sites import Site, parse_sites
@@ -352,35 +351,6 @@ def _attrs(ds, tt: TargetTask, train: _Side, held: _Side | None, split, keys: di
     return attrs
 
 
-def _fit_all_rows(X: np.ndarray, y: np.ndarray, task: Task, cfg: EvalConfig,
-                  labels: list[str]) -> SimpleNamespace:
-    """One probe per site on all rows, in raw activation space: ``coef [S, K, d]``,
-    ``intercept [S, K]``, ``classes``, ``mean``/``scale [S, d]``, ``n_iter``, ``converged [S]``.
-
-    The engine solves it as one fold whose training part is every row (no test rows), on
-    standardised features; the standardisation (float64 moments of the rows, zero variance
-    -> scale 1, as in ``StandardScaler``) is then folded into the weights.
-    """
-    folds = [(np.arange(X.shape[1]), np.array([], dtype=int))]
-    if task == "classification":
-        with warnings.catch_warnings():  # replaced by one that names the sites
-            warnings.simplefilter("ignore", ProbeWarning)
-            fit = fit_logistic_cv(X, y, folds, C=cfg.C, tol=cfg.tol, max_iter=cfg.max_iter,
-                                  device=cfg.device, site_batch=cfg.site_batch, return_coef=True)
-        warn_unconverged(fit.converged, labels, cfg, folds=False)
-    else:
-        fit = fit_ridge_cv(X, np.asarray(y, float), folds, alpha=cfg.alpha, device=cfg.device,
-                           site_batch=cfg.site_batch, return_coef=True)
-    X64 = np.asarray(X, dtype=np.float64)
-    mean = X64.mean(1)
-    scale = X64.std(1)
-    scale = np.where(scale > 0, scale, 1.0)
-    coef = fit.coef[:, 0] / scale[:, None]  # [S, K, d]
-    intercept = fit.intercept[:, 0] - np.einsum("skd,sd->sk", coef, mean)
-    return SimpleNamespace(coef=coef, intercept=intercept, classes=fit.classes, mean=mean,
-                           scale=scale, n_iter=fit.n_iter[:, 0], converged=fit.converged[:, 0])
-
-
 class _Fitted:
     """Probes fitted on all training rows, gathered per site kind and pooling, then saved."""
 
@@ -394,8 +364,10 @@ class _Fitted:
     def fit(self, X, pooling: str, name: str, chunk: list[int] | None) -> None:
         labels = [f"{_name(name, layer)} ({pooling}, all training rows)"
                   for layer in (chunk or [None])]
-        fit = _fit_all_rows(X[:, self.rows], self.tt.y[self.rows], self.tt.task, self.config,
-                            labels)
+        cfg = self.config
+        fit = fit_probes(X[:, self.rows], self.tt.y[self.rows], task=self.tt.task, C=cfg.C,
+                         alpha=cfg.alpha, tol=cfg.tol, max_iter=cfg.max_iter, device=cfg.device,
+                         site_batch=cfg.site_batch, site_labels=labels)
         self.classes = None if fit.classes is None else [str(c) for c in fit.classes]
         chunks = self.parts.setdefault(name, {}).setdefault(pooling, [])
         chunks.append({k: np.asarray(getattr(fit, k)) for k in ("coef", "intercept", "mean",
@@ -405,7 +377,7 @@ class _Fitted:
         state = self.status.setdefault(name, {}).setdefault(pooling, {"converged": [],
                                                                         "n_iter": []})
         state["converged"] += np.asarray(fit.converged, dtype=bool).reshape(-1).tolist()
-        state["n_iter"] += np.asarray(fit.n_iter).reshape(X.shape[0], -1).max(1).tolist()
+        state["n_iter"] += np.asarray(fit.n_iter).reshape(-1).tolist()
 
     def save(self, run_dir) -> None:
         from probe.saved import save_probes

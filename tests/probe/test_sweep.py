@@ -243,34 +243,6 @@ def test_real_constant_embedding_has_zero_selectivity(smollm_store):
     assert informative.value > 0.15 and informative.ci_low > 0.08
 
 
-@pytest.mark.usefixtures("one_thread")
-@pytest.mark.parametrize("n, d", [(150, 12), (60, 200)])  # primal and dual (n < d) solves
-def test_all_rows_probes_match_sklearn_in_raw_space(n, d):
-    from probe.probes import LogisticProbe, RidgeProbe
-    from probe.sweep import _fit_all_rows
-
-    rng = np.random.default_rng(0)
-    y = np.array(["a", "b", "c"])[rng.integers(0, 3, n)]
-    X = (rng.normal(size=(n, d)) * rng.uniform(0.1, 30, d) + rng.normal(0, 50, d)).astype("f4")
-    X[:, :3] += 20 * (y[:, None] == np.array(["a", "b", "c"]))
-    X[:, 5] = 7.0  # a constant feature
-    cfg = EvalConfig()  # the sweep's own tolerance
-    fit = _fit_all_rows(np.stack([X, X[:, ::-1]]), y, "classification", cfg, ["s0", "s1"])
-    assert fit.coef.shape == (2, 3, d) and fit.converged.all()
-    ref = LogisticProbe(C=cfg.C, tol=1e-10, max_iter=10_000).fit(X.astype("f8"), y)
-    logits = X.astype("f8") @ fit.coef[0].T + fit.intercept[0]
-    ref_logits = ref.decision_function(X.astype("f8"))
-    np.testing.assert_allclose(logits - logits.mean(1, keepdims=True),
-                               ref_logits - ref_logits.mean(1, keepdims=True), atol=2e-3, rtol=0)
-    np.testing.assert_allclose(fit.coef[1], fit.coef[0][:, ::-1], atol=1e-4)
-    assert fit.coef[0][:, 5].tolist() == [0.0, 0.0, 0.0]
-    t = X[:, 0] - X[:, 1] + rng.normal(size=n).astype("f4")
-    ridge = _fit_all_rows(X[None], t, "regression", cfg, ["s0"])
-    np.testing.assert_allclose(X.astype("f8") @ ridge.coef[0, 0] + ridge.intercept[0, 0],
-                               RidgeProbe(alpha=cfg.alpha).fit(X.astype("f8"), t).predict(X),
-                               atol=1e-6 * np.abs(t).max())
-
-
 def test_chunk_warnings_are_reported_once_per_pooling(tiny_llama, tmp_path, monkeypatch):
     import warnings
 
