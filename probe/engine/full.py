@@ -17,6 +17,7 @@ from probe.engine.logistic import (
     objective,
     site_batches,
     solve,
+    standardised_weights,
     warn_unconverged,
 )
 from probe.engine.prepare import Standardised
@@ -130,8 +131,8 @@ def fit_full(X, y, *, task, C, alpha, tol, max_iter, device, site_batch, site_la
     for Xb in site_batches(X, site_batch, len(Yh), 1, len(classes)):
         solved = solve(Xb, obj, train, device=device, form="auto", tol=tol, max_iter=max_iter,
                        standardize=standardize)
-        W = solved.design.coef(solved.W)[:, :, 0]
-        parts.append(_raw(W, solved.b[:, :, 0], solved.std, solved.n_iter[:, 0],
+        W, b = standardised_weights(solved)
+        parts.append(_raw(W[:, :, 0], b[:, :, 0], solved.std, solved.n_iter[:, 0],
                           solved.converged[:, 0]))
     return _stack(parts, classes, dtype)
 
