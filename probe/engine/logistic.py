@@ -14,7 +14,7 @@ from torch import Tensor
 
 from probe.engine import precondition
 from probe.engine.designs import Dual, Primal
-from probe.engine.lbfgs import Softmax, minimise
+from probe.engine.lbfgs import HISTORY, Softmax, minimise
 from probe.engine.prepare import FoldList, Standardised, copy_tensor, fold_masks, standardise
 from probe.stats import ProbeError, ProbeWarning
 
@@ -126,14 +126,20 @@ def site_batches(X, site_batch: int | None, n_train: int, F: int, K: int) -> lis
 
 def memory_estimate(S: int, n: int, d: int, F: int, K: int, form: str = "auto") -> int:
     """Peak bytes (float32) the logistic solve holds for S sites beyond the caller's X: the
-    standardised copy, the design (a d x d inverse, an n x n kernel basis or per-fold rotations)
-    and the solver's state (logits, gradients, L-BFGS history)."""
+    standardised copy, the design (per-fold rotations, or a preconditioner: a d x d inverse, an
+    n x n kernel basis or a rank-256 sketch) and the solver's state (logits, L-BFGS history).
+
+    Args:
+        form: ``"auto"`` (what the solve would choose), ``"dual"``, or ``"primal/<kind>"``.
+    """
     r = n - n // max(F, 2)  # training rows per fold
     if form == "auto":
-        form = precondition.choose(n, d, r, F, K)[0]
-    design = F * (n * r + 2 * r * r) + n * d if form == "dual" else d * d + n * d // 2 + n * n
+        form = "/".join(v for v in precondition.choose(n, d, r, F, K) if v)
+    design = {"dual": F * (n * r + 2 * r * r) + 2 * n * d, "primal/gram": 2 * d * d,
+              "primal/kernel": n * n + n * d,
+              "primal/sketch": 3 * d * (precondition.SKETCH_RANK + 16)}[form]
     p = r if form == "dual" else d
-    return 4 * S * (n * d + design + 8 * K * F * n + 20 * K * F * (p + 1))
+    return 4 * S * (n * d + design + 8 * K * F * n + (4 * HISTORY + 8) * K * F * (p + 1))
 
 
 def warn_unconverged(converged: np.ndarray, labels: Sequence[str] | None, tol: float,
