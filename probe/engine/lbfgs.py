@@ -16,8 +16,10 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
-HISTORY = 10  # correction pairs: 2 to 20 gave the same iteration counts at n <= 2,000 (the
-#            preconditioner captures the curvature); at n = 10,000, 10 or more saved 20% over 4-8
+HISTORY = 10  # correction pairs from n = 5,000 rows: 10 or more saved 20% of iterations over
+#            4-8 at n = 10,000. Below, 3 to 20 gave the same counts (the preconditioner captures
+#            the curvature) and each pair costs ~15 small tensor operations per iteration, so 4.
+SHORT_HISTORY, LONG_ROWS = 4, 5000
 
 
 @dataclass(frozen=True)
@@ -122,6 +124,7 @@ def minimise(design, obj: Softmax, S: int, *, tol: float, max_iter: int) -> Resu
     """Minimise every problem of ``design`` (S sites) from zero weights; ``theta`` has
     ``obj.rows`` rows of weights."""
     K, F, p = obj.rows, obj.mask.shape[2], design.p
+    history = HISTORY if obj.mask.shape[-1] >= LONG_ROWS else SHORT_HISTORY
     out = Result(obj.Y.new_zeros(S, K, F, p + 1),
                  torch.zeros(S, F, dtype=torch.long, device=obj.Y.device),
                  torch.zeros(S, F, dtype=torch.bool, device=obj.Y.device))
@@ -159,7 +162,7 @@ def minimise(design, obj: Softmax, S: int, *, tol: float, max_iter: int) -> Resu
         ok = (sy > 1e-10 * _dot(step, step).sqrt() * _dot(y, y).sqrt()) & (yPy > 0) & active
         gamma = torch.where(ok, sy / yPy.clamp_min(1e-30), gamma)
         keep = ok[:, None, :, None]
-        hist = [*hist[1 - HISTORY:], (step * keep, y * keep, Py * keep,
+        hist = [*hist[1 - history:], (step * keep, y * keep, Py * keep,
                                       torch.where(ok, 1 / sy.clamp_min(1e-30), 0 * sy))]
         out.n_iter[live] += active.long()
         active &= (_criterion(g, obj) > tol) & (t > 0)

@@ -222,7 +222,8 @@ def _out_of_fold(fit: Solved, test: Tensor, return_coef: bool) -> CVFit:
     coef = intercept = None
     if return_coef:
         coef, intercept = standardised_weights(fit)
-        coef, intercept = coef.permute(0, 2, 1, 3).cpu().numpy(), intercept.transpose(1, 2).cpu().numpy()
+        coef = coef.permute(0, 2, 1, 3).cpu().numpy()
+        intercept = intercept.transpose(1, 2).cpu().numpy()
     return CVFit(oof.cpu().numpy(), None, fit.n_iter.cpu().numpy(), fit.converged.cpu().numpy(),
                  fit.form, coef, intercept)
 
