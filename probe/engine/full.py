@@ -128,7 +128,7 @@ def fit_full(X, y, *, task, C, alpha, tol, max_iter, device, site_batch, site_la
     train, _ = _all_rows(len(Yh), device)
     obj = objective(Yh, train, C, classes)
     parts = []
-    for Xb in site_batches(X, site_batch, len(Yh), 1, len(classes)):
+    for Xb in site_batches(X, site_batch, 1, obj.rows):
         solved = solve(Xb, obj, train, device=device, form="auto", tol=tol, max_iter=max_iter,
                        standardize=standardize)
         W, b = standardised_weights(solved)

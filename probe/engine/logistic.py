@@ -116,7 +116,7 @@ def standardised_weights(fit: Solved) -> tuple[Tensor, Tensor]:
     return coef, b - b.mean(1, keepdim=True)
 
 
-def site_batches(X, site_batch: int | None, n_train: int, F: int, K: int) -> list:
+def site_batches(X, site_batch: int | None, F: int, K: int) -> list:
     """Slices of X's sites to solve at a time (``None``: as many as fit ``MEMORY_BUDGET``)."""
     S, n, d = X.shape
     if site_batch is None:
@@ -207,7 +207,7 @@ def fit_logistic_cv(
     train, test = fold_masks(folds, len(Y), device)
     obj = objective(Y, train, C, classes)
     parts = []
-    for Xb in site_batches(X, site_batch, int(train.sum(1).max()), len(train), len(classes)):
+    for Xb in site_batches(X, site_batch, len(train), obj.rows):
         fit = solve(Xb, obj, train, device=device, form=form, tol=tol, max_iter=max_iter)
         parts.append(_out_of_fold(fit, test, return_coef))
     out = concat(parts, classes)
