@@ -32,14 +32,14 @@ _ROW_BLOCK = 8192
 def copy_tensor(X, device: str | torch.device, dtype: torch.dtype = torch.float32
                ) -> Float[Tensor, "S n d"]:
     """A float32 (or ``dtype``) copy of X on ``device`` (solves standardise it in place)."""
+    fresh = False
     if not isinstance(X, Tensor):
         X = np.asarray(X)
-        X = torch.from_numpy(X) if X.flags.writeable else torch.tensor(X)
+        fresh = not X.flags.writeable  # torch cannot wrap read-only memory: copy it here
+        X = torch.from_numpy(np.array(X) if fresh else X)
     if X.ndim != 3:
         raise ProbeError(f"X must have shape [sites, samples, features], got {tuple(X.shape)}")
-    if not X.dtype.is_floating_point:
-        X = X.double()
-    return X.to(device=device, dtype=dtype, copy=True)
+    return X.to(device=device, dtype=dtype, copy=not fresh)
 
 
 def fold_masks(folds: FoldList, n: int, device) -> tuple[Bool[Tensor, "F n"], Bool[Tensor, "F n"]]:

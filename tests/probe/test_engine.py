@@ -97,12 +97,15 @@ def test_ridge_is_exact(form):
 
 def test_site_batches_torch_and_float16_inputs_agree():
     X, y = activations(5, 150, 20, 3)
+    original = X.copy()
     folds = kfold(y)
     whole = fit_logistic_cv(X, y, folds).predictions
+    np.testing.assert_array_equal(X, original)  # the solve standardises its own copy
     np.testing.assert_allclose(fit_logistic_cv(X, y, folds, site_batch=2).predictions, whole,
                                atol=1e-5)
-    np.testing.assert_allclose(fit_logistic_cv(torch.from_numpy(X), y, folds).predictions,
-                               whole, atol=1e-5)
+    as_torch = torch.from_numpy(X)
+    np.testing.assert_allclose(fit_logistic_cv(as_torch, y, folds).predictions, whole, atol=1e-5)
+    np.testing.assert_array_equal(as_torch.numpy(), original)
     half = fit_logistic_cv(X.astype(np.float16), y, folds).predictions
     assert np.abs(half - whole).max() < 0.05
 
