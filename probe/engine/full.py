@@ -20,7 +20,7 @@ from probe.engine.logistic import (
     standardised_weights,
     warn_unconverged,
 )
-from probe.engine.prepare import Standardised
+from probe.engine.prepare import Standardised, solver_threads
 from probe.engine.ridge import ridge_batch, targets
 from probe.stats import ProbeError
 
@@ -110,6 +110,14 @@ def fit_full(X, y, *, task, C, alpha, tol, max_iter, device, site_batch, site_la
              standardize: bool = True, dtype=np.float32) -> ProbeFit:
     """:func:`fit_probes` without the warning; ``standardize=False`` fits raw features and
     ``dtype`` is that of the returned arrays (the ridge is solved in float64)."""
+    with solver_threads(device):
+        return _fit_full(X, y, task=task, C=C, alpha=alpha, tol=tol, max_iter=max_iter,
+                         device=device, site_batch=site_batch, site_labels=site_labels,
+                         standardize=standardize, dtype=dtype)
+
+
+def _fit_full(X, y, *, task, C, alpha, tol, max_iter, device, site_batch, site_labels,
+              standardize, dtype) -> ProbeFit:
     if task == "regression":
         Y = targets(y)
         check_inputs(X, len(Y), site_labels)

@@ -15,7 +15,14 @@ from torch import Tensor
 from probe.engine import precondition
 from probe.engine.designs import Dual, Primal
 from probe.engine.lbfgs import HISTORY, Softmax, minimise
-from probe.engine.prepare import FoldList, Standardised, copy_tensor, fold_masks, standardise
+from probe.engine.prepare import (
+    FoldList,
+    Standardised,
+    copy_tensor,
+    fold_masks,
+    solver_threads,
+    standardise,
+)
 from probe.stats import ProbeError, ProbeWarning
 
 Form = Literal["auto", "primal", "dual"]
@@ -207,9 +214,10 @@ def fit_logistic_cv(
     train, test = fold_masks(folds, len(Y), device)
     obj = objective(Y, train, C, classes)
     parts = []
-    for Xb in site_batches(X, site_batch, len(train), obj.rows):
-        fit = solve(Xb, obj, train, device=device, form=form, tol=tol, max_iter=max_iter)
-        parts.append(_out_of_fold(fit, test, return_coef))
+    with solver_threads(device):
+        for Xb in site_batches(X, site_batch, len(train), obj.rows):
+            fit = solve(Xb, obj, train, device=device, form=form, tol=tol, max_iter=max_iter)
+            parts.append(_out_of_fold(fit, test, return_coef))
     out = concat(parts, classes)
     warn_unconverged(out.converged, site_labels, tol, max_iter, "site x fold problems")
     return out

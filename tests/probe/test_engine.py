@@ -282,10 +282,19 @@ def test_feature_scale_is_standard_scalers_rule():
     np.testing.assert_allclose(ours, theirs, rtol=1e-6)  # column 4 (5 +- 1e-12) is not constant
 
 
-def test_lapack_runs_on_one_thread_and_restores_the_setting():
+def test_cpu_solves_run_on_one_thread_and_restore_the_setting(monkeypatch):
+    """Many small operations per iteration: on a shared CPU two threads wait on each other."""
+    import probe.engine.precondition as precondition
     from probe.engine.prepare import lapack_threads
 
+    seen, choose = [], precondition.choose
+    monkeypatch.setattr(precondition, "choose",
+                        lambda *a, **k: seen.append(torch.get_num_threads()) or choose(*a, **k))
+    X, y = activations(1, 60, 5, 2)
     torch.set_num_threads(2)
+    fit_logistic_cv(X, y, kfold(y))
+    fit_probes(X, y, task="classification")
+    assert seen == [1, 1] and torch.get_num_threads() == 2
     with lapack_threads("cpu"):
         assert torch.get_num_threads() == 1
     assert torch.get_num_threads() == 2
