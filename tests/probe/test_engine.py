@@ -294,7 +294,7 @@ def test_cpu_solves_run_on_one_thread_and_restore_the_setting(monkeypatch):
     torch.set_num_threads(2)
     fit_logistic_cv(X, y, kfold(y))
     fit_probes(X, y, task="classification")
-    assert seen == [1, 1] and torch.get_num_threads() == 2
+    assert len(seen) >= 2 and set(seen) == {1} and torch.get_num_threads() == 2
     with lapack_threads("cpu"):
         assert torch.get_num_threads() == 1
     assert torch.get_num_threads() == 2
