@@ -194,7 +194,8 @@ def main(argv: list[str] | None = None) -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--quick", action="store_true", help=f"only {len(QUICK)} small shapes")
     p.add_argument("--shapes", action="append", default=None,
-                   help="n x d x classes x sites[c], repeatable (default: the grid)")
+                   help="n x d x classes x sites[c], repeatable, added to --quick's "
+                        "(default without either: the grid)")
     p.add_argument("--store", help="also time the real sweep on this probe cache store")
     p.add_argument("--only-store", action="store_true", help="skip the synthetic shapes")
     p.add_argument("--C", type=float, default=0.05, help="inverse L2 strength (%(default)s)")
@@ -206,8 +207,8 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--json", help="also write the rows to this JSON file")
     args = p.parse_args(argv)
     torch.set_num_threads(args.threads)
-    shapes = [] if args.only_store else [Shape.parse(s) for s in
-                                         (args.shapes or (QUICK if args.quick else GRID))]
+    names = (QUICK if args.quick else []) + (args.shapes or [])
+    shapes = [] if args.only_store else [Shape.parse(s) for s in names or GRID]
     warm = Shape(n=60, d=8, K=3, S=1)
     fit_logistic_cv(*synthetic_activations(warm), [(np.arange(30, 60), np.arange(30))])
     print(f"engine: {args.threads} torch thread(s); sklearn: 1 BLAS thread; C={args.C}, "

@@ -78,7 +78,7 @@ class Dual:
         F, r = len(train), int(train.sum(1).max())
         self.std, self.train, self.p = std, train, r
         self.Phi = std.Xg.new_zeros(S, F, n, r)
-        self.L = std.Xg.new_zeros(S, F, r, r)
+        self.L = std.Xg.new_zeros(S, F, r, r, dtype=torch.float64)  # to recover the weights
         self.P_inv = std.Xg.new_zeros(S, F, r, r)
         for f in range(F):
             rows = train[f].nonzero().squeeze(1)
@@ -95,7 +95,7 @@ class Dual:
                 P.diagonal(dim1=1, dim2=2).add_(1.0)
                 P_inv = torch.cholesky_inverse(torch.linalg.cholesky(P))
             self.Phi[:, f, :, :k] = Phi.float()
-            self.L[:, f, :k, :k] = L.float()
+            self.L[:, f, :k, :k] = L
             self.P_inv[:, f, :k, :k] = P_inv.float()
 
     def select(self, sites: Tensor) -> Dual:
@@ -130,11 +130,11 @@ class Dual:
         for f in range(F):
             rows = self.train[f].nonzero().squeeze(1)
             k = len(rows)
-            Zt = self.std.Xg[:, rows] / self.std.sd[:, f, None]
+            Zt = self.std.Xg[:, rows].double() / self.std.sd[:, f, None].double()
             with lapack_threads(W.device):
                 alpha = torch.linalg.solve_triangular(self.L[:, f, :k, :k].mT,
-                                                      W[:, :, f, :k].mT, upper=True)
-            out[:, :, f] = (Zt.mT @ alpha).mT
+                                                      W[:, :, f, :k].mT.double(), upper=True)
+            out[:, :, f] = (Zt.mT @ alpha).mT.to(W.dtype)
         return out
 
 

@@ -312,3 +312,20 @@ def test_form_is_chosen_by_shape(shape, expected):
     n, d, n_train, K = shape
     name, kind = choose(n, d, n_train, 5, K)
     assert (name if kind is None else f"{name}/{kind}") == expected
+
+
+def test_dual_directions_with_repeated_rows_match_sklearn(monkeypatch):
+    """Repeated stimuli make the fold kernels singular; the weights must still be sklearn's."""
+    import probe.engine.designs as designs
+
+    calls, jittered = [], designs._jittered_cholesky
+    monkeypatch.setattr(designs, "_jittered_cholesky", lambda K: calls.append(1) or jittered(K))
+    X, y = activations(1, 60, 200, 3, seed=7)
+    X, y = np.concatenate([X, X[:, :20]], 1), np.concatenate([y, y[:20]])
+    fit = fit_probes(X, y, task="classification", C=0.5, tol=1e-7)
+    assert calls and fit.converged.all()  # the singular path was taken
+    ref = make_pipeline(StandardScaler(), LogisticRegression(C=0.5, tol=1e-10, max_iter=10_000))
+    ref.fit(X[0].astype(np.float64), y)
+    logits = X[0].astype(np.float64) @ fit.coef[0].T.astype(np.float64) + fit.intercept[0]
+    expected = ref.decision_function(X[0].astype(np.float64))
+    np.testing.assert_allclose(logits, expected, atol=1e-4 * np.abs(expected).max())
