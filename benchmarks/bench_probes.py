@@ -17,8 +17,8 @@ sweep's control task fits. Folds: 5-fold stratified. Reported per shape: the tim
 the ratio (sklearn / engine), the held-out accuracy of each (mean over sites) and the largest
 per-site accuracy difference in points, the engine's form and iterations.
 
-    python benchmarks/bench_probes.py --quick                 # 7 shapes, ~2 min
-    python benchmarks/bench_probes.py                         # the whole grid, ~15 min
+    python benchmarks/bench_probes.py --quick                 # 7 shapes
+    python benchmarks/bench_probes.py                         # the whole grid (18 shapes)
     python benchmarks/bench_probes.py --shapes 2000x576x7x8 --shapes 300x4096x7x4c
     python benchmarks/bench_probes.py --store /tmp/engine-store.zarr --only-store --json out.json
 
@@ -70,7 +70,8 @@ class Shape:
 QUICK = ["100x576x2x8", "300x576x7x8", "300x576x7x8c", "300x4096x7x4", "2000x576x7x8",
          "2000x4096x28x2", "10000x576x7x2"]
 #: The grid: n 100 .. 50,000, d 576 .. 8,192, 2 .. 28 classes, n < d, control runs. Sites per
-#: shape shrink with its size so that the whole grid (both sides) takes ~15 min on 2 cores.
+#: shape shrink with its size (the largest have one or two). Both sides of the whole grid took
+#: 45 min on the project's 2-core machine while other work ran (load ~11; 87% of it scikit-learn).
 GRID = QUICK + ["100x8192x7x4", "300x8192x28x2", "2000x576x2x8", "2000x576x7x8c",
                 "2000x8192x7x2", "10000x2048x7x2", "10000x576x28x2", "10000x576x7x2c",
                 "10000x8192x7x1", "50000x576x7x1", "50000x2048x4x1"]
