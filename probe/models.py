@@ -192,6 +192,37 @@ def load_model(
     )
 
 
+def model_config(name: str = EMBEDDED, *, allow_download: bool = False):
+    """The model's Hugging Face config, read without loading weights (about a second).
+
+    Lets a command check sites, layers and poolings before a long model load. Returns ``None``
+    when no config can be read cheaply (the embedded model before its one-time conversion).
+
+    Raises:
+        ModelError: unknown name or missing directory.
+        ModelNotAvailableError: a Hub model that is not on this machine (same message as
+            :func:`load_model`).
+    """
+    from transformers import AutoConfig
+
+    spec = resolve_model(name)
+    if spec.embedded:
+        path = _embedded_dir()
+        return AutoConfig.from_pretrained(path) if (path / "source.json").is_file() else None
+    try:
+        return AutoConfig.from_pretrained(spec.hf_id, local_files_only=not allow_download)
+    except (OSError, ValueError) as exc:
+        if Path(spec.hf_id).is_dir():
+            raise ModelError(f"could not read the config of model {name!r} from {spec.hf_id}: "
+                             f"{exc}") from None
+        raise ModelNotAvailableError(_how_to_get(spec, name)) from None
+
+
+def config_n_layers(config) -> int:
+    """Number of decoder blocks from a config (the language backbone's, for a VLM)."""
+    return int(config.get_text_config().num_hidden_layers)
+
+
 def _how_to_get(spec: ModelSpec, name: str) -> str:
     lines = [
         f"The weights of model {name!r} ({spec.hf_id}) are not on this machine "

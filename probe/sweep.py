@@ -183,8 +183,8 @@ def sweep_from_args(args, *, load_data, load_model, cache_config) -> int:
     _check_target(dataset, target, n_folds=args.folds, fold_fallback=args.fold_fallback)
     lm = load_model(args)
     config = cache_config(args)
-    store = Path(args.store) if args.store else default_store_path(
-        lm, dataset, config, Path(args.cache_dir) if args.cache_dir else None)
+    store = (Path(args.store).expanduser() if args.store else default_store_path(
+        lm, dataset, config, Path(args.cache_dir) if args.cache_dir else None)).absolute()
     cache_activations(lm, dataset, config=config, out=store, progress=not args.quiet)
     eval_config = EvalConfig(**{k: v for k, v in dict(
         n_folds=args.folds, C=args.C, alpha=args.alpha, n_bootstrap=args.bootstrap, seed=args.seed,
