@@ -258,13 +258,13 @@ def _fold_check(ds, target: str, n_folds: int) -> None:
 def _check_before_loading(args) -> None:
     """Sites, layers and poolings against the model's config: seconds, not a model load."""
     from probe.capture import check_poolings
-    from probe.models import config_n_layers, model_config
+    from probe.models import known_n_layers
     from probe.sites import parse_sites
 
     check_poolings(_poolings(args))
-    config = model_config(args.model, allow_download=args.allow_download)
-    if config is not None:
-        parse_sites(args.sites, n_layers=config_n_layers(config))
+    n_layers = known_n_layers(args.model, allow_download=args.allow_download)
+    if n_layers is not None:
+        parse_sites(args.sites, n_layers=n_layers)
 
 
 def _load_model(args):
@@ -359,6 +359,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         code = handler(args)
         sys.stdout.flush()  # a closed pipe shows here, not at interpreter exit
         return code
+    except BrokenPipeError:  # first: the next clause imports every module with user errors
+        _discard_stdout()
+        return 141  # 128 + SIGPIPE, what `yes | head` reports
     except (*_user_errors(), *getattr(handler, "user_errors", ())) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
@@ -366,9 +369,6 @@ def main(argv: Sequence[str] | None = None) -> int:
         print("interrupted: committed blocks are kept; rerun the same command to resume",
               file=sys.stderr)
         return 130
-    except BrokenPipeError:
-        _discard_stdout()
-        return 141  # 128 + SIGPIPE, what `yes | head` reports
     finally:
         warnings.formatwarning = previous
 

