@@ -143,8 +143,7 @@ class ActivationStore:
         (or site kinds) to a store; layers never cached read as NaN.
         """
         prov = self.provenance
-        created = spec.name not in self.group
-        if created:
+        if spec.name not in self.group:
             n_pool = len(prov["poolings"])
             layered = spec.layers is not None
             shape = [self.n_samples] + ([prov["n_layers"]] if layered else []) + [n_pool]

@@ -90,6 +90,30 @@ def test_block_size_rule():
             assert size == b or size - b < -(-n // 8)
 
 
+def test_ctrl_c_keeps_the_committed_blocks(tiny_llama, toy_dataset, tmp_path, monkeypatch):
+    """24 rows in batches of 3: blocks of 3 rows; Ctrl-C during block 5 keeps blocks 0-4."""
+    import probe.cache
+
+    real = probe.cache.iter_blocks
+
+    def interrupted(*args, **kwargs):
+        for i, block in enumerate(real(*args, **kwargs)):
+            if i == 5:
+                raise KeyboardInterrupt
+            yield block
+
+    monkeypatch.setattr(probe.cache, "iter_blocks", interrupted)
+    out = tmp_path / "s.zarr"
+    with pytest.raises(KeyboardInterrupt):
+        cache_activations(tiny_llama, toy_dataset, config=CacheConfig(batch_size=3), out=out,
+                          progress=False)
+    assert _rows(out) == {15}
+    monkeypatch.undo()
+    cache_activations(tiny_llama, toy_dataset, config=CacheConfig(batch_size=3), out=out,
+                      progress=False)
+    assert _rows(out) == {24} and open_store(out).attrs["complete"]
+
+
 def test_kills_at_named_points_then_resume_is_identical(child, tmp_path, reference_store):
     """Blocks of 15 rows: each kill keeps exactly the blocks committed before it."""
     out = tmp_path / "killed.zarr"
