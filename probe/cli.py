@@ -221,38 +221,36 @@ def _check_limit(ds, limited, limit: int, target: str, n_folds: int) -> None:
 
     if ds.target_kind(target) == "multilabel":
         return  # the sweep refuses it with its own message
-    try:
-        _fold_check(limited, target, n_folds)
-    except ProbeError as exc:
-        def works(subset) -> bool:
-            try:
-                _fold_check(subset, target, n_folds)
-                return True
-            except ProbeError:
-                return False
-        best = smallest_working_limit(ds, works, target=target)
-        if best is None:
-            raise
-        raise ProbeError(f"--limit {limit} keeps {len(limited)} rows, too few for {n_folds}-fold "
-                         f"group-aware cross-validation on {target!r}: {exc}\nThe smallest "
-                         f"--limit that works here is {best} (or lower --folds).") from None
+    error = _fold_error(limited, target, n_folds)
+    if error is None:
+        return
+    best = smallest_working_limit(ds, lambda d: _fold_error(d, target, n_folds) is None,
+                                  target=target)
+    if best is None:
+        raise error
+    raise ProbeError(f"--limit {limit} keeps {len(limited)} rows, too few for {n_folds}-fold "
+                     f"group-aware cross-validation on {target!r}: {error}\nThe smallest "
+                     f"--limit that works here is {best} (or lower --folds).")
 
 
-def _fold_check(ds, target: str, n_folds: int) -> None:
-    from probe.stats import group_stratified_folds
+def _fold_error(ds, target: str, n_folds: int):
+    """The error the sweep's fold check raises on ``ds``, or ``None`` if folds can be made."""
+    import pandas as pd
+
+    from probe.stats import ProbeError, group_stratified_folds
 
     col, groups = ds.frame[target], ds.frame["group"]
     if ds.target_kind(target) == "continuous":
-        import pandas as pd
-
-        y = pd.to_numeric(col, errors="coerce")
+        y, task = pd.to_numeric(col, errors="coerce"), "regression"
         rows = y.notna().to_numpy()
-        group_stratified_folds(y[rows].to_numpy(), groups[rows].to_numpy(), n_folds,
-                               task="regression")
     else:
         rows = (col.notna() & (col.astype(str) != "")).to_numpy()
-        group_stratified_folds(col[rows].astype(str).to_numpy(), groups[rows].to_numpy(),
-                               n_folds, task="classification")
+        y, task = col.astype(str), "classification"
+    try:
+        group_stratified_folds(y[rows].to_numpy(), groups[rows].to_numpy(), n_folds, task=task)
+    except ProbeError as exc:
+        return exc
+    return None
 
 
 def _check_before_loading(args) -> None:
