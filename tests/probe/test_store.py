@@ -194,6 +194,7 @@ def test_store_opens_as_labelled_xarray(reference_store):
         assert key in prov
     text = describe(reference_store)
     assert "complete" in text and "layers cached: 0-2" in text
+    assert "batches   5 texts, right padding, committed in blocks of 15 rows" in text
 
 
 def test_refuses_a_store_from_a_different_run(tiny_llama, toy_dataset, tmp_path):
