@@ -77,8 +77,8 @@ def no_model_load(monkeypatch):
     ("resid_post", "last,middle", "unknown pooling 'middle'"),
     ("resid_post", "token", "no 'target_word' column"),
 ])
-def test_bad_sites_and_poolings_fail_before_the_model_loads(capsys, tiny_dir, tmp_path, no_model_load,
-                                                            command, sites, pooling, message):
+def test_bad_sites_and_poolings_fail_before_the_model_loads(
+        capsys, tiny_dir, tmp_path, no_model_load, command, sites, pooling, message):
     out = tmp_path / "s.zarr"
     data = _csv(tmp_path, [(f"text {i}", "ab"[i % 2]) for i in range(20)])  # no target_word
     code, _, err = _run(capsys, command, "--model", str(tiny_dir / "llama"), "--dataset", str(data),
@@ -126,8 +126,8 @@ def test_cache_then_info(capsys, tiny_dir, tmp_path, monkeypatch):
         f"k{i},I lost my keys {i} times,{'sadness' if i % 2 else 'joy'}\n" for i in range(12)))
     store = tmp_path / "s.zarr"
     monkeypatch.chdir(tmp_path)  # a relative --out is reported as an absolute path
-    code, out, err = _run(capsys, "cache", "--model", str(tiny_dir / "llama"), "--dataset", "data.csv",
-                          "--id-column", "key", "--sites", "resid_post blocks.1.attn.hook_z",
+    code, out, err = _run(capsys, "cache", "--model", str(tiny_dir / "llama"), "--dataset",
+                          "data.csv", "--id-column", "key", "--sites", "resid_post blocks.1.attn.hook_z",
                           "--pooling", "last,mean", "--out", "s.zarr", "--quiet")
     assert code == 0, err
     assert f"store: {store}\n" in out

@@ -67,7 +67,8 @@ def test_local_directory_load_has_provenance(tiny_dir):
 
 
 def test_layers_are_known_before_the_weights_load(tiny_dir, tmp_path, monkeypatch):
-    assert known_n_layers(str(tiny_dir / "gpt2")) == 3 and known_n_layers(str(tiny_dir / "gemma2")) == 3
+    assert known_n_layers(str(tiny_dir / "gpt2")) == 3
+    assert known_n_layers(str(tiny_dir / "gemma2")) == 3
     monkeypatch.setenv("HF_HUB_CACHE", str(tmp_path / "empty-hub"))
     with pytest.raises(ModelNotAvailableError, match="hf download Qwen/Qwen3-8B"):
         model_config("qwen3-8b")

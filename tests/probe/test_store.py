@@ -50,7 +50,7 @@ def child(tiny_dir):
 
 
 def _assert_same_store(a: Path, b: Path) -> None:
-    """Bit-identical values: a resumed store runs exactly the computation of an uninterrupted one."""
+    """Bit-identical: a resumed store runs exactly the computation of an uninterrupted one."""
     x, y = open_store(a), open_store(b)
     assert set(x.data_vars) == set(y.data_vars)
     for name in x.data_vars:
