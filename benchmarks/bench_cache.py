@@ -96,7 +96,8 @@ def main(argv=None) -> None:
     ap.add_argument("--dtype", default="auto")
     ap.add_argument("--n", type=int, default=256, help="texts")
     ap.add_argument("--batch-size", type=int, default=32)
-    ap.add_argument("--block-size", type=int, default=512)
+    ap.add_argument("--block-size", type=int, default=None,
+                    help="rows per block (default: the rule probe cache uses, block_size_for)")
     ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument("--memory", action="store_true", help="peak RSS of caching n and 4n texts")
     ap.add_argument("--_rss", action="store_true", help=argparse.SUPPRESS)
@@ -104,7 +105,7 @@ def main(argv=None) -> None:
     if args.memory:
         return memory(args)
 
-    from probe.cache import CacheConfig
+    from probe.cache import CacheConfig, block_size_for
     from probe.capture import plan_blocks
     from probe.data.schema import EmotionDataset
     from probe.models import load_model
@@ -113,6 +114,7 @@ def main(argv=None) -> None:
     lm = (random_llama_8b(args.device, args.dtype) if args.random_llama_8b else
           load_model(args.model, device=args.device, dtype=args.dtype))
     items = texts(args.n)
+    args.block_size = args.block_size or block_size_for(args.n, args.batch_size)
     dataset = EmotionDataset.from_records("bench", [{"id": str(i), "text": t, "label": "x"}
                                                     for i, t in enumerate(items)])
     config = CacheConfig(sites="blocks.*.hook_resid_post", poolings=("last", "content-mean"),
@@ -132,7 +134,8 @@ def main(argv=None) -> None:
             return
     b, c = statistics.median(bare), statistics.median(cache)
     print(f"model {lm.spec.alias} on {lm.device} in {str(lm.dtype).removeprefix('torch.')}; "
-          f"{args.n} texts, {tokens} tokens, batch {args.batch_size}, torch threads {torch.get_num_threads()}")
+          f"{args.n} texts, {tokens} tokens, batch {args.batch_size}, block {args.block_size}, "
+          f"torch threads {torch.get_num_threads()}")
     print(f"bare forward (base model, no LM head): median {b:.2f} s  ({tokens / b:,.0f} tok/s)  runs {[round(x, 2) for x in bare]}")
     print(f"caching 30-layer pooled resid + store : median {c:.2f} s  ({tokens / c:,.0f} tok/s)  runs {[round(x, 2) for x in cache]}")
     print(f"throughput ratio caching / bare: {b / c:.3f}  (goal >= 0.9)")
@@ -144,7 +147,8 @@ def memory(args) -> None:
     for n in (args.n, 4 * args.n):
         cmd = [sys.executable, __file__, "--model", args.model, "--device", args.device,
                "--dtype", args.dtype, "--n", str(n), "--repeats", "1", "--_rss",
-               "--batch-size", str(args.batch_size), "--block-size", str(args.block_size)]
+               "--batch-size", str(args.batch_size)]
+        cmd += ["--block-size", str(args.block_size)] if args.block_size else []
         res = subprocess.run(cmd, capture_output=True, text=True, check=True)
         out[n] = json.loads(res.stdout.strip().splitlines()[-1])["rss_mib"]
         print(f"{n:6d} texts: peak RSS {out[n]:.0f} MiB")

@@ -4,6 +4,11 @@ Compute and disk writes overlap: the main thread runs forward passes while a wri
 moves the previous block to the host, checks it, writes it and commits it. Memory stays flat:
 at most two blocks are in flight, whatever the dataset size.
 
+Blocks are the unit of commit (and the store's chunking): an interrupted run keeps every block
+committed before the interruption. :func:`block_size_for` sizes them so that even a small
+dataset is cut into about eight blocks (Ctrl-C keeps most of the work), in whole batches, and
+at most 512 rows.
+
 >>> lm = load_model("smollm2-135m")  # doctest: +SKIP
 >>> path = cache_activations(lm, load_dataset("emotion-scenarios"), config=CacheConfig())  # doctest: +SKIP
 """
@@ -12,6 +17,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 import queue
 import threading
 import time
@@ -41,16 +47,42 @@ from probe.tokens import encode
 
 @dataclass(frozen=True, kw_only=True)
 class CacheConfig:
-    """How to cache: sites, poolings, batching and storage."""
+    """How to cache: sites, poolings, batching and storage.
+
+    ``block_size`` (rows committed at a time) defaults to :func:`block_size_for`; batch size,
+    block size and padding side fix which rows share a forward pass, so a store only resumes
+    under the same values (they are part of the store's provenance key).
+    """
 
     sites: str = DEFAULT_SITES
     poolings: tuple[str, ...] = DEFAULT_POOLINGS
     batch_size: int = 32
-    block_size: int = 512
+    block_size: int | None = None
     store_dtype: Literal["float16", "float32"] = "float16"
     padding_side: Literal["left", "right"] | None = None
     system_prompt: str | None = None
     max_length: int | None = None
+
+
+#: Most rows per block; fewest blocks a dataset is cut into when it is large enough.
+MAX_BLOCK_ROWS, MIN_BLOCKS = 512, 8
+
+
+def block_size_for(n_rows: int, batch_size: int) -> int:
+    """Rows per block: about ``n_rows / 8``, in whole batches, at most ~512 rows.
+
+    >>> block_size_for(448, 32), block_size_for(84, 32), block_size_for(50_000, 32)
+    (64, 32, 512)
+    """
+    if n_rows < 1 or batch_size < 1:
+        raise StoreError(f"need at least one row and a positive batch size, got {n_rows} rows "
+                         f"and --batch-size {batch_size}")
+    batches = math.ceil(math.ceil(n_rows / MIN_BLOCKS) / batch_size)
+    return batch_size * max(1, min(batches, MAX_BLOCK_ROWS // batch_size))
+
+
+def _block_size(config: CacheConfig, n_rows: int) -> int:
+    return config.block_size or block_size_for(n_rows, config.batch_size)
 
 
 def provenance(lm, dataset: EmotionDataset, config: CacheConfig) -> dict:
@@ -65,7 +97,7 @@ def provenance(lm, dataset: EmotionDataset, config: CacheConfig) -> dict:
         "n_samples": len(dataset),
         "poolings": list(config.poolings),
         "store_dtype": config.store_dtype,
-        "block_size": config.block_size,
+        "block_size": _block_size(config, len(dataset)),
         "max_length": config.max_length,
         "batch_size": config.batch_size,
         "padding_side": config.padding_side or lm.tokenizer.padding_side,
@@ -79,8 +111,8 @@ def default_store_path(lm, dataset: EmotionDataset, config: CacheConfig, root: P
     """``cache/<model>/<dataset>-<key>.zarr``; the key hashes what must match to resume."""
     prov = provenance(lm, dataset, config)
     key = hashlib.sha256(json.dumps([prov[k] for k in MATCH_KEYS], default=str).encode())
-    root = Path(root) if root is not None else _env_cache_root()
-    return root / lm.spec.alias / f"{dataset.name}-{key.hexdigest()[:10]}.zarr"
+    root = Path(root).expanduser() if root is not None else _env_cache_root()
+    return root.absolute() / lm.spec.alias / f"{dataset.name}-{key.hexdigest()[:10]}.zarr"
 
 
 class _Writer(threading.Thread):
@@ -146,10 +178,14 @@ def cache_activations(
     out: str | Path | None = None,
     progress: bool = True,
 ) -> Path:
-    """Cache ``config.sites`` of ``dataset`` into a store; resume it if it exists; return its path."""
+    """Cache ``config.sites`` of ``dataset`` into a store; resume it if it exists.
+
+    Returns:
+        The store's absolute path.
+    """
     if config.store_dtype not in STORE_DTYPES:
         raise StoreError(f"--store-dtype must be one of {STORE_DTYPES}")
-    if config.batch_size < 1 or config.block_size < 1:
+    if config.batch_size < 1 or (config.block_size is not None and config.block_size < 1):
         raise StoreError("batch_size (--batch-size) and block_size must be positive")
     sites = parse_sites(config.sites, n_layers=lm.n_layers)
     bad = [s for s in sites if s.kind not in STORE_KINDS or s.unit is not None]
@@ -158,13 +194,15 @@ def cache_activations(
                          f"{', '.join(STORE_KINDS)} (a head or neuron is a slice of attn.hook_z / "
                          "mlp.hook_post); read other sites with lm.run_with_cache")
     poolings = check_poolings(config.poolings)
-    config = CacheConfig(**{**asdict(config), "poolings": poolings})
+    config = CacheConfig(**{**asdict(config), "poolings": poolings,
+                            "block_size": _block_size(config, len(dataset))})
     encoded = encode(lm.tokenizer, dataset.texts, chat_template=lm.chat_template,
                      system_prompt=config.system_prompt, max_length=config.max_length,
                      target_words=(dataset.frame["target_word"].tolist()
                                    if "token" in poolings and "target_word" in dataset.frame else None))
     check_poolings(poolings, encoded)
-    path = Path(out) if out is not None else default_store_path(lm, dataset, config)
+    path = (Path(out).expanduser() if out is not None
+            else default_store_path(lm, dataset, config)).absolute()
     specs = variable_specs(lm, sites)
     with ActivationStore.open_for_writing(path, provenance=provenance(lm, dataset, config),
                                           dataset=dataset) as store:
@@ -173,6 +211,7 @@ def cache_activations(
         todo = _pending(specs, store.progress(), len(dataset))
         if todo:
             _run(lm, encoded, store, todo, sites, config, progress)
+        store.finalize()
     return path
 
 

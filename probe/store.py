@@ -8,14 +8,18 @@ Layout of a store (a Zarr v3 group on disk):
 * coordinates: ``sample`` (the dataset's ids), ``text``, ``text_hash``, ``split``, ``group``, one per target
   column (multi-label targets as ``|``-joined names), ``layer``, ``pooling``;
 * chunks of ``block_size`` samples x one layer x one pooling, so one layer reads fast;
-* root attributes ``emoprobe`` (provenance), ``progress`` (rows committed per array) and
-  ``complete``.
+* root attributes ``emoprobe`` (provenance), ``progress`` (rows committed per array and
+  layer) and ``complete``;
+* consolidated metadata in the root ``zarr.json``, so ``xarray.open_zarr(path)`` opens it
+  without a warning (it is rewritten whenever an array is added).
 
-Rows are written a block at a time, in order; after every array of a block is on disk the
-``progress`` attribute is rewritten (Zarr replaces ``zarr.json`` atomically). A run killed at
-any moment therefore leaves a store whose committed prefix is exact; resuming recomputes the
-rest and the result is identical to an uninterrupted run. ``complete`` turns true only when
-every array is committed to the last row.
+Rows are written a block at a time, in order; after every array of a block is on disk,
+``progress`` and ``complete`` are rewritten together in one write of the root ``zarr.json``,
+which Zarr (>= 3.1.3) replaces atomically. A run killed at any moment therefore leaves a store
+whose committed prefix is exact; resuming recomputes the rest and the result is identical to an
+uninterrupted run. Completeness is *derived* from ``progress`` (every tracked array and layer
+committed to the last row); the ``complete`` attribute mirrors it for other readers, and a
+rerun repairs it if an older writer left it behind.
 
 >>> ds = open_store("cache/smollm2-135m/emotion-scenarios-1a2b3c4d.zarr")  # doctest: +SKIP
 >>> ds["hook_resid_post"].sel(layer=19, pooling="last")  # doctest: +SKIP
@@ -24,7 +28,9 @@ every array is committed to the last row.
 from __future__ import annotations
 
 import fcntl
+import json
 import os
+import warnings
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -39,7 +45,8 @@ from probe.data.schema import EmotionDataset
 #: Provenance keys that must match for a run to write into an existing store.
 MATCH_KEYS = (
     "model_id", "weight_fingerprint", "dtype", "dataset_hash", "n_samples", "chat_template",
-    "system_prompt", "poolings", "store_dtype", "block_size", "max_length",
+    "system_prompt", "poolings", "store_dtype", "block_size", "max_length", "batch_size",
+    "padding_side",
 )
 STORE_DTYPES = ("float16", "float32")
 
@@ -91,11 +98,12 @@ class ActivationStore:
         lock_fh = _lock(path)
         try:
             if (path / "zarr.json").is_file():
-                group = zarr.open_group(str(path), mode="r+")
+                group = zarr.open_group(str(path), mode="r+", use_consolidated=False)
                 _check_provenance(path, dict(group.attrs.get("emoprobe", {})), provenance)
                 _drop_partial_files(path)
             else:
-                group = _create(path, provenance, dataset)
+                _create(path, provenance, dataset)
+            group = _consolidated(path)
         except BaseException:
             lock_fh.close()
             raise
@@ -150,11 +158,11 @@ class ActivationStore:
                 dimension_names=spec.dims(),
                 attributes={"coordinates": " ".join(prov["sample_coords"])},
             )
+            self.group = _consolidate(self.path)
         progress = self.progress()
         new = {k: 0 for k in progress_keys(spec) if k not in progress}
         if new:
-            progress.update(new)
-            self.group.attrs.update({"progress": progress, "complete": False})
+            self._commit({**progress, **new})
 
     def write_block(self, start: int, arrays: Mapping[str, tuple[tuple[int, ...] | None, np.ndarray]]) -> None:
         """Write rows ``start:start+len`` of each ``name: (layers, values)``, then commit them.
@@ -178,9 +186,28 @@ class ActivationStore:
                     self.group[name][start:stop, layers[j0]:layers[j1 - 1] + 1] = values[:, j0:j1]
             for key in keys:
                 progress[key] = max(progress.get(key, 0), stop)
-        self.group.attrs["progress"] = progress
-        if all(v == self.n_samples for v in progress.values()):
-            self.group.attrs["complete"] = True
+        self._commit(progress)
+
+    def finalize(self) -> bool:
+        """Make the ``complete`` attribute agree with ``progress``; return completeness.
+
+        Repairs a store whose writer died between writing ``progress`` and ``complete`` (or
+        one written by an older version that wrote them separately).
+        """
+        progress = self.progress()
+        if self.group.attrs.get("complete") != is_complete(progress, self.n_samples):
+            self._commit(progress)
+        return is_complete(progress, self.n_samples)
+
+    def _commit(self, progress: Mapping[str, int]) -> None:
+        """Record committed rows and completeness in a single (atomic) metadata write."""
+        self.group.update_attributes({"progress": dict(progress),
+                                      "complete": is_complete(progress, self.n_samples)})
+
+
+def is_complete(progress: Mapping[str, int], n_samples: int) -> bool:
+    """True when every tracked array (and layer) is committed up to the last row."""
+    return bool(progress) and all(v == n_samples for v in progress.values())
 
 
 def progress_keys(spec: VariableSpec) -> list[str]:
@@ -222,6 +249,22 @@ def _lock(path: Path) -> _DirLock:
     return _DirLock(path)
 
 
+def _consolidated(path: Path) -> zarr.Group:
+    """The group, opened on consolidated metadata that lists every array (rewritten if not)."""
+    root = json.loads((path / "zarr.json").read_text())
+    listed = set((root.get("consolidated_metadata") or {}).get("metadata", {}))
+    if listed and listed == {p.parent.name for p in path.glob("*/zarr.json")}:
+        return zarr.open_group(str(path), mode="r+", use_consolidated=True)
+    return _consolidate(path)
+
+
+def _consolidate(path: Path) -> zarr.Group:
+    """Write consolidated metadata (for ``xarray.open_zarr(path)``); return the group."""
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message="Consolidated metadata", category=UserWarning)
+        return zarr.consolidate_metadata(str(path))
+
+
 def _drop_partial_files(path: Path) -> None:
     for p in path.rglob("*.partial"):
         p.unlink(missing_ok=True)
@@ -238,7 +281,7 @@ def _check_provenance(path: Path, have: Mapping, want: Mapping) -> None:
         )
 
 
-def _create(path: Path, provenance: Mapping, dataset: EmotionDataset) -> zarr.Group:
+def _create(path: Path, provenance: Mapping, dataset: EmotionDataset) -> None:
     if any(path.iterdir()):
         raise StoreError(f"{path} exists and is not an activation store; choose another store path "
                          "(--out for probe cache, --store for probe sweep)")
@@ -264,8 +307,7 @@ def _create(path: Path, provenance: Mapping, dataset: EmotionDataset) -> zarr.Gr
     group.create_array("pooling", shape=pool.shape, dtype=str, dimension_names=["pooling"])[:] = pool
     prov = dict(provenance, sample_coords=[c for c in coords if c != "sample"],
                 targets=dict(dataset.targets), default_target=dataset.default_target)
-    group.attrs.update({"emoprobe": prov, "progress": {}, "complete": False})
-    return group
+    group.update_attributes({"emoprobe": prov, "progress": {}, "complete": False})
 
 
 # ---------------------------------------------------------------------- reading
@@ -285,7 +327,9 @@ def open_store(path: str | Path, *, require_complete: bool = True) -> xr.Dataset
     ds = ds.assign_coords({name: (c.dims, c.values.astype(object))
                            for name, c in ds.coords.items() if c.dtype.kind == "T"})
     attrs = ds.attrs
-    if require_complete and not attrs.get("complete", False):
+    attrs["complete"] = is_complete(attrs.get("progress", {}),
+                                    attrs.get("emoprobe", {}).get("n_samples"))
+    if require_complete and not attrs["complete"]:
         n = attrs.get("emoprobe", {}).get("n_samples")
         unfinished = sorted({k.split("/")[0] for k, v in attrs.get("progress", {}).items() if v != n})
         raise StoreError(
@@ -313,6 +357,8 @@ def describe(path: str | Path) -> str:
         f"template  {'chat template' if prov.get('chat_template') else 'raw text'}"
         + (f", system prompt {prov.get('system_prompt')!r}" if prov.get("system_prompt") else ""),
         f"pooling   {', '.join(prov.get('poolings', []))}",
+        f"batches   {prov.get('batch_size')} texts, {prov.get('padding_side')} padding, committed "
+        f"in blocks of {prov.get('block_size')} rows",
         f"stored as {prov.get('store_dtype')}, {size / 2**20:.1f} MiB on disk",
         f"toolkit   emoprobe {prov.get('toolkit_version')}, created {prov.get('created')}",
         "arrays:",
@@ -378,4 +424,4 @@ def variable_specs(lm, sites: Sequence) -> list[VariableSpec]:
 
 
 def _env_cache_root() -> Path:
-    return Path(os.environ.get("EMOPROBE_CACHE", "cache"))
+    return Path(os.environ.get("EMOPROBE_CACHE", "cache")).expanduser()

@@ -40,6 +40,30 @@ def tiny_llama(tiny_dir):
     return load_model(str(tiny_dir / "llama"), device="cpu", dtype="float32")
 
 
+#: The real-model slice every integration test shares: 12 scenarios x 7 emotions.
+REAL_LIMIT = 84
+
+
+@pytest.fixture(scope="session")
+def real_cache(tmp_path_factory) -> Path:
+    """A cache root holding ONE store: SmolLM2 on ``--limit 84`` of the default dataset.
+
+    Built once per session through the CLI (``probe cache --limit 84``), with the CLI's
+    defaults (sites, poolings, batch size), so the end-to-end CLI test and the notebook find it
+    complete under the same key and cache nothing themselves.
+    """
+    from probe.cli import main
+
+    root = tmp_path_factory.mktemp("real-cache")
+    assert main(["cache", "--limit", str(REAL_LIMIT), "--cache-dir", str(root), "--quiet"]) == 0
+    return root
+
+
+def stores_in(root: Path) -> dict[Path, int]:
+    """Every store under a cache root, with the newest modification time of its files."""
+    return {p: max(f.stat().st_mtime_ns for f in p.rglob("*")) for p in root.glob("*/*.zarr")}
+
+
 @pytest.fixture()
 def toy_dataset():
     from probe.data.schema import EmotionDataset

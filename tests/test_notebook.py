@@ -6,13 +6,15 @@ import nbformat
 import pytest
 from nbclient import NotebookClient
 
-from tests.conftest import REPO_ROOT
+from tests.conftest import REAL_LIMIT, REPO_ROOT, stores_in
 
 
 @pytest.mark.slow
-def test_probing_notebook_executes(tmp_path, monkeypatch):
-    monkeypatch.setenv("EMOPROBE_NOTEBOOK_LIMIT", "84")
-    monkeypatch.setenv("EMOPROBE_CACHE", str(tmp_path / "cache"))
+def test_probing_notebook_executes(monkeypatch, real_cache):
+    """On the session's real-model store: the notebook's cache cell finds it and reuses it."""
+    before = stores_in(real_cache)
+    monkeypatch.setenv("EMOPROBE_NOTEBOOK_LIMIT", str(REAL_LIMIT))
+    monkeypatch.setenv("EMOPROBE_CACHE", str(real_cache))
     nb = nbformat.read(REPO_ROOT / "notebooks" / "01_probing.ipynb", as_version=4)
     NotebookClient(nb, timeout=600, kernel_name="python3",
                    resources={"metadata": {"path": str(REPO_ROOT / "notebooks")}}).execute()
@@ -21,4 +23,4 @@ def test_probing_notebook_executes(tmp_path, monkeypatch):
     text = "".join(o.get("text", "") for o in outputs)
     assert "layer 15 accuracy per fold" in text and "resid_post" in text
     assert any("image/png" in o.get("data", {}) for o in outputs), "the figure was not displayed"
-    assert (tmp_path / "cache").is_dir()
+    assert stores_in(real_cache) == before  # same store, nothing recomputed

@@ -114,7 +114,10 @@ def load_dataset(
 
     Returns:
         The dataset, with ``source`` naming the file or folder it came from and ``card`` a
-        path or URL of its documentation.
+        path or URL of its documentation. Its ``name`` (used in store and run folder names)
+        is the registered name, ``<format>-<file stem>`` for another file read in a
+        registered format (``sev:/data/my_events.jsonl`` -> ``sev-my_events``), or the file
+        stem for your own CSV/JSONL.
 
     Raises:
         DatasetError: the spec names nothing loadable, a file is malformed (the message gives
@@ -132,6 +135,9 @@ def load_dataset(
                 f"{source.name!r} has fixed columns. Drop those options (label_column may "
                 f"choose among its targets).")
         ds = source.read(path)
+        if path.is_file() and path.name not in source.files:
+            # someone's own file in this format: name it after the file, not the format
+            ds = dataclasses.replace(ds, name=f"{source.name}-{path.stem}")
         if label_column is not None:
             ds.target_kind(label_column)  # raises with the list of targets
             ds = dataclasses.replace(ds, default_target=label_column)

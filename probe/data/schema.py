@@ -191,15 +191,14 @@ class EmotionDataset:
             class_order=dict(self.class_order),
         )
 
-    def limit(self, n: int | None, seed: int = 0) -> EmotionDataset:
-        """A deterministic random subset of ``n`` rows (kept in the original order)."""
-        if n is None or n >= len(self):
-            return self
-        if n <= 0:
-            raise DatasetError(f"--limit must be positive, got {n}")
-        rng = np.random.default_rng(seed)
-        keep = np.sort(rng.permutation(len(self))[:n])
-        return self.select(keep)
+    def limit(self, n: int | None, seed: int = 0, *, target: str | None = None) -> EmotionDataset:
+        """At most ``n`` rows: whole groups, classes of ``target`` in proportion, fixed by ``seed``.
+
+        See :func:`probe.data.subset.stratified_limit`; rows keep their original order.
+        """
+        from probe.data.subset import stratified_limit
+
+        return stratified_limit(self, n, seed=seed, target=target)
 
 
 def _is_mask(x) -> bool:

@@ -1,22 +1,44 @@
-"""Child process for kill-and-resume tests: caches a tiny model's activations into a store.
+"""Child process for kill-and-resume tests: caches a tiny model's activations into stores.
 
-usage: python -m tests.probe._cache_child MODEL_DIR STORE [kill-at-block K]
-With ``kill-at-block K`` the process SIGKILLs itself in the middle of writing block K: after
-the first array's rows are on disk, before the block's progress is committed.
+usage: python -m tests.probe._cache_child MODEL_DIR
+
+It imports torch, transformers and the toolkit once (seconds), then serves requests: each line
+on stdin is a JSON list ``[STORE]`` or ``[STORE, POINT]`` or ``[STORE, POINT, BLOCK]``. For each
+it forks a fresh process that loads the model and caches the dataset into ``STORE`` (resuming
+it), and answers ``exit CODE`` on stdout (``-9``: killed by SIGKILL). Forking happens before any
+torch computation in this process, and every run is the same computation, so stores written by
+different runs can be compared bit for bit.
+
+Without ``POINT`` a run caches the whole store. With one, it SIGKILLs itself at that named
+point of the write path, deterministically (no timing involved):
+
+``mid-block K``       block K's first array is on disk, the other arrays and the commit are not
+``mid-metadata K``    while block K's commit rewrites ``zarr.json``: the temporary file Zarr
+                      writes first is on disk, the rename has not happened
+``after-commit K``    right after block K is committed, before block K+1 is written
+``before-complete``   the last block's ``progress`` is written but not ``complete`` (where a
+                      writer that commits the two in separate writes can die)
+
+Blocks follow the default rule (:func:`probe.cache.block_size_for`): 96 rows in batches of 5
+give blocks of 15 rows, the last one of 6.
 """
 
+import json
 import os
 import signal
 import sys
+import uuid
+from pathlib import Path
 
 from probe.cache import CacheConfig, cache_activations
 from probe.data.schema import EmotionDataset
 from probe.models import load_model
-from probe.store import ActivationStore
+from probe.store import ActivationStore, is_complete
 
 N_ROWS = 96
 CONFIG = CacheConfig(sites="hook_embed blocks.*.hook_resid_post blocks.1.attn.hook_z",
-                     poolings=("last", "content-mean"), batch_size=5, block_size=8)
+                     poolings=("last", "content-mean"), batch_size=5)
+POINTS = ("mid-block", "mid-metadata", "after-commit", "before-complete")
 
 
 def dataset() -> EmotionDataset:
@@ -27,22 +49,67 @@ def dataset() -> EmotionDataset:
     return EmotionDataset.from_records("kill-test", rows)
 
 
-def main() -> None:
-    model_dir, store = sys.argv[1], sys.argv[2]
-    if len(sys.argv) > 3:
-        kill_block = int(sys.argv[4])
-        original = ActivationStore.write_block
+def _die() -> None:
+    os.kill(os.getpid(), signal.SIGKILL)
 
-        def write_then_die(self, start, arrays):
-            if start // self.block_size == kill_block:
-                name, (layers, values) = next(iter(arrays.items()))
-                self.group[name][start:start + len(values)] = values if layers is None else 0
-                os.kill(os.getpid(), signal.SIGKILL)
-            return original(self, start, arrays)
 
-        ActivationStore.write_block = write_then_die
+def install(point: str, block: int | None) -> None:
+    """Patch the store's write path so that the process dies at ``point``."""
+    write_block, commit = ActivationStore.write_block, ActivationStore._commit
+    current = {"block": None}
+
+    def patched_write_block(self, start, arrays):
+        current["block"] = start // self.block_size
+        if point == "mid-block" and current["block"] == block:
+            name, (layers, values) = next(iter(arrays.items()))
+            if layers is None:
+                self.group[name][start:start + len(values)] = values
+            else:
+                self.group[name][start:start + len(values), layers[0]:layers[-1] + 1] = values
+            _die()
+        write_block(self, start, arrays)
+        if point == "after-commit" and current["block"] == block:
+            _die()
+
+    def patched_commit(self, progress):
+        at_block = current["block"] == block
+        if point == "mid-metadata" and at_block:
+            (Path(self.path) / f"zarr.{uuid.uuid4().hex}.partial").write_text('{"torn": ')
+            _die()
+        if point == "before-complete" and is_complete(progress, self.n_samples):
+            self.group.update_attributes({"progress": dict(progress)})  # complete stays False
+            _die()
+        commit(self, progress)
+
+    ActivationStore.write_block = patched_write_block
+    ActivationStore._commit = patched_commit
+
+
+def run(model_dir: str, store: str, point: str | None = None, block: int | None = None) -> None:
+    """One caching run (in a forked process), killed at ``point`` if given."""
+    signal.alarm(120)  # a hung run dies (exit -14) instead of hanging the test
+    if point is not None:
+        if point not in POINTS:
+            raise SystemExit(f"unknown kill point {point!r}; choose from {POINTS}")
+        install(point, block)
     lm = load_model(model_dir, device="cpu", dtype="float32")
     cache_activations(lm, dataset(), config=CONFIG, out=store, progress=False)
+
+
+def main() -> None:
+    model_dir = sys.argv[1]
+    load_model(model_dir, device="cpu", dtype="float32")  # resolve transformers' lazy imports once
+    for line in sys.stdin:
+        pid = os.fork()
+        if pid == 0:  # the run
+            code = 1
+            try:
+                run(model_dir, *json.loads(line))
+                code = 0
+            finally:
+                os._exit(code)
+        _, status = os.waitpid(pid, 0)
+        print(f"exit {os.waitstatus_to_exitcode(status)}", flush=True)
 
 
 if __name__ == "__main__":

@@ -437,3 +437,69 @@ def test_scenario_card_exists_and_matches(scenarios):
     assert "Apache-2.0" in card and "scenario_id" in card
     flagged = int(np.sum(scenarios.frame["names_emotion"].astype(bool)))
     assert f"{flagged} of 448" in card
+
+
+# ---------------------------------------------------------------------------- --limit subsets
+def _whole_groups(subset: EmotionDataset, full: EmotionDataset) -> bool:
+    size = full.frame.groupby("group").size()
+    kept = subset.frame.groupby("group").size()
+    return kept.equals(size[kept.index])
+
+
+def test_limit_takes_whole_groups_in_proportion():
+    full = load_dataset()
+    small = full.limit(84)
+    assert len(small) == 84 and small.frame.group.nunique() == 12 and _whole_groups(small, full)
+    assert set(small.frame.emotion.value_counts()) == {12}
+    assert small.ids == full.limit(84).ids  # deterministic
+    assert small.ids != full.limit(84, seed=1).ids
+    assert small.ids == sorted(small.ids, key=full.ids.index)  # original order kept
+    assert len(full.limit(16)) == 14  # at most N rows: two whole scenarios
+
+
+@pytest.mark.parametrize("folder, n, slack", [("meld", 500, 0.03), ("dair_emotion", 600, 0.01),
+                                              ("sev", 100, 0.0)])
+def test_limit_keeps_class_shares_on_real_data(load, folder, n, slack):
+    full = load(folder)
+    small = full.limit(n)
+    assert n - full.frame.groupby("group").size().max() < len(small) <= n
+    assert _whole_groups(small, full)
+    target = full.default_target
+    have = small.frame[target].value_counts(normalize=True)
+    want = full.frame[target].value_counts(normalize=True)
+    assert (have.reindex(want.index, fill_value=0) - want).abs().max() <= slack + 1e-9
+
+
+def test_limit_on_a_continuous_target_spreads_its_range(load):
+    full = load("emobank")
+    small = full.limit(1000)
+    assert 900 < len(small) <= 1000 and _whole_groups(small, full)
+    q = full.frame.V.quantile([0.1, 0.9])
+    assert small.frame.V.quantile(0.1) <= q[0.1] + 0.1
+    assert small.frame.V.quantile(0.9) >= q[0.9] - 0.1
+
+
+def test_limit_errors_and_smallest_working_limit():
+    from probe.data.subset import smallest_working_limit
+    from probe.stats import ProbeError, group_stratified_folds
+
+    full = load_dataset()
+    with pytest.raises(DatasetError, match="smallest group .7 rows.; use --limit 7 or more"):
+        full.limit(5)
+
+    def five_folds(ds):
+        try:
+            group_stratified_folds(ds.frame.emotion.to_numpy(str), ds.frame.group.to_numpy(str), 5)
+            return True
+        except ProbeError:
+            return False
+
+    assert smallest_working_limit(full, five_folds) == 35  # 5 scenarios x 7 emotions
+    assert five_folds(full.limit(35)) and not five_folds(full.limit(34))
+
+
+def test_another_file_in_a_registered_format_is_named_after_it(shared_data, tmp_path):
+    mine = tmp_path / "my_events.jsonl"
+    shutil.copy(shared_data / "sev" / "sev.jsonl", mine)
+    assert load_dataset(f"sev:{mine}").name == "sev-my_events"
+    assert load_dataset(shared_data / "sev" / "sev.jsonl").name == "sev"

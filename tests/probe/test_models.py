@@ -6,7 +6,9 @@ from probe.models import (
     REGISTRY,
     ModelError,
     ModelNotAvailableError,
+    known_n_layers,
     load_model,
+    model_config,
     resolve_device,
     resolve_dtype,
     resolve_model,
@@ -64,6 +66,17 @@ def test_local_directory_load_has_provenance(tiny_dir):
     assert not no_template.chat_template
 
 
+def test_layers_are_known_before_the_weights_load(tiny_dir, tmp_path, monkeypatch):
+    assert known_n_layers(str(tiny_dir / "gpt2")) == 3
+    assert known_n_layers(str(tiny_dir / "gemma2")) == 3
+    monkeypatch.setenv("HF_HUB_CACHE", str(tmp_path / "empty-hub"))
+    with pytest.raises(ModelNotAvailableError, match="hf download Qwen/Qwen3-8B"):
+        model_config("qwen3-8b")
+    monkeypatch.setenv("EMOPROBE_HOME", str(tmp_path / "fresh"))  # embedded model not converted
+    assert model_config("smollm2-135m") is None and known_n_layers("smollm2-135m") == 30
+    assert not (tmp_path / "fresh").exists()  # and nothing was converted
+
+
 def torch_bf16():
     import torch
 
@@ -73,7 +86,8 @@ def torch_bf16():
 @pytest.mark.slow
 def test_embedded_model_loads_offline():
     lm = load_model("smollm2-135m", device="cpu")
-    assert lm.n_layers == 30 and lm.arch.d_model(lm.model) == 576
+    assert lm.n_layers == 30 == known_n_layers("smollm2-135m") == REGISTRY["smollm2-135m"].n_layers
+    assert lm.arch.d_model(lm.model) == 576
     assert lm.arch.head_shape(lm.model) == (9, 64) and lm.arch.d_mlp(lm.model) == 1536
     assert lm.chat_template and lm.tokenizer.pad_token_id is not None
     assert lm.provenance()["revision"] == "gguf-Q4_1"

@@ -2,31 +2,55 @@
 
 from __future__ import annotations
 
+import json
 import os
-import random
 import signal
 import subprocess
 import sys
-import time
+import warnings
 from pathlib import Path
 
 import numpy as np
 import pytest
 import xarray as xr
 
-from probe.cache import CacheConfig, cache_activations
-from probe.store import ActivationStore, StoreError, describe, open_store
+from probe.cache import CacheConfig, block_size_for, cache_activations
+from probe.store import ActivationStore, StoreError, describe, is_complete, open_store
 from tests.conftest import REPO_ROOT
 
-CHILD = [sys.executable, "-m", "tests.probe._cache_child"]
+class CacheChild:
+    """``tests/probe/_cache_child.py``: imports once, then forks one caching run per request."""
+
+    def __init__(self, model_dir: Path) -> None:
+        env = dict(os.environ, PYTHONPATH=str(REPO_ROOT), OMP_NUM_THREADS="1",
+                   MKL_NUM_THREADS="1", OPENBLAS_NUM_THREADS="1")
+        self.proc = subprocess.Popen([sys.executable, "-m", "tests.probe._cache_child",
+                                      str(model_dir)], cwd=REPO_ROOT, env=env, text=True,
+                                     stdin=subprocess.PIPE, stdout=subprocess.PIPE)
+
+    def __call__(self, store: Path, *kill) -> int:
+        """Cache into ``store`` (killed at a named point if given); the run's exit code."""
+        self.proc.stdin.write(json.dumps([str(store), *kill]) + "\n")
+        self.proc.stdin.flush()
+        for line in self.proc.stdout:
+            if line.startswith("exit "):
+                return int(line.split()[1])
+        raise RuntimeError(f"the caching child died (exit {self.proc.wait()})")
+
+    def close(self) -> None:
+        self.proc.stdin.close()
+        self.proc.wait(timeout=60)
 
 
-def _child(args, **kw):
-    env = dict(os.environ, PYTHONPATH=str(REPO_ROOT), OMP_NUM_THREADS="1")
-    return subprocess.Popen([*CHILD, *map(str, args)], cwd=REPO_ROOT, env=env, **kw)
+@pytest.fixture(scope="module")
+def child(tiny_dir):
+    server = CacheChild(tiny_dir / "llama")
+    yield server
+    server.close()
 
 
 def _assert_same_store(a: Path, b: Path) -> None:
+    """Bit-identical: a resumed store runs exactly the computation of an uninterrupted one."""
     x, y = open_store(a), open_store(b)
     assert set(x.data_vars) == set(y.data_vars)
     for name in x.data_vars:
@@ -37,54 +61,123 @@ def _assert_same_store(a: Path, b: Path) -> None:
         assert (x[c].values == y[c].values).all()
 
 
+def _on_disk(store: Path) -> dict:
+    """The root attributes as the file holds them (no derived values)."""
+    return json.loads((store / "zarr.json").read_text())["attributes"]
+
+
+def _rows(store: Path) -> set[int]:
+    return set(_on_disk(store)["progress"].values())
+
+
 @pytest.fixture(scope="module")
-def reference_store(tiny_dir, tmp_path_factory) -> Path:
+def reference_store(child, tmp_path_factory) -> Path:
     out = tmp_path_factory.mktemp("ref") / "ref.zarr"
-    assert _child([tiny_dir / "llama", out]).wait(timeout=300) == 0
+    assert child(out) == 0
     return out
 
 
-def test_sigkill_mid_write_then_resume_is_identical(tiny_dir, tmp_path, reference_store):
+def test_block_size_rule():
+    assert block_size_for(96, 5) == 15  # the kill tests' store: 7 blocks, the last of 6 rows
+    assert block_size_for(448, 32) == 64  # the default dataset: 7 blocks
+    assert block_size_for(10, 32) == 32 and block_size_for(100_000, 32) == 512
+    assert block_size_for(100_000, 48) == 480 and block_size_for(100_000, 1000) == 1000
+    for n in (1, 7, 84, 300, 5000):
+        for b in (1, 8, 32):
+            size = block_size_for(n, b)
+            assert size % b == 0 and (size <= 512 or size == b)
+            # the smallest whole number of batches covering n/8 rows: Ctrl-C loses <= ~1/8
+            assert size == b or size - b < -(-n // 8)
+
+
+def test_ctrl_c_keeps_the_committed_blocks(tiny_llama, toy_dataset, tmp_path, monkeypatch):
+    """24 rows in batches of 3: blocks of 3 rows; Ctrl-C during block 5 keeps blocks 0-4."""
+    import probe.cache
+
+    real = probe.cache.iter_blocks
+
+    def interrupted(*args, **kwargs):
+        for i, block in enumerate(real(*args, **kwargs)):
+            if i == 5:
+                raise KeyboardInterrupt
+            yield block
+
+    monkeypatch.setattr(probe.cache, "iter_blocks", interrupted)
+    out = tmp_path / "s.zarr"
+    with pytest.raises(KeyboardInterrupt):
+        cache_activations(tiny_llama, toy_dataset, config=CacheConfig(batch_size=3), out=out,
+                          progress=False)
+    assert _rows(out) == {15}
+    monkeypatch.undo()
+    cache_activations(tiny_llama, toy_dataset, config=CacheConfig(batch_size=3), out=out,
+                      progress=False)
+    assert _rows(out) == {24} and open_store(out).attrs["complete"]
+
+
+def test_kills_at_named_points_then_resume_is_identical(child, tmp_path, reference_store):
+    """Blocks of 15 rows: each kill keeps exactly the blocks committed before it."""
     out = tmp_path / "killed.zarr"
-    proc = _child([tiny_dir / "llama", out, "kill-at-block", 3])
-    assert proc.wait(timeout=300) == -signal.SIGKILL
+    assert child(out, "after-commit", 1) == -signal.SIGKILL
+    assert _rows(out) == {30} and not _on_disk(out)["complete"]
     with pytest.raises(StoreError, match="incomplete"):
         open_store(out)
+
+    assert child(out, "mid-metadata", 3) == -signal.SIGKILL
+    assert _rows(out) == {45}  # block 3 is on disk but its commit is not
+    assert list(out.glob("zarr.*.partial"))
+
+    assert child(out, "mid-block", 5) == -signal.SIGKILL
+    assert _rows(out) == {75} and not list(out.glob("zarr.*.partial"))
     partial = open_store(out, require_complete=False)
-    assert set(partial.attrs["progress"].values()) == {24}  # blocks 0-2 committed, 3 torn
-    assert _child([tiny_dir / "llama", out]).wait(timeout=300) == 0
+    assert not partial.attrs["complete"]
+    assert "unfinished: L0 75/96" in describe(out)
+
+    assert child(out) == 0
+    assert _on_disk(out)["complete"]
     _assert_same_store(out, reference_store)
 
 
-def _committed_rows(out: Path) -> int:
-    try:
-        return min(open_store(out, require_complete=False).attrs["progress"].values() or [0])
-    except (StoreError, OSError, ValueError, KeyError):
-        return 0
-
-
-def test_random_sigkills_then_resume_is_identical(tiny_dir, tmp_path, reference_store):
-    out = tmp_path / "random.zarr"
-    rng = random.Random(1)
-    kills_mid_run = 0
-    for _ in range(3):
-        start_rows = _committed_rows(out)
-        proc = _child([tiny_dir / "llama", out])
-        deadline = time.time() + 120
-        while proc.poll() is None and _committed_rows(out) <= start_rows and time.time() < deadline:
-            time.sleep(0.02)
-        time.sleep(rng.uniform(0.0, 0.3))  # somewhere inside a later block
-        if proc.poll() is None:
-            proc.send_signal(signal.SIGKILL)
-            kills_mid_run += 1
-        proc.wait(timeout=60)
-    assert kills_mid_run >= 2, "the child finished before it could be killed: make it longer"
-    assert _child([tiny_dir / "llama", out]).wait(timeout=300) == 0
+def test_kill_between_progress_and_complete_is_repaired(child, tmp_path, reference_store):
+    """All rows committed, ``complete`` never written: the store is complete, a rerun says so."""
+    out = tmp_path / "torn.zarr"
+    assert child(out, "before-complete") == -signal.SIGKILL
+    assert _rows(out) == {96} and _on_disk(out)["complete"] is False
+    assert open_store(out).attrs["complete"]  # completeness is derived from progress
+    assert "status    complete" in describe(out)
+    chunks = {p: p.stat().st_mtime_ns for p in out.rglob("c/*") if p.is_file()}
+    assert child(out) == 0
+    assert _on_disk(out)["complete"] is True
+    assert {p: p.stat().st_mtime_ns for p in chunks} == chunks  # nothing was recomputed
     _assert_same_store(out, reference_store)
+
+
+def test_every_commit_is_one_consistent_write(tiny_llama, toy_dataset, tmp_path, monkeypatch):
+    """Each write of the root metadata holds progress and completeness that agree."""
+    from zarr.storage import LocalStore
+
+    seen: list[dict] = []
+    real_set = LocalStore.set
+
+    async def spy(self, key, value):
+        await real_set(self, key, value)
+        if key == "zarr.json":
+            seen.append(json.loads(value.to_bytes())["attributes"])
+
+    monkeypatch.setattr(LocalStore, "set", spy)
+    cache_activations(tiny_llama, toy_dataset, config=CacheConfig(batch_size=4), out=tmp_path / "s",
+                      progress=False)
+    commits = [a for a in seen if a.get("progress")]
+    assert len(commits) >= len(toy_dataset) // 4  # one per block at least
+    for attrs in commits:
+        assert attrs["complete"] == is_complete(attrs["progress"], len(toy_dataset)), attrs
+    assert commits[-1]["complete"]
 
 
 def test_store_opens_as_labelled_xarray(reference_store):
-    ds = xr.open_zarr(reference_store, consolidated=False)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        ds = xr.open_zarr(reference_store)  # the README's one-liner: consolidated metadata
+    assert not [w for w in caught if "onsolidated" in str(w.message)]
     assert ds["hook_resid_post"].dims == ("sample", "layer", "pooling", "d_model")
     assert ds["attn.hook_z"].dims == ("sample", "layer", "pooling", "head", "d_head")
     assert ds["hook_embed"].dims == ("sample", "pooling", "d_model")
@@ -101,6 +194,7 @@ def test_store_opens_as_labelled_xarray(reference_store):
         assert key in prov
     text = describe(reference_store)
     assert "complete" in text and "layers cached: 0-2" in text
+    assert "batches   5 texts, right padding, committed in blocks of 15 rows" in text
 
 
 def test_refuses_a_store_from_a_different_run(tiny_llama, toy_dataset, tmp_path):
@@ -110,8 +204,15 @@ def test_refuses_a_store_from_a_different_run(tiny_llama, toy_dataset, tmp_path)
         cache_activations(tiny_llama, toy_dataset, config=CacheConfig(poolings=("mean",), block_size=8),
                           out=out, progress=False)
     with pytest.raises(StoreError, match="dataset_hash"):
-        cache_activations(tiny_llama, toy_dataset.limit(10), config=CacheConfig(block_size=8),
+        cache_activations(tiny_llama, toy_dataset.select(list(range(10))),
+                          config=CacheConfig(block_size=8), out=out, progress=False)
+    # batching decides which rows share a forward pass, so it decides the last bits
+    with pytest.raises(StoreError, match="batch_size: store has 32, this run has 4"):
+        cache_activations(tiny_llama, toy_dataset, config=CacheConfig(block_size=8, batch_size=4),
                           out=out, progress=False)
+    with pytest.raises(StoreError, match="padding_side"):
+        cache_activations(tiny_llama, toy_dataset, config=CacheConfig(block_size=8,
+                          padding_side="left"), out=out, progress=False)
     assert open_store(out).attrs["complete"]
 
 
@@ -123,9 +224,10 @@ def test_adding_sites_later_caches_only_what_is_missing(tiny_llama, toy_dataset,
     cfg2 = CacheConfig(sites="blocks.0-2.hook_resid_post blocks.1.hook_mlp_out", block_size=8)
     cache_activations(tiny_llama, toy_dataset, config=cfg2, out=out, progress=False)
     ds = open_store(out)
-    assert np.array_equal(ds["hook_resid_post"].sel(layer=0).values, before)
+    assert np.array_equal(ds["hook_resid_post"].sel(layer=0).values, before)  # not rewritten
     assert np.isfinite(ds["hook_resid_post"].values).all()
     assert np.isfinite(ds["hook_mlp_out"].sel(layer=1).values).all()
+    assert "hook_mlp_out" in xr.open_zarr(out).data_vars  # consolidated metadata follows
 
 
 def test_float16_overflow_is_detected_not_stored(tiny_dir, toy_dataset, tmp_path):
