@@ -43,8 +43,13 @@ def _user_errors() -> tuple[type[BaseException], ...]:
     from probe.store import StoreError
     from probe.tokens import EncodingError
 
+    from probe.vlm.attribution import AttributionError
+    from probe.vlm.conflict import ConflictError
+    from probe.vlm.processors import ProcessorError
+
     errors: list[type[BaseException]] = [ArchitectureError, CaptureError, DatasetError,
-                                          ModelError, SiteError, StoreError, EncodingError]
+                                          ModelError, SiteError, StoreError, EncodingError,
+                                          AttributionError, ConflictError, ProcessorError]
     try:
         from probe.stats import ProbeError
 
@@ -158,6 +163,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="results folder (default: runs/<model>/<dataset>-<target>-<time>)")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
 
+    from probe.vlm.cli import add_parser as add_conflict
+
+    add_conflict(sub, _model_args)
     sub.add_parser("models", help="list registered model aliases")
     sub.add_parser("datasets", help="list registered datasets")
     parser.handlers = {**COMMANDS, **plugin_commands(sub)}
@@ -239,6 +247,12 @@ def cmd_sweep(args) -> int:
                            cache_config=_cache_config)
 
 
+def cmd_conflict(args) -> int:
+    from probe.vlm.cli import run
+
+    return run(args, load_model=_load_model)
+
+
 def cmd_models(args) -> int:
     from probe.models import REGISTRY
 
@@ -261,8 +275,8 @@ def _warning_line(message, category, filename, lineno, line=None) -> str:
     return f"warning: {message}\n"
 
 
-COMMANDS = {"cache": cmd_cache, "info": cmd_info, "sweep": cmd_sweep, "models": cmd_models,
-            "datasets": cmd_datasets}
+COMMANDS = {"cache": cmd_cache, "info": cmd_info, "sweep": cmd_sweep, "conflict": cmd_conflict,
+            "models": cmd_models, "datasets": cmd_datasets}
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -110,7 +110,8 @@ def build(family: str):
     elif family == "gemma3":
         vision = tf.SiglipVisionConfig(hidden_size=32, intermediate_size=64, num_hidden_layers=2,
                                        num_attention_heads=4, image_size=32, patch_size=8)
-        text = _text(tf.Gemma3TextConfig, tok, head_dim=16, sliding_window=16)
+        text = _text(tf.Gemma3TextConfig, tok, head_dim=16, sliding_window=16,
+                     layer_types=["sliding_attention", "full_attention", "sliding_attention"])
         cfg = tf.Gemma3Config(vision_config=vision, text_config=text, mm_tokens_per_image=4,
                               boi_token_index=tid("<start_of_image>"),
                               eoi_token_index=tid("<end_of_image>"),
@@ -134,6 +135,12 @@ def build(family: str):
     model = tf.AutoModelForMultimodalLM.from_config(cfg)
     with torch.no_grad():  # as in tests/tiny.py: make the layers do real work
         model.get_input_embeddings().weight.mul_(20)
+        # ... and give image/audio features the embeddings' scale (random projectors are tiny)
+        last = [p for n, p in model.named_parameters()
+                if ("multi_modal_projector" in n or "merger" in n) and p.dim() == 2][-1]
+        if not last.any():  # Gemma 3 initialises its projection to zeros
+            last.normal_(0.0, 0.02)
+        last.mul_(20)
     return model.eval(), proc, tok, ip
 
 
