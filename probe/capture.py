@@ -180,7 +180,11 @@ class SiteHooks:
             value = value.flatten(2)
         elif value.dim() == 2:  # one neuron [batch, pos]
             value = value[..., None]
-        self.out[ctx.site] = torch.bmm(self.weights, value.float())
+        w = self.weights
+        if w.device != value.device:  # a model spread over devices (probe.placement)
+            self.out[ctx.site] = torch.bmm(w.to(value.device), value.float()).to(w.device)
+            return
+        self.out[ctx.site] = torch.bmm(w, value.float())
 
     def __enter__(self) -> SiteHooks:
         deepest = max((s.layer or 0) for s in self.sites)

@@ -39,6 +39,7 @@ def _user_errors() -> tuple[type[BaseException], ...]:
     from probe.capture import CaptureError
     from probe.data.schema import DatasetError
     from probe.models import ModelError
+    from probe.placement import PlacementError
     from probe.sites import SiteError
     from probe.store import StoreError
     from probe.tokens import EncodingError
@@ -49,7 +50,8 @@ def _user_errors() -> tuple[type[BaseException], ...]:
 
     errors: list[type[BaseException]] = [ArchitectureError, CaptureError, DatasetError,
                                           ModelError, SiteError, StoreError, EncodingError,
-                                          AttributionError, ConflictError, ProcessorError]
+                                          AttributionError, ConflictError, ProcessorError,
+                                          PlacementError]
     try:
         from probe.stats import ProbeError
 
@@ -74,6 +76,14 @@ def _model_args(p: argparse.ArgumentParser) -> None:
                    help="system prompt for the chat template (default: the template's own)")
     g.add_argument("--allow-download", action="store_true",
                    help="let Hugging Face download missing weights (default: local files only)")
+    g.add_argument("--device-map", default=None,
+                   help="spread a big model over GPUs, CPU and disk (accelerate): auto, balanced, "
+                        "sequential (default: the whole model on --device)")
+    g.add_argument("--max-memory", default=None,
+                   help="memory per device for --device-map, e.g. '0=20GiB,1=20GiB,cpu=64GiB'")
+    g.add_argument("--offload-folder", default=None,
+                   help="where --device-map offloads what fits nowhere else "
+                        "(default: ~/.cache/emoprobe/offload/<model>)")
 
 
 def _data_args(p: argparse.ArgumentParser) -> None:
@@ -204,7 +214,9 @@ def _load_model(args):
 
         hf_logging.disable_progress_bar()
     lm = load_model(args.model, device=args.device, dtype=args.dtype,
-                    chat_template=args.chat_template, allow_download=args.allow_download)
+                    chat_template=args.chat_template, allow_download=args.allow_download,
+                    device_map=args.device_map, max_memory=args.max_memory,
+                    offload_folder=args.offload_folder)
     if args.system_prompt is not None and not lm.chat_template:
         raise ModelError(f"--system-prompt was given but {args.model} has no chat template")
     return lm

@@ -326,7 +326,7 @@ class HookManager:
                 if base is None:
                     raise HookError(f"{r.site}: the block's input was not seen (a resid_mid hook "
                                     "needs the whole block to run)")
-                mid = base + raw
+                mid = base.to(raw.device) + raw  # devices differ only under a device map
                 new = _run(funcs, mid, HookContext(r.site, state))
                 if new is not None:
                     raw, changed = raw + (new - mid), True

@@ -218,12 +218,24 @@ def load_model(
     dtype: DTypeName | str = "auto",
     chat_template: bool = True,
     allow_download: bool = False,
+    device_map: str | dict | None = None,
+    max_memory: str | dict | None = None,
+    offload_folder: str | None = None,
 ) -> LoadedModel:
-    """Load a registered alias, a Hugging Face id (from the local cache) or a local directory."""
+    """Load a registered alias, a Hugging Face id (from the local cache) or a local directory.
+
+    ``device_map`` (``"auto"``, ...) spreads a big model over GPUs, CPU memory (``max_memory``,
+    e.g. ``"0=20GiB,cpu=64GiB"``) and disk (``offload_folder``); see :mod:`probe.placement`.
+    ``device`` is then ignored: inputs go where the input embeddings are.
+    """
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
+    from probe.placement import device_map_kwargs, input_device
+
     spec = resolve_model(name)
-    dev = resolve_device(device)
+    placed = device_map_kwargs(device_map, max_memory, offload_folder, spec.alias)
+    dev = resolve_device("cpu" if placed and device == "auto" and not torch.cuda.is_available()
+                         else device)
     tdtype = resolve_dtype(dtype, dev)
     if spec.embedded:
         path, fingerprint, revision = _embedded_checkpoint(), _gguf_sha256(), "gguf-Q4_1"
@@ -238,12 +250,16 @@ def load_model(
         auto, processor = _auto_classes(path, **kwargs)
         tokenizer = processor.tokenizer if processor is not None else \
             AutoTokenizer.from_pretrained(path, **kwargs)
-        model = (auto or AutoModelForCausalLM).from_pretrained(path, dtype=tdtype, **kwargs)
+        model = (auto or AutoModelForCausalLM).from_pretrained(path, dtype=tdtype, **placed, **kwargs)
     except (OSError, ValueError) as exc:
         if Path(str(path)).is_dir() or spec.embedded:
             raise ModelError(f"could not load model {name!r} from {path}: {exc}") from None
         raise ModelNotAvailableError(_how_to_get(spec, name)) from None
-    model.to(dev).eval()
+    if placed:
+        dev = input_device(model)
+    else:
+        model.to(dev)
+    model.eval()
     model.requires_grad_(False)
     if tokenizer.pad_token_id is None:
         tokenizer.pad_token = tokenizer.eos_token
