@@ -39,6 +39,7 @@ def _user_errors() -> tuple[type[BaseException], ...]:
     from probe.capture import CaptureError
     from probe.data.schema import DatasetError
     from probe.models import ModelError
+    from probe.lazy import MemoryBudgetError
     from probe.placement import PlacementError
     from probe.sites import SiteError
     from probe.store import StoreError
@@ -51,7 +52,7 @@ def _user_errors() -> tuple[type[BaseException], ...]:
     errors: list[type[BaseException]] = [ArchitectureError, CaptureError, DatasetError,
                                           ModelError, SiteError, StoreError, EncodingError,
                                           AttributionError, ConflictError, ProcessorError,
-                                          PlacementError]
+                                          PlacementError, MemoryBudgetError]
     try:
         from probe.stats import ProbeError
 
@@ -168,6 +169,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="skip the bag-of-words baseline")
     g.add_argument("--seed", type=int, default=0,
                    help="seed of folds, bootstrap and control labels (default: %(default)s)")
+    g.add_argument("--memory", default=None,
+                   help="memory budget for probing, e.g. 8GiB: reads the store out of core "
+                        "(Dask) in jobs that fit, for stores larger than RAM")
     p.add_argument("--store", default=None, help="use this store path instead of the default")
     p.add_argument("--out", default=None,
                    help="results folder (default: runs/<model>/<dataset>-<target>-<time>)")

@@ -22,6 +22,7 @@ import xarray as xr
 
 from probe.baselines import key_coverage, last_word_keys
 from probe.evaluate import EvalConfig, evaluate, make_folds, text_baselines
+from probe.lazy import open_lazy, parse_memory, read_sites, sites_per_read
 from probe.results import validate_results
 from probe.sites import Site, parse_sites
 from probe.stats import ProbeError, group_stratified_folds
@@ -118,6 +119,7 @@ def probe_store(
     poolings: Sequence[str] | None = None,
     config: EvalConfig = EvalConfig(),
     progress: bool = True,
+    memory: int | str | None = None,
 ) -> pd.DataFrame:
     """Fit and evaluate a probe at every cached (or chosen) site of a store.
 
@@ -128,6 +130,9 @@ def probe_store(
         poolings: poolings to probe (default: all in the store).
         config: cross-validation, regularisation, bootstrap, control and lexical settings.
         progress: show a progress bar.
+        memory: a memory budget (bytes or ``"8GiB"``): read the store out of core with Dask,
+            in jobs sized so that what is read plus the probe's working set stays under it
+            (:mod:`probe.lazy`). Default: jobs of at most 1 GiB of features, read directly.
 
     Returns:
         A tidy results table (see :mod:`probe.results`), with a ``pooling`` column.
@@ -135,6 +140,9 @@ def probe_store(
     from tqdm.auto import tqdm
 
     ds = store if isinstance(store, xr.Dataset) else open_store(store, require_complete=False)
+    budget = parse_memory(memory)
+    if budget is not None:
+        ds = open_lazy(ds)
     n_layers = int(ds.attrs["emoprobe"]["n_layers"])
     if isinstance(sites, str):
         sites = parse_sites(sites, n_layers=n_layers)
@@ -149,13 +157,16 @@ def probe_store(
     jobs = []
     for name, layers in _site_groups(ds, sites):
         width = int(np.prod([ds.sizes[d] for d in ds[name].dims[2 if layers is None else 3:]]))
-        per = max(1, READ_BUDGET // max(1, 4 * len(rows) * width))
+        per = max(1, READ_BUDGET // max(1, 4 * len(rows) * width)) if budget is None else \
+            sites_per_read(budget, n=len(rows), width=width, task=task, n_folds=config.n_folds,
+                           n_classes=len(np.unique(y)) if task == "classification" else 1)
         chunks = [None] if layers is None else [layers[i:i + per] for i in range(0, len(layers), per)]
         jobs += [(p, name, chunk) for p in poolings for chunk in chunks]
     parts = []
     for pooling, name, chunk in tqdm(jobs, desc="probing", unit="chunk", disable=not progress,
                                      dynamic_ncols=True):
-        X = _read(ds[name], pooling, chunk, rows)
+        X = _read(ds[name], pooling, chunk, rows) if budget is None else \
+            read_sites(ds[name], pooling, chunk, rows)
         keys = [(name, layer) for layer in (chunk or [None])]
         df = evaluate(X, y=y, groups=groups, texts=texts, site_keys=keys, task=task,
                       config=config, include_text_baselines=False)
@@ -191,7 +202,8 @@ def sweep_from_args(args, *, load_data, load_model, cache_config) -> int:
         control=args.control, lexical=args.lexical, device=str(lm.device),
         fold_fallback=args.fold_fallback).items() if v is not None})
     results = probe_store(store, target=target, sites=parse_sites(config.sites, n_layers=lm.n_layers),
-                          config=eval_config, progress=not args.quiet)
+                          config=eval_config, progress=not args.quiet,
+                          memory=getattr(args, "memory", None))
     out = Path(args.out) if args.out else (
         Path("runs") / lm.spec.alias / f"{dataset.name}-{target}-{time.strftime('%Y%m%d-%H%M%S')}")
     run = {"command": "probe " + " ".join(shlex.quote(a) for a in args.argv),
