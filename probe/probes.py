@@ -2,9 +2,11 @@
 
 :class:`LogisticProbe` (multinomial logistic regression, L2) and :class:`RidgeProbe` (ridge
 regression, for continuous targets such as EmoBank valence/arousal/dominance) standardise
-their inputs internally (``mean_``, ``scale_`` learned in ``fit``) and then fit scikit-learn's
-``LogisticRegression`` / ``Ridge``. They are the reference the batched engine
-(:mod:`probe.engine`) is tested against, and what to use for one layer in a notebook.
+their inputs internally (``mean_``, ``scale_`` learned in ``fit``) with the objective of
+``make_pipeline(StandardScaler(), LogisticRegression(C))`` / ``... Ridge(alpha))``. They fit
+through the batched engine (:func:`probe.engine.fit_probes` with one site), so a notebook's
+probe and a sweep's are one implementation with one zero-variance rule
+(:func:`probe.engine.feature_scale`, scikit-learn's). Use them for one layer in a notebook.
 
 Weights are reported twice: ``coef_standardized_`` on the standardised features (what the
 optimiser saw; comparable across features), and ``coef_``/``intercept_`` in the ORIGINAL
@@ -25,28 +27,32 @@ stream (the gradient of a class logit with respect to the activation).
 
 from __future__ import annotations
 
+import warnings
+
 import numpy as np
 from sklearn.base import BaseEstimator, ClassifierMixin, RegressorMixin
-from sklearn.linear_model import LogisticRegression, Ridge
+from sklearn.exceptions import ConvergenceWarning
 from sklearn.utils.multiclass import check_classification_targets
 from sklearn.utils.validation import check_is_fitted, validate_data
 
-
-def _standardise(est, X: np.ndarray) -> np.ndarray:
-    """Learn ``mean_``/``scale_`` (zero-variance features keep scale 1) and apply them."""
-    if est.standardize:
-        est.mean_ = X.mean(0)
-        scale = X.std(0)
-        est.scale_ = np.where(scale > 10 * np.finfo(X.dtype).eps, scale, 1.0)
-    else:
-        est.mean_, est.scale_ = np.zeros(X.shape[1]), np.ones(X.shape[1])
-    return (X - est.mean_) / est.scale_
+from probe.engine.full import ProbeFit, fit_full
 
 
-def _to_raw_space(est) -> None:
-    """``coef_``/``intercept_`` such that ``X @ coef_.T + intercept_`` acts on raw inputs."""
-    est.coef_ = est.coef_standardized_ / est.scale_
-    est.intercept_ = est.intercept_standardized_ - est.coef_ @ est.mean_
+def _fit(est, X: np.ndarray, y, task: str) -> ProbeFit:
+    """One site through the engine, in float64 output; sets ``mean_`` and ``scale_``."""
+    fit = fit_full(X[None], y, task=task, C=getattr(est, "C", 1.0),
+                   alpha=getattr(est, "alpha", 1.0), tol=getattr(est, "tol", 1e-4),
+                   max_iter=getattr(est, "max_iter", 1), device="cpu", site_batch=None,
+                   site_labels=None, standardize=est.standardize, dtype=np.float64)
+    est.mean_, est.scale_ = fit.mean[0], fit.scale[0]
+    return fit
+
+
+def _standardised(est) -> None:
+    """``coef_standardized_``/``intercept_standardized_`` from the raw-space ones: the same
+    weights on ``(X - mean_) / scale_``."""
+    est.coef_standardized_ = est.coef_ * est.scale_
+    est.intercept_standardized_ = est.intercept_ + est.coef_ @ est.mean_
 
 
 def _unit(v: np.ndarray, normalize: bool) -> np.ndarray:
@@ -56,13 +62,14 @@ def _unit(v: np.ndarray, normalize: bool) -> np.ndarray:
 class LogisticProbe(ClassifierMixin, BaseEstimator):
     """Multinomial logistic-regression probe with L2 penalty on standardised features.
 
-    Minimises ``C * sum_i log-loss_i + ||w||^2 / 2`` (intercept unpenalised), exactly
-    ``make_pipeline(StandardScaler(), LogisticRegression(C=C))``.
+    Minimises ``C * sum_i log-loss_i + ||w||^2 / 2`` (intercept unpenalised), the objective of
+    ``make_pipeline(StandardScaler(), LogisticRegression(C=C))``, solved by the engine in float32
+    (probabilities agree with scikit-learn's to ~1e-5).
 
     Args:
         C: Inverse regularisation strength (0.05: the toolkit's sweep protocol).
         standardize: Standardise features with the training mean and standard deviation.
-        max_iter: Iteration cap of the L-BFGS solver.
+        max_iter: Iteration cap of the solver (a ``ConvergenceWarning`` when it is hit).
         tol: Solver tolerance (scikit-learn's meaning).
 
     Attributes:
@@ -71,7 +78,7 @@ class LogisticProbe(ClassifierMixin, BaseEstimator):
         coef_: ``[K, d]`` (``[1, d]`` for two classes) weights on raw features.
         intercept_: ``[K]`` (``[1]``) intercepts on raw features.
         coef_standardized_, intercept_standardized_: The same on standardised features.
-        n_iter_: Solver iterations.
+        n_iter_: Solver iterations, ``[1]``.
     """
 
     def __init__(self, *, C: float = 0.05, standardize: bool = True, max_iter: int = 1000,
@@ -89,11 +96,17 @@ class LogisticProbe(ClassifierMixin, BaseEstimator):
         if len(self.classes_) < 2:
             raise ValueError(f"LogisticProbe needs samples of at least 2 classes; got one class "
                              f"({self.classes_[0]!r})")
-        model = LogisticRegression(C=self.C, max_iter=self.max_iter, tol=self.tol)
-        model.fit(_standardise(self, X), y)
-        self.coef_standardized_, self.intercept_standardized_ = model.coef_, model.intercept_
-        self.n_iter_ = model.n_iter_
-        _to_raw_space(self)
+        fit = _fit(self, X, y, "classification")
+        coef, intercept = fit.coef[0], fit.intercept[0]
+        if len(self.classes_) == 2:  # scikit-learn's binary form: one row, for classes_[1]
+            coef, intercept = coef[1:] - coef[:1], intercept[1:] - intercept[:1]
+        self.coef_, self.intercept_ = coef, intercept
+        _standardised(self)
+        self.n_iter_ = fit.n_iter.astype(np.int32)
+        if not fit.converged.all():
+            warnings.warn(f"LogisticProbe did not reach tol={self.tol} within max_iter="
+                          f"{self.max_iter} iterations; raise max_iter", ConvergenceWarning,
+                          stacklevel=2)
         return self
 
     def decision_function(self, X) -> np.ndarray:
@@ -143,7 +156,8 @@ class RidgeProbe(RegressorMixin, BaseEstimator):
     """Ridge-regression probe on standardised features, for continuous targets.
 
     Minimises ``||y - Xw - b||^2 + alpha ||w||^2``, exactly
-    ``make_pipeline(StandardScaler(), Ridge(alpha=alpha))``; ``y`` may be ``[n]`` or ``[n, T]``.
+    ``make_pipeline(StandardScaler(), Ridge(alpha=alpha))`` (closed form in float64); ``y`` may be
+    ``[n]`` or ``[n, T]``.
 
     Args:
         alpha: L2 strength (10: the same penalty per unit of loss as the logistic default).
@@ -168,9 +182,11 @@ class RidgeProbe(RegressorMixin, BaseEstimator):
         """Fit on ``X [n, d]`` and targets ``y [n]`` or ``[n, T]``."""
         X, y = validate_data(self, X, y, y_numeric=True, multi_output=True,
                              dtype=[np.float64, np.float32])
-        model = Ridge(alpha=self.alpha).fit(_standardise(self, X), y)
-        self.coef_standardized_, self.intercept_standardized_ = model.coef_, model.intercept_
-        _to_raw_space(self)
+        fit = _fit(self, X, y, "regression")
+        self.coef_, self.intercept_ = fit.coef[0], fit.intercept[0]
+        if np.ndim(y) == 1:
+            self.coef_, self.intercept_ = self.coef_[0], self.intercept_[0]
+        _standardised(self)
         return self
 
     def predict(self, X) -> np.ndarray:

@@ -52,7 +52,7 @@ def test_heldout_accuracy_matches_sklearn(S, n, d, K):
     X, y = activations(S, n, d, K)
     folds = kfold(y)
     fit = fit_logistic_cv(X, y, folds, C=0.05)
-    assert fit.form == ("primal" if n > d else "dual")
+    assert fit.form.split("/")[0] == ("primal" if n > d else "dual")
     ours = (fit.predictions.argmax(-1) == y).mean(1)
     theirs = (sklearn_oof(X, y, folds, 0.05) == y).mean(1)
     assert np.abs(ours - theirs).max() <= 0.01
@@ -169,24 +169,3 @@ def test_feature_constant_in_one_folds_training_rows():
     ref.fit(X[0, train].astype(np.float64), y[train])
     np.testing.assert_allclose(fit.predictions[0, test],
                                ref.predict_proba(X[0, test].astype(np.float64)), atol=1e-4)
-
-
-def test_preconditioner_falls_back_to_float32_when_bfloat16_breaks_it(monkeypatch):
-    """A bfloat16 Gram can lose positive-definiteness (seen on GoEmotions, n=1500): redo in fp32."""
-    import probe.engine as engine
-
-    X, y = activations(3, 300, 24, 3)
-    folds = kfold(y)
-    expected = fit_logistic_cv(X, y, folds, C=0.05, form="primal").predictions
-    real = torch.linalg.cholesky_ex
-
-    def flaky(G, **kw):
-        L, info = real(G, **kw)
-        L, info = L.clone(), info.clone()
-        if len(info) == 3:  # the bfloat16 attempt on all sites: pretend site 0 failed
-            info[0], L[0] = 5, 0.0
-        return L, info
-
-    monkeypatch.setattr(engine.torch.linalg, "cholesky_ex", flaky)
-    got = fit_logistic_cv(X, y, folds, C=0.05, form="primal").predictions
-    np.testing.assert_allclose(got, expected, atol=2e-3)
