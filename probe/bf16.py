@@ -15,9 +15,13 @@ values a reader gets are bit for bit the bfloat16 values the model produced (wid
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 import numpy as np
-import torch
 import xarray as xr
+
+if TYPE_CHECKING:
+    import torch
 
 ATTR, VALUE = "emoprobe_encoding", "bfloat16-bits"
 #: The bits of a bfloat16 NaN: the fill value of rows not yet written.
@@ -26,6 +30,8 @@ NAN_BITS = 0x7FC0
 
 def to_bits(x: torch.Tensor) -> np.ndarray:
     """A tensor (any float dtype) rounded to bfloat16, as a host ``uint16`` array of its bits."""
+    import torch
+
     return x.to(torch.bfloat16).view(torch.int16).cpu().numpy().view(np.uint16)
 
 

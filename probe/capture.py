@@ -242,11 +242,13 @@ def iter_blocks(
     padding_side: str = "right",
     start_row: int = 0,
     on_batch=None,
+    only: set[int] | None = None,
 ) -> Iterator[tuple[int, dict[Site, Float[Tensor, "rows pooling d"]]]]:
     """Yield ``(first_row, {site: pooled})`` per block of ``block_size`` rows, in row order.
 
     Within a block rows run longest first in batches of ``batch_size`` (less padding); the
-    block's rows come back in dataset order (see :func:`plan_blocks`).
+    block's rows come back in dataset order (see :func:`plan_blocks`). ``only``: the first
+    rows of the blocks to run (a distributed worker's share); the others are skipped.
     """
     if padding_side not in ("left", "right"):
         raise CaptureError(f"padding side must be 'left' or 'right', not {padding_side!r}")
@@ -254,6 +256,8 @@ def iter_blocks(
     with SiteHooks(lm, sites) as hooks:
         for first, batches in plan_blocks(encoded.lengths, batch_size=batch_size,
                                           block_size=block_size, start_row=start_row):
+            if only is not None and first not in only:
+                continue
             parts: dict[Site, list[Tensor]] = {s: [] for s in sites}
             for idx in batches:
                 ids = [encoded.ids[r] for r in idx]

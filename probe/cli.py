@@ -41,6 +41,7 @@ def _user_errors() -> tuple[type[BaseException], ...]:
     from probe.capture import CaptureError
     from probe.data.schema import DatasetError
     from probe.models import ModelError
+    from probe.distributed import DistributedError
     from probe.lazy import MemoryBudgetError
     from probe.placement import PlacementError
     from probe.sites import SiteError
@@ -54,7 +55,7 @@ def _user_errors() -> tuple[type[BaseException], ...]:
     errors: list[type[BaseException]] = [ArchitectureError, CaptureError, DatasetError,
                                           ModelError, SiteError, StoreError, EncodingError,
                                           AttributionError, ConflictError, ProcessorError,
-                                          PlacementError, MemoryBudgetError]
+                                          PlacementError, MemoryBudgetError, DistributedError]
     try:
         from probe.stats import ProbeError
 
@@ -113,9 +114,10 @@ def _cache_args(p: argparse.ArgumentParser) -> None:
                         "(default: %(default)s)")
     g.add_argument("--batch-size", type=int, default=32,
                    help="texts per forward pass (default: %(default)s)")
-    g.add_argument("--store-dtype", default="float16", choices=["float16", "float32"],
+    g.add_argument("--store-dtype", default="float16", choices=["float16", "bfloat16", "float32"],
                    help="dtype on disk; values beyond float16's range stop the run with a "
-                        "pointer to float32, never stored as inf (default: %(default)s)")
+                        "pointer to bfloat16 / float32, never stored as inf; bfloat16 is kept as "
+                        "its uint16 bits and read back as exact float32 (default: %(default)s)")
     g.add_argument("--padding-side", default=None, choices=["left", "right"],
                    help="default: the tokenizer's")
     g.add_argument("--max-length", type=int, default=None,
@@ -141,6 +143,17 @@ def build_parser() -> argparse.ArgumentParser:
     _cache_args(p)
     p.add_argument("--out", default=None, help="store path (default: <cache-dir>/<model>/<dataset>-<key>.zarr)")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
+    g = p.add_argument_group("several workers (docs/scale.md)")
+    g.add_argument("--workers", type=int, default=1,
+                   help="worker processes on this machine writing one store (one GPU each when "
+                        "several are visible); needs --out")
+    g.add_argument("--distributed", action="store_true",
+                   help="run as one worker of a torchrun job (RANK, WORLD_SIZE, LOCAL_RANK) or a "
+                        "SLURM job array (SLURM_ARRAY_TASK_ID/COUNT); every worker gets the same "
+                        "command and --out on a shared filesystem")
+    g.add_argument("--finalize", action="store_true",
+                   help="fold the workers' finished blocks into the store at --out and report "
+                        "whether it is complete (the last worker does this itself)")
 
     p = sub.add_parser("info", help="describe an activation store")
     p.add_argument("store", help="path of a .zarr store")
@@ -264,6 +277,8 @@ def _cache_config(args):
 def cmd_cache(args) -> int:
     from probe.cache import cache_activations, default_store_path
 
+    if args.finalize or args.workers > 1 or args.distributed:
+        return _cache_distributed(args)
     dataset = _load_data(args)
     lm = _load_model(args)
     config = _cache_config(args)
@@ -272,6 +287,37 @@ def cmd_cache(args) -> int:
     path = cache_activations(lm, dataset, config=config, out=out, progress=not args.quiet)
     print(f"store: {path}")
     print(f"open it with: xarray.open_zarr({str(path)!r}) or probe.store.open_store(...)")
+    return 0
+
+
+def _cache_distributed(args) -> int:
+    from probe import distributed as dist
+
+    if not args.out:
+        raise dist.DistributedError("--workers, --distributed and --finalize need --out (the one "
+                                    "store every worker writes)")
+    if args.finalize:
+        done = dist.finalize(args.out)
+        print(f"store: {args.out} ({'complete' if done else 'INCOMPLETE: rerun the job to redo missing blocks'})")
+        return 0
+    dataset, config = _load_data(args), _cache_config(args)
+    if args.distributed:
+        rank = dist.rank_from_env()
+        if rank is None:
+            raise dist.DistributedError("--distributed found no RANK/WORLD_SIZE (torchrun) or "
+                                        "SLURM_ARRAY_TASK_ID/SLURM_ARRAY_TASK_COUNT in the environment")
+        if rank.device is not None:
+            args.device = rank.device
+        done = dist.run_worker(_load_model(args), dataset, config=config, out=args.out, rank=rank)
+        print(f"worker {rank.rank}/{rank.world} done; store {args.out} "
+              f"{'complete' if done else 'not complete yet (other workers, or --finalize)'}")
+        return 0
+    from probe.models import load_model
+
+    loader = (load_model, (args.model,), dict(dtype=args.dtype, chat_template=args.chat_template,
+                                              allow_download=args.allow_download))
+    dist.cache_with_workers(loader, dataset, config=config, out=args.out, workers=args.workers)
+    print(f"store: {args.out}")
     return 0
 
 

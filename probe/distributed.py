@@ -85,9 +85,16 @@ def write_marker(path: Path, first: int, stop: int, keys: Sequence[str]) -> None
     """Record, atomically, that rows ``first:stop`` of ``keys`` are on disk."""
     folder = marker_dir(path)
     folder.mkdir(exist_ok=True)
-    tmp = folder / f".{first}.{os.getpid()}.tmp"
-    tmp.write_text(json.dumps({"first": first, "stop": stop, "keys": sorted(keys)}))
-    os.replace(tmp, folder / f"{first}.json")
+    if not (folder / "zarr.json").is_file():  # an (empty) Zarr group, so readers skip it quietly
+        _atomic(folder / "zarr.json", json.dumps({"zarr_format": 3, "node_type": "group",
+                                                  "attributes": {"emoprobe": "done blocks"}}))
+    _atomic(folder / f"{first}.json", json.dumps({"first": first, "stop": stop, "keys": sorted(keys)}))
+
+
+def _atomic(target: Path, text: str) -> None:
+    tmp = target.parent / f".{target.name}.{os.getpid()}.tmp"
+    tmp.write_text(text)
+    os.replace(tmp, target)
 
 
 def read_markers(path: Path) -> dict[int, dict]:
@@ -95,7 +102,7 @@ def read_markers(path: Path) -> dict[int, dict]:
     if not folder.is_dir():
         return {}
     out = {}
-    for f in folder.glob("*.json"):
+    for f in folder.glob("[0-9]*.json"):
         try:
             m = json.loads(f.read_text())
         except (OSError, json.JSONDecodeError):  # pragma: no cover - never written partially
@@ -199,7 +206,8 @@ def _work(lm, job, rank: Rank, progress: bool) -> None:
     sites = [Site(s.name, layer) for s in todo for layer in (s.layers or [None])]
     for first, pooled in iter_blocks(lm, job.encoded, sites, job.config.poolings,
                                      batch_size=job.config.batch_size, block_size=job.block_size,
-                                     padding_side=job.padding_side, only=set(mine)):
+                                     padding_side=job.provenance["padding_side"],
+                                     only=set(mine)):
         arrays = host_arrays(todo, pooled, job.config.store_dtype, first)
         stop = first + next(iter(arrays.values()))[1].shape[0]
         for name, (layers, values) in arrays.items():
@@ -255,8 +263,10 @@ def finalize(path: str | Path, *, wait: bool = True) -> bool | None:
         for first, m in markers.items():
             if all(new.get(k, 0) >= m["stop"] for k in m["keys"]):
                 (marker_dir(path) / f"{first}.json").unlink(missing_ok=True)
-        if complete and marker_dir(path).is_dir() and not any(marker_dir(path).iterdir()):
-            marker_dir(path).rmdir()
+        folder = marker_dir(path)
+        if complete and folder.is_dir() and not any(folder.glob("[0-9]*.json")):
+            (folder / "zarr.json").unlink(missing_ok=True)
+            folder.rmdir()
     return complete
 
 

@@ -34,6 +34,7 @@ import xarray as xr
 import zarr
 from zarr.codecs import BloscCodec
 
+from probe import bf16
 from probe.data.schema import EmotionDataset
 
 #: Provenance keys that must match for a run to write into an existing store.
@@ -41,7 +42,7 @@ MATCH_KEYS = (
     "model_id", "weight_fingerprint", "dtype", "dataset_hash", "n_samples", "chat_template",
     "system_prompt", "poolings", "store_dtype", "block_size", "max_length",
 )
-STORE_DTYPES = ("float16", "float32")
+STORE_DTYPES = ("float16", "float32", "bfloat16")
 
 
 class StoreError(RuntimeError):
@@ -83,9 +84,14 @@ class ActivationStore:
     # ------------------------------------------------------------------ open / create
     @classmethod
     def open_for_writing(
-        cls, path: str | Path, *, provenance: Mapping, dataset: EmotionDataset
+        cls, path: str | Path, *, provenance: Mapping, dataset: EmotionDataset,
+        coords: Mapping[str, np.ndarray] | None = None,
     ) -> ActivationStore:
-        """Create the store, or reopen it for resuming if its provenance matches."""
+        """Create the store, or reopen it for resuming if its provenance matches.
+
+        ``coords``: per-sample coordinates besides the dataset's (e.g. a multimodal row's
+        modality layout), written when the store is created.
+        """
         path = Path(path)
         path.mkdir(parents=True, exist_ok=True)
         lock_fh = _lock(path)
@@ -95,7 +101,21 @@ class ActivationStore:
                 _check_provenance(path, dict(group.attrs.get("emoprobe", {})), provenance)
                 _drop_partial_files(path)
             else:
-                group = _create(path, provenance, dataset)
+                group = _create(path, provenance, dataset, coords or {})
+        except BaseException:
+            lock_fh.close()
+            raise
+        return cls(path, group, lock_fh)
+
+    @classmethod
+    def reopen(cls, path: str | Path) -> ActivationStore:
+        """An existing store for committing progress (under the same exclusive lock)."""
+        path = Path(path)
+        if not (path / "zarr.json").is_file():
+            raise StoreError(f"no activation store at {path}")
+        lock_fh = _lock(path)
+        try:
+            group = zarr.open_group(str(path), mode="r+")
         except BaseException:
             lock_fh.close()
             raise
@@ -140,15 +160,17 @@ class ActivationStore:
             layered = spec.layers is not None
             shape = [self.n_samples] + ([prov["n_layers"]] if layered else []) + [n_pool]
             chunks = [self.block_size] + ([1] if layered else []) + [1]
+            bits = prov["store_dtype"] == "bfloat16"  # uint16 bit patterns (probe.bf16)
+            attrs = {"coordinates": " ".join(prov["sample_coords"] + prov.get("pooling_coords", []))}
             self.group.create_array(
                 spec.name,
                 shape=tuple(shape + list(spec.feature_shape)),
                 chunks=tuple(chunks + list(spec.feature_shape)),
-                dtype=prov["store_dtype"],
-                fill_value=np.nan,
+                dtype="uint16" if bits else prov["store_dtype"],
+                fill_value=bf16.NAN_BITS if bits else np.nan,
                 compressors=[BloscCodec(cname="lz4", clevel=3, shuffle="shuffle")],
                 dimension_names=spec.dims(),
-                attributes={"coordinates": " ".join(prov["sample_coords"])},
+                attributes={**attrs, bf16.ATTR: bf16.VALUE} if bits else attrs,
             )
         progress = self.progress()
         new = {k: 0 for k in progress_keys(spec) if k not in progress}
@@ -178,9 +200,18 @@ class ActivationStore:
                     self.group[name][start:stop, layers[j0]:layers[j1 - 1] + 1] = values[:, j0:j1]
             for key in keys:
                 progress[key] = max(progress.get(key, 0), stop)
-        self.group.attrs["progress"] = progress
+        self.commit_progress(progress)
+
+    def commit_progress(self, progress: Mapping[str, int]) -> None:
+        """Record rows committed per array/layer (and completeness) in the store's metadata."""
+        self.group.attrs["progress"] = dict(progress)
         if all(v == self.n_samples for v in progress.values()):
             self.group.attrs["complete"] = True
+
+    def finalize(self) -> bool:
+        """Whether every tracked array and layer is committed to the last row."""
+        progress = self.progress()
+        return bool(progress) and all(v == self.n_samples for v in progress.values())
 
 
 def progress_keys(spec: VariableSpec) -> list[str]:
@@ -238,7 +269,8 @@ def _check_provenance(path: Path, have: Mapping, want: Mapping) -> None:
         )
 
 
-def _create(path: Path, provenance: Mapping, dataset: EmotionDataset) -> zarr.Group:
+def _create(path: Path, provenance: Mapping, dataset: EmotionDataset,
+            extra: Mapping[str, np.ndarray]) -> zarr.Group:
     if any(path.iterdir()):
         raise StoreError(f"{path} exists and is not an activation store; choose another store path "
                          "(--out for probe cache, --store for probe sweep)")
@@ -253,6 +285,7 @@ def _create(path: Path, provenance: Mapping, dataset: EmotionDataset) -> zarr.Gr
     }
     for col in dataset.targets:
         coords[col] = _coord_values(dataset, col)
+    coords.update({k: np.asarray(v) for k, v in extra.items() if k not in coords})
     for name, values in coords.items():
         arr = group.create_array(name, shape=(n,), dtype=values.dtype if values.dtype.kind == "f"
                                  else str, dimension_names=["sample"])
@@ -262,7 +295,12 @@ def _create(path: Path, provenance: Mapping, dataset: EmotionDataset) -> zarr.Gr
     layer[:] = np.arange(provenance["n_layers"])
     pool = np.asarray(provenance["poolings"], dtype=str)
     group.create_array("pooling", shape=pool.shape, dtype=str, dimension_names=["pooling"])[:] = pool
+    from probe.capture import POOLING_MODALITY
+
+    modality = np.asarray([POOLING_MODALITY.get(p, "all") for p in provenance["poolings"]], dtype=str)
+    group.create_array("modality", shape=pool.shape, dtype=str, dimension_names=["pooling"])[:] = modality
     prov = dict(provenance, sample_coords=[c for c in coords if c != "sample"],
+                pooling_coords=["modality"],
                 targets=dict(dataset.targets), default_target=dataset.default_target)
     group.attrs.update({"emoprobe": prov, "progress": {}, "complete": False})
     return group
@@ -280,7 +318,7 @@ def open_store(path: str | Path, *, require_complete: bool = True) -> xr.Dataset
     path = Path(path)
     if not (path / "zarr.json").is_file():
         raise StoreError(f"no activation store at {path} (run `probe cache` to make one)")
-    ds = xr.open_zarr(str(path), consolidated=False)
+    ds = bf16.decode(xr.open_zarr(str(path), consolidated=False, chunks=None))
     # numpy's variable-width StringDType refuses .astype(str); plain Python strings do not.
     ds = ds.assign_coords({name: (c.dims, c.values.astype(object))
                            for name, c in ds.coords.items() if c.dtype.kind == "T"})
