@@ -287,7 +287,7 @@ def _create(path: Path, provenance: Mapping, dataset: EmotionDataset,
         coords[col] = _coord_values(dataset, col)
     coords.update({k: np.asarray(v) for k, v in extra.items() if k not in coords})
     for name, values in coords.items():
-        arr = group.create_array(name, shape=(n,), dtype=values.dtype if values.dtype.kind == "f"
+        arr = group.create_array(name, shape=(n,), dtype=values.dtype if values.dtype.kind in "fiu"
                                  else str, dimension_names=["sample"])
         arr[:] = values
     layer = group.create_array("layer", shape=(provenance["n_layers"],), dtype="int64",

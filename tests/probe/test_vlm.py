@@ -162,3 +162,56 @@ def test_missing_vlm_weights_say_how_to_get_them():
         load_model("llava-1.5-7b", device="cpu")
     with pytest.raises(ModelNotAvailableError, match="licence.*google/gemma-3-4b-it"):
         load_model("gemma-3-4b-it", device="cpu")
+
+
+def test_image_dataset_caches_with_its_layout_and_probes_on_image_positions(tiny_vlm, tmp_path,
+                                                                             one_thread):
+    """A JSONL with an image column, cached and probed unchanged on a tiny LLaVA: the label is
+    the image's colour and the texts carry none of it. At the embeddings a probe on image
+    positions alone reads it and one on text positions cannot; after attention the text
+    positions carry it too."""
+    import json
+
+    import numpy as np
+
+    from probe.cache import CacheConfig, cache_activations
+    from probe.data import load_dataset
+    from probe.evaluate import EvalConfig
+    from probe.store import open_store
+    from probe.sweep import probe_store
+    from tests.tiny import CORPUS
+
+    lm = tiny_vlm("llava")
+    (tmp_path / "img").mkdir()
+    for name, color in (("warm", (220, 60, 30)), ("cold", (30, 60, 220))):
+        for k in range(2):
+            make_image(tuple(c + 15 * k for c in color)).save(tmp_path / "img" / f"{name}{k}.png")
+    rows = [{"text": CORPUS[i % 6], "label": ["warm", "cold"][(i // 6) % 2],
+             "image": f"img/{['warm', 'cold'][(i // 6) % 2]}{i % 2}.png"} for i in range(24)]
+    (tmp_path / "set.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    ds = load_dataset(str(tmp_path / "set.jsonl"))
+    config = CacheConfig(sites="hook_embed blocks.*.hook_resid_post",
+                         poolings=("last", "image-mean", "text-mean"),
+                         block_size=8, batch_size=4, store_dtype="float32")
+    path = cache_activations(lm, ds, config=config, out=tmp_path / "s.zarr", progress=False)
+    store = open_store(path)
+    assert store["modality"].values.tolist() == ["all", "image", "text"]
+    assert store.sel(pooling=store.modality == "image")["pooling"].values.tolist() == ["image-mean"]
+    assert (store["n_image_tokens"].values == 16).all() and store["image"].values[6] == "img/cold0.png"
+    assert all(layout.split()[1] == "i16" for layout in store["layout"].values)
+    enc = encode_multimodal(lm.processor, ds.texts, images=[str(tmp_path / p) for p in ds.frame["image"]],
+                            chat_template=True)
+    sites = parse_sites("blocks.*.hook_resid_post", n_layers=3)
+    blocks = dict(iter_blocks(lm, enc, sites, list(config.poolings), batch_size=4, block_size=8,
+                              padding_side=lm.tokenizer.padding_side))
+    for first, pooled in blocks.items():
+        for s in sites:
+            np.testing.assert_allclose(store["hook_resid_post"].values[first:first + 8, s.layer],
+                                       pooled[s].numpy(), rtol=1e-6, atol=1e-6)
+    results = probe_store(path, config=EvalConfig(n_folds=3, n_bootstrap=0, control=False,
+                                                  lexical=False), progress=False)
+    acc = results[(results.metric == "accuracy") & (results.estimator == "probe")]
+    embed = acc[acc.site == "hook_embed"].set_index("pooling")["value"]
+    assert embed["image-mean"] >= 0.9 and embed["text-mean"] <= 0.75
+    late = acc[(acc.site == "hook_resid_post") & (acc.layer == 2)].set_index("pooling")["value"]
+    assert late["text-mean"] >= 0.9
