@@ -286,7 +286,10 @@ def cmd_cache(args) -> int:
                                          Path(args.cache_dir) if args.cache_dir else None)
     path = cache_activations(lm, dataset, config=config, out=out, progress=not args.quiet)
     print(f"store: {path}")
-    print(f"open it with: xarray.open_zarr({str(path)!r}) or probe.store.open_store(...)")
+    if config.store_dtype == "bfloat16":  # xarray alone would show the uint16 bits
+        print(f"open it with: probe.store.open_store({str(path)!r}) (decodes bfloat16)")
+    else:
+        print(f"open it with: xarray.open_zarr({str(path)!r}) or probe.store.open_store(...)")
     return 0
 
 

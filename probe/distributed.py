@@ -298,28 +298,58 @@ def cache_with_workers(loader: Loader, dataset, *, config, out: str | Path, work
         devices = [f"cuda:{i % n_gpu}" if n_gpu else "cpu" for i in range(workers)]
     threads = max(1, (os.cpu_count() or 1) // workers)
     ctx = mp.get_context(start_method)
+    errors = ctx.Queue()
     procs = [ctx.Process(target=_worker_main, name=f"emoprobe-worker-{r}",
                          args=(loader, dataset, config, str(out), Rank(r, workers, devices[r]),
-                               threads, wait_s))
+                               threads, wait_s, errors))
              for r in range(workers)]
     for p in procs:
         p.start()
-    for p in procs:
-        p.join()
+    _join(procs)
     failed = [(p.name, p.exitcode) for p in procs if p.exitcode != 0]
-    finalize(out)
+    if (Path(out) / "zarr.json").is_file():
+        finalize(out)
     if failed:
-        raise DistributedError(f"workers failed: {failed}; the blocks they finished are kept: "
-                               "rerun the same command to redo the rest")
+        told = [errors.get(timeout=1) for _ in range(errors.qsize() if hasattr(errors, "qsize") else 0)]
+        by_msg: dict[str, list[int]] = {}
+        for r, msg in told:
+            by_msg.setdefault(msg, []).append(r)
+        detail = "; ".join(f"worker {', '.join(map(str, sorted(rs)))}: {msg}"
+                           for msg, rs in by_msg.items()) or str(failed)
+        raise DistributedError(f"workers failed: {failed} ({detail}). Blocks they finished are "
+                               "kept: fix the cause and rerun the same command to redo the rest")
     return Path(out)
 
 
-def _worker_main(loader, dataset, config, out, rank: Rank, threads: int, wait_s: float) -> None:
+def _join(procs) -> None:
+    """Wait for every worker; when one fails, stop the others (their finished blocks stay)."""
+    while any(p.is_alive() for p in procs):
+        for p in procs:
+            p.join(timeout=0.2)
+        if any(p.exitcode not in (None, 0) for p in procs):
+            for p in procs:
+                if p.is_alive():
+                    p.terminate()
+            for p in procs:
+                p.join()
+            return
+
+
+def _worker_main(loader, dataset, config, out, rank: Rank, threads: int, wait_s: float,
+                 errors=None) -> None:
     fn, args, *rest = loader
     kwargs = dict(rest[0]) if rest else {}
     if rank.device is not None and rank.device != "cpu":
         kwargs["device"] = rank.device
     if rank.device in (None, "cpu"):
         torch.set_num_threads(threads)
-    lm = fn(*args, **kwargs)
-    run_worker(lm, dataset, config=config, out=out, rank=rank, wait_s=wait_s)
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.disable_progress_bar()  # N interleaved loading bars say nothing
+    try:
+        lm = fn(*args, **kwargs)
+        run_worker(lm, dataset, config=config, out=out, rank=rank, wait_s=wait_s)
+    except Exception as exc:  # noqa: BLE001 - reported to the launcher, then the worker fails
+        if errors is not None:
+            errors.put((rank.rank, f"{type(exc).__name__}: {exc}"))
+        raise SystemExit(1) from None

@@ -351,6 +351,7 @@ def describe(path: str | Path) -> str:
         f"template  {'chat template' if prov.get('chat_template') else 'raw text'}"
         + (f", system prompt {prov.get('system_prompt')!r}" if prov.get("system_prompt") else ""),
         f"pooling   {', '.join(prov.get('poolings', []))}",
+        *_media_lines(ds),
         f"stored as {prov.get('store_dtype')}, {size / 2**20:.1f} MiB on disk",
         f"toolkit   emoprobe {prov.get('toolkit_version')}, created {prov.get('created')}",
         "arrays:",
@@ -363,6 +364,18 @@ def describe(path: str | Path) -> str:
     if targets:
         lines.append("targets:  " + ", ".join(f"{k} ({v})" for k, v in targets.items()))
     return "\n".join(lines)
+
+
+def _media_lines(ds: xr.Dataset) -> list[str]:
+    """Multimodal stores: image/audio tokens per row and one row's layout."""
+    out = []
+    for kind in ("image", "audio"):
+        if f"n_{kind}_tokens" in ds.coords:
+            n = ds[f"n_{kind}_tokens"].values
+            if n.max() > 0:
+                out.append(f"{kind + 's':9s} {int((n > 0).sum())} rows, {int(n.min())}-{int(n.max())} "
+                           f"{kind} tokens per row (e.g. layout {ds['layout'].values[int(n.argmax())]})")
+    return out
 
 
 def _progress_line(name: str, progress: Mapping[str, int], n: int) -> str:

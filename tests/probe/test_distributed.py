@@ -84,7 +84,7 @@ def test_a_killed_worker_is_redone_on_resume(tiny_dir, tmp_path, reference, monk
 
     monkeypatch.setattr(distributed, "write_marker", killing)
     out = tmp_path / "k.zarr"
-    with pytest.raises(DistributedError, match="workers failed.*emoprobe-worker-1"):
+    with pytest.raises(DistributedError, match="workers failed.*emoprobe-worker-1.*rerun"):
         cache_with_workers(loader(tiny_dir), ds, config=CONFIG, out=out, workers=2,
                            devices=["cpu", "cpu"], start_method="fork")
     progress = arrays(out)[1]["progress"]
@@ -95,6 +95,16 @@ def test_a_killed_worker_is_redone_on_resume(tiny_dir, tmp_path, reference, monk
     cache_with_workers(loader(tiny_dir), ds, config=CONFIG, out=out, workers=2,
                        devices=["cpu", "cpu"], start_method="fork")
     assert_same_store(one, out)
+
+
+def test_a_worker_error_is_reported_and_stops_the_others(tiny_dir, tmp_path):
+    from probe.data.schema import EmotionDataset
+
+    ds = EmotionDataset.from_records("pics", [{"id": str(i), "text": "a b", "label": "xy"[i % 2],
+                                               "image": "x.png"} for i in range(8)])
+    with pytest.raises(DistributedError, match="worker 0(, 1)?: CaptureError: .*'image' column.*text only"):
+        cache_with_workers(loader(tiny_dir), ds, config=CONFIG, out=tmp_path / "e.zarr",
+                           workers=2, devices=["cpu", "cpu"], start_method="fork", wait_s=60)
 
 
 def test_ranks_and_blocks():
