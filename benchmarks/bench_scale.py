@@ -1,7 +1,7 @@
 """Scale benchmarks on an 8B-shaped random Llama: caching, steering overhead, several workers.
 
 One command prints every ratio, each measured against its own baseline in the same run
-(alternating repeats, medians):
+(alternating repeats, best of N: the least disturbed run on a shared machine):
 
 1. caching all layers vs a bare forward of the base model (goal >= 0.9): the whole
    ``probe cache`` job (every layer's residual stream pooled two ways, written to a store);
@@ -24,7 +24,6 @@ from __future__ import annotations
 import argparse
 import random
 import shutil
-import statistics
 import tempfile
 import time
 from pathlib import Path
@@ -34,7 +33,7 @@ import torch
 WORDS = [f"w{i}" for i in range(4000)]
 
 
-def build_model(device: str, dtype: str, width_div: int, layers: int):
+def build_model(*, device: str, dtype: str, width_div: int, layers: int):
     from transformers import LlamaConfig, LlamaForCausalLM
 
     from probe.arch import architecture_for
@@ -97,7 +96,7 @@ def alternate(lm, fns: dict, repeats: int) -> dict[str, float]:
     for _ in range(repeats):
         for k, fn in fns.items():
             runs[k].append(timed(lm, fn))
-    return {k: statistics.median(v) for k, v in runs.items()}
+    return {k: min(v) for k, v in runs.items()}
 
 
 # ------------------------------------------------------------------------------ 1. caching
@@ -166,7 +165,8 @@ def bench_workers(lm, ds, args, root: Path) -> dict[int, float]:
     config = CacheConfig(sites="blocks.*.hook_resid_post", poolings=("last", "mean"),
                          batch_size=args.batch_size, block_size=args.block_size,
                          store_dtype=args.store_dtype, padding_side="right")
-    loader = (build_model, (args.device, args.dtype, args.width_div, args.layers))
+    loader = (build_model, (), dict(device=args.device, dtype=args.dtype, width_div=args.width_div,
+                                    layers=args.layers))
     out: dict[int, float] = {}
     for n in args.workers:
         path = root / f"workers-{n}.zarr"
@@ -209,7 +209,8 @@ def main(argv=None) -> None:
     args.block_size = args.block_size or args.batch_size * 4
     args.workers = [int(w) for w in args.workers.split(",") if w.strip()]
     lo, hi = (int(x) for x in args.words.split(","))
-    lm = build_model(args.device, args.dtype, args.width_div, args.layers)
+    lm = build_model(device=args.device, dtype=args.dtype, width_div=args.width_div,
+                     layers=args.layers)
     ds = dataset(args.n, lo, hi)
     n_params = sum(p.numel() for p in lm.model.parameters())
     print(f"model: random Llama, 8B shapes / {args.width_div} in width ({n_params / 1e9:.2f} B "
