@@ -10,7 +10,7 @@ One command prints every ratio, each measured against its own baseline in the sa
 3. caching throughput of N worker processes writing one store vs one worker (near-linear when
    each worker has its own device; on one GPU or a few CPU cores they share it).
 
-    python benchmarks/bench_scale.py --device cuda --dtype bfloat16     # 8B shapes, < 5 min on an H200
+    python benchmarks/bench_scale.py --device cuda --dtype bfloat16     # 8B shapes, GPU
     python benchmarks/bench_scale.py                                    # CPU: width / 8 (says so)
 
 The model is ``LlamaConfig`` with Meta-Llama-3-8B's shapes (hidden 4096, 32 layers, 32 heads,
@@ -185,7 +185,8 @@ def _devices(device: str, n: int) -> list[str]:
 
 
 def main(argv=None) -> None:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap = argparse.ArgumentParser(description=__doc__,
+                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--device", default="auto")
     ap.add_argument("--dtype", default="auto")
     ap.add_argument("--width-div", type=int, default=None, help="default: 1 on CUDA, 8 on CPU")
@@ -221,16 +222,18 @@ def main(argv=None) -> None:
               "--device cuda --dtype bfloat16 for the real shapes")
     with tempfile.TemporaryDirectory() as tmp:
         c = bench_cache(lm, ds, args, Path(tmp))
+        tok = c["tokens"]
         print(f"1. caching every layer ({args.store_dtype} store) vs bare forward: bare "
-              f"{c['bare']:.2f} s ({c['tokens'] / c['bare']:,.0f} tok/s), caching {c['cache']:.2f} s "
-              f"({c['tokens'] / c['cache']:,.0f} tok/s): throughput ratio {c['bare'] / c['cache']:.3f} "
-              "(goal >= 0.9)")
+              f"{c['bare']:.2f} s ({tok / c['bare']:,.0f} tok/s), caching {c['cache']:.2f} s "
+              f"({tok / c['cache']:,.0f} tok/s): throughput ratio "
+              f"{c['bare'] / c['cache']:.3f} (goal >= 0.9)")
         s = bench_steer(lm, ds, args)
+        fwd = 100 * (s["forward_steered"] / s["forward"] - 1)
+        gen = 100 * (s["generate_steered"] / s["generate"] - 1)
         print(f"2. steering overhead, add() at 10 layers: forward {s['forward']:.3f} s -> "
-              f"{s['forward_steered']:.3f} s ({100 * (s['forward_steered'] / s['forward'] - 1):+.1f}%); "
-              f"generation of {args.new_tokens} tokens {s['generate']:.2f} s -> "
-              f"{s['generate_steered']:.2f} s ({100 * (s['generate_steered'] / s['generate'] - 1):+.1f}%)"
-              " (goal <= +5%)")
+              f"{s['forward_steered']:.3f} s ({fwd:+.1f}%); generation of {args.new_tokens} "
+              f"tokens {s['generate']:.2f} s -> {s['generate_steered']:.2f} s ({gen:+.1f}%) "
+              "(goal <= +5%)")
         if args.workers:
             w = bench_workers(lm, ds, args, Path(tmp))
             base = w.get(1) or next(iter(w.values()))

@@ -114,7 +114,8 @@ class _Writer(threading.Thread):
                 continue  # drain after a failure
             try:
                 first, arrays = item
-                host = {name: (layers, to_host(t, self.dtype)) for name, (layers, t) in arrays.items()}
+                host = {name: (layers, to_host(t, self.dtype))
+                        for name, (layers, t) in arrays.items()}
                 for name, (_, values) in host.items():
                     _check_finite(name, values, first, self.dtype)
                 self.store.write_block(first, host)
@@ -277,7 +278,8 @@ def prepare_store(job: CacheJob, dataset: EmotionDataset) -> None:
             store.ensure_variable(spec)
 
 
-def pending_specs(specs: list[VariableSpec], progress: dict[str, int], n: int) -> list[VariableSpec]:
+def pending_specs(specs: list[VariableSpec], progress: dict[str, int],
+                  n: int) -> list[VariableSpec]:
     """The part of each spec (layers) not yet committed to the last row."""
     out = []
     for spec in specs:

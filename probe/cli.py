@@ -301,14 +301,16 @@ def _cache_distributed(args) -> int:
                                     "store every worker writes)")
     if args.finalize:
         done = dist.finalize(args.out)
-        print(f"store: {args.out} ({'complete' if done else 'INCOMPLETE: rerun the job to redo missing blocks'})")
+        state = "complete" if done else "INCOMPLETE: rerun the job to redo the missing blocks"
+        print(f"store: {args.out} ({state})")
         return 0
     dataset, config = _load_data(args), _cache_config(args)
     if args.distributed:
         rank = dist.rank_from_env()
         if rank is None:
             raise dist.DistributedError("--distributed found no RANK/WORLD_SIZE (torchrun) or "
-                                        "SLURM_ARRAY_TASK_ID/SLURM_ARRAY_TASK_COUNT in the environment")
+                                        "SLURM_ARRAY_TASK_ID/SLURM_ARRAY_TASK_COUNT in the "
+                                        "environment")
         if rank.device is not None:
             args.device = rank.device
         done = dist.run_worker(_load_model(args), dataset, config=config, out=args.out, rank=rank)

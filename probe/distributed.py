@@ -73,7 +73,8 @@ def owned_blocks(n_rows: int, block_size: int, rank: Rank) -> list[int]:
     """
     if not 0 <= rank.rank < rank.world:
         raise DistributedError(f"rank {rank.rank} is not in 0..{rank.world - 1}")
-    return [first for b, first in enumerate(range(0, n_rows, block_size)) if b % rank.world == rank.rank]
+    firsts = range(0, n_rows, block_size)
+    return [first for b, first in enumerate(firsts) if b % rank.world == rank.rank]
 
 
 # --------------------------------------------------------------------------------- markers
@@ -88,7 +89,8 @@ def write_marker(path: Path, first: int, stop: int, keys: Sequence[str]) -> None
     if not (folder / "zarr.json").is_file():  # an (empty) Zarr group, so readers skip it quietly
         _atomic(folder / "zarr.json", json.dumps({"zarr_format": 3, "node_type": "group",
                                                   "attributes": {"emoprobe": "done blocks"}}))
-    _atomic(folder / f"{first}.json", json.dumps({"first": first, "stop": stop, "keys": sorted(keys)}))
+    record = {"first": first, "stop": stop, "keys": sorted(keys)}
+    _atomic(folder / f"{first}.json", json.dumps(record))
 
 
 def _atomic(target: Path, text: str) -> None:
@@ -114,7 +116,8 @@ def read_markers(path: Path) -> dict[int, dict]:
 def fold_markers(progress: dict[str, int], markers: dict[int, dict]) -> dict[str, int]:
     """Extend each key's committed prefix through consecutive done blocks.
 
-    >>> fold_markers({"a": 0, "b": 4}, {0: {"stop": 4, "keys": ["a"]}, 4: {"stop": 8, "keys": ["a", "b"]}})
+    >>> done = {0: {"stop": 4, "keys": ["a"]}, 4: {"stop": 8, "keys": ["a", "b"]}}
+    >>> fold_markers({"a": 0, "b": 4}, done)
     {'a': 8, 'b': 8}
     """
     out = dict(progress)
@@ -228,7 +231,8 @@ def _done(first: int, keys, committed: dict, markers: dict) -> bool:
     return m is not None and set(keys) <= set(m["keys"])
 
 
-def _write(array, first: int, stop: int, layers, values: np.ndarray, committed: dict, name: str) -> None:
+def _write(array, first: int, stop: int, layers, values: np.ndarray, committed: dict,
+           name: str) -> None:
     if layers is None:
         array[first:stop] = values
         return
@@ -310,7 +314,7 @@ def cache_with_workers(loader: Loader, dataset, *, config, out: str | Path, work
     if (Path(out) / "zarr.json").is_file():
         finalize(out)
     if failed:
-        told = [errors.get(timeout=1) for _ in range(errors.qsize() if hasattr(errors, "qsize") else 0)]
+        told = [errors.get(timeout=1) for _ in range(errors.qsize())]
         by_msg: dict[str, list[int]] = {}
         for r, msg in told:
             by_msg.setdefault(msg, []).append(r)

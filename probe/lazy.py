@@ -11,7 +11,8 @@ solver's working set) has to fit.
 ``probe sweep --memory 8GiB`` (or ``probe_store(..., memory=...)``) uses this path.
 
 >>> ds = open_lazy("cache/big.zarr")  # doctest: +SKIP
->>> X = read_sites(ds["hook_resid_post"], "last", [10, 11], rows=np.arange(ds.sizes["sample"]))  # doctest: +SKIP
+>>> rows = np.arange(ds.sizes["sample"])  # doctest: +SKIP
+>>> X = read_sites(ds["hook_resid_post"], "last", [10, 11], rows)  # doctest: +SKIP
 """
 
 from __future__ import annotations
@@ -55,7 +56,7 @@ def parse_memory(text: str | int | None) -> int | None:
 
 
 def open_lazy(store) -> xr.Dataset:
-    """A store (path or opened dataset) with every data variable as Dask arrays over its Zarr chunks."""
+    """A store (path or opened dataset) with its data variables as Dask arrays over its chunks."""
     from probe.store import open_store
 
     require_dask()

@@ -250,7 +250,8 @@ def load_model(
         auto, processor = _auto_classes(path, **kwargs)
         tokenizer = processor.tokenizer if processor is not None else \
             AutoTokenizer.from_pretrained(path, **kwargs)
-        model = (auto or AutoModelForCausalLM).from_pretrained(path, dtype=tdtype, **placed, **kwargs)
+        model = (auto or AutoModelForCausalLM).from_pretrained(path, dtype=tdtype, **placed,
+                                                               **kwargs)
     except (OSError, ValueError) as exc:
         if Path(str(path)).is_dir() or spec.embedded:
             raise ModelError(f"could not load model {name!r} from {path}: {exc}") from None
@@ -269,7 +270,8 @@ def load_model(
     return LoadedModel(
         model=model, tokenizer=tokenizer, spec=spec, arch=architecture_for(model), device=dev,
         dtype=tdtype, source=source, fingerprint=fingerprint, revision=revision,
-        chat_template=chat_template and bool(getattr(processor or tokenizer, "chat_template", None)),
+        chat_template=chat_template and bool(getattr(processor or tokenizer, "chat_template",
+                                                     None)),
         processor=processor,
     )
 

@@ -161,7 +161,8 @@ class ActivationStore:
             shape = [self.n_samples] + ([prov["n_layers"]] if layered else []) + [n_pool]
             chunks = [self.block_size] + ([1] if layered else []) + [1]
             bits = prov["store_dtype"] == "bfloat16"  # uint16 bit patterns (probe.bf16)
-            attrs = {"coordinates": " ".join(prov["sample_coords"] + prov.get("pooling_coords", []))}
+            coords = prov["sample_coords"] + prov.get("pooling_coords", [])
+            attrs = {"coordinates": " ".join(coords)}
             self.group.create_array(
                 spec.name,
                 shape=tuple(shape + list(spec.feature_shape)),
@@ -297,8 +298,10 @@ def _create(path: Path, provenance: Mapping, dataset: EmotionDataset,
     group.create_array("pooling", shape=pool.shape, dtype=str, dimension_names=["pooling"])[:] = pool
     from probe.capture import POOLING_MODALITY
 
-    modality = np.asarray([POOLING_MODALITY.get(p, "all") for p in provenance["poolings"]], dtype=str)
-    group.create_array("modality", shape=pool.shape, dtype=str, dimension_names=["pooling"])[:] = modality
+    modality = np.asarray([POOLING_MODALITY.get(p, "all") for p in provenance["poolings"]],
+                          dtype=str)
+    group.create_array("modality", shape=pool.shape, dtype=str,
+                       dimension_names=["pooling"])[:] = modality
     prov = dict(provenance, sample_coords=[c for c in coords if c != "sample"],
                 pooling_coords=["modality"],
                 targets=dict(dataset.targets), default_target=dataset.default_target)
@@ -373,8 +376,9 @@ def _media_lines(ds: xr.Dataset) -> list[str]:
         if f"n_{kind}_tokens" in ds.coords:
             n = ds[f"n_{kind}_tokens"].values
             if n.max() > 0:
-                out.append(f"{kind + 's':9s} {int((n > 0).sum())} rows, {int(n.min())}-{int(n.max())} "
-                           f"{kind} tokens per row (e.g. layout {ds['layout'].values[int(n.argmax())]})")
+                example = ds["layout"].values[int(n.argmax())]
+                out.append(f"{kind + 's':9s} {int((n > 0).sum())} rows, {int(n.min())}-"
+                           f"{int(n.max())} {kind} tokens per row (e.g. layout {example})")
     return out
 
 

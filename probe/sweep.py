@@ -103,7 +103,8 @@ def _read(var: xr.DataArray, pooling: str, layers: list[int] | None, rows: np.nd
     return _read_eager(var, pooling, layers, rows)
 
 
-def _read_eager(var: xr.DataArray, pooling: str, layers: list[int] | None, rows: np.ndarray) -> np.ndarray:
+def _read_eager(var: xr.DataArray, pooling: str, layers: list[int] | None,
+                rows: np.ndarray) -> np.ndarray:
     """``[sites, n, features]`` float32 for the chosen pooling, layers and rows."""
     sel = var.sel(pooling=pooling)
     if layers is not None:

@@ -36,7 +36,8 @@ def chat_template(item: str) -> str:
     return (
         "{% for m in messages %}<|{{ m['role'] }}|>"
         "{% if m['content'] is string %}{{ m['content'] }}{% else %}"
-        "{% for c in m['content'] %}{% if c['type'] in ('image', 'audio') %}" + item.replace("\n", "\\n")
+        "{% for c in m['content'] %}{% if c['type'] in ('image', 'audio') %}"
+        + item.replace("\n", "\\n")
         + "{% else %}{{ c['text'] }}{% endif %}{% endfor %}{% endif %}</s>{% endfor %}"
         "{% if add_generation_prompt %}<|assistant|>{% endif %}"
     ).replace("\\n", "\n")
@@ -83,7 +84,8 @@ def build(family: str):
         cfg = tf.LlavaConfig(vision_config=vision, text_config=_text(tf.LlamaConfig, tok),
                              image_token_index=tid("<image>"), vision_feature_layer=-1,
                              vision_feature_select_strategy="default")
-        ip = tf.CLIPImageProcessor(size={"shortest_edge": 32}, crop_size={"height": 32, "width": 32})
+        ip = tf.CLIPImageProcessor(size={"shortest_edge": 32},
+                                   crop_size={"height": 32, "width": 32})
         proc = tf.LlavaProcessor(image_processor=ip, tokenizer=tok, patch_size=8,
                                  vision_feature_select_strategy="default",
                                  num_additional_image_tokens=1, image_token="<image>",
@@ -101,7 +103,8 @@ def build(family: str):
                     rope_scaling={"type": "mrope", "mrope_section": [2, 3, 3]})
         cls = tf.Qwen2VLConfig if family == "qwen2_vl" else tf.Qwen2_5_VLConfig
         cfg = cls(text_config=text, vision_config=vision,
-                               image_token_id=tid("<|image_pad|>"), video_token_id=tid("<|video_pad|>"),
+                               image_token_id=tid("<|image_pad|>"),
+                               video_token_id=tid("<|video_pad|>"),
                                vision_start_token_id=tid("<|vision_start|>"),
                                vision_end_token_id=tid("<|vision_end|>"))
         ip = tf.Qwen2VLImageProcessorPil(min_pixels=56 * 56, max_pixels=56 * 56 * 4, patch_size=14,

@@ -73,7 +73,8 @@ def valence_readout(tokenizer, positive: Sequence[str] = POSITIVE_WORDS,
 
     def readout(logits: Tensor, batch: Batch) -> Tensor:
         last = _wide(logits[torch.arange(len(batch), device=logits.device), batch.last])
-        return last[:, pos_t.to(last.device)].logsumexp(-1) - last[:, neg_t.to(last.device)].logsumexp(-1)
+        pos_l, neg_l = last[:, pos_t.to(last.device)], last[:, neg_t.to(last.device)]
+        return pos_l.logsumexp(-1) - neg_l.logsumexp(-1)
     readout.tokens = {"positive": pos, "negative": neg}
     return readout
 
@@ -142,8 +143,9 @@ def group_means(lm, encoded: Encoded, sites: Sequence[Site], *, batch_size: int 
     return {k: sums[k] / max(counts[k], 1) for k in sums}
 
 
-def modality_attribution(lm, encoded: Encoded, *, readout: Readout, layers: Sequence[int] | None = None,
-                         check_layer: int = 0, batch_size: int = 8) -> Attribution:
+def modality_attribution(lm, encoded: Encoded, *, readout: Readout,
+                         layers: Sequence[int] | None = None, check_layer: int = 0,
+                         batch_size: int = 8) -> Attribution:
     """Attribution of ``readout`` to media / text / template positions, checked by ablation.
 
     Args:
@@ -156,7 +158,8 @@ def modality_attribution(lm, encoded: Encoded, *, readout: Readout, layers: Sequ
     """
     layers = tuple(range(lm.n_layers)) if layers is None else tuple(sorted(set(layers)))
     if check_layer not in layers:
-        raise AttributionError(f"check layer {check_layer} is not among the attributed layers {layers}")
+        raise AttributionError(f"check layer {check_layer} is not among the attributed layers "
+                               f"{layers}")
     sites = [Site("hook_resid_pre", L) for L in layers]
     means = group_means(lm, encoded, sites, batch_size=batch_size)
     n, out_m = len(encoded), np.zeros(len(encoded))
@@ -188,7 +191,8 @@ def modality_attribution(lm, encoded: Encoded, *, readout: Readout, layers: Sequ
 
 
 @torch.no_grad()
-def _ablate(lm, batch: Batch, readout: Readout, site: Site, means: dict, clean: np.ndarray) -> np.ndarray:
+def _ablate(lm, batch: Batch, readout: Readout, site: Site, means: dict,
+            clean: np.ndarray) -> np.ndarray:
     out = np.full((len(batch), len(GROUPS)), np.nan)
     modes = {"media": _media_mode(batch), "text": "content"}
     for k, g in enumerate(GROUPS):

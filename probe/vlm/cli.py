@@ -29,19 +29,25 @@ def add_parser(sub, model_args) -> None:
     p.set_defaults(model="llava-1.5-7b")
     g = p.add_argument_group("conflict set")
     g.add_argument("--scenarios", type=int, default=16,
-                   help="scenario groups; each gives 2 congruent and 2 conflict items (default: %(default)s)")
+                   help="scenario groups; each gives 2 congruent and 2 conflict items "
+                        "(default: %(default)s)")
     g.add_argument("--images", default=None,
                    help="folder with positive/ and negative/ images to use instead of drawn ones")
     g.add_argument("--set", dest="set_file", default=None,
                    help="an existing conflict.jsonl (skips building one)")
-    g.add_argument("--image-size", type=int, default=224, help="drawn image size (default: %(default)s)")
-    g.add_argument("--question", default=None, help="appended to every text (default: one-word emotion question)")
+    g.add_argument("--image-size", type=int, default=224,
+                   help="drawn image size (default: %(default)s)")
+    g.add_argument("--question", default=None,
+                   help="appended to every text (default: a one-word emotion question)")
     g = p.add_argument_group("measurement")
     g.add_argument("--layers", default=None,
                    help="comma-separated layers to attribute (default: every layer)")
-    g.add_argument("--batch-size", type=int, default=8, help="items per forward (default: %(default)s)")
-    g.add_argument("--seed", type=int, default=0, help="which scenarios are drawn (default: %(default)s)")
-    p.add_argument("--out", default=None, help="results folder (default: runs/<model>/conflict-<time>)")
+    g.add_argument("--batch-size", type=int, default=8,
+                   help="items per forward (default: %(default)s)")
+    g.add_argument("--seed", type=int, default=0,
+                   help="which scenarios are drawn (default: %(default)s)")
+    p.add_argument("--out", default=None,
+                   help="results folder (default: runs/<model>/conflict-<time>)")
     p.add_argument("--quiet", action="store_true", help="no loading bars")
 
 
@@ -57,7 +63,8 @@ def run(args, *, load_model) -> int:
         try:
             layers = tuple(int(x) for x in args.layers.split(","))
         except ValueError:
-            raise ConflictError(f"--layers takes comma-separated integers, not {args.layers!r}") from None
+            raise ConflictError(f"--layers takes comma-separated integers, not "
+                                f"{args.layers!r}") from None
     config = ConflictConfig(scenarios=args.scenarios, images=args.images,
                             image_size=args.image_size, question=args.question or QUESTION,
                             layers=layers, check_layer=min(layers) if layers else 0,

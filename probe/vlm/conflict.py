@@ -73,7 +73,8 @@ def build_conflict_set(out_dir: str | Path, scenarios: EmotionDataset, *,
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     images = (user_images(config.images) if config.images else
-              write_images(out, per_cell=config.per_cell, size=config.image_size, kinds=config.kinds))
+              write_images(out, per_cell=config.per_cell, size=config.image_size,
+                           kinds=config.kinds))
     pools = {v: [r for r in images if r["valence"] == v] for v in ("positive", "negative")}
     rows = []
     for i, (group, texts) in enumerate(_scenario_pairs(scenarios, config)):
@@ -119,7 +120,8 @@ def load_conflict_set(file: str | Path) -> pd.DataFrame:
 
 
 # ------------------------------------------------------------------------------ measuring
-def measure(lm, frame: pd.DataFrame, config: ConflictConfig = ConflictConfig()) -> tuple[pd.DataFrame, Attribution]:
+def measure(lm, frame: pd.DataFrame,
+            config: ConflictConfig = ConflictConfig()) -> tuple[pd.DataFrame, Attribution]:
     """Per-item read-out, answer and attribution (see module docstring)."""
     from probe.vlm.encode import encode_multimodal
 
@@ -136,11 +138,10 @@ def measure(lm, frame: pd.DataFrame, config: ConflictConfig = ConflictConfig()) 
     items["readout"] = att.readout
     answer = np.where(att.readout > 0, "positive", "negative")
     items["answer_valence"] = answer
-    items["follows"] = np.select([answer == items["image_valence"], answer == items["text_valence"]],
-                                 ["image", "text"], "neither")
-    items.loc[items["condition"] == "congruent", "follows"] = np.where(
-        answer[items["condition"] == "congruent"] == items.loc[items["condition"] == "congruent",
-                                                                  "text_valence"], "both", "neither")
+    image, text = answer == items["image_valence"], answer == items["text_valence"]
+    congruent = (items["condition"] == "congruent").to_numpy()
+    items["follows"] = np.where(congruent, np.where(text, "both", "neither"),
+                                np.select([image, text], ["image", "text"], "neither"))
     embed = att.layers.index(att.check_layer)
     for k, g in enumerate(GROUPS):
         items[f"atp_{g}"] = att.atp[:, embed, k]
@@ -153,7 +154,8 @@ def layer_table(items: pd.DataFrame, att: Attribution) -> pd.DataFrame:
     """Mean attribution per layer x group x condition (and its share of the total |AtP|)."""
     rows = []
     for cond in ("conflict", "congruent", "all"):
-        sel = np.ones(len(items), bool) if cond == "all" else (items["condition"] == cond).to_numpy()
+        sel = (np.ones(len(items), bool) if cond == "all"
+               else (items["condition"] == cond).to_numpy())
         if not sel.any():
             continue
         a = att.atp[sel]  # [n, layer, group]
@@ -181,7 +183,8 @@ def summarize(items: pd.DataFrame, att: Attribution) -> dict:
     for g in ("media", "text"):
         a, b = items[f"atp_{g}"].to_numpy(), items[f"ablated_{g}"].to_numpy()
         share[g] = float(np.abs(b).mean())
-        out[f"check_{g}"] = {"pearson_r": _pearson(a, b), "sign_agreement": float(np.mean(np.sign(a) == np.sign(b))),
+        out[f"check_{g}"] = {"pearson_r": _pearson(a, b),
+                             "sign_agreement": float(np.mean(np.sign(a) == np.sign(b))),
                              "atp_mean": float(a.mean()), "ablation_mean": float(b.mean())}
     total = share["media"] + share["text"]
     out["media_share_by_ablation"] = share["media"] / total if total > 0 else float("nan")
@@ -195,8 +198,13 @@ def _pearson(a: np.ndarray, b: np.ndarray) -> float:
 
 
 def run_conflict(lm, out_dir: str | Path, *, scenarios: EmotionDataset,
-                 config: ConflictConfig = ConflictConfig(), set_file: str | Path | None = None) -> dict:
-    """Build (or reuse ``set_file``) a conflict set, measure it, write results; return the summary."""
+                 config: ConflictConfig = ConflictConfig(),
+                 set_file: str | Path | None = None) -> dict:
+    """Build (or reuse ``set_file``) a conflict set, measure it, write results.
+
+    Returns:
+        The summary (also in ``summary.json``).
+    """
     from probe.vlm.report import plot_conflict, write_tables
 
     out = Path(out_dir)

@@ -4,7 +4,8 @@ The model's processor does the work (placeholder expansion, image and audio feat
 image-token positions are the processor's. For each row we keep what capture and the store need:
 
 * the token ids the language backbone sees (placeholders expanded);
-* each token's modality code (0 text, 1 image, 3 audio; :func:`probe.vlm.processors.modality_codes`);
+* each token's modality code (0 text, 1 image, 3 audio;
+  :func:`probe.vlm.processors.modality_codes`);
 * the stimulus text's own token span (``content``) and the target word's token, located through
   the tokenizer's character offsets in the *expanded* prompt;
 * the prompt before expansion and the row's media, so :meth:`MultimodalEncoded.model_inputs`
@@ -143,7 +144,7 @@ def encode_multimodal(
         ids.append(row_ids)
         prompts.append(prompt)
         content.append((inside[0], inside[-1] + 1))
-        codes.append(_codes(processor, row_ids, offsets, inside))
+        codes.append(_codes(processor, row_ids, inside))
         word = target_words[i] if target_words is not None else None
         target.append(_target(offsets, text, word, lo, shift, i))
     _check_length(ids, max_length)
@@ -245,7 +246,8 @@ def _process(processor, prompt: str, images, audio, *, offsets: bool = False) ->
     try:
         return dict(processor(text=[prompt], **kwargs))
     except (ValueError, TypeError) as exc:
-        raise EncodingError(f"the processor refused a row ({exc}); prompt {prompt[:80]!r}") from None
+        raise EncodingError(f"the processor refused a row ({exc}); prompt "
+                            f"{prompt[:80]!r}") from None
 
 
 def load_image(item):
@@ -286,8 +288,10 @@ def load_audio(item, rate: int | None) -> np.ndarray:
 
 def _shifter(replacements):
     """Map a character offset of the prompt to the processor's expanded prompt."""
-    reps = sorted((r["span"][1], (r["new_span"][1] - r["new_span"][0]) - (r["span"][1] - r["span"][0]))
-                  for r in (replacements[0] if replacements else []))
+    def grown(r) -> int:
+        return (r["new_span"][1] - r["new_span"][0]) - (r["span"][1] - r["span"][0])
+
+    reps = sorted((r["span"][1], grown(r)) for r in (replacements[0] if replacements else []))
     ends = [e for e, _ in reps]
     deltas = np.cumsum([0] + [d for _, d in reps]).tolist()
 
@@ -296,7 +300,7 @@ def _shifter(replacements):
     return shift
 
 
-def _codes(processor, ids, offsets, content) -> list[int]:
+def _codes(processor, ids, content) -> list[int]:
     from probe.vlm.processors import modality_codes
 
     codes = modality_codes(processor, ids)

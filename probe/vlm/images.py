@@ -42,7 +42,8 @@ def _face(happy: bool, rng: random.Random, size: int):
     r = size * rng.uniform(0.36, 0.44)
     cx, cy = size / 2 + rng.uniform(-0.04, 0.04) * size, size / 2 + rng.uniform(-0.04, 0.04) * size
     skin = (rng.randint(225, 255), rng.randint(180, 215), rng.randint(60, 140))
-    d.ellipse([cx - r, cy - r, cx + r, cy + r], fill=skin, outline=(60, 40, 20), width=max(1, size // 60))
+    d.ellipse([cx - r, cy - r, cx + r, cy + r], fill=skin, outline=(60, 40, 20),
+              width=max(1, size // 60))
     w = max(2, size // 45)
     for side in (-1, 1):  # eyes and brows
         ex, ey = cx + side * r * 0.38, cy - r * 0.22
@@ -53,7 +54,8 @@ def _face(happy: bool, rng: random.Random, size: int):
         else:  # sad brows rise towards the middle
             d.line([(ex - side * r * 0.18, ey - r * 0.34), (ex + side * r * 0.18, ey - r * 0.18)],
                    fill=(50, 30, 10), width=w)
-    box = [cx - r * 0.5, cy + r * (0.05 if happy else 0.35), cx + r * 0.5, cy + r * (0.6 if happy else 0.9)]
+    top, bottom = (0.05, 0.6) if happy else (0.35, 0.9)
+    box = [cx - r * 0.5, cy + r * top, cx + r * 0.5, cy + r * bottom]
     d.arc(box, 20 if happy else 200, 160 if happy else 340, fill=(120, 20, 20), width=w + 1)
     if not happy:  # a tear
         tx, ty = cx + r * 0.38, cy

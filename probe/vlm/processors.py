@@ -36,7 +36,8 @@ class ProcessorError(ValueError):
 
 def is_multimodal_config(config) -> bool:
     """Whether a Hugging Face config describes an image- or audio-language model."""
-    return any(getattr(config, name, None) is not None for name in ("vision_config", "audio_config"))
+    return any(getattr(config, name, None) is not None
+               for name in ("vision_config", "audio_config"))
 
 
 def load_processor(path: str, **kwargs) -> Any:
@@ -88,7 +89,8 @@ def _video_free(name: str, path: str, **kwargs):
                 token = getattr(tokenizer, f"{kind}_token", None) or default
                 setattr(self, f"{kind}_token", token)
                 setattr(self, f"{kind}_token_id", tokenizer.convert_tokens_to_ids(token))
-            ProcessorMixin.__init__(self, image_processor, tokenizer, chat_template=chat_template, **kw)
+            ProcessorMixin.__init__(self, image_processor, tokenizer, chat_template=chat_template,
+                                    **kw)
 
     WithoutVideo.__name__ = WithoutVideo.__qualname__ = name
     tok = AutoTokenizer.from_pretrained(path, **kwargs)

@@ -1,4 +1,7 @@
-"""Files, figure and printed summary of the modality-conflict experiment (:mod:`probe.vlm.conflict`)."""
+"""Files, figure and printed summary of the modality-conflict experiment.
+
+See :mod:`probe.vlm.conflict`.
+"""
 
 from __future__ import annotations
 
@@ -62,7 +65,8 @@ def plot_conflict(items: pd.DataFrame, layers: pd.DataFrame, summary: dict, out:
     for g in ("media", "text"):
         ax2.scatter(items[f"atp_{g}"], items[f"ablated_{g}"], s=12, color=COLORS[g],
                     label=f"{LABELS[g]}: r={_fmt(summary[f'check_{g}']['pearson_r'])}")
-    lim = np.nanmax(np.abs(items[["atp_media", "atp_text", "ablated_media", "ablated_text"]].to_numpy()))
+    cols = ["atp_media", "atp_text", "ablated_media", "ablated_text"]
+    lim = np.nanmax(np.abs(items[cols].to_numpy()))
     lim = float(lim) * 1.05 if np.isfinite(lim) and lim > 0 else 1.0
     ax2.plot([-lim, lim], [-lim, lim], color="grey", lw=0.8, ls=":")
     ax2.set(xlabel="attribution patching estimate", ylabel="effect of mean-ablation",

@@ -14,7 +14,8 @@ from probe.tokens import encode
 
 
 def test_bits_round_trip_exactly_with_nan_and_huge_values():
-    x = torch.randn(1000, generator=torch.Generator().manual_seed(0)) * torch.logspace(-30, 30, 1000)
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(1000, generator=g) * torch.logspace(-30, 30, 1000)
     x = torch.cat([x, torch.tensor([float("nan"), float("inf"), -float("inf"), 0.0, -0.0])])
     b = x.to(torch.bfloat16)
     back = bf16.from_bits(bf16.to_bits(b))
@@ -38,9 +39,11 @@ def test_bfloat16_store_holds_what_float16_cannot(loud, toy_dataset, tmp_path):
     config = CacheConfig(sites="hook_embed blocks.*.hook_resid_post", block_size=8,
                          poolings=("last", "mean"))
     with pytest.raises(StoreError, match="--store-dtype\\s+bfloat16"):
-        cache_activations(loud, toy_dataset, config=config, out=tmp_path / "f16.zarr", progress=False)
-    path = cache_activations(loud, toy_dataset, config=CacheConfig(**{**config.__dict__,
-                             "store_dtype": "bfloat16"}), out=tmp_path / "bf16.zarr", progress=False)
+        cache_activations(loud, toy_dataset, config=config, out=tmp_path / "f16.zarr",
+                          progress=False)
+    as_bf16 = CacheConfig(**{**config.__dict__, "store_dtype": "bfloat16"})
+    path = cache_activations(loud, toy_dataset, config=as_bf16, out=tmp_path / "bf16.zarr",
+                             progress=False)
     import zarr
 
     raw = zarr.open_group(str(path), mode="r")["hook_resid_post"]

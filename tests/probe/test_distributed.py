@@ -88,7 +88,8 @@ def test_a_killed_worker_is_redone_on_resume(tiny_dir, tmp_path, reference, monk
         cache_with_workers(loader(tiny_dir), ds, config=CONFIG, out=out, workers=2,
                            devices=["cpu", "cpu"], start_method="fork")
     progress = arrays(out)[1]["progress"]
-    assert set(progress.values()) == {12} and not open_store(out, require_complete=False).attrs["complete"]
+    assert set(progress.values()) == {12}
+    assert not open_store(out, require_complete=False).attrs["complete"]
     assert sorted(distributed.read_markers(out)) == [16]  # done after the gap: kept
     # rank 1 owns blocks 4, 12, 20: 12 lost its marker, 20 never ran
     monkeypatch.setattr(distributed, "write_marker", write)
@@ -102,7 +103,8 @@ def test_a_worker_error_is_reported_and_stops_the_others(tiny_dir, tmp_path):
 
     ds = EmotionDataset.from_records("pics", [{"id": str(i), "text": "a b", "label": "xy"[i % 2],
                                                "image": "x.png"} for i in range(8)])
-    with pytest.raises(DistributedError, match="worker 0(, 1)?: CaptureError: .*'image' column.*text only"):
+    error = "worker 0(, 1)?: CaptureError: .*'image' column.*text only"
+    with pytest.raises(DistributedError, match=error):
         cache_with_workers(loader(tiny_dir), ds, config=CONFIG, out=tmp_path / "e.zarr",
                            workers=2, devices=["cpu", "cpu"], start_method="fork", wait_s=60)
 

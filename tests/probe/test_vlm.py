@@ -28,7 +28,8 @@ def hf_inputs(lm, enc, family, i):
     item = next(iter(kw.values()))[i]
     extra = {}
     if item is not None:
-        extra = {"audio": [item], "sampling_rate": 16000} if family == "qwen2_audio" else {"images": [item]}
+        extra = ({"audio": [item], "sampling_rate": 16000} if family == "qwen2_audio"
+                 else {"images": [item]})
     return lm.processor(text=[enc.prompts[i]], return_tensors="pt", **extra)
 
 
@@ -46,10 +47,9 @@ def test_loads_through_the_registry_path_with_its_processor(tiny_vlm, family):
 def test_modality_layout_is_the_processors(tiny_vlm, family):
     lm = tiny_vlm(family)
     enc = encode_multimodal(lm.processor, TEXTS, chat_template=True, **media(family))
-    token = lm.processor.audio_token if family == "qwen2_audio" else lm.processor.tokenizer.convert_ids_to_tokens(
-        lm.model.config.image_token_id if hasattr(lm.model.config, "image_token_id")
-        else lm.model.config.image_token_index)
-    tid = lm.processor.tokenizer.convert_tokens_to_ids(token)
+    cfg = lm.model.config
+    tid = (lm.tokenizer.convert_tokens_to_ids(lm.processor.audio_token) if family == "qwen2_audio"
+           else getattr(cfg, "image_token_id", None) or cfg.image_token_index)
     code = 3 if family == "qwen2_audio" else 1
     for i in range(3):
         ids = hf_inputs(lm, enc, family, i)["input_ids"][0].tolist()
@@ -58,7 +58,7 @@ def test_modality_layout_is_the_processors(tiny_vlm, family):
             [j for j, t in enumerate(ids) if t == tid]
         c0, c1 = enc.content[i]
         assert lm.tokenizer.decode(ids[c0:c1]).strip() == TEXTS[i]
-    assert sum(c == code for c in enc.modality[1]) == 0 and sum(c == code for c in enc.modality[0]) > 0
+    assert code not in enc.modality[1] and code in enc.modality[0]
     coords = layout_coords(enc)
     assert coords["n_text_tokens"].tolist() == [sum(c == 0 for c in m) for m in enc.modality]
     assert coords["layout"][1] == f"t{len(enc.ids[1])}"
@@ -73,11 +73,13 @@ def test_qwen2_vl_fallback_processor_equals_the_real_one(tiny_vlm, monkeypatch):
     lm = tiny_vlm("qwen2_vl")
     ours = lm.processor
     monkeypatch.setattr(ProcessorMixin, "check_argument_for_proper_class", lambda self, n, a: None)
-    real = transformers.Qwen2VLProcessor(image_processor=ours.image_processor, tokenizer=ours.tokenizer,
-                                         video_processor=None, chat_template=ours.chat_template)
+    real = transformers.Qwen2VLProcessor(image_processor=ours.image_processor,
+                                         tokenizer=ours.tokenizer, video_processor=None,
+                                         chat_template=ours.chat_template)
     prompt = "<|user|><|vision_start|><|image_pad|><|vision_end|>We won!</s><|assistant|>"
     image = make_image((10, 200, 10), (70, 40))
-    a, b = ours(text=[prompt], images=[image], return_tensors="pt"), real(text=[prompt], images=[image], return_tensors="pt")
+    a = ours(text=[prompt], images=[image], return_tensors="pt")
+    b = real(text=[prompt], images=[image], return_tensors="pt")
     assert a.keys() == b.keys()
     for k in a:
         assert torch.equal(a[k], b[k]), k
@@ -130,7 +132,8 @@ def test_modality_poolings_need_that_modality(tiny_vlm, tiny_llama):
 def test_encoding_errors_say_what_to_fix(tiny_vlm, tmp_path):
     lm = tiny_vlm("llava")
     with pytest.raises(EncodingError, match="does not exist"):
-        encode_multimodal(lm.processor, ["hi"], images=["nope.png"], chat_template=True, root=tmp_path)
+        encode_multimodal(lm.processor, ["hi"], images=["nope.png"], chat_template=True,
+                          root=tmp_path)
     with pytest.raises(EncodingError, match="placeholder"):
         encode_multimodal(lm.processor, ["look <image> here"], chat_template=True)
     with pytest.raises(EncodingError, match="takes no audio"):
@@ -197,10 +200,11 @@ def test_image_dataset_caches_with_its_layout_and_probes_on_image_positions(tiny
     store = open_store(path)
     assert store["modality"].values.tolist() == ["all", "image", "text"]
     assert store.sel(pooling=store.modality == "image")["pooling"].values.tolist() == ["image-mean"]
-    assert (store["n_image_tokens"].values == 16).all() and store["image"].values[6] == "img/cold0.png"
+    assert (store["n_image_tokens"].values == 16).all()
+    assert store["image"].values[6] == "img/cold0.png"
     assert all(layout.split()[1] == "i16" for layout in store["layout"].values)
-    enc = encode_multimodal(lm.processor, ds.texts, images=[str(tmp_path / p) for p in ds.frame["image"]],
-                            chat_template=True)
+    enc = encode_multimodal(lm.processor, ds.texts, chat_template=True,
+                            images=[str(tmp_path / p) for p in ds.frame["image"]])
     sites = parse_sites("blocks.*.hook_resid_post", n_layers=3)
     blocks = dict(iter_blocks(lm, enc, sites, list(config.poolings), batch_size=4, block_size=8,
                               padding_side=lm.tokenizer.padding_side))

@@ -33,11 +33,13 @@ def test_conflict_set_pairs_texts_with_images_of_both_valences(tmp_path, scenari
                                                                           image_size=48))
     rows = load_conflict_set(file)
     assert len(rows) == 12 and (rows["condition"] == "conflict").sum() == 6
-    assert ((rows["text_valence"] != rows["image_valence"]) == (rows["condition"] == "conflict")).all()
+    opposite = rows["text_valence"] != rows["image_valence"]
+    assert (opposite == (rows["condition"] == "conflict")).all()
     assert rows.groupby("group").size().tolist() == [4, 4, 4]
     assert all(p.endswith(".png") and (tmp_path / p).exists() for p in
                [json.loads(line)["image"] for line in file.read_text().splitlines()])
-    happy, sad = np.asarray(draw("face", "positive", size=48)), np.asarray(draw("face", "negative", size=48))
+    happy = np.asarray(draw("face", "positive", size=48))
+    sad = np.asarray(draw("face", "negative", size=48))
     assert happy.shape == (48, 48, 3) and (happy != sad).any()
 
 
@@ -62,7 +64,8 @@ def test_attribution_is_the_first_order_effect_of_the_ablation(tiny_vlm_dir, tmp
     import transformers.models.llama.modeling_llama as llama
 
     def rms_norm(self, x):
-        return self.weight * (x * torch.rsqrt(x.pow(2).mean(-1, keepdim=True) + self.variance_epsilon))
+        ms = x.pow(2).mean(-1, keepdim=True)
+        return self.weight * (x * torch.rsqrt(ms + self.variance_epsilon))
     monkeypatch.setattr(llama.LlamaRMSNorm, "forward", rms_norm)
     lm = load_model(str(tiny_vlm_dir / "llava"), device="cpu", dtype="float32")
     lm.model.double()

@@ -80,7 +80,8 @@ def test_gradients_and_ablation_reach_image_tokens(tiny_vlm):
 
     values, grads, m = lm.run_with_grads(batch, metric, [embed])
     image = batch.modality == 1
-    assert grads[embed][image].abs().sum() > 0 and grads[embed][~batch.attention_mask.bool()].abs().sum() == 0
+    padding = ~batch.attention_mask.bool()
+    assert grads[embed][image].abs().sum() > 0 and grads[embed][padding].abs().sum() == 0
     # first-order check of the gradient against ablating the image tokens (mean embedding)
     mean = values[embed][image].mean(0)
     with torch.no_grad(), lm.hooks({embed: replace_with(mean, positions="image")}):
