@@ -5,7 +5,8 @@ The reference is what a sweep would otherwise do: for every site and fold,
 train rows and scored on the held-out rows, under ONE BLAS thread (its fastest setting on a
 small shared CPU: many small products, and busy-waiting threads). The engine
 (``probe.engine.fit_logistic_cv``, defaults as the sweep uses them) runs with the same number of
-torch threads (``--threads``, default 1), so the ratio compares like with like.
+torch threads (``--threads``, default 1), so the ratio compares like with like. On a shared
+machine, ``--repeats 2`` alternates the two sides and keeps each one's fastest run.
 
 Each shape gets its own synthetic activations with the structure of real residual streams: an
 anisotropic (power-law) spectrum from a low-dimensional latent space mixed into d features plus
@@ -16,8 +17,8 @@ sweep's control task fits. Folds: 5-fold stratified. Reported per shape: the tim
 the ratio (sklearn / engine), the held-out accuracy of each (mean over sites) and the largest
 per-site accuracy difference in points, the engine's form and iterations.
 
-    python benchmarks/bench_probes.py --quick                 # 7 shapes, ~2 min
-    python benchmarks/bench_probes.py                         # the whole grid, ~15 min
+    python benchmarks/bench_probes.py --quick                 # 7 shapes
+    python benchmarks/bench_probes.py                         # the whole grid (18 shapes)
     python benchmarks/bench_probes.py --shapes 2000x576x7x8 --shapes 300x4096x7x4c
     python benchmarks/bench_probes.py --store /tmp/engine-store.zarr --only-store --json out.json
 
@@ -69,7 +70,8 @@ class Shape:
 QUICK = ["100x576x2x8", "300x576x7x8", "300x576x7x8c", "300x4096x7x4", "2000x576x7x8",
          "2000x4096x28x2", "10000x576x7x2"]
 #: The grid: n 100 .. 50,000, d 576 .. 8,192, 2 .. 28 classes, n < d, control runs. Sites per
-#: shape shrink with its size so that the whole grid (both sides) takes ~15 min on 2 cores.
+#: shape shrink with its size (the largest have one or two). Both sides of the whole grid took
+#: 45 min on the project's 2-core machine while other work ran (load ~11; 87% of it scikit-learn).
 GRID = QUICK + ["100x8192x7x4", "300x8192x28x2", "2000x576x2x8", "2000x576x7x8c",
                 "2000x8192x7x2", "10000x2048x7x2", "10000x576x28x2", "10000x576x7x2c",
                 "10000x8192x7x1", "50000x576x7x1", "50000x2048x4x1"]
@@ -114,15 +116,18 @@ def sklearn_loop(X, y, folds, C: float) -> tuple[np.ndarray, list[int]]:
     return pred, iters
 
 
-def compare(name: str, problems, C: float) -> dict:
-    """Time both sides on ``problems`` (a list of ``(X, y, folds)``), engine first."""
-    start = time.perf_counter()
-    fits = [fit_logistic_cv(X, y, folds, C=C) for X, y, folds in problems]
-    t_engine = time.perf_counter() - start
-    start = time.perf_counter()
-    with threadpool_limits(1):
-        refs = [sklearn_loop(X, y, folds, C) for X, y, folds in problems]
-    t_sklearn = time.perf_counter() - start
+def compare(name: str, problems, C: float, repeats: int = 1) -> dict:
+    """Time both sides on ``problems`` (a list of ``(X, y, folds)``), alternately (engine,
+    sklearn, engine, ...) ``repeats`` times each; the fastest run of each side counts."""
+    t_engine = t_sklearn = float("inf")
+    for _ in range(repeats):
+        start = time.perf_counter()
+        fits = [fit_logistic_cv(X, y, folds, C=C) for X, y, folds in problems]
+        t_engine = min(t_engine, time.perf_counter() - start)
+        start = time.perf_counter()
+        with threadpool_limits(1):
+            refs = [sklearn_loop(X, y, folds, C) for X, y, folds in problems]
+        t_sklearn = min(t_sklearn, time.perf_counter() - start)
     ours = np.concatenate([(f.predictions.argmax(-1) == np.unique(y, return_inverse=True)[1])
                            .mean(1) for f, (_, y, _) in zip(fits, problems)])
     theirs = np.concatenate([(p == y).mean(1) for (p, _), (_, y, _) in zip(refs, problems)])
@@ -138,10 +143,10 @@ def compare(name: str, problems, C: float) -> dict:
     }
 
 
-def run_shape(shape: Shape, C: float, folds: int) -> dict:
+def run_shape(shape: Shape, C: float, folds: int, repeats: int) -> dict:
     X, y = synthetic_activations(shape)
     split = list(StratifiedKFold(folds, shuffle=True, random_state=0).split(X[0], y))
-    row = compare(str(shape), [(X, y, split)], C)
+    row = compare(str(shape), [(X, y, split)], C, repeats)
     return {**asdict(shape), **row}
 
 
@@ -190,29 +195,32 @@ def main(argv: list[str] | None = None) -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--quick", action="store_true", help=f"only {len(QUICK)} small shapes")
     p.add_argument("--shapes", action="append", default=None,
-                   help="n x d x classes x sites[c], repeatable (default: the grid)")
+                   help="n x d x classes x sites[c], repeatable, added to --quick's "
+                        "(default without either: the grid)")
     p.add_argument("--store", help="also time the real sweep on this probe cache store")
     p.add_argument("--only-store", action="store_true", help="skip the synthetic shapes")
     p.add_argument("--C", type=float, default=0.05, help="inverse L2 strength (%(default)s)")
     p.add_argument("--folds", type=int, default=5, help="folds (default: %(default)s)")
     p.add_argument("--threads", type=int, default=1,
                    help="torch threads of the engine (default: %(default)s; sklearn: always 1)")
+    p.add_argument("--repeats", type=int, default=1,
+                   help="timed runs per side, alternating; the fastest counts (default: 1)")
     p.add_argument("--json", help="also write the rows to this JSON file")
     args = p.parse_args(argv)
     torch.set_num_threads(args.threads)
-    shapes = [] if args.only_store else [Shape.parse(s) for s in
-                                         (args.shapes or (QUICK if args.quick else GRID))]
+    names = (QUICK if args.quick else []) + (args.shapes or [])
+    shapes = [] if args.only_store else [Shape.parse(s) for s in names or GRID]
     warm = Shape(n=60, d=8, K=3, S=1)
     fit_logistic_cv(*synthetic_activations(warm), [(np.arange(30, 60), np.arange(30))])
     print(f"engine: {args.threads} torch thread(s); sklearn: 1 BLAS thread; C={args.C}, "
           f"{args.folds} folds", flush=True)
     rows = []
     for shape in shapes:
-        rows.append(run_shape(shape, args.C, args.folds))
+        rows.append(run_shape(shape, args.C, args.folds, args.repeats))
         print(format_table(rows[-1:]).splitlines()[-1], flush=True)
     if args.store:
         name, problems = store_problems(args.store)
-        rows.append(compare(name, problems, args.C))
+        rows.append(compare(name, problems, args.C, args.repeats))
     print()
     print(format_table(rows))
     if rows:
@@ -221,8 +229,8 @@ def main(argv: list[str] | None = None) -> None:
               f"difference {max(r['max_acc_diff_points'] for r in rows):.2f} points")
     if args.json:
         with open(args.json, "w") as f:
-            json.dump({"threads": args.threads, "C": args.C, "folds": args.folds, "rows": rows},
-                      f, indent=1)
+            json.dump({"threads": args.threads, "C": args.C, "folds": args.folds,
+                       "repeats": args.repeats, "rows": rows}, f, indent=1)
 
 
 if __name__ == "__main__":

@@ -8,8 +8,8 @@ intercepts ``b [S, K, F]``:
 * ``precondition(gW)``: an approximate inverse Hessian applied to class-centred gradients,
   ``(c * Phi' Phi + I)^-1`` with ``c = C / K``: the exact Hessian of the multinomial loss at
   zero weights (all probabilities 1/K), which the solver starts from;
-* ``select(sites)`` (the design for a subset of sites) and ``coef(W)`` (weights on each fold's
-  standardised features).
+* ``select(sites)`` (the design for a subset of sites), ``coef(W)`` and ``intercept(coef, b)``
+  (weights and intercepts on each fold's standardised features).
 
 :class:`Primal` (``p = d``) reads the shared standardised X once per pass for all folds and
 folds each fold's standardisation into the weights. Its preconditioner is chosen by shape
@@ -57,15 +57,20 @@ class Primal:
     def coef(self, W: Tensor) -> Tensor:
         return W
 
+    def intercept(self, coef: Tensor, b: Tensor) -> Tensor:
+        return b
+
 
 class Dual:
     """Each fold rotated onto the row space of its standardised train rows.
 
-    With ``K_f = Z_t Z_t'`` the kernel of fold f's standardised train rows and ``L L'`` its
-    Cholesky factorisation, weights ``W = Z_t' L^-T w`` give logits ``Phi w`` with
-    ``Phi = Z K_f[:, t] L^-T`` and penalty ``|W|^2 = |w|^2``: an exact reparametrisation of the
-    problem in ``n_train`` dimensions (computed in float64; where ``K_f`` is singular, because
-    rows repeat or outnumber features, a jitter of 1e-12 of its mean diagonal is added).
+    With ``Z = Xg / sd_f`` fold f's scaled features (not centred: the free intercept absorbs the
+    centring, and a centred kernel is singular), ``K_f = Z_t Z_t'`` the kernel of its train rows
+    and ``L L'`` its Cholesky factorisation, weights ``W = Z_t' L^-T w`` give logits ``Phi w``
+    with ``Phi = Z Z_t' L^-T`` and penalty ``|W|^2 = |w|^2``: an exact reparametrisation of the
+    problem in ``n_train`` dimensions. Kernels are computed in float32 and factorised in float64;
+    a kernel near singular (rows repeat or outnumber features) is recomputed in float64 and, if
+    singular, gets a jitter of 1e-12 of its mean diagonal.
     """
 
     def __init__(self, std: Standardised, train: Tensor, curvature: float):
@@ -73,22 +78,24 @@ class Dual:
         F, r = len(train), int(train.sum(1).max())
         self.std, self.train, self.p = std, train, r
         self.Phi = std.Xg.new_zeros(S, F, n, r)
-        self.L = std.Xg.new_zeros(S, F, r, r)
+        self.L = std.Xg.new_zeros(S, F, r, r, dtype=torch.float64)  # to recover the weights
         self.P_inv = std.Xg.new_zeros(S, F, r, r)
-        for f in range(F):  # float64: a near-singular kernel must not amplify rounding
-            Z = (std.Xg.double() - std.mu[:, f, None].double()) / std.sd[:, f, None].double()
-            Kt = torch.bmm(Z, Z[:, train[f]].mT)  # [S, n, n_t]
-            del Z
+        for f in range(F):
             rows = train[f].nonzero().squeeze(1)
             k = len(rows)
+            Kt = _fold_kernel(std, f, rows, torch.float32)  # [S, n, n_t], float64
             with lapack_threads(Kt.device):
-                L = _jittered_cholesky(Kt[:, rows])
+                L, ok = _cholesky(Kt[:, rows])
+                if not ok.all():  # near-singular in float32 (repeated rows, n_t > d): float64
+                    bad = (~ok).nonzero().squeeze(1)
+                    Kt[bad] = _fold_kernel(std.select(bad), f, rows, torch.float64)
+                    L[bad] = _jittered_cholesky(Kt[bad][:, rows])
                 Phi = torch.linalg.solve_triangular(L, Kt.mT, upper=False).mT  # [S, n, k]
                 P = curvature * L.mT @ L
                 P.diagonal(dim1=1, dim2=2).add_(1.0)
                 P_inv = torch.cholesky_inverse(torch.linalg.cholesky(P))
             self.Phi[:, f, :, :k] = Phi.float()
-            self.L[:, f, :k, :k] = L.float()
+            self.L[:, f, :k, :k] = L
             self.P_inv[:, f, :k, :k] = P_inv.float()
 
     def select(self, sites: Tensor) -> Dual:
@@ -112,6 +119,10 @@ class Dual:
         out = torch.bmm(gW.transpose(1, 2).reshape(S * F, K, r), self.P_inv.view(S * F, r, r))
         return out.view(S, F, K, r).transpose(1, 2)
 
+    def intercept(self, coef: Tensor, b: Tensor) -> Tensor:
+        """The intercept on standardised features: ``b + coef . mu / sd`` (centring)."""
+        return b + (coef * (self.std.mu / self.std.sd)[:, None]).sum(-1)
+
     def coef(self, W: Tensor) -> Tensor:
         """Weights on the standardised features, ``Z_t' L^-T w`` per fold: ``[S, K, F, d]``."""
         S, K, F, _ = W.shape
@@ -119,12 +130,27 @@ class Dual:
         for f in range(F):
             rows = self.train[f].nonzero().squeeze(1)
             k = len(rows)
-            Zt = (self.std.Xg[:, rows] - self.std.mu[:, f, None]) / self.std.sd[:, f, None]
+            Zt = self.std.Xg[:, rows].double() / self.std.sd[:, f, None].double()
             with lapack_threads(W.device):
                 alpha = torch.linalg.solve_triangular(self.L[:, f, :k, :k].mT,
-                                                      W[:, :, f, :k].mT, upper=True)
-            out[:, :, f] = (Zt.mT @ alpha).mT
+                                                      W[:, :, f, :k].mT.double(), upper=True)
+            out[:, :, f] = (Zt.mT @ alpha).mT.to(W.dtype)
         return out
+
+
+def _fold_kernel(std: Standardised, f: int, rows: Tensor, dtype: torch.dtype) -> Tensor:
+    """``Z Z_t'`` (float64) of fold f's scaled, UNcentred features ``Z = Xg / sd``."""
+    X = std.Xg.to(dtype)
+    return torch.bmm(X * std.sd[:, f, None].to(dtype) ** -2, X[:, rows].mT).double()
+
+
+def _cholesky(K: Tensor, rtol: float = 1e-6) -> tuple[Tensor, Tensor]:
+    """Cholesky factors (float64) and whether each is well away from singular (every pivot
+    above ``rtol`` of the largest diagonal entry, so float32 rounding of K cannot matter)."""
+    L, info = torch.linalg.cholesky_ex(K)
+    top = K.diagonal(dim1=1, dim2=2).amax(-1)
+    ok = (info == 0) & (L.diagonal(dim1=1, dim2=2).square().amin(-1) > rtol * top)
+    return L, ok
 
 
 def _jittered_cholesky(K: Tensor, start: float = 1e-12) -> Tensor:

@@ -17,9 +17,10 @@ from probe.engine.logistic import (
     objective,
     site_batches,
     solve,
+    standardised_weights,
     warn_unconverged,
 )
-from probe.engine.prepare import Standardised
+from probe.engine.prepare import Standardised, solver_threads
 from probe.engine.ridge import ridge_batch, targets
 from probe.stats import ProbeError
 
@@ -109,6 +110,14 @@ def fit_full(X, y, *, task, C, alpha, tol, max_iter, device, site_batch, site_la
              standardize: bool = True, dtype=np.float32) -> ProbeFit:
     """:func:`fit_probes` without the warning; ``standardize=False`` fits raw features and
     ``dtype`` is that of the returned arrays (the ridge is solved in float64)."""
+    with solver_threads(device):
+        return _fit_full(X, y, task=task, C=C, alpha=alpha, tol=tol, max_iter=max_iter,
+                         device=device, site_batch=site_batch, site_labels=site_labels,
+                         standardize=standardize, dtype=dtype)
+
+
+def _fit_full(X, y, *, task, C, alpha, tol, max_iter, device, site_batch, site_labels,
+              standardize, dtype) -> ProbeFit:
     if task == "regression":
         Y = targets(y)
         check_inputs(X, len(Y), site_labels)
@@ -127,11 +136,11 @@ def fit_full(X, y, *, task, C, alpha, tol, max_iter, device, site_batch, site_la
     train, _ = _all_rows(len(Yh), device)
     obj = objective(Yh, train, C, classes)
     parts = []
-    for Xb in site_batches(X, site_batch, len(Yh), 1, len(classes)):
+    for Xb in site_batches(X, site_batch, 1, obj.rows):
         solved = solve(Xb, obj, train, device=device, form="auto", tol=tol, max_iter=max_iter,
                        standardize=standardize)
-        W = solved.design.coef(solved.W)[:, :, 0]
-        parts.append(_raw(W, solved.b[:, :, 0], solved.std, solved.n_iter[:, 0],
+        W, b = standardised_weights(solved)
+        parts.append(_raw(W[:, :, 0], b[:, :, 0], solved.std, solved.n_iter[:, 0],
                           solved.converged[:, 0]))
     return _stack(parts, classes, dtype)
 

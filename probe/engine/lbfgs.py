@@ -16,18 +16,23 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
-HISTORY = 8  # correction pairs: 2 to 20 gave the same iteration counts at n <= 2,000 (the
-#            preconditioner captures the curvature); at n = 10,000, 8-10 saved 20% over 4
+HISTORY = 10  # correction pairs from n = 5,000 rows: 10 or more saved 20% of iterations over
+#            4-8 at n = 10,000. Below, 3 to 20 gave the same counts (the preconditioner captures
+#            the curvature) and each pair costs ~15 small tensor operations per iteration, so 4.
+SHORT_HISTORY, LONG_ROWS = 4, 5000
 
 
 @dataclass(frozen=True)
 class Softmax:
     """Per-problem objective ``C * sum_train CE + |W|^2 / 2`` over logits ``[S, K, F, n]``.
 
+    Two classes are solved as scikit-learn does, with ONE row of weights (the logit of the
+    second class; the first class's is 0): half the work of a two-row softmax.
+
     Attributes:
         Y: ``[1, K, 1, n]`` one-hot labels.
         mask: ``[1, 1, F, n]`` train rows of each fold.
-        C: Loss weight (scikit-learn's C; C/2 for two classes, solved as a 2-row softmax).
+        C: Loss weight (scikit-learn's C).
         n_train: ``[1, F]`` train rows per fold.
     """
 
@@ -37,17 +42,33 @@ class Softmax:
     n_train: Tensor
 
     @property
+    def binary(self) -> bool:
+        return self.Y.shape[1] == 2
+
+    @property
+    def rows(self) -> int:
+        """Rows of weights per problem: K, or 1 for two classes."""
+        return 1 if self.binary else self.Y.shape[1]
+
+    @property
     def curvature(self) -> float:
-        """Hessian scale of the loss at zero weights: ``C/K`` per unit of ``x x'``."""
-        return self.C / self.Y.shape[1]
+        """Hessian scale of the loss at zero weights per unit of ``x x'``: ``C/K``, or
+        ``C/4`` for two classes (``p (1 - p)`` at ``p = 1/2``)."""
+        return self.C / 4 if self.binary else self.C / self.Y.shape[1]
+
+    def logits(self, Z: Tensor) -> Tensor:
+        """All K logits from the solved rows (a zero row first for two classes)."""
+        return torch.cat([torch.zeros_like(Z), Z], 1) if self.binary else Z
 
     def residual(self, Z: Tensor) -> Tensor:
-        return self.C * (torch.softmax(Z, 1) - self.Y) * self.mask
+        R = self.C * (torch.softmax(self.logits(Z), 1) - self.Y) * self.mask
+        return R[:, 1:] if self.binary else R
 
     def step_length(self, Z, Zd, W, dW, slope0, steps: int = 2) -> Tensor:
         """Safeguarded Newton steps on the step length from t = 1, from cached logits only."""
         t = torch.ones_like(slope0)
         lo, hi = torch.zeros_like(t), torch.full_like(t, float("inf"))
+        Z, Zd = self.logits(Z), self.logits(Zd)
         yz, Zd2, m = (self.Y * Zd).sum(1), Zd * Zd, self.mask[:, 0]
         wd, dd = _dot(W, dW), _dot(dW, dW)
         for _ in range(steps):
@@ -79,8 +100,11 @@ def _precondition(design, obj: Softmax, g: Tensor) -> Tensor:
     """The inverse Hessian at zero weights; the identity on the class-mean direction (where
     only the penalty acts)."""
     gW, gb = _split(g)
-    mean = gW.mean(1, keepdim=True)
-    zW = design.precondition(gW - mean) + mean
+    if obj.binary:
+        zW = design.precondition(gW)
+    else:
+        mean = gW.mean(1, keepdim=True)
+        zW = design.precondition(gW - mean) + mean
     zb = gb / (obj.curvature * obj.n_train[:, None])
     return torch.cat([zW, zb[..., None]], -1)
 
@@ -97,8 +121,10 @@ class Result:
 
 
 def minimise(design, obj: Softmax, S: int, *, tol: float, max_iter: int) -> Result:
-    """Minimise every problem of ``design`` (S sites) from zero weights."""
-    K, F, p = obj.Y.shape[1], obj.mask.shape[2], design.p
+    """Minimise every problem of ``design`` (S sites) from zero weights; ``theta`` has
+    ``obj.rows`` rows of weights."""
+    K, F, p = obj.rows, obj.mask.shape[2], design.p
+    history = HISTORY if obj.mask.shape[-1] >= LONG_ROWS else SHORT_HISTORY
     out = Result(obj.Y.new_zeros(S, K, F, p + 1),
                  torch.zeros(S, F, dtype=torch.long, device=obj.Y.device),
                  torch.zeros(S, F, dtype=torch.bool, device=obj.Y.device))
@@ -136,7 +162,7 @@ def minimise(design, obj: Softmax, S: int, *, tol: float, max_iter: int) -> Resu
         ok = (sy > 1e-10 * _dot(step, step).sqrt() * _dot(y, y).sqrt()) & (yPy > 0) & active
         gamma = torch.where(ok, sy / yPy.clamp_min(1e-30), gamma)
         keep = ok[:, None, :, None]
-        hist = [*hist[1 - HISTORY:], (step * keep, y * keep, Py * keep,
+        hist = [*hist[1 - history:], (step * keep, y * keep, Py * keep,
                                       torch.where(ok, 1 / sy.clamp_min(1e-30), 0 * sy))]
         out.n_iter[live] += active.long()
         active &= (_criterion(g, obj) > tol) & (t > 0)

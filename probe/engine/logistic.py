@@ -14,8 +14,15 @@ from torch import Tensor
 
 from probe.engine import precondition
 from probe.engine.designs import Dual, Primal
-from probe.engine.lbfgs import Softmax, minimise
-from probe.engine.prepare import FoldList, Standardised, copy_tensor, fold_masks, standardise
+from probe.engine.lbfgs import HISTORY, Softmax, minimise
+from probe.engine.prepare import (
+    FoldList,
+    Standardised,
+    copy_tensor,
+    fold_masks,
+    solver_threads,
+    standardise,
+)
 from probe.stats import ProbeError, ProbeWarning
 
 Form = Literal["auto", "primal", "dual"]
@@ -58,7 +65,7 @@ class Solved:
     design: Primal | Dual
     std: Standardised
     W: Tensor  # [S, K, F, p]
-    b: Tensor  # [S, K, F], centred over classes
+    b: Tensor  # [S, K, F], the design's intercepts
     n_iter: Tensor  # [S, F]
     converged: Tensor  # [S, F]
     form: str
@@ -79,15 +86,15 @@ def objective(Y: Tensor, train: Tensor, C: float, classes: np.ndarray) -> Softma
         k, f = map(int, missing.nonzero()[0])
         raise ProbeError(f"class {classes.tolist()[k]!r} has no training rows in fold {f}; "
                          "use probe.stats.group_stratified_folds or drop the class")
-    return Softmax(Y=Y.T[None, :, None], mask=train[None, None].float(),
-                   C=C / 2 if Y.shape[1] == 2 else C, n_train=train.sum(1)[None].float())
+    return Softmax(Y=Y.T[None, :, None], mask=train[None, None].float(), C=C,
+                   n_train=train.sum(1)[None].float())
 
 
 def solve(X, obj: Softmax, train: Tensor, *, device, form: Form, tol: float, max_iter: int,
           standardize: bool = True) -> Solved:
     """Standardise one batch of sites, choose the form by shape and solve every problem."""
     std = standardise(copy_tensor(X, device), train, standardize=standardize)
-    (S, n, d), F, K = std.Xg.shape, len(train), obj.Y.shape[1]
+    (S, n, d), F, K = std.Xg.shape, len(train), obj.rows
     n_train = int(train.sum(1).max())
     name, kind = precondition.choose(n, d, n_train, F, K)
     if form != "auto" and form != name:
@@ -102,12 +109,21 @@ def solve(X, obj: Softmax, train: Tensor, *, device, form: Form, tol: float, max
         design = Primal(std, precondition.build(kind, Xp, c * share))
         del Xp
     res = minimise(design, obj, S, tol=tol, max_iter=max_iter)
-    W, b = res.theta[..., :-1], res.theta[..., -1]
-    return Solved(design, std, W, b - b.mean(1, keepdim=True), res.n_iter, res.converged,
+    theta = torch.cat([-res.theta / 2, res.theta / 2], 1) if obj.binary else res.theta
+    W, b = theta[..., :-1], theta[..., -1]  # two classes: rows -w/2, w/2 (they sum to zero)
+    return Solved(design, std, W, b, res.n_iter, res.converged,
                   name if kind is None else f"{name}/{kind}")
 
 
-def site_batches(X, site_batch: int | None, n_train: int, F: int, K: int) -> list:
+def standardised_weights(fit: Solved) -> tuple[Tensor, Tensor]:
+    """Weights ``[S, K, F, d]`` and class-centred intercepts ``[S, K, F]`` on each fold's
+    standardised features (``LogisticRegression.coef_`` / ``intercept_`` after a scaler)."""
+    coef = fit.design.coef(fit.W)
+    b = fit.design.intercept(coef, fit.b)
+    return coef, b - b.mean(1, keepdim=True)
+
+
+def site_batches(X, site_batch: int | None, F: int, K: int) -> list:
     """Slices of X's sites to solve at a time (``None``: as many as fit ``MEMORY_BUDGET``)."""
     S, n, d = X.shape
     if site_batch is None:
@@ -117,14 +133,20 @@ def site_batches(X, site_batch: int | None, n_train: int, F: int, K: int) -> lis
 
 def memory_estimate(S: int, n: int, d: int, F: int, K: int, form: str = "auto") -> int:
     """Peak bytes (float32) the logistic solve holds for S sites beyond the caller's X: the
-    standardised copy, the design (a d x d inverse, an n x n kernel basis or per-fold rotations)
-    and the solver's state (logits, gradients, L-BFGS history)."""
+    standardised copy, the design (per-fold rotations, or a preconditioner: a d x d inverse, an
+    n x n kernel basis or a rank-256 sketch) and the solver's state (logits, L-BFGS history).
+
+    Args:
+        form: ``"auto"`` (what the solve would choose), ``"dual"``, or ``"primal/<kind>"``.
+    """
     r = n - n // max(F, 2)  # training rows per fold
     if form == "auto":
-        form = precondition.choose(n, d, r, F, K)[0]
-    design = F * (n * r + 2 * r * r) + n * d if form == "dual" else d * d + n * d // 2 + n * n
+        form = "/".join(v for v in precondition.choose(n, d, r, F, K) if v)
+    design = {"dual": F * (n * r + 2 * r * r) + 2 * n * d, "primal/gram": 2 * d * d,
+              "primal/kernel": n * n + n * d,
+              "primal/sketch": 3 * d * (precondition.SKETCH_RANK + 16)}[form]
     p = r if form == "dual" else d
-    return 4 * S * (n * d + design + 8 * K * F * n + 20 * K * F * (p + 1))
+    return 4 * S * (n * d + design + 8 * K * F * n + (4 * HISTORY + 8) * K * F * (p + 1))
 
 
 def warn_unconverged(converged: np.ndarray, labels: Sequence[str] | None, tol: float,
@@ -172,8 +194,8 @@ def fit_logistic_cv(
         X: Pooled activations, one ``[n, d]`` matrix per site (numpy or torch, any float dtype).
         y: n class labels (strings or ints); every class must be in every fold's train rows.
         folds: ``(train_idx, test_idx)`` pairs, e.g. from ``probe.stats.group_stratified_folds``.
-        C: Inverse L2 strength, exactly as in scikit-learn (binary problems are solved as a
-            two-class softmax with ``C/2``, which is the same model as sklearn's binary fit).
+        C: Inverse L2 strength, exactly as in scikit-learn (two classes: scikit-learn's binary
+            model, reported as two softmax rows ``-w/2, w/2``).
         tol: Stop a problem when ``max|grad| / (C * n_train) <= tol``, sklearn's criterion.
         max_iter: Iteration cap; problems that hit it are reported in ``converged`` and warned.
         device: Torch device for the solve ("cpu", "cuda", ...).
@@ -192,9 +214,10 @@ def fit_logistic_cv(
     train, test = fold_masks(folds, len(Y), device)
     obj = objective(Y, train, C, classes)
     parts = []
-    for Xb in site_batches(X, site_batch, int(train.sum(1).max()), len(train), len(classes)):
-        fit = solve(Xb, obj, train, device=device, form=form, tol=tol, max_iter=max_iter)
-        parts.append(_out_of_fold(fit, test, return_coef))
+    with solver_threads(device):
+        for Xb in site_batches(X, site_batch, len(train), obj.rows):
+            fit = solve(Xb, obj, train, device=device, form=form, tol=tol, max_iter=max_iter)
+            parts.append(_out_of_fold(fit, test, return_coef))
     out = concat(parts, classes)
     warn_unconverged(out.converged, site_labels, tol, max_iter, "site x fold problems")
     return out
@@ -206,8 +229,9 @@ def _out_of_fold(fit: Solved, test: Tensor, return_coef: bool) -> CVFit:
     oof[:, ~test.any(0)] = float("nan")
     coef = intercept = None
     if return_coef:
-        coef = fit.design.coef(fit.W).permute(0, 2, 1, 3).cpu().numpy()
-        intercept = fit.b.transpose(1, 2).cpu().numpy()
+        coef, intercept = standardised_weights(fit)
+        coef = coef.permute(0, 2, 1, 3).cpu().numpy()
+        intercept = intercept.transpose(1, 2).cpu().numpy()
     return CVFit(oof.cpu().numpy(), None, fit.n_iter.cpu().numpy(), fit.converged.cpu().numpy(),
                  fit.form, coef, intercept)
 

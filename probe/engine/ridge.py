@@ -10,7 +10,14 @@ from jaxtyping import Float
 from torch import Tensor
 
 from probe.engine.logistic import CVFit, Form, check_inputs, concat
-from probe.engine.prepare import FoldList, copy_tensor, fold_masks, lapack_threads, standardise
+from probe.engine.prepare import (
+    FoldList,
+    copy_tensor,
+    fold_masks,
+    lapack_threads,
+    solver_threads,
+    standardise,
+)
 from probe.stats import ProbeError
 
 
@@ -57,8 +64,10 @@ def fit_ridge_cv(
     train, test = fold_masks(folds, len(Y), device)
     Yt = torch.as_tensor(Y, device=device)
     step = site_batch or X.shape[0]
-    parts = [ridge_batch(X[i:i + step], Yt, train, test, device=device, alpha=alpha, form=form,
-                         return_coef=return_coef) for i in range(0, X.shape[0], step)]
+    with solver_threads(device):
+        parts = [ridge_batch(X[i:i + step], Yt, train, test, device=device, alpha=alpha,
+                             form=form, return_coef=return_coef)
+                 for i in range(0, X.shape[0], step)]
     return concat(parts, None)
 
 
