@@ -69,6 +69,9 @@ FAMILIES: dict[str, Mapping[str, Where]] = {
     "gemma3_text": _GEMMA2_LIKE,
     "gemma3": _GEMMA2_LIKE,
     "gpt2": _GPT2,
+    # Language backbones of vision-language models (their text configs' model types).
+    "qwen2_vl_text": _LLAMA_LIKE,
+    "qwen2_5_vl_text": _LLAMA_LIKE,
 }
 #: Where the block list sits, tried in order (VLM language backbones included).
 LAYER_PATHS = (
@@ -98,6 +101,25 @@ class Architecture:
     def base(self, model: nn.Module) -> nn.Module:
         """The module that owns the block list: running it skips the LM head (no logits)."""
         return model.get_submodule(self.layers_path.rsplit(".", 1)[0])
+
+    def trunk(self, model: nn.Module) -> nn.Module:
+        """The module a forward without the LM head calls.
+
+        For a text model it is :meth:`base`. For a multimodal model (blocks under a
+        ``language_model``) it is the module that owns the language model and merges image or
+        audio features into the text sequence before calling it (``model.model`` of
+        LLaVA, Qwen2-VL, Gemma 3 and Qwen2-Audio; the whole model for older layouts).
+        """
+        head, sep, _ = self.layers_path.partition("language_model.")
+        if not sep:
+            return self.base(model)
+        head = head.rstrip(".")
+        return model.get_submodule(head) if head else model
+
+    @property
+    def multimodal(self) -> bool:
+        """Whether the blocks belong to the language backbone of a multimodal model."""
+        return "language_model." in self.layers_path
 
     def where(self, kind: str) -> Where:
         if kind == "hook_embed":

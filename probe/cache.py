@@ -29,7 +29,8 @@ import numpy as np
 import torch
 
 import probe
-from probe.capture import DEFAULT_POOLINGS, check_poolings, iter_blocks
+from probe.bf16 import from_bits, to_bits
+from probe.capture import DEFAULT_POOLINGS, CaptureError, check_poolings, iter_blocks
 from probe.data.schema import EmotionDataset
 from probe.sites import DEFAULT_SITES, STORE_KINDS, Site, parse_sites
 from probe.store import (
@@ -42,7 +43,12 @@ from probe.store import (
     progress_keys,
     variable_specs,
 )
-from probe.tokens import encode
+from probe.tokens import Encoded, encode
+from probe.vlm.encode import layout_coords
+
+#: Dataset columns that hold a row's media (paths), read by multimodal models.
+MEDIA_COLUMNS = ("image", "audio")
+TORCH_DTYPES = {"float16": torch.float16, "float32": torch.float32, "bfloat16": torch.bfloat16}
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -58,7 +64,7 @@ class CacheConfig:
     poolings: tuple[str, ...] = DEFAULT_POOLINGS
     batch_size: int = 32
     block_size: int | None = None
-    store_dtype: Literal["float16", "float32"] = "float16"
+    store_dtype: Literal["float16", "float32", "bfloat16"] = "float16"
     padding_side: Literal["left", "right"] | None = None
     system_prompt: str | None = None
     max_length: int | None = None
@@ -140,7 +146,8 @@ class _Writer(threading.Thread):
                 continue  # drain after a failure
             try:
                 first, arrays = item
-                host = {name: (layers, t.cpu().numpy()) for name, (layers, t) in arrays.items()}
+                host = {name: (layers, to_host(t, self.dtype))
+                        for name, (layers, t) in arrays.items()}
                 for name, (_, values) in host.items():
                     _check_finite(name, values, first, self.dtype)
                 self.store.write_block(first, host)
@@ -148,14 +155,32 @@ class _Writer(threading.Thread):
                 self.error = exc
 
 
+def to_host(t: torch.Tensor, store_dtype: str) -> np.ndarray:
+    """A block on the host as the store holds it (bfloat16 as its uint16 bits, probe.bf16)."""
+    return to_bits(t) if store_dtype == "bfloat16" else t.cpu().numpy()
+
+
+def host_arrays(todo: list[VariableSpec], pooled: dict, store_dtype: str,
+                first: int) -> dict[str, tuple]:
+    """``{name: (layers, host values)}`` of one block, checked finite (what the writer writes)."""
+    dtype = TORCH_DTYPES[store_dtype]
+    out = {s.name: (s.layers, to_host(_stack(s, pooled, dtype), store_dtype)) for s in todo}
+    for name, (_, values) in out.items():
+        _check_finite(name, values, first, store_dtype)
+    return out
+
+
 def _check_finite(name: str, values: np.ndarray, first: int, dtype: str) -> None:
+    if dtype == "bfloat16":
+        values = from_bits(values)
     finite = np.isfinite(values)
     if finite.all():
         return
     n_inf, n_nan = int(np.isinf(values).sum()), int(np.isnan(values).sum())
     rows = np.flatnonzero(~finite.reshape(values.shape[0], -1).all(axis=1)) + first
-    hint = (" float16 holds |x| <= 65504: rerun with --store-dtype float32 (inf here means the "
-            "model's activations exceed it)" if dtype == "float16" else
+    hint = (" float16 holds |x| <= 65504: rerun with --store-dtype float32, or --store-dtype "
+            "bfloat16 (float16's size, float32's range; inf here means the model's activations "
+            "exceed float16)" if dtype == "float16" else
             " the model itself produced non-finite activations (check --dtype)")
     raise StoreError(f"{name}: {n_inf} inf and {n_nan} NaN values in rows {rows[:5].tolist()}..."
                      f"; nothing of this block was written.{hint}")
@@ -183,6 +208,45 @@ def cache_activations(
     Returns:
         The store's absolute path.
     """
+    job = plan_cache(lm, dataset, config, out)
+    with ActivationStore.open_for_writing(job.path, provenance=job.provenance, dataset=dataset,
+                                          coords=job.coords) as store:
+        for spec in job.specs:
+            store.ensure_variable(spec)
+        todo = pending_specs(job.specs, store.progress(), len(dataset))
+        if todo:
+            _run(lm, job.encoded, store, todo, job.sites, job.config, progress)
+        store.finalize()
+    return job.path
+
+
+@dataclass(frozen=True)
+class CacheJob:
+    """What a caching run will do, decided before any forward pass.
+
+    Every worker of a distributed run (:mod:`probe.distributed`) plans the same job.
+    """
+
+    path: Path
+    config: CacheConfig  # poolings normalised
+    sites: list[Site]
+    specs: list[VariableSpec]
+    encoded: Encoded
+    provenance: dict
+    coords: dict[str, np.ndarray]  # per-sample coordinates besides the dataset's columns
+    n_rows: int
+
+    @property
+    def block_size(self) -> int:
+        return int(self.config.block_size)  # resolved by plan_cache (block_size_for)
+
+    @property
+    def progress_keys(self) -> list[str]:
+        return [k for spec in self.specs for k in progress_keys(spec)]
+
+
+def plan_cache(lm, dataset: EmotionDataset, config: CacheConfig, out=None) -> CacheJob:
+    """Check the config, encode the dataset (images and audio included) and name the store."""
     if config.store_dtype not in STORE_DTYPES:
         raise StoreError(f"--store-dtype must be one of {STORE_DTYPES}")
     if config.batch_size < 1 or (config.block_size is not None and config.block_size < 1):
@@ -196,26 +260,65 @@ def cache_activations(
     poolings = check_poolings(config.poolings)
     config = CacheConfig(**{**asdict(config), "poolings": poolings,
                             "block_size": _block_size(config, len(dataset))})
-    encoded = encode(lm.tokenizer, dataset.texts, chat_template=lm.chat_template,
-                     system_prompt=config.system_prompt, max_length=config.max_length,
-                     target_words=(dataset.frame["target_word"].tolist()
-                                   if "token" in poolings and "target_word" in dataset.frame else None))
+    encoded = _encode(lm, dataset, config)
     check_poolings(poolings, encoded)
     path = (Path(out).expanduser() if out is not None
             else default_store_path(lm, dataset, config)).absolute()
-    specs = variable_specs(lm, sites)
-    with ActivationStore.open_for_writing(path, provenance=provenance(lm, dataset, config),
-                                          dataset=dataset) as store:
-        for spec in specs:
+    return CacheJob(path=path, config=config, sites=sites, specs=variable_specs(lm, sites),
+                    encoded=encoded, provenance=provenance(lm, dataset, config),
+                    coords={**layout_coords(encoded), **media_coords(dataset)}, n_rows=len(dataset))
+
+
+def _encode(lm, dataset: EmotionDataset, config: CacheConfig) -> Encoded:
+    """Token ids (and, for a multimodal model, the processor's modality layout) of every row."""
+    words = (dataset.frame["target_word"].tolist()
+             if "token" in config.poolings and "target_word" in dataset.frame else None)
+    media = {col: dataset.frame[col].tolist() for col in MEDIA_COLUMNS if col in dataset.frame}
+    if lm.processor is None:
+        if media:
+            raise CaptureError(f"dataset {dataset.name!r} has an {next(iter(media))!r} column, but "
+                               f"model {lm.spec.alias!r} takes text only; use a multimodal model "
+                               "(see `probe models`) or drop the column")
+        return encode(lm.tokenizer, dataset.texts, chat_template=lm.chat_template,
+                      system_prompt=config.system_prompt, max_length=config.max_length,
+                      target_words=words)
+    from probe.vlm.encode import encode_multimodal
+
+    return encode_multimodal(lm.processor, dataset.texts, images=media.get("image"),
+                             audio=media.get("audio"), chat_template=lm.chat_template,
+                             system_prompt=config.system_prompt if lm.chat_template else None,
+                             target_words=words, max_length=config.max_length,
+                             root=_media_root(dataset))
+
+
+def _media_root(dataset: EmotionDataset) -> Path | None:
+    src = Path(str(dataset.source)) if dataset.source else None
+    if src is None or not src.exists():
+        return None
+    return src if src.is_dir() else src.parent
+
+
+def media_coords(dataset: EmotionDataset) -> dict[str, np.ndarray]:
+    """The rows' media paths as store coordinates (several per row joined by ``|``)."""
+    out = {}
+    for col in MEDIA_COLUMNS:
+        if col in dataset.frame:
+            out[col] = np.asarray(["|".join(map(str, v)) if isinstance(v, (list, tuple))
+                                   else "" if v is None or v != v else str(v)
+                                   for v in dataset.frame[col]], dtype=str)
+    return out
+
+
+def prepare_store(job: CacheJob, dataset: EmotionDataset) -> None:
+    """Create (or reopen) the store and every array of ``job`` (under the store's lock)."""
+    with ActivationStore.open_for_writing(job.path, provenance=job.provenance, dataset=dataset,
+                                          coords=job.coords) as store:
+        for spec in job.specs:
             store.ensure_variable(spec)
-        todo = _pending(specs, store.progress(), len(dataset))
-        if todo:
-            _run(lm, encoded, store, todo, sites, config, progress)
-        store.finalize()
-    return path
 
 
-def _pending(specs: list[VariableSpec], progress: dict[str, int], n: int) -> list[VariableSpec]:
+def pending_specs(specs: list[VariableSpec], progress: dict[str, int],
+                  n: int) -> list[VariableSpec]:
     """The part of each spec (layers) not yet committed to the last row."""
     out = []
     for spec in specs:
@@ -235,7 +338,7 @@ def _run(lm, encoded, store, todo, sites, config: CacheConfig, progress: bool) -
     prog = store.progress()
     start = min(prog.get(key, 0) for spec in todo for key in progress_keys(spec))
     capture_sites = [Site(s.name, layer) for s in todo for layer in (s.layers or [None])]
-    dtype = torch.float16 if config.store_dtype == "float16" else torch.float32
+    dtype = TORCH_DTYPES[config.store_dtype]
     writer = _Writer(store, todo, config.store_dtype)
     writer.start()
     bar = tqdm(total=len(encoded), initial=start, unit="text", desc="caching",

@@ -15,6 +15,17 @@ Poolings (``--pooling``):
 ``content-mean``  mean over the stimulus text's own tokens (template and system prompt excluded)
 ``content-last``  the last token of the stimulus text itself
 ``token``         the last token of the row's ``target_word`` (dataset column)
+
+Multimodal rows (an image and/or audio with the text; :mod:`probe.vlm.encode`) add:
+
+``image-mean``    mean over the row's image tokens (the positions the processor fills with
+                  image features)
+``audio-mean``    mean over the row's audio tokens
+``text-mean``     mean over every other (text) token, template included
+``text-last``     the last text token (with a chat template, the end of the generation prompt)
+
+Each pooling reads one modality (:data:`POOLING_MODALITY`; ``all`` for ``last`` and ``mean``),
+recorded as the store's ``modality`` coordinate on the ``pooling`` dimension.
 """
 
 from __future__ import annotations
@@ -30,8 +41,14 @@ from probe.hooks import HookManager, StopForward
 from probe.sites import Site
 from probe.tokens import Encoded
 
-POOLINGS = ("last", "mean", "content-mean", "content-last", "token")
+POOLINGS = ("last", "mean", "content-mean", "content-last", "token", "image-mean", "audio-mean",
+            "text-mean", "text-last")
 DEFAULT_POOLINGS = ("last", "content-mean")
+#: Which tokens each pooling reads.
+POOLING_MODALITY = {"last": "all", "mean": "all", "content-mean": "text", "content-last": "text",
+                    "token": "text", "image-mean": "image", "audio-mean": "audio",
+                    "text-mean": "text", "text-last": "text"}
+_CODES = {"text": 0, "image": 1, "audio": 3}
 
 
 class CaptureError(ValueError):
@@ -50,7 +67,24 @@ def check_poolings(poolings: Sequence[str], encoded: Encoded | None = None) -> t
             f"'token' pooling needs a target word for every row; {missing} row(s) have none "
             "(the dataset needs a non-empty 'target_word' column)"
         )
+    if encoded is not None:
+        _check_modalities(poolings, encoded)
     return tuple(dict.fromkeys(poolings))
+
+
+def _check_modalities(poolings: Sequence[str], encoded: Encoded) -> None:
+    for p in poolings:
+        kind = POOLING_MODALITY[p]
+        if kind not in ("image", "audio"):
+            continue
+        if encoded.modality is None:
+            raise CaptureError(f"{p!r} pooling needs rows with {kind} inputs (a multimodal "
+                               f"model and a dataset with an '{kind}' column)")
+        missing = [i for i, c in enumerate(encoded.modality) if _CODES[kind] not in c]
+        if missing:
+            raise CaptureError(f"{p!r} pooling needs {kind} tokens in every row; {len(missing)} "
+                               f"row(s) have none (first: row {missing[0]}). Drop those rows or "
+                               "choose other poolings")
 
 
 def pooling_weights(
@@ -61,14 +95,26 @@ def pooling_weights(
     *,
     width: int,
     padding_side: str,
+    modality: Sequence[Sequence[int]] | None = None,
 ) -> Float[Tensor, "batch pooling pos"]:
-    """Weights such that ``W @ h`` gives every pooling of every row (float32, on CPU)."""
+    """Weights such that ``W @ h`` gives every pooling of every row (float32, on CPU).
+
+    ``modality`` (per row, each token's modality code) is needed by the modality poolings.
+    """
     w = torch.zeros(len(lengths), len(poolings), width)
     for i, n in enumerate(lengths):
         off = width - n if padding_side == "left" else 0
         c0, c1 = content[i]
         for p, name in enumerate(poolings):
-            if name == "last":
+            kind = POOLING_MODALITY[name]
+            if name.startswith(("image-", "audio-", "text-")):
+                codes = torch.as_tensor(modality[i]) if modality is not None else torch.zeros(n)
+                where = torch.nonzero(codes == _CODES[kind]).flatten() + off
+                if name.endswith("-last"):
+                    w[i, p, where[-1]] = 1.0
+                else:
+                    w[i, p, where] = 1.0 / len(where)
+            elif name == "last":
                 w[i, p, off + n - 1] = 1.0
             elif name == "mean":
                 w[i, p, off:off + n] = 1.0 / n
@@ -95,6 +141,24 @@ def pad_batch(ids: Sequence[Sequence[int]], pad_id: int, padding_side: str, devi
             "position_ids": position_ids.to(device)}
 
 
+def model_inputs(lm, encoded: Encoded, rows: Sequence[int], inputs: dict) -> dict:
+    """Model inputs of ``rows`` besides ids and masks: pixel values, audio features, ...
+
+    Empty for text rows. A model that computes its own multimodal positions (Qwen2-VL's
+    3-D rotary positions) gets ``position_ids: None`` for a batch with images in it.
+    """
+    if not hasattr(encoded, "model_inputs"):
+        return {}
+    ids, mask = inputs["input_ids"], inputs["attention_mask"]
+    side = "left" if bool((mask[:, 0] == 0).any()) else "right"
+    extra = encoded.model_inputs(rows, width=ids.shape[1], padding_side=side, device=ids.device,
+                                 dtype=lm.dtype)
+    trunk = lm.arch.trunk(lm.model)
+    if hasattr(trunk, "get_rope_index") and any(k.endswith("grid_thw") for k in extra):
+        extra["position_ids"] = None
+    return extra
+
+
 class SiteHooks:
     """Read hooks (on :mod:`probe.hooks`) that pool the values at ``sites`` into ``self.out``.
 
@@ -116,7 +180,11 @@ class SiteHooks:
             value = value.flatten(2)
         elif value.dim() == 2:  # one neuron [batch, pos]
             value = value[..., None]
-        self.out[ctx.site] = torch.bmm(self.weights, value.float())
+        w = self.weights
+        if w.device != value.device:  # a model spread over devices (probe.placement)
+            self.out[ctx.site] = torch.bmm(w.to(value.device), value.float()).to(w.device)
+            return
+        self.out[ctx.site] = torch.bmm(w, value.float())
 
     def __enter__(self) -> SiteHooks:
         deepest = max((s.layer or 0) for s in self.sites)
@@ -139,8 +207,9 @@ def forward_pooled(lm, hooks: SiteHooks, inputs: dict, weights: Tensor) -> dict[
     """One forward of the base model (no LM head); returns {site: (batch, pooling, d)} float32."""
     hooks.weights = weights
     hooks.out = {}
+    inputs = {k: v for k, v in inputs.items() if v is not None}
     try:
-        lm.arch.base(lm.model)(**inputs, use_cache=False)
+        lm.arch.trunk(lm.model)(**inputs, use_cache=False)
     except StopForward:
         pass
     missing = [s for s in hooks.sites if s not in hooks.out]
@@ -173,11 +242,13 @@ def iter_blocks(
     padding_side: str = "right",
     start_row: int = 0,
     on_batch=None,
+    only: set[int] | None = None,
 ) -> Iterator[tuple[int, dict[Site, Float[Tensor, "rows pooling d"]]]]:
     """Yield ``(first_row, {site: pooled})`` per block of ``block_size`` rows, in row order.
 
     Within a block rows run longest first in batches of ``batch_size`` (less padding); the
-    block's rows come back in dataset order (see :func:`plan_blocks`).
+    block's rows come back in dataset order (see :func:`plan_blocks`). ``only``: the first
+    rows of the blocks to run (a distributed worker's share); the others are skipped.
     """
     if padding_side not in ("left", "right"):
         raise CaptureError(f"padding side must be 'left' or 'right', not {padding_side!r}")
@@ -185,13 +256,18 @@ def iter_blocks(
     with SiteHooks(lm, sites) as hooks:
         for first, batches in plan_blocks(encoded.lengths, batch_size=batch_size,
                                           block_size=block_size, start_row=start_row):
+            if only is not None and first not in only:
+                continue
             parts: dict[Site, list[Tensor]] = {s: [] for s in sites}
             for idx in batches:
                 ids = [encoded.ids[r] for r in idx]
                 inputs = pad_batch(ids, pad_id, padding_side, lm.device)
+                modality = None if encoded.modality is None else [encoded.modality[r] for r in idx]
                 w = pooling_weights([len(x) for x in ids], [encoded.content[r] for r in idx],
                                     [encoded.target[r] for r in idx], poolings,
-                                    width=inputs["input_ids"].shape[1], padding_side=padding_side)
+                                    width=inputs["input_ids"].shape[1], padding_side=padding_side,
+                                    modality=modality)
+                inputs.update(model_inputs(lm, encoded, idx, inputs))
                 out = forward_pooled(lm, hooks, inputs, w.to(lm.device))
                 for s in sites:
                     parts[s].append(out[s])

@@ -43,12 +43,21 @@ def _user_errors() -> tuple[type[BaseException], ...]:
     from probe.capture import CaptureError
     from probe.data.schema import DatasetError
     from probe.models import ModelError
+    from probe.distributed import DistributedError
+    from probe.lazy import MemoryBudgetError
+    from probe.placement import PlacementError
     from probe.sites import SiteError
     from probe.store import StoreError
     from probe.tokens import EncodingError
 
+    from probe.vlm.attribution import AttributionError
+    from probe.vlm.conflict import ConflictError
+    from probe.vlm.processors import ProcessorError
+
     errors: list[type[BaseException]] = [ArchitectureError, CaptureError, DatasetError,
-                                          ModelError, SiteError, StoreError, EncodingError]
+                                          ModelError, SiteError, StoreError, EncodingError,
+                                          AttributionError, ConflictError, ProcessorError,
+                                          PlacementError, MemoryBudgetError, DistributedError]
     try:
         from probe.stats import ProbeError
 
@@ -83,6 +92,14 @@ def _model_args(p: argparse.ArgumentParser) -> None:
                    help="system prompt for the chat template (default: the template's own)")
     g.add_argument("--allow-download", action="store_true",
                    help="let Hugging Face download missing weights (default: local files only)")
+    g.add_argument("--device-map", default=None,
+                   help="spread a big model over GPUs, CPU and disk (accelerate): auto, balanced, "
+                        "sequential (default: the whole model on --device)")
+    g.add_argument("--max-memory", default=None,
+                   help="memory per device for --device-map, e.g. '0=20GiB,1=20GiB,cpu=64GiB'")
+    g.add_argument("--offload-folder", default=None,
+                   help="where --device-map offloads what fits nowhere else "
+                        "(default: ~/.cache/emoprobe/offload/<model>)")
 
 
 def _data_args(p: argparse.ArgumentParser) -> None:
@@ -112,9 +129,10 @@ def _cache_args(p: argparse.ArgumentParser) -> None:
                         "(default: %(default)s)")
     g.add_argument("--batch-size", type=_positive_int, default=32,
                    help="texts per forward pass (default: %(default)s)")
-    g.add_argument("--store-dtype", default="float16", choices=["float16", "float32"],
+    g.add_argument("--store-dtype", default="float16", choices=["float16", "bfloat16", "float32"],
                    help="dtype on disk; values beyond float16's range stop the run with a "
-                        "pointer to float32, never stored as inf (default: %(default)s)")
+                        "pointer to bfloat16 / float32, never stored as inf; bfloat16 is kept as "
+                        "its uint16 bits and read back as exact float32 (default: %(default)s)")
     g.add_argument("--padding-side", default=None, choices=["left", "right"],
                    help="default: the tokenizer's")
     g.add_argument("--max-length", type=_positive_int, default=None,
@@ -140,6 +158,17 @@ def build_parser() -> argparse.ArgumentParser:
     _cache_args(p)
     p.add_argument("--out", default=None, help="store path (default: <cache-dir>/<model>/<dataset>-<key>.zarr)")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
+    g = p.add_argument_group("several workers (docs/scale.md)")
+    g.add_argument("--workers", type=int, default=1,
+                   help="worker processes on this machine writing one store (one GPU each when "
+                        "several are visible); needs --out")
+    g.add_argument("--distributed", action="store_true",
+                   help="run as one worker of a torchrun job (RANK, WORLD_SIZE, LOCAL_RANK) or a "
+                        "SLURM job array (SLURM_ARRAY_TASK_ID/COUNT); every worker gets the same "
+                        "command and --out on a shared filesystem")
+    g.add_argument("--finalize", action="store_true",
+                   help="fold the workers' finished blocks into the store at --out and report "
+                        "whether it is complete (the last worker does this itself)")
 
     p = sub.add_parser("info", help="describe an activation store")
     p.add_argument("store", help="path of a .zarr store")
@@ -194,11 +223,17 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--split-eval", default=None, metavar="TRAIN[:TEST]",
                    help="no CV: fit on the rows whose split column is TRAIN and score the others "
                         "(or those of TEST), e.g. train:test or train:dev,test")
+    g.add_argument("--memory", default=None,
+                   help="memory budget for probing, e.g. 8GiB: reads the store out of core "
+                        "(Dask) in jobs that fit, for stores larger than RAM")
     p.add_argument("--store", default=None, help="use this store path instead of the default")
     p.add_argument("--out", default=None,
                    help="results folder (default: runs/<model>/<dataset>-<target>-<time>)")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
 
+    from probe.vlm.cli import add_parser as add_conflict
+
+    add_conflict(sub, _model_args)
     sub.add_parser("models", help="list registered model aliases")
     sub.add_parser("datasets", help="list registered datasets")
     parser.handlers = {**COMMANDS, **plugin_commands(sub)}
@@ -280,12 +315,18 @@ def _fold_error(ds, target: str, n_folds: int):
 
 
 def _check_before_loading(args) -> None:
-    """Sites, layers and poolings against the model's config: seconds, not a model load."""
+    """Sites, layers and poolings against the model's config: seconds, not a model load.
+
+    Commands without ``--sites``/``--pooling`` (e.g. ``probe conflict``) skip what they lack.
+    """
     from probe.capture import check_poolings
     from probe.models import known_n_layers
     from probe.sites import parse_sites
 
-    check_poolings(_poolings(args))
+    if getattr(args, "pooling", None) is not None:
+        check_poolings(_poolings(args))
+    if getattr(args, "sites", None) is None:
+        return
     n_layers = known_n_layers(args.model, allow_download=args.allow_download)
     if n_layers is not None:
         parse_sites(args.sites, n_layers=n_layers)
@@ -302,7 +343,9 @@ def _load_model(args):
 
         hf_logging.disable_progress_bar()
     lm = load_model(args.model, device=args.device, dtype=args.dtype,
-                    chat_template=args.chat_template, allow_download=args.allow_download)
+                    chat_template=args.chat_template, allow_download=args.allow_download,
+                    device_map=args.device_map, max_memory=args.max_memory,
+                    offload_folder=args.offload_folder)
     if args.system_prompt is not None and not lm.chat_template:
         raise ModelError(f"--system-prompt was given but {args.model} has no chat template")
     return lm
@@ -320,6 +363,8 @@ def _cache_config(args):
 def cmd_cache(args) -> int:
     from probe.cache import cache_activations, default_store_path
 
+    if args.finalize or args.workers > 1 or args.distributed:
+        return _cache_distributed(args)
     dataset = _load_data(args)
     lm = _load_model(args)
     config = _cache_config(args)
@@ -327,7 +372,43 @@ def cmd_cache(args) -> int:
                                          Path(args.cache_dir) if args.cache_dir else None)
     path = cache_activations(lm, dataset, config=config, out=out, progress=not args.quiet)
     print(f"store: {path}")
-    print(f"open it with: xarray.open_zarr({str(path)!r}) or probe.store.open_store(...)")
+    if config.store_dtype == "bfloat16":  # xarray alone would show the uint16 bits
+        print(f"open it with: probe.store.open_store({str(path)!r}) (decodes bfloat16)")
+    else:
+        print(f"open it with: xarray.open_zarr({str(path)!r}) or probe.store.open_store(...)")
+    return 0
+
+
+def _cache_distributed(args) -> int:
+    from probe import distributed as dist
+
+    if not args.out:
+        raise dist.DistributedError("--workers, --distributed and --finalize need --out (the one "
+                                    "store every worker writes)")
+    if args.finalize:
+        done = dist.finalize(args.out)
+        state = "complete" if done else "INCOMPLETE: rerun the job to redo the missing blocks"
+        print(f"store: {args.out} ({state})")
+        return 0
+    dataset, config = _load_data(args), _cache_config(args)
+    if args.distributed:
+        rank = dist.rank_from_env()
+        if rank is None:
+            raise dist.DistributedError("--distributed found no RANK/WORLD_SIZE (torchrun) or "
+                                        "SLURM_ARRAY_TASK_ID/SLURM_ARRAY_TASK_COUNT in the "
+                                        "environment")
+        if rank.device is not None:
+            args.device = rank.device
+        done = dist.run_worker(_load_model(args), dataset, config=config, out=args.out, rank=rank)
+        print(f"worker {rank.rank}/{rank.world} done; store {args.out} "
+              f"{'complete' if done else 'not complete yet (other workers, or --finalize)'}")
+        return 0
+    from probe.models import load_model
+
+    loader = (load_model, (args.model,), dict(dtype=args.dtype, chat_template=args.chat_template,
+                                              allow_download=args.allow_download))
+    dist.cache_with_workers(loader, dataset, config=config, out=args.out, workers=args.workers)
+    print(f"store: {args.out}")
     return 0
 
 
@@ -343,6 +424,12 @@ def cmd_sweep(args) -> int:
 
     return sweep_from_args(args, load_data=_load_data, load_model=_load_model,
                            cache_config=_cache_config)
+
+
+def cmd_conflict(args) -> int:
+    from probe.vlm.cli import run
+
+    return run(args, load_model=_load_model)
 
 
 def cmd_models(args) -> int:
@@ -367,8 +454,8 @@ def _warning_line(message, category, filename, lineno, line=None) -> str:
     return f"warning: {message}\n"
 
 
-COMMANDS = {"cache": cmd_cache, "info": cmd_info, "sweep": cmd_sweep, "models": cmd_models,
-            "datasets": cmd_datasets}
+COMMANDS = {"cache": cmd_cache, "info": cmd_info, "sweep": cmd_sweep, "conflict": cmd_conflict,
+            "models": cmd_models, "datasets": cmd_datasets}
 
 
 def main(argv: Sequence[str] | None = None) -> int:

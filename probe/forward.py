@@ -19,7 +19,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Mapping, Sequence
 from contextlib import ExitStack
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 from jaxtyping import Float
@@ -40,6 +40,10 @@ class Batch:
         content: ``[batch, width]`` bool, the stimulus text's own tokens (template excluded).
         lengths: Real tokens per row.
         padding_side: ``"left"`` or ``"right"``.
+        modality: ``[batch, width]`` modality codes (0 text, 1 image, 3 audio) of a multimodal
+            batch, else None.
+        extra: Further model inputs of a multimodal batch (pixel values, audio features, ...).
+            A model that computes its own (multimodal rotary) positions gets no ``position_ids``.
     """
 
     input_ids: Tensor
@@ -48,14 +52,18 @@ class Batch:
     content: Tensor
     lengths: tuple[int, ...]
     padding_side: str
+    modality: Tensor | None = None
+    extra: dict = field(default_factory=dict)
 
     def __len__(self) -> int:
         return self.input_ids.shape[0]
 
     @property
     def inputs(self) -> dict[str, Tensor]:
-        return {"input_ids": self.input_ids, "attention_mask": self.attention_mask,
-                "position_ids": self.position_ids}
+        out = {"input_ids": self.input_ids, "attention_mask": self.attention_mask}
+        if "position_ids" not in self.extra:
+            out["position_ids"] = self.position_ids
+        return {**out, **{k: v for k, v in self.extra.items() if v is not None}}
 
     @property
     def last(self) -> Tensor:
@@ -71,9 +79,10 @@ def make_batch(lm, texts: Sequence[str] | Encoded, *, padding_side: str = "left"
     """Encode ``texts`` (chat template as the model was loaded, unless overridden) and pad.
 
     Left padding by default: it is what generation needs, and the last column is then every
-    row's last token.
+    row's last token. Rows with images or audio: pass what
+    :func:`probe.vlm.encode.encode_multimodal` returned.
     """
-    from probe.capture import pad_batch
+    from probe.capture import model_inputs, pad_batch
 
     if isinstance(texts, Encoded):
         enc = texts
@@ -88,11 +97,16 @@ def make_batch(lm, texts: Sequence[str] | Encoded, *, padding_side: str = "left"
     inputs = pad_batch(enc.ids, lm.tokenizer.pad_token_id, padding_side, lm.device)
     width = inputs["input_ids"].shape[1]
     content = torch.zeros(len(enc), width, dtype=torch.bool)
+    modality = None if enc.modality is None else torch.zeros(len(enc), width, dtype=torch.long)
     for i, (n, (c0, c1)) in enumerate(zip(enc.lengths, enc.content)):
         off = width - n if padding_side == "left" else 0
         content[i, off + c0:off + c1] = True
+        if modality is not None:
+            modality[i, off:off + n] = torch.as_tensor(enc.modality[i])
+    extra = model_inputs(lm, enc, range(len(enc)), inputs)
     return Batch(**inputs, content=content.to(lm.device), lengths=tuple(enc.lengths),
-                 padding_side=padding_side)
+                 padding_side=padding_side, extra=extra,
+                 modality=None if modality is None else modality.to(lm.device))
 
 
 def _as_batch(lm, batch, padding_side="left") -> Batch:
@@ -104,17 +118,17 @@ class _BatchInfo:
 
     def __init__(self, lm, batch: Batch, prompt_width: int | None) -> None:
         self.managers = active_managers(lm.model)
-        self.values = (prompt_width, batch.content)
+        self.values = (prompt_width, batch.content, batch.modality)
 
     def __enter__(self):
-        self.saved = [(m.prompt_width, m.content) for m in self.managers]
+        self.saved = [(m.prompt_width, m.content, m.modality) for m in self.managers]
         for m in self.managers:
-            m.prompt_width, m.content = self.values
+            m.prompt_width, m.content, m.modality = self.values
         return self
 
     def __exit__(self, *exc):
-        for m, (w, c) in zip(self.managers, self.saved):
-            m.prompt_width, m.content = w, c
+        for m, (w, c, mod) in zip(self.managers, self.saved):
+            m.prompt_width, m.content, m.modality = w, c, mod
 
 
 def logits(lm, batch: Batch | Sequence[str]) -> Float[Tensor, "batch pos vocab"]:
@@ -150,8 +164,9 @@ def generate_batch(lm, prompts: Sequence[str] | Batch, *, max_new_tokens: int = 
     tok = lm.tokenizer
     width = batch.input_ids.shape[1]
     with _BatchInfo(lm, batch, width):
+        extra = {k: v for k, v in batch.extra.items() if k != "position_ids"}
         out = lm.model.generate(input_ids=batch.input_ids, attention_mask=batch.attention_mask,
-                                max_new_tokens=max_new_tokens, do_sample=do_sample,
+                                **extra, max_new_tokens=max_new_tokens, do_sample=do_sample,
                                 use_cache=use_cache, pad_token_id=tok.pad_token_id, **kwargs)
     new = out[:, width:]
     texts = tok.batch_decode(new, skip_special_tokens=True)

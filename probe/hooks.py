@@ -43,7 +43,9 @@ from probe.sites import Site, SiteError, parse_sites
 HookFn = Callable[[Tensor, "HookContext"], "Tensor | None"]
 Hooks = Mapping[Site | str, HookFn | Sequence[HookFn]]
 PositionMode = Literal["all", "prompt", "generated", "last", "last-prompt",
-                       "last-prompt+generated", "content"]
+                       "last-prompt+generated", "content", "text", "image", "audio"]
+#: Modality codes of ``ctx.positions("image")`` etc. (transformers' ``mm_token_type_ids``).
+_MODALITY_CODES = {"text": 0, "image": 1, "audio": 3}
 
 #: Order in which a decoder block computes each site kind.
 EXECUTION_ORDER: dict[str, float] = {
@@ -72,6 +74,7 @@ class _Forward:
     prompt_width: int
     step: int
     content: Tensor | None = None  # [batch, prompt_width] bool
+    modality: Tensor | None = None  # [batch, prompt_width] modality codes (multimodal batches)
     stash: dict = field(default_factory=dict)
     _cache: dict = field(default_factory=dict)
 
@@ -105,7 +108,9 @@ class HookContext:
         Modes: ``all``; ``prompt``; ``generated``; ``last`` (each row's last real token so far);
         ``last-prompt`` (the last prompt token); ``last-prompt+generated`` (Wang et al.'s
         ``last_k=1``); ``content`` (the row's stimulus text, template excluded; needs a batch
-        made by :func:`probe.forward.make_batch`); or a ``range`` of row-relative token
+        made by :func:`probe.forward.make_batch`); ``image`` / ``audio`` (the tokens the
+        processor filled with image / audio features) and ``text`` (every other token,
+        generated ones included) of a multimodal batch; or a ``range`` of row-relative token
         indices (0 = the row's first real token).
         """
         key = mode if isinstance(mode, str) else ("range", mode.start, mode.stop, mode.step)
@@ -140,6 +145,8 @@ class HookContext:
         if mode == "last":
             last = f.attention_mask.shape[1] - 1 - f.attention_mask.flip(1).float().argmax(1)
             return real & (cols[None, :] == last[:, None])
+        if mode in _MODALITY_CODES:
+            return real & self._modality(mode)
         if mode == "content":
             if f.content is None:
                 raise HookError("'content' positions need a batch made by probe "
@@ -149,7 +156,22 @@ class HookContext:
             out[:, inside] = f.content[:, cols[inside]]
             return out & real
         raise HookError(f"unknown positions {mode!r}; choose all, prompt, generated, last, "
-                        "last-prompt, last-prompt+generated, content, or a range")
+                        "last-prompt, last-prompt+generated, content, text, image, audio, or a "
+                        "range")
+
+    def _modality(self, mode: str) -> Tensor:
+        f, cols = self._f, self._f.columns
+        if f.modality is None:  # a text-only batch: every token is text
+            if mode == "text":
+                return torch.ones(f.attention_mask.shape[0], len(cols), dtype=torch.bool,
+                                  device=cols.device)
+            raise HookError(f"{mode!r} positions need a multimodal batch (lm.batch of rows "
+                            "encoded with probe.vlm.encode.encode_multimodal)")
+        inside = cols < f.modality.shape[1]
+        out = torch.full((f.modality.shape[0], len(cols)), mode == "text", dtype=torch.bool,
+                         device=cols.device)  # generated tokens are text
+        out[:, inside] = f.modality[:, cols[inside]] == _MODALITY_CODES[mode]
+        return out
 
 
 # --------------------------------------------------------------------------------- routes
@@ -243,6 +265,8 @@ class HookManager:
         self.stop_after = stop_after
         self.prompt_width: int | None = None  # set by probe.forward around generate()
         self.content: Tensor | None = None
+        self.modality: Tensor | None = None  # set by probe.forward for multimodal batches
+        self._outer_mask: Tensor | None = None
         self._forward: _Forward | None = None
         self._last_width: int | None = None
         self._steps = 0
@@ -258,7 +282,11 @@ class HookManager:
         past = cache.get_seq_length() if cache is not None and hasattr(cache, "get_seq_length") else 0
         mask = kwargs.get("attention_mask")
         if not isinstance(mask, Tensor) or mask.dim() != 2:
-            mask = torch.ones(batch, past + cur, dtype=torch.long, device=ref.device)
+            # A multimodal trunk may hand its language model a prepared (4-D or per-layer-type)
+            # mask; the padding mask is the one the trunk itself was called with.
+            mask = self._outer_mask
+            if mask is None or tuple(mask.shape) != (batch, past + cur):
+                mask = torch.ones(batch, past + cur, dtype=torch.long, device=ref.device)
         width = self.prompt_width
         if width is None:
             # Raw HF calls: a forward with an empty cache starts a new prompt; cached steps
@@ -266,11 +294,16 @@ class HookManager:
             width = past + cur if past == 0 or self._last_width is None else self._last_width
         self._last_width = width
         cols = torch.arange(past, past + cur, device=ref.device)
-        self._forward = _Forward(cols, mask, width, self._steps, self.content)
+        self._forward = _Forward(cols, mask, width, self._steps, self.content, self.modality)
         self._steps += 1
+
+    def _outer(self, module, args, kwargs) -> None:
+        mask = kwargs.get("attention_mask")
+        self._outer_mask = mask if isinstance(mask, Tensor) and mask.dim() == 2 else None
 
     def _end(self, module, args, kwargs, output) -> None:
         self._forward = None
+        self._outer_mask = None
 
     def _state(self, value: Tensor) -> _Forward:
         if self._forward is None:  # a submodule called on its own: every position is a prompt
@@ -293,7 +326,7 @@ class HookManager:
                 if base is None:
                     raise HookError(f"{r.site}: the block's input was not seen (a resid_mid hook "
                                     "needs the whole block to run)")
-                mid = base + raw
+                mid = base.to(raw.device) + raw  # devices differ only under a device map
                 new = _run(funcs, mid, HookContext(r.site, state))
                 if new is not None:
                     raw, changed = raw + (new - mid), True
@@ -323,6 +356,9 @@ class HookManager:
     def __enter__(self) -> HookManager:
         try:
             base = self.lm.arch.base(self.lm.model)
+            trunk = self.lm.arch.trunk(self.lm.model)
+            if trunk is not base:
+                self._handles.append(trunk.register_forward_pre_hook(self._outer, with_kwargs=True))
             self._handles.append(base.register_forward_pre_hook(self._begin, with_kwargs=True))
             self._handles.append(base.register_forward_hook(self._end, with_kwargs=True))
             for (mid, io), entries in self._slots().items():

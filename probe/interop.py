@@ -156,13 +156,21 @@ def capture_with_nnsight(
     content: Sequence[tuple[int, int]] | None = None,
     target: Sequence[int | None] | None = None,
     padding_side: str = "right",
+    remote: bool | str = False,
 ) -> Pooled:
     """Pooled activations at ``sites``, read inside one nnsight trace.
 
     The trace reads the modules our architecture table names (their input or output, as the
     table says), pools inside the trace (so only ``batch x pooling x d`` values are saved), and
-    stops after the deepest site: no LM head. Future work: ``remote=True`` to run the same
-    trace on NDIF, where pooling inside the trace is what keeps the download small.
+    stops after the deepest site: no LM head.
+
+    ``remote=True`` runs the same trace on NDIF (the National Deep Inference Fabric): for users
+    without a GPU, on models NDIF hosts. The model is then an nnsight model of a Hub id, whose
+    weights never load here (:func:`ndif_model`), and an NDIF API key must be set
+    (``NDIF_API_KEY`` or ``nnsight.CONFIG.set_default_api_key``). Pooling inside the trace keeps
+    the download to ``batch x pooling x d`` per site. ``remote="local"`` is nnsight's dry run
+    of the remote path: the trace is serialized and deserialized with local modules hidden,
+    exactly as the server would, then run here.
 
     Args:
         model: an ``nnsight.TransformersModel`` you already trace with, a
@@ -173,27 +181,37 @@ def capture_with_nnsight(
         token_ids, sites, poolings, content, target, padding_side: as in
             :func:`capture_with_bridge`.
         tokenizer: the tokenizer of a bare Hugging Face model (only its pad id is used).
+        remote: ``False`` (here), ``True`` (NDIF), ``"local"`` (the remote path's dry run) or
+            an NDIF host URL.
 
     Returns:
-        ``{site: (batch, pooling, d)}`` float32 on the model's device.
+        ``{site: (batch, pooling, d)}`` float32 on the model's device (on CPU from NDIF).
     """
     import nnsight
 
     traced = isinstance(model, nnsight.Envoy)  # a model the user already traces with
+    if remote and not traced:
+        raise CaptureError("remote execution needs an nnsight model, e.g. probe.interop.ndif_model"
+                           "('meta-llama/Llama-3.1-8B'): NDIF runs the model, nothing loads here")
+    if remote is True or (isinstance(remote, str) and remote != "local"):
+        _check_ndif_key()
     if traced:
-        if not getattr(model, "dispatched", True):
+        if not remote and not getattr(model, "dispatched", True):
             model.dispatch()  # a lazily loaded model still has meta weights
         hf, tok = model._module, tokenizer or getattr(model, "tokenizer", None)
         arch = architecture_for(hf)
     else:
         hf, tok, arch = _unpack(model, tokenizer)
     device = next(hf.parameters()).device
+    if device.type == "meta":  # remote: inputs travel from here
+        device = torch.device("cpu")
     inputs, weights = _prepare(token_ids, content, target, poolings, padding_side, _pad_id(tok),
                                device)
     plan = _plan(hf, tok, arch, sites)
     # Inputs are checked before wrapping; nnsight gets a tokenizer copy (it sets left padding).
     nn_model = model if traced else nnsight.TransformersModel(hf, tokenizer=copy.deepcopy(tok))
-    with torch.no_grad(), nn_model.trace(**inputs, use_cache=False) as tracer:
+    where = {"remote": remote} if remote else {}
+    with torch.no_grad(), nn_model.trace(**inputs, use_cache=False, **where) as tracer:
         blocks = _envoy(nn_model, arch.layers_path)
         values = []
         for layer, path, io, reads in plan:
@@ -208,6 +226,26 @@ def capture_with_nnsight(
         out.update({s: v for (_, s), v in zip(reads, pooled)})
     _check_reached(sites, out)
     return out
+
+
+def ndif_model(model_id: str, **kwargs):
+    """An nnsight model of a Hub id for ``capture_with_nnsight(..., remote=True)``.
+
+    Only the config and tokenizer are fetched; the weights stay on NDIF (see
+    https://nnsight.net and https://ndif.us for the hosted models and an API key).
+    """
+    import nnsight
+
+    return nnsight.TransformersModel(model_id, **kwargs)
+
+
+def _check_ndif_key() -> None:
+    from nnsight import CONFIG
+
+    if not getattr(CONFIG.API, "APIKEY", None):
+        raise CaptureError("remote=True runs on NDIF, which needs an API key: get one at "
+                           "https://login.ndif.us, then set NDIF_API_KEY (or "
+                           "nnsight.CONFIG.set_default_api_key(key))")
 
 
 # --------------------------------------------------------------------------- helpers
@@ -257,7 +295,7 @@ def _pool(weights: Tensor, value) -> Tensor:
         value = value.flatten(2)
     elif value.dim() == 2:  # one neuron [batch, pos]
         value = value[..., None]
-    return torch.bmm(weights, value.float())
+    return torch.bmm(weights.to(value.device), value.float())  # remote: weights travel
 
 
 def _plan(hf, tok, arch: Architecture, sites: Sequence[Site]) -> list[tuple[int, str, str, list]]:

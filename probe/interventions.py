@@ -52,7 +52,7 @@ def patch(source: Tensor, *, positions: PositionMode | range = "all"):
                             f"but this run's is {tuple(value.shape)}; the two batches must have "
                             "the same rows and token positions")
         m = ctx.mask(positions, value)
-        return value * (1 - m) + source.to(value.dtype) * m
+        return value * (1 - m) + source.to(device=value.device, dtype=value.dtype) * m
     return fn
 
 

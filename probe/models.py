@@ -66,6 +66,21 @@ _SPECS = [
     ModelSpec(alias="qwen3-8b", hf_id="Qwen/Qwen3-8B"),
     ModelSpec(alias="gemma-2-9b-it", hf_id="google/gemma-2-9b-it", gated=True),
     ModelSpec(alias="mistral-7b-instruct", hf_id="mistralai/Mistral-7B-Instruct-v0.3", gated=True),
+    # Multimodal: probed, steered and attributed on their language backbone (docs/multimodal.md).
+    ModelSpec(alias="llava-1.5-7b", hf_id="llava-hf/llava-1.5-7b-hf", note="vision-language"),
+    ModelSpec(alias="llava-1.5-13b", hf_id="llava-hf/llava-1.5-13b-hf", note="vision-language"),
+    ModelSpec(alias="qwen2-vl-7b-instruct", hf_id="Qwen/Qwen2-VL-7B-Instruct",
+              note="vision-language"),
+    ModelSpec(alias="qwen2.5-vl-3b-instruct", hf_id="Qwen/Qwen2.5-VL-3B-Instruct",
+              note="vision-language"),
+    ModelSpec(alias="qwen2.5-vl-7b-instruct", hf_id="Qwen/Qwen2.5-VL-7B-Instruct",
+              note="vision-language"),
+    ModelSpec(alias="gemma-3-4b-it", hf_id="google/gemma-3-4b-it", gated=True,
+              note="vision-language"),
+    ModelSpec(alias="gemma-3-12b-it", hf_id="google/gemma-3-12b-it", gated=True,
+              note="vision-language"),
+    ModelSpec(alias="qwen2-audio-7b-instruct", hf_id="Qwen/Qwen2-Audio-7B-Instruct",
+              note="audio-language"),
 ]
 REGISTRY: dict[str, ModelSpec] = {s.alias: s for s in _SPECS}
 
@@ -127,6 +142,7 @@ class LoadedModel:
     revision: str | None = None
     chat_template: bool = True
     extra: dict = field(default_factory=dict)
+    processor: Any = None  # multimodal models: the model's processor (tokenizer is its tokenizer)
 
     @property
     def n_layers(self) -> int:
@@ -134,7 +150,16 @@ class LoadedModel:
 
     @property
     def has_chat_template(self) -> bool:
-        return bool(getattr(self.tokenizer, "chat_template", None))
+        return bool(getattr(self.processor or self.tokenizer, "chat_template", None))
+
+    @property
+    def media(self) -> tuple[str, ...]:
+        """Inputs besides text the model takes: ``("image",)``, ``("audio",)`` or ``()``."""
+        if self.processor is None:
+            return ()
+        from probe.vlm.processors import media_kinds
+
+        return media_kinds(self.processor)
 
     def provenance(self) -> dict:
         return {
@@ -194,12 +219,24 @@ def load_model(
     dtype: DTypeName | str = "auto",
     chat_template: bool = True,
     allow_download: bool = False,
+    device_map: str | dict | None = None,
+    max_memory: str | dict | None = None,
+    offload_folder: str | None = None,
 ) -> LoadedModel:
-    """Load a registered alias, a Hugging Face id (from the local cache) or a local directory."""
+    """Load a registered alias, a Hugging Face id (from the local cache) or a local directory.
+
+    ``device_map`` (``"auto"``, ...) spreads a big model over GPUs, CPU memory (``max_memory``,
+    e.g. ``"0=20GiB,cpu=64GiB"``) and disk (``offload_folder``); see :mod:`probe.placement`.
+    ``device`` is then ignored: inputs go where the input embeddings are.
+    """
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
+    from probe.placement import device_map_kwargs, input_device
+
     spec = resolve_model(name)
-    dev = resolve_device(device)
+    placed = device_map_kwargs(device_map, max_memory, offload_folder, spec.alias)
+    dev = resolve_device("cpu" if placed and device == "auto" and not torch.cuda.is_available()
+                         else device)
     tdtype = resolve_dtype(dtype, dev)
     if spec.embedded:
         path, fingerprint, revision = _embedded_checkpoint(), _gguf_sha256(), "gguf-Q4_1"
@@ -209,14 +246,22 @@ def load_model(
         source = spec.hf_id
         fingerprint, revision = "", None
     kwargs = {} if allow_download else {"local_files_only": True}
+    processor = None
     try:
-        tokenizer = AutoTokenizer.from_pretrained(path, **kwargs)
-        model = AutoModelForCausalLM.from_pretrained(path, dtype=tdtype, **kwargs)
+        auto, processor = _auto_classes(path, **kwargs)
+        tokenizer = processor.tokenizer if processor is not None else \
+            AutoTokenizer.from_pretrained(path, **kwargs)
+        model = (auto or AutoModelForCausalLM).from_pretrained(path, dtype=tdtype, **placed,
+                                                               **kwargs)
     except (OSError, ValueError) as exc:
         if Path(str(path)).is_dir() or spec.embedded:
             raise ModelError(f"could not load model {name!r} from {path}: {exc}") from None
         raise ModelNotAvailableError(_how_to_get(spec, name)) from None
-    model.to(dev).eval()
+    if placed:
+        dev = input_device(model)
+    else:
+        model.to(dev)
+    model.eval()
     model.requires_grad_(False)
     if tokenizer.pad_token_id is None:
         tokenizer.pad_token = tokenizer.eos_token
@@ -226,7 +271,9 @@ def load_model(
     return LoadedModel(
         model=model, tokenizer=tokenizer, spec=spec, arch=architecture_for(model), device=dev,
         dtype=tdtype, source=source, fingerprint=fingerprint, revision=revision,
-        chat_template=chat_template and bool(getattr(tokenizer, "chat_template", None)),
+        chat_template=chat_template and bool(getattr(processor or tokenizer, "chat_template",
+                                                     None)),
+        processor=processor,
     )
 
 
@@ -268,6 +315,25 @@ def known_n_layers(name: str = EMBEDDED, *, allow_download: bool = False) -> int
     """
     config = model_config(name, allow_download=allow_download)
     return config_n_layers(config) if config is not None else resolve_model(name).n_layers
+
+
+def _auto_classes(path, **kwargs):
+    """(auto model class or None for a causal LM, processor or None) from the config.
+
+    A multimodal config (a vision or audio tower) loads the whole model and its processor; the
+    site table then addresses its language backbone.
+    """
+    from transformers import AutoConfig
+
+    from probe.vlm.processors import is_multimodal_config, load_processor
+
+    if not is_multimodal_config(AutoConfig.from_pretrained(path, **kwargs)):
+        return None, None
+    import transformers
+
+    auto = getattr(transformers, "AutoModelForMultimodalLM", None) or \
+        transformers.AutoModelForImageTextToText
+    return auto, load_processor(str(path), **kwargs)
 
 
 def _how_to_get(spec: ModelSpec, name: str) -> str:

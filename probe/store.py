@@ -40,6 +40,7 @@ import xarray as xr
 import zarr
 from zarr.codecs import BloscCodec
 
+from probe import bf16
 from probe.data.schema import EmotionDataset
 
 #: Provenance keys that must match for a run to write into an existing store.
@@ -48,7 +49,7 @@ MATCH_KEYS = (
     "system_prompt", "poolings", "store_dtype", "block_size", "max_length", "batch_size",
     "padding_side",
 )
-STORE_DTYPES = ("float16", "float32")
+STORE_DTYPES = ("float16", "float32", "bfloat16")
 
 
 class StoreError(RuntimeError):
@@ -90,9 +91,14 @@ class ActivationStore:
     # ------------------------------------------------------------------ open / create
     @classmethod
     def open_for_writing(
-        cls, path: str | Path, *, provenance: Mapping, dataset: EmotionDataset
+        cls, path: str | Path, *, provenance: Mapping, dataset: EmotionDataset,
+        coords: Mapping[str, np.ndarray] | None = None,
     ) -> ActivationStore:
-        """Create the store, or reopen it for resuming if its provenance matches."""
+        """Create the store, or reopen it for resuming if its provenance matches.
+
+        ``coords``: per-sample coordinates besides the dataset's (e.g. a multimodal row's
+        modality layout), written when the store is created.
+        """
         path = Path(path)
         path.mkdir(parents=True, exist_ok=True)
         lock_fh = _lock(path)
@@ -102,7 +108,21 @@ class ActivationStore:
                 _check_provenance(path, dict(group.attrs.get("emoprobe", {})), provenance)
                 _drop_partial_files(path)
             else:
-                _create(path, provenance, dataset)
+                _create(path, provenance, dataset, coords or {})
+            group = _consolidated(path)
+        except BaseException:
+            lock_fh.close()
+            raise
+        return cls(path, group, lock_fh)
+
+    @classmethod
+    def reopen(cls, path: str | Path) -> ActivationStore:
+        """An existing store for committing progress (under the same exclusive lock)."""
+        path = Path(path)
+        if not (path / "zarr.json").is_file():
+            raise StoreError(f"no activation store at {path}")
+        lock_fh = _lock(path)
+        try:
             group = _consolidated(path)
         except BaseException:
             lock_fh.close()
@@ -148,15 +168,18 @@ class ActivationStore:
             layered = spec.layers is not None
             shape = [self.n_samples] + ([prov["n_layers"]] if layered else []) + [n_pool]
             chunks = [self.block_size] + ([1] if layered else []) + [1]
+            bits = prov["store_dtype"] == "bfloat16"  # uint16 bit patterns (probe.bf16)
+            coords = prov["sample_coords"] + prov.get("pooling_coords", [])
+            attrs = {"coordinates": " ".join(coords)}
             self.group.create_array(
                 spec.name,
                 shape=tuple(shape + list(spec.feature_shape)),
                 chunks=tuple(chunks + list(spec.feature_shape)),
-                dtype=prov["store_dtype"],
-                fill_value=np.nan,
+                dtype="uint16" if bits else prov["store_dtype"],
+                fill_value=bf16.NAN_BITS if bits else np.nan,
                 compressors=[BloscCodec(cname="lz4", clevel=3, shuffle="shuffle")],
                 dimension_names=spec.dims(),
-                attributes={"coordinates": " ".join(prov["sample_coords"])},
+                attributes={**attrs, bf16.ATTR: bf16.VALUE} if bits else attrs,
             )
             self.group = _consolidate(self.path)
         progress = self.progress()
@@ -186,6 +209,10 @@ class ActivationStore:
                     self.group[name][start:stop, layers[j0]:layers[j1 - 1] + 1] = values[:, j0:j1]
             for key in keys:
                 progress[key] = max(progress.get(key, 0), stop)
+        self._commit(progress)
+
+    def commit_progress(self, progress: Mapping[str, int]) -> None:
+        """Record rows committed per array/layer, and completeness, in one metadata write."""
         self._commit(progress)
 
     def finalize(self) -> bool:
@@ -281,7 +308,8 @@ def _check_provenance(path: Path, have: Mapping, want: Mapping) -> None:
         )
 
 
-def _create(path: Path, provenance: Mapping, dataset: EmotionDataset) -> None:
+def _create(path: Path, provenance: Mapping, dataset: EmotionDataset,
+            extra: Mapping[str, np.ndarray]) -> None:
     if any(path.iterdir()):
         raise StoreError(f"{path} exists and is not an activation store; choose another store path "
                          "(--out for probe cache, --store for probe sweep)")
@@ -296,8 +324,9 @@ def _create(path: Path, provenance: Mapping, dataset: EmotionDataset) -> None:
     }
     for col in dataset.targets:
         coords[col] = _coord_values(dataset, col)
+    coords.update({k: np.asarray(v) for k, v in extra.items() if k not in coords})
     for name, values in coords.items():
-        arr = group.create_array(name, shape=(n,), dtype=values.dtype if values.dtype.kind == "f"
+        arr = group.create_array(name, shape=(n,), dtype=values.dtype if values.dtype.kind in "fiu"
                                  else str, dimension_names=["sample"])
         arr[:] = values
     layer = group.create_array("layer", shape=(provenance["n_layers"],), dtype="int64",
@@ -305,7 +334,14 @@ def _create(path: Path, provenance: Mapping, dataset: EmotionDataset) -> None:
     layer[:] = np.arange(provenance["n_layers"])
     pool = np.asarray(provenance["poolings"], dtype=str)
     group.create_array("pooling", shape=pool.shape, dtype=str, dimension_names=["pooling"])[:] = pool
+    from probe.capture import POOLING_MODALITY
+
+    modality = np.asarray([POOLING_MODALITY.get(p, "all") for p in provenance["poolings"]],
+                          dtype=str)
+    group.create_array("modality", shape=pool.shape, dtype=str,
+                       dimension_names=["pooling"])[:] = modality
     prov = dict(provenance, sample_coords=[c for c in coords if c != "sample"],
+                pooling_coords=["modality"],
                 targets=dict(dataset.targets), default_target=dataset.default_target)
     group.update_attributes({"emoprobe": prov, "progress": {}, "complete": False})
 
@@ -322,7 +358,7 @@ def open_store(path: str | Path, *, require_complete: bool = True) -> xr.Dataset
     path = Path(path)
     if not (path / "zarr.json").is_file():
         raise StoreError(f"no activation store at {path} (run `probe cache` to make one)")
-    ds = xr.open_zarr(str(path), consolidated=False)
+    ds = bf16.decode(xr.open_zarr(str(path), consolidated=False, chunks=None))
     # numpy's variable-width StringDType refuses .astype(str); plain Python strings do not.
     ds = ds.assign_coords({name: (c.dims, c.values.astype(object))
                            for name, c in ds.coords.items() if c.dtype.kind == "T"})
@@ -359,6 +395,7 @@ def describe(path: str | Path) -> str:
         f"pooling   {', '.join(prov.get('poolings', []))}",
         f"batches   {prov.get('batch_size')} texts, {prov.get('padding_side')} padding, committed "
         f"in blocks of {prov.get('block_size')} rows",
+        *_media_lines(ds),
         f"stored as {prov.get('store_dtype')}, {size / 2**20:.1f} MiB on disk",
         f"toolkit   emoprobe {prov.get('toolkit_version')}, created {prov.get('created')}",
         "arrays:",
@@ -371,6 +408,19 @@ def describe(path: str | Path) -> str:
     if targets:
         lines.append("targets:  " + ", ".join(f"{k} ({v})" for k, v in targets.items()))
     return "\n".join(lines)
+
+
+def _media_lines(ds: xr.Dataset) -> list[str]:
+    """Multimodal stores: image/audio tokens per row and one row's layout."""
+    out = []
+    for kind in ("image", "audio"):
+        if f"n_{kind}_tokens" in ds.coords:
+            n = ds[f"n_{kind}_tokens"].values
+            if n.max() > 0:
+                example = ds["layout"].values[int(n.argmax())]
+                out.append(f"{kind + 's':9s} {int((n > 0).sum())} rows, {int(n.min())}-"
+                           f"{int(n.max())} {kind} tokens per row (e.g. layout {example})")
+    return out
 
 
 def _progress_line(name: str, progress: Mapping[str, int], n: int) -> str:

@@ -26,6 +26,7 @@ from probe.baselines import control_keys, key_coverage
 from probe.engine import fit_probes
 from probe.evaluate import EvalConfig, evaluate, make_folds, text_baselines
 from probe.heldout import check_label_sets, check_pair, split_rows, warn_overlap
+from probe.lazy import open_lazy, parse_memory, read_sites, sites_per_read
 from probe.results import validate_results
 from probe.sites import Site, parse_sites
 from probe.stats import ProbeError, ProbeWarning, Task
@@ -97,6 +98,13 @@ def _compact(layers: list[int]) -> str:
 
 
 def _read(var: xr.DataArray, pooling: str, layers: list[int] | None, rows: np.ndarray) -> np.ndarray:
+    if hasattr(var.data, "dask"):  # out of core: chunk by chunk (probe.lazy)
+        return read_sites(var, pooling, layers, rows)
+    return _read_eager(var, pooling, layers, rows)
+
+
+def _read_eager(var: xr.DataArray, pooling: str, layers: list[int] | None,
+                rows: np.ndarray) -> np.ndarray:
     """``[sites, n, features]`` float32 for the chosen pooling, layers and rows."""
     sel = var.sel(pooling=pooling)
     if layers is not None:
@@ -142,6 +150,7 @@ def probe_store(
     eval_target_words: Sequence[str] | None = None,
     probes_dir: str | Path | None = None,
     progress: bool = True,
+    memory: int | str | None = None,
 ) -> pd.DataFrame:
     """Fit and evaluate a probe at every cached (or chosen) site of a store.
 
@@ -165,6 +174,10 @@ def probe_store(
             ``probes_dir/probes/`` (weights and directions in raw activation space; see
             :mod:`probe.saved`).
         progress: show a progress bar.
+        memory: a memory budget (bytes or ``"8GiB"``): read the stores out of core with Dask,
+            in jobs sized so that what is read plus the probe's working set stays under it
+            (:mod:`probe.lazy`), for stores larger than RAM. Default: jobs of at most
+            :data:`READ_BUDGET` bytes of features.
 
     Returns:
         A tidy results table (see :mod:`probe.results`), with a ``pooling`` column; ``attrs``
@@ -173,7 +186,8 @@ def probe_store(
     if eval_store is not None and split_eval is not None:
         raise ProbeError("pass either eval_store (another dataset) or split_eval (a split "
                          "column), not both")
-    ds = _open(store)
+    budget = parse_memory(memory)
+    ds = _open(store, budget)
     if isinstance(sites, str):
         sites = parse_sites(sites, n_layers=int(ds.attrs["emoprobe"]["n_layers"]))
     tt = probe_targets(ds, target, task)
@@ -181,7 +195,7 @@ def probe_store(
     train = _side(ds, tt, target_words)
     held, split = None, None
     if eval_store is not None:
-        eds = _open(eval_store)
+        eds = _open(eval_store, budget)
         check_pair(ds, eds, poolings)
         held = _side(eds, probe_targets(eds, tt.target, tt.task), eval_target_words)
         if tt.task == "classification":
@@ -195,7 +209,8 @@ def probe_store(
             check_label_sets(train.y[split[0]], train.y[split[1]], tt.target)
     keys = {p: _control_keys(p, train, held) for p in poolings} if config.control else {}
     jobs = _jobs(ds, sites, poolings, len(train.rows) + (len(held.rows) if held else 0),
-                 held.ds if held else None)
+                 held.ds if held else None, budget=budget, task=tt.task, n_folds=config.n_folds,
+                 n_classes=len(np.unique(train.y)) if tt.task == "classification" else 1)
     parts = []
     fitted = _Fitted(train, split, tt, config) if probes_dir is not None else None
     relay = _Relay()
@@ -221,8 +236,9 @@ def _control_keys(pooling: str, train: _Side, held: _Side | None) -> tuple[np.nd
     return (keys if held is None else np.concatenate([keys, held.keys(pooling)[0]])), what
 
 
-def _open(store) -> xr.Dataset:
-    return store if isinstance(store, xr.Dataset) else open_store(store, require_complete=False)
+def _open(store, budget: int | None = None) -> xr.Dataset:
+    ds = store if isinstance(store, xr.Dataset) else open_store(store, require_complete=False)
+    return ds if budget is None else open_lazy(ds)
 
 
 def _poolings(ds: xr.Dataset, poolings: Sequence[str] | None) -> list[str]:
@@ -251,9 +267,11 @@ def _subset(side: _Side, keep: np.ndarray) -> _Side:
                  [side.texts[i] for i in keep], None if side.words is None else side.words[keep])
 
 
-def _jobs(ds, sites, poolings, n_rows: int,
-          heldout: xr.Dataset | None) -> list[tuple[str, str, list[int] | None]]:
-    """(pooling, array, layers) chunks, each read at most :data:`READ_BUDGET` bytes; the
+def _jobs(ds, sites, poolings, n_rows: int, heldout: xr.Dataset | None, *,
+          budget: int | None = None, task: str = "classification", n_folds: int = 5,
+          n_classes: int = 2) -> list[tuple[str, str, list[int] | None]]:
+    """(pooling, array, layers) chunks, each read at most :data:`READ_BUDGET` bytes (or, with
+    a memory ``budget``, holding read data and the probe's working set within it); the
     held-out store must hold every one of them."""
     jobs = []
     for name, layers in _site_groups(ds, sites):
@@ -263,7 +281,9 @@ def _jobs(ds, sites, poolings, n_rows: int,
             except ProbeError as err:
                 raise ProbeError(f"held-out store: {err}") from None
         width = int(np.prod([ds.sizes[d] for d in ds[name].dims[2 if layers is None else 3:]]))
-        per = max(1, READ_BUDGET // max(1, 4 * n_rows * width))
+        per = max(1, READ_BUDGET // max(1, 4 * n_rows * width)) if budget is None else \
+            sites_per_read(budget, n=n_rows, width=width, task=task, n_classes=n_classes,
+                           n_folds=n_folds)
         chunks = [None] if layers is None else [layers[i:i + per]
                                                 for i in range(0, len(layers), per)]
         jobs += [(p, name, chunk) for p in poolings for chunk in chunks]

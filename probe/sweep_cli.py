@@ -65,7 +65,8 @@ def sweep_from_args(args, *, load_data, load_model, cache_config) -> int:
                           sites=parse_sites(config.sites, n_layers=lm.n_layers),
                           config=eval_config, eval_store=eval_store, split_eval=args.split_eval,
                           target_words=_words(dataset), eval_target_words=_words(eval_dataset),
-                          probes_dir=out if args.save_probes else None, progress=not args.quiet)
+                          probes_dir=out if args.save_probes else None, progress=not args.quiet,
+                          memory=getattr(args, "memory", None))
     heldout_name = _heldout_name(args, dataset, eval_dataset, eval_store)
     run = _run_record(args, results, store, eval_store, heldout_name, config, eval_config, t0)
     _write_and_report(out, results, run, title=f"{lm.spec.alias} · {dataset.name}",

@@ -23,11 +23,16 @@ class EncodingError(ValueError):
 
 @dataclass(frozen=True)
 class Encoded:
-    """Token ids per text plus the content span and target-token index of each."""
+    """Token ids per text plus the content span and target-token index of each.
+
+    ``modality`` (multimodal inputs only, see :mod:`probe.vlm.encode`) holds each token's
+    modality code as the model's processor assigns it: 0 text, 1 image, 2 video, 3 audio.
+    """
 
     ids: list[list[int]]
     content: list[tuple[int, int]]
     target: list[int | None]
+    modality: list[list[int]] | None = None
 
     def __len__(self) -> int:
         return len(self.ids)

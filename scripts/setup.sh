@@ -8,7 +8,7 @@ cd "$(dirname "$0")/.."
 PYTHON=${PYTHON:-python3}
 TORCH_VERSION=${TORCH_VERSION:-2.13.0}
 extras=""
-[ "${1:-}" = "--test" ] && extras="[test,interop]"
+[ "${1:-}" = "--test" ] && extras="[test,interop,scale,multimodal]"
 
 if [ ! -x .venv/bin/python ]; then
   "$PYTHON" -m venv .venv

@@ -73,3 +73,28 @@ def toy_dataset():
     rows = [{"id": f"r{i}", "text": t, "label": labels[i % 6], "group": f"g{i % 12}"}
             for i, t in enumerate(CORPUS)]
     return EmotionDataset.from_records("toy", rows)
+
+
+@pytest.fixture(scope="session")
+def tiny_vlm_dir(tmp_path_factory) -> Path:
+    """Tiny vision- and audio-language models with their processors (tests/tiny_vlm.py)."""
+    from tests.tiny_vlm import VLM_FAMILIES, save_tiny_vlm
+
+    root = tmp_path_factory.mktemp("tiny_vlm")
+    for family in VLM_FAMILIES:
+        save_tiny_vlm(family, root)
+    return root
+
+
+@pytest.fixture(scope="session")
+def tiny_vlm(tiny_vlm_dir):
+    """``tiny_vlm(family)``: that family's model loaded through probe.models (cached)."""
+    from probe.models import load_model
+
+    loaded: dict = {}
+
+    def get(family: str):
+        if family not in loaded:
+            loaded[family] = load_model(str(tiny_vlm_dir / family), device="cpu", dtype="float32")
+        return loaded[family]
+    return get

@@ -161,7 +161,7 @@ class EmotionDataset:
         return self.targets[target]
 
     def content_hash(self) -> str:
-        """sha256 over ids, texts, groups and targets: identifies the data a store was made from.
+        """sha256 over ids, texts, groups, targets and media paths: identifies a store's data.
 
         Computed once per dataset (the frame is not meant to be mutated after construction).
         """
@@ -169,6 +169,7 @@ class EmotionDataset:
             return self.__dict__["_content_hash"]
         h = hashlib.sha256()
         cols = ["id", "text", "group", *sorted(self.targets)]
+        cols += [c for c in ("image", "audio") if c in self.frame]  # a row's media paths
         for row in self.frame[cols].itertuples(index=False):
             h.update(json.dumps([_jsonable(v) for v in row]).encode())
         self.__dict__["_content_hash"] = h.hexdigest()  # frozen: bypass __setattr__ for the memo

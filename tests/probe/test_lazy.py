@@ -1,0 +1,66 @@
+"""Out-of-core sweeps: Dask over the store's Zarr chunks, under a memory budget."""
+
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pandas as pd
+import pytest
+
+pytest.importorskip("dask")
+
+from probe.evaluate import EvalConfig  # noqa: E402
+from probe.lazy import (MemoryBudgetError, open_lazy, parse_memory, read_sites,  # noqa: E402
+                        sites_per_read)
+from probe.store import open_store  # noqa: E402
+from probe.sweep import _read, probe_store  # noqa: E402
+from tests.conftest import REPO_ROOT  # noqa: E402
+from tests.probe._synthetic_store import make_store  # noqa: E402
+
+KEY = ["site", "layer", "pooling", "estimator", "metric"]
+
+
+def test_lazy_reads_equal_eager_reads_over_the_zarr_chunks(tmp_path):
+    path = make_store(tmp_path / "s.zarr", n=250, layers=4, d=16, block=100, dtype="float16")
+    ds, lazy = open_store(path), open_lazy(path)
+    var = lazy["hook_resid_post"]
+    assert var.data.chunksize == (100, 1, 1, 16)  # the store's own chunks
+    rows = np.sort(np.random.default_rng(0).choice(250, 180, replace=False))
+    for layers in ([0], [1, 3]):
+        a = _read(ds["hook_resid_post"], "mean", layers, rows)
+        b = read_sites(var, "mean", layers, rows)
+        assert b.dtype == np.float32 and np.array_equal(a, b)
+
+
+def test_budget_sizes_jobs_and_refuses_an_impossible_one():
+    assert parse_memory("1.5GiB") == 3 * 2**29 and parse_memory("20MB") == 20_000_000
+    kw = dict(n=1000, width=256, task="classification", n_classes=4, n_folds=5)
+    assert sites_per_read(2**30, **kw) > 100 > sites_per_read(16 * 2**20, **kw) >= 1
+    with pytest.raises(MemoryBudgetError, match="raise --memory"):
+        sites_per_read(2**20, **kw)
+    with pytest.raises(MemoryBudgetError, match="8GiB"):
+        parse_memory("lots")
+
+
+def test_out_of_core_sweep_under_a_ram_cap_equals_the_in_memory_sweep(tmp_path, one_thread):
+    """A child process caps its address space (RLIMIT_AS) 12 MiB above what it uses after
+    warming up, below the store's 18.75 MiB of activations: the out-of-core sweep runs there
+    and gives the in-memory sweep's results; the in-memory sweep fails there."""
+    path = make_store(tmp_path / "big.zarr", n=600, layers=16, d=256, block=200)
+    values = 600 * 16 * 2 * 256 * 4
+    assert values > 12 * 2**20
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "MALLOC_ARENA_MAX": "2",
+           "PYTHONPATH": str(REPO_ROOT)}
+    out = tmp_path / "ooc.csv"
+    child = subprocess.run([sys.executable, "-m", "tests.probe._capped_sweep", str(path), "12",
+                            "6MiB", str(out)], cwd=REPO_ROOT, env=env, capture_output=True,
+                           text=True, timeout=300)
+    assert "out-of-core ok" in child.stdout, (child.returncode, child.stderr[-2000:])
+    assert child.returncode == 0 or child.returncode < 0, "in-memory sweep fit under the cap"
+    config = EvalConfig(n_bootstrap=0, control=False, lexical=False)
+    want = probe_store(path, config=config, progress=False)
+    got = pd.read_csv(out)
+    merged = want.merge(got, on=KEY, suffixes=("_mem", "_ooc"))
+    assert len(merged) == len(want) == len(got) == 16 * 2 * 3 + 3  # + chance rows
+    np.testing.assert_allclose(merged["value_ooc"], merged["value_mem"], rtol=0, atol=1e-6)
