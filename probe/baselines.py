@@ -42,6 +42,7 @@ import re
 from collections.abc import Sequence
 
 import numpy as np
+from threadpoolctl import threadpool_limits
 from sklearn.feature_extraction.text import TfidfVectorizer
 from sklearn.linear_model import LogisticRegression, Ridge
 from sklearn.pipeline import make_pipeline
@@ -222,6 +223,12 @@ def lexical_predictions(
     y = np.asarray(y)
     classes = np.unique(y) if task == "classification" else None
     out = np.zeros((len(y), len(classes))) if classes is not None else np.full(len(y), np.nan)
+    with threadpool_limits(1):  # small solves: on a shared CPU, BLAS threads stall each other
+        return _lexical_folds(texts, y, folds, classes, out, C, alpha)
+
+
+def _lexical_folds(texts, y, folds, classes, out, C, alpha) -> np.ndarray:
+    """Fit the TF-IDF pipeline on each fold's train rows and fill ``out`` for its test rows."""
     for train, test in folds:
         model = LogisticRegression(C=C, max_iter=2000) if classes is not None else Ridge(alpha)
         pipe = make_pipeline(TfidfVectorizer(ngram_range=(1, 2), sublinear_tf=True), model)
