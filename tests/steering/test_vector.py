@@ -125,3 +125,33 @@ def test_vector_set_save_load_and_unknown_emotion(tmp_path, tiny_llama):
         back["anger"]
     with pytest.raises(SteeringError, match="no steering vectors"):
         VectorSet.load(tmp_path / "empty")
+
+
+def test_gguf_export_reads_back_the_same_tensors(tmp_path, tiny_llama):
+    import gguf
+
+    from steering.gguf_export import export_gguf, gguf_layer
+
+    vec = random_vector(tiny_llama, layers=(1, 2), rms=2.5)
+    path = export_gguf(vec, tmp_path / "joy")
+    assert path.name == "joy.gguf"
+    reader = gguf.GGUFReader(str(path))
+    assert bytes(reader.get_field("general.architecture").parts[-1]).decode() == "controlvector"
+    assert bytes(reader.get_field("controlvector.model_hint").parts[-1]).decode() == "llama"
+    assert int(reader.get_field("controlvector.layer_count").parts[-1][0]) == 2
+    got = {t.name: torch.from_numpy(t.data.copy()) for t in reader.tensors}
+    assert sorted(got) == ["direction.1", "direction.2"]
+    for site in vec.sites:  # float32 rms * v, written and read back unchanged
+        want = (2.5 * vec[site].double()).float()
+        assert torch.equal(got[f"direction.{site.layer}"], want)
+    raw = export_gguf(vec, tmp_path / "raw.gguf", strength="absolute")
+    back = {t.name: t.data for t in gguf.GGUFReader(str(raw)).tensors}
+    assert torch.equal(torch.from_numpy(back["direction.1"].copy()), vec[vec.sites[0]])
+    # what llama.cpp cannot express is refused, with the reason
+    assert gguf_layer(Site("hook_resid_pre", 3)) == 2 and gguf_layer(Site("hook_mlp_out", 3)) == 3
+    for bad in (Site("hook_resid_post", 0), Site("hook_attn_out", 2), Site("attn.hook_z", 2, head=1)):
+        with pytest.raises(SteeringError):
+            gguf_layer(bad)
+    with pytest.raises(SteeringError, match="block 0"):
+        export_gguf(random_vector(tiny_llama, layers=(0, 1)), tmp_path / "l0")
+    assert not (tmp_path / "l0.gguf").exists()
