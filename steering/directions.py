@@ -17,7 +17,8 @@ Methods (``X`` = the store's pooled rows at one site and layer, ``e`` an emotion
                        (``e`` minus the neutral rows of the same context, or minus the other
                        emotions' mean there), fitted by scikit-learn PCA, which centres them
 ``pca-center``         repeng's ``pca_center``: PCA of the pair members centred on their pair mean
-``lda``                shrinkage LDA (Ledoit-Wolf), ``e`` vs the rest: ``Sigma^-1 (mu_e - mu_rest)``
+``lda``                shrinkage LDA (Ledoit-Wolf) on every label: ``Sigma^-1 (mu_e - mean of the
+                       other classes' means)``, ``Sigma`` the pooled within-class covariance
 ``probe``              the weight vector of a probe a sweep saved (raw activation space)
 ``prompted``           context-agnostic directions from the model's own prompted replies
                        (:mod:`steering.prompted`)
@@ -154,10 +155,17 @@ def _store_layers(ds, kind: str, layers, prov: dict) -> list[int]:
 
 def _contexts(ds, labels: np.ndarray, context: Sequence[str] | None) -> np.ndarray:
     if context is None:
+        # valence is part of the context when it belongs to the stimulus, not to the emotion:
+        # SEV replies give each (scenario, event valence) in all six emotions; in
+        # emotion-scenarios each emotion's event has one valence per scenario
         context = ["group"]
         if "valence" in ds.coords:
             val = np.asarray(ds["valence"].values).astype(str)
-            if any(len(set(val[labels == e])) > 1 for e in set(labels)):
+            grp = np.asarray(ds["group"].values).astype(str)
+            cells = {}
+            for g, e, v in zip(grp, labels, val):
+                cells.setdefault((g, e), set()).add(v)
+            if any(len(v) > 1 for v in cells.values()):
                 context.append("valence")
     missing = [c for c in context if c not in ds.coords]
     if missing:
@@ -257,14 +265,23 @@ def _pca(X, y, emotions, neutral, ctx, center: bool, **_) -> np.ndarray:
 
 
 def _lda(X, y, emotions, neutral, **_) -> np.ndarray:
+    """One shrinkage LDA per layer on every label (pooled within-class covariance); emotion
+    ``e``'s direction is its discriminant minus the mean of the others':
+    ``Sigma^-1 (mu_e - mean_k mu_k)`` over the other classes ``k``."""
     from sklearn.discriminant_analysis import LinearDiscriminantAnalysis
 
+    keep = y != ""
+    classes = sorted(set(y[keep].tolist()))
     out = np.zeros((len(emotions), X.shape[1], X.shape[2]))
-    for i, e in enumerate(emotions):
-        target = (y == e).astype(int)
-        for j in range(X.shape[1]):
-            lda = LinearDiscriminantAnalysis(solver="lsqr", shrinkage="auto")
-            out[i, j] = lda.fit(X[:, j].astype(np.float64), target).coef_[0]
+    for j in range(X.shape[1]):
+        lda = LinearDiscriminantAnalysis(solver="lsqr", shrinkage="auto")
+        coef = lda.fit(X[keep, j], y[keep]).coef_
+        if len(classes) == 2:  # sklearn keeps one row, for classes[1]
+            coef = np.stack([-coef[0], coef[0]])
+        for i, e in enumerate(emotions):
+            k = classes.index(e)
+            others = np.delete(coef, k, axis=0)
+            out[i, j] = coef[k] - others.mean(0)
     return out
 
 
@@ -286,14 +303,16 @@ def compute(rows: Rows, method: str, *, emotions: Sequence[str] | None = None,
 
 
 def to_vectors(raw: dict[str, np.ndarray], rows: Rows, method: str, *, normalize: bool = True,
-               extra: dict | None = None) -> VectorSet:
-    """Wrap ``{emotion: [layers, d]}`` as steering vectors with provenance and typical RMS."""
+               extra: dict | None = None, rms: np.ndarray | None = None) -> VectorSet:
+    """Wrap ``{emotion: [layers, d]}`` as steering vectors with provenance and typical RMS
+    (``rms`` per layer; default: the RMS of ``rows``)."""
     import torch
 
     import probe
 
     sites = [Site(rows.kind, layer) if layer is not None else Site(rows.kind) for layer in rows.layers]
-    rms = np.sqrt((rows.X.astype(np.float64) ** 2).mean(axis=(0, 2)))
+    if rms is None:
+        rms = np.sqrt((rows.X.astype(np.float64) ** 2).mean(axis=(0, 2)))
     out = VectorSet()
     for e, arr in raw.items():
         norms = np.linalg.norm(arr, axis=-1)
@@ -416,15 +435,13 @@ def probe_directions(run_dir, *, site: str = "resid_post", layers: Iterable[int]
     raw = {e: np.stack([p.coef[classes.index(e)] for p in probes]) for e in emotions}
     rms = np.array([np.sqrt(np.mean(p.mean.astype(np.float64) ** 2 + p.scale.astype(np.float64) ** 2))
                     for p in probes])
-    meta = {k: saved[k] for k in ("model", "model_id", "weight_fingerprint", "dataset",
+    meta = {k: saved[k] for k in ("model", "model_id", "weight_fingerprint", "chat_template", "dataset",
                                   "dataset_hash", "store") if k in saved}
     rows = Rows(X=np.zeros((0, len(layers), probes[0].coef.shape[1]), np.float32),
                 labels=np.array([], dtype=str), contexts=np.array([], dtype=str), layers=layers,
                 kind=kind, pooling=pooling, target=saved.get("target", "emotion"), meta=meta)
-    out = to_vectors(raw, rows, "probe", normalize=normalize, extra={"run_dir": str(run_dir)})
-    for vec in out.values():
-        vec.meta["rms"] = {str(Site(kind, layer)): float(r) for layer, r in zip(layers, rms)}
-        vec.meta.pop("n_rows", None)
+    out = to_vectors(raw, rows, "probe", normalize=normalize, rms=rms,
+                     extra={"run_dir": str(run_dir), "n_rows": saved.get("n_train")})
     return out
 
 
