@@ -47,14 +47,17 @@ def cosine_figure(vectors: Mapping[str, SteeringVector], stem: str | os.PathLike
     sites = [s for s in first.sites if all(s in v.directions for v in vectors.values())]
     shown = _pick(sites, n_layers)
     ncols = max(len(shown), len(names))
-    fig, axes = plt.subplots(2, ncols, figsize=(2.6 * ncols + 1, 5.8), squeeze=False)
+    fig, axes = plt.subplots(2, ncols, figsize=(2.7 * ncols + 1.5, 6.2), squeeze=False,
+                             gridspec_kw={"wspace": 0.25, "hspace": 0.45})
     for ax in axes.flat:
         ax.set_visible(False)
     im = None
-    for ax, site in zip(axes[0], shown):
+    for i, (ax, site) in enumerate(zip(axes[0], shown)):
         labels, m = cosine_matrix(vectors, site)
         im = _heat(ax, m.numpy(), labels, labels, annotate=len(labels) <= 8)
         ax.set_title(f"layer {site.layer}" if site.layer is not None else str(site), fontsize=9)
+        if i:
+            ax.set_yticklabels([])
     for ax, name in zip(axes[1], names):
         part = vectors[name]
         part = SteeringVector({s: part.directions[s] for s in sites}, part.meta)

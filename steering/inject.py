@@ -108,17 +108,17 @@ class Setting:
         if norm == 0.0:
             return None
         u = v / norm
+        if self.mode == "ablate":
+            return u, 0.0, -1.0, False
+        s = float(self.scale)
+        if self.mode == "scale":
+            return u, 0.0, s - 1.0, False
         c = self.vector.rms(site) if self.strength == "rms" else 1.0
         tok = self.strength == "token-rms"
-        s = float(self.scale)
         if self.mode == "add":
             n = max(1, len(self.vector.layers)) if self.spread else 1
             return u, s * c * norm / n, 0.0, tok
-        if self.mode == "ablate":
-            return u, 0.0, -1.0, False
-        if self.mode == "clamp":
-            return u, s * c, -1.0, tok
-        return u, 0.0, s - 1.0, False
+        return u, s * c, -1.0, tok  # clamp
 
 
 # ------------------------------------------------------------------------------ tables
@@ -209,15 +209,15 @@ class SettingTable:
 
     @staticmethod
     def _rows(table: dict, rows: Tensor, value: Tensor):
-        key = (rows.data_ptr(), tuple(rows.shape), value.dtype, value.device)
+        """The per-row ``u, a, b, tok`` (cached while the row assignment stays the same)."""
+        key = (rows.cpu().numpy().tobytes(), value.dtype, value.device)
         hit = table["cache"].get(key)
-        if hit is None or not torch.equal(hit[0], rows):
+        if hit is None:
             r = rows.cpu()
-            tensors = [table[k][r].to(device=value.device, dtype=value.dtype) for k in ("u", "a", "b")]
-            tensors.append(table["tok"][r].to(value.device))
-            table["cache"] = {key: (rows.clone(), tensors)}
-            return tensors
-        return hit[1]
+            hit = [table[k][r].to(device=value.device, dtype=value.dtype) for k in ("u", "a", "b")]
+            hit.append(table["tok"][r].to(value.device))
+            table["cache"] = {key: hit}
+        return hit
 
     def _mask(self, ctx: HookContext, rows: Tensor, like: Tensor) -> Tensor:
         if len(self.modes) == 1:
@@ -390,8 +390,8 @@ def _prefix_cache(lm, batch, *, repeats: int, table: SettingTable) -> dict:
                       batch.position_ids[:, :-1])
     table.active = False
     try:
-        out = lm.model(input_ids=ids, attention_mask=mask, position_ids=pos, use_cache=True,
-                       logits_to_keep=1)
+        out = lm.arch.base(lm.model)(input_ids=ids, attention_mask=mask, position_ids=pos,
+                                     use_cache=True)
     finally:
         table.active = True
     cache = getattr(out, "cache", None) or getattr(out, "past_key_values", None)

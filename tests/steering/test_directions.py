@@ -175,3 +175,42 @@ def test_probe_directions_from_saved_probes(tmp_path):
         probe_directions(tmp_path, layers=[9])
     with pytest.raises(SteeringError, match="no saved probes for hook_mlp_out"):
         probe_directions(tmp_path, site="mlp_out")
+
+
+def test_prompted_directions_generate_once_and_read_where_asked(tiny_llama, tmp_path, monkeypatch):
+    from steering import prompted
+
+    lm = tiny_llama
+    prompts = ["The meeting is at noon in room four.", "The letter arrived this morning.",
+               "We won the final!"]
+    kw = dict(method="prompted", prompts=prompts, emotions=["anger", "joy"], max_new_tokens=4,
+              cache_dir=tmp_path, layers=[1, 2])
+    vecs = directions(lm, read="prompt", **kw)
+    assert sorted(vecs) == ["anger", "joy"] and vecs["joy"].meta["method"] == "prompted"
+    assert vecs["joy"].meta["n_generated"] == 6 and vecs["joy"].meta["read"] == "prompt"
+    cached = list((tmp_path / lm.spec.alias).glob("prompted-*.json"))
+    assert len(cached) == 1
+
+    def boom(*a, **k):
+        raise AssertionError("generated again instead of reusing the cached replies")
+
+    monkeypatch.setattr("probe.forward.generate_batch", boom)
+    again = directions(lm, read="prompt", **kw)
+    assert torch_equal(again["joy"], vecs["joy"])
+    at_reply = directions(lm, read="generation", **kw)
+    assert not torch_equal(at_reply["joy"], vecs["joy"])
+    # anger and joy are antipodal: with two emotions, context-agnostic gives +-the same vector
+    s = at_reply["joy"].sites[0]
+    assert float(at_reply["joy"][s] @ at_reply["anger"][s]) == pytest.approx(-1.0, abs=1e-5)
+    judged = directions(lm, read="prompt", accept=lambda text, e: e == "joy" or "0" not in text, **kw)
+    assert judged["joy"].meta["n_accepted"] <= 6
+    with pytest.raises(SteeringError, match="rejected all|no context"):
+        directions(lm, read="prompt", accept=lambda text, e: False, **kw)
+    with pytest.raises(SteeringError, match="loaded model"):
+        prompted.prompted_directions("not a model")
+
+
+def torch_equal(a, b) -> bool:
+    import torch
+
+    return all(torch.equal(a[s], b[s]) for s in a.sites)
