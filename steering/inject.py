@@ -27,7 +27,8 @@ table of directions per site, indexed by row. A strength sweep is one batched ``
 (rows map to settings in blocks of ``rows_per_setting``); :func:`generate_settings` does the
 bookkeeping (rows sorted by prompt length, batches, the KV cache, one prompt prefix per prompt
 shared by all its settings when no setting touches the prompt before its last token).
-A value that turns NaN or inf (or so large that the next norm overflows) raises :class:`~steering.vector.SteeringError` at once.
+A value that turns NaN or inf (or so large that the next norm overflows) raises
+:class:`~steering.vector.SteeringError` at once.
 """
 
 from __future__ import annotations
@@ -280,15 +281,15 @@ def _nonfinite_message(site: Site, settings: Sequence[Setting], rows: Tensor, va
     desc = ", ".join(f"{settings[i].label or settings[i].mode} scale={settings[i].scale:g}"
                      for i in used if settings[i].steered)
     return (f"steering at {site} produced NaN/inf values, or values so large that the next "
-            f"layer norm overflows ({value.dtype}; settings: {desc or 'none'}); lower the scale, or use strength='rms' so the scale is relative "
-            "to the site's typical norm")
+            f"layer norm overflows ({value.dtype}; settings: {desc or 'none'}); lower the "
+            "scale, or use strength='rms' so the scale is relative to the site's typical norm")
 
 
 # ------------------------------------------------------------------------------ generation
 def generate_settings(lm, prompts: Sequence[str], settings: Sequence[Setting], *,
                       max_new_tokens: int = 48, batch_size: int = 32,
                       system_prompt: str | None = None, reuse_prefix: bool | None = None,
-                      **generate_kwargs) -> list[list[str]]:
+                      match: str = "architecture", **generate_kwargs) -> list[list[str]]:
     """Generate every prompt under every setting, many settings per batch; ``[setting][prompt]``.
 
     Rows are ``(setting, prompt)`` pairs; a batch holds several prompts, each with all settings
@@ -305,6 +306,8 @@ def generate_settings(lm, prompts: Sequence[str], settings: Sequence[Setting], *
         batch_size: Rows per ``generate`` call.
         system_prompt: Replace the chat template's default system prompt.
         reuse_prefix: Share prompt prefixes (default: whenever the settings allow it).
+        match: How closely each vector's model must match ``lm`` (``"exact"``,
+            ``"architecture"`` or ``"none"``; see :meth:`SteeringVector.check`).
         **generate_kwargs: Passed to ``model.generate`` (``repetition_penalty``,
             ``no_repeat_ngram_size``, ``do_sample``, ``min_new_tokens``, ...).
 
@@ -321,7 +324,7 @@ def generate_settings(lm, prompts: Sequence[str], settings: Sequence[Setting], *
     table = SettingTable(settings)
     for st in table.settings:
         if st.vector is not None:
-            st.vector.check(lm, match="none")
+            st.vector.check(lm, match=match)
     enc = encode(lm.tokenizer, prompts, chat_template=lm.chat_template,
                  system_prompt=system_prompt if lm.chat_template else None)
     allowed = prefix_reusable(table.settings) and min(enc.lengths) > 1 and not active_managers(lm.model)

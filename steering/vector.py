@@ -232,7 +232,7 @@ class SteeringVector:
     @contextmanager
     def apply(self, lm, *, scale: float = 1.0, mode: str = "add",
               positions: str | range = "last-prompt+generated", strength: Strength = "rms",
-              spread: bool = False, match: Match = "architecture"):
+              spread: bool = False, match: Match = "exact"):
         """Steer ``lm`` inside a ``with`` block (hooks removed on exit, whatever happens).
 
         Args:
@@ -244,7 +244,8 @@ class SteeringVector:
                 (Wang et al.'s ``last_k=1``), ``"last-prompt"`` or a ``range`` of token indices.
             strength: ``"rms"`` (x the site's typical RMS), ``"absolute"`` or ``"token-rms"``.
             spread: Divide the strength of ``"add"`` evenly over the vector's layers.
-            match: How closely the model must match the vector's (see :meth:`check`).
+            match: How closely the model must match the vector's (see :meth:`check`); a vector
+                without a weight fingerprint (made by hand) is checked for shapes only.
 
         Yields:
             The :class:`probe.hooks.HookManager`.

@@ -121,3 +121,31 @@ def test_real_model_steer_uses_the_shipped_operating_point(capsys, tmp_path):
     rec = json.loads(js.read_text())
     assert rec["operating_point"]["scale"] == point.scale and rec["vector"]["layers"] == list(point.layers)
     assert rec["steered"][0] != rec["unsteered"][0]
+
+
+def test_shipped_operating_points_load_and_can_be_replaced(tmp_path):
+    from steering.operating_points import (
+        OperatingPoint,
+        load_operating_points,
+        operating_point,
+        write_operating_point,
+    )
+    from steering.vector import SteeringError
+
+    table = load_operating_points()
+    shipped = table["models"]["smollm2-135m"]["emotions"]
+    assert sorted(shipped) == ["anger", "disgust", "fear", "happiness", "sadness", "surprise"]
+    for e in shipped:
+        point = operating_point("smollm2-135m", e)
+        assert point.provisional and point.layers == tuple(range(10, 20)) and 0 < point.scale <= 4
+        assert "provisional" in point.describe()
+    path = tmp_path / "points.json"
+    new = OperatingPoint(model="m", emotion="joy", method="mean-diff", site="resid_post",
+                         layers=(3, 4), scale=1.5, provisional=False, source="steer-eval run x")
+    write_operating_point(new, weight_fingerprint="abc", path=path)
+    assert operating_point("m", "joy", path=path) == new
+    with pytest.raises(SteeringError, match="known: \\['joy'\\]"):
+        operating_point("m", "fear", path=path)
+    path.write_text("{not json")
+    with pytest.raises(SteeringError, match="not valid JSON"):
+        load_operating_points(path)

@@ -217,3 +217,24 @@ def test_bad_input_gets_clear_errors(tiny_llama, tiny_dir):
     with pytest.raises(SteeringError, match="typical RMS"):
         with no_rms.apply(lm, scale=1.0):
             pass
+
+
+@pytest.mark.slow
+def test_smollm2_grid_equals_one_setting_at_a_time():
+    """The embedded model: a strength grid in one batch (with prefix reuse) gives the texts that
+    steering one setting at a time gives, and the KV cache changes no token."""
+    from probe.models import load_model
+
+    lm = load_model("smollm2-135m", device="cpu", dtype="float32")
+    vec = random_vector(lm, layers=range(10, 20), seed=5, rms=None)
+    prompts = ["Tell me about your day.", "What is a good name for a cat?"]
+    settings = [Setting(vector=vec, scale=s, strength="absolute") for s in (0.0, 4.0, 12.0)]
+    kw = dict(max_new_tokens=10, min_new_tokens=10)
+    grid = generate_settings(lm, prompts, settings, **kw)
+    for st, texts in zip(settings, grid):
+        with vec.apply(lm, scale=st.scale, strength="absolute"), torch.no_grad():
+            assert generate_batch(lm, prompts, **kw).texts == texts
+            cached = generate_batch(lm, prompts, **kw).new_ids
+            full = generate_batch(lm, prompts, use_cache=False, **kw).new_ids
+        assert torch.equal(cached, full)
+    assert grid[0] == lm.generate(prompts, **kw) and grid[2] != grid[0]
