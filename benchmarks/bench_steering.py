@@ -4,7 +4,8 @@ Part 1: the same prompts, batch and KV cache, greedy, exactly ``--new`` tokens p
 (``min_new_tokens`` pins the length, so steering cannot change how much is generated), timed
 unsteered (plain ``model.generate``) and steered (a unit direction at each of layers 10-19 added
 at the last prompt token and every generated token), alternating A/B over ``--repeats``
-rounds; medians and their ratio per batch size.
+rounds; per batch size the ratio of medians, the median of the per-round ratios (each
+round's two runs see about the same machine load) and the ratio of the fastest runs.
 
 Part 2: a sweep of 6 strengths over the same prompts, as one batched
 :func:`steering.inject.generate_settings` call (each row its own strength; the prompt prefix
@@ -73,8 +74,10 @@ def overhead(lm, vec, batch: int, new: int, repeats: int, scale: float) -> dict:
         a.append(timed(plain))
         b.append(timed(steered))
     ma, mb = statistics.median(a), statistics.median(b)
+    paired = statistics.median(y / x for x, y in zip(a, b))
     return {"batch": batch, "new_tokens": new, "repeats": repeats, "unsteered_s": a, "steered_s": b,
             "unsteered_median_s": ma, "steered_median_s": mb, "ratio": mb / ma,
+            "paired_ratio_median": paired, "ratio_of_minima": min(b) / min(a),
             "unsteered_tok_s": batch * new / ma, "steered_tok_s": batch * new / mb}
 
 
@@ -134,7 +137,9 @@ def main() -> None:
         results["overhead"].append(r)
         print(f"batch {b:3d}: unsteered {r['unsteered_median_s']:6.2f} s ({r['unsteered_tok_s']:6.1f} "
               f"tok/s)  steered {r['steered_median_s']:6.2f} s ({r['steered_tok_s']:6.1f} tok/s)  "
-              f"ratio {r['ratio']:.3f}  (median of {args.repeats})")
+              f"ratio of medians {r['ratio']:.3f}, median of paired ratios "
+              f"{r['paired_ratio_median']:.3f}, ratio of minima {r['ratio_of_minima']:.3f} "
+              f"({args.repeats} A/B rounds)")
     if args.sweep_prompts:
         s = sweep(lm, vec, args.sweep_prompts, args.new, args.repeats)
         results["sweep"] = s

@@ -256,12 +256,20 @@ def cmd_steer(args) -> int:
     lm = _load_model(args)
     point = None
     explicit = args.vector or args.vectors
-    if args.strength is None or (args.layers is None and not explicit):
-        point = operating_point(lm.spec.alias, args.emotion)
-        _say(args, f"operating point: {point.describe()}")
+    if args.strength is None or args.layers is None:
+        try:
+            point = operating_point(lm.spec.alias, args.emotion)
+        except SteeringError:
+            if args.strength is None or not explicit:
+                raise
+        if point is not None:
+            _say(args, f"operating point: {point.describe()}")
     layers = parse_layers(args.layers, lm.n_layers) if args.layers else (
-        list(point.layers) if point and not explicit else None)
+        list(point.layers) if point else None)
     vec = _steer_vector(args, lm, point, layers)
+    if layers is None and len(vec.layers) > 1:
+        _say(args, f"steering every layer of the vector ({vec.layers[0]}-{vec.layers[-1]}); "
+                   "--layers chooses fewer")
     setting = Setting(vector=vec, scale=args.strength if args.strength is not None else point.scale,
                       mode=args.mode or (point.mode if point else "add"),
                       positions=args.positions or (point.positions if point else "last-prompt+generated"),

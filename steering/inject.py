@@ -140,6 +140,7 @@ class SettingTable:
         self.rows_per_setting = rows_per_setting
         self.rows: Tensor | None = None
         self.active = True
+        self._zeros: dict[int, Tensor] = {}
         modes = [_pos_key(s.positions) for s in self.settings]
         self.modes = list(dict.fromkeys(modes))
         self.mode_index = torch.tensor([self.modes.index(m) for m in modes])
@@ -170,7 +171,9 @@ class SettingTable:
                 raise SteeringError(f"{len(self.rows)} row assignments for a batch of {batch}")
             return self.rows
         if len(self.settings) == 1:
-            return torch.zeros(batch, dtype=torch.long)
+            if batch not in self._zeros:
+                self._zeros[batch] = torch.zeros(batch, dtype=torch.long)
+            return self._zeros[batch]
         per = self.rows_per_setting
         if per is None:
             if batch % len(self.settings):
@@ -195,16 +198,17 @@ class SettingTable:
             if flat.shape[-1] != u.shape[-1]:
                 raise SteeringError(f"the vector at {site} has {u.shape[-1]} dims; the model's "
                                     f"value there has {flat.shape[-1]}")
-            coef = a[:, None].expand(flat.shape[:2])
+            mask = self._mask(ctx, rows, flat)
+            coef = a[:, None] * mask  # [batch, pos]: what each position moves along u
             if table["any_tok"]:
                 rms = flat.float().pow(2).mean(-1).sqrt().to(flat.dtype)
                 coef = torch.where(tok[:, None], coef * rms, coef)
             if table["any_b"]:
-                coef = coef + b[:, None] * torch.einsum("btd,bd->bt", flat, u)
-            coef = coef * self._mask(ctx, rows, flat)
-            new = flat + coef[..., None] * u[:, None, :]
-            if not bool(new.abs().amax() <= _limit(new)):  # NaN compares False
+                coef = coef + (b[:, None] * mask) * torch.einsum("btd,bd->bt", flat, u)
+            # |u| = 1, so |h'| <= |h| + |coef|: checking the [batch, pos] coefficients is enough
+            if not bool(coef.abs().amax() <= _limit(flat)):  # NaN compares False
                 raise SteeringError(_nonfinite_message(site, self.settings, rows, value))
+            new = torch.addcmul(flat, coef[..., None], u[:, None, :])
             return new.reshape(value.shape)
         return fn
 
@@ -270,10 +274,11 @@ def prefix_reusable(settings: Sequence[Setting]) -> bool:
 
 
 def _limit(value: Tensor) -> float:
-    """Largest magnitude whose mean square over the last dim stays finite in float32 (what the
-    next RMS/LayerNorm computes); beyond it the model silently computes garbage."""
-    big = torch.finfo(torch.float32).max if value.element_size() < 4 else torch.finfo(value.dtype).max
-    return math.sqrt(big / value.shape[-1])
+    """Largest shift that keeps the value finite in its dtype and its square inside the float32
+    sum of squares the next RMS/LayerNorm computes (with room for the value itself); beyond it
+    the model silently computes garbage."""
+    norm_max = max(torch.finfo(torch.float32).max, torch.finfo(value.dtype).max)
+    return min(math.sqrt(norm_max), torch.finfo(value.dtype).max) / 2
 
 
 def _nonfinite_message(site: Site, settings: Sequence[Setting], rows: Tensor, value: Tensor) -> str:
