@@ -7,6 +7,9 @@ at the last prompt token and every generated token), alternating A/B over ``--re
 rounds; per batch size the ratio of medians, the median of the per-round ratios (each
 round's two runs see about the same machine load) and the ratio of the fastest runs.
 
+Then the time spent inside the steering hooks as a share of a steered call (a ratio within
+one call, so it does not depend on the machine's load as the A/B timings do).
+
 Part 2: a sweep of 6 strengths over the same prompts, as one batched
 :func:`steering.inject.generate_settings` call (each row its own strength; the prompt prefix
 computed once per prompt) vs. six calls of ``vec.apply(...)`` + ``lm.generate``.
@@ -81,6 +84,32 @@ def overhead(lm, vec, batch: int, new: int, repeats: int, scale: float) -> dict:
             "unsteered_tok_s": batch * new / ma, "steered_tok_s": batch * new / mb}
 
 
+def hook_share(lm, vec, batch: int, new: int, scale: float) -> dict:
+    """Time spent inside the steering hooks as a share of the steered ``generate`` call: a
+    within-run fraction, so the machine's load cancels out."""
+    from steering.inject import steering_hooks
+
+    prompts = (PROMPTS * ((batch + len(PROMPTS) - 1) // len(PROMPTS)))[:batch]
+    inside = [0.0]
+
+    def timed_hook(fn):
+        def wrapper(value, ctx):
+            t = time.perf_counter()
+            try:
+                return fn(value, ctx)
+            finally:
+                inside[0] += time.perf_counter() - t
+        return wrapper
+
+    hooks = steering_hooks(Setting(vector=vec, scale=scale, strength="absolute"), lm)
+    with lm.hooks({s: timed_hook(f) for s, f in hooks.items()}):
+        lm.generate(prompts, max_new_tokens=new, min_new_tokens=new)  # warm-up
+        inside[0] = 0.0
+        total = timed(lambda: lm.generate(prompts, max_new_tokens=new, min_new_tokens=new))
+    return {"batch": batch, "inside_hooks_s": inside[0], "generate_s": total,
+            "share": inside[0] / total}
+
+
 def sweep(lm, vec, n_prompts: int, new: int, repeats: int) -> dict:
     prompts = PROMPTS[:n_prompts]
     strengths = [0.5, 1.0, 2.0, 4.0, 8.0, 16.0]
@@ -118,7 +147,8 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--batches", default="1,16", help="batch sizes (default: %(default)s)")
     ap.add_argument("--new", type=int, default=48, help="new tokens per row (default: %(default)s)")
-    ap.add_argument("--repeats", type=int, default=5, help="A/B rounds (default: %(default)s)")
+    ap.add_argument("--repeats", type=int, default=5,
+                    help="A/B rounds; 0 skips the A/B timing (default: %(default)s)")
     ap.add_argument("--sweep-prompts", type=int, default=4,
                     help="prompts in the strength sweep, 0 to skip (default: %(default)s)")
     ap.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's)")
@@ -132,7 +162,7 @@ def main() -> None:
     results = {"threads": torch.get_num_threads(), "overhead": [], "sweep": None}
     print(f"SmolLM2-135M, fp32, CPU, {torch.get_num_threads()} threads; steering: layers 10-19, "
           f"positions last-prompt+generated; {args.new} new tokens per row")
-    for b in (int(x) for x in args.batches.split(",")):
+    for b in (int(x) for x in args.batches.split(",")) if args.repeats else ():
         r = overhead(lm, vec, b, args.new, args.repeats, scale)
         results["overhead"].append(r)
         print(f"batch {b:3d}: unsteered {r['unsteered_median_s']:6.2f} s ({r['unsteered_tok_s']:6.1f} "
@@ -140,8 +170,14 @@ def main() -> None:
               f"ratio of medians {r['ratio']:.3f}, median of paired ratios "
               f"{r['paired_ratio_median']:.3f}, ratio of minima {r['ratio_of_minima']:.3f} "
               f"({args.repeats} A/B rounds)")
+    results["hook_share"] = []
+    for b in (int(x) for x in args.batches.split(",")):
+        h = hook_share(lm, vec, b, args.new, scale)
+        results["hook_share"].append(h)
+        print(f"batch {b:3d}: time inside the 10 steering hooks {h['inside_hooks_s']:.3f} s of "
+              f"{h['generate_s']:.2f} s steered generate = {100 * h['share']:.2f}%")
     if args.sweep_prompts:
-        s = sweep(lm, vec, args.sweep_prompts, args.new, args.repeats)
+        s = sweep(lm, vec, args.sweep_prompts, args.new, max(1, args.repeats))
         results["sweep"] = s
         m = s["median_s"]
         print(f"sweep of 6 strengths x {s['prompts']} prompts: one batched call {m['one_call']:.2f} s "

@@ -26,7 +26,7 @@ EPILOG_DIRECTIONS = """examples:
 """
 EPILOG_STEER = """examples:
   probe steer --emotion fear "How was your day?"                  # shipped operating point
-  probe steer --emotion happiness --strength 6 --layers 10-19 "Tell me about your day."
+  probe steer --emotion happiness --strength 2 --layers 10-19 "Tell me about your day."
   probe steer --emotion anger --vectors runs/directions --strength 2 --json out.json "Hi" "Hello"
 """
 
@@ -289,7 +289,7 @@ def cmd_steer(args) -> int:
 
 def _steer_vector(args, lm, point, layers):
     from steering.directions import directions
-    from steering.vector import SteeringVector, VectorSet
+    from steering.vector import SteeringError, SteeringVector, VectorSet
 
     if args.vector:
         vec = SteeringVector.load(args.vector, lm, match=args.match)
@@ -300,6 +300,8 @@ def _steer_vector(args, lm, point, layers):
         site = args.site or (point.site if point else "resid_post")
         pooling = point.pooling if point else args.pooling
         if method == "probe":
+            if not args.run:
+                raise SteeringError("--method probe needs --run (a `probe sweep` output folder)")
             source = args.run
         elif method == "prompted":
             source = lm

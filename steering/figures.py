@@ -120,9 +120,11 @@ def trace_figure(trace, stem: str | os.PathLike, *, row: int = 0, reader: str | 
     import matplotlib.pyplot as plt
 
     reader = reader or trace.readers[0]
-    tokens, values, labels, kind = trace.matrix(row, reader)
-    tokens, values = tokens[-max_tokens:], values[-max_tokens:]
-    start = len(trace.tokens[row]) - len(tokens)
+    _, _, labels, kind = trace.matrix(row, reader)
+    values = trace.values[reader][row]
+    read = np.flatnonzero(~np.isnan(values).any(1))[-max_tokens:]  # token indices with a reading
+    tokens, values = [trace.tokens[row][i] for i in read], values[read]
+    start = int(read[0])
     fig, (ax, top) = plt.subplots(2, 1, figsize=(min(24, 1.5 + 0.28 * len(tokens)), 1.6 + 0.32 * len(labels)),
                                   gridspec_kw={"height_ratios": [len(labels), 1.2]}, sharex=True)
     if kind == "probability":
@@ -138,13 +140,22 @@ def trace_figure(trace, stem: str | os.PathLike, *, row: int = 0, reader: str | 
     top.bar(range(len(tokens)), values.max(1), color=[colors(b % 10) for b in best])
     top.set_yticks([])
     top.set_ylabel("top", fontsize=7)
+    from matplotlib.patches import Patch
+
+    top.legend(handles=[Patch(color=colors(i % 10), label=lab) for i, lab in enumerate(labels)],
+               fontsize=6, ncol=len(labels), loc="lower center", bbox_to_anchor=(0.5, 1.0),
+               frameon=False)
     prompt_end = trace.prompt_lengths[row] - start
     for a in (ax, top):
         if 0 < prompt_end < len(tokens):
             a.axvline(prompt_end - 0.5, color="red", lw=1)
     top.set_xticks(range(len(tokens)), [_show(t) for t in tokens], rotation=90, fontsize=7)
     fig.colorbar(im, ax=[ax, top], shrink=0.8, label=cbar_label, pad=0.01)
-    ax.set_title(title or f"{reader}: per-token reading (red line: generation starts)", fontsize=9)
+    steer = trace.steer
+    what = (f"steered: {steer['emotion']} x{steer['scale']:g} {steer['strength']}, layers "
+            f"{steer['layers'][0]}-{steer['layers'][-1]}" if steer else "unsteered")
+    ax.set_title(title or f"{reader}, {what}: reading at each token (red line: first generated "
+                 "token)", fontsize=9)
     return _save(fig, stem)
 
 
