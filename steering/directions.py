@@ -214,8 +214,10 @@ def _context_means(X, y, ctx, labels: Sequence[str]) -> tuple[np.ndarray, list[s
             keep.append(c)
             means.append(np.stack([X[inside & (y == e)].mean(0) for e in labels]))
     if not keep:
-        raise SteeringError(f"no context holds rows of every emotion {list(labels)}; check the "
-                            "context coordinates (context=[...]) or the emotions")
+        raise SteeringError(f"no context (scenario) holds rows of every emotion {list(labels)}, "
+                            "which context-agnostic directions need: use the whole dataset (not "
+                            "a --limit subset), fewer emotions, other context coordinates "
+                            "(context=[...]), or --method mean-diff")
     return np.stack(means), keep
 
 

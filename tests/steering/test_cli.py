@@ -106,10 +106,17 @@ def test_real_model_steer_uses_the_shipped_operating_point(capsys, tmp_path):
     """SmolLM2 with no --strength/--layers: the operating point picks method, layers, strength."""
     from steering.operating_points import operating_point
 
+    from probe.data.loaders import bundled_scenarios_path
+
     point = operating_point("smollm2-135m", "fear")
     cache = tmp_path / "cache"
     lo, hi = min(point.layers), max(point.layers)
-    code, out, err = _run(capsys, "cache", "--limit", "70", "--cache-dir", cache, "--sites",
+    # the first 10 scenarios, whole (context-agnostic directions need every emotion per scenario)
+    subset = tmp_path / "scenarios"
+    subset.mkdir()
+    lines = (bundled_scenarios_path() / "stimuli.jsonl").read_text().splitlines()
+    (subset / "stimuli.jsonl").write_text("\n".join(lines[:70]) + "\n")
+    code, out, err = _run(capsys, "cache", "--dataset", subset, "--cache-dir", cache, "--sites",
                           f"blocks.{lo}-{hi}.hook_resid_post", "--quiet")
     assert code == 0, err
     store = out.split("store: ")[1].split()[0]
