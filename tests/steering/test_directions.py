@@ -101,7 +101,7 @@ def test_method_errors():
     compute(lonely, "context-agnostic")  # one complete context is enough
     first = np.isin(rows.contexts, [f"s{i}" for i in range(12)])
     split = rows.select(~((first & (rows.labels == "joy")) | (~first & (rows.labels == "fear"))))
-    with pytest.raises(SteeringError, match="no context holds"):
+    with pytest.raises(SteeringError, match=r"no context \(scenario\) holds"):
         compute(split, "context-agnostic")
     with pytest.raises(SteeringError, match="unknown method"):
         directions("x", method="magic")
