@@ -66,7 +66,7 @@ def happiness_direction(lm) -> dict[int, torch.Tensor]:
     for _, block in iter_blocks(lm, enc, sites, ["last"], batch_size=16, block_size=512):
         for s in sites:
             acts[s].append(block[s][:, 0])
-    is_happy = torch.as_tensor((ds.frame["emotion"] == "happiness").to_numpy())
+    is_happy = torch.tensor((ds.frame["emotion"] == "happiness").to_numpy())
     dirs = {}
     for s in sites:
         x = torch.cat(acts[s])
@@ -362,8 +362,9 @@ def cmd_fixtures(out: Path) -> None:
     folder = Path(__file__).resolve().parents[1] / "tests" / "steering" / "fixtures"
     folder.mkdir(parents=True, exist_ok=True)
     keep = ("condition", "alpha", "prompt_id", "prompt", "reply")
-    sets = {"degenerate_steered.jsonl": [g for g in gens if g["condition"].startswith("steer")
-                                         and g["alpha"] >= 4],
+    steered = [g for g in gens if g["condition"].startswith("steer") and g["alpha"] >= 4]
+    unique = list({g["reply"]: g for g in steered}.values())  # many replies are identical
+    sets = {"degenerate_steered.jsonl": unique,
             "unsteered_test_half.jsonl": _setting(gens, "unsteered", split="test")}
     for name, rows in sets.items():
         with open(folder / name, "w") as fh:

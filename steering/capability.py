@@ -132,7 +132,8 @@ class CapabilityResult:
 
 
 def evaluate_capability(lm, items: Sequence[MCItem] | None = None, *, scoring: Scoring = "text",
-                        batch_size: int = 16, n_boot: int = 2000, seed: int = 0) -> CapabilityResult:
+                        batch_size: int = 16, n_boot: int = 2000,
+                        seed: int = 0) -> CapabilityResult:
     """Score every item; accuracy (95% bootstrap CI over items) against chance (mean 1/options)."""
     items = list(items) if items is not None else load_items()
     scores = option_scores(lm, items, scoring=scoring, batch_size=batch_size)

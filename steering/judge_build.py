@@ -57,7 +57,7 @@ class JudgeConfig:
     C: float = 1.0
     class_weight: Literal["balanced"] | None = "balanced"
     max_iter: int = 3000
-    word_list_min_df: int = 3
+    word_list_min_df: int = 1
     limit: int | None = None  # first N training rows per source (tests, quick checks)
 
 
@@ -91,7 +91,8 @@ def load_source(spec: str, data_root: str | Path | None = None) -> Labelled:
     if name not in SOURCE_FOLDERS:
         raise JudgeError(f"unknown judge source {name!r}; choose from {', '.join(SOURCE_FOLDERS)}")
     if not path:
-        root = data_root or os.environ.get("EMOPROBE_SHARED_DATA") or os.environ.get("EMOPROBE_DATA")
+        root = (data_root or os.environ.get("EMOPROBE_SHARED_DATA")
+                or os.environ.get("EMOPROBE_DATA"))
         if not root:
             raise JudgeError(f"where is {name}? pass {name}:/path/to/{SOURCE_FOLDERS[name]} or "
                              "--data ROOT (the folder holding it), or set EMOPROBE_DATA")
@@ -148,8 +149,8 @@ def fit_judge(train: pd.DataFrame, cfg: JudgeConfig = JudgeConfig()):
     for name, (vec, params) in _vectorizers(cfg).items():
         mats.append(vec.fit_transform(train["text"]))
         vocab = sorted(vec.vocabulary_, key=vec.vocabulary_.get)
-        blocks.append({"name": name, "params": {**params, "ngram_range": list(params["ngram_range"])},
-                       "vocabulary": vocab})
+        params = {**params, "ngram_range": list(params["ngram_range"])}
+        blocks.append({"name": name, "params": params, "vocabulary": vocab})
         tensors[f"idf.{name}"] = vec.idf_.astype(np.float32)
     clf = LogisticRegression(C=cfg.C, class_weight=cfg.class_weight, max_iter=cfg.max_iter)
     clf.fit(sp.hstack(mats, format="csr"), train["y"].to_numpy())
@@ -166,7 +167,7 @@ def fit_judge(train: pd.DataFrame, cfg: JudgeConfig = JudgeConfig()):
 
 
 def heldout_scores(judge, test: pd.DataFrame, *, n_boot: int = 1000, seed: int = 0) -> dict:
-    """Accuracy (with a 95% bootstrap CI), macro-F1 and per-class recall of ``judge`` on ``test``."""
+    """Accuracy (95% bootstrap CI), macro-F1 and per-class recall of ``judge`` on ``test``."""
     from sklearn.metrics import f1_score
 
     y = test["y"].to_numpy()

@@ -123,7 +123,8 @@ def _check_texts(texts: Sequence[str]) -> list[str]:
     return list(texts)
 
 
-def _tfidf(texts, analyzer, index: dict[str, int], idf: np.ndarray, sublinear: bool) -> sp.csr_matrix:
+def _tfidf(texts, analyzer, index: dict[str, int], idf: np.ndarray,
+           sublinear: bool) -> sp.csr_matrix:
     """Exactly sklearn's TfidfVectorizer.transform (norm l2) for a fitted vocabulary and idf."""
     indptr, cols, vals = [0], [], []
     for text in texts:
@@ -222,7 +223,8 @@ def _find_lexicon(path: str | Path | None) -> Path:
             hits = sorted(root.glob("NRC-Emotion-Lexicon*Wordlevel*.txt"))
             if hits:
                 return hits[0]
-    looked = ", ".join(map(str, roots)) or "nowhere ($EMOPROBE_SHARED_DATA and $EMOPROBE_DATA unset)"
+    looked = (", ".join(map(str, roots))
+              or "nowhere ($EMOPROBE_SHARED_DATA and $EMOPROBE_DATA unset)")
     raise JudgeError(
         f"NRC Emotion Lexicon not found (looked in {looked}). It is not shipped (research / "
         "non-commercial licence): get NRC-Emotion-Lexicon-Wordlevel-v0.92.txt from "

@@ -1,11 +1,12 @@
 """An optional third judge: a local chat model asked which emotion a text expresses.
 
 The text goes into a fixed prompt (:data:`JUDGE_PROMPT`); each of the seven labels is scored by
-its log-likelihood as the start of the judge model's reply (:func:`steering.scoring.option_logprobs`),
-so there are no parse failures. With ``calibrate=True`` the log-likelihoods the same prompt gives
-the labels for content-free texts are subtracted first (contextual calibration, Zhao et al. 2021):
-small models otherwise answer one label for everything. :meth:`LLMJudge.generate_labels` asks for
-a free reply and parses it (:func:`parse_label`), returning ``None`` where no label is found.
+its log-likelihood as the start of the judge model's reply
+(:func:`steering.scoring.option_logprobs`), so there are no parse failures. With
+``calibrate=True`` the log-likelihoods the same prompt gives the labels for content-free texts
+are subtracted first (contextual calibration, Zhao et al. 2021): small models otherwise answer
+one label for everything. :meth:`LLMJudge.generate_labels` asks for a free reply and parses it
+(:func:`parse_label`), returning ``None`` where no label is found.
 
 Any local Hugging Face chat model can judge (``load_model("qwen2.5-7b-instruct")``); it should not
 be the steered model itself. On a CPU only the embedded 135M model is available: see
@@ -70,7 +71,8 @@ class LLMJudge:
 
     def __post_init__(self) -> None:
         if not self.lm.has_chat_template:
-            raise JudgeError("the LLM judge needs a chat model (its tokenizer has no chat template)")
+            raise JudgeError("the LLM judge needs a chat model (its tokenizer has no chat "
+                             "template)")
 
     @property
     def options(self) -> list[str]:
@@ -94,7 +96,7 @@ class LLMJudge:
         return self._bias
 
     def label_scores(self, texts: Sequence[str]) -> np.ndarray:
-        """(texts, 7) label log-likelihoods, calibrated if asked, columns in :data:`LABELS` order."""
+        """(texts, 7) label log-likelihoods (calibrated if asked), columns in LABELS order."""
         if isinstance(texts, str):
             raise JudgeError("pass a list of texts, not a single string")
         return self._raw(texts) - self.bias()

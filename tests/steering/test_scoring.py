@@ -10,7 +10,8 @@ from steering.scoring import (
     ScoringError, continuation_ids, greedy_replies, option_logprobs, prompt_ids, token_logprobs)
 
 PROMPTS = ["I lost my keys again today.", "We won the final!", "The meeting is at noon.", ""]
-REPLIES = ["The bus left without me.", "Everyone is cheering in the street.", "", "Someone stole my bike."]
+REPLIES = ["The bus left without me.", "Everyone is cheering in the street.", "",
+           "Someone stole my bike."]
 TOL = 1e-4  # float32 log-probs of different batch shapes
 
 
@@ -21,7 +22,9 @@ def reference(lm, prompt, reply, **kw):
     with torch.no_grad():
         logits = lm.model(torch.tensor([pre + cont])).logits[0].float()
     lp = torch.log_softmax(logits, -1)
-    return torch.stack([lp[len(pre) - 1 + k, t] for k, t in enumerate(cont)]) if cont else torch.zeros(0)
+    if not cont:
+        return torch.zeros(0)
+    return torch.stack([lp[len(pre) - 1 + k, t] for k, t in enumerate(cont)])
 
 
 @pytest.mark.parametrize("family", ["llama", "gpt2"])
@@ -55,7 +58,8 @@ def test_prompt_uses_chat_template_and_system_prompt(tiny_llama):
     text = tiny_llama.tokenizer.decode(system)
     assert "<|system|>be brief" in text and text.endswith("<|assistant|>")
     assert len(system) > len(plain)
-    assert prompt_ids(tiny_llama, [""], chat_template=False)[0] == [tiny_llama.tokenizer.bos_token_id]
+    bos = tiny_llama.tokenizer.bos_token_id
+    assert prompt_ids(tiny_llama, [""], chat_template=False)[0] == [bos]
 
 
 def test_errors_say_what_to_fix(tiny_llama, tiny_dir):
