@@ -38,6 +38,7 @@ PROMPTS = {
                            "every reply.", "{p} (Please answer, and sound " + ADJ[e] + ".)"),
 }
 STEER_LAYERS = range(10, 20)
+SECTIONS = ("judges", "gate", "expression", "regimes", "llm", "capability")
 
 
 def neutral_prompts(split: str | None = None) -> list[dict]:
@@ -265,6 +266,12 @@ def _setting(gens, condition, alpha=None, split=None) -> list[dict]:
             and (split is None or g["split"] == split)]
 
 
+def _echoes(reply: str, emotion: str) -> bool:
+    """The reply repeats the instruction that names the emotion (judges then read the prompt)."""
+    return any(m in reply for m in ("Please answer", f"sound {ADJ[emotion]}",
+                                    f"reply in {emotion}", f"always {ADJ[emotion]}"))
+
+
 def report_expression(lm, judge, lexicon, gens, ref) -> list[dict]:
     """What the judges call unsteered replies; prompting baselines scored with the gate."""
     from steering.fluency import fluency_signals
@@ -282,10 +289,13 @@ def report_expression(lm, judge, lexicon, gens, ref) -> list[dict]:
                                          reference_perplexity=ref)))
         said = {"classifier": judge.predict(replies), "lexicon": lexicon.predict(replies)}
         kappa = agreement(said)[("classifier", "lexicon")]
+        echo = np.array([_echoes(r, t) for r, t in zip(replies, targets)])
         for sc in expression_scores(said, targets, ok, [x["prompt_id"] for x in g]):
+            hits = (np.array(said[sc.judge]) == np.array(targets)) & ok
             rows.append({"prompt": style, "judge": sc.judge, "expression": sc.accuracy,
                          "CI": f"[{sc.ci_low:.3f}, {sc.ci_high:.3f}]",
-                         "judge only": sc.judge_only, "gate pass": sc.gate_pass, "kappa": kappa})
+                         "judge only": sc.judge_only, "gate pass": sc.gate_pass, "kappa": kappa,
+                         "hits echoing the prompt": int((hits & echo).sum())})
         for e in EMOTIONS:
             idx = [i for i, t in enumerate(targets) if t == e]
             per_emotion.append({"prompt": style, "emotion": e, **{
@@ -297,7 +307,7 @@ def report_expression(lm, judge, lexicon, gens, ref) -> list[dict]:
 
 def report_regimes(lm, judge, lexicon, gens, ref) -> list[dict]:
     """Regime of every setting, with the happiness expression of the steered ones."""
-    from steering.fluency import classify_regime, fluency_signals
+    from steering.fluency import classify_regime, fluency_signals, relevance
     from steering.gate import gate, passed
 
     settings = [("unsteered (tune)", _setting(gens, "unsteered", split="tune"))]
@@ -310,8 +320,11 @@ def report_regimes(lm, judge, lexicon, gens, ref) -> list[dict]:
         sig = fluency_signals(lm, [x["prompt"] for x in g], replies, judge.words,
                               reference_perplexity=ref)
         rep, ok = classify_regime(sig, reference=ref), passed(gate(sig))
+        few = g[:40]  # relevance costs two forwards per reply: the first 40 replies
+        rel = relevance(lm, [x["prompt"] for x in few], [x["reply"] for x in few])
         row = {"setting": name, "n": len(g), "regime": rep.regime, "ppl ratio": rep.ppl_ratio,
-               "loop share": rep.loop_share, "gate fail": rep.fail_share}
+               "loop share": rep.loop_share, "gate fail": rep.fail_share,
+               "relevance (nats/token)": float(np.nanmedian(rel))}
         if name.startswith("steer"):
             for jn, j in (("cls", judge), ("lex", lexicon)):
                 said = np.array(j.predict(replies)) == "happiness"
@@ -341,19 +354,26 @@ def report_capability(lm) -> list[dict]:
     return rows
 
 
-def cmd_report(lm, out: Path, data_root=None) -> None:
+def cmd_report(lm, out: Path, data_root=None, sections=SECTIONS) -> None:
     from steering.judges import ClassifierJudge, LexiconJudge
 
     gens = load_generations(out)
     judge, lexicon = ClassifierJudge.load(), LexiconJudge.load()
-    result = {"judges": report_judges(judge, lexicon, data_root)}
-    result["gate"], ref = report_gate(lm, judge, gens, data_root)
-    result["expression"] = report_expression(lm, judge, lexicon, gens, ref)
-    result["regimes"] = report_regimes(lm, judge, lexicon, gens, ref)
-    result["llm_judge"] = report_llm_judge(lm, judge, data_root)
-    result["capability"] = report_capability(lm)
-    (out / "report.json").write_text(json.dumps(result, indent=1, default=str) + "\n")
-    print(f"\nwrote {out / 'report.json'}")
+    want = set(sections)
+    result = {"judges": report_judges(judge, lexicon, data_root)} if "judges" in want else {}
+    if want & {"gate", "expression", "regimes"}:
+        result["gate"], ref = report_gate(lm, judge, gens, data_root)
+    if "expression" in want:
+        result["expression"] = report_expression(lm, judge, lexicon, gens, ref)
+    if "regimes" in want:
+        result["regimes"] = report_regimes(lm, judge, lexicon, gens, ref)
+    if "llm" in want:
+        result["llm_judge"] = report_llm_judge(lm, judge, data_root)
+    if "capability" in want:
+        result["capability"] = report_capability(lm)
+    name = "report.json" if want == set(SECTIONS) else f"report-{'-'.join(sorted(want))}.json"
+    (out / name).write_text(json.dumps(result, indent=1, default=str) + "\n")
+    print(f"\nwrote {out / name}")
 
 
 def cmd_fixtures(out: Path) -> None:
@@ -377,6 +397,8 @@ def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("command", choices=["generate", "report", "fixtures"])
     ap.add_argument("--out", type=Path, default=Path("runs/judges"))
+    ap.add_argument("--sections", default=",".join(SECTIONS),
+                    help=f"report sections to run (default all: {','.join(SECTIONS)})")
     ap.add_argument("--data", help="folder holding goemotions/, dair_emotion/, sev/, lexicons/ "
                                    "(default $EMOPROBE_SHARED_DATA)")
     args = ap.parse_args(argv)
@@ -390,7 +412,7 @@ def main(argv=None) -> int:
     if args.command == "generate":
         cmd_generate(lm, args.out)
     else:
-        cmd_report(lm, args.out, args.data)
+        cmd_report(lm, args.out, args.data, tuple(args.sections.split(",")))
     return 0
 
 

@@ -20,7 +20,7 @@ from typing import Literal
 
 import numpy as np
 
-from steering.gate import GateConfig, GateResult, TextSignals, gate, text_signals
+from steering.gate import GateConfig, GateResult, TextSignals, failed_checks, gate, text_signals
 from steering.scoring import token_logprobs
 
 Regime = Literal["works", "repetitive collapse", "degraded"]
@@ -82,8 +82,8 @@ def reference_perplexity(perplexities: Sequence[float]) -> float:
 class RegimeConfig:
     """Thresholds that name a setting's regime (where they come from: docs/judges.md).
 
-    ``repetitive collapse`` when at least ``collapse_share`` of the replies fail the gate by a
-    loop check; else ``degraded`` when the median perplexity ratio reaches ``degraded_ratio`` or
+    ``repetitive collapse`` when at least ``collapse_share`` of the replies fail one of the
+    gate's repetition checks (``loop``, ``repetitive``, ``char loop``); else ``degraded`` when the median perplexity ratio reaches ``degraded_ratio`` or
     at least ``degraded_fail_share`` of the replies fail the gate; else ``works``.
     """
 
@@ -113,7 +113,8 @@ def classify_regime(signals: Sequence[TextSignals], results: Sequence[GateResult
     ppl = np.array([s.perplexity for s in signals], dtype=float)
     finite = ppl[np.isfinite(ppl)]
     ratio = float(np.median(finite) / reference) if len(finite) else math.inf
-    loop = float(np.mean([r.reason in LOOP_REASONS for r in results]))
+    loop = float(np.mean([bool(set(failed_checks(s, gate_config)) & set(LOOP_REASONS))
+                          for s in signals]))
     fail = float(np.mean([not r.passed for r in results]))
     if loop >= config.collapse_share:
         regime: Regime = "repetitive collapse"

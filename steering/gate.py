@@ -71,7 +71,7 @@ class GateConfig:
 
     min_word_share: float = 0.7
     min_alnum_share: float = 0.7
-    max_repeat_share: float = 0.3
+    max_repeat_share: float = 0.25
     max_repeat: int = 20
     min_distinct_1: float = 0.3
     min_tokens_for_distinct: int = 3
@@ -161,7 +161,8 @@ def text_signals(texts: Sequence[str], words: frozenset[str] | set[str],
     return out
 
 
-def _reason(s: TextSignals, cfg: GateConfig) -> str | None:
+def failed_checks(s: TextSignals, cfg: GateConfig = GateConfig()) -> list[str]:
+    """Every check ``s`` fails, in the order of the module docstring (empty: it passes)."""
     checks = (
         ("empty", s.n_words == 0),
         ("no language", s.word_share < cfg.min_word_share),
@@ -174,12 +175,13 @@ def _reason(s: TextSignals, cfg: GateConfig) -> str | None:
         ("perplexity", s.perplexity > cfg.max_perplexity),  # NaN compares False: skipped
         ("perplexity ratio", cfg.max_ppl_ratio is not None and s.ppl_ratio > cfg.max_ppl_ratio),
     )
-    return next((name for name, failed in checks if failed), None)
+    return [name for name, failed in checks if failed]
 
 
 def gate(signals: Sequence[TextSignals], config: GateConfig = GateConfig()) -> list[GateResult]:
     """Pass/fail per text, with the first failing check as the reason."""
-    return [GateResult(r is None, r) for r in (_reason(s, config) for s in signals)]
+    return [GateResult(not f, f[0] if f else None)
+            for f in (failed_checks(s, config) for s in signals)]
 
 
 def passed(results: Sequence[GateResult]) -> np.ndarray:

@@ -70,3 +70,10 @@ def test_relevance_rewards_the_reply_to_its_own_prompt(smollm, one_thread):
     matched = relevance(smollm, prompts, replies)
     swapped = relevance(smollm, prompts[1:] + prompts[:1], replies)
     assert np.all(matched > 0) and np.all(matched > swapped + 0.2), (matched, swapped)
+
+
+def test_real_loops_are_a_collapse_whatever_check_fails_first(judge, steered_fixtures):
+    # "howeverhowever..." fails "no language" first; the regime still sees the loop in it.
+    loops = [f["reply"] for f in steered_fixtures if f["reply"].startswith("howeverhowever")]
+    sig = text_signals(loops, judge.words, perplexity=[3.0] * len(loops))
+    assert loops and classify_regime(sig, reference=2.0).regime == "repetitive collapse"
