@@ -141,8 +141,9 @@ def table(rows: list[dict], title: str) -> None:
     if not rows:
         print("(none)")
         return
-    cols = list(rows[0])
-    cells = [[f"{r[c]:.3f}" if isinstance(r[c], float) else str(r[c]) for c in cols] for r in rows]
+    cols = list(dict.fromkeys(c for r in rows for c in r))  # rows may add columns
+    cells = [[f"{r[c]:.3f}" if isinstance(r.get(c), float) else str(r.get(c, "-")) for c in cols]
+             for r in rows]
     width = [max(len(c), *(len(x[i]) for x in cells)) for i, c in enumerate(cols)]
     print("  ".join(c.ljust(w) for c, w in zip(cols, width)))
     for x in cells:
@@ -345,7 +346,7 @@ def report_capability(lm) -> list[dict]:
         rows.append({"setting": "unsteered", "scoring": scoring, "accuracy": r.accuracy,
                      "CI": f"[{r.ci_low:.3f}, {r.ci_high:.3f}]", "chance": r.chance, **r.by_kind})
     dirs = happiness_direction(lm)
-    for alpha in (2, 4, 8):
+    for alpha in (0.5, 1, 2, 4):
         with crude_steer(lm, dirs, alpha):
             r = evaluate_capability(lm, scoring="text")
         rows.append({"setting": f"steered alpha {alpha}", "scoring": "text", "accuracy": r.accuracy,
