@@ -56,14 +56,15 @@ class LLMJudge:
     Args:
         lm: a :class:`probe.models.LoadedModel` with a chat template.
         calibrate: subtract the labels' log-likelihoods on content-free texts.
-        capitalize: score ``"Anger"`` rather than ``"anger"`` (replies usually start capitalised).
+        capitalize: score ``"Anger"`` rather than ``"anger"`` (lower case did better with
+            SmolLM2 on SEV half A: docs/judges.md).
         max_chars: texts are cut to this many characters (the prompt stays bounded).
         batch_size: prompts per forward.
     """
 
     lm: object
     calibrate: bool = True
-    capitalize: bool = True
+    capitalize: bool = False
     max_chars: int = 1200
     batch_size: int = 8
     name: str = "llm"
