@@ -204,6 +204,7 @@ def build_judge(sources: Sequence[str] = SHIPPED_SOURCES,
                 cfg: JudgeConfig = JudgeConfig(), log=print) -> dict:
     """Train on ``sources``' training parts, score every held-out part, save; returns the meta."""
     from probe import __version__
+    from probe.data.schema import DatasetError
     from steering.judges import ClassifierJudge
 
     if not sources:
@@ -212,7 +213,7 @@ def build_judge(sources: Sequence[str] = SHIPPED_SOURCES,
     for spec in dict.fromkeys([*sources, *evaluate_on]):
         try:
             data = load_source(spec, data_root)
-        except Exception as exc:  # a missing evaluation source is reported, not fatal
+        except (JudgeError, DatasetError, KeyError) as exc:  # missing held-out data: a note
             if spec in sources:
                 raise
             log(f"skip held-out {spec}: {exc}")
