@@ -160,7 +160,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     sub.add_parser("models", help="list registered model aliases")
     sub.add_parser("datasets", help="list registered datasets")
-    parser.handlers = {**COMMANDS, **plugin_commands(sub)}
+    from probe.behaviour.cli import register as register_behave
+
+    parser.handlers = {**COMMANDS, **register_behave(sub), **plugin_commands(sub)}
     return parser
 
 
@@ -262,7 +264,7 @@ def _warning_line(message, category, filename, lineno, line=None) -> str:
 
 
 COMMANDS = {"cache": cmd_cache, "info": cmd_info, "sweep": cmd_sweep, "models": cmd_models,
-            "datasets": cmd_datasets}
+            "datasets": cmd_datasets}  # + "behave" (probe/behaviour/cli.py)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
