@@ -215,9 +215,15 @@ def run_personas(ctx: Context) -> None:
         path = ctx.store if p == "none" else default_store_path(lm, ctx.dataset, cfg, root)
         stores[p] = cache_activations(lm, ctx.dataset, config=cfg, out=path, progress=ctx.progress)
     shift = representation_shift(stores, target=ctx.target, config=ShiftConfig(eval=ctx.eval))
+    templates = [t.name for t in select_templates(ctx.kind, _names(args.persona_templates))]
     items = {}
     for p, prompt in prompts.items():
-        rc = RecognitionConfig(templates=_names(args.persona_templates), batch_size=args.batch_size,
+        done = ctx.items.get("recognition")
+        if p == "none" and done is not None and set(templates) <= set(done["template"]):
+            items[p] = done[done["template"].isin(templates)].reset_index(drop=True)
+            items[p].attrs = done.attrs  # asked already, with the same system prompt
+            continue
+        rc = RecognitionConfig(templates=tuple(templates), batch_size=args.batch_size,
                                max_new_tokens=args.max_new_tokens, system_prompt=prompt,
                                context=args.context, n_context=args.n_context)
         items[p] = recognise(lm, ctx.dataset, target=ctx.target, config=rc, full=ctx.full,
