@@ -39,7 +39,7 @@ from probe.sweep import probe_targets
 
 COLUMNS = ("template", "variant", "estimator", "site", "layer", "pooling", "metric", "value",
            "ci_low", "ci_high", "n", "n_folds")
-ANSWER_VARIANTS = ("sum", "expected", "generate")  # probe-on-answer is fitted for these
+ANSWER_VARIANTS = ("sum", "calibrated", "expected", "generate")  # probe-on-answer fits these
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -255,13 +255,19 @@ def _answer_rows(data: _Data, X: np.ndarray, df: pd.DataFrame, cfg: EvalConfig, 
 
 
 def _answer_labels(answers: np.ndarray, groups: np.ndarray, n_folds: int):
-    """Rows with an answer, and answers given in fewer than ``n_folds`` groups merged into
-    ``"(other)"``; None when fewer than two answer classes remain."""
+    """Rows with an answer, as labels a probe can be cross-validated on: answers given in
+    fewer than ``n_folds`` groups are merged into ``"(other)"``, which is dropped if it is
+    itself that rare. ``(None, None)`` when fewer than two answers remain."""
     ok = np.flatnonzero(pd.notna(answers))
     labels = answers[ok].astype(str)
-    counts = pd.Series(groups[ok]).groupby(labels).nunique()
-    rare = set(counts[counts < n_folds].index)
-    labels = np.array(["(other)" if a in rare else a for a in labels], dtype=object)
-    if len(set(labels)) < 2 or pd.Series(groups[ok]).groupby(labels).nunique().min() < 2:
+    for _ in range(2):  # merge the rare answers, then drop "(other)" if it is rare too
+        counts = pd.Series(groups[ok]).groupby(labels).nunique()
+        rare = set(counts[counts < n_folds].index)
+        if "(other)" in rare:
+            keep = labels != "(other)"
+            ok, labels = ok[keep], labels[keep]
+        else:
+            labels = np.array(["(other)" if a in rare else a for a in labels], dtype=object)
+    if len(set(labels)) < 2:
         return None, None
     return ok, labels

@@ -59,8 +59,11 @@ def _finish(fig: Figure, axes: Sequence[Axes], title: str | None, out, ncol: int
     return fig
 
 
+VARIANT_STYLES = {"sum": "--", "calibrated": "-.", "expected": "--", "generate": ":"}
+
+
 def plot_probe_vs_behaviour(table: pd.DataFrame, *, pooling: str, variants: Sequence[str] = (
-        "sum", "expected", "generate"), title: str | None = None,
+        "sum", "calibrated", "expected", "generate"), title: str | None = None,
         out: str | os.PathLike | None = None) -> Figure:
     """Three panels against layer: the probe's score vs each template's zero-shot score
     (horizontal bands); a probe's decoding of the model's own answer vs the majority answer;
@@ -76,7 +79,9 @@ def plot_probe_vs_behaviour(table: pd.DataFrame, *, pooling: str, variants: Sequ
     t = table[(table["pooling"].isna()) | (table["pooling"] == pooling)]
     keys = [k for k in t[["template", "variant"]].dropna().drop_duplicates().itertuples(
         index=False) if k.variant in variants]
-    colors = {k: OKABE_ITO[(i + 1) % len(OKABE_ITO)] for i, k in enumerate(keys)}
+    templates = list(dict.fromkeys(k.template for k in keys))
+    colors = {k: OKABE_ITO[(templates.index(k.template) + 1) % len(OKABE_ITO)] for k in keys}
+    styles = {k: VARIANT_STYLES.get(k.variant, "--") for k in keys}
     fig, axes = _figure((7.0, 2.6), 2 if reg else 3)
     with mpl.rc_context(RC):
         probe = t[(t["estimator"] == "probe") & (t["metric"] == metric)]
@@ -86,20 +91,21 @@ def plot_probe_vs_behaviour(table: pd.DataFrame, *, pooling: str, variants: Sequ
                   & (t["template"] == k.template) & (t["variant"] == k.variant)]
             if len(z):
                 r = z.iloc[0]
-                axes[0].axhline(r["value"], color=colors[k], lw=0.9, ls="--",
+                axes[0].axhline(r["value"], color=colors[k], lw=0.9, ls=styles[k],
                                 label=f"{k.template} ({k.variant})")
                 axes[0].axhspan(r["ci_low"], r["ci_high"], color=colors[k], alpha=0.08, lw=0)
             a = t[(t["estimator"] == "probe-on-answer") & (t["template"] == k.template)
                   & (t["variant"] == k.variant)]
             if len(a[a["metric"] == metric]):
-                _band(axes[1], a[a["metric"] == metric], colors[k], f"{k.template} ({k.variant})")
+                _band(axes[1], a[a["metric"] == metric], colors[k], f"{k.template} ({k.variant})",
+                      styles[k])
                 floor = a[a["metric"] == "majority"].sort_values("layer")
-                axes[1].plot(floor["layer"].to_numpy(float), floor["value"], ":",
+                axes[1].plot(floor["layer"].to_numpy(float), floor["value"], ls=(0, (1, 3)),
                              color=colors[k], lw=0.8)
             c = t[(t["estimator"] == "probe-vs-zero-shot") & (t["metric"] == "auroc_confidence")
                   & (t["template"] == k.template) & (t["variant"] == k.variant)]
             if len(c) and not reg:
-                _band(axes[2], c, colors[k], f"{k.template} ({k.variant})")
+                _band(axes[2], c, colors[k], f"{k.template} ({k.variant})", styles[k])
         name = "Pearson r" if reg else "Accuracy"
         axes[0].set(xlabel="layer", ylabel=name, title="Probe (gold) vs zero-shot answers")
         axes[1].set(xlabel="layer", ylabel=name, title="Probe decoding the model's answer")

@@ -3,7 +3,9 @@
 :func:`recognise` asks the model about every usable row of a dataset with every template of
 the task (:mod:`probe.behaviour.templates`) and returns a long *items table*: one row per
 (sample id, template, variant). Label-scoring templates give the variant ``sum`` (candidate
-log-likelihood) and, when a candidate has several tokens, ``mean`` (per token); ratings
+log-likelihood), when a candidate has several tokens ``mean`` (per token), and ``calibrated``:
+``sum`` minus the log-likelihoods after a content-free input (``"N/A"``), which removes the
+template's prior preference for some labels (contextual calibration, Zhao et al. 2021); ratings
 give ``expected`` (expected value over the rating tokens' renormalised probabilities) and
 ``argmax``; generation templates give ``generate`` (the parsed reply). Ids are the dataset's
 ids, which are the ``sample`` coordinate of its activation store, so the table lines up with
@@ -41,6 +43,7 @@ from probe.behaviour.templates import (
 from probe.data.schema import DatasetError, EmotionDataset
 
 ContextMode = Literal["auto", "none", "dialogue"]
+CONTENT_FREE = "N/A"  # the content-free input of contextual calibration (Zhao et al. 2021)
 ITEM_COLUMNS = ("id", "group", "template", "variant", "gold", "answer", "correct", "value",
                 "mass", "reply")
 
@@ -135,7 +138,11 @@ def recognise(
             classes, after_text=template.answers_follow_text(lm.chat_template)))
         scores = score_candidates(lm, prompts, cands, batch_size=config.batch_size,
                                   progress=progress)
-        parts += _scored(base, template, scores, classes, kind)
+        free = None
+        if kind != "rating":  # contextual calibration (Zhao et al. 2021): a content-free input
+            free = score_candidates(lm, encode_prompts(lm, template, [CONTENT_FREE], classes,
+                                                       config.system_prompt), cands).logprob
+        parts += _scored(base, template, scores, classes, kind, free)
     items = pd.concat(parts, ignore_index=True)
     items.attrs.update(target=target, kind=kind, classes=classes, context=with_context)
     return items
@@ -154,14 +161,17 @@ def _softmax(x: np.ndarray) -> np.ndarray:
     return z / z.sum(1, keepdims=True)
 
 
-def _scored(base: pd.DataFrame, template: Template, scores, classes: list[str], kind: str
-            ) -> list[pd.DataFrame]:
+def _scored(base: pd.DataFrame, template: Template, scores, classes: list[str], kind: str,
+            free: np.ndarray | None = None) -> list[pd.DataFrame]:
     mass = np.exp(scores.logprob).sum(1)
     variants = ("expected", "argmax") if kind == "rating" else (
         ("sum", "mean") if (scores.n_tokens > 1).any() else ("sum",))  # equal for 1-token
+    if free is not None:
+        variants += ("calibrated",)
     out = []
     for variant in variants:
-        p = _softmax(scores.variant("mean" if variant == "mean" else "sum"))
+        logits = scores.variant("mean" if variant == "mean" else "sum")
+        p = _softmax(logits - free if variant == "calibrated" else logits)
         answer = np.asarray(classes, dtype=object)[p.argmax(1)]
         df = base.assign(template=template.name, variant=variant, answer=answer, mass=mass,
                          reply=None)

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import numpy as np
-import pandas as pd
 import pytest
 
 from probe.behaviour.recognition import (
@@ -117,5 +116,25 @@ def test_dialogue_context_uses_the_full_dataset(tiny_llama):
     items = recognise(tiny_llama, subset, full=full, config=RecognitionConfig(
         templates=("letters",)))
     assert items.attrs["context"]
-    pd.testing.assert_series_equal(items["id"], pd.Series([f"d{d}-u3" for d in range(3)],
-                                                          name="id"))
+    assert set(items["variant"]) == {"sum", "calibrated"}
+    for _, df in items.groupby("variant"):
+        assert df["id"].tolist() == [f"d{d}-u3" for d in range(3)]
+
+
+def test_calibration_removes_the_content_free_preference(tiny_llama, labelled):
+    """``calibrated`` = softmax(log p(label | item) - log p(label | "N/A")), per template."""
+    from probe.behaviour.recognition import CONTENT_FREE, encode_prompts
+    from probe.behaviour.scoring import score_candidates, tokenize_candidates
+    from probe.behaviour.templates import select_templates
+
+    items = recognise(tiny_llama, labelled, config=RecognitionConfig(templates=("options",)))
+    classes = items.attrs["classes"]
+    template = select_templates("emotion", ["options"])[0]
+    cands = tokenize_candidates(tiny_llama.tokenizer, template.candidates(classes,
+                                                                          after_text=False))
+    free = score_candidates(tiny_llama, encode_prompts(tiny_llama, template, [CONTENT_FREE],
+                                                       classes), cands).logprob
+    raw = np.log(probabilities(items[items["variant"] == "sum"], classes))
+    cal = probabilities(items[items["variant"] == "calibrated"], classes)
+    expected = np.exp(raw - free)
+    np.testing.assert_allclose(cal, expected / expected.sum(1, keepdims=True), rtol=1e-6)
