@@ -186,7 +186,7 @@ def select_templates(kind: TaskKind, names: Sequence[str] | None = None) -> list
         return list(table.values())
     unknown = [n for n in names if n not in table]
     if unknown:
-        raise TemplateError(f"unknown template {unknown[0]!r} for a {kind} task; choose from "
+        raise TemplateError(f"unknown template {unknown[0]!r} for the {kind} task; choose from "
                             f"{', '.join(table)}")
     return [table[n] for n in names]
 
