@@ -75,6 +75,8 @@ def behave(args, *, load_data, load_model, cache_config) -> int:
     kind = task_kind(target, dataset.target_kind(target))
     select_templates(kind, _names(args.templates))  # fail before loading the model
     _check_options(args, experiments, kind)
+    if {"recognition", "personas"} & set(experiments):
+        _check_folds(dataset, target, kind, args.folds)
     lm = load_model(args)
     config = cache_config(args)
     store = Path(args.store) if args.store else default_store_path(
@@ -95,6 +97,19 @@ def behave(args, *, load_data, load_model, cache_config) -> int:
     write_run(out, tidy(ctx.tables), ctx.items, ctx.run)
     print(f"\nresults: {out}  (results.csv/json, items_*.csv, run.json, *.png/svg)")
     return 0
+
+
+def _check_folds(dataset, target: str, kind: str, n_folds: int) -> None:
+    """The probes need ``n_folds`` group-aware folds of the usable rows: check before any
+    model work (raises ProbeError with the fix)."""
+    from probe.behaviour.recognition import usable_rows
+    from probe.stats import group_stratified_folds
+
+    rows = usable_rows(dataset, target)
+    y = dataset.frame[target].to_numpy()[rows]
+    task = "regression" if kind == "rating" else "classification"
+    group_stratified_folds(y.astype(float) if task == "regression" else y.astype(str),
+                           dataset.frame["group"].to_numpy()[rows], n_folds, task=task)
 
 
 def _check_options(args, experiments, kind) -> None:

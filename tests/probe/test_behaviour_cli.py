@@ -71,6 +71,7 @@ def test_everything_end_to_end(capsys, tmp_path, toy_csv, tiny_dir, one_thread):
     (["--experiments", "personas", "--personas", "grumpy"], "unknown persona 'grumpy'"),
     (["--experiments", "emotionprompt", "--stimuli", "EP42"], "unknown stimulus 'EP42'"),
     (["--experiments", "personas", "--no-chat-template"], "no system prompt"),
+    (["--folds", "40"], "fewer than n_splits=40"),
 ])
 def test_errors_say_what_to_fix(capsys, tmp_path, toy_csv, tiny_dir, extra, message):
     out = tmp_path / "run"
