@@ -13,6 +13,7 @@ sweep`` (``probe.evaluate.make_folds``, ``probe.stats.group_bootstrap_weights``)
   ``auroc_gold_prob`` (does the probe's confidence, or its probability of the gold label, tell
   when the model's answer is right?); for ratings ``gap`` in Pearson r and ``agreement`` as the
   correlation of the two predictions;
+* ``chance``: the majority-class accuracy on these items;
 * ``probe-on-answer`` per layer: a probe trained to predict the model's own answer rather than
   the gold label (its accuracy, or r for ratings), and ``first_layer``: the first layer where
   that answer is decodable (CI above the majority-answer rate; above r = 0 for ratings).
@@ -33,7 +34,7 @@ import pandas as pd
 from probe.behaviour.paired import Bootstrap
 from probe.behaviour.recognition import probabilities
 from probe.evaluate import EvalConfig, cross_val_predict, make_folds
-from probe.stats import ProbeError, ProbeWarning
+from probe.stats import ProbeError, ProbeWarning, chance_levels
 from probe.store import cached_layers, open_store
 from probe.sweep import probe_targets
 
@@ -128,6 +129,9 @@ def compare(store, items: pd.DataFrame, *, target: str | None = None,
         pred = cross_val_predict(X, data.y, folds, task=data.task, config=cfg)
         where = dict(site=config.site, pooling=pooling, n_folds=len(folds), n=len(data.y))
         out += _probe_rows(data, boot, pred, where)
+        if not zero_shot_done and data.task == "classification":
+            out += _rows("chance", {"accuracy": (chance_levels(data.y, "classification")[
+                "majority_accuracy"], np.nan, np.nan)}, [None], {"n": len(data.y)})
         for (template, variant), df in by_key.items():
             key = dict(template=template, variant=variant)
             if not zero_shot_done:

@@ -63,16 +63,18 @@ VARIANT_STYLES = {"sum": "--", "calibrated": "-.", "expected": "--", "generate":
 
 
 def plot_probe_vs_behaviour(table: pd.DataFrame, *, pooling: str, variants: Sequence[str] = (
-        "sum", "calibrated", "expected", "generate"), title: str | None = None,
+        "calibrated", "expected", "generate"), title: str | None = None,
         out: str | os.PathLike | None = None) -> Figure:
     """Three panels against layer: the probe's score vs each template's zero-shot score
-    (horizontal bands); a probe's decoding of the model's own answer vs the majority answer;
-    whether the probe's confidence predicts that the model's answer is right (AUROC).
+    (horizontal bands) and chance; how much better than the majority answer a probe decodes
+    the model's own answer; whether the probe's confidence predicts that the model's answer is
+    right (AUROC).
 
     Args:
         table: The table of :func:`probe.behaviour.compare.compare`.
         pooling: Which pooling's probe to draw.
-        variants: Zero-shot variants to draw (one line per template and variant).
+        variants: Zero-shot variants to draw (one line per template and variant; every
+            variant is in the table).
     """
     reg = "pearson_r" in set(table["metric"])
     metric = "pearson_r" if reg else "accuracy"
@@ -97,18 +99,26 @@ def plot_probe_vs_behaviour(table: pd.DataFrame, *, pooling: str, variants: Sequ
             a = t[(t["estimator"] == "probe-on-answer") & (t["template"] == k.template)
                   & (t["variant"] == k.variant)]
             if len(a[a["metric"] == metric]):
-                _band(axes[1], a[a["metric"] == metric], colors[k], f"{k.template} ({k.variant})",
-                      styles[k])
-                floor = a[a["metric"] == "majority"].sort_values("layer")
-                axes[1].plot(floor["layer"].to_numpy(float), floor["value"], ls=(0, (1, 3)),
-                             color=colors[k], lw=0.8)
+                score = a[a["metric"] == metric].sort_values("layer")
+                if not reg:  # above the majority answer: every template shares the 0 line
+                    floor = a[a["metric"] == "majority"].sort_values("layer")["value"].to_numpy()
+                    score = score.assign(value=score["value"] - floor,
+                                         ci_low=score["ci_low"] - floor,
+                                         ci_high=score["ci_high"] - floor)
+                _band(axes[1], score, colors[k], f"{k.template} ({k.variant})", styles[k])
             c = t[(t["estimator"] == "probe-vs-zero-shot") & (t["metric"] == "auroc_confidence")
                   & (t["template"] == k.template) & (t["variant"] == k.variant)]
             if len(c) and not reg:
                 _band(axes[2], c, colors[k], f"{k.template} ({k.variant})", styles[k])
+        chance = t[t["estimator"] == "chance"]
+        if len(chance):
+            axes[0].axhline(chance["value"].iloc[0], color="#8C8C8C", lw=0.7, ls=":",
+                            label="chance (majority)")
+        axes[1].axhline(0, color="#8C8C8C", lw=0.7, ls=":")
         name = "Pearson r" if reg else "Accuracy"
         axes[0].set(xlabel="layer", ylabel=name, title="Probe (gold) vs zero-shot answers")
-        axes[1].set(xlabel="layer", ylabel=name, title="Probe decoding the model's answer")
+        axes[1].set(xlabel="layer", ylabel=name if reg else "accuracy − majority answer",
+                    title="Probe decoding the model's answer")
         if not len(t[t["estimator"] == "probe-on-answer"]):
             axes[1].text(0.5, 0.5, "no template's answers vary enough\nto train a probe on",
                          ha="center", va="center", transform=axes[1].transAxes, color="#4D4D4D")

@@ -278,8 +278,8 @@ def format_personas(shift: pd.DataFrame, answers: pd.DataFrame, n_layers: int) -
                                      f"[{r.iloc[0]['ci_low']:+.2f}, {r.iloc[0]['ci_high']:+.2f}]")
             acc = _at(answers, persona=persona, metric="accuracy_shift")
             acc = acc[acc["variant"] != "mean"]
-            accs = "; ".join(f"{r.template} {r.value:+.3f} [{r.ci_low:+.3f}, {r.ci_high:+.3f}]"
-                             for r in acc.itertuples())
+            accs = "; ".join(f"{r.template}/{r.variant} {r.value:+.3f} [{r.ci_low:+.3f}, "
+                             f"{r.ci_high:+.3f}]" for r in acc.itertuples())
             lines.append(f"  {persona} ({pooling}): " + "; ".join(parts))
             if accs:
                 lines.append(f"      zero-shot accuracy change: {accs}")

@@ -40,6 +40,8 @@ PERSONAS: dict[str, str | None] = {
     "calm": "You are a calm assistant.",
     "instruction": "Always answer in an upbeat, enthusiastic tone.",
 }
+#: Pairs of personas with the same sentence frame, compared with each other directly.
+CONTRASTS = (("cheerful", "gloomy"),)
 POSITIVE = ("happiness", "joy", "positive", "love")
 NEGATIVE = ("sadness", "negative", "anger", "fear")
 SHIFT_COLUMNS = ("persona", "direction", "site", "layer", "pooling", "class", "metric", "value",
@@ -81,8 +83,8 @@ def _open_all(stores: Mapping[str, object], baseline: str):
 
 
 def representation_shift(stores: Mapping[str, object], *, target: str | None = None,
-                         baseline: str = "none", config: ShiftConfig = ShiftConfig()
-                         ) -> pd.DataFrame:
+                         baseline: str = "none", config: ShiftConfig = ShiftConfig(),
+                         contrasts: Sequence[tuple[str, str]] = CONTRASTS) -> pd.DataFrame:
     """Per-layer shift of each persona's representation along probe and mean-difference
     directions, relative to ``baseline`` (see module doc).
 
@@ -91,6 +93,10 @@ def representation_shift(stores: Mapping[str, object], *, target: str | None = N
         target: The classification target whose directions are used.
         baseline: The persona the others are compared with.
         config: See :class:`ShiftConfig`.
+        contrasts: Persona pairs ``(a, b)`` also compared with each other directly (rows
+            ``"a-vs-b"``, where both have a store): personas that share a sentence frame
+            ("You are a cheerful / gloomy assistant.") differ only in their emotional word,
+            so their contrast is free of what any replaced system prompt does.
 
     Returns:
         A tidy table (``SHIFT_COLUMNS``): directions ``probe-logit``, ``probe-probability``,
@@ -115,13 +121,17 @@ def representation_shift(stores: Mapping[str, object], *, target: str | None = N
         logp = _cross_fitted_logp(X, baseline, others, y, folds, cfg)
         proj = _mean_difference(X, baseline, others, y, folds, classes)
         where = dict(site=config.site, pooling=pooling, n=len(y))
-        for p in others:
-            out += _shift_rows(p, "probe-logit", logp[p] - logp[baseline], classes, layers,
+        proj[baseline] = 0.0  # the baseline's shift from itself
+        pairs = [(p, baseline) for p in others] + [
+            (a, b) for a, b in contrasts if a in others and b in others]
+        for a, b in pairs:
+            name = a if b == baseline else f"{a}-vs-{b}"
+            out += _shift_rows(name, "probe-logit", logp[a] - logp[b], classes, layers,
                                boot, where, centre=True)
-            out += _shift_rows(p, "probe-probability", np.exp(logp[p]) - np.exp(logp[baseline]),
+            out += _shift_rows(name, "probe-probability", np.exp(logp[a]) - np.exp(logp[b]),
                                classes, layers, boot, where, centre=False)
-            out += _shift_rows(p, "mean-difference", proj[p], classes, layers, boot, where,
-                               centre=False)
+            out += _shift_rows(name, "mean-difference", proj[a] - proj[b], classes, layers,
+                               boot, where, centre=False)
     table = pd.DataFrame(out, columns=list(SHIFT_COLUMNS))
     table["layer"] = pd.array(table["layer"].tolist(), dtype="Int64")
     table.attrs.update(target=target, classes=classes, contrast=valence_contrast(classes),

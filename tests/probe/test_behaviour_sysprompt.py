@@ -31,7 +31,8 @@ def _stores(n=160, d=10, seed=0):
     push = np.zeros((2, d))
     push[:, 1], push[:, 3] = 1.5, -1.5  # happiness up, sadness down, at both layers
     return {"none": fake_store(X, y, groups), "same": fake_store(X.copy(), y, groups),
-            "cheerful": fake_store(X + push[None, :, None], y, groups)}
+            "cheerful": fake_store(X + push[None, :, None], y, groups),
+            "gloomy": fake_store(X - push[None, :, None], y, groups)}
 
 
 @pytest.fixture(scope="module")
@@ -101,3 +102,12 @@ def test_answer_shift_is_paired():
     assert acc["value"].iloc[0] == pytest.approx(-0.5)
     assert acc["ci_high"].iloc[0] < 0
     assert not ((out.persona == "none") & out.metric.str.endswith("_shift")).any()
+
+
+def test_personas_with_one_frame_are_contrasted_directly(shift):
+    """cheerful-vs-gloomy = (cheerful - none) - (gloomy - none), item by item."""
+    key = {"direction": "mean-difference", "layer": 1, "class": "happiness-sadness"}
+    both = _value(shift, persona="cheerful-vs-gloomy", **key)
+    up, down = _value(shift, persona="cheerful", **key), _value(shift, persona="gloomy", **key)
+    assert both["value"] == pytest.approx(up["value"] - down["value"])
+    assert down["ci_high"] < 0 < up["ci_low"] and both["ci_low"] > up["ci_high"]
