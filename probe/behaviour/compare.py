@@ -16,7 +16,8 @@ sweep`` (``probe.evaluate.make_folds``, ``probe.stats.group_bootstrap_weights``)
 * ``chance``: the majority-class accuracy on these items;
 * ``probe-on-answer`` per layer: a probe trained to predict the model's own answer rather than
   the gold label (its accuracy, or r for ratings), and ``first_layer``: the first layer where
-  that answer is decodable (CI above the majority-answer rate; above r = 0 for ratings).
+  that answer is decodable (the CI lies above the majority-answer rate, above r = 0 for
+  ratings, at that layer and the next).
 
 Rows are tidy (``COLUMNS``); ``template``/``variant`` are empty for rows that do not depend on
 them.
@@ -251,8 +252,9 @@ def _answer_rows(data: _Data, X: np.ndarray, df: pd.DataFrame, cfg: EvalConfig, 
         stats["majority"] = (floor, np.full_like(floor, np.nan), np.full_like(floor, np.nan))
     rows = _rows("probe-on-answer", stats, data.layers, where)
     metric = "pearson_r" if task == "regression" else "accuracy"
-    above = np.flatnonzero(stats[metric][1] > floor)
-    first = data.layers[above[0]] if len(above) else np.nan
+    above = stats[metric][1] > floor
+    twice = np.flatnonzero(above[:-1] & above[1:])  # two layers in a row: one of 30 CIs can
+    first = data.layers[twice[0]] if len(twice) else np.nan  # miss by chance alone
     rows.append({**where, "layer": None, "metric": "first_layer", "value": float(first),
                  "ci_low": np.nan, "ci_high": np.nan})
     return rows
