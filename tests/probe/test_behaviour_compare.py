@@ -117,8 +117,8 @@ def test_ratings_compare_correlations(one_thread):
     rng = np.random.default_rng(2)
     n, d = 200, 8
     y = rng.uniform(1, 5, n)
-    X = rng.normal(size=(n, 2, 1, d))
-    X[:, 1, 0, 0] += 2 * y
+    X = rng.normal(size=(n, 3, 1, d))
+    X[:, 1:, 0, 0] += 2 * y[:, None]
     groups = [f"g{i // 2}" for i in range(n)]
     ds = fake_store(X, y, groups, target="V", kind="continuous")
     said = y + rng.normal(scale=1.5, size=n)
