@@ -198,7 +198,8 @@ def parse_metric_spec(spec: str) -> tuple[str, list[str], int | None]:
         if arg.count("-") != 1:
             raise MetricError(f"{spec!r}: write logit-diff:POSITIVE-NEGATIVE, e.g. "
                               "logit-diff:happy,glad-sad,upset")
-        return kind, arg.split("-"), None
+        pos, neg = ([w.strip() for w in side.split(",") if w.strip()] for side in arg.split("-"))
+        return kind, [pos, neg], None
     return kind, [a.strip() for a in arg.split(",") if a.strip()], None if layer is None else int(layer)
 
 
