@@ -5,10 +5,11 @@ adapted to sentence-level probing. In the original, every word TYPE gets a rando
 from the empirical label distribution; a probe can only solve that by memorising type
 identity, so ``selectivity = probe accuracy - control accuracy`` separates what the
 representation encodes about the task from what the probe can memorise. Here the unit is a
-stimulus, and its "type" is a surface key: by default the lowercased last word of the text
-(:func:`last_word_keys`; the token read out by ``content-last`` pooling, and by ``last``
-pooling when no chat template is used), or any keys the
-caller passes (e.g. the token id at the read-out position). Every stimulus with the same key
+stimulus, and its "type" is a surface key, the word at the pooled token
+(:func:`control_keys`): the target word under ``token`` pooling, else the lowercased last
+word of the stimulus (:func:`last_word_keys`; ``content-last`` reads the stimulus's final
+token, often a full stop shared by every row, and ``last`` with a chat template a template
+token after it), or any keys the caller passes. Every stimulus with the same key
 gets the same random control label. Labels are dealt to keys in random order so that the
 control classes have the true classes' shares of rows: with few distinct keys, independent
 draws (as in the paper, where types number thousands) would give the control task a very
@@ -22,6 +23,12 @@ real task -- which is the comparison selectivity needs. :func:`key_coverage` rep
 of test rows whose key was seen in training; when it is low the control task is weak (close
 to chance whatever the representation) and selectivity reduces to "probe minus chance".
 Regression targets get the same construction with values drawn from the empirical targets.
+
+Each task is scored against its own chance on the same folds, :func:`prior_predictions` (the
+label-blind predictor; what the probe predicts from a constant representation): the control
+labels are not balanced within groups, so under group folds the control's training majority
+class is rare in the test fold and its chance sits below the real task's. ``probe.evaluate``
+takes selectivity as ``(probe - prior) - (control - control prior)``.
 
 Lexical baseline: sublinear TF-IDF over word 1-2 grams + ``LogisticRegression(C=1)``
 (``Ridge(alpha=1)`` for continuous targets), the vectoriser fitted on each fold's training
@@ -107,6 +114,82 @@ def _usable(control: np.ndarray, folds: FoldList) -> bool:
     classes = np.unique(control)
     return len(classes) >= 2 and all(
         len(np.unique(control[train])) == len(classes) for train, _ in folds)
+
+
+def control_keys(texts: Sequence[str], pooling: str | None = None,
+                 target_words: Sequence[str | None] | None = None) -> tuple[np.ndarray, str]:
+    """The control task's surface key of each row for one pooling, and what the key is.
+
+    The key is the word at the pooled token. ``token`` pooling reads the row's target word,
+    so that word is the key. Every other pooling reads (or ends at) the end of the
+    stimulus: ``content-last`` and ``last`` without a chat template read its final token
+    (often a full stop, one "word" for every row), ``last`` with a chat template reads a
+    template token after it, ``mean`` and ``content-mean`` average over it. For these the key
+    is the content's last word (:func:`last_word_keys`): the last token that differs between
+    rows.
+
+    Args:
+        texts: The stimulus texts (the content, without any chat template).
+        pooling: The pooling the features come from (None: the content's last word).
+        target_words: Each row's target word (needed for ``token`` pooling).
+
+    Returns:
+        ``(keys, description)``, e.g. ``(array([...]), "the target word")``.
+
+    Raises:
+        ProbeError: ``token`` pooling without target words.
+
+    >>> control_keys(["I lost my keys.", "We won."])[0].tolist()
+    ['keys', 'won']
+    """
+    if pooling != "token":
+        return last_word_keys(texts), "the content's last word"
+    if target_words is None or any(w is None or w != w or not str(w).strip()
+                                   for w in target_words):
+        raise ProbeError("the control task under 'token' pooling is keyed on each row's "
+                         "target word; pass target_words (the dataset's target_word column)")
+    if len(target_words) != len(texts):
+        raise ProbeError(f"{len(target_words)} target words for {len(texts)} texts")
+    return np.array([str(w).strip().lower() for w in target_words], dtype=object), \
+        "the target word"
+
+
+def same_labelling(a: Sequence, b: Sequence) -> bool:
+    """Whether two labellings split the rows identically (up to renaming the classes).
+
+    >>> same_labelling(["x", "x", "y"], ["b", "b", "a"]), same_labelling([1, 2, 2], [1, 1, 2])
+    (True, False)
+    """
+    _, ia = np.unique(np.asarray(a), return_inverse=True)
+    _, ib = np.unique(np.asarray(b), return_inverse=True)
+    pairs = np.unique(np.stack([ia, ib]), axis=1)
+    return len(pairs.T) == len(np.unique(ia)) == len(np.unique(ib))
+
+
+def prior_predictions(y: Sequence, folds: FoldList, task: Task) -> np.ndarray:
+    """Out-of-fold predictions of a label-blind model: each test row gets its fold's training
+    class shares (``[n, K]``, classes sorted) or training mean (``[n]``); NaN for rows in no
+    test fold.
+
+    This is what the probe itself predicts from a constant representation, so it is each
+    task's chance level on exactly these folds. Under group folds it can sit well below the
+    majority share: the training folds' majority class is the test fold's minority.
+
+    >>> prior_predictions(["a", "a", "b", "b"], [([0, 1, 2], [3]), ([1, 2, 3], [0])],
+    ...                   "classification").round(2).tolist()
+    [[0.33, 0.67], [nan, nan], [nan, nan], [0.67, 0.33]]
+    """
+    y = np.asarray(y)
+    if task == "regression":
+        out = np.full(len(y), np.nan)
+        for train, test in folds:
+            out[test] = y[train].astype(float).mean()
+        return out
+    classes, codes = np.unique(y, return_inverse=True)
+    out = np.full((len(y), len(classes)), np.nan)
+    for train, test in folds:
+        out[test] = np.bincount(codes[train], minlength=len(classes)) / len(train)
+    return out
 
 
 def key_coverage(keys: Sequence, folds: FoldList) -> float:

@@ -31,6 +31,8 @@ EPILOG_SWEEP = """examples:
   probe sweep --dataset ../shared/data/emobank --target A --limit 1000     # regression (arousal)
   probe sweep --dataset ../shared/data/goemotions --limit 2000             # Ekman classes
   probe sweep --model qwen3-8b --device cuda --sites 'resid_post attn_out mlp_out'
+  probe sweep --dataset sev:train/sev.jsonl --eval-dataset sev:heldout/sev.jsonl   # transfer
+  probe sweep --dataset my_stimuli.csv --task classification --split-eval train:test
 """
 
 
@@ -153,6 +155,30 @@ def build_parser() -> argparse.ArgumentParser:
                    help="skip the bag-of-words baseline")
     g.add_argument("--seed", type=int, default=0,
                    help="seed of folds, bootstrap and control labels (default: %(default)s)")
+    g.add_argument("--task", default=None, choices=["classification", "regression"],
+                   help="default: inferred when unambiguous (text labels: classification; "
+                        "non-integer numbers: regression); whole numbers (class ids 0-6, a 1-5 "
+                        "rating) need it")
+    g.add_argument("--max-iter", type=int, default=None,
+                   help="iteration cap of the logistic probe's solver (default: 300); raise it "
+                        "when a convergence warning names sites")
+    g.add_argument("--no-save-probes", dest="save_probes", action="store_false",
+                   help="do not save the probes fitted on all rows (default: saved under "
+                        "<out>/probes/, weights and directions in raw activation space)")
+    g = p.add_argument_group("held-out evaluation")
+    g.add_argument("--eval-dataset", default=None,
+                   help="also fit each probe on all of --dataset and score it on this dataset "
+                        "(same forms as --dataset; cached with the same model and options): "
+                        "transfer next to in-distribution CV")
+    g.add_argument("--eval-split", default=None,
+                   help="use only this split of --eval-dataset (default: all rows)")
+    g.add_argument("--eval-limit", type=int, default=None,
+                   help="a deterministic random subset of N rows of --eval-dataset")
+    g.add_argument("--eval-store", default=None,
+                   help="like --eval-dataset, from an existing store of the same model")
+    g.add_argument("--split-eval", default=None, metavar="TRAIN[:TEST]",
+                   help="no CV: fit on the rows whose split column is TRAIN and score the others "
+                        "(or those of TEST), e.g. train:test or train:dev,test")
     p.add_argument("--store", default=None, help="use this store path instead of the default")
     p.add_argument("--out", default=None,
                    help="results folder (default: runs/<model>/<dataset>-<target>-<time>)")
@@ -233,7 +259,7 @@ def cmd_info(args) -> int:
 
 
 def cmd_sweep(args) -> int:
-    from probe.sweep import sweep_from_args
+    from probe.sweep_cli import sweep_from_args
 
     return sweep_from_args(args, load_data=_load_data, load_model=_load_model,
                            cache_config=_cache_config)

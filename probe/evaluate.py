@@ -27,7 +27,14 @@ import numpy as np
 import pandas as pd
 import torch
 
-from probe.baselines import control_labels, key_coverage, last_word_keys, lexical_predictions
+from probe.baselines import (
+    control_labels,
+    key_coverage,
+    last_word_keys,
+    lexical_predictions,
+    prior_predictions,
+    same_labelling,
+)
 from probe.engine import fit_logistic_cv, fit_ridge_cv
 from probe.stats import (
     FoldList,
@@ -42,7 +49,8 @@ from probe.stats import (
 )
 
 SiteKey = tuple[str, int | None]
-COLUMNS = ("site", "layer", "estimator", "metric", "value", "ci_low", "ci_high", "n_folds", "n")
+COLUMNS = ("site", "layer", "evaluation", "estimator", "metric", "value", "ci_low", "ci_high",
+           "n_folds", "n")
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -92,15 +100,38 @@ def make_folds(y: Sequence, groups: Sequence, task: Task, config: EvalConfig) ->
                                   fallback=config.fold_fallback)
 
 
-def cross_val_predict(X, y: Sequence, folds: FoldList, *, task: Task,
-                      config: EvalConfig) -> np.ndarray:
+def cross_val_predict(X, y: Sequence, folds: FoldList, *, task: Task, config: EvalConfig,
+                      site_labels: Sequence[str] | None = None) -> np.ndarray:
     """Out-of-fold predictions at every site: ``[S, n, K]`` probabilities (classes in sorted
-    order) or ``[S, n]`` predicted values."""
+    order) or ``[S, n]`` predicted values; NaN for rows in no test fold. ``site_labels`` name
+    the sites in the solver's convergence warnings."""
     if task == "classification":
-        return fit_logistic_cv(X, y, folds, C=config.C, tol=config.tol, device=config.device,
-                               max_iter=config.max_iter, site_batch=config.site_batch).predictions
+        with warnings.catch_warnings():  # the solver's own warning counts sites by index
+            warnings.simplefilter("ignore", ProbeWarning)
+            fit = fit_logistic_cv(X, y, folds, C=config.C, tol=config.tol, device=config.device,
+                                  max_iter=config.max_iter, site_batch=config.site_batch)
+        labels = site_labels or [f"site {s}" for s in range(X.shape[0])]
+        warn_unconverged(fit.converged, labels, config, folds=len(folds) > 1)
+        return fit.predictions
     return fit_ridge_cv(X, np.asarray(y, float), folds, alpha=config.alpha, device=config.device,
                         site_batch=config.site_batch).predictions[..., 0]
+
+
+def warn_unconverged(converged: np.ndarray, site_labels: Sequence[str], config: EvalConfig, *,
+                     folds: bool = True) -> None:
+    """A :class:`ProbeWarning` naming the sites (and folds) whose solve stopped at
+    ``config.max_iter`` before reaching ``config.tol``, and how to raise the cap."""
+    converged = np.asarray(converged, dtype=bool).reshape(len(site_labels), -1)
+    sites = np.flatnonzero(~converged.all(1))
+    if not len(sites):
+        return
+    where = [site_labels[s] + (f" folds {np.flatnonzero(~converged[s]).tolist()}" if folds else "")
+             for s in sites[:4]]
+    more = f" and {len(sites) - 4} more sites" if len(sites) > 4 else ""
+    warnings.warn(f"the logistic probe did not reach tol={config.tol:g} within "
+                  f"max_iter={config.max_iter} iterations at {', '.join(where)}{more}; its "
+                  "scores there may be slightly off: raise --max-iter (Python: "
+                  "EvalConfig(max_iter=...))", ProbeWarning, stacklevel=3)
 
 
 def score_with_ci(task: Task, y: Sequence, pred: np.ndarray, groups: Sequence,
@@ -128,11 +159,23 @@ def _codes(y: Sequence, task: Task) -> np.ndarray:
     return np.unique(y, return_inverse=True)[1] if task == "classification" else y.astype(float)
 
 
-def _scores(task, y, pred, groups, config) -> dict[str, np.ndarray]:
-    """``{metric: [1 + B, S]}``: row 0 is the pooled score, rows 1.. the bootstrap."""
-    weights = np.ones((1, len(y)))
+def _scored(folds: FoldList, n: int) -> np.ndarray:
+    """Rows that some fold tests (all rows under k-fold; the test part of a split)."""
+    mask = np.zeros(n, dtype=bool)
+    for _, test in folds:
+        mask[np.asarray(test, dtype=int)] = True
+    return mask
+
+
+def _scores(task, y, pred, groups, config, scored=None) -> dict[str, np.ndarray]:
+    """``{metric: [1 + B, S]}``: row 0 is the pooled score, rows 1.. the bootstrap over the
+    groups of the scored rows (default: every row)."""
+    scored = np.ones(len(y), dtype=bool) if scored is None else scored
+    weights = scored[None].astype(np.float64)
     if config.n_bootstrap:
-        boot = group_bootstrap_weights(groups, config.n_bootstrap, config.seed)
+        boot = np.zeros((config.n_bootstrap, len(y)))
+        boot[:, scored] = group_bootstrap_weights(np.asarray(groups)[scored],
+                                                  config.n_bootstrap, config.seed)
         weights = np.concatenate([weights, boot])
     return score(task, _codes(y, task), pred, weights)
 
@@ -158,6 +201,8 @@ def evaluate(
     config: EvalConfig = EvalConfig(),
     include_text_baselines: bool = True,
     control_keys: Sequence | None = None,
+    split: tuple[Sequence[int], Sequence[int]] | None = None,
+    site_labels: Sequence[str] | None = None,
 ) -> pd.DataFrame:
     """Probe every site and return the tidy results table.
 
@@ -174,40 +219,97 @@ def evaluate(
         task: ``"classification"`` or ``"regression"``.
         config: See :class:`EvalConfig`.
         include_text_baselines: Add lexical and chance rows.
-        control_keys: Surface key per row for the control task (default: last word of texts).
+        control_keys: Surface key per row for the control task (default: the last word of
+            each text; see :func:`probe.baselines.control_keys` for the key of a pooling).
+        split: ``(train_rows, test_rows)``: fit once on the train rows and score the test
+            rows (``evaluation`` ``"heldout"``; rows in neither are ignored), instead of group
+            k-fold over all rows (``"cv"``). Bootstrap CIs resample the test rows' groups.
+        site_labels: A name per site for messages (default ``blocks.{layer}.{site}``).
 
     Returns:
-        One row per (site, layer, estimator, metric); columns ``site, layer, estimator,
-        metric, value, ci_low, ci_high, n_folds, n`` (see ``probe.results``).
+        One row per (site, layer, estimator, metric); columns ``site, layer, evaluation,
+        estimator, metric, value, ci_low, ci_high, n_folds, n`` (see ``probe.results``).
 
     Raises:
         ProbeError: Mismatched lengths, NaN/inf in X (naming sites and rows), NaN targets, one
-            class, too few groups for the folds, ...
+            class, too few groups for the folds, a split that leaks groups, ...
     """
     y, groups = _check_inputs(X, y, groups, texts, site_keys, task, config, control_keys)
-    folds = make_folds(y, groups, task, config)
+    folds = _folds(y, groups, task, config, split)
     check_finite(X, site_keys)
-    probe = _scores(task, y, cross_val_predict(X, y, folds, task=task, config=config),
-                    groups, config)
-    n = len(y)
-    rows = _rows("probe", probe, site_keys, config, len(folds), n)
+    scored, evaluation = _scored(folds, len(y)), "cv" if split is None else "heldout"
+    labels = list(site_labels) if site_labels is not None else [_name(k) for k in site_keys]
+    fit = {"folds": folds, "task": task, "config": config}
+    probe = _scores(task, y, cross_val_predict(X, y, **fit, site_labels=labels), groups, config,
+                    scored)
+    meta = {"evaluation": evaluation, "n_folds": len(folds) if split is None else None,
+            "n": int(scored.sum())}
+    rows = _rows("probe", probe, site_keys, config, **meta)
     fake = _control_task(y, texts, control_keys, folds, task, config) if config.control else None
     if fake is not None:
-        control = _scores(task, fake, cross_val_predict(X, fake, folds, task=task,
-                                                        config=config), groups, config)
-        rows += _rows("control", control, site_keys, config, len(folds), n)
-        main = "accuracy" if task == "classification" else "r2"
-        # R^2 is unbounded below: a control probe on unseen keys can score far under 0, which
-        # would inflate selectivity past the probe's own R^2. Credit it with no less than
-        # predicting the mean (R^2 = 0, the chance level). Accuracy is used as is (H&L 2019).
-        floor = control[main] if task == "classification" else np.maximum(control[main], 0.0)
-        selectivity = {"selectivity": probe[main] - floor}
-        rows += _rows("probe", selectivity, site_keys, config, len(folds), n)
+        pred = cross_val_predict(X, fake, **fit, site_labels=[f"{s}, control task" for s in labels])
+        control = _scores(task, fake, pred, groups, config, scored)
+        rows += _rows("control", control, site_keys, config, **meta)
+        selectivity = _selectivity(task, probe, control, y, fake, folds, groups, config, scored)
+        rows += _rows("probe", {"selectivity": selectivity}, site_keys, config, **meta)
     table = _table(rows)
     if include_text_baselines:
-        extra = text_baselines(y=y, groups=groups, texts=texts, task=task, config=config)
+        extra = text_baselines(y=y, groups=groups, texts=texts, task=task, config=config,
+                               split=split)
         table = pd.concat([table, extra], ignore_index=True)
     return table
+
+
+def _folds(y, groups, task, config, split) -> FoldList:
+    if split is None:
+        return make_folds(y, groups, task, config)
+    train, test = (np.unique(np.asarray(part, dtype=int)) for part in split)
+    if not len(train) or not len(test):
+        raise ProbeError(f"a held-out split needs train and test rows; got {len(train)} train "
+                         f"and {len(test)} test rows")
+    if len(np.intersect1d(train, test)):
+        raise ProbeError("a row is in both the train and the test part of the split")
+    leaked = np.intersect1d(groups[train], groups[test])
+    if len(leaked):
+        raise ProbeError(f"{len(leaked)} group(s) have rows in both the train and the test part "
+                         f"(first: {leaked[:3].tolist()}); a held-out split must keep each group "
+                         "on one side")
+    if task == "classification":
+        missing = sorted(set(y[test].tolist()) - set(y[train].tolist()))
+        if missing:
+            raise ProbeError(f"classes {missing} occur only in the test part of the split; the "
+                             "probe cannot predict a class it never saw")
+    return [(train, test)]
+
+
+def _selectivity(task, probe, control, y, fake, folds, groups, config, scored) -> np.ndarray:
+    """Probe minus control, each measured against its own chance on these folds.
+
+    ``selectivity = (probe - prior(y)) - (control - prior(control))``, where ``prior`` is the
+    label-blind predictor of :func:`probe.baselines.prior_predictions` (what the same probe
+    predicts from a constant representation). Under group folds the two tasks' priors
+    differ (the control labels are not balanced within groups, so the training folds'
+    majority control class is rare in the test fold), and a plain difference would credit an
+    uninformative representation with that gap. Resamples are paired (same bootstrap
+    weights), so the interval is that of the difference.
+    """
+    main = "accuracy" if task == "classification" else "r2"
+    prior_y = _scores(task, y, prior_predictions(y, folds, task)[None], groups, config, scored)
+    prior_c = _scores(task, fake, prior_predictions(fake, folds, task)[None], groups, config,
+                      scored)
+    gain = probe[main] - prior_y[main]
+    control_gain = control[main] - prior_c[main]
+    if task == "regression":
+        # R^2 is unbounded below: a control probe on unseen keys can score far under the
+        # blind predictor, which would inflate selectivity past the probe's own gain. Credit it
+        # with no less than the blind predictor. Accuracy is used as is (H&L 2019).
+        control_gain = np.maximum(control_gain, 0.0)
+    return gain - control_gain
+
+
+def _name(key: SiteKey) -> str:
+    site, layer = key
+    return str(site) if layer is None else f"blocks.{layer}.{site}"
 
 
 def _control_task(y, texts, control_keys, folds, task, config) -> np.ndarray | None:
@@ -224,34 +326,48 @@ def _control_task(y, texts, control_keys, folds, task, config) -> np.ndarray | N
         warnings.warn(f"control task is weak: only {coverage:.0%} of test rows have a control "
                       "key seen in training, so control scores sit near chance whatever the "
                       "representation", ProbeWarning, stacklevel=3)
+    if (same_labelling(fake, y) if task == "classification" else np.array_equal(fake, y)):
+        warnings.warn("the control labelling equals the real labelling (the surface key "
+                      "determines the label), so selectivity is 0 by construction and says "
+                      "nothing; key the control on something else (control_keys)",
+                      ProbeWarning, stacklevel=3)
     return fake
 
 
 def text_baselines(*, y: Sequence, groups: Sequence, texts: Sequence[str] | None, task: Task,
-                   config: EvalConfig = EvalConfig()) -> pd.DataFrame:
-    """Lexical (if ``config.lexical``) and chance rows, which do not depend on activations."""
+                   config: EvalConfig = EvalConfig(),
+                   split: tuple[Sequence[int], Sequence[int]] | None = None) -> pd.DataFrame:
+    """Lexical (if ``config.lexical``) and chance rows, which do not depend on activations.
+
+    With ``split``, the lexical model is trained on the train rows and both are scored on the
+    test rows (``evaluation`` ``"heldout"``); chance is that of the test rows' labels.
+    """
     y, groups = np.asarray(y), np.asarray(groups)
+    folds = _folds(y, groups, task, config, split)
+    scored = _scored(folds, len(y))
+    meta = {"evaluation": "cv" if split is None else "heldout", "n": int(scored.sum())}
     rows = []
     if config.lexical:
         if texts is None:
             raise ProbeError("the lexical baseline needs texts; pass texts or lexical=False")
-        folds = make_folds(y, groups, task, config)
         pred = lexical_predictions(texts, y, folds, task)
-        rows += _rows("lexical", _scores(task, y, pred[None], groups, config), [(None, None)],
-                      config, len(folds), len(y))
-    chance = {m: np.array([[v]]) for m, v in chance_scores(y, task).items()}
-    rows += _rows("chance", chance, [(None, None)], config, None, n=len(y))
+        rows += _rows("lexical", _scores(task, y, pred[None], groups, config, scored),
+                      [(None, None)], config, n_folds=len(folds) if split is None else None,
+                      **meta)
+    chance = {m: np.array([[v]]) for m, v in chance_scores(y[scored], task).items()}
+    rows += _rows("chance", chance, [(None, None)], config, n_folds=None, **meta)
     return _table(rows)
 
 
-def _rows(estimator, samples: dict, site_keys, config, n_folds, n) -> list[dict]:
+def _rows(estimator, samples: dict, site_keys, config, *, evaluation, n_folds, n) -> list[dict]:
     rows = []
     for metric, s in samples.items():
         lo, hi = _ci(s[1:], config)
         for i, (site, layer) in enumerate(site_keys):
-            rows.append({"site": site, "layer": layer, "estimator": estimator, "metric": metric,
-                         "value": float(s[0, i]), "ci_low": float(lo[i]),
-                         "ci_high": float(hi[i]), "n_folds": n_folds, "n": n})
+            rows.append({"site": site, "layer": layer, "evaluation": evaluation,
+                         "estimator": estimator, "metric": metric, "value": float(s[0, i]),
+                         "ci_low": float(lo[i]), "ci_high": float(hi[i]), "n_folds": n_folds,
+                         "n": n})
     return rows
 
 

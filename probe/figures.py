@@ -1,10 +1,13 @@
 """Layer-wise figures of a probe sweep, sized for papers.
 
 :func:`plot_layerwise` draws one metric against layer: one line per site with its CI band,
-the control-task curve of each site (thin, lighter: the gap to it is the selectivity), the
-lexical baseline (dashed, CI band) and chance (dotted), the embedding output as a point at
-x = -1 ("emb"), and each site's peak marked ``"L19: 0.93"``. :func:`plot_sweep_panels` puts
-several metrics side by side. Both take the tidy table of :mod:`probe.results`.
+the control-task curve of each site (thin, lighter, same colour, with its own band: the gap
+to it is the selectivity), held-out scores when the sweep has them (dashed, same colour, with
+a band), the lexical baseline (dashed grey, CI band) and chance (dotted), the embedding output
+as points at x = -1 ("emb": probe filled, control hollow, held-out a triangle), and each
+site's peak marked ``"L19: 0.93"``. :func:`plot_sweep_panels` puts several metrics side by
+side. Both take the tidy table of :mod:`probe.results`. Every mark has a legend entry in its
+own colours.
 
 Figures are built on :class:`matplotlib.figure.Figure` with an Agg canvas, so nothing here
 touches pyplot, the global backend or global rcParams.
@@ -26,6 +29,7 @@ import pandas as pd
 from matplotlib.axes import Axes
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
+from matplotlib.legend_handler import HandlerTuple
 from matplotlib.lines import Line2D
 from matplotlib.ticker import FuncFormatter, Locator, MaxNLocator
 
@@ -34,6 +38,7 @@ from probe.results import (
     METRICS,
     Peak,
     default_metric,
+    main_evaluation,
     peak,
     select_pooling,
     sites_in,
@@ -48,7 +53,12 @@ OKABE_ITO = ("#0072B2", "#D55E00", "#009E73", "#CC79A7", "#E69F00", "#56B4E9", "
 SITE_COLORS = {"hook_resid_post": "#0072B2", "hook_attn_out": "#D55E00",
                "hook_mlp_out": "#009E73", "hook_resid_pre": "#CC79A7",
                "hook_resid_mid": "#E69F00", EMBED_SITE: "#333333"}
-LEXICAL_COLOR, CHANCE_COLOR, CONTROL_COLOR = "#4D4D4D", "#8C8C8C", "#9E9E9E"
+LEXICAL_COLOR, CHANCE_COLOR = "#4D4D4D", "#8C8C8C"
+#: Legend swatches that stand for several artists (one control line per site colour, and the
+#: embedding's marker) show them side by side.
+HANDLERS = {tuple: HandlerTuple(ndivide=None, pad=0.3)}
+CONTROL_ALPHA = 0.55  # control lines: the site's colour, lighter and thinner
+HELDOUT_STYLE = (0, (3.5, 1.5))  # held-out lines: the site's colour, dashed
 METRIC_LABELS = {"accuracy": "Accuracy", "macro_f1": "Macro-F1", "auroc": "AUROC",
                  "r2": "R²", "pearson_r": "Pearson r", "selectivity": "Selectivity"}
 RC = {"font.size": 7, "axes.labelsize": 7, "axes.titlesize": 8, "xtick.labelsize": 7,
@@ -68,8 +78,12 @@ _LABEL_SLOTS = ((0, 5, "center"), (-4, 4, "right"), (4, 4, "left"), (0, 12, "cen
 def plot_layerwise(df: pd.DataFrame, *, metric: str | None = None,
                    out: str | os.PathLike | None = None, title: str | None = None,
                    sites: Sequence[str] | None = None, ax: Axes | None = None,
-                   pooling: str | None = None) -> Figure:
+                   pooling: str | None = None, heldout_label: str | None = None) -> Figure:
     """Plot one metric against layer for each site, with baselines, control and peaks.
+
+    Cross-validated scores are solid lines with their CI band; held-out scores (a sweep with
+    ``evaluation == "heldout"`` rows next to ``"cv"`` ones) are dashed in the same colour, with
+    their own band; a table with held-out rows only draws those as the main lines.
 
     Args:
         df: A results table (:func:`probe.results.validate_results` schema).
@@ -81,6 +95,7 @@ def plot_layerwise(df: pd.DataFrame, *, metric: str | None = None,
         ax: Axes to draw into (legend goes to its right); default a new single-column figure
             (3.4 x 2.4 in, legend below).
         pooling: Which pooling to draw (required when the table holds several).
+        heldout_label: What the held-out data are, for the legend (e.g. the dataset name).
 
     Returns:
         The figure drawn on.
@@ -91,13 +106,14 @@ def plot_layerwise(df: pd.DataFrame, *, metric: str | None = None,
         fig = _new_figure(SINGLE_COLUMN) if ax is None else _root(ax)
         own = ax is None
         ax = fig.add_subplot() if own else ax
-        handles, marks = _draw_metric(ax, df, metric, sites)
+        entries, marks = _draw_metric(ax, df, metric, sites, heldout_label)
         if title:
             ax.set_title(title)
         if own:
-            _figure_legend(fig, handles, per_row=3)
+            _figure_legend(fig, entries, per_row=3)
         else:
-            ax.legend(handles=handles, loc="upper left", bbox_to_anchor=(1.02, 1), frameon=False)
+            ax.legend(*zip(*entries), loc="upper left", bbox_to_anchor=(1.02, 1), frameon=False,
+                      handler_map=HANDLERS)
         _mark_peaks(fig, marks)
         if out is not None:
             save_figure(fig, out)
@@ -106,7 +122,8 @@ def plot_layerwise(df: pd.DataFrame, *, metric: str | None = None,
 
 def plot_sweep_panels(df: pd.DataFrame, *, metrics: Sequence[str] | None = None,
                       out: str | os.PathLike | None = None, title: str | None = None,
-                      sites: Sequence[str] | None = None, pooling: str | None = None) -> Figure:
+                      sites: Sequence[str] | None = None, pooling: str | None = None,
+                      heldout_label: str | None = None) -> Figure:
     """One :func:`plot_layerwise` panel per metric, side by side at double-column width (7 in).
 
     Args:
@@ -116,6 +133,7 @@ def plot_sweep_panels(df: pd.DataFrame, *, metrics: Sequence[str] | None = None,
         title: Figure title.
         sites: Sites to draw; default every site in ``df``.
         pooling: Which pooling to draw (required when the table holds several).
+        heldout_label: What the held-out data are, for the legend.
     """
     df = select_pooling(validate_results(df), pooling)
     present = set(df.loc[df["estimator"] == "probe", "metric"])
@@ -123,14 +141,15 @@ def plot_sweep_panels(df: pd.DataFrame, *, metrics: Sequence[str] | None = None,
     with mpl.rc_context(RC):
         fig = _new_figure(DOUBLE_COLUMN)
         axes = np.atleast_1d(fig.subplots(1, len(metrics), squeeze=False)[0])
-        handles, marks = {}, []
+        entries, marks = {}, []
         for ax, metric in zip(axes, metrics):
-            drawn, peaks = _draw_metric(ax, df, metric, sites)
-            handles.update({h.get_label(): h for h in drawn if h.get_label() not in handles})
+            drawn, peaks = _draw_metric(ax, df, metric, sites, heldout_label)
+            for handle, label in drawn:
+                entries.setdefault(label, handle)
             marks += peaks
         if title:
             fig.suptitle(title)
-        _figure_legend(fig, list(handles.values()), per_row=8)
+        _figure_legend(fig, [(h, label) for label, h in entries.items()], per_row=8)
         _mark_peaks(fig, marks)
         if out is not None:
             save_figure(fig, out)
@@ -167,8 +186,10 @@ def _root(ax: Axes) -> Figure:
     return fig
 
 
-def _draw_metric(ax: Axes, df: pd.DataFrame, metric: str, sites: Sequence[str] | None):
-    """Draw one metric into ``ax``; returns (legend handles, [(ax, Peak, colour)])."""
+def _draw_metric(ax: Axes, df: pd.DataFrame, metric: str, sites: Sequence[str] | None,
+                 heldout_label: str | None = None):
+    """Draw one metric into ``ax``; returns (legend entries [(handle, label)],
+    [(ax, Peak, colour)])."""
     if not ((df["estimator"] == "probe") & (df["metric"] == metric)).any():
         raise ValueError(f"no probe rows for metric {metric!r}; "
                          f"metrics: {sorted(set(df['metric']))}")
@@ -177,26 +198,35 @@ def _draw_metric(ax: Axes, df: pd.DataFrame, metric: str, sites: Sequence[str] |
     if unknown:
         raise ValueError(f"sites {unknown} not in results; sites: {all_sites}")
     colors = _site_colors(all_sites)
-    handles, marks, layers, has_control = [], [], [], False
+    main = main_evaluation(df)
+    transfer = main == "cv" and not _curve(df, "probe", metric, None, "heldout").empty
+    entries, marks, layers = [], [], []
+    control, held = [], []  # legend swatches: one per drawn site, in its colour
     for site in [s for s in (sites or all_sites) if s != EMBED_SITE]:
-        probe = _curve(df, "probe", metric, site)
+        probe = _curve(df, "probe", metric, site, main)
         if probe.empty:
             continue
-        handles.append(_draw_site(ax, probe, colors[site], site))
-        control = _curve(df, "control", metric, site)
-        if not control.empty:
-            has_control = True
-            ax.plot(control["layer"], control["value"], color=colors[site], lw=0.7, alpha=0.55,
-                    zorder=2, gid=f"control:{site}", label=f"_control {_short(site)}")
+        entries.append((_draw_site(ax, probe, colors[site], site), _short(site)))
+        control += _draw_control(ax, _curve(df, "control", metric, site, main), colors[site], site)
+        if transfer:
+            held += _draw_heldout(ax, _curve(df, "probe", metric, site, "heldout"),
+                                  colors[site], site)
         layers += list(probe["layer"])
-        marks.append((ax, peak(df, site, metric), colors[site]))
-    has_embed = EMBED_SITE in (sites or all_sites) and _draw_embed(ax, df, metric, colors)
-    if has_control:
-        handles.append(Line2D([], [], color=CONTROL_COLOR, lw=0.7, label="control task"))
-    handles += _draw_references(ax, df, metric)
-    _layer_axis(ax, layers, has_embed)
+        marks.append((ax, peak(df, site, metric, main), colors[site]))
+    embed = _draw_embed(ax, df, metric, colors, main, transfer) \
+        if EMBED_SITE in (sites or all_sites) else {}
+    if "probe" in embed:
+        entries.append((embed["probe"], _short(EMBED_SITE)))
+    if control or "control" in embed:
+        entries.append((tuple(control[:3] + [embed[k] for k in ("control",) if k in embed]),
+                        "control task"))
+    if held or "heldout" in embed:
+        entries.append((tuple(held[:3] + [embed[k] for k in ("heldout",) if k in embed]),
+                        f"held-out: {heldout_label}" if heldout_label else "held-out"))
+    entries += _draw_references(ax, df, metric, main, transfer)
+    _layer_axis(ax, layers, "probe" in embed)
     _value_axis(ax, df, metric, sites or all_sites)
-    return handles, marks
+    return entries, marks
 
 
 def _site_colors(sites: Sequence[str]) -> dict[str, str]:
@@ -204,56 +234,109 @@ def _site_colors(sites: Sequence[str]) -> dict[str, str]:
     return {s: SITE_COLORS.get(s) or next(spare) for s in sites}
 
 
-def _curve(df: pd.DataFrame, estimator: str, metric: str, site: str) -> pd.DataFrame:
-    rows = df[(df["estimator"] == estimator) & (df["metric"] == metric) & (df["site"] == site)]
+def _curve(df: pd.DataFrame, estimator: str, metric: str, site: str | None,
+           evaluation: str) -> pd.DataFrame:
+    rows = df[(df["estimator"] == estimator) & (df["metric"] == metric)
+              & (df["evaluation"] == evaluation)]
+    if site is not None:
+        rows = rows[rows["site"] == site]
     rows = rows.dropna(subset=["value", "layer"]).sort_values("layer")
     return rows.assign(layer=rows["layer"].astype(int))
 
 
-def _draw_site(ax: Axes, rows: pd.DataFrame, color: str, site: str) -> Line2D:
+def _band(ax: Axes, rows: pd.DataFrame, color: str, alpha: float, gid: str) -> None:
     x, y = rows["layer"].to_numpy(), rows["value"].to_numpy()
     lo, hi = rows["ci_low"].to_numpy(), rows["ci_high"].to_numpy()
     ok = np.isfinite(lo) & np.isfinite(hi)
     if ok.any():
         ax.fill_between(x, np.where(ok, lo, y), np.where(ok, hi, y), where=ok, color=color,
-                        alpha=0.18, lw=0, zorder=1, gid=f"ci:{site}")
-    sparse = len(x) <= 12  # few layers stored: show where the samples are
-    (line,) = ax.plot(x, y, color=color, lw=1.3, zorder=3, marker="o" if sparse else None,
-                      ms=2.2, label=_short(site), gid=f"probe:{site}")
+                        alpha=alpha, lw=0, zorder=1, gid=gid)
+
+
+def _draw_site(ax: Axes, rows: pd.DataFrame, color: str, site: str) -> Line2D:
+    _band(ax, rows, color, 0.18, f"ci:{site}")
+    sparse = len(rows) <= 12  # few layers stored: show where the samples are
+    (line,) = ax.plot(rows["layer"], rows["value"], color=color, lw=1.3, zorder=3,
+                      marker="o" if sparse else None, ms=2.2, label=_short(site),
+                      gid=f"probe:{site}")
     return line
 
 
-def _draw_embed(ax: Axes, df: pd.DataFrame, metric: str, colors: dict[str, str]) -> bool:
+def _draw_control(ax: Axes, rows: pd.DataFrame, color: str, site: str) -> list[Line2D]:
+    """The control task: a thin, lighter line in the site's colour, with its own CI band."""
+    if rows.empty:
+        return []
+    _band(ax, rows, color, 0.07, f"control_ci:{site}")
+    (line,) = ax.plot(rows["layer"], rows["value"], color=color, lw=0.7, alpha=CONTROL_ALPHA,
+                      zorder=2, gid=f"control:{site}", label=f"_control {_short(site)}")
+    return [line]
+
+
+def _draw_heldout(ax: Axes, rows: pd.DataFrame, color: str, site: str) -> list[Line2D]:
+    """Held-out scores: the site's colour, dashed, with a lighter CI band."""
+    if rows.empty:
+        return []
+    _band(ax, rows, color, 0.10, f"heldout_ci:{site}")
+    (line,) = ax.plot(rows["layer"], rows["value"], color=color, lw=1.1, ls=HELDOUT_STYLE,
+                      zorder=3, gid=f"heldout:{site}", label=f"_heldout {_short(site)}")
+    return [line]
+
+
+def _draw_embed(ax: Axes, df: pd.DataFrame, metric: str, colors: dict[str, str], main: str,
+                transfer: bool) -> dict[str, Line2D]:
+    """The embedding output at x = -1: probe filled, control hollow (diamonds), held-out a
+    filled triangle; each with its CI as a vertical bar. Returns the markers drawn."""
     rows = df[(df["site"] == EMBED_SITE) & (df["metric"] == metric)].dropna(subset=["value"])
-    color = colors[EMBED_SITE]
-    for estimator, face in (("probe", color), ("control", "white")):
-        row = rows[rows["estimator"] == estimator]
+    color, drawn = colors[EMBED_SITE], {}
+    styles = [("probe", main, "D", color), ("control", main, "D", "white")]
+    styles += [("heldout", "heldout", "^", color)] if transfer else []
+    for name, evaluation, marker, face in styles:
+        estimator = "control" if name == "control" else "probe"
+        row = rows[(rows["estimator"] == estimator) & (rows["evaluation"] == evaluation)]
         if row.empty:
             continue
         r = row.iloc[0]
         if pd.notna(r["ci_low"]) and pd.notna(r["ci_high"]):
             ax.vlines(-1, r["ci_low"], r["ci_high"], color=color, lw=0.8, alpha=0.6, zorder=3)
-        ax.plot([-1], [r["value"]], ls="none", marker="D", ms=2.8, mfc=face, mec=color,
-                mew=0.7, zorder=4, gid=f"{estimator}:{EMBED_SITE}", label="_embed")
-    return not rows[rows["estimator"] == "probe"].empty
+        (drawn[name],) = ax.plot([-1], [r["value"]], ls="none", marker=marker, ms=2.8, mfc=face,
+                                 mec=color, mew=0.7, zorder=4, gid=f"{name}:{EMBED_SITE}",
+                                 label="_embed")
+    return drawn
 
 
-def _draw_references(ax: Axes, df: pd.DataFrame, metric: str) -> list[Line2D]:
-    handles = []
-    lexical = df[(df["estimator"] == "lexical") & (df["metric"] == metric)]
-    if not lexical.empty and pd.notna(lexical["value"].iloc[0]):
-        r = lexical.iloc[0]
-        if pd.notna(r["ci_low"]) and pd.notna(r["ci_high"]):
-            ax.axhspan(r["ci_low"], r["ci_high"], color=LEXICAL_COLOR, alpha=0.1, lw=0,
-                       zorder=0, gid="lexical_ci")
-        handles.append(ax.axhline(r["value"], color=LEXICAL_COLOR, ls="--", lw=0.8, zorder=1,
-                                  gid="lexical", label="lexical baseline"))
-    chance = df[(df["estimator"] == "chance") & (df["metric"] == metric)]["value"].dropna()
-    level = chance.iloc[0] if len(chance) else (0.0 if metric == "selectivity" else None)
-    if level is not None:
-        handles.append(ax.axhline(level, color=CHANCE_COLOR, ls=":", lw=0.9, zorder=1,
-                                  gid="chance", label="chance"))
-    return handles
+def _draw_references(ax: Axes, df: pd.DataFrame, metric: str, main: str,
+                     transfer: bool) -> list[tuple]:
+    """Lexical baselines (CV dashed with its CI band; held-out dash-dot) and chance (dotted).
+    Selectivity has no chance level: its panel gets an unlabelled zero line instead."""
+    entries = []
+    lexical = _reference(df, "lexical", metric, main)
+    if lexical is not None:
+        if pd.notna(lexical["ci_low"]) and pd.notna(lexical["ci_high"]):
+            ax.axhspan(lexical["ci_low"], lexical["ci_high"], color=LEXICAL_COLOR, alpha=0.1,
+                       lw=0, zorder=0, gid="lexical_ci")
+        line = ax.axhline(lexical["value"], color=LEXICAL_COLOR, ls="--", lw=0.8, zorder=1,
+                          gid="lexical", label="lexical baseline")
+        entries.append((line, "lexical baseline"))
+    held = _reference(df, "lexical", metric, "heldout") if transfer else None
+    if held is not None:
+        line = ax.axhline(held["value"], color=LEXICAL_COLOR, ls="-.", lw=0.7, zorder=1,
+                          gid="heldout_lexical", label="held-out lexical")
+        entries.append((line, "held-out lexical"))
+    if metric == "selectivity":
+        ax.axhline(0.0, color=CHANCE_COLOR, ls="-", lw=0.5, zorder=1, gid="zero", label="_zero")
+        return entries
+    chance = _reference(df, "chance", metric, main)
+    if chance is not None:
+        line = ax.axhline(chance["value"], color=CHANCE_COLOR, ls=":", lw=0.9, zorder=1,
+                          gid="chance", label="chance")
+        entries.append((line, "chance"))
+    return entries
+
+
+def _reference(df: pd.DataFrame, estimator: str, metric: str, evaluation: str) -> pd.Series | None:
+    rows = df[(df["estimator"] == estimator) & (df["metric"] == metric)
+              & (df["evaluation"] == evaluation)].dropna(subset=["value"])
+    return None if rows.empty else rows.iloc[0]
 
 
 def _layer_axis(ax: Axes, layers: list[int], has_embed: bool) -> None:
@@ -302,10 +385,10 @@ def _value_axis(ax: Axes, df: pd.DataFrame, metric: str, sites: Sequence[str]) -
     ax.set_ylabel(METRIC_LABELS.get(metric, metric))
 
 
-def _figure_legend(fig: Figure, handles: list[Line2D], per_row: int = 4) -> None:
-    rows = math.ceil(len(handles) / per_row)
-    fig.legend(handles=handles, loc="outside lower center", ncol=math.ceil(len(handles) / rows),
-               frameon=False)
+def _figure_legend(fig: Figure, entries: list[tuple], per_row: int = 4) -> None:
+    rows = math.ceil(len(entries) / per_row)
+    fig.legend(*zip(*entries), loc="outside lower center", ncol=math.ceil(len(entries) / rows),
+               frameon=False, handler_map=HANDLERS)
 
 
 def _short(site: str) -> str:

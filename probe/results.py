@@ -1,7 +1,7 @@
 """The tidy results table of a probe sweep: schema, files on disk, and the end-of-sweep summary.
 
 A sweep's results are one :class:`pandas.DataFrame` with one row per
-``(site, layer, estimator, metric)`` and exactly these columns:
+``(site, layer, pooling, evaluation, estimator, metric)`` and exactly these columns:
 
 ``site``       activation site kind (``"hook_resid_post"``, ``"hook_embed"``, ...); NA for
                ``lexical`` and ``chance`` rows
@@ -9,11 +9,19 @@ A sweep's results are one :class:`pandas.DataFrame` with one row per
                ``lexical`` / ``chance`` rows
 ``pooling``    how each sample's tokens were pooled (``"last"``, ``"content-mean"``, ...); NA
                for ``lexical`` / ``chance`` rows. Optional on input (filled with NA)
+``evaluation`` ``"cv"``: group k-fold cross-validation on one set of rows (in-distribution);
+               ``"heldout"``: fitted on one set (a store, or the rows of a train split) and
+               scored on another (another store, or the other splits), CIs over the held-out
+               rows' groups. Optional on input (filled with ``"cv"``)
 ``estimator``  ``"probe"``, ``"control"`` (control task), ``"lexical"`` or ``"chance"``
 ``metric``     ``"accuracy"``, ``"macro_f1"``, ``"auroc"``, ``"r2"``, ``"pearson_r"`` or
                ``"selectivity"`` (probe minus control task; probe and chance rows only)
 ``value``, ``ci_low``, ``ci_high``  the estimate and its confidence interval (NaN: no CI)
-``n_folds``, ``n``  nullable ``Int64``
+``n_folds``, ``n``  nullable ``Int64``; ``n`` counts the scored rows, ``n_folds`` is NA for
+               ``heldout`` rows (one fit, no folds)
+
+``(site, layer, pooling, evaluation, estimator, metric)`` is a key: a sweep with a held-out set
+has one ``cv`` and one ``heldout`` row per site, layer, pooling, estimator and metric.
 
 >>> df = pd.DataFrame({"site": ["hook_resid_post", None], "layer": pd.array([3, None], "Int64"),
 ...     "estimator": ["probe", "chance"], "metric": ["accuracy", "accuracy"],
@@ -39,16 +47,18 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-COLUMNS = ("site", "layer", "pooling", "estimator", "metric", "value", "ci_low", "ci_high",
-           "n_folds", "n")
+COLUMNS = ("site", "layer", "pooling", "evaluation", "estimator", "metric", "value", "ci_low",
+           "ci_high", "n_folds", "n")
+EVALUATIONS = ("cv", "heldout")
 ESTIMATORS = ("probe", "control", "lexical", "chance")
 METRICS = ("accuracy", "macro_f1", "auroc", "r2", "pearson_r", "selectivity")
 EMBED_SITE = "hook_embed"
-KEY = ["site", "layer", "pooling", "estimator", "metric"]
+KEY = ["site", "layer", "pooling", "evaluation", "estimator", "metric"]
 FILES = {"csv": "results.csv", "json": "results.json", "run": "run.json"}
 
 _STR = pd.Series(["x"]).dtype  # pandas' default string dtype ("str" in pandas 3, object before)
-_DTYPES = {"site": _STR, "layer": "Int64", "pooling": _STR, "estimator": _STR, "metric": _STR,
+_DTYPES = {"site": _STR, "layer": "Int64", "pooling": _STR, "evaluation": _STR,
+           "estimator": _STR, "metric": _STR,
            "value": "float64", "ci_low": "float64", "ci_high": "float64",
            "n_folds": "Int64", "n": "Int64"}
 
@@ -89,6 +99,8 @@ def validate_results(df: pd.DataFrame) -> pd.DataFrame:
         raise TypeError(f"results must be a pandas DataFrame, got {type(df).__name__}")
     if "pooling" not in df.columns:
         df = df.assign(pooling=pd.Series([None] * len(df), index=df.index, dtype=object))
+    if "evaluation" not in df.columns:
+        df = df.assign(evaluation="cv")
     missing = [c for c in COLUMNS if c not in df.columns]
     extra = [c for c in df.columns if c not in COLUMNS]
     if missing or extra:
@@ -99,6 +111,7 @@ def validate_results(df: pd.DataFrame) -> pd.DataFrame:
     if df["layer"].dtype != "Int64":
         raise ValueError(f"column 'layer' must have dtype Int64 (nullable integer), got "
                          f"{df['layer'].dtype}; use df['layer'] = df['layer'].astype('Int64')")
+    _check_values(df, "evaluation", EVALUATIONS)
     _check_values(df, "estimator", ESTIMATORS)
     _check_values(df, "metric", METRICS)
     _check_rows(df)
@@ -111,7 +124,8 @@ def validate_results(df: pd.DataFrame) -> pd.DataFrame:
                          f"{df[bad_ci].head(1).to_string()}")
     dup = df.duplicated(subset=KEY, keep=False)
     if dup.any():
-        raise ValueError(f"{int(dup.sum())} rows share a (site, layer, estimator, metric) key, "
+        raise ValueError(f"{int(dup.sum())} rows share a (site, layer, pooling, evaluation, "
+                         f"estimator, metric) key, "
                          f"first:\n{df[dup].head(2).to_string()}")
     return _canonical(df)
 
@@ -146,7 +160,7 @@ def _check_rows(df: pd.DataFrame) -> None:
 
 def _canonical(df: pd.DataFrame) -> pd.DataFrame:
     out = df.loc[:, list(COLUMNS)].reset_index(drop=True).copy()
-    for col in ("site", "pooling", "estimator", "metric"):
+    for col in ("site", "pooling", "evaluation", "estimator", "metric"):
         obj = out[col].astype(object)
         out[col] = obj.where(obj.notna(), np.nan).astype(_STR)
     for col in ("value", "ci_low", "ci_high"):
@@ -286,15 +300,30 @@ def default_metric(df: pd.DataFrame) -> str:
     raise ValueError("results table has no probe rows")
 
 
-def peak(df: pd.DataFrame, site: str, metric: str) -> Peak:
+def main_evaluation(df: pd.DataFrame) -> str:
+    """``"cv"`` when the table has cross-validated probe rows, else ``"heldout"`` (a sweep
+    that only trains on one split and tests on another)."""
+    probe = df[df["estimator"] == "probe"]
+    evaluations = set(probe["evaluation"]) if "evaluation" in probe else {"cv"}
+    return "cv" if "cv" in evaluations or not evaluations else "heldout"
+
+
+def peak(df: pd.DataFrame, site: str, metric: str, evaluation: str | None = None) -> Peak:
     """The layer where the probe scores highest at ``site`` (the earliest one on ties).
+
+    Args:
+        df: A results table.
+        site: The site kind.
+        metric: The metric.
+        evaluation: ``"cv"`` or ``"heldout"``; default :func:`main_evaluation`.
 
     Raises:
         ValueError: if the table has no probe value for this site and metric.
     """
-    rows = _rows(df, "probe", metric, site).dropna(subset=["value"])
+    evaluation = evaluation or main_evaluation(df)
+    rows = _rows(df, "probe", metric, site, evaluation).dropna(subset=["value"])
     if rows.empty:
-        raise ValueError(f"no probe {metric!r} values at site {site!r}; "
+        raise ValueError(f"no probe {metric!r} values ({evaluation}) at site {site!r}; "
                          f"sites: {sites_in(df)}, metrics: {sorted(set(df['metric']))}")
     rows = rows.sort_values("layer", na_position="first", kind="stable")
     best = rows.loc[rows["value"].idxmax()]
@@ -303,8 +332,13 @@ def peak(df: pd.DataFrame, site: str, metric: str) -> Peak:
                 float(best["ci_high"]))
 
 
-def summarize(df: pd.DataFrame, metric: str | None = None, pooling: str | None = None) -> pd.DataFrame:
+def summarize(df: pd.DataFrame, metric: str | None = None,
+              pooling: str | None = None) -> pd.DataFrame:
     """One row per site: peak layer and value with CI, last layer, selectivity, baselines.
+
+    The peak is that of the main evaluation (:func:`main_evaluation`). When the table also
+    holds held-out rows next to cross-validated ones, the held-out score at the same layer and
+    the held-out peak are added.
 
     Args:
         df: A results table.
@@ -312,61 +346,93 @@ def summarize(df: pd.DataFrame, metric: str | None = None, pooling: str | None =
         pooling: The pooling to summarise (required when the table holds several).
 
     Returns:
-        Columns ``site, metric, peak_layer, peak_value, peak_ci_low, peak_ci_high,
-        last_layer, last_value, selectivity`` (at the peak layer), ``lexical, chance``.
+        Columns ``site, metric, evaluation, peak_layer, peak_value, peak_ci_low,
+        peak_ci_high, last_layer, last_value, selectivity`` (at the peak layer), ``lexical,
+        chance``, and ``heldout_value, heldout_ci_low, heldout_ci_high`` (at the peak layer),
+        ``heldout_peak_layer, heldout_peak_value`` (NaN/NA without held-out rows).
     """
     df = select_pooling(validate_results(df), pooling)
     metric = metric or default_metric(df)
-    lexical, chance = _rows(df, "lexical", metric), _rows(df, "chance", metric)
+    main = main_evaluation(df)
+    transfer = main == "cv" and not _rows(df, "probe", metric, evaluation="heldout").empty
     out = []
     for site in sites_in(df):
-        if _rows(df, "probe", metric, site)["value"].notna().sum() == 0:
+        curve = _rows(df, "probe", metric, site, main).dropna(subset=["value"])
+        if curve.empty:
             continue
-        pk = peak(df, site, metric)
-        curve = _rows(df, "probe", metric, site).dropna(subset=["value"])
+        pk = peak(df, site, metric, main)
         last = curve.sort_values("layer", na_position="first").iloc[-1]
-        sel = _rows(df, "probe", "selectivity", site)
-        sel = sel[sel["layer"].isna() if pk.layer is None else sel["layer"] == pk.layer]
-        out.append({"site": site, "metric": metric, "peak_layer": pk.layer,
-                    "peak_value": pk.value, "peak_ci_low": pk.ci_low, "peak_ci_high": pk.ci_high,
-                    "last_layer": last["layer"], "last_value": float(last["value"]),
-                    "selectivity": _first(sel), "lexical": _first(lexical),
-                    "chance": _first(chance)})
+        row = {"site": site, "metric": metric, "evaluation": main, "peak_layer": pk.layer,
+               "peak_value": pk.value, "peak_ci_low": pk.ci_low, "peak_ci_high": pk.ci_high,
+               "last_layer": last["layer"], "last_value": float(last["value"]),
+               "selectivity": _first(_at(_rows(df, "probe", "selectivity", site, main), pk.layer)),
+               "lexical": _first(_rows(df, "lexical", metric, evaluation=main)),
+               "chance": _first(_rows(df, "chance", metric, evaluation=main))}
+        held = _at(_rows(df, "probe", metric, site, "heldout"), pk.layer) if transfer else None
+        hpk = peak(df, site, metric, "heldout") if transfer and not held.empty else None
+        row.update({"heldout_value": _first(held) if hpk else math.nan,
+                    "heldout_ci_low": float(held["ci_low"].iloc[0]) if hpk else math.nan,
+                    "heldout_ci_high": float(held["ci_high"].iloc[0]) if hpk else math.nan,
+                    "heldout_peak_layer": hpk.layer if hpk else None,
+                    "heldout_peak_value": hpk.value if hpk else math.nan})
+        out.append(row)
     table = pd.DataFrame(out)
-    for col in ("peak_layer", "last_layer"):
+    for col in ("peak_layer", "last_layer", "heldout_peak_layer"):
         table[col] = pd.array([None if pd.isna(v) else int(v) for v in table[col]], "Int64")
     return table
 
 
 def format_summary(df: pd.DataFrame, metric: str | None = None, pooling: str | None = None) -> str:
-    """A plain-text table of :func:`summarize` for the terminal at the end of a sweep."""
+    """A plain-text table of :func:`summarize` for the terminal at the end of a sweep.
+
+    With held-out rows next to cross-validated ones, two columns follow: the held-out score at
+    the cross-validated peak layer (with its CI) and the held-out peak.
+    """
     df = select_pooling(validate_results(df), pooling)
     metric = metric or default_metric(df)
     table = summarize(df, metric)
+    transfer = table["heldout_value"].notna().any()
     head = ["site", "peak", metric, "CI", "last", "selectivity"]
-    rows = [[_short(r.site), _layer(r.peak_layer), f"{r.peak_value:.3f}",
-             _ci(r.peak_ci_low, r.peak_ci_high), f"{r.last_value:.3f} ({_layer(r.last_layer)})",
-             "—" if pd.isna(r.selectivity) else f"{r.selectivity:+.3f}"]
-            for r in table.itertuples()]
+    head += ["held-out", "CI", "held-out peak"] if transfer else []
+    rows = []
+    for r in table.itertuples():
+        row = [_short(r.site), _layer(r.peak_layer), f"{r.peak_value:.3f}",
+               _ci(r.peak_ci_low, r.peak_ci_high), f"{r.last_value:.3f} ({_layer(r.last_layer)})",
+               "—" if pd.isna(r.selectivity) else f"{r.selectivity:+.3f}"]
+        if transfer:
+            row += ["—", "", "—"] if pd.isna(r.heldout_value) else [
+                f"{r.heldout_value:.3f}", _ci(r.heldout_ci_low, r.heldout_ci_high),
+                f"{r.heldout_peak_value:.3f} ({_layer(r.heldout_peak_layer)})"]
+        rows.append(row)
     widths = [max(len(x) for x in col) for col in zip(head, *rows)]
     lines = ["  ".join(c.ljust(w) if i == 0 else c.rjust(w)
                        for i, (c, w) in enumerate(zip(line, widths))).rstrip()
              for line in [head, ["-" * w for w in widths], *rows]]
     notes = []
-    for estimator in ("lexical", "chance"):
-        row = _rows(df, estimator, metric)
-        if not row.empty:
-            r = row.iloc[0]
-            notes.append(f"{estimator} {r['value']:.3f}" + (
-                "" if pd.isna(r["ci_low"]) else f" {_ci(r['ci_low'], r['ci_high'])}"))
+    main = main_evaluation(df)
+    for evaluation in (main, "heldout") if transfer else (main,):
+        for estimator in ("lexical", "chance"):
+            row = _rows(df, estimator, metric, evaluation=evaluation)
+            if not row.empty:
+                r = row.iloc[0]
+                ci = "" if pd.isna(r["ci_low"]) else f" {_ci(r['ci_low'], r['ci_high'])}"
+                prefix = "held-out " if transfer and evaluation == "heldout" else ""
+                notes.append(f"{prefix}{estimator} {r['value']:.3f}{ci}")
     return "\n".join(lines + (["; ".join(notes)] if notes else []))
 
 
-def _rows(df: pd.DataFrame, estimator: str, metric: str, site: str | None = None) -> pd.DataFrame:
+def _rows(df: pd.DataFrame, estimator: str, metric: str, site: str | None = None,
+          evaluation: str | None = None) -> pd.DataFrame:
     mask = (df["estimator"] == estimator) & (df["metric"] == metric)
     if site is not None:
         mask &= df["site"] == site
+    if evaluation is not None and "evaluation" in df:
+        mask &= df["evaluation"] == evaluation
     return df[mask.fillna(False).astype(bool)]
+
+
+def _at(rows: pd.DataFrame, layer: int | None) -> pd.DataFrame:
+    return rows[rows["layer"].isna() if layer is None else (rows["layer"] == layer).fillna(False)]
 
 
 def _first(rows: pd.DataFrame) -> float:

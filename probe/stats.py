@@ -44,8 +44,22 @@ class ProbeWarning(UserWarning):
 
 
 def infer_task(y: Sequence) -> Task:
-    """``"regression"`` for float targets, else ``"classification"`` (ints are labels)."""
-    return "regression" if np.asarray(y).dtype.kind == "f" else "classification"
+    """``"regression"`` for non-integer floats, ``"classification"`` for labels and ints.
+
+    Floats that are all whole numbers (class ids read from a file as numbers, or a 1-5 rating)
+    are ambiguous: pass ``task=`` instead of letting them be guessed.
+
+    Raises:
+        ProbeError: For whole-number floats.
+    """
+    y = np.asarray(y)
+    if y.dtype.kind != "f":
+        return "classification"
+    finite = y[np.isfinite(y)]
+    if len(finite) and np.all(finite == np.round(finite)):
+        raise ProbeError("the targets are whole numbers stored as floats: class ids or a score? "
+                         "pass task='classification' or task='regression'")
+    return "regression"
 
 
 def group_stratified_folds(

@@ -1,8 +1,347 @@
-"""``probe`` subcommands contributed by :mod:`steering` (entry-point group ``emoprobe.commands``)."""
+"""``probe`` subcommands contributed by :mod:`steering` (entry-point group ``emoprobe.commands``):
+
+``probe directions``  emotion directions from a store (or computed on the fly), saved as
+                      safetensors + JSON with a cosine figure and a held-out separation check;
+``probe steer``       steered and unsteered replies side by side (``--json`` to keep them).
+"""
 
 from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import sys
+import textwrap
+import time
+import uuid
+from pathlib import Path
+
+EPILOG_DIRECTIONS = """examples:
+  probe directions --out runs/directions                      # SmolLM2, emotion-scenarios, all layers
+  probe directions --store cache/smollm2-135m/emotion-scenarios-XXXX.zarr --method mean-diff \\
+                   --layers 10-19 --out runs/md
+  probe directions --method probe --run runs/smollm2-135m/emotion-scenarios-emotion-XXXX --out runs/pd
+  probe directions --method prompted --layers 10-19 --out runs/prompted   # the model's own replies
+"""
+EPILOG_STEER = """examples:
+  probe steer --emotion fear "How was your day?"                  # shipped operating point
+  probe steer --emotion happiness --strength 6 --layers 10-19 "Tell me about your day."
+  probe steer --emotion anger --vectors runs/directions --strength 2 --json out.json "Hi" "Hello"
+"""
 
 
 def register(sub) -> dict:
     """Add steering's subcommands to the ``probe`` parser; returns ``{command: handler}``."""
-    return {}
+    from probe.cli import _model_args
+
+    p = sub.add_parser("directions", help="emotion directions from a store, saved as vectors",
+                       description="Compute one steering vector per emotion from pooled "
+                                   "activations, check on held-out scenarios that each "
+                                   "separates its emotion, and save vectors and figures.",
+                       epilog=EPILOG_DIRECTIONS, formatter_class=argparse.RawDescriptionHelpFormatter)
+    _model_args(p)
+    _direction_args(p)
+    p.add_argument("--folds", type=int, default=5,
+                   help="group folds of the held-out AUROC check (0: skip it; default: %(default)s)")
+    p.add_argument("--gguf", action="store_true",
+                   help="also export each vector as a llama.cpp control vector (<emotion>.gguf)")
+    p.add_argument("--out", required=True, help="output folder (must not exist yet)")
+    p.add_argument("--quiet", action="store_true", help="no progress output")
+
+    p = sub.add_parser("steer", help="generate with and without an emotion direction",
+                       description="Generate replies to PROMPTs steered towards an emotion and "
+                                   "unsteered, in one batch, and print them side by side.",
+                       epilog=EPILOG_STEER, formatter_class=argparse.RawDescriptionHelpFormatter)
+    _model_args(p)
+    p.add_argument("prompts", nargs="*", metavar="PROMPT", help="user messages")
+    p.add_argument("--emotion", required=True, help="e.g. happiness, sadness, anger, fear, ...")
+    p.add_argument("--strength", type=float, default=None,
+                   help="scale, in units of the site's typical RMS (default: the shipped "
+                        "operating point for this model and emotion)")
+    _direction_args(p, steer=True)
+    p.add_argument("--vectors", default=None, help="folder written by `probe directions`")
+    p.add_argument("--vector", default=None, help="one saved vector (.safetensors)")
+    p.add_argument("--match", default="exact", choices=["exact", "architecture", "none"],
+                   help="how closely a saved vector's model must match (default: %(default)s)")
+    p.add_argument("--mode", default=None, choices=["add", "ablate", "clamp", "scale"])
+    p.add_argument("--positions", default=None,
+                   help="all, prompt, generated, last-prompt+generated (default), last-prompt")
+    p.add_argument("--unit", dest="unit", default=None, choices=["rms", "absolute", "token-rms"],
+                   help="unit of --strength (default: rms)")
+    p.add_argument("--max-new-tokens", type=int, default=60)
+    p.add_argument("--json", default=None, help="write prompts, settings and both outputs here")
+    p.add_argument("--quiet", action="store_true", help="no loading output")
+    handlers = {"directions": cmd_directions, "steer": cmd_steer}
+    for h in handlers.values():
+        h.user_errors = _user_errors()
+    return handlers
+
+
+def _user_errors() -> tuple[type[BaseException], ...]:
+    from steering.vector import SteeringError
+
+    return (SteeringError,)
+
+
+def _direction_args(p, *, steer: bool = False) -> None:
+    from steering.directions import METHODS
+
+    g = p.add_argument_group("directions")
+    g.add_argument("--store", default=None,
+                   help="activation store (default: cache emotion-scenarios for the model)")
+    g.add_argument("--dataset", default="emotion-scenarios",
+                   help="dataset to cache when no --store is given (default: %(default)s)")
+    g.add_argument("--method", default=None, choices=METHODS,
+                   help="default: context-agnostic" + (" (or the operating point's)" if steer else ""))
+    g.add_argument("--site", default=None, help="site kind (default: resid_post)")
+    g.add_argument("--layers", default=None,
+                   help="e.g. 10-19 or 8,12,16 (default: " + ("the operating point's" if steer
+                                                             else "every cached layer") + ")")
+    g.add_argument("--pooling", default="last", help="store pooling to read (default: %(default)s)")
+    g.add_argument("--run", default=None, help="sweep run folder (for --method probe)")
+    if not steer:
+        g.add_argument("--target", default=None, help="label coordinate (default: the store's)")
+        g.add_argument("--neutral", default="neutral",
+                       help="neutral label ('' if none; default: %(default)s)")
+        g.add_argument("--emotions", default=None, help="comma-separated subset")
+
+
+def parse_layers(text: str | None, n_layers: int | None = None) -> list[int] | None:
+    """``"10-19"`` / ``"8,12,16"`` / ``"*"`` -> layers (checked against ``n_layers``)."""
+    from probe.sites import SiteError, parse_sites
+    from steering.vector import SteeringError
+
+    if text is None:
+        return None
+    try:
+        layers = [s.layer for s in parse_sites(f"blocks.{text.strip()}.hook_resid_post",
+                                               n_layers=10**6 if text.strip() != "*" else n_layers)]
+    except SiteError as exc:
+        raise SteeringError(f"--layers {text!r}: {exc}") from None
+    bad = [x for x in layers if n_layers is not None and x >= n_layers]
+    if bad:
+        raise SteeringError(f"--layers {text!r}: layer {bad[0]} is out of range: the model has "
+                            f"{n_layers} layers (0-{n_layers - 1})")
+    return layers
+
+
+def _say(args, *msg) -> None:
+    if not getattr(args, "quiet", False):
+        print(*msg, file=sys.stderr)
+
+
+def _store_for(args, lm, layers, site, pooling):
+    """``--store`` or the model's default store of ``--dataset`` (cached if missing)."""
+    if args.store:
+        return args.store
+    from probe.cache import CacheConfig, cache_activations, default_store_path
+    from probe.capture import DEFAULT_POOLINGS
+    from probe.data import load_dataset
+    from steering.directions import site_kind
+
+    ds = load_dataset(args.dataset)
+    kind = site_kind(site)
+    spec = ",".join(map(str, layers)) if layers else "*"
+    config = CacheConfig(sites=kind if kind == "hook_embed" else f"blocks.{spec}.{kind}",
+                         poolings=DEFAULT_POOLINGS if pooling in DEFAULT_POOLINGS else (pooling,))
+    path = default_store_path(lm, ds, config)
+    _say(args, f"store: {path} (caching what is missing of {args.dataset}, {kind})")
+    return cache_activations(lm, ds, config=config, progress=not args.quiet)
+
+
+# ------------------------------------------------------------------------------ directions
+def cmd_directions(args) -> int:
+    from probe.cli import _load_model
+    from steering.directions import directions, heldout_auroc
+    from steering.vector import SteeringError
+
+    out = Path(args.out)
+    if out.exists() and any(out.iterdir()):
+        raise SteeringError(f"{out} exists and is not empty; choose another --out or delete it")
+    method = args.method or "context-agnostic"
+    site = args.site or "resid_post"
+    emotions = [e.strip() for e in args.emotions.split(",")] if args.emotions else None
+    neutral = args.neutral or None
+    lm = None
+    if method == "probe":
+        if not args.run:
+            raise SteeringError("--method probe needs --run (a `probe sweep` output folder)")
+        source = args.run
+        layers = parse_layers(args.layers)
+    else:
+        lm = _load_model(args) if (method == "prompted" or not args.store) else None
+        layers = parse_layers(args.layers, lm.n_layers if lm else None)
+        source = lm if method == "prompted" else _store_for(args, lm, layers, site, args.pooling) \
+            if not args.store else args.store
+    kwargs = {"progress": not args.quiet} if method == "prompted" else {}
+    t0 = time.time()
+    vecs = directions(source, method=method, site=site, layers=layers, pooling=args.pooling,
+                      emotions=emotions, **({} if method in ("probe", "prompted") else
+                                            {"target": args.target, "neutral": neutral}), **kwargs)
+    auroc = None
+    if args.folds and method not in ("probe", "prompted"):
+        _say(args, f"held-out check: {args.folds} group folds")
+        auroc = heldout_auroc(source, method=method, site=site, layers=layers, pooling=args.pooling,
+                              target=args.target, neutral=neutral, emotions=emotions, folds=args.folds)
+    _write_directions(args, out, vecs, auroc, method, time.time() - t0)
+    return 0
+
+
+def _write_directions(args, out: Path, vecs, auroc, method: str, seconds: float) -> None:
+    from steering.figures import auroc_figure, cosine_figure
+
+    tmp = out.parent / f".{out.name}.{uuid.uuid4().hex[:8]}.tmp"
+    tmp.mkdir(parents=True)
+    try:
+        vecs.save(tmp)
+        cosine_figure(vecs, tmp / "cosine")
+        if auroc is not None:
+            auroc.to_csv(tmp / "heldout_auroc.csv", index=False)
+            auroc_figure(auroc, tmp / "heldout_auroc")
+        if args.gguf:
+            from steering.gguf_export import export_gguf
+
+            for name, vec in vecs.items():
+                export_gguf(vec.at([x for x in vec.layers if x >= 1]) if 0 in vec.layers else vec,
+                            tmp / name)
+        first = next(iter(vecs.values()))
+        run = {"command": "probe " + " ".join(getattr(args, "argv", [])), "method": method,
+               "emotions": list(vecs), "layers": first.layers, "site": first.sites[0].kind,
+               "seconds": round(seconds, 2),
+               "provenance": {k: v for k, v in first.meta.items() if k not in ("rms", "norms", "emotion")}}
+        (tmp / "run.json").write_text(json.dumps(run, indent=1, default=str) + "\n")
+        if out.exists():
+            out.rmdir()
+        os.replace(tmp, out)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    _print_summary(vecs, auroc, out)
+
+
+def _print_summary(vecs, auroc, out: Path) -> None:
+    first = next(iter(vecs.values()))
+    print(f"{first.meta.get('method')} directions at {first.sites[0].kind}, layers "
+          f"{first.layers[0]}-{first.layers[-1]} ({first.meta.get('model')}, "
+          f"{first.meta.get('dataset')}, pooling {first.meta.get('pooling')}):")
+    head = f"{'emotion':12s} {'rows':>5s}  {'typical RMS':>17s}"
+    if auroc is not None:
+        head += f"  {'held-out AUROC: best (layer)':>29s}  {'mean':>5s}"
+    print(head)
+    rms = list(first.meta.get("rms", {}).values())
+    for name, vec in vecs.items():
+        line = (f"{name:12s} {str(vec.meta.get('n_rows_emotion', '-')):>5s}  "
+                f"{min(rms):7.2f} - {max(rms):7.2f}" if rms else f"{name:12s}")
+        if auroc is not None:
+            part = auroc[auroc["emotion"] == name]
+            best = part.loc[part["auroc"].idxmax()]
+            line += f"  {best['auroc']:22.3f} (L{int(best['layer']):>2d})  {part['auroc'].mean():5.3f}"
+        print(line)
+    if auroc is not None:
+        print("AUROC: projection on a direction computed without the row's scenario, emotion vs rest")
+    print(f"wrote {len(vecs)} vectors (.safetensors + .json), cosine.png/svg"
+          + (", heldout_auroc.csv/png/svg" if auroc is not None else "") + f" and run.json to {out}")
+
+
+# ------------------------------------------------------------------------------ steer
+def cmd_steer(args) -> int:
+    from probe.cli import _load_model
+    from steering.inject import Setting, generate_settings
+    from steering.operating_points import operating_point
+    from steering.vector import SteeringError
+
+    if not args.prompts:
+        raise SteeringError('give at least one prompt, e.g. probe steer --emotion fear "How was your day?"')
+    lm = _load_model(args)
+    point = None
+    explicit = args.vector or args.vectors
+    if args.strength is None or (args.layers is None and not explicit):
+        point = operating_point(lm.spec.alias, args.emotion)
+        _say(args, f"operating point: {point.describe()}")
+    layers = parse_layers(args.layers, lm.n_layers) if args.layers else (
+        list(point.layers) if point and not explicit else None)
+    vec = _steer_vector(args, lm, point, layers)
+    setting = Setting(vector=vec, scale=args.strength if args.strength is not None else point.scale,
+                      mode=args.mode or (point.mode if point else "add"),
+                      positions=args.positions or (point.positions if point else "last-prompt+generated"),
+                      strength=args.unit or (point.strength if point else "rms"),
+                      label=args.emotion)
+    gen_kwargs = dict(point.generate) if point else {"repetition_penalty": 1.05, "no_repeat_ngram_size": 3}
+    plain, steered = generate_settings(lm, args.prompts, [Setting(vector=None), setting],
+                                       max_new_tokens=args.max_new_tokens,
+                                       system_prompt=args.system_prompt, **gen_kwargs)
+    desc = (f"{args.emotion} {setting.mode} x{setting.scale:g} {setting.strength.upper()} at "
+            f"{vec.sites[0].kind} layers {vec.layers[0]}-{vec.layers[-1]} ({vec.meta.get('method')})")
+    _print_side_by_side(args.prompts, plain, steered, desc)
+    if args.json:
+        _write_steer_json(args, lm, vec, setting, point, gen_kwargs, plain, steered)
+    return 0
+
+
+def _steer_vector(args, lm, point, layers):
+    from steering.directions import directions
+    from steering.vector import SteeringVector, VectorSet
+
+    if args.vector:
+        vec = SteeringVector.load(args.vector, lm, match=args.match)
+    elif args.vectors:
+        vec = VectorSet.load(args.vectors, lm, match=args.match)[args.emotion]
+    else:
+        method = args.method or (point.method if point else "context-agnostic")
+        site = args.site or (point.site if point else "resid_post")
+        pooling = point.pooling if point else args.pooling
+        if method == "probe":
+            source = args.run
+        elif method == "prompted":
+            source = lm
+        else:
+            source = _store_for(args, lm, layers, site, pooling)
+        kw = {"pooling": pooling} if method not in ("prompted",) else {}
+        vecs = directions(source, method=method, site=site, layers=layers, **kw)
+        vec = vecs[args.emotion]
+    if layers is not None and set(vec.layers) != set(layers):
+        vec = vec.at(layers)
+    return vec
+
+
+def _wrap(text: str, col: int) -> list[str]:
+    return [ln for part in (text or "(empty)").splitlines() for ln in (textwrap.wrap(part, col) or [""])]
+
+
+def _print_side_by_side(prompts, plain, steered, desc: str) -> None:
+    width = shutil.get_terminal_size((120, 20)).columns
+    col = max(30, (width - 3) // 2)
+    for p, a, b in zip(prompts, plain, steered):
+        left = ["unsteered"] + _wrap(a, col)
+        right = textwrap.wrap(f"steered: {desc}", col) + _wrap(b, col)
+        print(f"\nprompt: {p}")
+        print("-" * (2 * col + 3))
+        for i in range(max(len(left), len(right))):
+            lt = left[i] if i < len(left) else ""
+            rt = right[i] if i < len(right) else ""
+            print(f"{lt:<{col}} | {rt}".rstrip())
+
+
+def _write_steer_json(args, lm, vec, setting, point, gen_kwargs, plain, steered) -> None:
+    from dataclasses import asdict
+
+    record = {
+        "command": "probe " + " ".join(getattr(args, "argv", [])),
+        "model": lm.provenance(),
+        "emotion": args.emotion,
+        "vector": {k: vec.meta.get(k) for k in ("method", "emotion", "site", "pooling", "store",
+                                                 "dataset", "dataset_hash", "weight_fingerprint")}
+        | {"layers": vec.layers, "sha256": vec.checksum()},
+        "setting": {"scale": setting.scale, "mode": setting.mode, "strength": setting.strength,
+                    "positions": str(setting.positions), "spread": setting.spread},
+        "operating_point": asdict(point) if point else None,
+        "generate": {"max_new_tokens": args.max_new_tokens, "do_sample": False, **gen_kwargs},
+        "prompts": args.prompts, "unsteered": plain, "steered": steered,
+    }
+    path = Path(args.json)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text(json.dumps(record, indent=1, default=str) + "\n")
+    os.replace(tmp, path)
+    print(f"\nwrote {path}")

@@ -6,7 +6,8 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from probe.evaluate import EvalConfig, evaluate, per_fold_scores, text_baselines
+from probe.baselines import control_labels, last_word_keys
+from probe.evaluate import EvalConfig, evaluate, make_folds, per_fold_scores, text_baselines
 from probe.results import validate_results
 from probe.stats import ProbeError, ProbeWarning
 
@@ -37,7 +38,8 @@ def sweep():
 
 
 def _value(table, layer, estimator, metric):
-    row = table[(table.layer == layer) & (table.estimator == estimator) & (table.metric == metric)]
+    at = table.layer.isna() if layer is None else (table.layer == layer).fillna(False)
+    row = table[at & (table.estimator == estimator) & (table.metric == metric)]
     assert len(row) == 1
     return row.iloc[0]
 
@@ -45,8 +47,9 @@ def _value(table, layer, estimator, metric):
 def test_table_follows_the_results_schema(sweep):
     *_, table = sweep
     validate_results(table)
-    assert list(table.columns) == ["site", "layer", "estimator", "metric", "value", "ci_low",
-                                   "ci_high", "n_folds", "n"]
+    assert list(table.columns) == ["site", "layer", "evaluation", "estimator", "metric", "value",
+                                   "ci_low", "ci_high", "n_folds", "n"]
+    assert set(table.evaluation) == {"cv"}
     assert len(table) == 3 * (3 + 3 + 1) + 3 + 3
     assert isinstance(table["layer"].dtype, pd.Int64Dtype)
     baseline = table[table.estimator.isin(["lexical", "chance"])]
@@ -149,18 +152,132 @@ def test_control_task_fallbacks_are_reported():
         evaluate(X, texts=[f"unique {i}" for i in range(60)], **kwargs)
 
 
-def test_regression_selectivity_never_exceeds_the_probe_r2():
-    """A control probe can score R^2 far below 0; selectivity floors it at chance (0)."""
+def test_regression_selectivity_never_exceeds_the_probe_gain():
+    """A control probe can score R^2 far below the blind predictor; selectivity credits it with
+    no less than that predictor, so it never exceeds the probe's own gain over it."""
     rng = np.random.default_rng(3)
     n, d = 240, 32
     y = rng.normal(size=n)
     X = np.stack([np.c_[y + 0.5 * rng.normal(size=n), rng.normal(size=(n, d - 1))]]).astype("float32")
     groups = np.array([f"g{i // 4}" for i in range(n)])
     texts = [f"row {i} ends with w{i % 40}" for i in range(n)]
+    cfg = EvalConfig(n_folds=4, n_bootstrap=50, lexical=False)
     df = evaluate(X, y=y, groups=groups, texts=texts, site_keys=[("hook_resid_post", 3)],
-                  task="regression", config=EvalConfig(n_folds=4, n_bootstrap=50, lexical=False))
+                  task="regression", config=cfg)
     get = lambda est, m: df[(df.estimator == est) & (df.metric == m)].value.iloc[0]  # noqa: E731
     r2, control, sel = get("probe", "r2"), get("control", "r2"), get("probe", "selectivity")
-    assert r2 > 0.5
-    assert sel == pytest.approx(r2 - max(control, 0.0))
-    assert sel <= r2 + 1e-12
+    folds = make_folds(y, groups, "regression", cfg)
+    blind = np.empty(n)  # predict each fold's training mean
+    for train, test in folds:
+        blind[test] = y[train].mean()
+    prior = 1 - ((y - blind) ** 2).sum() / ((y - y.mean()) ** 2).sum()
+    fake = control_labels(last_word_keys(texts), y, None, cfg.seed)
+    for train, test in folds:
+        blind[test] = fake[train].mean()
+    prior_c = 1 - ((fake - blind) ** 2).sum() / ((fake - fake.mean()) ** 2).sum()
+    assert r2 > 0.5 and prior < 0 and control < prior_c  # the control is worse than blind
+    assert sel == pytest.approx((r2 - prior) - max(control - prior_c, 0.0), abs=1e-9)
+    assert sel <= r2 - prior + 1e-12
+
+
+def _scenario_like(seed=0, n_groups=48, n_classes=7):
+    """emotion-scenarios' shape: every group holds one row of each class, so group folds are
+    exactly balanced; last words repeat across groups (some keys are shared)."""
+    rng = np.random.default_rng(seed)
+    classes = np.array([f"c{k}" for k in range(n_classes)])
+    y = np.tile(classes, n_groups)
+    groups = np.repeat([f"s{g}" for g in range(n_groups)], n_classes)
+    words = np.array([f"w{i}" for i in range(120)])
+    texts = [f"a story ends with {w}." for w in words[rng.integers(0, len(words), len(y))]]
+    return y, groups, texts
+
+
+def test_an_uninformative_representation_has_zero_selectivity():
+    """hook_embed under `last` pooling: one constant vector for every row (the template's last
+    token). The control probe then predicts its training folds' majority control class, which
+    under group folds is the test fold's minority: plain probe - control was +0.045 on
+    emotion-scenarios with a CI excluding 0. Against each task's own chance it is 0."""
+    y, groups, texts = _scenario_like()
+    X = np.tile(np.linspace(-3, 3, 16, dtype=np.float32), (1, len(y), 1))
+    cfg = EvalConfig(n_folds=5, n_bootstrap=300, lexical=False)
+    df = evaluate(X, y=y, groups=groups, texts=texts, site_keys=[("hook_embed", None)],
+                  task="classification", config=cfg)
+    probe, control = _value(df, None, "probe", "accuracy"), _value(df, None, "control", "accuracy")
+    sel = _value(df, None, "probe", "selectivity")
+    assert probe.value == pytest.approx(1 / 7)
+    assert control.value < 1 / 7 - 0.02  # the control's own chance on these folds is lower
+    assert sel.value == pytest.approx(0.0, abs=1e-12)
+    assert sel.ci_low <= 0.0 <= sel.ci_high
+
+
+def test_informative_and_noise_representations_on_balanced_group_folds():
+    y, groups, texts = _scenario_like(seed=1)
+    rng = np.random.default_rng(1)
+    X = rng.normal(size=(2, len(y), 24)).astype(np.float32)
+    X[1, :, :7] += 3 * (y[:, None] == np.unique(y))  # site 1 encodes the class
+    df = evaluate(X, y=y, groups=groups, texts=texts,
+                  site_keys=[("hook_resid_post", 0), ("hook_resid_post", 1)],
+                  task="classification", config=EvalConfig(n_bootstrap=300, lexical=False))
+    noise, informative = (_value(df, layer, "probe", "selectivity") for layer in (0, 1))
+    assert noise.ci_low <= 0.0 <= noise.ci_high and abs(noise.value) < 0.06
+    assert informative.value > 0.5 and informative.ci_low > 0.4
+
+
+def test_the_control_labelling_equal_to_the_real_one_is_reported():
+    y = np.array(["a", "b", "c"] * 20)
+    texts = [f"it ends {label}" for label in y]  # the last word names the class
+    X = np.random.default_rng(0).normal(size=(1, 60, 4))
+    with pytest.warns(ProbeWarning, match="control labelling equals the real labelling"):
+        evaluate(X, y=y, groups=np.arange(60), texts=texts, site_keys=[("hook_resid_post", 0)],
+                 task="classification", config=EvalConfig(n_bootstrap=0, lexical=False))
+
+
+def test_a_heldout_split_scores_only_the_test_rows(sweep):
+    X, y, groups, texts, keys, table = sweep
+    train, test = np.arange(160), np.arange(160, 240)  # groups are rows // 3: 53 | 54 split
+    test = test[groups[test] != groups[159]]  # keep group 53 on one side
+    df = evaluate(X, y=y, groups=groups, texts=texts, site_keys=keys, task="classification",
+                  config=CFG, split=(train, test))
+    validate_results(df)
+    assert set(df.evaluation) == {"heldout"} and (df.n == len(test)).all()
+    assert df.n_folds.isna().all()
+    held = _value(df, 1, "probe", "accuracy")
+    cv = _value(table, 1, "probe", "accuracy")
+    assert abs(held.value - cv.value) < 0.1 and held.ci_low < held.value < held.ci_high
+    assert held.ci_high - held.ci_low > cv.ci_high - cv.ci_low  # fewer rows, wider CI
+    # the same as fitting on the train rows alone and scoring the test rows by hand
+    from probe.engine import fit_logistic_cv
+
+    proba = fit_logistic_cv(X[1:2], y, [(train, test)], C=CFG.C, tol=CFG.tol).predictions[0]
+    by_hand = np.mean(np.unique(y)[proba[test].argmax(1)] == y[test])
+    assert held.value == pytest.approx(by_hand)
+    assert _value(df, 1, "probe", "selectivity").value > 0.3
+    chance = df[(df.estimator == "chance") & (df.metric == "accuracy")].value.iloc[0]
+    assert chance == pytest.approx(max(np.unique(y[test], return_counts=True)[1]) / len(test))
+
+
+def test_heldout_splits_that_cannot_be_scored_are_refused(sweep):
+    X, y, groups, texts, keys, _ = sweep
+    kwargs = {"y": y, "groups": groups, "texts": texts, "site_keys": keys,
+              "task": "classification", "config": EvalConfig(n_bootstrap=0)}
+    with pytest.raises(ProbeError, match="group.*both the train and the test"):
+        evaluate(X, **kwargs, split=(np.arange(100), np.arange(100, 240)))  # group 33 straddles
+    angry = np.isin(groups, groups[y == "anger"])  # whole groups holding an "anger" row
+    with pytest.raises(ProbeError, match=r"classes \['anger'\] occur only in the test part"):
+        evaluate(X, **kwargs, split=(np.flatnonzero(~angry), np.flatnonzero(angry)))
+    with pytest.raises(ProbeError, match="needs train and test rows"):
+        evaluate(X, **kwargs, split=(np.arange(240), np.array([], int)))
+
+
+def test_convergence_warnings_name_layer_pooling_and_the_fix():
+    rng = np.random.default_rng(0)
+    y = np.array(["a", "b", "c"] * 40)
+    X = rng.normal(size=(2, 120, 30)) + 3 * (y == "a")[None, :, None]
+    cfg = EvalConfig(n_bootstrap=0, lexical=False, control=False, max_iter=2, n_folds=3)
+    with pytest.warns(ProbeWarning) as caught:
+        evaluate(X, y=y, groups=np.arange(120), texts=None, task="classification", config=cfg,
+                 site_keys=[("hook_resid_post", 14), ("hook_resid_post", 15)],
+                 site_labels=[f"blocks.{layer}.hook_resid_post (last)" for layer in (14, 15)])
+    text = " ".join(str(w.message) for w in caught)
+    assert "blocks.14.hook_resid_post (last) folds [0, 1, 2]" in text and "max_iter=2" in text
+    assert "--max-iter" in text and "site 14" not in text and "site 0" not in text

@@ -8,6 +8,7 @@ import matplotlib
 import numpy as np
 import pytest
 from matplotlib.figure import Figure
+from matplotlib.lines import Line2D
 
 from probe.figures import DPI, SINGLE_COLUMN, plot_layerwise, plot_sweep_panels, save_figure
 from tests.probe.test_results import synthetic_classification, synthetic_regression
@@ -56,8 +57,71 @@ def test_layerwise_draws_sites_control_baselines_and_peaks():
     assert list(gids["peak:hook_resid_post"].get_xdata()) == [19]
     assert ax.get_ylabel() == "Accuracy" and ax.get_xlabel() == "Layer"
     assert ax.get_title() == "GoEmotions"
-    assert _legend_labels(fig) == ["resid_post", "mlp_out", "control task", "lexical baseline",
-                                   "chance"]
+    assert _legend_labels(fig) == ["resid_post", "mlp_out", "embed", "control task",
+                                   "lexical baseline", "chance"]
+
+
+def _legend_marks(fig: Figure, label: str) -> list[Line2D]:
+    """The swatch artists drawn next to one legend label."""
+    legend = fig.legends[0]
+    index = _legend_labels(fig).index(label)
+    column = legend.get_children()[0].get_children()[1].get_children()  # HPacker of columns
+    entries = [e for col in column for e in col.get_children()]
+    return [a for a in entries[index].get_children()[0].findobj(Line2D) if a.get_visible()]
+
+
+def test_every_mark_has_a_legend_swatch_in_its_own_colours():
+    fig = plot_layerwise(synthetic_classification())
+    gids = _gids(fig.axes[0])
+    control = gids["control:hook_resid_post"]
+    swatches = _legend_marks(fig, "control task")
+    lines = [a for a in swatches if a.get_linestyle() != "None"]
+    assert lines[0].get_color() == control.get_color() == gids["probe:hook_resid_post"].get_color()
+    assert lines[0].get_alpha() == control.get_alpha() < 1
+    assert lines[1].get_color() == gids["control:hook_mlp_out"].get_color()
+    hollow = [a for a in swatches if a.get_marker() == "D"]
+    assert hollow and hollow[0].get_markerfacecolor() == "white"  # the embedding's control
+    embed = [a for a in _legend_marks(fig, "embed") if a.get_marker() == "D"]
+    assert embed[0].get_markerfacecolor() == gids["probe:hook_embed"].get_markerfacecolor()
+    for site in ("hook_resid_post", "hook_mlp_out"):  # the control has its CI band
+        assert f"control_ci:{site}" in gids
+
+
+def test_selectivity_has_a_zero_line_not_a_chance_line():
+    fig = plot_layerwise(synthetic_classification(), metric="selectivity")
+    gids = _gids(fig.axes[0])
+    assert "chance" not in gids and "chance" not in _legend_labels(fig)
+    assert gids["zero"].get_ydata()[0] == 0 and gids["zero"].get_label().startswith("_")
+    panels = plot_sweep_panels(synthetic_classification())
+    assert "zero" in _gids(panels.axes[3]) and "chance" not in _gids(panels.axes[3])
+    assert "chance" in _gids(panels.axes[0])
+
+
+def test_heldout_curves_are_dashed_in_the_site_colour_with_a_band():
+    fig = plot_layerwise(synthetic_classification(heldout=True), heldout_label="sev-b")
+    gids = _gids(fig.axes[0])
+    for site in ("hook_resid_post", "hook_mlp_out"):
+        held, probe = gids[f"heldout:{site}"], gids[f"probe:{site}"]
+        assert held.get_color() == probe.get_color() and held.get_linestyle() != "-"
+        assert f"heldout_ci:{site}" in gids
+    assert list(gids["heldout:hook_resid_post"].get_xdata()) == list(range(30))
+    assert gids["heldout:hook_resid_post"].get_ydata()[17] == pytest.approx(0.91)
+    assert "heldout:hook_embed" in gids and "heldout_lexical" in gids
+    labels = _legend_labels(fig)
+    assert "held-out: sev-b" in labels and "held-out lexical" in labels
+    swatch = [a for a in _legend_marks(fig, "held-out: sev-b") if a.get_linestyle() != "None"]
+    assert swatch[0].get_color() == gids["heldout:hook_resid_post"].get_color()
+    assert swatch[0].get_linestyle() == gids["heldout:hook_resid_post"].get_linestyle()
+    # peaks stay those of cross-validation
+    assert gids["peak_label:hook_resid_post"].get_text() == "L19: 0.93"
+
+
+def test_a_heldout_only_table_draws_heldout_as_the_main_curve():
+    df = synthetic_classification(heldout=True)
+    df = df[df["evaluation"] == "heldout"].reset_index(drop=True)
+    gids = _gids(plot_layerwise(df).axes[0])
+    assert "probe:hook_resid_post" in gids and "heldout:hook_resid_post" not in gids
+    assert gids["peak_label:hook_resid_post"].get_text() == "L17: 0.91"
 
 
 def test_embedding_sits_at_minus_one_labelled_emb():

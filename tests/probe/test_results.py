@@ -34,11 +34,12 @@ def _curve(n_layers: int, top: float, at: int, floor: float, width: float) -> np
     return np.where(x <= at, left, late)
 
 
-def _row(site, layer, estimator, metric, value, half=None, n_folds=5, n=800):
+def _row(site, layer, estimator, metric, value, half=None, n_folds=5, n=800, evaluation="cv"):
     lo, hi = (np.nan, np.nan) if half is None else (value - half, value + half)
     pooling = None if estimator in ("lexical", "chance") else "last"
-    return {"site": site, "layer": layer, "pooling": pooling, "estimator": estimator, "metric": metric,
-            "value": value, "ci_low": lo, "ci_high": hi, "n_folds": n_folds, "n": n}
+    return {"site": site, "layer": layer, "pooling": pooling, "evaluation": evaluation,
+            "estimator": estimator, "metric": metric, "value": value, "ci_low": lo,
+            "ci_high": hi, "n_folds": n_folds, "n": n}
 
 
 def _table(rows: list[dict]) -> pd.DataFrame:
@@ -53,8 +54,11 @@ def _table(rows: list[dict]) -> pd.DataFrame:
 
 def synthetic_classification(n_layers: int = 30, sites=SITES, embed: bool = True,
                              layers=None, control: bool = True,
-                             lexical: bool = True) -> pd.DataFrame:
-    """8-class sweep: resid_post peaks at layer 19 (0.93), mlp_out at layer 14 (0.74)."""
+                             lexical: bool = True, heldout: bool = False) -> pd.DataFrame:
+    """8-class sweep: resid_post peaks at layer 19 (0.93), mlp_out at layer 14 (0.74).
+
+    With ``heldout``, held-out rows follow each probe curve 0.05 lower, except resid_post at
+    layer 17 (0.91, the held-out peak), plus a held-out lexical baseline and chance."""
     peaks = {"hook_resid_post": (0.93, 19, 9.0), "hook_mlp_out": (0.74, 14, 6.0),
              "hook_attn_out": (0.68, 22, 7.0)}
     layers = range(n_layers) if layers is None else layers
@@ -85,6 +89,15 @@ def synthetic_classification(n_layers: int = 30, sites=SITES, embed: bool = True
     rows += [_row(None, None, "chance", m, v, None, None, 800)
              for m, v in (("accuracy", 0.125), ("macro_f1", 0.125), ("auroc", 0.5),
                           ("selectivity", 0.0))]
+    if heldout:
+        probe = [r for r in rows if r["estimator"] == "probe" and r["metric"] != "selectivity"]
+        for r in probe:
+            value = 0.91 if (r["site"], r["layer"], r["metric"]) == (
+                "hook_resid_post", 17, "accuracy") else r["value"] - 0.05
+            rows.append(_row(r["site"], r["layer"], "probe", r["metric"], value, 0.03, None,
+                             400, "heldout"))
+        rows += [_row(None, None, "lexical", "accuracy", 0.55, 0.04, None, 400, "heldout"),
+                 _row(None, None, "chance", "accuracy", 0.125, None, None, 400, "heldout")]
     return _table(rows)
 
 

@@ -1,0 +1,483 @@
+"""Emotion directions from an activation store: one :class:`SteeringVector` per emotion.
+
+>>> vecs = directions("cache/smollm2-135m/emotion-scenarios-....zarr",
+...                   method="context-agnostic", site="resid_post", layers=range(10, 20))  # doctest: +SKIP
+>>> vecs["happiness"]  # doctest: +SKIP
+SteeringVector('happiness', method='context-agnostic', sites=blocks.10-19.hook_resid_post, ...)
+
+Methods (``X`` = the store's pooled rows at one site and layer, ``e`` an emotion):
+
+``mean-diff``          mean of ``e`` rows minus mean of all other rows
+``mean-diff-neutral``  mean of ``e`` rows minus mean of the neutral rows
+``context-agnostic``   Wang et al. (2025): per context (scenario, or scenario x event valence
+                       where valence varies within an emotion) average each emotion's rows and
+                       subtract the context's mean over emotions; average over contexts
+                       (only contexts holding every emotion); remove the mean over emotions
+``pca-diff``           repeng's ``pca_diff``: first principal component of paired differences
+                       (``e`` minus the neutral rows of the same context, or minus the other
+                       emotions' mean there), fitted by scikit-learn PCA, which centres them
+``pca-center``         repeng's ``pca_center``: PCA of the pair members centred on their pair mean
+``lda``                shrinkage LDA (Ledoit-Wolf) on every label: ``Sigma^-1 (mu_e - mean of the
+                       other classes' means)``, ``Sigma`` the pooled within-class covariance
+``probe``              the weight vector of a probe a sweep saved (raw activation space)
+``prompted``           context-agnostic directions from the model's own prompted replies
+                       (:mod:`steering.prompted`)
+
+Every direction points so that +1 means "more of the emotion" (PCA signs are fixed as repeng
+does: the sign under which most pairs project higher on their emotional member), is
+L2-normalised per site (``normalize=False`` keeps raw norms; they are in ``meta["norms"]``
+either way), and carries the site's typical RMS over the rows it was computed from
+(``meta["rms"]``, the unit of ``strength="rms"``). :func:`heldout_auroc` checks that a
+direction separates its emotion on rows it was not computed from.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Literal, get_args
+
+import numpy as np
+
+from probe.sites import LAYER_KINDS, Site
+from steering.vector import SteeringError, SteeringVector, VectorSet
+
+Method = Literal["mean-diff", "mean-diff-neutral", "context-agnostic", "pca-diff", "pca-center",
+                 "lda", "probe", "prompted"]
+METHODS: tuple[str, ...] = get_args(Method)
+STORE_METHODS = METHODS[:6]
+_PROV_KEYS = ("model", "model_id", "weight_fingerprint", "architecture", "n_layers", "d_model",
+              "dtype", "chat_template", "system_prompt", "dataset", "dataset_hash")
+
+
+@dataclass(frozen=True)
+class Rows:
+    """Pooled rows at one site kind: ``X [n, layers, d]`` with labels and contexts."""
+
+    X: np.ndarray
+    labels: np.ndarray
+    contexts: np.ndarray
+    layers: list[int]
+    kind: str
+    pooling: str
+    target: str
+    meta: dict
+
+    def select(self, mask) -> Rows:
+        mask = np.asarray(mask)
+        return Rows(self.X[mask], self.labels[mask], self.contexts[mask], self.layers, self.kind,
+                    self.pooling, self.target, self.meta)
+
+
+def site_kind(site: str) -> str:
+    """``"resid_post"`` / ``"hook_resid_post"`` / ``"blocks.*.hook_resid_post"`` -> kind."""
+    name = site.split(".")[-1] if site.startswith("blocks.") and site.count(".") == 2 else site
+    if site.startswith("blocks.") and site.count(".") == 3:
+        name = ".".join(site.split(".")[2:])
+    for cand in (name, f"hook_{name}"):
+        if cand in LAYER_KINDS or cand == "hook_embed":
+            return cand
+    raise SteeringError(f"unknown site {site!r}; use a site kind such as resid_post, resid_mid, "
+                        "attn_out, mlp_out (the layers go in layers=)")
+
+
+def load_rows(store, *, site: str = "resid_post", layers: Iterable[int] | None = None,
+              pooling: str = "last", target: str | None = None,
+              context: Sequence[str] | None = None) -> Rows:
+    """Read pooled rows from a store (a path or an opened ``xarray.Dataset``).
+
+    Args:
+        store: Store path, or the dataset :func:`probe.store.open_store` returned.
+        site: Site kind (``resid_post``, ``attn_out``, ...).
+        layers: Layers to read (default: every layer the store holds completely).
+        pooling: One of the store's poolings.
+        target: Label coordinate (default: the dataset's default target).
+        context: Coordinates that define a context for context-agnostic directions and PCA
+            pairs (default: ``group``, plus ``valence`` when it varies within an emotion).
+    """
+    from probe.store import StoreError, open_store
+
+    path = None if not isinstance(store, (str, Path)) else Path(store)
+    try:
+        ds = open_store(path) if path is not None else store
+    except StoreError as exc:
+        raise SteeringError(str(exc)) from None
+    prov = dict(ds.attrs.get("emoprobe", {}))
+    kind = site_kind(site)
+    if kind not in ds.data_vars:
+        raise SteeringError(f"the store has no {kind} (it holds {', '.join(ds.data_vars)}); "
+                            f"cache it with probe cache --sites 'blocks.*.{kind}'")
+    poolings = list(prov.get("poolings", ds["pooling"].values.tolist()))
+    if pooling not in poolings:
+        raise SteeringError(f"pooling {pooling!r} is not in the store; it has {poolings}")
+    target = target or prov.get("default_target")
+    if target is None or target not in ds.coords:
+        labels = [c for c in prov.get("targets", {})]
+        raise SteeringError(f"target {target!r} is not a label of this store; it has {labels}")
+    layers = _store_layers(ds, kind, layers, prov)
+    var = ds[kind].sel(pooling=pooling)
+    if "layer" in var.dims:
+        var = var.sel(layer=layers).transpose("sample", "layer", ...)
+    X = np.asarray(var.values, dtype=np.float32)
+    X = X.reshape(X.shape[0], len(layers) if "layer" in var.dims else 1, -1)
+    if not np.isfinite(X).all():
+        raise SteeringError(f"{kind} has NaN/inf values at layers {layers} (an unfinished store?)")
+    labels = np.asarray(ds[target].values).astype(str)
+    ctx = _contexts(ds, labels, context)
+    meta = {k: prov[k] for k in _PROV_KEYS if k in prov}
+    meta["store"] = str(path) if path is not None else prov.get("store")
+    return Rows(X, labels, ctx, layers if "layer" in var.dims else [None], kind, pooling, target, meta)
+
+
+def _store_layers(ds, kind: str, layers, prov: dict) -> list[int]:
+    if "layer" not in ds[kind].dims:
+        return [None]
+    n = int(prov.get("n_samples", ds.sizes["sample"]))
+    progress = ds.attrs.get("progress", {})
+    have = sorted(int(k.split("/")[1]) for k, v in progress.items()
+                  if k.startswith(kind + "/") and v == n)
+    if layers is None:
+        if not have:
+            raise SteeringError(f"no layer of {kind} is fully cached in this store")
+        return have
+    layers = [int(x) for x in layers]
+    if not layers:
+        raise SteeringError("layers is empty; give e.g. range(10, 20)")
+    missing = [x for x in layers if x not in have]
+    if missing:
+        raise SteeringError(f"layers {missing} of {kind} are not cached in this store (cached: "
+                            f"{have[0] if have else '-'}..{have[-1] if have else '-'}, "
+                            f"{len(have)} layers); rerun probe cache with those layers")
+    return layers
+
+
+def _contexts(ds, labels: np.ndarray, context: Sequence[str] | None) -> np.ndarray:
+    if context is None:
+        # valence is part of the context when it belongs to the stimulus, not to the emotion:
+        # SEV replies give each (scenario, event valence) in all six emotions; in
+        # emotion-scenarios each emotion's event has one valence per scenario
+        context = ["group"]
+        if "valence" in ds.coords:
+            val = np.asarray(ds["valence"].values).astype(str)
+            grp = np.asarray(ds["group"].values).astype(str)
+            cells = {}
+            for g, e, v in zip(grp, labels, val):
+                cells.setdefault((g, e), set()).add(v)
+            if any(len(v) > 1 for v in cells.values()):
+                context.append("valence")
+    missing = [c for c in context if c not in ds.coords]
+    if missing:
+        raise SteeringError(f"context coordinates {missing} are not in the store; it has "
+                            f"{sorted(ds.coords)}")
+    parts = [np.asarray(ds[c].values).astype(str) for c in context]
+    return np.array(["|".join(p) for p in zip(*parts)]) if len(parts) > 1 else parts[0]
+
+
+# ------------------------------------------------------------------------------ methods
+def _emotion_list(rows: Rows, emotions, neutral: str | None) -> list[str]:
+    classes = list(dict.fromkeys(rows.labels.tolist()))
+    if emotions is None:
+        emotions = [c for c in classes if c != neutral and c != ""]
+    missing = [e for e in emotions if e not in classes]
+    if missing:
+        raise SteeringError(f"unknown emotion(s) {missing}; the store's {rows.target} labels are "
+                            f"{sorted(set(classes) - {''})}")
+    if not emotions:
+        raise SteeringError("no emotions to compute directions for")
+    return list(emotions)
+
+
+def _mean_diff(X, y, emotions, neutral, **_) -> np.ndarray:
+    out = []
+    for e in emotions:
+        rest = (y != e) & (y != "")
+        out.append(X[y == e].mean(0) - X[rest].mean(0))
+    return np.stack(out)
+
+
+def _mean_diff_neutral(X, y, emotions, neutral, **_) -> np.ndarray:
+    if neutral is None or not (y == neutral).any():
+        raise SteeringError(f"mean-diff-neutral needs rows labelled {neutral!r}; this store has "
+                            f"{sorted(set(y.tolist()))} (pass neutral=... or use mean-diff)")
+    base = X[y == neutral].mean(0)
+    return np.stack([X[y == e].mean(0) - base for e in emotions])
+
+
+def _context_means(X, y, ctx, labels: Sequence[str]) -> tuple[np.ndarray, list[str]]:
+    """``[contexts, len(labels), L, d]`` means for contexts holding every label, and their ids."""
+    keep, means = [], []
+    for c in dict.fromkeys(ctx.tolist()):
+        inside = ctx == c
+        if all((inside & (y == e)).any() for e in labels):
+            keep.append(c)
+            means.append(np.stack([X[inside & (y == e)].mean(0) for e in labels]))
+    if not keep:
+        raise SteeringError(f"no context holds rows of every emotion {list(labels)}; check the "
+                            "context coordinates (context=[...]) or the emotions")
+    return np.stack(means), keep
+
+
+def _context_agnostic(X, y, emotions, neutral, ctx, **_) -> np.ndarray:
+    means, _ = _context_means(X, y, ctx, emotions)
+    centred = means - means.mean(1, keepdims=True)
+    centroids = centred.mean(0)
+    return centroids - centroids.mean(0, keepdims=True)
+
+
+def _pairs(X, y, ctx, e, emotions, neutral) -> tuple[np.ndarray, np.ndarray]:
+    """``(pos, neg)``, one pair per context: ``e``'s mean vs the neutral (or other emotions') mean."""
+    pos, neg = [], []
+    for c in dict.fromkeys(ctx.tolist()):
+        inside = ctx == c
+        if not (inside & (y == e)).any():
+            continue
+        ref = inside & (y == neutral) if neutral is not None else np.zeros_like(inside)
+        if not ref.any():
+            ref = inside & np.isin(y, [o for o in emotions if o != e])
+        if ref.any():
+            pos.append(X[inside & (y == e)].mean(0))
+            neg.append(X[ref].mean(0))
+    if len(pos) < 2:
+        raise SteeringError(f"PCA directions need >= 2 contexts holding {e!r} and a reference; "
+                            f"found {len(pos)}")
+    return np.stack(pos), np.stack(neg)
+
+
+def _pca(X, y, emotions, neutral, ctx, center: bool, **_) -> np.ndarray:
+    from sklearn.decomposition import PCA
+
+    out = np.zeros((len(emotions), X.shape[1], X.shape[2]))
+    for i, e in enumerate(emotions):
+        pos, neg = _pairs(X, y, ctx, e, emotions, neutral)
+        for j in range(X.shape[1]):
+            p, n = pos[:, j].astype(np.float64), neg[:, j].astype(np.float64)
+            if center:
+                mid = (p + n) / 2
+                train = np.concatenate([p - mid, n - mid])
+            else:
+                train = p - n
+            d = PCA(n_components=1).fit(train).components_[0]
+            higher = np.mean(p @ d > n @ d)
+            out[i, j] = d if higher >= np.mean(p @ d < n @ d) else -d
+    return out
+
+
+def _lda(X, y, emotions, neutral, **_) -> np.ndarray:
+    """One shrinkage LDA per layer on every label (pooled within-class covariance); emotion
+    ``e``'s direction is its discriminant minus the mean of the others':
+    ``Sigma^-1 (mu_e - mean_k mu_k)`` over the other classes ``k``."""
+    from sklearn.discriminant_analysis import LinearDiscriminantAnalysis
+
+    keep = y != ""
+    classes = sorted(set(y[keep].tolist()))
+    out = np.zeros((len(emotions), X.shape[1], X.shape[2]))
+    for j in range(X.shape[1]):
+        lda = LinearDiscriminantAnalysis(solver="lsqr", shrinkage="auto")
+        coef = lda.fit(X[keep, j], y[keep]).coef_
+        if len(classes) == 2:  # sklearn keeps one row, for classes[1]
+            coef = np.stack([-coef[0], coef[0]])
+        for i, e in enumerate(emotions):
+            k = classes.index(e)
+            others = np.delete(coef, k, axis=0)
+            out[i, j] = coef[k] - others.mean(0)
+    return out
+
+
+_METHODS = {"mean-diff": _mean_diff, "mean-diff-neutral": _mean_diff_neutral,
+            "context-agnostic": _context_agnostic,
+            "pca-diff": lambda *a, **k: _pca(*a, center=False, **k),
+            "pca-center": lambda *a, **k: _pca(*a, center=True, **k), "lda": _lda}
+
+
+def compute(rows: Rows, method: str, *, emotions: Sequence[str] | None = None,
+            neutral: str | None = "neutral") -> dict[str, np.ndarray]:
+    """``{emotion: [layers, d]}`` raw (unnormalised) directions from ``rows``."""
+    if method not in _METHODS:
+        raise SteeringError(f"unknown method {method!r}; store methods are {', '.join(_METHODS)}")
+    emotions = _emotion_list(rows, emotions, neutral)
+    X = rows.X.astype(np.float64)
+    out = _METHODS[method](X, rows.labels, emotions, neutral, ctx=rows.contexts)
+    return dict(zip(emotions, out))
+
+
+def to_vectors(raw: dict[str, np.ndarray], rows: Rows, method: str, *, normalize: bool = True,
+               extra: dict | None = None, rms: np.ndarray | None = None) -> VectorSet:
+    """Wrap ``{emotion: [layers, d]}`` as steering vectors with provenance and typical RMS
+    (``rms`` per layer; default: the RMS of ``rows``)."""
+    import torch
+
+    import probe
+
+    sites = [Site(rows.kind, layer) if layer is not None else Site(rows.kind) for layer in rows.layers]
+    if rms is None:
+        rms = np.sqrt((rows.X.astype(np.float64) ** 2).mean(axis=(0, 2)))
+    out = VectorSet()
+    for e, arr in raw.items():
+        norms = np.linalg.norm(arr, axis=-1)
+        if normalize and (norms == 0).any():
+            raise SteeringError(f"the {e} direction is zero at {sites[int(np.argmin(norms))]}")
+        vecs = arr / norms[:, None] if normalize else arr
+        meta = {**rows.meta, "method": method, "emotion": e, "site": rows.kind,
+                "pooling": rows.pooling, "target": rows.target,
+                "layers": [x for x in rows.layers if x is not None], "normalized": normalize,
+                "rms": {str(s): float(r) for s, r in zip(sites, rms)},
+                "norms": {str(s): float(n) for s, n in zip(sites, norms)},
+                "n_rows": int(len(rows.labels)), "n_rows_emotion": int((rows.labels == e).sum()),
+                "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+                "toolkit_version": probe.__version__, **(extra or {})}
+        out[e] = SteeringVector({s: torch.from_numpy(v.astype(np.float32)) for s, v in zip(sites, vecs)},
+                                meta)
+    return out
+
+
+# ------------------------------------------------------------------------------ entry point
+def directions(source, *, method: Method, site: str = "resid_post",
+               layers: Iterable[int] | None = None, pooling: str = "last",
+               target: str | None = None, neutral: str | None = "neutral",
+               emotions: Sequence[str] | None = None, context: Sequence[str] | None = None,
+               rows=None, normalize: bool = True, dataset: str = "emotion-scenarios",
+               **method_kwargs) -> VectorSet:
+    """One steering vector per emotion (see the module docstring for the methods).
+
+    Args:
+        source: A store path or opened store; a :class:`probe.models.LoadedModel` (the store is
+            cached on the fly from ``dataset``, or for ``"prompted"`` the model generates);
+            a sweep run folder for ``"probe"``.
+        method: One of :data:`METHODS`.
+        site: Site kind (``resid_post``, ``resid_mid``, ``attn_out``, ``mlp_out``, ...).
+        layers: Layers (default: all the store holds).
+        pooling: Store pooling to read (``last``: the last prompt token, where steering starts).
+        target: Label coordinate (default: the store's default target, e.g. ``emotion``).
+        neutral: Label of neutral rows (excluded from the emotions; the reference for
+            ``mean-diff-neutral`` and PCA pairs); None if there is none.
+        emotions: Which emotions (default: every label but ``neutral``).
+        context: Coordinates defining a context (see :func:`load_rows`).
+        rows: Boolean mask or indices of the store's rows to use (e.g. a training split).
+        normalize: L2-normalise each site's vector (raw norms stay in ``meta["norms"]``).
+        dataset: What to cache when ``source`` is a model.
+        **method_kwargs: For ``"prompted"``: see :func:`steering.prompted.prompted_directions`.
+
+    Returns:
+        A :class:`~steering.vector.VectorSet` ``{emotion: SteeringVector}``.
+    """
+    if method not in METHODS:
+        raise SteeringError(f"unknown method {method!r}; choose one of {', '.join(METHODS)}")
+    if method == "prompted":
+        from steering.prompted import prompted_directions
+
+        return prompted_directions(source, site=site, layers=layers, emotions=emotions,
+                                   normalize=normalize, **method_kwargs)
+    if method_kwargs:
+        raise SteeringError(f"unexpected options for {method}: {sorted(method_kwargs)}")
+    if method == "probe":
+        return probe_directions(source, site=site, layers=layers, pooling=pooling,
+                                emotions=emotions, neutral=neutral, normalize=normalize)
+    if hasattr(source, "model") and hasattr(source, "tokenizer"):
+        source = cache_on_the_fly(source, dataset=dataset, site=site, pooling=pooling)
+    data = load_rows(source, site=site, layers=layers, pooling=pooling, target=target,
+                     context=context)
+    if rows is not None:
+        data = data.select(rows)
+    raw = compute(data, method, emotions=emotions, neutral=neutral)
+    return to_vectors(raw, data, method, normalize=normalize)
+
+
+def cache_on_the_fly(lm, *, dataset: str = "emotion-scenarios", site: str = "resid_post",
+                     pooling: str = "last") -> Path:
+    """Cache ``dataset`` at every layer of ``site`` into the default store (reused if there)."""
+    from probe.cache import CacheConfig, cache_activations
+    from probe.capture import DEFAULT_POOLINGS
+    from probe.data import load_dataset
+
+    kind = site_kind(site)
+    poolings = DEFAULT_POOLINGS if pooling in DEFAULT_POOLINGS else (pooling,)
+    config = CacheConfig(sites=kind if kind == "hook_embed" else f"blocks.*.{kind}",
+                         poolings=poolings)
+    return cache_activations(lm, load_dataset(dataset), config=config, progress=False)
+
+
+def probe_directions(run_dir, *, site: str = "resid_post", layers: Iterable[int] | None = None,
+                     pooling: str | None = "last", emotions: Sequence[str] | None = None,
+                     neutral: str | None = "neutral", normalize: bool = True) -> VectorSet:
+    """Directions from the probes a sweep saved in ``run_dir`` (class weight vectors).
+
+    The typical RMS of each site comes from the probe's own standardisation statistics
+    (``sqrt(mean(mean_i**2 + scale_i**2))`` over dimensions i: the RMS of its training rows).
+    """
+    try:
+        from probe.saved import load_probe
+    except ImportError:  # pragma: no cover - before the stats branch is merged
+        raise SteeringError("this emoprobe has no saved probes (probe.saved); update it") from None
+    import json
+
+    kind = site_kind(site)
+    sidecar = Path(run_dir) / "probes" / f"{kind}.json"
+    if not sidecar.is_file():
+        raise SteeringError(f"no saved probes for {kind} in {Path(run_dir) / 'probes'}; run "
+                            "`probe sweep` (it saves one probe per site and layer)")
+    saved = json.loads(sidecar.read_text())
+    layers = saved["layers"] if layers is None else [int(x) for x in layers]
+    if pooling not in saved["poolings"]:
+        raise SteeringError(f"pooling {pooling!r} was not saved; the sweep saved {saved['poolings']}")
+    missing = [x for x in layers if x not in saved["layers"]]
+    if missing:
+        raise SteeringError(f"layers {missing} have no saved probe; saved: {saved['layers']}")
+    if saved.get("task") != "classification":
+        raise SteeringError("probe directions need a classification sweep (emotion labels)")
+    probes = [load_probe(run_dir, kind, layer, pooling=pooling) for layer in layers]
+    classes = list(probes[0].classes)
+    emotions = list(emotions) if emotions is not None else [c for c in classes if c != neutral]
+    unknown = [e for e in emotions if e not in classes]
+    if unknown:
+        raise SteeringError(f"unknown emotion(s) {unknown}; the probes' classes are {classes}")
+    raw = {e: np.stack([p.coef[classes.index(e)] for p in probes]) for e in emotions}
+    rms = np.array([np.sqrt(np.mean(p.mean.astype(np.float64) ** 2 + p.scale.astype(np.float64) ** 2))
+                    for p in probes])
+    meta = {k: saved[k] for k in ("model", "model_id", "weight_fingerprint", "chat_template", "dataset",
+                                  "dataset_hash", "store") if k in saved}
+    rows = Rows(X=np.zeros((0, len(layers), probes[0].coef.shape[1]), np.float32),
+                labels=np.array([], dtype=str), contexts=np.array([], dtype=str), layers=layers,
+                kind=kind, pooling=pooling, target=saved.get("target", "emotion"), meta=meta)
+    out = to_vectors(raw, rows, "probe", normalize=normalize, rms=rms,
+                     extra={"run_dir": str(run_dir), "n_rows": saved.get("n_train")})
+    return out
+
+
+# ------------------------------------------------------------------------------ checks
+def heldout_auroc(store, *, method: str, site: str = "resid_post",
+                  layers: Iterable[int] | None = None, pooling: str = "last",
+                  target: str | None = None, neutral: str | None = "neutral",
+                  emotions: Sequence[str] | None = None, context: Sequence[str] | None = None,
+                  folds: int = 5, seed: int = 0):
+    """Out-of-fold AUROC of each direction's projection, emotion vs the rest, per layer.
+
+    Folds hold out whole groups (scenarios): each row is scored by a direction computed
+    without its group. Returns a tidy ``pandas.DataFrame`` (emotion, layer, auroc, n).
+    """
+    import pandas as pd
+    from sklearn.metrics import roc_auc_score
+    from sklearn.model_selection import GroupKFold
+
+    data = load_rows(store, site=site, layers=layers, pooling=pooling, target=target,
+                     context=context)
+    groups = np.array([c.split("|")[0] for c in data.contexts])
+    if len(set(groups)) < folds:
+        raise SteeringError(f"{len(set(groups))} groups cannot make {folds} folds")
+    ems = _emotion_list(data, emotions, neutral)
+    scores = np.zeros((len(ems), len(data.labels), len(data.layers)))
+    splitter = GroupKFold(n_splits=folds, shuffle=True, random_state=seed)
+    for train, test in splitter.split(data.X, data.labels, groups):
+        raw = compute(data.select(train), method, emotions=ems, neutral=neutral)
+        for i, e in enumerate(ems):
+            d = raw[e] / np.linalg.norm(raw[e], axis=-1, keepdims=True)
+            scores[i, test] = np.einsum("nld,ld->nl", data.X[test].astype(np.float64), d)
+    rows = []
+    for i, e in enumerate(ems):
+        y = data.labels == e
+        for j, layer in enumerate(data.layers):
+            rows.append({"emotion": e, "layer": layer, "method": method, "pooling": pooling,
+                         "auroc": float(roc_auc_score(y, scores[i, :, j])), "n": int(len(y)),
+                         "n_positive": int(y.sum())})
+    return pd.DataFrame(rows)

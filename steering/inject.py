@@ -1,0 +1,400 @@
+"""Injection: steering vectors as write hooks, one setting or a whole grid per batch.
+
+Every operator is one formula on a site's value ``h`` (per position) with a unit direction
+``u`` (the vector normalised at that site):
+
+=========== ===================================== =================================
+``mode``    ``h' =``                               meaning
+=========== ===================================== =================================
+``add``     ``h + s * c * v``                      push along the vector
+``ablate``  ``h - (h.u) u``                        remove the component (directional ablation)
+``clamp``   ``h + (s * c - h.u) u``                set the projection to ``s * c``
+``scale``   ``h + (s - 1) (h.u) u``                multiply the projection by ``s``
+=========== ===================================== =================================
+
+``s`` is the setting's ``scale``; ``c`` is 1 (``strength="absolute"``), the site's typical RMS
+recorded in the vector (``"rms"``), or each position's own RMS at run time (``"token-rms"``, as
+Wang et al.'s code). All four are ``h + (a + b * h.u) u`` with per-row numbers ``a, b``, so a
+batch can carry a *different* (vector, scale, mode, positions) in every row: a ``[batch, d]``
+table of directions per site, indexed by row. A strength sweep is one batched ``generate``.
+
+>>> settings = [Setting(vector=None, label="unsteered")] + [
+...     Setting(vector=joy, scale=s, label=f"joy x{s}") for s in (2, 4, 6)]  # doctest: +SKIP
+>>> texts = generate_settings(lm, ["How was your day?"], settings, max_new_tokens=48)  # doctest: +SKIP
+>>> texts[2][0]  # setting 2 (joy x4), prompt 0  # doctest: +SKIP
+
+:func:`steering_hooks` gives the ``{site: fn}`` dict for :meth:`probe.models.LoadedModel.hooks`
+(rows map to settings in blocks of ``rows_per_setting``); :func:`generate_settings` does the
+bookkeeping (rows sorted by prompt length, batches, the KV cache, one prompt prefix per prompt
+shared by all its settings when no setting touches the prompt before its last token).
+A value that turns NaN or inf (or so large that the next norm overflows) raises :class:`~steering.vector.SteeringError` at once.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Literal, get_args
+
+import torch
+from torch import Tensor
+
+from probe.hooks import HookContext, HookFn
+from probe.sites import Site
+from steering.vector import SteeringError, SteeringVector, Strength
+
+Mode = Literal["add", "ablate", "clamp", "scale"]
+POSITION_MODES = ("all", "prompt", "generated", "last", "last-prompt", "last-prompt+generated",
+                  "content")
+#: Position modes that leave every prompt token but the last one untouched (prefix reusable).
+_PREFIX_SAFE = ("generated", "last-prompt", "last-prompt+generated")
+
+
+@dataclass(frozen=True, kw_only=True)
+class Setting:
+    """One point of a steering grid (``vector=None``: unsteered).
+
+    Attributes:
+        vector: The steering vector, or None for an unsteered row.
+        scale: Strength (``add``/``clamp``, in units set by ``strength``) or factor (``scale``).
+        mode: ``"add"``, ``"ablate"``, ``"clamp"`` or ``"scale"`` (see the module docstring).
+        positions: Which tokens: ``"last-prompt+generated"`` (default, Wang et al.'s
+            ``last_k=1``), ``"all"``, ``"prompt"``, ``"generated"``, ``"last-prompt"``, or a
+            ``range`` of token indices within each row (a text span).
+        strength: ``"rms"`` (x the site's typical RMS), ``"absolute"`` or ``"token-rms"``.
+        spread: For ``add``: divide the strength evenly across the vector's layers.
+        label: Free text carried into results.
+    """
+
+    vector: SteeringVector | None = None
+    scale: float = 0.0
+    mode: Mode = "add"
+    positions: str | range = "last-prompt+generated"
+    strength: Strength = "rms"
+    spread: bool = False
+    label: str = ""
+
+    def __post_init__(self) -> None:
+        if self.mode not in get_args(Mode):
+            raise SteeringError(f"unknown mode {self.mode!r}; choose add, ablate, clamp or scale")
+        if self.strength not in get_args(Strength):
+            raise SteeringError(f"unknown strength {self.strength!r}; choose rms, absolute or "
+                                "token-rms")
+        if not isinstance(self.positions, range) and self.positions not in POSITION_MODES:
+            raise SteeringError(f"unknown positions {self.positions!r}; choose one of "
+                                f"{', '.join(POSITION_MODES)} or a range of token indices")
+        if isinstance(self.positions, range) and len(self.positions) == 0:
+            raise SteeringError(f"positions {self.positions} selects no token")
+        if not isinstance(self.scale, (int, float)) or not math.isfinite(self.scale):
+            raise SteeringError(f"scale must be a finite number, got {self.scale!r}")
+        if self.spread and self.mode != "add":
+            raise SteeringError("spread=True divides an added strength across layers; it has no "
+                                f"meaning for mode={self.mode!r}")
+        if self.vector is not None and not isinstance(self.vector, SteeringVector):
+            raise SteeringError(f"vector must be a SteeringVector or None, got "
+                                f"{type(self.vector).__name__}")
+
+    @property
+    def steered(self) -> bool:
+        return self.vector is not None and not (self.mode == "add" and self.scale == 0)
+
+    def coefficients(self, site: Site) -> tuple[Tensor, float, float, bool] | None:
+        """``(u, a, b, per_token_rms)`` at ``site`` (None when the setting leaves it alone)."""
+        if self.vector is None or site not in self.vector.directions:
+            return None
+        v = self.vector.directions[site]
+        norm = float(v.norm())
+        if norm == 0.0:
+            return None
+        u = v / norm
+        c = self.vector.rms(site) if self.strength == "rms" else 1.0
+        tok = self.strength == "token-rms"
+        s = float(self.scale)
+        if self.mode == "add":
+            n = max(1, len(self.vector.layers)) if self.spread else 1
+            return u, s * c * norm / n, 0.0, tok
+        if self.mode == "ablate":
+            return u, 0.0, -1.0, False
+        if self.mode == "clamp":
+            return u, s * c, -1.0, tok
+        return u, 0.0, s - 1.0, False
+
+
+# ------------------------------------------------------------------------------ tables
+class SettingTable:
+    """Per-site direction tables for many settings, and which setting each batch row uses.
+
+    Set :attr:`rows` (``[batch]`` setting index per row) before a forward, or leave it None to
+    map rows to settings in blocks of ``rows_per_setting`` (one setting: every row).
+    """
+
+    def __init__(self, settings: Sequence[Setting], *, rows_per_setting: int | None = None) -> None:
+        self.settings = list(settings)
+        if not self.settings:
+            raise SteeringError("no settings given")
+        bad = [type(s).__name__ for s in self.settings if not isinstance(s, Setting)]
+        if bad:
+            raise SteeringError(f"settings must be Setting objects, got {bad[0]}")
+        self.rows_per_setting = rows_per_setting
+        self.rows: Tensor | None = None
+        self.active = True
+        modes = [_pos_key(s.positions) for s in self.settings]
+        self.modes = list(dict.fromkeys(modes))
+        self.mode_index = torch.tensor([self.modes.index(m) for m in modes])
+        self.tables = {site: self._table(site) for site in self._sites()}
+
+    def _sites(self) -> list[Site]:
+        return sorted({s for st in self.settings if st.vector is not None for s in st.vector.directions})
+
+    def _table(self, site: Site) -> dict:
+        width = {st.vector.directions[site].numel() for st in self.settings
+                 if st.vector is not None and site in st.vector.directions}
+        if len(width) != 1:
+            raise SteeringError(f"settings disagree on the width of {site}: {sorted(width)}")
+        n = len(self.settings)
+        u, a, b = torch.zeros(n, width.pop()), torch.zeros(n), torch.zeros(n)
+        tok = torch.zeros(n, dtype=torch.bool)
+        for i, st in enumerate(self.settings):
+            coef = st.coefficients(site)
+            if coef is not None:
+                u[i], a[i], b[i], tok[i] = coef
+        return {"u": u, "a": a, "b": b, "tok": tok, "any_b": bool((b != 0).any()),
+                "any_tok": bool(tok.any()), "cache": {}}
+
+    def row_settings(self, batch: int) -> Tensor:
+        """``[batch]`` setting index of each row."""
+        if self.rows is not None:
+            if len(self.rows) != batch:
+                raise SteeringError(f"{len(self.rows)} row assignments for a batch of {batch}")
+            return self.rows
+        if len(self.settings) == 1:
+            return torch.zeros(batch, dtype=torch.long)
+        per = self.rows_per_setting
+        if per is None:
+            if batch % len(self.settings):
+                raise SteeringError(f"a batch of {batch} rows cannot be split evenly over "
+                                    f"{len(self.settings)} settings; pass rows_per_setting")
+            per = batch // len(self.settings)
+        if per * len(self.settings) != batch:
+            raise SteeringError(f"{len(self.settings)} settings x {per} rows per setting = "
+                                f"{per * len(self.settings)} rows, but the batch has {batch}")
+        return torch.arange(batch) // per
+
+    def hooks(self) -> dict[Site, HookFn]:
+        return {site: self._hook(site, table) for site, table in self.tables.items()}
+
+    def _hook(self, site: Site, table: dict) -> HookFn:
+        def fn(value: Tensor, ctx: HookContext) -> Tensor | None:
+            if not self.active:
+                return None
+            rows = self.row_settings(value.shape[0])
+            u, a, b, tok = self._rows(table, rows, value)
+            flat = value.reshape(value.shape[0], value.shape[1], -1) if value.dim() != 3 else value
+            if flat.shape[-1] != u.shape[-1]:
+                raise SteeringError(f"the vector at {site} has {u.shape[-1]} dims; the model's "
+                                    f"value there has {flat.shape[-1]}")
+            coef = a[:, None].expand(flat.shape[:2])
+            if table["any_tok"]:
+                rms = flat.float().pow(2).mean(-1).sqrt().to(flat.dtype)
+                coef = torch.where(tok[:, None], coef * rms, coef)
+            if table["any_b"]:
+                coef = coef + b[:, None] * torch.einsum("btd,bd->bt", flat, u)
+            coef = coef * self._mask(ctx, rows, flat)
+            new = flat + coef[..., None] * u[:, None, :]
+            if not bool(new.abs().amax() <= _limit(new)):  # NaN compares False
+                raise SteeringError(_nonfinite_message(site, self.settings, rows, value))
+            return new.reshape(value.shape)
+        return fn
+
+    @staticmethod
+    def _rows(table: dict, rows: Tensor, value: Tensor):
+        key = (rows.data_ptr(), tuple(rows.shape), value.dtype, value.device)
+        hit = table["cache"].get(key)
+        if hit is None or not torch.equal(hit[0], rows):
+            r = rows.cpu()
+            tensors = [table[k][r].to(device=value.device, dtype=value.dtype) for k in ("u", "a", "b")]
+            tensors.append(table["tok"][r].to(value.device))
+            table["cache"] = {key: (rows.clone(), tensors)}
+            return tensors
+        return hit[1]
+
+    def _mask(self, ctx: HookContext, rows: Tensor, like: Tensor) -> Tensor:
+        if len(self.modes) == 1:
+            return ctx.positions(_pos_mode(self.modes[0])).to(like.dtype)
+        per_row = self.mode_index[rows.cpu()].to(like.device)
+        out = torch.zeros(like.shape[:2], dtype=torch.bool, device=like.device)
+        for i, m in enumerate(self.modes):
+            sel = per_row == i
+            if sel.any():
+                out |= ctx.positions(_pos_mode(m)) & sel[:, None]
+        return out.to(like.dtype)
+
+
+def steering_hooks(setting_or_settings: Setting | Sequence[Setting], lm, *,
+                   rows_per_setting: int | None = None) -> dict[Site, HookFn]:
+    """``{site: fn}`` that applies one setting to every row, or many settings to blocks of rows.
+
+    Args:
+        setting_or_settings: One :class:`Setting`, or several: row ``r`` of a batch then uses
+            setting ``r // rows_per_setting`` (default: the batch split evenly).
+        lm: The loaded model (each vector is checked against it: sites in range, widths).
+        rows_per_setting: Rows per setting when several are given.
+
+    >>> with lm.hooks(steering_hooks([Setting(vector=joy, scale=s) for s in (2, 4)], lm)):
+    ...     lm.generate(["Hi!", "Hi!"])  # row 0 at x2, row 1 at x4  # doctest: +SKIP
+    """
+    settings = [setting_or_settings] if isinstance(setting_or_settings, Setting) else list(setting_or_settings)
+    for st in settings:
+        if st.vector is not None:
+            st.vector.check(lm, match="none")
+    return SettingTable(settings, rows_per_setting=rows_per_setting).hooks()
+
+
+# ------------------------------------------------------------------------------ helpers
+def _pos_key(positions):
+    if isinstance(positions, range):
+        return ("range", positions.start, positions.stop, positions.step)
+    return positions
+
+
+def _pos_mode(key):
+    return range(key[1], key[2], key[3]) if isinstance(key, tuple) else key
+
+
+def prefix_reusable(settings: Sequence[Setting]) -> bool:
+    """True when no setting changes a prompt token before the last one (prefix cache shareable)."""
+    return all(not st.steered or (isinstance(st.positions, str) and st.positions in _PREFIX_SAFE)
+               for st in settings)
+
+
+def _limit(value: Tensor) -> float:
+    """Largest magnitude whose mean square over the last dim stays finite in float32 (what the
+    next RMS/LayerNorm computes); beyond it the model silently computes garbage."""
+    big = torch.finfo(torch.float32).max if value.element_size() < 4 else torch.finfo(value.dtype).max
+    return math.sqrt(big / value.shape[-1])
+
+
+def _nonfinite_message(site: Site, settings: Sequence[Setting], rows: Tensor, value: Tensor) -> str:
+    used = sorted({int(r) for r in rows.tolist()})
+    desc = ", ".join(f"{settings[i].label or settings[i].mode} scale={settings[i].scale:g}"
+                     for i in used if settings[i].steered)
+    return (f"steering at {site} produced NaN/inf values, or values so large that the next "
+            f"layer norm overflows ({value.dtype}; settings: {desc or 'none'}); lower the scale, or use strength='rms' so the scale is relative "
+            "to the site's typical norm")
+
+
+# ------------------------------------------------------------------------------ generation
+def generate_settings(lm, prompts: Sequence[str], settings: Sequence[Setting], *,
+                      max_new_tokens: int = 48, batch_size: int = 32,
+                      system_prompt: str | None = None, reuse_prefix: bool | None = None,
+                      **generate_kwargs) -> list[list[str]]:
+    """Generate every prompt under every setting, many settings per batch; ``[setting][prompt]``.
+
+    Rows are ``(setting, prompt)`` pairs; a batch holds several prompts, each with all settings
+    (or a slice of them), so one ``model.generate`` call (greedy by default, KV cache on) covers
+    a whole strength sweep. When no setting changes a prompt token before the last one
+    (positions ``"generated"``, ``"last-prompt"``, ``"last-prompt+generated"``), each prompt's
+    prefix (all but its last token) is run once and its KV cache shared by the prompt's rows.
+
+    Args:
+        lm: A loaded model.
+        prompts: User messages (the chat template is applied as the model was loaded).
+        settings: :class:`Setting` s (include ``Setting(vector=None)`` for an unsteered row).
+        max_new_tokens: Tokens to generate per row.
+        batch_size: Rows per ``generate`` call.
+        system_prompt: Replace the chat template's default system prompt.
+        reuse_prefix: Share prompt prefixes (default: whenever the settings allow it).
+        **generate_kwargs: Passed to ``model.generate`` (``repetition_penalty``,
+            ``no_repeat_ngram_size``, ``do_sample``, ``min_new_tokens``, ...).
+
+    Returns:
+        ``texts[i][j]``: the text generated for ``prompts[j]`` under ``settings[i]``.
+    """
+    from probe.forward import generate_batch, make_batch
+    from probe.hooks import active_managers
+    from probe.tokens import Encoded, encode
+
+    prompts = _check_prompts(prompts)
+    if batch_size < 1:
+        raise SteeringError(f"batch_size must be >= 1, got {batch_size}")
+    table = SettingTable(settings)
+    for st in table.settings:
+        if st.vector is not None:
+            st.vector.check(lm, match="none")
+    enc = encode(lm.tokenizer, prompts, chat_template=lm.chat_template,
+                 system_prompt=system_prompt if lm.chat_template else None)
+    allowed = prefix_reusable(table.settings) and min(enc.lengths) > 1 and not active_managers(lm.model)
+    if reuse_prefix and not allowed:
+        raise SteeringError("reuse_prefix=True needs every steered setting to leave the prompt "
+                            "before its last token alone (positions generated, last-prompt or "
+                            "last-prompt+generated) and no other hooks open on the model")
+    reuse = allowed if reuse_prefix is None else reuse_prefix
+    out: list[list[str | None]] = [[None] * len(prompts) for _ in table.settings]
+    with torch.no_grad(), lm.hooks(table.hooks()):
+        for p_idx, s_idx in _chunks(enc.lengths, len(table.settings), batch_size):
+            rows = [(s, p) for p in p_idx for s in s_idx]
+            sub = Encoded(ids=[enc.ids[p] for _, p in rows], content=[enc.content[p] for _, p in rows],
+                          target=[None] * len(rows))
+            batch = make_batch(lm, sub)
+            kwargs = dict(generate_kwargs)
+            if reuse:
+                kwargs.update(_prefix_cache(lm, make_batch(lm, Encoded(
+                    ids=[enc.ids[p] for p in p_idx], content=[enc.content[p] for p in p_idx],
+                    target=[None] * len(p_idx))), repeats=len(s_idx), table=table))
+            table.rows = torch.tensor([s for s, _ in rows])
+            try:
+                gen = generate_batch(lm, batch, max_new_tokens=max_new_tokens, **kwargs)
+            finally:
+                table.rows = None
+            for (s, p), text in zip(rows, gen.texts):
+                out[s][p] = text
+    return out  # type: ignore[return-value]
+
+
+def _check_prompts(prompts) -> list[str]:
+    if isinstance(prompts, str):
+        raise SteeringError("prompts must be a list of strings (a single string is not a list)")
+    prompts = list(prompts)
+    if not prompts:
+        raise SteeringError("no prompts given; pass at least one prompt")
+    bad = [p for p in prompts if not isinstance(p, str) or not p.strip()]
+    if bad:
+        raise SteeringError(f"prompts must be non-empty strings; got {bad[0]!r}")
+    return prompts
+
+
+def _chunks(lengths: Sequence[int], n_settings: int, batch_size: int):
+    """``(prompt indices, setting indices)`` per batch: longest prompts first, all settings of a
+    prompt together when they fit (so its prefix is computed once)."""
+    order = sorted(range(len(lengths)), key=lambda i: -lengths[i])
+    if n_settings <= batch_size:
+        per = batch_size // n_settings
+        for i in range(0, len(order), per):
+            yield order[i:i + per], list(range(n_settings))
+        return
+    for p in order:
+        for j in range(0, n_settings, batch_size):
+            yield [p], list(range(j, min(j + batch_size, n_settings)))
+
+
+def _prefix_cache(lm, batch, *, repeats: int, table: SettingTable) -> dict:
+    """The KV cache of every prompt but its last token, repeated for each of its rows.
+
+    Runs with the table switched off: the prefix positions are outside every setting's
+    positions by construction (see :func:`prefix_reusable`).
+    """
+    import inspect
+
+    ids, mask, pos = (batch.input_ids[:, :-1], batch.attention_mask[:, :-1],
+                      batch.position_ids[:, :-1])
+    table.active = False
+    try:
+        out = lm.model(input_ids=ids, attention_mask=mask, position_ids=pos, use_cache=True,
+                       logits_to_keep=1)
+    finally:
+        table.active = True
+    cache = getattr(out, "cache", None) or getattr(out, "past_key_values", None)
+    cache.batch_repeat_interleave(repeats)
+    key = "cache" if "cache" in inspect.signature(type(lm.model).forward).parameters else "past_key_values"
+    return {key: cache}
