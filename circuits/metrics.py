@@ -85,7 +85,13 @@ def as_direction(d, *, d_model: int, site: Site | None = None, lm=None) -> Tenso
 def _check_model(obj, lm) -> None:
     if lm is None:
         return
-    prov = dict(getattr(obj, "provenance", None) or getattr(obj, "metadata", None) or {})
+    if callable(getattr(obj, "check", None)):  # a steering.vector.SteeringVector
+        try:
+            obj.check(lm, match="exact")
+        except ValueError as exc:
+            raise MetricError(f"the direction does not fit this model: {exc}") from None
+        return
+    prov = dict(getattr(obj, "provenance", None) or getattr(obj, "meta", None) or {})
     model = getattr(obj, "model", None)
     if isinstance(model, str):
         prov.setdefault("model_id", model)
@@ -203,80 +209,38 @@ def parse_metric_spec(spec: str) -> tuple[str, list[str], int | None]:
     return kind, [a.strip() for a in arg.split(",") if a.strip()], None if layer is None else int(layer)
 
 
-# --------------------------------------------------------------- mean-difference directions
+# ---------------------------------------------------------------------- emotion directions
 def emotion_directions(lm, dataset, *, layer: int, groups: Sequence[str] | None = None,
-                       target: str | None = None, store=None, progress: bool = False,
-                       cache_dir=None) -> dict[str, Tensor]:
-    """Unit mean-difference directions ``{class: [d_model]}`` at ``resid_post`` of ``layer``.
+                       target: str | None = None, method: str = "context-agnostic",
+                       progress: bool = False, cache_dir=None):
+    """``{emotion: SteeringVector}`` at ``blocks.{layer}.hook_resid_post`` (last token).
 
-    Read from the activation store of ``dataset`` (cached if missing: last-token pooling),
-    using only rows whose group is in ``groups`` (e.g. the training scenarios). Where groups
-    hold several classes (a scenario with seven events), each row is centred on its group's
-    mean first, so the scenario itself cancels (Wang et al.); otherwise class mean minus the
-    mean over classes.
+    Computed by :func:`steering.directions.directions` (Wang et al.'s context-agnostic method
+    by default) from the activation store of ``dataset`` (cached if missing), using only rows
+    whose group is in ``groups`` (the training scenarios): the circuit is then checked on
+    scenarios its direction never saw.
     """
     from probe.cache import CacheConfig, cache_activations, default_store_path
     from probe.store import open_store
+    from steering.directions import directions
+    from steering.vector import SteeringError
 
-    if store is None:
-        config = CacheConfig(sites=f"blocks.{layer}.hook_resid_post")
-        out = default_store_path(lm, dataset, config, cache_dir)
-        store = cache_activations(lm, dataset, config=config, out=out, progress=progress)
+    config = CacheConfig(sites=f"blocks.{layer}.hook_resid_post")
+    out = default_store_path(lm, dataset, config, cache_dir)
+    store = cache_activations(lm, dataset, config=config, out=out, progress=progress)
     ds = open_store(store, require_complete=False)
-    target = target or dataset.default_target
-    x = ds["hook_resid_post"].sel(layer=layer, pooling="last").values.astype(np.float32)
-    labels = np.array([str(v) for v in ds[target].values], dtype=object)
-    grp = np.array([str(v) for v in ds["group"].values], dtype=object)
-    keep = np.ones(len(labels), bool) if groups is None else np.isin(grp, list(groups))
-    return mean_difference(x[keep], labels[keep], grp[keep])
+    rows = None
+    if groups is not None:
+        rows = np.isin(np.array([str(g) for g in ds["group"].values]), list(groups))
+    try:
+        return directions(ds, method=method, site="resid_post", layers=[layer], target=target,
+                          rows=rows)
+    except SteeringError as exc:
+        raise MetricError(str(exc)) from None
 
 
-def mean_difference(x: np.ndarray, labels: np.ndarray, groups: np.ndarray) -> dict[str, Tensor]:
-    """Group-centred class means, normalised (see :func:`emotion_directions`)."""
-    if len(set(labels)) < 2:
-        raise MetricError(f"directions need at least two classes, got {sorted(set(labels))}")
-    xc = x.astype(np.float64).copy()
-    multi = [g for g in set(groups) if len(set(labels[groups == g])) > 1]
-    if multi:
-        keep = np.isin(groups, multi)
-        for g in multi:
-            rows = groups == g
-            xc[rows] -= x[rows].mean(0)
-        xc, labels = xc[keep], labels[keep]
-    classes = sorted(set(labels))
-    means = {c: xc[labels == c].mean(0) for c in classes}
-    centre = np.mean(list(means.values()), axis=0)
-    out = {}
-    for c, m in means.items():
-        v = torch.as_tensor(m - centre, dtype=torch.float32)
-        out[str(c)] = v / v.norm()
-    return out
-
-
-def save_directions(path, directions: Mapping[str, Tensor], *, lm, layer: int) -> None:
-    """Write ``{class: direction}`` as safetensors with the model's id and fingerprint."""
-    from safetensors.torch import save_file
-
-    prov = lm.provenance()
-    meta = {"model_id": str(prov["model_id"]), "weight_fingerprint": str(prov["weight_fingerprint"]),
-            "layer": str(layer), "site": f"blocks.{layer}.hook_resid_post"}
-    save_file({k: v.contiguous() for k, v in directions.items()}, str(path), metadata=meta)
-
-
-def load_directions(path, *, lm) -> tuple[dict[str, Tensor], int]:
-    """Read :func:`save_directions`' file; refuses directions of another model."""
-    from safetensors import safe_open
-
-    with safe_open(str(path), "pt") as f:
-        meta = f.metadata() or {}
-        dirs = {k: f.get_tensor(k) for k in f.keys()}
-
-    class _Saved:
-        provenance = meta
-    _check_model(_Saved, lm)
-    d_model = lm.arch.d_model(lm.model)
-    for k, v in dirs.items():
-        as_direction(v, d_model=d_model)
-    if "layer" not in meta:
-        raise MetricError(f"{path} does not say which layer its directions belong to")
-    return dirs, int(meta["layer"])
+def direction_tensor(vec, layer: int) -> Tensor:
+    """The ``resid_post`` direction of ``layer`` from a SteeringVector (or a tensor as it is)."""
+    if hasattr(vec, "directions"):
+        return vec.directions[Site("hook_resid_post", layer)].float()
+    return torch.as_tensor(vec, dtype=torch.float32)

@@ -32,11 +32,11 @@ from circuits.components import groups as make_groups, parse_types
 from circuits.metrics import (
     MetricError,
     direction,
+    direction_tensor,
     emotion_directions,
     label_logprob,
     logit_diff,
     parse_metric_spec,
-    save_directions,
 )
 from circuits.pairs import make_pairs, rows_of, split_groups
 from circuits.patching import patch, sublayer_influence
@@ -76,14 +76,15 @@ def _metrics(lm, dataset, cfg: CircuitsConfig, train, out: Path):
     target = cfg.target or dataset.default_target
     classes = list(dataset.classes(target))
     if kind == "direction":
-        labels = classes if args == ["all"] else args
-        bad = [a for a in labels if a not in classes]
-        if bad:
-            raise MetricError(f"{target} has no class {bad[0]!r}; classes are {classes}")
         dirs = emotion_directions(lm, dataset, layer=layer, groups=train, target=target)
-        save_directions(out / "directions.safetensors", dirs, lm=lm, layer=layer)
-        return {lab: direction(dirs[lab], layer=layer, lm=lm, name=f"direction:{lab}@L{layer}")
-                for lab in labels}, dirs
+        labels = list(dirs) if args == ["all"] else args
+        bad = [a for a in labels if a not in dirs]
+        if bad:
+            raise MetricError(f"no direction for {bad[0]!r}: {target} has directions for "
+                              f"{sorted(dirs)} (the neutral class has none)")
+        dirs.save(out / "directions")
+        return ({lab: direction(dirs[lab], layer=layer, lm=lm, name=f"direction:{lab}@L{layer}")
+                 for lab in labels}, {lab: direction_tensor(dirs[lab], layer) for lab in labels})
     if cfg.label is None or cfg.label not in classes:
         raise MetricError(f"{kind} metrics need --label: whose prompts to explain (one of {classes})")
     m = logit_diff(lm, *args) if kind == "logit-diff" else label_logprob(lm, args[0])

@@ -56,7 +56,8 @@ def test_a_whole_run_on_a_tiny_model(capsys, tiny_dir, tmp_path, cache):
 
 
 @pytest.mark.parametrize("args, message", [
-    (["--metric", "direction:joy@L2"], "no class 'joy'"),
+    (["--metric", "direction:joy@L2"], "no direction for 'joy'"),
+    (["--metric", "direction:neutral@L2"], "the neutral class has none"),
     (["--metric", "direction:happiness@L9"], "out of range"),
     (["--metric", "direction:happiness"], "needs a layer"),
     (["--components", "heads,edges"], "unknown component type"),

@@ -11,12 +11,9 @@ from circuits.metrics import (
     as_direction,
     direction,
     label_logprob,
-    load_directions,
     logit_diff,
-    mean_difference,
     parse_metric_spec,
     probe_logit,
-    save_directions,
 )
 from probe.forward import run_with_cache
 from probe.sites import Site
@@ -90,28 +87,18 @@ def test_directions_from_another_model_are_refused(llama):
         direction(d, layer=7, lm=llama)
 
 
-def test_saved_directions_carry_the_model(llama, tiny_dir, tmp_path):
+def test_steering_vectors_are_checked_against_the_model(llama, tiny_dir):
     from probe.models import load_model
+    from steering.vector import SteeringVector
 
-    dirs = {"joy": torch.randn(64), "anger": torch.randn(64)}
-    path = tmp_path / "d.safetensors"
-    save_directions(path, dirs, lm=llama, layer=2)
-    back, layer = load_directions(path, lm=llama)
-    assert layer == 2 and torch.equal(back["joy"], dirs["joy"])
+    meta = {k: llama.provenance()[k] for k in ("model", "weight_fingerprint", "architecture",
+                                                "d_model", "n_layers")}
+    vec = SteeringVector({Site("hook_resid_post", 1): torch.randn(64)}, meta)
+    m = direction(vec, layer=1, lm=llama)
+    assert m.sites == (Site("hook_resid_post", 1),)
     other = load_model(str(tiny_dir / "mistral"), device="cpu", dtype="float32")
-    with pytest.raises(MetricError, match="another model"):
-        load_directions(path, lm=other)
-
-
-def test_mean_difference_cancels_the_scenario():
-    rng = np.random.default_rng(0)
-    groups = np.repeat([f"g{i}" for i in range(20)], 3)
-    labels = np.tile(["a", "b", "c"], 20)
-    scen = rng.normal(size=(20, 8)) * 10
-    x = np.repeat(scen, 3, axis=0) + 0.01 * rng.normal(size=(60, 8))
-    x[labels == "a", 0] += 1.0
-    d = mean_difference(x, labels, groups)
-    assert float(d["a"][0]) > 0.99 and abs(float(d["a"].norm()) - 1) < 1e-6
+    with pytest.raises(MetricError, match="does not fit this model"):
+        direction(vec, layer=1, lm=other)
 
 
 def test_metric_specs_parse_or_explain():
