@@ -10,6 +10,9 @@ attribution`, against the mean baseline); the circuit of size ``k`` is the top `
 * **completeness** ``C(k) = mean(M_{-k} - M_0) / mean(M - M_0)``: ablate the circuit, keep the
   rest. Near 0 = nothing outside the circuit carries the metric.
 
+Both are ratios to ``M - M_0``, the effect of ablating everything, reported with its own CI
+(``effect``): where that CI comes near 0 the ratios and their CIs are unstable.
+
 :func:`find_circuit` picks the smallest grid size whose faithfulness on the *training* prompts
 reaches the target, then reports the curves and the chosen circuit's faithfulness on
 *held-out* prompts, with bootstrap CIs over scenario groups. :class:`Circuit` is saved as JSON.
@@ -179,12 +182,15 @@ def curves(lm, batch: Batch, metric: Metric, ranked: Sequence[Component], groups
     m_full = base.double().numpy()
     delta = {it: out[i].double().numpy() for i, it in enumerate(items)}
     m0 = m_full + delta[("keep", 0)]
+    effect = m_full - m0
+    _, elo, ehi = _ratio(effect, np.ones_like(effect), row_groups, n_boot)
     rows = []
     for k in sizes:
         mk = m_full + delta[("keep", k)] if k > 0 else m0
         f, flo, fhi = _ratio(mk - m0, m_full - m0, row_groups, n_boot)
         row = {"size": k, "faithfulness": f, "faithfulness_low": flo, "faithfulness_high": fhi,
-               "M": m_full.mean(), "M_0": m0.mean(), "M_k": mk.mean(), "n": len(m_full)}
+               "M": m_full.mean(), "M_0": m0.mean(), "M_k": mk.mean(), "n": len(m_full),
+               "effect": effect.mean(), "effect_low": elo, "effect_high": ehi}
         if completeness:
             mdrop = m0 if k >= n_all else (m_full if k == 0 else m_full + delta[("drop", k)])
             c, clo, chi = _ratio(mdrop - m0, m_full - m0, row_groups, n_boot)
@@ -255,7 +261,9 @@ def find_circuit(lm, attr: Attribution, metric: Metric, train: Batch, test: Batc
         faithfulness={"test": float(at["faithfulness"]), "ci_low": float(at["faithfulness_low"]),
                       "ci_high": float(at["faithfulness_high"]),
                       "train": float(tr[tr["size"] == k]["faithfulness"].iloc[0]),
-                      "target": config.target, "n_test": int(at["n"])},
+                      "target": config.target, "n_test": int(at["n"]),
+                      "ablation_effect": float(at["effect"]),
+                      "ablation_effect_ci": [float(at["effect_low"]), float(at["effect_high"])]},
         completeness={"test": float(at["completeness"]), "ci_low": float(at["completeness_low"]),
                       "ci_high": float(at["completeness_high"])},
         info={"estimator": attr.estimator, "baseline": attr.baseline, "order": config.order,

@@ -270,7 +270,9 @@ def _circuit(lm, dataset, cfg, label, metric, ctypes, attr: Attribution, means, 
     log(f"circuit: {circuit.size} of {circuit.n_candidates} {'+'.join(ctypes)} "
         f"({100 * circuit.fraction:.2f}%); faithfulness on {f['n_test']} held-out prompts "
         f"{f['test']:.2f} [{f['ci_low']:.2f}, {f['ci_high']:.2f}] (train {f['train']:.2f}); "
-        f"completeness {c['test']:.2f} [{c['ci_low']:.2f}, {c['ci_high']:.2f}]"
+        f"completeness {c['test']:.2f} [{c['ci_low']:.2f}, {c['ci_high']:.2f}]; "
+        f"ablating every candidate moves the metric by {-f['ablation_effect']:+.2f} "
+        f"[{-f['ablation_effect_ci'][1]:+.2f}, {-f['ablation_effect_ci'][0]:+.2f}]"
         + ("" if circuit.info["reached_target_on_train"] else
            f"; the target {cfg.faithfulness_target} was not reached on training prompts"))
     rows.append(report.curve_rows(curves, emotion=label))

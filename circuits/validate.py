@@ -86,9 +86,9 @@ def verdicts(table: pd.DataFrame, estimator: str, th: Thresholds = Thresholds())
         stats = (f"recall@{th.recall_k} {_fmt(rec)}, Spearman {_fmt(r['spearman'])}, "
                  f"Pearson {_fmt(r['pearson'])}, n={int(r['n'])}")
         if fails:
-            alt = "--estimator ig" if estimator != "ig" else "activation patching (--validate all)"
+            alt = "--estimator ig, or " if estimator != "ig" else ""
             out.append(f"{estimator} FAILS for {r['type']} here ({stats}): rank {r['type']} with "
-                       f"{alt} instead")
+                       f"{alt}activation patching itself (--validate all patches every one)")
         else:
             out.append(f"{estimator} agrees with patching for {r['type']} ({stats})")
     return out

@@ -48,7 +48,7 @@ def test_failures_name_the_estimator_to_use_instead():
     table = compare(pd.concat([heads[0], noise[0]]), pd.concat([heads[1], noise[1]]))
     v = verdicts(table, "atp")
     assert v[0].startswith("atp agrees with patching for heads")
-    assert "atp FAILS for neurons" in v[1] and "--estimator ig" in v[1]
+    assert "atp FAILS for neurons" in v[1] and "--estimator ig" in v[1] and "--validate all" in v[1]
     text = summary(table, "atp", Compute(forward_passes=1, backward_passes=1, forward_row_blocks=10,
                                          backward_row_blocks=10, seconds=2.0),
                    Compute(forward_passes=9, forward_row_blocks=900, seconds=50.0),
