@@ -36,7 +36,7 @@ from torch import Tensor
 
 from circuits.attribution import Attribution
 from circuits.baselines import MeanBaseline, Sources
-from circuits.components import Component, Group, row_mask
+from circuits.components import Component, Group
 from circuits.metrics import Metric
 from circuits.patching import run_per_row
 from circuits.runs import Compute

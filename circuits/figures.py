@@ -51,15 +51,17 @@ def _grid(df: pd.DataFrame, n_layers: int, n_heads: int) -> np.ndarray:
 def plot_head_heatmaps(attr: pd.DataFrame, truth: pd.DataFrame | None, *, n_layers: int,
                        n_heads: int, labels=("attribution", "activation patching"),
                        title: str | None = None, out: str | os.PathLike | None = None) -> Figure:
-    """Layer x head heatmaps of estimated and (if given) measured effects, each centred at 0."""
+    """Layer x head heatmaps of estimated and (if given) measured effects on one colour scale
+    centred at 0 (grey cells: heads not measured)."""
     panels = [(labels[0], attr)] + ([(labels[1], truth)] if truth is not None else [])
+    grids = [_grid(df, n_layers, n_heads) for _, df in panels]
+    lim = max((np.nanmax(np.abs(g)) for g in grids if np.isfinite(g).any()), default=1.0) or 1.0
+    norm = TwoSlopeNorm(0.0, -lim, lim)
     with mpl.rc_context(RC):
         fig = _figure((2.3 * len(panels) + 0.6, 0.16 * n_layers + 1.0))
         axes = fig.subplots(1, len(panels), squeeze=False)[0]
-        for ax, (label, df) in zip(axes, panels):
-            g = _grid(df, n_layers, n_heads)
-            lim = np.nanmax(np.abs(g)) if np.isfinite(g).any() else 1.0
-            norm = TwoSlopeNorm(0.0, -lim or -1, lim or 1)
+        for ax, (label, _), g in zip(axes, panels, grids):
+            ax.set_facecolor("#DDDDDD")
             im = ax.imshow(g, cmap="RdBu_r", norm=norm, aspect="auto", origin="lower",
                            interpolation="nearest")
             ax.set_title(label)
@@ -164,6 +166,10 @@ def plot_faithfulness(curves: pd.DataFrame, *, target: float = 0.8, budget: dict
             if "completeness" in d:
                 ax.plot(x, d["completeness"], color=color, lw=0.8, ls="--")
         ax.axhline(target, color="#8C8C8C", lw=0.6, ls=":")
+        lo = min(-0.2, float(curves[["faithfulness", "completeness"]].min().min())
+                 if "completeness" in curves else float(curves["faithfulness"].min()))
+        hi = max(1.2, float(curves["faithfulness"].max()))
+        ax.set_ylim(max(lo, -1.0) - 0.05, min(hi, 2.0) + 0.05)  # wild CI bands are clipped
         for i, (name, k) in enumerate((budget or {}).items()):
             ax.axvline(k, color="#4D4D4D", lw=0.5, ls=":")
         ax.set_xscale("log")

@@ -22,7 +22,6 @@ from pathlib import Path
 from typing import Literal
 
 import numpy as np
-import torch
 
 from circuits import figures, report
 from circuits.assemble import CircuitConfig, find_circuit, overlap

@@ -78,7 +78,7 @@ def write(out_dir: str | os.PathLike, rows: list[pd.DataFrame], run: dict[str, A
     records = [{k: _scalar(v) for k, v in r.items()} for r in df.to_dict("records")]
     texts = {"results.csv": df.to_csv(index=False),
              "results.json": json.dumps(records, indent=1, allow_nan=False) + "\n",
-             "run.json": json.dumps({**run, "environment": _environment()}, indent=2,
+             "run.json": json.dumps(clean_json({**run, "environment": _environment()}), indent=2,
                                     default=_default, allow_nan=False) + "\n"}
     paths = {}
     for name, text in texts.items():
