@@ -146,7 +146,8 @@ def run_circuits(lm, dataset, cfg: CircuitsConfig, out: str | Path, *,
                              "notes": notes, "emotions": summaries,
                              "seconds": round(time.perf_counter() - t0, 1)})
     report.write(out, rows, run)
-    log(f"\nwrote {out}/results.csv, run.json, circuit_*.json, figures (png+svg)")
+    made = "circuit_<emotion>.json, " if circuits else ""
+    log(f"\nwrote {out}: results.csv/json, run.json, scores.safetensors, {made}figures (png+svg)")
     return run
 
 
@@ -156,12 +157,15 @@ def _one(lm, dataset, cfg, label, metric, types, ctypes, train, test, target, me
     if cfg.baseline == "pairs":
         pairs = make_pairs(lm, dataset, label=label, target=target, groups=train, align=cfg.align,
                            seed=cfg.seed)
-        pairs = pairs.select(range(min(cfg.prompts, len(pairs))))
+        found = len(pairs)
+        pairs = pairs.select(range(min(cfg.prompts, found)))
         batch, base = pairs.noising()
         groups = list(pairs.groups)
-        res["pairs"] = {"n": len(pairs), "dropped_groups": len(pairs.dropped), "align": cfg.align}
-        log(f"{len(pairs)} aligned pairs ({cfg.align}); {len(pairs.dropped)} scenario(s) had no "
-            "partner of equal length" if cfg.align == "length" else f"{len(pairs)} pairs")
+        res["pairs"] = {"found": found, "used": len(pairs), "dropped_groups": len(pairs.dropped),
+                        "align": cfg.align}
+        log(f"{found} aligned pairs ({cfg.align}), using {len(pairs)}"
+            + (f"; {len(pairs.dropped)} scenario(s) had no partner of equal length"
+               if cfg.align == "length" else ""))
     else:
         texts, groups = _prompts(dataset, label, train, cfg.prompts, target)
         batch = lm.batch(texts)
