@@ -21,6 +21,18 @@ def cache(tmp_path_factory, monkeypatch):
     monkeypatch.setenv("EMOPROBE_CACHE", str(tmp_path_factory.getbasetemp() / "circuits-cache"))
 
 
+@pytest.fixture(scope="module")
+def small(tmp_path_factory):
+    """Twelve scenarios of emotion-scenarios (84 rows) as a user JSONL file: a quick dataset."""
+    from probe.data import load_dataset
+
+    f = load_dataset("emotion-scenarios").frame
+    keep = f[f["group"].isin(sorted(set(f["group"]))[:12])]
+    path = tmp_path_factory.mktemp("data") / "small.jsonl"
+    keep[["id", "text", "emotion", "group"]].to_json(path, orient="records", lines=True)
+    return ["--dataset", str(path), "--label-column", "emotion", "--group-column", "group"]
+
+
 def test_help_reads_well(capsys):
     with pytest.raises(SystemExit) as exc:
         main(["circuits", "--help"])
@@ -30,19 +42,19 @@ def test_help_reads_well(capsys):
     assert "--baseline {mean,pairs,zero}" in out
 
 
-def test_a_whole_run_on_a_tiny_model(capsys, tiny_dir, tmp_path, cache):
+def test_a_whole_run_on_a_tiny_model(capsys, tiny_dir, tmp_path, cache, small):
     out = tmp_path / "run"
-    code, text, err = _run(capsys, "circuits", "--model", str(tiny_dir / "llama"),
-                           "--metric", "direction:happiness,sadness@L2", "--prompts", "4",
+    code, text, err = _run(capsys, "circuits", "--model", str(tiny_dir / "llama"), *small,
+                           "--metric", "direction:sadness@L2", "--prompts", "4",
                            "--validate", "6", "--validate-prompts", "2", "--circuit-prompts", "4",
                            "--influence-prompts", "2", "--out", str(out), "--quiet")
     assert code == 0, err
     assert "validation of atp against activation patching" in text and "circuit:" in text
-    assert "faithfulness on 4 held-out prompts" in text and "circuit overlap" in text
+    assert "faithfulness on 4 held-out prompts" in text and "ablating every candidate" in text
     run = json.loads((out / "run.json").read_text())
-    assert set(run["emotions"]) == {"happiness", "sadness"}
+    assert set(run["emotions"]) == {"sadness"}
     assert not set(run["dataset"]["train_groups"]) & set(run["dataset"]["test_groups"])
-    v = run["emotions"]["happiness"]["validation"]
+    v = run["emotions"]["sadness"]["validation"]
     assert v["components"] == 18 and {r["type"] for r in v["table"]} == {"heads", "neurons", "sublayers"}
     df = pd.read_csv(out / "results.csv")
     assert {"atp", "patch:mean", "spearman", "recall@20", "faithfulness", "completeness",
@@ -50,7 +62,7 @@ def test_a_whole_run_on_a_tiny_model(capsys, tiny_dir, tmp_path, cache):
     assert (df["ci_low"].dropna() <= df["value"][df["ci_low"].notna()] + 1e-12).all()
     c = json.loads((out / "circuit_sadness.json").read_text())
     assert c["format"] == "emoprobe.circuit/1" and c["size"] == len(c["components"])
-    for stem in ("heads_happiness", "scatter_happiness", "influence_sadness", "faithfulness",
+    for stem in ("heads_sadness", "scatter_sadness", "influence_sadness", "faithfulness",
                  "circuit_sadness", "neurons_sadness"):
         assert (out / f"{stem}.png").exists() and (out / f"{stem}.svg").exists()
 
@@ -64,8 +76,8 @@ def test_a_whole_run_on_a_tiny_model(capsys, tiny_dir, tmp_path, cache):
     (["--metric", "logprob:happy"], "need --label"),
     (["--prompts", "0"], "--prompts must be >= 1"),
 ])
-def test_bad_input_is_explained(capsys, tiny_dir, tmp_path, cache, args, message):
-    code, _, err = _run(capsys, "circuits", "--model", str(tiny_dir / "llama"), "--no-circuit",
+def test_bad_input_is_explained(capsys, tiny_dir, tmp_path, cache, small, args, message):
+    code, _, err = _run(capsys, "circuits", "--model", str(tiny_dir / "llama"), *small, "--no-circuit",
                         "--influence-prompts", "0", "--prompts", "2", *args,
                         "--out", str(tmp_path / "r"), "--quiet")
     assert code == 2 and message in err and "Traceback" not in err
