@@ -11,10 +11,13 @@ corrupt run, a mean or zero; see :mod:`circuits.baselines`), the effect of patch
   the attention pattern to the metric is linear; see :mod:`circuits.qk`) and *GradDrop*: one more
   backward per layer with that layer's residual contribution dropped from the gradient,
   combined as ``sum_l |AtP_l| / (L - 1)``. GradDrop scores are magnitudes (unsigned);
-* ``"ig"`` -- integrated gradients (EAP-IG style): gradients averaged over ``steps`` points on a
-  path from the baseline to the target run, times ``a' - a``. ``path="inputs"`` interpolates
-  the embeddings (EAP-IG; the baseline's own embeddings, e.g. the corrupt prompt's),
-  ``path="sites"`` interpolates the components' own sites together.
+* ``"ig"`` -- integrated gradients over ``steps`` midpoints of a path from the target run to
+  the baseline. ``path="inputs"`` (EAP-IG, Hanna et al. 2024): the embeddings are interpolated
+  toward the baseline's (e.g. the corrupt prompt's) and ``(a' - a) . mean dM/da``.
+  ``path="sites"``: every requested component is softly ablated together,
+  ``out = a' + alpha (a - a')``; each step adds ``dM/dout . (a' - a)`` with ``a`` the value at
+  that step, so the scores of all components add up to ``M(all at baseline) - M`` (up to the
+  midpoint rule): the path that "keep the circuit, ablate the rest" walks.
 
 >>> target, baseline = pairs.noising()  # doctest: +SKIP
 >>> attr = attribute(lm, target, metric, baseline, types=("heads", "sublayers"))  # doctest: +SKIP
@@ -299,33 +302,50 @@ def _graddrop(lm, gs, values, leaves, m, sources, rows, gate: _GradGate, compute
 
 # -------------------------------------------------------------------------------- IG
 def _ig_chunk(lm, sub, rows, metric, gs, sources, steps: int, path: str, compute: Compute):
+    """IG over ``steps`` midpoints. ``sites``: every group's site follows
+    ``out = src + alpha (v - src)`` and each step adds ``dM/dout . (src - v)``, so the scores of
+    all components add up to ``M(all at baseline) - M`` (midpoint rule). ``inputs``: EAP-IG,
+    the embeddings are interpolated and ``(src - v_target) . mean gradient``."""
     if steps < 1:
         raise AttributionError(f"IG needs steps >= 1, got {steps}")
     taps = [g.site for g in gs]
     n_blocks = blocks_run(lm, metric)
-    _, clean = run_with_cache(lm, sub, taps, stop=metric.layer is not None)
     m = forward_metric(lm, sub, metric)
-    compute.forward_passes += 2
-    compute.forward_row_blocks += 2 * len(sub) * n_blocks
-    grad_sum = {s: torch.zeros_like(clean[s]) for s in taps}
+    compute.forward_passes += 1
+    compute.forward_row_blocks += len(sub) * n_blocks
+    if path == "inputs":
+        _, clean = run_with_cache(lm, sub, taps, stop=metric.layer is not None)
+        compute.forward_passes += 1
+        compute.forward_row_blocks += len(sub) * n_blocks
+    acc: dict = {g: 0.0 for g in gs}
+    grad_sum: dict = {s: 0.0 for s in taps}
     embed = Site("hook_embed")
     for k in range(steps):
         alpha = (k + 0.5) / steps
+        raw: dict[Site, tuple[Tensor, Tensor]] = {}
 
-        def interp(t, ctx, a=alpha):
+        def interp(t, ctx, a=alpha, raw=raw):
             src = sources(ctx.site, t, rows)
+            raw[ctx.site] = (t.detach(), src.detach())
             return src + a * (t - src)
 
         before = {embed: interp} if path == "inputs" else {s: interp for s in taps}
         _, leaves, mk = forward_with_leaves(lm, sub, metric, taps, before=before)
-        grads = torch.autograd.grad(mk.sum(), [leaves[s] for s in taps], allow_unused=True)
-        for s, g in zip(taps, grads):
-            if g is not None:
-                grad_sum[s] += g
+        grads = dict(zip(taps, torch.autograd.grad(mk.sum(), [leaves[s] for s in taps],
+                                                   allow_unused=True)))
+        grads = {s: g if g is not None else torch.zeros_like(leaves[s]) for s, g in grads.items()}
+        for g in gs:
+            if path == "sites":
+                t, src = raw[g.site]
+                acc[g] = acc[g] + _contrib(g, src - t, grads[g.site], sources, rows)
+            else:
+                grad_sum[g.site] = grad_sum[g.site] + grads[g.site]
         compute.forward_passes += 1
         compute.backward_passes += 1
         compute.forward_row_blocks += len(sub) * n_blocks
         compute.backward_row_blocks += len(sub) * n_blocks
+    if path == "sites":
+        return {g: v / steps for g, v in acc.items()}, m
     out = {}
     for g in gs:
         diff = sources(g.site, clean[g.site], rows) - clean[g.site]

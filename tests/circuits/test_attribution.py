@@ -17,6 +17,7 @@ from circuits.baselines import MeanBaseline, PairBaseline, ZeroBaseline, take
 from circuits.components import Component, groups
 from circuits.metrics import Metric, direction
 from circuits.patching import patch
+from probe.forward import run_with_cache
 from probe.sites import Site
 from tests.circuits.conftest import TEXTS, direction_for
 from tests.tiny import CORPUS
@@ -63,7 +64,26 @@ def test_ig_is_exact_where_the_metric_is_linear_and_close_elsewhere(llama64):
     atp = attribute(lm, batch, metric, base, types=("neurons",), layers=[2])
     np.testing.assert_allclose(_table(ig, "neurons").to_numpy(), _table(atp, "neurons").to_numpy(),
                                **EXACT)
-    assert ig.compute.forward_passes == 3 + 2 and ig.compute.backward_passes == 3
+    assert ig.compute.forward_passes == 3 + 1 and ig.compute.backward_passes == 3
+
+
+def test_ig_on_sites_adds_up_to_ablating_everything_at_once(llama64):
+    """Completeness: sum over components = M(every component at its mean) - M."""
+    lm = llama64
+    batch = lm.batch(TEXTS[:3])
+    metric = direction(direction_for(lm, 6), layer=2, lm=lm)
+    types = ("heads", "neurons")
+    base = _mean(lm, types)
+    ig = attribute(lm, batch, metric, base, types=types, estimator="ig", steps=24)
+    total = sum(v.sum(1) for v in ig.per_row.values())
+    sites = [g.site for g in ig.groups]
+    src = base.bind(lm, batch, sites)
+    with torch.no_grad(), lm.hooks({s: (lambda t, ctx: src(ctx.site, t)) for s in sites}):
+        _, cache = run_with_cache(lm, batch, metric.sites)
+    _, clean = run_with_cache(lm, batch, metric.sites)
+    want = metric(cache, batch) - metric(clean, batch)
+    assert want.abs().min() > 1e-2
+    torch.testing.assert_close(total, want, rtol=2e-2, atol=1e-3)
 
 
 def test_qk_fix_is_exact_when_the_metric_is_linear_in_the_pattern(llama64):
