@@ -79,6 +79,10 @@ def register(sub) -> dict:
                    help="attribute (and validate) only")
     g.add_argument("--circuit-types", default="heads,neurons",
                    help="component types a circuit is made of (default: %(default)s)")
+    g.add_argument("--circuit-estimator", default="ig", choices=["atp", "atp*", "ig"],
+                   help="attribution that ranks circuit candidates against the mean baseline; "
+                        "ig walks the path from the intact model to everything ablated "
+                        "(default: %(default)s)")
     g.add_argument("--circuit-prompts", type=int, default=16,
                    help="prompts for choosing the size (training) and for faithfulness "
                         "(held-out) (default: %(default)s each)")
@@ -108,6 +112,7 @@ def cmd_circuits(args) -> int:
         target=args.target, prompts=args.prompts, validate=args.validate,
         validate_prompts=args.validate_prompts, circuit=args.circuit,
         circuit_types=tuple(args.circuit_types.split(",")), circuit_prompts=args.circuit_prompts,
+        circuit_estimator=args.circuit_estimator,
         faithfulness_target=args.faithfulness, influence_prompts=args.influence_prompts,
         test_fraction=args.test_fraction, seed=args.seed, batch_size=args.batch_size,
         ig_steps=args.ig_steps)

@@ -58,6 +58,7 @@ class CircuitsConfig:
     validate_prompts: int = 8
     circuit: bool = True
     circuit_types: tuple[str, ...] = ("heads", "neurons")
+    circuit_estimator: Literal["atp", "atp*", "ig"] = "ig"
     circuit_prompts: int = 16
     faithfulness_target: float = 0.8
     max_fraction: float = 0.10
@@ -170,7 +171,8 @@ def _one(lm, dataset, cfg, label, metric, types, ctypes, train, test, target, me
         texts, groups = _prompts(dataset, label, train, cfg.prompts, target)
         batch = lm.batch(texts)
         base = means if cfg.baseline == "mean" else ZeroBaseline()
-    all_types = tuple(dict.fromkeys(types + (ctypes if cfg.baseline == "mean" else ())))
+    shared = cfg.baseline == "mean" and cfg.circuit_estimator == cfg.estimator
+    all_types = tuple(dict.fromkeys(types + (ctypes if shared else ())))
     attr = attribute(lm, batch, metric, base, types=all_types, estimator=cfg.estimator,
                      batch_size=cfg.batch_size, steps=cfg.ig_steps,
                      resid_positions=cfg.resid_positions, row_groups=groups)
@@ -256,12 +258,13 @@ def _circuit(lm, dataset, cfg, label, metric, ctypes, attr: Attribution, means, 
     n = cfg.circuit_prompts
     tr_texts, tr_groups = _prompts(dataset, label, train, n, target)
     te_texts, te_groups = _prompts(dataset, label, test, n, target)
-    if cfg.baseline != "mean":
-        tr_all, _ = _prompts(dataset, label, train, cfg.prompts, target)
+    if cfg.baseline != "mean" or cfg.circuit_estimator != cfg.estimator:
+        tr_all = tr_texts
         attr = attribute(lm, lm.batch(tr_all), metric, means, types=ctypes,
-                         estimator=cfg.estimator, batch_size=cfg.batch_size, steps=cfg.ig_steps)
-        log("circuit ranked by a second attribution against the mean baseline (faithfulness "
-            "is measured by mean ablation)")
+                         estimator=cfg.circuit_estimator, batch_size=cfg.batch_size,
+                         steps=cfg.ig_steps)
+        log(f"circuit ranked by {cfg.circuit_estimator} against the mean baseline on "
+            f"{len(tr_all)} training prompts ({attr.compute.seconds:.0f} s)")
     config = CircuitConfig(types=ctypes, target=cfg.faithfulness_target,
                            max_fraction=cfg.max_fraction, rows_per_forward=cfg.rows_per_forward)
     circuit, curves = find_circuit(lm, attr, metric, lm.batch(tr_texts), lm.batch(te_texts), means,
