@@ -137,7 +137,7 @@ def plot_top_neurons(attr: pd.DataFrame, *, k: int = 20, truth: pd.DataFrame | N
             ax.legend(frameon=False)
         ax.set_yticks(y, [f"L{r.layer} n{r.unit}" for r in top.itertuples()])
         ax.axvline(0, color="#8C8C8C", lw=0.5)
-        ax.set_xlabel("effect on metric")
+        ax.set_xlabel("change of the metric when the neuron is patched")
         ax.set_title(title or f"top {len(top)} neurons")
     return _done(fig, out)
 

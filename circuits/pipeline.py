@@ -185,7 +185,8 @@ def _one(lm, dataset, cfg, label, metric, types, ctypes, train, test, target, me
     rows.append(report.tidy(table, emotion=label, split="train"))
     for g in attr.groups:
         tensors[f"{label}/{cfg.estimator}/{g.site}"] = attr.scores(g).float().contiguous()
-    n_layers, n_heads = lm.n_layers, lm.arch.head_shape(lm.model)[0]
+    n_layers = metric.layer + 1 if metric.layer is not None else lm.n_layers
+    n_heads = lm.arch.head_shape(lm.model)[0]
     truth_table = None
     if cfg.validate is not None:
         truth_table = _validate(lm, cfg, label, metric, types, batch, base, groups, out, log,
