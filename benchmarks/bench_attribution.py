@@ -41,6 +41,14 @@ def _prompts(lm, ds, emotion, train, args):
     return lm.batch(list(rows["text"])), base, list(rows["group"])
 
 
+def _saved_compute(folder: Path, emotion: str):
+    from circuits.runs import Compute
+
+    saved = json.loads((folder / "bench.json").read_text())["emotions"][emotion]["patching"]
+    return Compute(forward_passes=saved["forward_passes"],
+                   forward_row_blocks=saved["forward_row_blocks"], seconds=saved["seconds"])
+
+
 def run(args) -> dict:
     from circuits.attribution import attribute
     from circuits.metrics import direction, emotion_directions
@@ -73,17 +81,25 @@ def run(args) -> dict:
         neurons = [c for g in first.groups if g.type == "neurons" for c in g.components()]
         if neurons and args.neurons:
             comps += [neurons[i] for i in sorted(rng.choice(len(neurons), args.neurons, replace=False))]
-        truth = patch(lm, batch, metric, base, comps, rows_per_forward=args.rows_per_forward,
-                      row_groups=groups_)
-        tt = truth.table()
-        res = {"prompts": len(batch), "patched": len(comps), "patching": truth.compute.as_dict(),
+        saved = Path(args.reuse_patching or "") / f"patch_{emotion}.csv"
+        if args.reuse_patching and saved.is_file():
+            # The patching table of an earlier run on the same prompts (same seed and --prompts):
+            # only the estimators are timed again; the compute ratio uses the saved run's cost.
+            tt = pd.read_csv(saved)
+            truth = _saved_compute(Path(args.reuse_patching), emotion)
+        else:
+            truth = patch(lm, batch, metric, base, comps, rows_per_forward=args.rows_per_forward,
+                          row_groups=groups_)
+            tt = truth.table()
+            truth = truth.compute
+        res = {"prompts": len(batch), "patched": len(tt), "patching": truth.as_dict(),
                "estimators": {}}
-        print(f"\n== {emotion} ({len(batch)} prompts, {base.name} baseline, {len(comps)} components patched)")
-        print(f"patching: {truth.compute.seconds:.1f} s, {truth.compute.cost} rows x blocks")
+        print(f"\n== {emotion} ({len(batch)} prompts, {base.name} baseline, {len(tt)} components patched)")
+        print(f"patching: {truth.seconds:.1f} s, {truth.cost} rows x blocks")
         for e, a in attrs.items():
             table = compare(a.table(), tt, signed=a.signed)
             c = a.compute
-            ratio = {"wall": truth.compute.seconds / c.seconds, "rows_x_blocks": truth.compute.cost / c.cost}
+            ratio = {"wall": truth.seconds / c.seconds, "rows_x_blocks": truth.cost / c.cost}
             res["estimators"][e] = {"compute": c.as_dict(), "ratio": ratio,
                                     "table": table.to_dict("records")}
             print(f"-- {e}: {c.seconds:.1f} s, {c.cost} rows x blocks; patching / {e}: "
@@ -115,14 +131,20 @@ def main(argv=None) -> None:
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--json", default=None)
-    p.add_argument("--csv-dir", default=None, help="also write per-component tables here")
+    p.add_argument("--csv-dir", default=None,
+                   help="also write per-component tables (and bench.json) here")
+    p.add_argument("--reuse-patching", default=None, metavar="DIR",
+                   help="read patch_<emotion>.csv and bench.json from an earlier --csv-dir run "
+                        "with the same prompts instead of patching again")
     args = p.parse_args(argv)
     t0 = time.perf_counter()
     out = run(args)
     out["seconds"] = round(time.perf_counter() - t0, 1)
-    if args.json:
-        Path(args.json).parent.mkdir(parents=True, exist_ok=True)
-        Path(args.json).write_text(json.dumps(out, indent=1, default=str) + "\n")
+    text = json.dumps(out, indent=1, default=str) + "\n"
+    for path in (args.json, args.csv_dir and Path(args.csv_dir) / "bench.json"):
+        if path:
+            Path(path).parent.mkdir(parents=True, exist_ok=True)
+            Path(path).write_text(text)
 
 
 if __name__ == "__main__":

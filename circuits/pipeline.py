@@ -281,7 +281,10 @@ def _circuit(lm, dataset, cfg, label, metric, ctypes, attr: Attribution, means, 
         f"ablating every candidate moves the metric by {-f['ablation_effect']:+.2f} "
         f"[{-f['ablation_effect_ci'][1]:+.2f}, {-f['ablation_effect_ci'][0]:+.2f}]"
         + ("" if circuit.info["reached_target_on_train"] else
-           f"; the target {cfg.faithfulness_target} was not reached on training prompts"))
+           f"; the target {cfg.faithfulness_target} was not reached on training prompts")
+        + (f"; faithfulness above {2 - cfg.faithfulness_target:.1f}: the circuit over-drives the "
+           "metric (components outside it pull it down)"
+           if f["test"] > 2 - cfg.faithfulness_target else ""))
     rows.append(report.curve_rows(curves, emotion=label))
     figures.plot_circuit(circuit, n_layers=lm.n_layers, n_heads=lm.arch.head_shape(lm.model)[0],
                          out=out / f"circuit_{label}")
