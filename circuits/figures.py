@@ -182,10 +182,9 @@ def plot_faithfulness(curves: pd.DataFrame, *, target: float = 0.8, budget: dict
 
 def plot_circuit(circuit, *, n_layers: int, n_heads: int, title: str | None = None,
                  out: str | os.PathLike | None = None) -> Figure:
-    """A circuit's components by layer: heads (top, by head index), neurons (bottom, by rank).
-
-    Marker area is proportional to ``|score|``. Only nodes are drawn: edges between components
-    are not estimated.
+    """A circuit's components by layer: heads (top band, one row per head index), neurons
+    (bottom band, stacked per layer, best first). Marker area is proportional to ``|score|``.
+    Only nodes are drawn: edges between components are not estimated.
     """
     comps, scores = circuit.components, np.abs(np.asarray(circuit.scores, float))
     scale = 60 / scores.max() if len(scores) and scores.max() > 0 else 1.0
@@ -202,10 +201,13 @@ def plot_circuit(circuit, *, n_layers: int, n_heads: int, title: str | None = No
             ax.scatter(c.layer, y, s=max(2.0, s * scale), color=TYPE_COLORS.get(c.type, "k"),
                        alpha=0.8, linewidths=0)
         ax.axhline(0.25, color="#CCCCCC", lw=0.5)
+        deepest = max(per_layer.values(), default=1)
+        ax.set_yticks([n_heads - h for h in range(n_heads)] + [-(deepest + 1) * 0.25],
+                      [f"head {h}" for h in range(n_heads)] + ["neurons"])
+        ax.set_ylim(-(deepest + 1) * 0.5, n_heads + 0.7)
         ax.set_xlim(-0.5, n_layers - 0.5)
         ax.set_xlabel("layer")
-        ax.set_yticks([])
-        ax.text(0.0, 1.0, "heads (by index)", transform=ax.transAxes, va="bottom", fontsize=6)
-        ax.text(0.0, 0.0, "neurons (stacked per layer)", transform=ax.transAxes, va="top", fontsize=6)
-        ax.set_title(title or f"circuit {circuit.name}: {circuit.size} components")
+        n_h = sum(c.type == "heads" for c in comps)
+        ax.set_title(title or f"circuit {circuit.name}: {n_h} heads, {len(comps) - n_h} neurons "
+                              "(area ∝ |score|; nodes only)")
     return _done(fig, out)

@@ -286,7 +286,8 @@ def _circuit(lm, dataset, cfg, label, metric, ctypes, attr: Attribution, means, 
            "metric (components outside it pull it down)"
            if f["test"] > 2 - cfg.faithfulness_target else ""))
     rows.append(report.curve_rows(curves, emotion=label))
-    figures.plot_circuit(circuit, n_layers=lm.n_layers, n_heads=lm.arch.head_shape(lm.model)[0],
+    figures.plot_circuit(circuit, n_layers=metric.layer + 1 if metric.layer is not None else lm.n_layers,
+                         n_heads=lm.arch.head_shape(lm.model)[0],
                          out=out / f"circuit_{label}")
     res["circuit"] = {"size": circuit.size, "n_candidates": circuit.n_candidates,
                       "fraction": circuit.fraction, "faithfulness": f, "completeness": c,
