@@ -142,41 +142,52 @@ def plot_top_neurons(attr: pd.DataFrame, *, k: int = 20, truth: pd.DataFrame | N
     return _done(fig, out)
 
 
-def plot_faithfulness(curves: pd.DataFrame, *, target: float = 0.8, budget: dict | None = None,
-                      title: str | None = None, out: str | os.PathLike | None = None) -> Figure:
+def plot_faithfulness(curves: pd.DataFrame, *, target: float = 0.8, budget: int | None = None,
+                      chosen: dict | None = None, title: str | None = None,
+                      out: str | os.PathLike | None = None) -> Figure:
     """Faithfulness (solid, CI band) and completeness (dashed) against circuit size.
 
     ``curves`` has columns ``name`` (emotion), ``size``, ``faithfulness[_low/_high]`` and
-    optionally ``completeness[_low/_high]``; only held-out rows are drawn when ``split`` exists.
-    ``budget`` maps a name to the size at the 10% budget (a dotted vertical line).
+    optionally ``completeness``; only held-out rows are drawn when ``split`` exists. The y axis
+    is linear in [-1, 1] and logarithmic beyond (ratios far from 1 stay visible). ``budget``: a
+    size to mark (e.g. 10% of the candidates); ``chosen``: ``{name: size}`` of the circuits.
     """
     if "split" in curves:
         curves = curves[curves["split"] == "test"]
     names = list(dict.fromkeys(curves["name"]))
     with mpl.rc_context(RC):
-        fig = _figure((3.6, 2.6))
+        fig = _figure((3.8, 2.8))
         ax = fig.subplots()
         for i, name in enumerate(names):
             d = curves[curves["name"] == name].sort_values("size")
             x = d["size"].clip(lower=0.5)
             color = OKABE_ITO[i % len(OKABE_ITO)]
             ax.plot(x, d["faithfulness"], color=color, lw=1, marker="o", ms=2, label=name)
-            ax.fill_between(x, d["faithfulness_low"], d["faithfulness_high"], color=color, alpha=0.2,
-                            lw=0)
+            ax.fill_between(x, d["faithfulness_low"], d["faithfulness_high"], color=color,
+                            alpha=0.15, lw=0)
             if "completeness" in d:
-                ax.plot(x, d["completeness"], color=color, lw=0.8, ls="--")
+                ax.plot(x, d["completeness"], color=color, lw=0.7, ls="--")
+            if chosen and name in chosen:
+                k = chosen[name]
+                y = d.loc[d["size"] == k, "faithfulness"]
+                if len(y):
+                    ax.plot([max(k, 0.5)], [float(y.iloc[0])], marker="*", ms=7, color=color,
+                            markeredgecolor="k", markeredgewidth=0.4, zorder=5)
         ax.axhline(target, color="#8C8C8C", lw=0.6, ls=":")
-        lo = min(-0.2, float(curves[["faithfulness", "completeness"]].min().min())
-                 if "completeness" in curves else float(curves["faithfulness"].min()))
-        hi = max(1.2, float(curves["faithfulness"].max()))
-        ax.set_ylim(max(lo, -1.0) - 0.05, min(hi, 2.0) + 0.05)  # wild CI bands are clipped
-        for i, (name, k) in enumerate((budget or {}).items()):
-            ax.axvline(k, color="#4D4D4D", lw=0.5, ls=":")
+        ax.axhline(1.0, color="#CCCCCC", lw=0.5)
+        if budget:
+            ax.axvline(budget, color="#4D4D4D", lw=0.6, ls=":")
+            ax.text(budget, 0.02, " 10% of candidates", transform=ax.get_xaxis_transform(),
+                    fontsize=6)
         ax.set_xscale("log")
+        ax.set_yscale("symlog", linthresh=1.0)
+        lo, hi = ax.get_ylim()
+        ticks = [t for t in (-30, -10, -3, -1, 0, 0.5, 1, 3, 10, 30) if lo <= t <= hi]
+        ax.set_yticks(ticks, [f"{t:g}" for t in ticks])
         ax.set_xlabel("circuit size (components; 0 drawn at 0.5)")
         ax.set_ylabel("share of the metric kept")
-        ax.set_title(title or "faithfulness (solid) and completeness (dashed), held-out prompts")
-        ax.legend(frameon=False, fontsize=6)
+        ax.set_title(title or "held-out prompts: faithfulness (solid), completeness (dashed)")
+        ax.legend(frameon=False, fontsize=6, loc="upper left")
     return _done(fig, out)
 
 

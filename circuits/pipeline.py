@@ -132,6 +132,8 @@ def run_circuits(lm, dataset, cfg: CircuitsConfig, out: str | Path, *,
 
         curves = pd.concat(curves_all, ignore_index=True)
         figures.plot_faithfulness(curves, target=cfg.faithfulness_target,
+                                  budget=int(cfg.max_fraction * circuits[0].n_candidates),
+                                  chosen={c.name: c.size for c in circuits},
                                   out=out / "faithfulness")
         if len(circuits) > 1:
             ov = overlap(circuits)
@@ -187,13 +189,15 @@ def _one(lm, dataset, cfg, label, metric, types, ctypes, train, test, target, me
         tensors[f"{label}/{cfg.estimator}/{g.site}"] = attr.scores(g).float().contiguous()
     n_layers = metric.layer + 1 if metric.layer is not None else lm.n_layers
     n_heads = lm.arch.head_shape(lm.model)[0]
-    truth_table = None
+    shown, truth_table, k = table, None, len(batch)
     if cfg.validate is not None:
-        truth_table = _validate(lm, cfg, label, metric, types, batch, base, groups, out, log,
-                                rows, res, pairs if cfg.baseline == "pairs" else None)
+        shown, truth_table = _validate(lm, cfg, label, metric, types, batch, base, groups, out,
+                                       log, rows, res, pairs if cfg.baseline == "pairs" else None)
+        k = res["validation"]["prompts"]
     if "heads" in types:
-        figures.plot_head_heatmaps(table, truth_table, n_layers=n_layers, n_heads=n_heads,
-                                   labels=(cfg.estimator, "activation patching"),
+        figures.plot_head_heatmaps(shown, truth_table, n_layers=n_layers, n_heads=n_heads,
+                                   labels=(f"{cfg.estimator} ({k} prompts)",
+                                           f"patching ({base.name}, same prompts)"),
                                    title=f"{metric.name}: effect of patching each head",
                                    out=out / f"heads_{label}")
     if "neurons" in all_types:
@@ -241,7 +245,9 @@ def _validate(lm, cfg, label, metric, types, batch, base, groups, out, log, rows
     log(text)
     (out / f"validation_{label}.txt").write_text(text + "\n")
     table.to_csv(out / f"validation_{label}.csv", index=False)
-    rows.append(report.tidy(tt, emotion=label, split="train"))
+    same = at[at["component"].isin(set(tt["component"]))]
+    rows.append(report.tidy(same, emotion=label, split="validation"))
+    rows.append(report.tidy(tt, emotion=label, split="validation"))
     rows.append(report.validation_rows(table, emotion=label, estimator=cfg.estimator))
     res["validation"] = {"prompts": k, "components": len(comps), "table": table.to_dict("records"),
                          "compute": {"attribution": attr.compute.as_dict(),
@@ -251,7 +257,7 @@ def _validate(lm, cfg, label, metric, types, batch, base, groups, out, log, rows
                          title=f"{metric.name}: {cfg.estimator} vs activation patching "
                                f"({k} prompts, {vbase.name} baseline)",
                          out=out / f"scatter_{label}")
-    return tt
+    return same, tt
 
 
 def _circuit(lm, dataset, cfg, label, metric, ctypes, attr: Attribution, means, train, test,
