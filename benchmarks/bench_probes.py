@@ -158,7 +158,8 @@ def store_problems(path: str):
     from probe.sweep import probe_targets
 
     ds = open_store(path, require_complete=False)
-    _, task, y, rows = probe_targets(ds, None)
+    t = probe_targets(ds, None)
+    task, y, rows = t.task, t.y, t.rows
     if task != "classification":
         raise SystemExit(f"{path}: the store's default target is not a classification target")
     groups = ds["group"].values.astype(str)[rows]

@@ -104,7 +104,8 @@ def representation_shift(stores: Mapping[str, object], *, target: str | None = N
     """
     opened = _open_all(stores, baseline)
     base = opened[baseline]
-    target, task, y, rows = probe_targets(base, target)
+    t = probe_targets(base, target)
+    target, task, y, rows = t.target, t.task, t.y, t.rows
     if task != "classification":
         raise ProbeError(f"persona shifts need a classification target; {target!r} is continuous")
     groups = base["group"].values.astype(str)[rows]

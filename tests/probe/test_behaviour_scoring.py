@@ -94,7 +94,7 @@ def test_smollm2_real_items_batched_equals_naive(one_thread):
     from probe.data import load_dataset
 
     lm = load_model("smollm2-135m")
-    data = load_dataset("emotion-scenarios").limit(4)
+    data = load_dataset("emotion-scenarios").select(list(range(4)))
     classes = data.classes("emotion")
     template = TEMPLATES["emotion"][0]  # capitalised words at the reply start: 1-3 tokens
     prompts = encode_prompts(lm, template, data.texts, classes)
