@@ -5,6 +5,8 @@ path (the trace serialized, deserialized with local modules hidden as on the ser
 a fake backend stands in for NDIF behind ``remote=True``.
 """
 
+import copy
+
 import pytest
 import torch
 
@@ -29,7 +31,9 @@ def setup(tiny_dir, tiny_llama):
 
 def lazy(tiny_dir, tiny_llama):
     """What ndif_model gives: an nnsight model of a checkpoint id whose weights are not loaded."""
-    return nnsight.TransformersModel(str(tiny_dir / "llama"), tokenizer=tiny_llama.tokenizer,
+    # a copy: nnsight sets padding_side="left" on the tokenizer it is given, and the session's
+    # tiny_llama is shared with every other test module
+    return nnsight.TransformersModel(str(tiny_dir / "llama"), tokenizer=copy.deepcopy(tiny_llama.tokenizer),
                                      task="text-generation")
 
 
