@@ -17,6 +17,7 @@ import numpy as np
 
 from probe.evaluate import EvalConfig
 from probe.heldout import check_label_sets, split_rows
+from probe.objectstore import normalize
 from probe.sites import parse_sites
 from probe.stats import ProbeError, group_stratified_folds
 from probe.store import open_store
@@ -48,10 +49,10 @@ def sweep_from_args(args, *, load_data, load_model, cache_config) -> int:
     lm = load_model(args)
     config = cache_config(args)
     root = Path(args.cache_dir) if args.cache_dir else None
-    store = (Path(args.store).expanduser() if args.store
-             else default_store_path(lm, dataset, config, root)).absolute()
+    store = (normalize(args.store) if args.store
+             else default_store_path(lm, dataset, config, root).absolute())
     cache_activations(lm, dataset, config=config, out=store, progress=not args.quiet)
-    eval_store = Path(args.eval_store).expanduser().absolute() if args.eval_store else None
+    eval_store = normalize(args.eval_store) if args.eval_store else None
     if eval_dataset is not None:
         eval_store = default_store_path(lm, eval_dataset, config, root).absolute()
         cache_activations(lm, eval_dataset, config=config, out=eval_store, progress=not args.quiet)
