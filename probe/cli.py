@@ -380,8 +380,14 @@ def _cache_config(args):
 def cmd_cache(args) -> int:
     from probe.cache import cache_activations, default_store_path
 
+    from probe import objectstore
+
+    objectstore.check(args.out)
     if args.finalize or args.workers > 1 or args.distributed:
         return _cache_distributed(args)
+    if objectstore.protocol(args.out or "") == "memory":
+        warnings.warn(f"{args.out} lives in this process only and is gone when `probe cache` "
+                      "exits; use it from Python, or with `probe sweep --store`")
     dataset = _load_data(args)
     lm = _load_model(args)
     config = _cache_config(args)

@@ -91,7 +91,8 @@ def storage_options(options: Mapping[str, Any] | str | None = None) -> dict:
                                    f'a JSON object such as {{"endpoint_url": "http://..."}}: {exc}'
                                    ) from None
     if not isinstance(options, Mapping):
-        raise ObjectStoreError(f"storage options must be a JSON object, not {type(options).__name__}")
+        raise ObjectStoreError("storage options must be a JSON object, not "
+                               f"{type(options).__name__}")
     return dict(options)
 
 
@@ -107,7 +108,11 @@ class Remote:
     @classmethod
     def at(cls, url: str, options: Mapping[str, Any] | str | None = None) -> Remote:
         """Resolve ``url`` (raising a clear error when its backend is not installed)."""
-        import fsspec
+        try:
+            import fsspec
+        except ImportError:  # pragma: no cover - fsspec comes with the scale extra
+            raise ObjectStoreError(f"{url}: store URLs need fsspec: pip install 'emoprobe[scale]' "
+                                   "(or pip install fsspec) and the protocol's backend") from None
 
         url = str(url).rstrip("/")
         opts = storage_options(options)
@@ -148,7 +153,9 @@ class Remote:
                            read_only=read_only)
 
     def exists(self, name: str = "") -> bool:
-        return bool(self.fs.exists(self.key(name) if name else self.root))
+        path = self.key(name) if name else self.root
+        self.fs.invalidate_cache(path.rsplit("/", 1)[0])  # s3fs answers from cached listings
+        return bool(self.fs.exists(path))
 
     def read_json(self, name: str) -> dict:
         return json.loads(self.fs.cat_file(self.key(name)))
@@ -180,11 +187,17 @@ class Remote:
         try:
             found = self.fs.exists(bucket)
         except PermissionError as exc:
-            raise ObjectStoreError(f"{self.url}: no access to bucket {bucket!r} ({exc}); check "
-                                   f"the credentials (--storage-options / ${ENV_OPTIONS})") from None
+            raise ObjectStoreError(f"{self.url}: no access to bucket {bucket!r} ({exc}); check the "
+                                   f"credentials (--storage-options / ${ENV_OPTIONS})") from None
         if not found:
             raise ObjectStoreError(f"{self.url}: bucket {bucket!r} does not exist (or these "
                                    "credentials cannot see it); create it first or fix the URL")
+
+
+def check(path: str | Path | None) -> None:
+    """Fail fast (before a model loads) on a URL whose backend is missing or options are bad."""
+    if path is not None and is_remote(path):
+        Remote.at(str(path))
 
 
 def where(path: str | Path, options: Mapping[str, Any] | str | None = None) -> Path | Remote:

@@ -314,6 +314,7 @@ def _consolidated(where: Path | Remote) -> zarr.Group:
     """The group, opened on consolidated metadata that lists every array (rewritten if not)."""
     if isinstance(where, Remote):
         root = where.read_json("zarr.json")
+        where.fs.invalidate_cache(where.root)
         on_disk = {p.rstrip("/").split("/")[-2] for p in where.fs.glob(where.key("*/zarr.json"))}
     else:
         root = json.loads((where / "zarr.json").read_text())

@@ -17,6 +17,7 @@ import numpy as np
 
 from probe.evaluate import EvalConfig
 from probe.heldout import check_label_sets, split_rows
+from probe.objectstore import check as check_url
 from probe.objectstore import normalize
 from probe.sites import parse_sites
 from probe.stats import ProbeError, group_stratified_folds
@@ -35,6 +36,8 @@ def sweep_from_args(args, *, load_data, load_model, cache_config) -> int:
                          "with --eval-dataset / --eval-store")
     if args.eval_dataset and args.eval_store:
         raise ProbeError("give either --eval-dataset (cached for you) or --eval-store, not both")
+    for url in (args.store, args.eval_store):
+        check_url(url)  # a missing backend fails before the model loads
     dataset = load_data(args)
     target = args.target or dataset.default_target
     tt = check_target(dataset, target, task=args.task, n_folds=args.folds,

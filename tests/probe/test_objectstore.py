@@ -7,6 +7,7 @@ import json
 import multiprocessing as mp
 import os
 import signal
+from dataclasses import replace
 
 import numpy as np
 import pandas as pd
@@ -16,7 +17,8 @@ from fsspec.implementations.memory import MemoryFileSystem
 from probe import distributed, objectstore
 from probe.cache import CacheConfig, cache_activations
 from probe.cli import _redacted, main
-from probe.distributed import DistributedError, cache_with_workers, finalize, read_markers
+from probe.distributed import (DistributedError, Rank, cache_with_workers, finalize, read_markers,
+                               run_worker)
 from probe.evaluate import EvalConfig
 from probe.models import load_model
 from probe.objectstore import ObjectStoreError, Remote
@@ -73,6 +75,9 @@ def test_memory_store_resumes_after_a_crash_between_chunks_and_progress(tiny_dir
                         lambda p: memory_arrays(p) if str(p).startswith("memory://") else arrays(p))
     assert_same_store(one, url)
     assert open_store(url).attrs["complete"]
+    with pytest.raises(DistributedError, match="made by a different run .batch_size"):
+        run_worker(tiny_lm(tiny_dir), ds, config=replace(CONFIG, batch_size=4), out=url,
+                   rank=Rank(1, 2), wait_s=5)
 
 
 def test_info_and_errors_on_urls(tiny_dir, capsys, monkeypatch):
@@ -87,6 +92,10 @@ def test_info_and_errors_on_urls(tiny_dir, capsys, monkeypatch):
     assert "knows no protocol 'nosuchproto'" in capsys.readouterr().err
     assert main(["info", "memory://x.zarr", "--storage-options", "{bad"]) == 2
     assert "must be a JSON object" in capsys.readouterr().err
+    monkeypatch.delenv(objectstore.ENV_OPTIONS, raising=False)
+    options = '{"skip_instance_cache": true}'
+    assert main(["info", "memory://info/s.zarr", "--storage-options", options]) == 0
+    assert objectstore.ENV_OPTIONS not in os.environ  # the option lasts one command
     with pytest.raises(DistributedError, match="memory:// store lives inside one process"):
         cache_with_workers(loader(tiny_dir), None, config=CONFIG, out="memory://w.zarr", workers=2)
 
@@ -154,25 +163,25 @@ def test_workers_through_the_object_store_path_write_the_one_process_store(
 
 def test_a_killed_object_store_worker_is_redone(tiny_dir, tmp_path, reference, as_object_store,
                                                 monkeypatch):
-    """Worker 1 of 2 is SIGKILLed between its second block's chunks (rows 12-15) and its marker:
-    progress stops at 12, the later block's marker counts only once the gap is filled, and a
-    rerun completes the store bit for bit."""
+    """Worker 1 of 2 is SIGKILLed halfway through writing its second block's chunks (rows 12-15:
+    one array written, the next not): no marker, progress stops at 12, the later block's marker
+    counts only once the gap is filled, and a rerun completes the store bit for bit."""
     ds, one = reference
-    write = distributed.write_marker
+    write = distributed._write
 
-    def killing(where, first, stop, keys):
-        if first == 12:
+    def killing(array, first, *args):
+        if first == 12 and array.basename == "hook_resid_post":
             os.kill(os.getpid(), signal.SIGKILL)
-        write(where, first, stop, keys)
+        write(array, first, *args)
 
-    monkeypatch.setattr(distributed, "write_marker", killing)
+    monkeypatch.setattr(distributed, "_write", killing)
     url = f"file://{tmp_path}/k.zarr"
     with pytest.raises(DistributedError, match="workers failed.*emoprobe-worker-1"):
         cache_with_workers(loader(tiny_dir), ds, config=CONFIG, out=url, workers=2,
                            devices=["cpu", "cpu"], start_method="fork")
     assert set(arrays(tmp_path / "k.zarr")[1]["progress"].values()) == {12}
     assert 12 not in read_markers(Remote.at(url)) and 16 in read_markers(Remote.at(url))
-    monkeypatch.setattr(distributed, "write_marker", write)
+    monkeypatch.setattr(distributed, "_write", write)
     cache_with_workers(loader(tiny_dir), ds, config=CONFIG, out=url, workers=2,
                        devices=["cpu", "cpu"], start_method="fork")
     assert_same_store(one, tmp_path / "k.zarr")
