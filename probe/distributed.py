@@ -118,10 +118,11 @@ def _atomic(target: Path, text: str) -> None:
     os.replace(tmp, target)
 
 
-def read_markers(path: Path | Remote) -> dict[int, dict]:
-    """The done-markers of a store, by first row."""
-    if isinstance(path, Remote):
-        names = [n for n in path.listdir(MARKERS) if n.endswith(".json") and n[:-5].isdigit()]
+def read_markers(path: Path | Remote, *, since: int = 0) -> dict[int, dict]:
+    """The done-markers of a store, by first row (on an object store, those from ``since``)."""
+    if isinstance(path, Remote):  # one GET per marker: skip those below every committed prefix
+        names = [n for n in path.listdir(MARKERS)
+                 if n.endswith(".json") and n[:-5].isdigit() and int(n[:-5]) >= since]
         return {int(m["first"]): m for m in (path.read_json(f"{MARKERS}/{n}") for n in names)}
     folder = marker_dir(path)
     if not folder.is_dir():
@@ -331,7 +332,8 @@ def _finalize_remote(remote: Remote, rounds: int = 20) -> bool:
         group = zarr.open_group(zarr_target(remote), mode="r+", use_consolidated=True)
         progress = dict(group.attrs.get("progress", {}))
         n = int(group.attrs["emoprobe"]["n_samples"])
-        new = fold_markers(progress, read_markers(remote))
+        since = min(progress.values(), default=0)
+        new = fold_markers(progress, read_markers(remote, since=since))
         complete = is_complete(new, n)
         if new == progress and group.attrs.get("complete") == complete:
             return complete

@@ -312,14 +312,18 @@ def zarr_target(where: Path | Remote, *, read_only: bool = False):
 
 def _consolidated(where: Path | Remote) -> zarr.Group:
     """The group, opened on consolidated metadata that lists every array (rewritten if not)."""
-    if isinstance(where, Remote):
+    if isinstance(where, Remote):  # no lock: skip the workers' marker folder, so that a rerun
+        from probe.distributed import MARKERS  # does not rewrite zarr.json for it alone
+
         root = where.read_json("zarr.json")
         where.fs.invalidate_cache(where.root)
         on_disk = {p.rstrip("/").split("/")[-2] for p in where.fs.glob(where.key("*/zarr.json"))}
+        on_disk.discard(MARKERS)
+        listed = set((root.get("consolidated_metadata") or {}).get("metadata", {})) - {MARKERS}
     else:
         root = json.loads((where / "zarr.json").read_text())
         on_disk = {p.parent.name for p in where.glob("*/zarr.json")}
-    listed = set((root.get("consolidated_metadata") or {}).get("metadata", {}))
+        listed = set((root.get("consolidated_metadata") or {}).get("metadata", {}))
     if listed and listed == on_disk:
         return zarr.open_group(zarr_target(where), mode="r+", use_consolidated=True)
     return _consolidate(where)

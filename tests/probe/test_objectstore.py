@@ -15,6 +15,7 @@ import pytest
 from fsspec.implementations.memory import MemoryFileSystem
 
 from probe import distributed, objectstore
+from probe import store as store_module
 from probe.cache import CacheConfig, cache_activations
 from probe.cli import _redacted, main
 from probe.distributed import (DistributedError, Rank, cache_with_workers, finalize, read_markers,
@@ -144,12 +145,18 @@ def test_storage_options_never_reach_the_run_record():
 
 
 def test_workers_through_the_object_store_path_write_the_one_process_store(
-        tiny_dir, tmp_path, reference, as_object_store):
+        tiny_dir, tmp_path, reference, as_object_store, monkeypatch):
     """2 worker processes, file:// forced into object-store mode: bit-identical store; markers
     are kept (lock-free finalize never deletes); finalize again changes nothing."""
     ds, one = reference
     url = f"file://{tmp_path}/w.zarr"
     assert objectstore.is_remote(url)
+
+    def forbidden(*args, **kwargs):
+        raise AssertionError("the object-store path took a POSIX lock or renamed a marker")
+
+    for module, name in ((distributed, "_Lock"), (distributed, "_atomic"), (store_module, "_lock")):
+        monkeypatch.setattr(module, name, forbidden)  # inherited by the forked workers
     cache_with_workers(loader(tiny_dir), ds, config=CONFIG, out=url, workers=2,
                        devices=["cpu", "cpu"], start_method="fork")
     out = tmp_path / "w.zarr"
