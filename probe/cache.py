@@ -19,6 +19,7 @@ import hashlib
 import json
 import math
 import queue
+import re
 import threading
 import time
 from dataclasses import asdict, dataclass, replace
@@ -119,6 +120,10 @@ def default_store_path(lm, dataset: EmotionDataset, config: CacheConfig, root: P
     prov = provenance(lm, dataset, config)
     key = hashlib.sha256(json.dumps([prov[k] for k in MATCH_KEYS], default=str).encode())
     root = Path(root).expanduser() if root is not None else _env_cache_root()
+    if re.match(r"[a-zA-Z][\w+.-]+:/", str(root)):  # Path() has mangled "s3://b" into "s3:/b"
+        raise StoreError(f"--cache-dir / $EMOPROBE_CACHE must be a local folder, not {root}; give "
+                         "an object-store URL as the store itself (--out for probe cache, --store "
+                         "for probe sweep)")
     return root.absolute() / lm.spec.alias / f"{dataset.name}-{key.hexdigest()[:10]}.zarr"
 
 
