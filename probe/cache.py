@@ -19,6 +19,7 @@ import hashlib
 import json
 import math
 import queue
+import re
 import threading
 import time
 from dataclasses import asdict, dataclass, replace
@@ -32,6 +33,7 @@ import probe
 from probe.bf16 import from_bits, to_bits
 from probe.capture import DEFAULT_POOLINGS, CaptureError, check_poolings, iter_blocks
 from probe.data.schema import EmotionDataset
+from probe.objectstore import normalize
 from probe.sites import DEFAULT_SITES, STORE_KINDS, Site, parse_sites
 from probe.store import (
     MATCH_KEYS,
@@ -118,6 +120,10 @@ def default_store_path(lm, dataset: EmotionDataset, config: CacheConfig, root: P
     prov = provenance(lm, dataset, config)
     key = hashlib.sha256(json.dumps([prov[k] for k in MATCH_KEYS], default=str).encode())
     root = Path(root).expanduser() if root is not None else _env_cache_root()
+    if re.match(r"[a-zA-Z][\w+.-]+:/", str(root)):  # Path() has mangled "s3://b" into "s3:/b"
+        raise StoreError(f"--cache-dir / $EMOPROBE_CACHE must be a local folder, not {root}; give "
+                         "an object-store URL as the store itself (--out for probe cache, --store "
+                         "for probe sweep)")
     return root.absolute() / lm.spec.alias / f"{dataset.name}-{key.hexdigest()[:10]}.zarr"
 
 
@@ -206,7 +212,8 @@ def cache_activations(
     """Cache ``config.sites`` of ``dataset`` into a store; resume it if it exists.
 
     Returns:
-        The store's absolute path.
+        The store's absolute path (or its URL: ``out`` may be an fsspec URL such as
+        ``s3://bucket/x.zarr``, see :mod:`probe.objectstore`).
     """
     job = plan_cache(lm, dataset, config, out)
     with ActivationStore.open_for_writing(job.path, provenance=job.provenance, dataset=dataset,
@@ -227,7 +234,7 @@ class CacheJob:
     Every worker of a distributed run (:mod:`probe.distributed`) plans the same job.
     """
 
-    path: Path
+    path: Path | str  # a local Path, or an object-store URL (probe.objectstore)
     config: CacheConfig  # poolings normalised
     sites: list[Site]
     specs: list[VariableSpec]
@@ -262,8 +269,8 @@ def plan_cache(lm, dataset: EmotionDataset, config: CacheConfig, out=None) -> Ca
                             "block_size": _block_size(config, len(dataset))})
     encoded = _encode(lm, dataset, config)
     check_poolings(poolings, encoded)
-    path = (Path(out).expanduser() if out is not None
-            else default_store_path(lm, dataset, config)).absolute()
+    path = (normalize(out) if out is not None
+            else default_store_path(lm, dataset, config).absolute())
     return CacheJob(path=path, config=config, sites=sites, specs=variable_specs(lm, sites),
                     encoded=encoded, provenance=provenance(lm, dataset, config),
                     coords={**layout_coords(encoded), **media_coords(dataset)}, n_rows=len(dataset))

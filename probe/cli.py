@@ -17,6 +17,7 @@ load. Output cut short by a closed pipe (``probe info STORE | head``) ends quiet
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import sys
 import warnings
@@ -44,6 +45,7 @@ def _user_errors() -> tuple[type[BaseException], ...]:
     from probe.data.schema import DatasetError
     from probe.models import ModelError
     from probe.distributed import DistributedError
+    from probe.objectstore import ObjectStoreError
     from probe.lazy import MemoryBudgetError
     from probe.placement import PlacementError
     from probe.sites import SiteError
@@ -57,7 +59,8 @@ def _user_errors() -> tuple[type[BaseException], ...]:
     errors: list[type[BaseException]] = [ArchitectureError, CaptureError, DatasetError,
                                           ModelError, SiteError, StoreError, EncodingError,
                                           AttributionError, ConflictError, ProcessorError,
-                                          PlacementError, MemoryBudgetError, DistributedError]
+                                          PlacementError, MemoryBudgetError, DistributedError,
+                                          ObjectStoreError]
     try:
         from probe.stats import ProbeError
 
@@ -141,6 +144,13 @@ def _cache_args(p: argparse.ArgumentParser) -> None:
                    help="root for stores (default: $EMOPROBE_CACHE or ./cache)")
 
 
+def _storage_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--storage-options", default=None, metavar="JSON",
+                   help="fsspec options for a store URL (s3://, gs://, ...), e.g. "
+                        "'{\"endpoint_url\": \"http://minio:9000\"}' (default: "
+                        "$EMOPROBE_STORAGE_OPTIONS); never written to run records")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="probe",
@@ -156,7 +166,9 @@ def build_parser() -> argparse.ArgumentParser:
     _model_args(p)
     _data_args(p)
     _cache_args(p)
-    p.add_argument("--out", default=None, help="store path (default: <cache-dir>/<model>/<dataset>-<key>.zarr)")
+    p.add_argument("--out", default=None, help="store path or object-store URL such as "
+                   "s3://bucket/x.zarr (default: <cache-dir>/<model>/<dataset>-<key>.zarr)")
+    _storage_args(p)
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     g = p.add_argument_group("several workers (docs/scale.md)")
     g.add_argument("--workers", type=int, default=1,
@@ -171,7 +183,8 @@ def build_parser() -> argparse.ArgumentParser:
                         "whether it is complete (the last worker does this itself)")
 
     p = sub.add_parser("info", help="describe an activation store")
-    p.add_argument("store", help="path of a .zarr store")
+    p.add_argument("store", help="path of a .zarr store, or its URL (s3://bucket/x.zarr)")
+    _storage_args(p)
 
     p = sub.add_parser("sweep", help="cache what is missing, fit a probe at every layer, plot",
                        description="Cache activations (resuming if cached), fit a linear probe "
@@ -226,7 +239,9 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--memory", default=None,
                    help="memory budget for probing, e.g. 8GiB: reads the store out of core "
                         "(Dask) in jobs that fit, for stores larger than RAM")
-    p.add_argument("--store", default=None, help="use this store path instead of the default")
+    p.add_argument("--store", default=None, help="use this store path (or object-store URL, "
+                   "e.g. s3://bucket/x.zarr) instead of the default")
+    _storage_args(p)
     p.add_argument("--out", default=None,
                    help="results folder (default: runs/<model>/<dataset>-<target>-<time>)")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
@@ -365,8 +380,14 @@ def _cache_config(args):
 def cmd_cache(args) -> int:
     from probe.cache import cache_activations, default_store_path
 
+    from probe import objectstore
+
+    objectstore.check(args.out)
     if args.finalize or args.workers > 1 or args.distributed:
         return _cache_distributed(args)
+    if objectstore.protocol(args.out or "") == "memory":
+        warnings.warn(f"{args.out} lives in this process only and is gone when `probe cache` "
+                      "exits; use it from Python, or with `probe sweep --store`")
     dataset = _load_data(args)
     lm = _load_model(args)
     config = _cache_config(args)
@@ -464,11 +485,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     parser = build_parser()
     args = parser.parse_args(argv)
-    args.argv = argv
+    args.argv = _redacted(argv)
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     previous, warnings.formatwarning = warnings.formatwarning, _warning_line
     handler = parser.handlers[args.command]
+    saved_options = os.environ.get(STORAGE_ENV)
     try:
+        _set_storage_options(args)
         code = handler(args)
         sys.stdout.flush()  # a closed pipe shows here, not at interpreter exit
         return code
@@ -484,6 +507,35 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 130
     finally:
         warnings.formatwarning = previous
+        if saved_options is None:
+            os.environ.pop(STORAGE_ENV, None)
+        else:
+            os.environ[STORAGE_ENV] = saved_options
+
+
+STORAGE_ENV = "EMOPROBE_STORAGE_OPTIONS"  # probe.objectstore.ENV_OPTIONS (not imported eagerly)
+
+
+def _set_storage_options(args) -> None:
+    """``--storage-options`` for this command (and its worker processes), via the environment."""
+    if getattr(args, "storage_options", None) is not None:
+        from probe.objectstore import storage_options
+
+        os.environ[STORAGE_ENV] = json.dumps(storage_options(args.storage_options))
+
+
+def _redacted(argv: list[str]) -> list[str]:
+    """The command line without the value of ``--storage-options`` (credentials)."""
+    out = list(argv)
+    for i, a in enumerate(out):
+        name = a.split("=", 1)[0]
+        if not (name.startswith("--stora") and "--storage-options".startswith(name)):
+            continue  # argparse also takes unambiguous prefixes (--storage)
+        if "=" in a:
+            out[i] = f"{name}=<redacted>"
+        elif i + 1 < len(out):
+            out[i + 1] = "<redacted>"
+    return out
 
 
 def _discard_stdout() -> None:

@@ -21,7 +21,16 @@ A killed worker leaves chunks without a marker: they do not count, and rerunning
 number of workers) redoes exactly the blocks that have no marker. Engines: the local launcher
 (:func:`cache_with_workers`, ``probe cache --workers N``), ``torchrun`` (``RANK`` /
 ``WORLD_SIZE`` / ``LOCAL_RANK``) and SLURM job arrays (``SLURM_ARRAY_TASK_ID`` /
-``SLURM_ARRAY_TASK_COUNT``), all on one store on a shared POSIX filesystem.
+``SLURM_ARRAY_TASK_COUNT``), all on one store on a shared POSIX filesystem or an object store.
+
+On an object store (an fsspec URL, :mod:`probe.objectstore`) there is no lock and no rename:
+a marker is one PUT written after its block's chunks, workers never delete anything, and
+finalize is lock-free: it derives progress from the committed prefix and the markers, writes the
+root ``zarr.json`` only if that changes it, and re-reads until what it reads is what it would
+write. Progress only ever counts blocks whose marker exists, so any interleaving of finalizers
+is sound, and running one again (or several at once) converges to the same ``zarr.json``.
+Markers are kept there: deleting them without a lock could let a slower finalizer, holding an
+older ``progress``, write back less than is done.
 """
 
 from __future__ import annotations
@@ -36,6 +45,9 @@ from pathlib import Path
 
 import numpy as np
 import torch
+
+from probe import objectstore
+from probe.objectstore import Remote
 
 MARKERS = ".emoprobe-blocks"
 
@@ -82,15 +94,22 @@ def marker_dir(path: Path) -> Path:
     return Path(path) / MARKERS
 
 
-def write_marker(path: Path, first: int, stop: int, keys: Sequence[str]) -> None:
+def write_marker(path: Path | Remote, first: int, stop: int, keys: Sequence[str]) -> None:
     """Record, atomically, that rows ``first:stop`` of ``keys`` are on disk."""
+    record = {"first": first, "stop": stop, "keys": sorted(keys)}
+    if isinstance(path, Remote):  # one PUT each, after the block's chunks
+        if not path.exists(f"{MARKERS}/zarr.json"):
+            path.write_json(f"{MARKERS}/zarr.json", _MARKER_GROUP)
+        path.write_json(f"{MARKERS}/{first}.json", record)
+        return
     folder = marker_dir(path)
     folder.mkdir(exist_ok=True)
     if not (folder / "zarr.json").is_file():  # an (empty) Zarr group, so readers skip it quietly
-        _atomic(folder / "zarr.json", json.dumps({"zarr_format": 3, "node_type": "group",
-                                                  "attributes": {"emoprobe": "done blocks"}}))
-    record = {"first": first, "stop": stop, "keys": sorted(keys)}
+        _atomic(folder / "zarr.json", json.dumps(_MARKER_GROUP))
     _atomic(folder / f"{first}.json", json.dumps(record))
+
+
+_MARKER_GROUP = {"zarr_format": 3, "node_type": "group", "attributes": {"emoprobe": "done blocks"}}
 
 
 def _atomic(target: Path, text: str) -> None:
@@ -99,7 +118,12 @@ def _atomic(target: Path, text: str) -> None:
     os.replace(tmp, target)
 
 
-def read_markers(path: Path) -> dict[int, dict]:
+def read_markers(path: Path | Remote, *, since: int = 0) -> dict[int, dict]:
+    """The done-markers of a store, by first row (on an object store, those from ``since``)."""
+    if isinstance(path, Remote):  # one GET per marker: skip those below every committed prefix
+        names = [n for n in path.listdir(MARKERS)
+                 if n.endswith(".json") and n[:-5].isdigit() and int(n[:-5]) >= since]
+        return {int(m["first"]): m for m in (path.read_json(f"{MARKERS}/{n}") for n in names)}
     folder = marker_dir(path)
     if not folder.is_dir():
         return {}
@@ -160,6 +184,9 @@ def run_worker(lm, dataset, *, config, out: str | Path, rank: Rank, wait_s: floa
     if rank.rank == 0:
         prepare_store(job, dataset)
     _wait_ready(job, wait_s)
+    if isinstance(job.path, str):  # an object store: no lock; finalize is lock-free
+        _work(lm, job, rank, progress)
+        return finalize(job.path) is True
     lock = _Lock(job.path, exclusive=False)
     try:
         _work(lm, job, rank, progress)
@@ -172,13 +199,18 @@ def _wait_ready(job, wait_s: float) -> None:
     """Until rank 0 has made the store and every array this job writes."""
     import zarr
 
+    from probe.store import zarr_target
+
     deadline = time.monotonic() + wait_s
     keys = job.progress_keys
+    where = objectstore.where(job.path)
     while True:
         try:
-            group = zarr.open_group(str(job.path), mode="r", use_consolidated=False)
+            group = zarr.open_group(zarr_target(where), mode="r", use_consolidated=False)
             have = dict(group.attrs.get("progress", {}))
             if all(k in have for k in keys):
+                if isinstance(where, Remote):  # no lock there: rank 0 did not check for us
+                    _check_same_run(where, dict(group.attrs["emoprobe"]), job.provenance)
                 return
         except (FileNotFoundError, KeyError, ValueError, OSError):
             pass
@@ -188,19 +220,30 @@ def _wait_ready(job, wait_s: float) -> None:
         time.sleep(0.2)
 
 
+def _check_same_run(where: Remote, have: dict, want: dict) -> None:
+    from probe.store import MATCH_KEYS
+
+    diffs = [k for k in MATCH_KEYS if have.get(k) != want.get(k)]
+    if diffs:
+        raise DistributedError(f"{where.url} was made by a different run ({', '.join(diffs)} "
+                               "differ); give this job its own store URL")
+
+
 def _work(lm, job, rank: Rank, progress: bool) -> None:
     import zarr
 
     from probe.cache import host_arrays, pending_specs
     from probe.capture import iter_blocks
     from probe.sites import Site
+    from probe.store import zarr_target
 
-    group = zarr.open_group(str(job.path), mode="r+", use_consolidated=False)
+    where = objectstore.where(job.path)
+    group = zarr.open_group(zarr_target(where), mode="r+", use_consolidated=False)
     committed = dict(group.attrs.get("progress", {}))
     todo = pending_specs(job.specs, committed, job.n_rows)
     if not todo:
         return
-    markers = read_markers(job.path)
+    markers = read_markers(where)
     keys = [k for s in todo for k in _keys(s)]
     mine = [f for f in owned_blocks(job.n_rows, job.block_size, rank)
             if not _done(f, keys, committed, markers)]
@@ -215,7 +258,7 @@ def _work(lm, job, rank: Rank, progress: bool) -> None:
         stop = first + next(iter(arrays.values()))[1].shape[0]
         for name, (layers, values) in arrays.items():
             _write(group[name], first, stop, layers, values, committed, name)
-        write_marker(job.path, first, stop, keys)
+        write_marker(where if isinstance(where, Remote) else job.path, first, stop, keys)
 
 
 def _keys(spec) -> list[str]:
@@ -245,11 +288,14 @@ def _write(array, first: int, stop: int, layers, values: np.ndarray, committed: 
 def finalize(path: str | Path, *, wait: bool = True) -> bool | None:
     """Fold done-markers into the store's progress; True when the store is complete.
 
-    With ``wait=False`` returns None at once if workers still hold the store.
+    With ``wait=False`` returns None at once if workers still hold the store (local stores;
+    on an object store finalize never waits and is safe to run at any time).
     """
     from probe.store import ActivationStore
 
-    path = Path(path)
+    if objectstore.is_remote(path):
+        return _finalize_remote(Remote.at(str(path)))
+    path = objectstore.local_path(path) if objectstore.protocol(path) else Path(path)
     try:
         lock = _Lock(path, exclusive=True, wait=wait)
     except BlockingIOError:
@@ -272,6 +318,27 @@ def finalize(path: str | Path, *, wait: bool = True) -> bool | None:
             (folder / "zarr.json").unlink(missing_ok=True)
             folder.rmdir()
     return complete
+
+
+def _finalize_remote(remote: Remote, rounds: int = 20) -> bool:
+    """Lock-free finalize: fold the markers in until a re-read agrees with what was written."""
+    import zarr
+
+    from probe.store import StoreError, is_complete, zarr_target
+
+    if not remote.exists("zarr.json"):
+        raise StoreError(f"no activation store at {remote.url}")
+    for _ in range(rounds):
+        group = zarr.open_group(zarr_target(remote), mode="r+", use_consolidated=True)
+        progress = dict(group.attrs.get("progress", {}))
+        n = int(group.attrs["emoprobe"]["n_samples"])
+        since = min(progress.values(), default=0)
+        new = fold_markers(progress, read_markers(remote, since=since))
+        complete = is_complete(new, n)
+        if new == progress and group.attrs.get("complete") == complete:
+            return complete
+        group.update_attributes({"progress": new, "complete": complete})
+    return complete  # pragma: no cover - markers kept arriving; the next finalize folds them
 
 
 # ---------------------------------------------------------------------------- the launcher
@@ -297,6 +364,10 @@ def cache_with_workers(loader: Loader, dataset, *, config, out: str | Path, work
 
     if workers < 1:
         raise DistributedError("--workers must be at least 1")
+    if objectstore.protocol(out) == "memory":
+        raise DistributedError(f"{out}: a memory:// store lives inside one process; worker "
+                               "processes need a store they all see (a shared filesystem path, "
+                               "or an object-store URL such as s3://bucket/x.zarr)")
     if devices is None:
         n_gpu = torch.cuda.device_count()
         devices = [f"cuda:{i % n_gpu}" if n_gpu else "cpu" for i in range(workers)]
@@ -311,7 +382,8 @@ def cache_with_workers(loader: Loader, dataset, *, config, out: str | Path, work
         p.start()
     _join(procs)
     failed = [(p.name, p.exitcode) for p in procs if p.exitcode != 0]
-    if (Path(out) / "zarr.json").is_file():
+    where = objectstore.where(out)
+    if where.exists("zarr.json") if isinstance(where, Remote) else (where / "zarr.json").is_file():
         finalize(out)
     if failed:
         told = [errors.get(timeout=1) for _ in range(errors.qsize())]

@@ -30,6 +30,7 @@ from __future__ import annotations
 import fcntl
 import json
 import os
+import uuid
 import warnings
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
@@ -40,8 +41,9 @@ import xarray as xr
 import zarr
 from zarr.codecs import BloscCodec
 
-from probe import bf16
+from probe import bf16, objectstore
 from probe.data.schema import EmotionDataset
+from probe.objectstore import Remote
 
 #: Provenance keys that must match for a run to write into an existing store.
 MATCH_KEYS = (
@@ -83,10 +85,12 @@ def _coord_values(ds: EmotionDataset, col: str) -> np.ndarray:
 class ActivationStore:
     """Writer side of a store. Use :func:`open_store` to read one."""
 
-    def __init__(self, path: Path, group: zarr.Group, lock_fh) -> None:
-        self.path = path
+    def __init__(self, path: Path | str, group: zarr.Group, lock_fh, *,
+                 remote: Remote | None = None) -> None:
+        self.path = path  # a local Path, or the URL of an object store
         self.group = group
         self._lock_fh = lock_fh
+        self._where: Path | Remote = remote if remote is not None else Path(path)
 
     # ------------------------------------------------------------------ open / create
     @classmethod
@@ -97,9 +101,13 @@ class ActivationStore:
         """Create the store, or reopen it for resuming if its provenance matches.
 
         ``coords``: per-sample coordinates besides the dataset's (e.g. a multimodal row's
-        modality layout), written when the store is created.
+        modality layout), written when the store is created. ``path`` may be an fsspec URL
+        (:mod:`probe.objectstore`): no lock there, progress is written after the chunks.
         """
-        path = Path(path)
+        if objectstore.is_remote(path):
+            return cls._open_remote(objectstore.Remote.at(str(path)), provenance, dataset,
+                                    coords or {})
+        path = _local(path)
         path.mkdir(parents=True, exist_ok=True)
         lock_fh = _lock(path)
         try:
@@ -116,9 +124,25 @@ class ActivationStore:
         return cls(path, group, lock_fh)
 
     @classmethod
+    def _open_remote(cls, remote: Remote, provenance: Mapping, dataset: EmotionDataset,
+                     coords: Mapping[str, np.ndarray]) -> ActivationStore:
+        """Create or reopen a store on an object store (single writer: nothing locks it)."""
+        if remote.exists("zarr.json"):
+            group = zarr.open_group(remote.zarr_store(), mode="r+", use_consolidated=False)
+            _check_provenance(remote.url, dict(group.attrs.get("emoprobe", {})), provenance)
+        else:
+            remote.check_writable_location()
+            nonce = _create(remote, provenance, dataset, coords)
+            have = remote.read_json("zarr.json")["attributes"]["emoprobe"].get("created_by")
+            if have != nonce:
+                raise StoreError(f"another run created {remote.url} at the same moment; object "
+                                 "stores have no lock: give each run its own store URL")
+        return cls(remote.url, _consolidated(remote), None, remote=remote)
+
+    @classmethod
     def reopen(cls, path: str | Path) -> ActivationStore:
-        """An existing store for committing progress (under the same exclusive lock)."""
-        path = Path(path)
+        """An existing local store for committing progress (under the same exclusive lock)."""
+        path = _local(path)
         if not (path / "zarr.json").is_file():
             raise StoreError(f"no activation store at {path}")
         lock_fh = _lock(path)
@@ -181,7 +205,7 @@ class ActivationStore:
                 dimension_names=spec.dims(),
                 attributes={**attrs, bf16.ATTR: bf16.VALUE} if bits else attrs,
             )
-            self.group = _consolidate(self.path)
+            self.group = _consolidate(self._where)
         progress = self.progress()
         new = {k: 0 for k in progress_keys(spec) if k not in progress}
         if new:
@@ -276,20 +300,40 @@ def _lock(path: Path) -> _DirLock:
     return _DirLock(path)
 
 
-def _consolidated(path: Path) -> zarr.Group:
+def _local(path: str | Path) -> Path:
+    """A local store path as given (a ``file://`` URL stripped of its scheme)."""
+    return objectstore.local_path(path) if objectstore.protocol(path) else Path(path)
+
+
+def zarr_target(where: Path | Remote, *, read_only: bool = False):
+    """What zarr / xarray open for a store: its directory, or an ``FsspecStore`` for a URL."""
+    return where.zarr_store(read_only=read_only) if isinstance(where, Remote) else str(where)
+
+
+def _consolidated(where: Path | Remote) -> zarr.Group:
     """The group, opened on consolidated metadata that lists every array (rewritten if not)."""
-    root = json.loads((path / "zarr.json").read_text())
-    listed = set((root.get("consolidated_metadata") or {}).get("metadata", {}))
-    if listed and listed == {p.parent.name for p in path.glob("*/zarr.json")}:
-        return zarr.open_group(str(path), mode="r+", use_consolidated=True)
-    return _consolidate(path)
+    if isinstance(where, Remote):  # no lock: skip the workers' marker folder, so that a rerun
+        from probe.distributed import MARKERS  # does not rewrite zarr.json for it alone
+
+        root = where.read_json("zarr.json")
+        where.fs.invalidate_cache(where.root)
+        on_disk = {p.rstrip("/").split("/")[-2] for p in where.fs.glob(where.key("*/zarr.json"))}
+        on_disk.discard(MARKERS)
+        listed = set((root.get("consolidated_metadata") or {}).get("metadata", {})) - {MARKERS}
+    else:
+        root = json.loads((where / "zarr.json").read_text())
+        on_disk = {p.parent.name for p in where.glob("*/zarr.json")}
+        listed = set((root.get("consolidated_metadata") or {}).get("metadata", {}))
+    if listed and listed == on_disk:
+        return zarr.open_group(zarr_target(where), mode="r+", use_consolidated=True)
+    return _consolidate(where)
 
 
-def _consolidate(path: Path) -> zarr.Group:
+def _consolidate(where: Path | Remote) -> zarr.Group:
     """Write consolidated metadata (for ``xarray.open_zarr(path)``); return the group."""
     with warnings.catch_warnings():
         warnings.filterwarnings("ignore", message="Consolidated metadata", category=UserWarning)
-        return zarr.consolidate_metadata(str(path))
+        return zarr.consolidate_metadata(zarr_target(where))
 
 
 def _drop_partial_files(path: Path) -> None:
@@ -297,7 +341,7 @@ def _drop_partial_files(path: Path) -> None:
         p.unlink(missing_ok=True)
 
 
-def _check_provenance(path: Path, have: Mapping, want: Mapping) -> None:
+def _check_provenance(path: Path | str, have: Mapping, want: Mapping) -> None:
     diffs = [f"  {k}: store has {have.get(k)!r}, this run has {want.get(k)!r}"
              for k in MATCH_KEYS if have.get(k) != want.get(k)]
     if diffs:
@@ -308,12 +352,14 @@ def _check_provenance(path: Path, have: Mapping, want: Mapping) -> None:
         )
 
 
-def _create(path: Path, provenance: Mapping, dataset: EmotionDataset,
-            extra: Mapping[str, np.ndarray]) -> None:
-    if any(path.iterdir()):
+def _create(path: Path | Remote, provenance: Mapping, dataset: EmotionDataset,
+            extra: Mapping[str, np.ndarray]) -> str | None:
+    """Write the store's coordinates and attributes; on an object store return the nonce
+    recorded as ``created_by`` (to notice a run that created the same URL at once)."""
+    if path.listdir() if isinstance(path, Remote) else any(path.iterdir()):
         raise StoreError(f"{path} exists and is not an activation store; choose another store path "
                          "(--out for probe cache, --store for probe sweep)")
-    group = zarr.open_group(str(path), mode="a")
+    group = zarr.open_group(zarr_target(path), mode="a")
     n = len(dataset)
     coords = {
         "sample": np.asarray(dataset.ids, dtype=str),
@@ -343,22 +389,36 @@ def _create(path: Path, provenance: Mapping, dataset: EmotionDataset,
     prov = dict(provenance, sample_coords=[c for c in coords if c != "sample"],
                 pooling_coords=["modality"],
                 targets=dict(dataset.targets), default_target=dataset.default_target)
+    nonce = uuid.uuid4().hex if isinstance(path, Remote) else None
+    if nonce is not None:
+        prov["created_by"] = nonce
     group.update_attributes({"emoprobe": prov, "progress": {}, "complete": False})
+    return nonce
 
 
 # ---------------------------------------------------------------------- reading
-def open_store(path: str | Path, *, require_complete: bool = True) -> xr.Dataset:
+def open_store(path: str | Path, *, require_complete: bool = True,
+               storage_options: Mapping | None = None) -> xr.Dataset:
     """Open a store lazily as an ``xarray.Dataset`` (provenance in ``ds.attrs``).
 
     Args:
-        path: the store directory.
+        path: the store directory, or an fsspec URL (``s3://bucket/x.zarr``, ``memory://x``).
         require_complete: refuse a store whose caching has not finished (default). With
             ``False`` an unfinished store opens with its uncommitted rows as NaN.
+        storage_options: fsspec options for a URL (default: ``$EMOPROBE_STORAGE_OPTIONS``).
     """
-    path = Path(path)
-    if not (path / "zarr.json").is_file():
+    if objectstore.is_remote(path):
+        where: Path | Remote = objectstore.Remote.at(str(path), storage_options)
+        found = where.exists("zarr.json")
+    else:
+        where = path = _local(path)
+        found = (where / "zarr.json").is_file()
+    if not found:
         raise StoreError(f"no activation store at {path} (run `probe cache` to make one)")
-    ds = bf16.decode(xr.open_zarr(str(path), consolidated=False, chunks=None))
+    ds = bf16.decode(xr.open_zarr(zarr_target(where, read_only=True), consolidated=False,
+                                  chunks=None))
+    if isinstance(where, Remote):
+        ds.encoding["source"] = where.url
     # numpy's variable-width StringDType refuses .astype(str); plain Python strings do not.
     ds = ds.assign_coords({name: (c.dims, c.values.astype(object))
                            for name, c in ds.coords.items() if c.dtype.kind == "T"})
@@ -378,12 +438,15 @@ def open_store(path: str | Path, *, require_complete: bool = True) -> xr.Dataset
 
 def describe(path: str | Path) -> str:
     """A human-readable summary of a store (what `probe info` prints)."""
-    path = Path(path)
     ds = open_store(path, require_complete=False)
     prov = ds.attrs.get("emoprobe", {})
     prog = ds.attrs.get("progress", {})
     n = prov.get("n_samples")
-    size = sum(p.stat().st_size for p in path.rglob("*") if p.is_file())
+    if objectstore.is_remote(path):
+        size = objectstore.Remote.at(str(path)).size()
+    else:
+        path = _local(path)
+        size = sum(p.stat().st_size for p in path.rglob("*") if p.is_file())
     lines = [
         f"store     {path}",
         f"status    {'complete' if ds.attrs.get('complete') else 'INCOMPLETE (rerun to resume)'}",

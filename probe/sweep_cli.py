@@ -17,6 +17,8 @@ import numpy as np
 
 from probe.evaluate import EvalConfig
 from probe.heldout import check_label_sets, split_rows
+from probe.objectstore import check as check_url
+from probe.objectstore import normalize
 from probe.sites import parse_sites
 from probe.stats import ProbeError, group_stratified_folds
 from probe.store import open_store
@@ -34,6 +36,8 @@ def sweep_from_args(args, *, load_data, load_model, cache_config) -> int:
                          "with --eval-dataset / --eval-store")
     if args.eval_dataset and args.eval_store:
         raise ProbeError("give either --eval-dataset (cached for you) or --eval-store, not both")
+    for url in (args.store, args.eval_store):
+        check_url(url)  # a missing backend fails before the model loads
     dataset = load_data(args)
     target = args.target or dataset.default_target
     tt = check_target(dataset, target, task=args.task, n_folds=args.folds,
@@ -48,10 +52,10 @@ def sweep_from_args(args, *, load_data, load_model, cache_config) -> int:
     lm = load_model(args)
     config = cache_config(args)
     root = Path(args.cache_dir) if args.cache_dir else None
-    store = (Path(args.store).expanduser() if args.store
-             else default_store_path(lm, dataset, config, root)).absolute()
+    store = (normalize(args.store) if args.store
+             else default_store_path(lm, dataset, config, root).absolute())
     cache_activations(lm, dataset, config=config, out=store, progress=not args.quiet)
-    eval_store = Path(args.eval_store).expanduser().absolute() if args.eval_store else None
+    eval_store = normalize(args.eval_store) if args.eval_store else None
     if eval_dataset is not None:
         eval_store = default_store_path(lm, eval_dataset, config, root).absolute()
         cache_activations(lm, eval_dataset, config=config, out=eval_store, progress=not args.quiet)
