@@ -86,8 +86,8 @@ def verdicts(table: pd.DataFrame, estimator: str, th: Thresholds = Thresholds())
         stats = (f"recall@{th.recall_k} {_fmt(rec)}, Spearman {_fmt(r['spearman'])}, "
                  f"Pearson {_fmt(r['pearson'])}, n={int(r['n'])}")
         if fails:
-            alt = (", or try --estimator ig and validate it too (it is not always better: on "
-                   "SmolLM2's sublayers it did worse than atp)") if estimator != "ig" else ""
+            alt = (", or try --estimator ig and validate it too (on SmolLM2's sublayers it "
+                   "helped in one case of four)") if estimator != "ig" else ""
             out.append(f"{estimator} FAILS for {r['type']} here ({stats}): rank {r['type']} by "
                        f"activation patching itself (--validate all patches every one){alt}")
         else:
