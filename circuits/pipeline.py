@@ -288,9 +288,13 @@ def _circuit(lm, dataset, cfg, label, metric, ctypes, attr: Attribution, means, 
         f"[{-f['ablation_effect_ci'][1]:+.2f}, {-f['ablation_effect_ci'][0]:+.2f}]"
         + ("" if circuit.info["reached_target_on_train"] else
            f"; the target {cfg.faithfulness_target} was not reached on training prompts")
+        + ("" if circuit.info.get("within_budget", True) else
+           f"; larger than the budget of {100 * cfg.max_fraction:.0f}% of the candidates")
         + (f"; faithfulness above {2 - cfg.faithfulness_target:.1f}: the circuit over-drives the "
            "metric (components outside it pull it down)"
-           if f["test"] > 2 - cfg.faithfulness_target else ""))
+           if f["test"] > 2 - cfg.faithfulness_target else "")
+        + ("; ablating every candidate does not move the metric reliably (its CI spans 0), so "
+           "these ratios are unstable" if _spans_zero(f["ablation_effect_ci"]) else ""))
     rows.append(report.curve_rows(curves, emotion=label))
     figures.plot_circuit(circuit, n_layers=metric.layer + 1 if metric.layer is not None else lm.n_layers,
                          n_heads=lm.arch.head_shape(lm.model)[0],
@@ -299,3 +303,8 @@ def _circuit(lm, dataset, cfg, label, metric, ctypes, attr: Attribution, means, 
                       "fraction": circuit.fraction, "faithfulness": f, "completeness": c,
                       "info": {k: v for k, v in circuit.info.items() if k != "model"}}
     res["_circuit"], res["_curves"] = circuit, curves
+
+
+def _spans_zero(ci) -> bool:
+    lo, hi = ci
+    return bool(lo <= 0 <= hi)
