@@ -236,7 +236,9 @@ def build_parser() -> argparse.ArgumentParser:
     add_conflict(sub, _model_args)
     sub.add_parser("models", help="list registered model aliases")
     sub.add_parser("datasets", help="list registered datasets")
-    parser.handlers = {**COMMANDS, **plugin_commands(sub)}
+    from probe.behaviour.cli import register as register_behave
+
+    parser.handlers = {**COMMANDS, **register_behave(sub), **plugin_commands(sub)}
     return parser
 
 

@@ -1,0 +1,153 @@
+"""Circuit modulation next to direction steering and prompting, judged like steering is.
+
+For each emotion with a circuit file (from ``probe circuits``): replies of SmolLM2 to the shipped
+neutral prompts (``datasets/steering_prompts``) under
+
+* ``none``       -- no intervention;
+* ``prompt``     -- the system prompt "Always reply in a {emotion} way.";
+* ``direction``  -- the context-agnostic direction added at layers 10-19 (``SteeringVector.apply``,
+  ``scale`` x the site's RMS, last prompt token and every generated token);
+* ``circuit``    -- :func:`circuits.modulate.modulation_hooks` ("add" the circuit components'
+  emotion offsets, times ``strength``, same positions).
+
+The strength of ``direction`` and ``circuit`` is chosen on the ``tune`` prompts (best gated
+expression under the classifier judge) and reported on the ``test`` prompts, with both judges
+(TF-IDF classifier, NRC lexicon), the fluency gate, and a bootstrap CI over prompts.
+
+    python benchmarks/eval_modulation.py runs/docs/circuits-happiness-sadness --emotions happiness,sadness
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+GEN = {"max_new_tokens": 32, "repetition_penalty": 1.05, "no_repeat_ngram_size": 3}
+
+
+def _replies(lm, prompts, hooks=None, system_prompt=None, batch_size=10):
+    out = []
+    for i in range(0, len(prompts), batch_size):
+        batch = lm.batch(prompts[i:i + batch_size], system_prompt=system_prompt)
+        with lm.hooks(hooks or {}):
+            out += lm.generate(batch, **GEN)
+    return out
+
+
+def _spread(items, n):
+    """``n`` items evenly spread over the list (the prompts are grouped by kind)."""
+    idx = np.linspace(0, len(items) - 1, min(n, len(items))).round().astype(int)
+    return [items[i] for i in idx]
+
+
+def _score(texts, emotion, judges, words, prompt_ids):
+    from steering.gate import gate, passed, text_signals
+    from steering.judges import expression_scores
+
+    ok = passed(gate(text_signals(texts, words)))
+    labels = {name: j.predict(texts) for name, j in judges.items()}
+    scores = expression_scores(labels, [emotion] * len(texts), ok, prompt_ids, n_boot=1000)
+    return {s.judge: s.as_row() for s in scores}
+
+
+def run(args) -> dict:
+    from circuits.assemble import Circuit
+    from circuits.modulate import component_offsets
+    from circuits.pairs import split_groups
+    from probe.cache import CacheConfig, cache_activations, default_store_path
+    from probe.data import load_dataset
+    from probe.models import load_model
+    from probe.store import open_store
+    from steering.directions import directions
+    from steering.judges import ClassifierJudge, LexiconJudge
+    from steering.prompts import load_prompts
+
+    torch.set_num_threads(args.threads)
+    lm = load_model("smollm2-135m")
+    ds = load_dataset("emotion-scenarios")
+    train, _ = split_groups(ds, seed=args.seed)
+    config = CacheConfig(sites="blocks.10-19.hook_resid_post")
+    store = cache_activations(lm, ds, config=config, out=default_store_path(lm, ds, config),
+                              progress=False)
+    sd = open_store(store, require_complete=False)
+    rows = np.isin(np.array([str(g) for g in sd["group"].values]), train)
+    vecs = directions(sd, method="context-agnostic", site="resid_post", layers=range(10, 20),
+                      rows=rows)
+    classifier = ClassifierJudge.load()
+    judges = {"classifier": classifier, "lexicon": LexiconJudge.load(args.lexicons)}
+    tune, test = (_spread([p.text for p in load_prompts(split)], n)
+                  for split, n in (("tune", args.tune), ("test", args.test)))
+    f = ds.frame
+    ref = list(f[f.group.isin(train)].sort_values("group").text)[::7]
+    out = {"config": vars(args), "emotions": {}}
+    base = _replies(lm, test)
+    for emotion in args.emotions:
+        circuit = Circuit.load(Path(args.run) / f"circuit_{emotion}.json")
+        emo = list(f[(f.emotion == emotion) & f.group.isin(train)].sort_values("group").text)[:16]
+        offsets = component_offsets(lm, circuit, lm.batch(emo), lm.batch(ref))
+        res = {"circuit_size": circuit.size, "tune": {}, "test": {}}
+        for arm, grid in (("circuit", args.circuit_strengths), ("direction", args.direction_scales)):
+            best, best_acc = None, -1.0
+            for s in grid:
+                texts = _arm(lm, arm, tune, s, vecs[emotion], circuit, offsets)
+                acc = _score(texts, emotion, {"classifier": classifier}, classifier.words,
+                             list(range(len(tune))))["classifier"]["accuracy"]
+                res["tune"][f"{arm}:{s}"] = acc
+                print(f"[tune] {emotion} {arm} {s}: classifier gated accuracy {acc:.2f}", flush=True)
+                if acc > best_acc:
+                    best, best_acc = s, acc
+            texts = _arm(lm, arm, test, best, vecs[emotion], circuit, offsets)
+            res["test"][arm] = {"strength": best, "scores": _score(texts, emotion, judges,
+                                classifier.words, list(range(len(test)))), "examples": texts[:3]}
+        prompted = _replies(lm, test, system_prompt=f"Always reply in a {emotion} way.")
+        res["test"]["prompt"] = {"scores": _score(prompted, emotion, judges, classifier.words,
+                                                  list(range(len(test)))), "examples": prompted[:3]}
+        res["test"]["none"] = {"scores": _score(base, emotion, judges, classifier.words,
+                                                list(range(len(test)))), "examples": base[:3]}
+        out["emotions"][emotion] = res
+        for arm, r in res["test"].items():
+            s = r["scores"]
+            print(f"[test] {emotion} {arm}{'' if 'strength' not in r else ' @' + str(r['strength'])}: "
+                  + ", ".join(f"{j} {v['accuracy']:.2f} [{v['ci_low']:.2f}, {v['ci_high']:.2f}] "
+                              f"(judge only {v['judge_only']:.2f}, gate pass {v['gate_pass']:.2f})"
+                              for j, v in s.items()), flush=True)
+    return out
+
+
+def _arm(lm, arm, prompts, s, vec, circuit, offsets):
+    from circuits.modulate import modulation_hooks
+
+    if arm == "circuit":
+        return _replies(lm, prompts, modulation_hooks(lm, circuit, strength=s, offsets=offsets))
+    with vec.apply(lm, scale=s, positions="last-prompt+generated"):
+        return _replies(lm, prompts)
+
+
+def main(argv=None) -> None:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("run", help="a probe circuits output folder (circuit_<emotion>.json)")
+    p.add_argument("--emotions", default="happiness,sadness", type=lambda s: s.split(","))
+    p.add_argument("--circuit-strengths", default="1,2,4,8", type=lambda s: [float(x) for x in s.split(",")])
+    p.add_argument("--direction-scales", default="1,2,4", type=lambda s: [float(x) for x in s.split(",")])
+    p.add_argument("--tune", type=int, default=12, help="tune prompts used")
+    p.add_argument("--test", type=int, default=20, help="test prompts used")
+    p.add_argument("--lexicons", default="../shared/data/lexicons")
+    p.add_argument("--threads", type=int, default=1)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--json", default=None)
+    args = p.parse_args(argv)
+    t0 = time.perf_counter()
+    out = run(args)
+    out["seconds"] = round(time.perf_counter() - t0, 1)
+    if args.json:
+        Path(args.json).parent.mkdir(parents=True, exist_ok=True)
+        Path(args.json).write_text(json.dumps(out, indent=1, default=str) + "\n")
+
+
+if __name__ == "__main__":
+    main()

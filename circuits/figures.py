@@ -1,0 +1,224 @@
+"""Figures of circuit analyses, in the sweep's style (:mod:`probe.figures`): PNG + SVG.
+
+* :func:`plot_head_heatmaps` -- layer x head maps of attribution and patching side by side;
+* :func:`plot_scatter` -- estimated against measured effect, one panel per component type;
+* :func:`plot_sublayer_influence` -- Wang et al.'s influence of each sublayer per layer;
+* :func:`plot_top_neurons` -- the neurons with the largest estimated effects;
+* :func:`plot_faithfulness` -- faithfulness and completeness against circuit size, with CIs;
+* :func:`plot_circuit` -- where a circuit's components sit (layer x head / neuron rank).
+
+Every function takes tidy tables (``component, type, layer, unit, value``) and returns a
+:class:`matplotlib.figure.Figure` built without pyplot; ``out=`` also writes ``.png`` and ``.svg``.
+"""
+
+from __future__ import annotations
+
+import os
+
+import matplotlib as mpl
+import numpy as np
+import pandas as pd
+from matplotlib.backends.backend_agg import FigureCanvasAgg
+from matplotlib.colors import TwoSlopeNorm
+from matplotlib.figure import Figure
+from scipy.stats import pearsonr, spearmanr
+
+from probe.figures import OKABE_ITO, RC, save_figure
+
+TYPE_COLORS = {"heads": OKABE_ITO[0], "neurons": OKABE_ITO[2], "sublayers": OKABE_ITO[1],
+               "resid": OKABE_ITO[3], "queries": OKABE_ITO[4], "keys": OKABE_ITO[5]}
+
+
+def _figure(size) -> Figure:
+    fig = Figure(figsize=size, dpi=150, layout="constrained")
+    FigureCanvasAgg(fig)
+    return fig
+
+
+def _done(fig: Figure, out) -> Figure:
+    if out is not None:
+        save_figure(fig, out)
+    return fig
+
+
+def _grid(df: pd.DataFrame, n_layers: int, n_heads: int) -> np.ndarray:
+    g = np.full((n_layers, n_heads), np.nan)
+    heads = df[df["type"] == "heads"]
+    g[heads["layer"].to_numpy(int), heads["unit"].to_numpy(int)] = heads["value"].to_numpy(float)
+    return g
+
+
+def plot_head_heatmaps(attr: pd.DataFrame, truth: pd.DataFrame | None, *, n_layers: int,
+                       n_heads: int, labels=("attribution", "activation patching"),
+                       title: str | None = None, out: str | os.PathLike | None = None) -> Figure:
+    """Layer x head heatmaps of estimated and (if given) measured effects on one colour scale
+    centred at 0 (grey cells: heads not measured)."""
+    panels = [(labels[0], attr)] + ([(labels[1], truth)] if truth is not None else [])
+    grids = [_grid(df, n_layers, n_heads) for _, df in panels]
+    lim = max((np.nanmax(np.abs(g)) for g in grids if np.isfinite(g).any()), default=1.0) or 1.0
+    norm = TwoSlopeNorm(0.0, -lim, lim)
+    with mpl.rc_context(RC):
+        fig = _figure((2.3 * len(panels) + 0.6, 0.16 * n_layers + 1.0))
+        axes = fig.subplots(1, len(panels), squeeze=False)[0]
+        for ax, (label, _), g in zip(axes, panels, grids):
+            ax.set_facecolor("#DDDDDD")
+            im = ax.imshow(g, cmap="RdBu_r", norm=norm, aspect="auto", origin="lower",
+                           interpolation="nearest")
+            ax.set_title(label)
+            ax.set_xlabel("head")
+            ax.set_ylabel("layer")
+            ax.set_xticks(range(0, n_heads, max(1, n_heads // 9)))
+            fig.colorbar(im, ax=ax, shrink=0.8, label="effect on metric")
+        if title:
+            fig.suptitle(title)
+    return _done(fig, out)
+
+
+def plot_scatter(attr: pd.DataFrame, truth: pd.DataFrame, *, estimator: str = "AtP",
+                 title: str | None = None, out: str | os.PathLike | None = None) -> Figure:
+    """Estimated (y) against measured (x) effect, one panel per component type."""
+    merged = attr[["component", "type", "value"]].merge(truth[["component", "value"]],
+                                                        on="component", suffixes=("_est", "_true"))
+    types = list(dict.fromkeys(merged["type"]))
+    with mpl.rc_context(RC):
+        fig = _figure((2.2 * len(types) + 0.3, 2.4))
+        axes = fig.subplots(1, len(types), squeeze=False)[0]
+        for ax, t in zip(axes, types):
+            d = merged[merged["type"] == t]
+            x, y = d["value_true"].to_numpy(float), d["value_est"].to_numpy(float)
+            ax.scatter(x, y, s=6, color=TYPE_COLORS.get(t, "k"), alpha=0.7, linewidths=0)
+            lo, hi = np.nanmin([x.min(), y.min()]), np.nanmax([x.max(), y.max()])
+            ax.plot([lo, hi], [lo, hi], color="#8C8C8C", lw=0.6, ls="--")
+            ax.axhline(0, color="#CCCCCC", lw=0.4)
+            ax.axvline(0, color="#CCCCCC", lw=0.4)
+            r = pearsonr(x, y)[0] if len(x) > 2 and x.std() and y.std() else float("nan")
+            rho = spearmanr(x, y)[0] if len(x) > 2 else float("nan")
+            ax.set_title(f"{t} (n={len(d)})\nPearson {r:.2f}, Spearman {rho:.2f}")
+            ax.set_xlabel("activation patching")
+        axes[0].set_ylabel(estimator)
+        if title:
+            fig.suptitle(title)
+    return _done(fig, out)
+
+
+def plot_sublayer_influence(df: pd.DataFrame, *, title: str | None = None,
+                            out: str | os.PathLike | None = None) -> Figure:
+    """Influence ``I`` (``ds / (alpha sigma)``) of attention and MLP outputs against layer."""
+    with mpl.rc_context(RC):
+        fig = _figure((3.4, 2.4))
+        ax = fig.subplots()
+        for kind, color, label in (("hook_attn_out", OKABE_ITO[1], "attention"),
+                                   ("hook_mlp_out", OKABE_ITO[2], "MLP")):
+            d = df[df["kind"] == kind].sort_values("layer")
+            ax.plot(d["layer"], d["influence"], marker="o", ms=2.5, lw=1, color=color, label=label)
+        ax.axhline(0, color="#CCCCCC", lw=0.5)
+        ax.axhline(1, color="#8C8C8C", lw=0.5, ls=":")
+        ax.set_xlabel("layer")
+        ax.set_ylabel("influence I = ds / (α σ)")
+        ax.legend(frameon=False)
+        ax.set_title(title or "sublayer influence on the metric")
+    return _done(fig, out)
+
+
+def plot_top_neurons(attr: pd.DataFrame, *, k: int = 20, truth: pd.DataFrame | None = None,
+                     title: str | None = None, out: str | os.PathLike | None = None) -> Figure:
+    """Horizontal bars of the ``k`` neurons with the largest ``|estimate|`` (and truth if given)."""
+    neu = attr[attr["type"] == "neurons"]
+    top = neu.loc[neu["value"].abs().nlargest(k).index][::-1]
+    with mpl.rc_context(RC):
+        fig = _figure((3.4, 0.14 * len(top) + 0.8))
+        ax = fig.subplots()
+        y = np.arange(len(top))
+        ax.barh(y, top["value"], height=0.4 if truth is not None else 0.7,
+                color=TYPE_COLORS["neurons"], label="attribution")
+        if truth is not None:
+            t = top[["component"]].merge(truth[["component", "value"]], on="component", how="left")
+            ax.barh(y - 0.4, t["value"], height=0.4, color="#4D4D4D", label="patching")
+            ax.legend(frameon=False)
+        ax.set_yticks(y, [f"L{r.layer} n{r.unit}" for r in top.itertuples()])
+        ax.axvline(0, color="#8C8C8C", lw=0.5)
+        ax.set_xlabel("change of the metric when the neuron is patched")
+        ax.set_title(title or f"top {len(top)} neurons")
+    return _done(fig, out)
+
+
+def plot_faithfulness(curves: pd.DataFrame, *, target: float = 0.8, budget: int | None = None,
+                      chosen: dict | None = None, title: str | None = None,
+                      out: str | os.PathLike | None = None) -> Figure:
+    """Faithfulness (solid, CI band) and completeness (dashed) against circuit size.
+
+    ``curves`` has columns ``name`` (emotion), ``size``, ``faithfulness[_low/_high]`` and
+    optionally ``completeness``; only held-out rows are drawn when ``split`` exists. The y axis
+    is linear in [-1, 1] and logarithmic beyond (ratios far from 1 stay visible). ``budget``: a
+    size to mark (e.g. 10% of the candidates); ``chosen``: ``{name: size}`` of the circuits.
+    """
+    if "split" in curves:
+        curves = curves[curves["split"] == "test"]
+    names = list(dict.fromkeys(curves["name"]))
+    with mpl.rc_context(RC):
+        fig = _figure((3.8, 2.8))
+        ax = fig.subplots()
+        for i, name in enumerate(names):
+            d = curves[curves["name"] == name].sort_values("size")
+            x = d["size"].clip(lower=0.5)
+            color = OKABE_ITO[i % len(OKABE_ITO)]
+            ax.plot(x, d["faithfulness"], color=color, lw=1, marker="o", ms=2, label=name)
+            ax.fill_between(x, d["faithfulness_low"], d["faithfulness_high"], color=color,
+                            alpha=0.15, lw=0)
+            if "completeness" in d:
+                ax.plot(x, d["completeness"], color=color, lw=0.7, ls="--")
+            if chosen and name in chosen:
+                k = chosen[name]
+                y = d.loc[d["size"] == k, "faithfulness"]
+                if len(y):
+                    ax.plot([max(k, 0.5)], [float(y.iloc[0])], marker="*", ms=7, color=color,
+                            markeredgecolor="k", markeredgewidth=0.4, zorder=5)
+        ax.axhline(target, color="#8C8C8C", lw=0.6, ls=":")
+        ax.axhline(1.0, color="#CCCCCC", lw=0.5)
+        if budget:
+            ax.axvline(budget, color="#4D4D4D", lw=0.6, ls=":")
+            ax.text(budget, 0.02, " 10% of candidates", transform=ax.get_xaxis_transform(),
+                    fontsize=6)
+        ax.set_xscale("log")
+        ax.set_yscale("symlog", linthresh=1.0)
+        lo, hi = ax.get_ylim()
+        ticks = [t for t in (-30, -10, -3, -1, 0, 0.5, 1, 3, 10, 30) if lo <= t <= hi]
+        ax.set_yticks(ticks, [f"{t:g}" for t in ticks])
+        ax.set_xlabel("circuit size (components; 0 drawn at 0.5)")
+        ax.set_ylabel("share of the metric kept")
+        ax.set_title(title or "held-out prompts: faithfulness (solid), completeness (dashed)")
+        ax.legend(frameon=False, fontsize=6, loc="upper left")
+    return _done(fig, out)
+
+
+def plot_circuit(circuit, *, n_layers: int, n_heads: int, title: str | None = None,
+                 out: str | os.PathLike | None = None) -> Figure:
+    """A circuit's components by layer: heads (top band, one row per head index), neurons
+    (bottom band, stacked per layer, best first). Marker area is proportional to ``|score|``.
+    Only nodes are drawn: edges between components are not estimated.
+    """
+    comps, scores = circuit.components, np.abs(np.asarray(circuit.scores, float))
+    scale = 60 / scores.max() if len(scores) and scores.max() > 0 else 1.0
+    with mpl.rc_context(RC):
+        fig = _figure((6.0, 3.0))
+        ax = fig.subplots()
+        per_layer: dict[int, int] = {}
+        for c, s in zip(comps, scores):
+            if c.type == "heads":
+                y = n_heads - c.unit
+            else:
+                per_layer[c.layer] = per_layer.get(c.layer, 0) + 1
+                y = -per_layer[c.layer] * 0.5
+            ax.scatter(c.layer, y, s=max(2.0, s * scale), color=TYPE_COLORS.get(c.type, "k"),
+                       alpha=0.8, linewidths=0)
+        ax.axhline(0.25, color="#CCCCCC", lw=0.5)
+        deepest = max(per_layer.values(), default=1)
+        ax.set_yticks([n_heads - h for h in range(n_heads)] + [-(deepest + 1) * 0.25],
+                      [f"head {h}" for h in range(n_heads)] + ["neurons"])
+        ax.set_ylim(-(deepest + 1) * 0.5, n_heads + 0.7)
+        ax.set_xlim(-0.5, n_layers - 0.5)
+        ax.set_xlabel("layer")
+        n_h = sum(c.type == "heads" for c in comps)
+        ax.set_title(title or f"circuit {circuit.name}: {n_h} heads, {len(comps) - n_h} neurons "
+                              "(area ∝ |score|; nodes only)")
+    return _done(fig, out)

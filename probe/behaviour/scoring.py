@@ -1,0 +1,196 @@
+"""Label scoring: the log-likelihood of every candidate answer as the continuation of a prompt.
+
+:func:`score_candidates` runs ONE forward over a batch of prompts (left-padded, position ids
+from the mask, ``use_cache=True``, logits of the last position only), then copies each prompt's
+KV cache once per candidate and runs all candidates of all prompts as one second forward
+(skipped when every candidate is a single token). A multi-token candidate is scored token by
+token; the result holds the summed log-probability and the token count, so both the ``sum``
+and the length-normalised ``mean`` variants are available. :func:`score_candidates_naive`
+is the reference: one full forward per (prompt, candidate), no padding, no cache; the two agree
+within float tolerance (``tests/probe/test_behaviour_scoring.py``, tiny models of several
+families and SmolLM2) and ``benchmarks/bench_label_scoring.py`` measures the speed-up.
+
+>>> lm = load_model("smollm2-135m")  # doctest: +SKIP
+>>> s = score_candidates(lm, [prompt_ids], [[lm.tokenizer.encode("Anger"), ...]])  # doctest: +SKIP
+>>> s.mean.argmax(1)  # doctest: +SKIP
+"""
+
+from __future__ import annotations
+
+import inspect
+from collections.abc import Sequence
+from numbers import Integral
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+from jaxtyping import Float
+from torch import Tensor
+
+from probe.capture import pad_batch
+
+Ids = Sequence[int]
+
+
+class ScoringError(ValueError):
+    """Prompts or candidates cannot be scored (empty, mismatched, ...)."""
+
+
+@dataclass(frozen=True)
+class Scores:
+    """Candidate log-likelihoods of n prompts (``[n, C]``; NaN where a prompt has fewer).
+
+    Attributes:
+        logprob: Sum over a candidate's tokens of ``log p(token | prompt, earlier tokens)``.
+        n_tokens: Number of tokens of each candidate (0 where absent).
+    """
+
+    logprob: np.ndarray
+    n_tokens: np.ndarray
+
+    @property
+    def mean(self) -> np.ndarray:
+        """Length-normalised log-likelihood (per token)."""
+        with np.errstate(invalid="ignore", divide="ignore"):
+            return self.logprob / self.n_tokens
+
+    def variant(self, name: str) -> np.ndarray:
+        """``"sum"`` or ``"mean"``."""
+        if name not in ("sum", "mean"):
+            raise ScoringError(f"unknown scoring variant {name!r}; choose sum or mean")
+        return self.logprob if name == "sum" else self.mean
+
+
+def tokenize_candidates(tokenizer, strings: Sequence[str]) -> list[list[int]]:
+    """Token ids of each candidate string, without special tokens."""
+    ids = [tokenizer(s, add_special_tokens=False)["input_ids"] for s in strings]
+    empty = [s for s, x in zip(strings, ids) if not x]
+    if empty:
+        raise ScoringError(f"candidate {empty[0]!r} tokenizes to nothing")
+    return ids
+
+
+def _per_prompt(prompts: Sequence[Ids], candidates) -> list[list[list[int]]]:
+    """Candidates per prompt, from one shared list or one list per prompt."""
+    if not prompts:
+        raise ScoringError("no prompts to score")
+    if any(len(p) == 0 for p in prompts):
+        raise ScoringError("a prompt has no tokens")
+    first = candidates[0] if len(candidates) else ()
+    shared = len(first) > 0 and isinstance(first[0], Integral)  # one list for all prompts
+    per = [list(map(list, candidates))] * len(prompts) if shared else [
+        [list(c) for c in cs] for cs in candidates]
+    if len(per) != len(prompts):
+        raise ScoringError(f"{len(prompts)} prompts but candidates for {len(per)}")
+    if any(not cs or any(not c for c in cs) for cs in per):
+        raise ScoringError("every prompt needs at least one candidate, each of >= 1 token")
+    return per
+
+
+def score_candidates(
+    lm,
+    prompts: Sequence[Ids],
+    candidates: Sequence[Ids] | Sequence[Sequence[Ids]],
+    *,
+    batch_size: int = 16,
+    max_rows: int = 256,
+    progress: bool = False,
+) -> Scores:
+    """Log-likelihood of every candidate after every prompt, prompts batched with a shared cache.
+
+    Args:
+        lm: A :class:`probe.models.LoadedModel`.
+        prompts: Token ids of each prompt, ending where the answer starts.
+        candidates: Token ids of the candidates: one list for all prompts, or one per prompt.
+        batch_size: Prompts per forward.
+        max_rows: Upper bound on prompt x candidate rows of the second forward (the prompt
+            batch shrinks to respect it; it bounds the copied cache's memory).
+        progress: Show a progress bar.
+
+    Returns:
+        :class:`Scores` with ``[n, C]`` arrays (C: the most candidates of any prompt).
+    """
+    from tqdm.auto import tqdm
+
+    per = _per_prompt(prompts, candidates)
+    width = max(len(cs) for cs in per)
+    logprob = np.full((len(prompts), width), np.nan)
+    n_tokens = np.zeros((len(prompts), width), dtype=int)
+    step = max(1, min(batch_size, max_rows // width))
+    bar = tqdm(total=len(prompts), unit="prompt", desc="scoring", disable=not progress,
+               dynamic_ncols=True)
+    for start in range(0, len(prompts), step):
+        idx = range(start, min(start + step, len(prompts)))
+        values = _score_batch(lm, [prompts[i] for i in idx], [per[i] for i in idx])
+        for i, v in zip(idx, values):
+            logprob[i, :len(v)] = v
+            n_tokens[i, :len(v)] = [len(c) for c in per[i]]
+        bar.update(len(idx))
+    bar.close()
+    return Scores(logprob=logprob, n_tokens=n_tokens)
+
+
+@torch.inference_mode()
+def _score_batch(lm, prompts: list[Ids], per: list[list[list[int]]]) -> list[np.ndarray]:
+    inputs = pad_batch(prompts, lm.tokenizer.pad_token_id, "left", lm.device)
+    out = lm.model(**inputs, use_cache=True, logits_to_keep=1)
+    cache = out.cache if "cache" in out else out.past_key_values  # renamed in transformers 5.x
+    first = torch.log_softmax(out.logits[:, -1].float(), -1)  # [B, V]
+    rows = [(i, c) for i, cs in enumerate(per) for c in cs]
+    item = torch.tensor([i for i, _ in rows], device=lm.device)
+    heads = torch.tensor([c[0] for _, c in rows], device=lm.device)
+    total = first[item, heads]  # [R]
+    longest = max(len(c) for _, c in rows)
+    if longest > 1:
+        total = total + _continuations(lm, cache, inputs["attention_mask"], item,
+                                       [c for _, c in rows], longest)
+    total = total.cpu().double().numpy()
+    bounds = np.cumsum([0] + [len(cs) for cs in per])
+    return [total[a:b] for a, b in zip(bounds[:-1], bounds[1:])]
+
+
+def _continuations(lm, cache, prompt_mask: Tensor, item: Tensor, cands: list[list[int]],
+                   longest: int) -> Float[Tensor, " rows"]:
+    """Sum of log p(c[j] | prompt, c[:j]) for j >= 1, all candidate rows in one forward."""
+    R, L, dev = len(cands), longest - 1, lm.device
+    ids = torch.full((R, L), lm.tokenizer.pad_token_id, dtype=torch.long)
+    targets = torch.zeros((R, L), dtype=torch.long)
+    mask = torch.zeros((R, L), dtype=torch.long)
+    for r, c in enumerate(cands):
+        ids[r, :len(c) - 1] = torch.tensor(c[:-1])
+        targets[r, :len(c) - 1] = torch.tensor(c[1:])
+        mask[r, :len(c) - 1] = 1
+    ids, targets, mask = ids.to(dev), targets.to(dev), mask.to(dev)
+    cache.batch_select_indices(item)  # each prompt's cache, once per candidate
+    lengths = prompt_mask.sum(1)[item]
+    attention = torch.cat([prompt_mask[item], mask], 1)
+    positions = lengths[:, None] + torch.arange(L, device=dev)[None]
+    logits = lm.model(input_ids=ids, attention_mask=attention, position_ids=positions,
+                      use_cache=True, **{_cache_argument(lm.model): cache}).logits
+    logp = torch.log_softmax(logits.float(), -1).gather(-1, targets[..., None])[..., 0]
+    return (logp * mask).sum(1)
+
+
+def _cache_argument(model) -> str:
+    """The forward's name for the KV cache: ``cache`` (newer transformers 5.x) or
+    ``past_key_values``."""
+    return "cache" if "cache" in inspect.signature(model.forward).parameters else "past_key_values"
+
+
+@torch.inference_mode()
+def score_candidates_naive(lm, prompts: Sequence[Ids],
+                           candidates: Sequence[Ids] | Sequence[Sequence[Ids]]) -> Scores:
+    """Reference: one forward per (prompt, candidate) over ``prompt + candidate``, unpadded."""
+    per = _per_prompt(prompts, candidates)
+    width = max(len(cs) for cs in per)
+    logprob = np.full((len(prompts), width), np.nan)
+    n_tokens = np.zeros((len(prompts), width), dtype=int)
+    for i, (p, cs) in enumerate(zip(prompts, per)):
+        for k, c in enumerate(cs):
+            ids = torch.tensor([list(p) + c], device=lm.device)
+            logits = lm.model(input_ids=ids).logits[0, len(p) - 1:-1].float()
+            target = torch.tensor(c, device=lm.device)[:, None]
+            lp = torch.log_softmax(logits, -1).gather(-1, target)
+            logprob[i, k] = float(lp.sum())
+            n_tokens[i, k] = len(c)
+    return Scores(logprob=logprob, n_tokens=n_tokens)

@@ -1,0 +1,86 @@
+"""Circuit curves hit their fixed points, the size is chosen on training prompts, files round-trip."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+
+from circuits.assemble import (
+    Circuit,
+    CircuitConfig,
+    CircuitError,
+    curves,
+    default_sizes,
+    find_circuit,
+    overlap,
+    ranking,
+)
+from circuits.attribution import attribute
+from circuits.baselines import MeanBaseline
+from circuits.components import Component, groups
+from circuits.metrics import direction
+from tests.circuits.conftest import direction_for
+from tests.tiny import CORPUS
+
+TYPES = ("heads", "neurons")
+
+
+@pytest.fixture(scope="module")
+def setup(llama64):
+    lm = llama64
+    metric = direction(direction_for(lm, 5), layer=2, lm=lm)
+    means = MeanBaseline.fit(lm, CORPUS[:12], [g.site for g in groups(lm, TYPES, range(3))])
+    train, test = lm.batch(CORPUS[:6]), lm.batch(CORPUS[12:18])
+    attr = attribute(lm, train, metric, means, types=TYPES)
+    return lm, metric, means, train, test, attr
+
+
+def test_curves_hit_their_fixed_points(setup):
+    lm, metric, means, train, _, attr = setup
+    ranked, scores, gs = ranking(attr, TYPES)
+    n = len(ranked)
+    assert n == 12 + 384 and list(scores) == sorted(scores)  # most harmful-to-remove first
+    df = curves(lm, train, metric, ranked, gs, means, (0, 10, n), n_boot=50,
+                row_groups=[str(i % 3) for i in range(6)]).set_index("size")
+    assert df.loc[0, "faithfulness"] == 0 and df.loc[0, "completeness"] == pytest.approx(1, abs=1e-6)
+    assert df.loc[n, "faithfulness"] == pytest.approx(1, abs=1e-6)
+    assert df.loc[n, "completeness"] == pytest.approx(0, abs=1e-6)
+    assert df.loc[10, "faithfulness_low"] <= df.loc[10, "faithfulness"] <= df.loc[10, "faithfulness_high"]
+    assert df.loc[0, "M"] != df.loc[0, "M_0"]
+
+
+def test_the_size_is_the_smallest_that_reaches_the_target_on_training_prompts(setup, tmp_path):
+    lm, metric, means, train, test, attr = setup
+    config = CircuitConfig(types=TYPES, target=0.6, sizes=(1, 5, 20, 100), n_boot=50)
+    circuit, cv = find_circuit(lm, attr, metric, train, test, means, name="joy", config=config)
+    tr = cv[cv["split"] == "train"].set_index("size")["faithfulness"]
+    reached = [k for k, f in tr.items() if f >= 0.6]
+    assert circuit.size == min(reached)
+    assert all(f < 0.6 for k, f in tr.items() if k < circuit.size)
+    te = cv[cv["split"] == "test"].set_index("size")
+    assert circuit.faithfulness["test"] == pytest.approx(te.loc[circuit.size, "faithfulness"])
+    assert set(cv["split"]) == {"train", "test"} and te["completeness"].notna().all()
+    back = Circuit.load(circuit.save(tmp_path / "c.json"))
+    assert back.components == circuit.components and back.faithfulness == circuit.faithfulness
+    data = json.loads((tmp_path / "c.json").read_text())
+    assert data["format"] == "emoprobe.circuit/1" and data["size"] == circuit.size
+
+
+def test_overlap_and_bad_inputs(setup, tmp_path):
+    a = Circuit("a", "m", [Component.parse("blocks.0.attn.hook_z[1]"),
+                           Component.parse("blocks.1.mlp.hook_post[3]")], [1.0, 0.5], 10)
+    b = Circuit("b", "m", [Component.parse("blocks.0.attn.hook_z[1]")], [1.0], 10)
+    ov = overlap([a, b])
+    assert ov.loc["a", "b"] == 0.5 and ov.loc["a", "a"] == 1
+    (tmp_path / "x.json").write_text(json.dumps({"format": "other"}))
+    with pytest.raises(CircuitError, match="not a circuit file"):
+        Circuit.load(tmp_path / "x.json")
+    with pytest.raises(CircuitError, match="no sublayers"):
+        ranking(setup[-1], ("sublayers",))
+
+
+def test_default_sizes_are_a_1_2_5_grid():
+    assert default_sizes(396) == (0, 1, 2, 5, 10, 20, 50, 100, 200, 396)
+    assert np.all(np.diff(default_sizes(38625)) > 0)

@@ -1,0 +1,89 @@
+"""`probe circuits` as a newcomer meets it: help, a whole run on a tiny model, clear errors."""
+
+from __future__ import annotations
+
+import json
+
+import pandas as pd
+import pytest
+
+from probe.cli import main
+
+
+def _run(capsys, *argv):
+    code = main(list(argv))
+    out = capsys.readouterr()
+    return code, out.out, out.err
+
+
+@pytest.fixture()
+def cache(tmp_path_factory, monkeypatch):
+    monkeypatch.setenv("EMOPROBE_CACHE", str(tmp_path_factory.getbasetemp() / "circuits-cache"))
+
+
+@pytest.fixture(scope="module")
+def small(tmp_path_factory):
+    """Twelve scenarios of emotion-scenarios (84 rows) as a user JSONL file: a quick dataset."""
+    from probe.data import load_dataset
+
+    f = load_dataset("emotion-scenarios").frame
+    keep = f[f["group"].isin(sorted(set(f["group"]))[:12])]
+    path = tmp_path_factory.mktemp("data") / "small.jsonl"
+    keep[["id", "text", "emotion", "group"]].to_json(path, orient="records", lines=True)
+    return ["--dataset", str(path), "--label-column", "emotion", "--group-column", "group"]
+
+
+def test_help_reads_well(capsys):
+    with pytest.raises(SystemExit) as exc:
+        main(["circuits", "--help"])
+    assert exc.value.code == 0
+    out = capsys.readouterr().out
+    assert "direction:happiness,sadness@L24" in out and "--validate N|all" in out
+    assert "--baseline {mean,pairs,zero}" in out
+
+
+def test_a_whole_run_on_a_tiny_model(capsys, tiny_dir, tmp_path, cache, small):
+    out = tmp_path / "run"
+    code, text, err = _run(capsys, "circuits", "--model", str(tiny_dir / "llama"), *small,
+                           "--metric", "direction:sadness@L2", "--prompts", "4",
+                           "--validate", "6", "--validate-prompts", "2", "--circuit-prompts", "4",
+                           "--influence-prompts", "2", "--out", str(out), "--quiet")
+    assert code == 0, err
+    assert "validation of atp against activation patching" in text and "circuit:" in text
+    assert "faithfulness on 4 held-out prompts" in text and "ablating every candidate" in text
+    run = json.loads((out / "run.json").read_text())
+    assert set(run["emotions"]) == {"sadness"}
+    assert not set(run["dataset"]["train_groups"]) & set(run["dataset"]["test_groups"])
+    v = run["emotions"]["sadness"]["validation"]
+    assert v["components"] == 18 and {r["type"] for r in v["table"]} == {"heads", "neurons", "sublayers"}
+    df = pd.read_csv(out / "results.csv")
+    assert {"atp", "patch:mean", "spearman", "recall@20", "faithfulness", "completeness",
+            "influence"} <= set(df["measure"])
+    assert (df["ci_low"].dropna() <= df["value"][df["ci_low"].notna()] + 1e-12).all()
+    c = json.loads((out / "circuit_sadness.json").read_text())
+    assert c["format"] == "emoprobe.circuit/1" and c["size"] == len(c["components"])
+    for stem in ("heads_sadness", "scatter_sadness", "influence_sadness", "faithfulness",
+                 "circuit_sadness", "neurons_sadness"):
+        assert (out / f"{stem}.png").exists() and (out / f"{stem}.svg").exists()
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--metric", "direction:joy@L2"], "no direction for 'joy'"),
+    (["--metric", "direction:neutral@L2"], "the neutral class has none"),
+    (["--metric", "direction:happiness@L9"], "out of range"),
+    (["--metric", "direction:happiness"], "needs a layer"),
+    (["--components", "heads,edges"], "unknown component type"),
+    (["--metric", "logprob:happy"], "need --label"),
+    (["--prompts", "0"], "--prompts must be >= 1"),
+])
+def test_bad_input_is_explained(capsys, tiny_dir, tmp_path, cache, small, args, message):
+    code, _, err = _run(capsys, "circuits", "--model", str(tiny_dir / "llama"), *small, "--no-circuit",
+                        "--influence-prompts", "0", "--prompts", "2", *args,
+                        "--out", str(tmp_path / "r"), "--quiet")
+    assert code == 2 and message in err and "Traceback" not in err
+
+
+def test_bad_validate_value(capsys):
+    with pytest.raises(SystemExit) as exc:
+        main(["circuits", "--validate", "some"])
+    assert exc.value.code == 2 and "number or 'all'" in capsys.readouterr().err
