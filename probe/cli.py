@@ -267,7 +267,7 @@ def _load_data(args):
 
     ds = load_dataset(args.dataset, text_column=args.text_column, label_column=args.label_column,
                       group_column=args.group_column, id_column=args.id_column, split=args.split)
-    if "token" in _poolings(args) and "target_word" not in ds.frame:
+    if hasattr(args, "pooling") and "token" in _poolings(args) and "target_word" not in ds.frame:
         raise CaptureError(f"--pooling token reads each row's target word, but dataset "
                            f"{ds.name!r} has no 'target_word' column; choose other poolings")
     target = getattr(args, "target", None)
