@@ -328,7 +328,7 @@ def run_evaluation(lm, config: EvalConfig, *, vectors: Mapping, judges: Mapping[
     """Tune, select and test (see the module docstring); ``vectors[method][emotion]``."""
     from steering.capability import load_items
     from steering.eval_grid import ladder_points
-    from steering.eval_select import best_configs, capability_of, score_points, select
+    from steering.eval_select import best_configs, score_points
     from steering.prompts import load_prompts
 
     g = config.grid
@@ -388,6 +388,8 @@ def _select_with_capability(lm, config, ladder: pd.DataFrame, vectors, items):
 
     selections = select(ladder, max_ppl=config.max_ppl_ratio, max_drop=config.max_capability_drop,
                         checks=config.capability_checks, capability_drop=drop)
+    for sel in selections.values():  # also when no candidate met the constraints
+        drop(sel.point)
     if config.pareto_capability:
         for sel in selections.values():
             for pt in ladder["point"]:
@@ -398,8 +400,7 @@ def _select_with_capability(lm, config, ladder: pd.DataFrame, vectors, items):
             ladder.loc[i, "capability"] = measured[pt].accuracy
             ladder.loc[i, "capability_drop"] = base.accuracy - measured[pt].accuracy
     for e, sel in selections.items():
-        cap[f"{e}/steered"] = _cap_record(measured[sel.point], base) if sel.point in measured \
-            else None
+        cap[f"{e}/steered"] = _cap_record(measured[sel.point], base)
     cap["_base"] = base
     return cap, selections
 

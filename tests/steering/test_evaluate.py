@@ -192,10 +192,11 @@ def test_cli_errors_are_clear(capsys, tmp_path):
 
 @pytest.mark.slow
 def test_real_model_quick_slice(capsys, tmp_path, shared_data):
-    """``probe steer-eval --quick`` on SmolLM2, cut to one emotion, 2 + 2 prompts, 16 tokens."""
+    """``probe steer-eval --quick`` on SmolLM2, cut to one emotion, one strength, 2 + 2 prompts."""
     out = tmp_path / "quick"
     code = main(["steer-eval", "--quick", "--emotions", "happiness", "--ladder-prompts", "2",
-                 "--test-prompts", "2", "--max-new-tokens", "16", "--capability-items", "6", "--strengths", "10",
+                 "--test-prompts", "2", "--max-new-tokens", "16", "--capability-items", "6",
+                 "--strengths", "10",
                  "--threads", "1", "--lexicon", str(shared_data / "lexicons"), "--quiet",
                  "--out", str(out)])
     cap = capsys.readouterr()
