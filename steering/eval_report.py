@@ -1,4 +1,5 @@
-"""What ``steer-eval`` writes: results.csv/json, tune.csv, run.json, figures, examples.html.
+"""What ``steer-eval`` writes: results.csv/json, tune.csv, replies.csv, run.json, figures,
+examples.html.
 
 :func:`write_report` writes into a temporary folder and moves it into place only when every
 file is there (nothing half-written looks complete). :func:`print_summary` prints the held-out
@@ -59,6 +60,7 @@ def write_report(result, out: str | os.PathLike, *, run: dict, examples: int = 5
                                                          if c.startswith("value:")])
                             if c in result.tune.columns]]
         tune.to_csv(tmp / "tune.csv", index=False)
+        result.test.drop(columns=["signals"]).to_csv(tmp / "replies.csv", index=False)
         cap = {k: v for k, v in result.capability.items() if not k.startswith("_")}
         (tmp / "results.json").write_text(json.dumps(_clean({
             "rows": table.to_dict("records"), "comparison": result.comparison,
@@ -141,5 +143,5 @@ def print_summary(result, out: Path | None = None) -> None:
               f"[{c['ci_low']:+.3f}, {c['ci_high']:+.3f}]"
               + ("  (CI excludes 0)" if c["outside_ci"] else ""))
     if out is not None:
-        print(f"wrote results.csv/json, tune.csv, run.json, dose_response.png/svg, pareto.png/svg, "
-              f"examples.html to {out}")
+        print(f"wrote results.csv/json, tune.csv, replies.csv, run.json, dose_response.png/svg, "
+              f"pareto.png/svg, examples.html to {out}")

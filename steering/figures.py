@@ -184,9 +184,12 @@ def _plain_log(axis) -> None:
     """Log-scale ticks written as plain numbers (2, 3, 10) instead of 2x10^0."""
     from matplotlib.ticker import FuncFormatter
 
-    fmt = FuncFormatter(lambda v, _: f"{v:g}")
-    axis.set_major_formatter(fmt)
-    axis.set_minor_formatter(fmt)
+    def label(v, _):
+        lead = v / 10 ** np.floor(np.log10(v)) if v > 0 else 0
+        return f"{v:g}" if round(lead, 6) in (1, 2, 3, 5) else ""
+
+    axis.set_major_formatter(FuncFormatter(label))
+    axis.set_minor_formatter(FuncFormatter(label))
 
 
 _STYLES = ({"ls": "-", "marker": "o"}, {"ls": "--", "marker": "s"}, {"ls": ":", "marker": "^"},

@@ -170,10 +170,12 @@ def test_tiny_run_writes_a_complete_report(tiny_llama, tiny_setup, tmp_path, one
     out = write_report(result, tmp_path / "run", run={"command": "test"})
     names = sorted(p.name for p in out.iterdir())
     assert names == ["dose_response.png", "dose_response.svg", "examples.html", "pareto.png",
-                     "pareto.svg", "results.csv", "results.json", "run.json", "tune.csv"]
+                     "pareto.svg", "replies.csv", "results.csv", "results.json", "run.json",
+                     "tune.csv"]
     res = json.loads((out / "results.json").read_text())
     assert set(res["selected"]) == {"anger", "fear"} and res["capability"]["unsteered"]["n"] == 6
     assert pd.read_csv(out / "results.csv").shape[0] == len(t)
+    assert len(pd.read_csv(out / "replies.csv")) == len(result.test)
     html = (out / "examples.html").read_text()
     assert "prompt-designed+steered" in html and result.test["reply"].iloc[0][:20].replace(
         "&", "&amp;").replace("<", "&lt;") in html
