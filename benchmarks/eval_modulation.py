@@ -12,7 +12,9 @@ neutral prompts (``datasets/steering_prompts``) under
 
 The strength of ``direction`` and ``circuit`` is chosen on the ``tune`` prompts (best gated
 expression under the classifier judge) and reported on the ``test`` prompts, with both judges
-(TF-IDF classifier, NRC lexicon), the fluency gate, and a bootstrap CI over prompts.
+(TF-IDF classifier, NRC lexicon), scored as ``probe steer-eval`` scores
+(:func:`steering.evaluate.table_rows`: the fluency gate with its perplexity check, the echo rule,
+perplexity ratio against the unsteered replies, regime, a bootstrap CI over prompts).
 
     python benchmarks/eval_modulation.py runs/docs/circuits-happiness-sadness --emotions happiness,sadness
 """
@@ -45,14 +47,16 @@ def _spread(items, n):
     return [items[i] for i in idx]
 
 
-def _score(texts, emotion, judges, words, prompt_ids):
-    from steering.gate import gate, passed, text_signals
-    from steering.judges import expression_scores
+def _score(scorer, prompts, texts, emotion, *, condition="arm", system_prompt=None, reference=1.0):
+    """One row per judge, judged as ``probe steer-eval`` judges (:mod:`steering.evaluate`): the
+    gate with its perplexity check, the echo rule, perplexity ratio against ``reference``, regime,
+    bootstrap CI over prompts."""
+    from steering.eval_grid import Arm
+    from steering.evaluate import table_rows
 
-    ok = passed(gate(text_signals(texts, words)))
-    labels = {name: j.predict(texts) for name, j in judges.items()}
-    scores = expression_scores(labels, [emotion] * len(texts), ok, prompt_ids, n_boot=1000)
-    return {s.judge: s.as_row() for s in scores}
+    arm = Arm(condition=condition, emotion=emotion, system_prompt=system_prompt)
+    frame = scorer.frame(prompts, [arm], texts=[texts])
+    return {r["judge"]: r for r in table_rows(frame, reference=reference, n_boot=1000, seed=0)}
 
 
 def run(args) -> dict:
@@ -64,6 +68,8 @@ def run(args) -> dict:
     from probe.models import load_model
     from probe.store import open_store
     from steering.directions import directions
+    from steering.eval_grid import Arm
+    from steering.evaluate import Scorer
     from steering.judges import ClassifierJudge, LexiconJudge
     from steering.prompts import load_prompts
 
@@ -80,12 +86,16 @@ def run(args) -> dict:
                       rows=rows)
     classifier = ClassifierJudge.load()
     judges = {"classifier": classifier, "lexicon": LexiconJudge.load(args.lexicons)}
-    tune, test = (_spread([p.text for p in load_prompts(split)], n)
-                  for split, n in (("tune", args.tune), ("test", args.test)))
+    tune_p, test_p = (_spread(load_prompts(split), n)
+                      for split, n in (("tune", args.tune), ("test", args.test)))
+    tune, test = [p.text for p in tune_p], [p.text for p in test_p]
+    scorer, tune_scorer = Scorer(lm, judges), Scorer(lm, {"classifier": classifier})
     f = ds.frame
     ref = list(f[f.group.isin(train)].sort_values("group").text)[::7]
     out = {"config": vars(args), "emotions": {}}
     base = _replies(lm, test)
+    plain = scorer.frame(test_p, [Arm(condition="none", emotion=args.emotions[0])], texts=[base])
+    ref = float(np.nanmedian(plain["perplexity"]))  # the perplexity ratios' denominator
     for emotion in args.emotions:
         circuit = Circuit.load(Path(args.run) / f"circuit_{emotion}.json")
         emo = list(f[(f.emotion == emotion) & f.group.isin(train)].sort_values("group").text)[:16]
@@ -95,26 +105,28 @@ def run(args) -> dict:
             best, best_acc = None, -1.0
             for s in grid:
                 texts = _arm(lm, arm, tune, s, vecs[emotion], circuit, offsets)
-                acc = _score(texts, emotion, {"classifier": classifier}, classifier.words,
-                             list(range(len(tune))))["classifier"]["accuracy"]
+                acc = _score(tune_scorer, tune_p, texts, emotion)["classifier"]["value"]
                 res["tune"][f"{arm}:{s}"] = acc
                 print(f"[tune] {emotion} {arm} {s}: classifier gated accuracy {acc:.2f}", flush=True)
                 if acc > best_acc:
                     best, best_acc = s, acc
             texts = _arm(lm, arm, test, best, vecs[emotion], circuit, offsets)
-            res["test"][arm] = {"strength": best, "scores": _score(texts, emotion, judges,
-                                classifier.words, list(range(len(test)))), "examples": texts[:3]}
-        prompted = _replies(lm, test, system_prompt=f"Always reply in a {emotion} way.")
-        res["test"]["prompt"] = {"scores": _score(prompted, emotion, judges, classifier.words,
-                                                  list(range(len(test)))), "examples": prompted[:3]}
-        res["test"]["none"] = {"scores": _score(base, emotion, judges, classifier.words,
-                                                list(range(len(test)))), "examples": base[:3]}
+            res["test"][arm] = {"strength": best, "examples": texts[:3], "scores": _score(
+                scorer, test_p, texts, emotion, condition=arm, reference=ref)}
+        system = f"Always reply in a {emotion} way."
+        prompted = _replies(lm, test, system_prompt=system)
+        res["test"]["prompt"] = {"examples": prompted[:3], "scores": _score(
+            scorer, test_p, prompted, emotion, condition="prompt", system_prompt=system,
+            reference=ref)}
+        res["test"]["none"] = {"examples": base[:3], "scores": _score(
+            scorer, test_p, base, emotion, condition="none", reference=ref)}
         out["emotions"][emotion] = res
         for arm, r in res["test"].items():
             s = r["scores"]
             print(f"[test] {emotion} {arm}{'' if 'strength' not in r else ' @' + str(r['strength'])}: "
-                  + ", ".join(f"{j} {v['accuracy']:.2f} [{v['ci_low']:.2f}, {v['ci_high']:.2f}] "
-                              f"(judge only {v['judge_only']:.2f}, gate pass {v['gate_pass']:.2f})"
+                  + ", ".join(f"{j} {v['value']:.2f} [{v['ci_low']:.2f}, {v['ci_high']:.2f}] "
+                              f"(judge only {v['judge_only']:.2f}, gate pass {v['gate_pass']:.2f}, "
+                              f"ppl ratio {v['ppl_ratio']:.2f})"
                               for j, v in s.items()), flush=True)
     return out
 

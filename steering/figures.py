@@ -1,4 +1,5 @@
-"""Figures for steering: direction cosines, held-out separation, live monitoring strips.
+"""Figures for steering: direction cosines, held-out separation, live monitoring strips,
+steer-eval dose-response and Pareto panels.
 
 Every function writes ``<stem>.png`` and ``<stem>.svg`` and returns the PNG path.
 """
@@ -161,3 +162,127 @@ def trace_figure(trace, stem: str | os.PathLike, *, row: int = 0, reader: str | 
 
 def _show(token: str) -> str:
     return token.replace("\n", "\\n").replace("\t", "\\t") or "∅"
+
+
+# ---------------------------------------------------------------------------- steer-eval
+def _panels(n: int, width: float = 3.6, height: float = 3.0):
+    import matplotlib
+
+    matplotlib.use("Agg", force=False)
+    import matplotlib.pyplot as plt
+
+    cols = min(3, n)
+    rows = -(-n // cols)
+    fig, axes = plt.subplots(rows, cols, figsize=(width * cols + 0.8, height * rows + 0.6),
+                             squeeze=False, gridspec_kw={"wspace": 0.45, "hspace": 0.55})
+    for ax in axes.flat[n:]:
+        ax.set_visible(False)
+    return fig, list(axes.flat[:n])
+
+
+def _plain_log(axis) -> None:
+    """Log-scale ticks written as plain numbers (2, 3, 10) instead of 2x10^0."""
+    from matplotlib.ticker import FuncFormatter
+
+    def label(v, _):
+        lead = v / 10 ** np.floor(np.log10(v)) if v > 0 else 0
+        return f"{v:g}" if round(lead, 6) in (1, 2, 3, 5) else ""
+
+    axis.set_major_formatter(FuncFormatter(label))
+    axis.set_minor_formatter(FuncFormatter(label))
+
+
+_STYLES = ({"ls": "-", "marker": "o"}, {"ls": "--", "marker": "s"}, {"ls": ":", "marker": "^"},
+           {"ls": "-.", "marker": "D"})
+
+
+def dose_response_figure(tune, selections: Mapping, stem: str | os.PathLike, *,
+                         max_ppl: float = 2.0) -> Path:
+    """Per emotion: each judge's gated expression (left) and the perplexity ratio (right, log)
+    against strength, for the selected configuration on the ladder's tune prompts."""
+    judges = [c.split(":", 1)[1] for c in tune.columns if c.startswith("value:")]
+    fig, axes = _panels(len(selections))
+    rights = []
+    for ax, (emotion, sel) in zip(axes, selections.items()):
+        pt = sel.point
+        part = tune[(tune["stage"] == "ladder") & tune["point"].map(lambda p: p.config == pt.config)]
+        part = part.sort_values("strength")
+        for k, j in enumerate(judges):
+            ax.plot(part["strength"], part[f"value:{j}"], ms=4, mfc="none", label=j,
+                    **_STYLES[k % len(_STYLES)])
+        ax.set_ylim(-0.03, 1.03)
+        ax.set_xlabel("strength per layer (x typical RMS)", fontsize=8)
+        ax.set_ylabel("gated expression (tune)", fontsize=8)
+        ax.axvline(pt.scale, color="k", lw=0.8, ls=":")
+        right = ax.twinx()
+        rights.append(right)
+        right.plot(part["strength"], part["ppl_ratio"], color="0.3", ls="--", marker="x", ms=3,
+                   label="perplexity ratio")
+        right.axhline(max_ppl, color="r", lw=0.8, ls="--")
+        right.set_yscale("log")
+        _plain_log(right.yaxis)
+        right.set_ylabel("perplexity ratio (log)", fontsize=8)
+        ax.set_title(f"{emotion}: {pt.method} L{pt.band}\n{pt.positions}", fontsize=8)
+        ax.tick_params(labelsize=7)
+        right.tick_params(labelsize=7)
+    handles, labels = axes[0].get_legend_handles_labels()
+    h2, _ = rights[0].get_legend_handles_labels()
+    fig.legend(handles + h2, labels + ["perplexity ratio (right)"], loc="upper center",
+               ncol=len(judges) + 1, fontsize=8, frameon=False, bbox_to_anchor=(0.5, 0.0))
+    fig.suptitle(f"Dose-response on the tune prompts (dotted: chosen strength; red: perplexity "
+                 f"ratio bound {max_ppl:g})", fontsize=9, y=1.03)
+    return _save(fig, stem)
+
+
+def _frontier(x: np.ndarray, y: np.ndarray) -> np.ndarray:
+    """Indices of the points no other point beats on both lower x and higher y, by x."""
+    order = np.lexsort((-y, x))
+    keep, best = [], -np.inf
+    for i in order:
+        if y[i] > best:
+            keep.append(i)
+            best = y[i]
+    return np.array(keep, dtype=int)
+
+
+def pareto_figure(tune, selections: Mapping, stem: str | os.PathLike, *, max_ppl: float = 2.0) -> Path:
+    """Per emotion: selection score vs perplexity ratio of every ladder point; capability
+    accuracy as colour where it was measured; the frontier and the chosen point marked."""
+    fig, axes = _panels(len(selections))
+    ladder = tune[tune["stage"] == "ladder"]
+    cap = ladder["capability"].to_numpy(float)
+    vmin, vmax = (np.nanmin(cap), np.nanmax(cap)) if np.isfinite(cap).any() else (0, 1)
+    sc = None
+    for ax, (emotion, sel) in zip(axes, selections.items()):
+        part = ladder[ladder["emotion"] == emotion]
+        x = np.maximum(part["ppl_ratio"].to_numpy(float), 1e-2)
+        y = part["score"].to_numpy(float)
+        c = part["capability"].to_numpy(float)
+        seen = np.isfinite(c)
+        ax.scatter(x[~seen], y[~seen], s=14, color="0.7", label="capability not measured")
+        if seen.any():
+            sc = ax.scatter(x[seen], y[seen], c=c[seen], s=40, cmap="viridis", vmin=vmin,
+                            vmax=vmax, edgecolor="k", lw=0.4)
+        if len(x):
+            f = _frontier(x, y)
+            ax.step(x[f], y[f], where="post", color="C1", lw=1, label="frontier")
+        r = sel.record
+        ax.scatter([max(r["ppl_ratio"], 1e-2)], [r["score"]], marker="*", s=220, facecolor="none",
+                   edgecolor="r", lw=1.5, zorder=5, label="chosen")
+        ax.axvline(max_ppl, color="r", lw=0.8, ls="--")
+        ax.set_xscale("log")
+        _plain_log(ax.xaxis)
+        ax.set_ylim(-0.03, 1.03)
+        ax.set_xlabel("perplexity ratio (log)", fontsize=8)
+        ax.set_ylabel("expression, mean of judges (tune)", fontsize=8)
+        ax.set_title(emotion, fontsize=9)
+        ax.tick_params(labelsize=7)
+    if sc is not None:
+        cb = fig.colorbar(sc, ax=axes, shrink=0.6, pad=0.02)
+        cb.set_label("capability accuracy (MC set)", fontsize=8)
+    handles, labels = axes[0].get_legend_handles_labels()
+    fig.legend(handles, labels, loc="upper center", ncol=3, fontsize=8, frameon=False,
+               bbox_to_anchor=(0.5, 0.0))
+    fig.suptitle(f"Expression vs fluency vs capability per emotion (tune ladder; red line: ratio "
+                 f"bound {max_ppl:g})", fontsize=9, y=1.03)
+    return _save(fig, stem)
