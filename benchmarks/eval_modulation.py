@@ -11,7 +11,7 @@ neutral prompts (``datasets/steering_prompts``) under
   emotion offsets, times ``strength``, same positions).
 
 The strength of ``direction`` and ``circuit`` is chosen on the ``tune`` prompts (best gated
-expression under the classifier judge) and reported on the ``test`` prompts, with both judges
+expression under the classifier judge with a perplexity ratio <= ``--max-ppl-ratio``) and reported on the ``test`` prompts, with both judges
 (TF-IDF classifier, NRC lexicon), scored as ``probe steer-eval`` scores
 (:func:`steering.evaluate.table_rows`: the fluency gate with its perplexity check, the echo rule,
 perplexity ratio against the unsteered replies, regime, a bootstrap CI over prompts).
@@ -95,31 +95,39 @@ def run(args) -> dict:
     out = {"config": vars(args), "emotions": {}}
     base = _replies(lm, test)
     plain = scorer.frame(test_p, [Arm(condition="none", emotion=args.emotions[0])], texts=[base])
-    ref = float(np.nanmedian(plain["perplexity"]))  # the perplexity ratios' denominator
+    ppl_ref = float(np.nanmedian(plain["perplexity"]))  # the perplexity ratios' denominator
+    plain_tune = tune_scorer.frame(tune_p, [Arm(condition="none", emotion=args.emotions[0])],
+                                   texts=[_replies(lm, tune)])
+    tune_ref = float(np.nanmedian(plain_tune["perplexity"]))
     for emotion in args.emotions:
         circuit = Circuit.load(Path(args.run) / f"circuit_{emotion}.json")
         emo = list(f[(f.emotion == emotion) & f.group.isin(train)].sort_values("group").text)[:16]
         offsets = component_offsets(lm, circuit, lm.batch(emo), lm.batch(ref))
         res = {"circuit_size": circuit.size, "tune": {}, "test": {}}
         for arm, grid in (("circuit", args.circuit_strengths), ("direction", args.direction_scales)):
-            best, best_acc = None, -1.0
+            best, best_key = None, None
             for s in grid:
                 texts = _arm(lm, arm, tune, s, vecs[emotion], circuit, offsets)
-                acc = _score(tune_scorer, tune_p, texts, emotion)["classifier"]["value"]
-                res["tune"][f"{arm}:{s}"] = acc
-                print(f"[tune] {emotion} {arm} {s}: classifier gated accuracy {acc:.2f}", flush=True)
-                if acc > best_acc:
-                    best, best_acc = s, acc
+                row = _score(tune_scorer, tune_p, texts, emotion, reference=tune_ref)["classifier"]
+                acc, ratio = row["value"], row["ppl_ratio"]
+                res["tune"][f"{arm}:{s}"] = {"accuracy": acc, "ppl_ratio": ratio}
+                print(f"[tune] {emotion} {arm} {s}: classifier gated accuracy {acc:.2f}, "
+                      f"perplexity ratio {ratio:.2f}", flush=True)
+                # steer-eval's rule: the best expression within the perplexity bound; if no
+                # strength is within it, the most fluent one
+                key = (ratio <= args.max_ppl_ratio, acc if ratio <= args.max_ppl_ratio else -ratio)
+                if best_key is None or key > best_key:
+                    best, best_key = s, key
             texts = _arm(lm, arm, test, best, vecs[emotion], circuit, offsets)
             res["test"][arm] = {"strength": best, "examples": texts[:3], "scores": _score(
-                scorer, test_p, texts, emotion, condition=arm, reference=ref)}
+                scorer, test_p, texts, emotion, condition=arm, reference=ppl_ref)}
         system = f"Always reply in a {emotion} way."
         prompted = _replies(lm, test, system_prompt=system)
         res["test"]["prompt"] = {"examples": prompted[:3], "scores": _score(
             scorer, test_p, prompted, emotion, condition="prompt", system_prompt=system,
-            reference=ref)}
+            reference=ppl_ref)}
         res["test"]["none"] = {"examples": base[:3], "scores": _score(
-            scorer, test_p, base, emotion, condition="none", reference=ref)}
+            scorer, test_p, base, emotion, condition="none", reference=ppl_ref)}
         out["emotions"][emotion] = res
         for arm, r in res["test"].items():
             s = r["scores"]
@@ -146,6 +154,8 @@ def main(argv=None) -> None:
     p.add_argument("--emotions", default="happiness,sadness", type=lambda s: s.split(","))
     p.add_argument("--circuit-strengths", default="1,2,4,8", type=lambda s: [float(x) for x in s.split(",")])
     p.add_argument("--direction-scales", default="1,2,4", type=lambda s: [float(x) for x in s.split(",")])
+    p.add_argument("--max-ppl-ratio", type=float, default=2.0,
+                   help="strengths are chosen within this perplexity ratio (as steer-eval does)")
     p.add_argument("--tune", type=int, default=12, help="tune prompts used")
     p.add_argument("--test", type=int, default=20, help="test prompts used")
     p.add_argument("--lexicons", default="../shared/data/lexicons")
