@@ -197,3 +197,51 @@ def plot_emotionprompt(accuracy: pd.DataFrame, shift: pd.DataFrame | None, *,
         else:
             axes[1].set_axis_off()
     return _finish(fig, axes, title, out, ncol=7)
+
+
+LAYER_COLORS = ("#0072B2", "#E69F00", "#009E73", "#CC79A7", "#D55E00", "#56B4E9")
+
+
+def plot_persistence(curves: dict, table: pd.DataFrame, *, out=None,
+                     title: str | None = None) -> Figure:
+    """Decay of P(true emotion) with the distance from the stimulus's end.
+
+    Left: per-position curves at a few layers (stimulus solid with its CI band, the same
+    continuation after a neutral stimulus dashed, the training prior dotted). Right: layer x
+    distance-bin heatmap of stimulus minus control.
+
+    Args:
+        curves: :func:`probe.behaviour.persistence.curves` output.
+        table: :func:`probe.behaviour.persistence.persistence_table` output.
+    """
+    fig, (ax, hm) = _figure((10.0, 3.8), 2)
+    with mpl.rc_context(RC):
+        for color, (layer, c) in zip(LAYER_COLORS, curves.items()):
+            value, lo, hi = c["stimulus"]
+            x = np.arange(len(value))
+            ax.plot(x, value, "-", color=color, lw=1.0, label=f"L{layer} after the stimulus")
+            ax.fill_between(x, lo, hi, color=color, alpha=0.18, lw=0)
+            ax.plot(x, c["control"][0], "--", color=color, lw=0.8,
+                    label=f"L{layer} after a neutral stimulus")
+        prior = table[(table["condition"] == "prior")]["value"]
+        if len(prior):
+            ax.axhline(float(prior.iloc[0]), color="#8C8C8C", ls=":", lw=0.8,
+                       label="prior (class share)")
+        ax.set_xscale("symlog", linthresh=4)
+        ax.set_xlabel("tokens after the stimulus's end")
+        ax.set_ylabel("P(true emotion), probe")
+        ax.set_ylim(0, 1)
+        diff = table[(table["condition"] == "difference") & (table["metric"] == "p_true")]
+        grid = diff.pivot(index="layer", columns="distance", values="value")
+        grid = grid[list(dict.fromkeys(diff["distance"]))]
+        lim = max(0.05, float(np.nanmax(np.abs(grid.to_numpy(float)))))
+        im = hm.imshow(grid.to_numpy(float), aspect="auto", origin="lower", cmap="RdBu_r",
+                       vmin=-lim, vmax=lim, interpolation="nearest")
+        hm.set_xticks(range(grid.shape[1]), grid.columns, rotation=45, ha="right")
+        hm.set_yticks(range(0, grid.shape[0], max(1, grid.shape[0] // 8)),
+                      grid.index[::max(1, grid.shape[0] // 8)])
+        hm.set_xlabel("distance bin (tokens)")
+        hm.set_ylabel("layer")
+        hm.set_title("P(true): stimulus − control", fontsize="medium")
+        fig.colorbar(im, ax=hm, shrink=0.9)
+    return _finish(fig, [ax], title, out, ncol=2)
