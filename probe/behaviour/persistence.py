@@ -60,6 +60,7 @@ class PersistenceConfig:
         pooling: The store's pooling the probe is trained on; only ``last`` matches a single
             position read along the continuation.
         batch_size: Sequences per forward.
+        decode_at: Distances where probes are also fitted on the readings themselves.
         eval: Folds, probe C, bootstrap and seed (the sweep's protocol).
     """
 
@@ -69,6 +70,7 @@ class PersistenceConfig:
     site: str = "hook_resid_post"
     pooling: str = "last"
     batch_size: int = 8
+    decode_at: tuple[int, ...] = (1, 4, 16, 64, 256)
     eval: EvalConfig = field(default_factory=lambda: EvalConfig(control=False, lexical=False))
 
 
@@ -159,6 +161,9 @@ class Persistence:
         prior: ``[n]`` share of the item's class in its fold's training rows.
         layers, classes: As in :class:`FoldProbes`.
         continuations: The continuation text of every item (the passage, or its reply).
+        decode_at: Distances where probes were also fitted on the readings themselves.
+        decode_correct: ``[2, n, L, len(decode_at)]`` out-of-fold correctness of those
+            position-specific probes (NaN where a sequence had ended), or None.
     """
 
     p_true: np.ndarray
@@ -172,6 +177,32 @@ class Persistence:
     layers: list[int]
     classes: list[str]
     continuations: list[str]
+    decode_at: tuple[int, ...] = ()
+    decode_correct: np.ndarray | None = None
+
+
+def decode_correct(kept: np.ndarray, y: np.ndarray, groups: np.ndarray, cfg: EvalConfig
+                   ) -> np.ndarray:
+    """Out-of-fold correctness ``[2, n, L, J]`` of probes fitted on the readings AT each kept
+    distance (stimulus and control separately; group folds over the items): is the emotion
+    still linearly decodable there at all, whether or not the end-of-prompt probe transfers?"""
+    from probe.evaluate import cross_val_predict
+
+    out = np.full(kept.shape[:-1], np.nan)
+    for c in range(2):
+        for j in range(kept.shape[3]):
+            have = ~np.isnan(kept[c, :, 0, j, 0])
+            if len(np.unique(y[have])) < 2 or len(np.unique(groups[have])) < cfg.n_folds:
+                continue
+            yy, gg = y[have], groups[have]
+            folds = make_folds(yy, gg, "classification", cfg)
+            X = np.ascontiguousarray(kept[c, have, :, j].transpose(1, 0, 2))
+            proba = cross_val_predict(X, yy, folds, task="classification", config=cfg)
+            classes = np.array(sorted(np.unique(yy)))
+            hit = (classes[proba.argmax(-1)] == yy[None]).astype(float)  # [L, n_have]
+            hit[np.isnan(proba[..., 0])] = np.nan
+            out[c, have, :, j] = hit.T
+    return out
 
 
 def _controls(ds, probes: FoldProbes) -> tuple[np.ndarray, list[int | None]]:
@@ -235,9 +266,15 @@ def _batches(n: int, size: int, progress: bool, what: str):
 
 def read_along(lm, probes: FoldProbes, seqs: list[list[int]], starts: Sequence[int],
                folds: Sequence[int], *, max_distance: int, site: str = "hook_resid_post",
-               batch_size: int = 8, progress: bool = False) -> np.ndarray:
-    """``[n, L, D + 1, K]`` log-probabilities of fold ``folds[i]``'s probes on sequence i's
-    residual at positions ``starts[i] + 0..D`` (NaN past its end), one forward per batch."""
+               batch_size: int = 8, keep: Sequence[int] = (), progress: bool = False
+               ) -> tuple[np.ndarray, np.ndarray | None]:
+    """Fold ``folds[i]``'s probes on sequence i's residual at positions ``starts[i] + 0..D``,
+    one forward per batch.
+
+    Returns:
+        ``[n, L, D + 1, K]`` log-probabilities (NaN past a sequence's end) and, if ``keep``
+        names distances, the raw residuals there, ``[n, L, len(keep), d]`` (else None).
+    """
     from probe.forward import make_batch, run_with_cache
     from probe.sites import Site
     from probe.tokens import Encoded
@@ -245,6 +282,7 @@ def read_along(lm, probes: FoldProbes, seqs: list[list[int]], starts: Sequence[i
     sites = [Site(site, layer) for layer in probes.layers]
     L, K, D = len(sites), len(probes.classes), max_distance
     out = np.full((len(seqs), L, D + 1, K), np.nan, dtype=np.float32)
+    kept = None
     for rows in _batches(len(seqs), batch_size, progress, "reading"):
         part = [seqs[i] for i in rows]
         enc = Encoded(ids=part, content=[(0, len(s)) for s in part], target=[None] * len(part))
@@ -256,8 +294,14 @@ def read_along(lm, probes: FoldProbes, seqs: list[list[int]], starts: Sequence[i
             e = min(len(seqs[i]), s + D + 1)
             X = torch.stack([cache[st][b, s:e] for st in sites]).float()  # [L, T, d]
             out[i, :, :e - s] = probes.log_proba(int(folds[i]), X).cpu().numpy()
+            if keep:
+                if kept is None:
+                    kept = np.full((len(seqs), L, len(keep), X.shape[-1]), np.nan, np.float32)
+                for j, dist in enumerate(keep):
+                    if dist < e - s:
+                        kept[i, :, j] = X[:, dist].cpu().numpy()
         del cache
-    return out
+    return out, kept
 
 
 def read_persistence(lm, store, *, target: str | None = None,
@@ -277,9 +321,10 @@ def read_persistence(lm, store, *, target: str | None = None,
     seqs = [p + c for p, c in zip(prompts, conts)] + [p + c for p, c in zip(control_prompts, conts)]
     starts = [len(p) - 1 for p in prompts] + [len(p) - 1 for p in control_prompts]
     fold = probes.fold[items]
-    logp = read_along(lm, probes, seqs, starts, np.concatenate([fold, fold]),
-                      max_distance=config.max_distance, site=config.site,
-                      batch_size=config.batch_size, progress=progress)
+    keep = tuple(d for d in config.decode_at if d <= config.max_distance)
+    logp, kept = read_along(lm, probes, seqs, starts, np.concatenate([fold, fold]),
+                            max_distance=config.max_distance, site=config.site,
+                            batch_size=config.batch_size, keep=keep, progress=progress)
     logp = logp.reshape(2, len(items), *logp.shape[1:])
     k = np.array([probes.classes.index(c) for c in probes.y[items]])
     p_true = np.exp(np.take_along_axis(logp, k[None, :, None, None, None], -1)[..., 0])
@@ -293,7 +338,10 @@ def read_persistence(lm, store, *, target: str | None = None,
                               for c in control_rows]),
         n_tokens=np.array([len(c) for c in conts]), prior=probes.prior[fold, k],
         layers=probes.layers, classes=probes.classes,
-        continuations=[lm.tokenizer.decode(c) for c in conts])
+        continuations=[lm.tokenizer.decode(c) for c in conts], decode_at=keep,
+        decode_correct=None if kept is None else decode_correct(
+            kept.reshape(2, len(items), *kept.shape[1:]), probes.y[items],
+            probes.groups[items], config.eval))
 
 
 def _nan_mean(boot: Bootstrap, x: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -330,10 +378,23 @@ def persistence_table(p: Persistence, *, n_boot: int = 1000, seed: int = 0) -> p
                       "value": float(value[s, b]), "ci_low": float(lo[s, b]),
                       "ci_high": float(hi[s, b]), "n": int(n_at[s, b])}
                      for s, layer in enumerate(p.layers) for b, lab in enumerate(labels)]
+    if p.decode_correct is not None:
+        for cond, arr in (("stimulus", p.decode_correct[0]), ("control", p.decode_correct[1]),
+                          ("difference", p.decode_correct[0] - p.decode_correct[1])):
+            value, lo, hi = _nan_mean(boot, arr)
+            n_at = (~np.isnan(arr)).sum(0)
+            rows += [{"condition": cond, "metric": "decode_accuracy", "layer": layer,
+                      "distance": str(dist), "value": float(value[s, j]),
+                      "ci_low": float(lo[s, j]), "ci_high": float(hi[s, j]),
+                      "n": int(n_at[s, j])}
+                     for s, layer in enumerate(p.layers) for j, dist in enumerate(p.decode_at)]
     rows.append({"condition": "prior", "metric": "p_true", "value": float(p.prior.mean()),
                  "n": len(p.ids)})
     rows.append({"condition": "chance", "metric": "accuracy", "value": 1 / len(p.classes),
                  "n": len(p.ids)})
+    if p.decode_correct is not None:
+        rows.append({"condition": "chance", "metric": "decode_accuracy",
+                     "value": 1 / len(np.unique(p.labels)), "n": len(p.ids)})
     table = pd.DataFrame(rows)
     table["layer"] = pd.array([None if pd.isna(v) else int(v) for v in table["layer"]],
                               dtype="Int64")
@@ -342,13 +403,15 @@ def persistence_table(p: Persistence, *, n_boot: int = 1000, seed: int = 0) -> p
 
 def curves(p: Persistence, layers: Sequence[int], *, n_boot: int = 1000, seed: int = 0
            ) -> dict[int, dict[str, tuple[np.ndarray, np.ndarray, np.ndarray]]]:
-    """Per-position ``p_true`` of the stimulus and the control at some layers, with CIs."""
+    """Per-position ``p_true`` of the stimulus, the control and their difference at some
+    layers, with CIs: ``{layer: {condition: (value, ci_low, ci_high)}}``."""
     boot = Bootstrap.of(p.groups, n_boot, seed)
     out = {}
     for layer in layers:
         s = p.layers.index(layer)
         out[layer] = {"stimulus": _nan_mean(boot, p.p_true[0, :, s]),
-                      "control": _nan_mean(boot, p.p_true[1, :, s])}
+                      "control": _nan_mean(boot, p.p_true[1, :, s]),
+                      "difference": _nan_mean(boot, p.p_true[0, :, s] - p.p_true[1, :, s])}
     return out
 
 

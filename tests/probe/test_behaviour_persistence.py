@@ -82,10 +82,18 @@ def test_batching_does_not_change_the_readings(tiny_llama, tiny_store, one_threa
     seqs = [tok(t)["input_ids"] for t in ("I lost my keys today and", "The sun came out",
                                           "We met at the station at noon and then walked on")]
     starts, folds = [2, 1, 3], [0, 1, 2]
-    one = read_along(tiny_llama, probes, seqs, starts, folds, max_distance=8, batch_size=1)
-    all3 = read_along(tiny_llama, probes, seqs, starts, folds, max_distance=8, batch_size=3)
+    one, k1 = read_along(tiny_llama, probes, seqs, starts, folds, max_distance=8,
+                         batch_size=1, keep=(0, 3))
+    all3, k3 = read_along(tiny_llama, probes, seqs, starts, folds, max_distance=8,
+                          batch_size=3, keep=(0, 3))
     np.testing.assert_allclose(np.nan_to_num(one, nan=9.0), np.nan_to_num(all3, nan=9.0),
                                atol=1e-4)
+    np.testing.assert_allclose(k1, k3, atol=1e-4)
+    # the kept residuals are what the probes read: re-applying them gives the same numbers
+    import torch
+
+    again = probes.log_proba(0, torch.as_tensor(k1[0][:, [0, 1]])).numpy()
+    np.testing.assert_allclose(again, one[0][:, [0, 3]], atol=1e-5)
     # NaN exactly past each sequence's end
     for i, s in enumerate(seqs):
         n = len(s) - starts[i]
@@ -110,6 +118,22 @@ def test_bad_requests_are_refused(tiny_llama, tiny_store):
         read_persistence(tiny_llama, tiny_store,
                          config=PersistenceConfig(mode="dream", max_distance=2, eval=EVAL))
     assert passage_path().read_text().count(" ") > 300 and CONTROL_STIMULUS
+
+
+def test_position_specific_probes_find_what_is_there():
+    from probe.behaviour.persistence import decode_correct
+
+    rng = np.random.default_rng(0)
+    n, L, J, d = 60, 2, 2, 6
+    y = np.array(["anger", "fear", "joy"] * 20)
+    groups = np.array([f"g{i // 3}" for i in range(n)])
+    kept = rng.normal(size=(2, n, L, J, d)).astype(np.float32)
+    kept[0, :, 1, 0, :3] += 4 * (y[:, None] == np.array(["anger", "fear", "joy"]))  # signal
+    kept[:, -3:, :, 1] = np.nan  # the last scenario's sequences ended before distance J=1
+    hit = decode_correct(kept, y, groups, EVAL)
+    assert np.nanmean(hit[0, :, 1, 0]) > 0.9  # stimulus, layer 1, distance 0: decodable
+    assert np.nanmean(hit[0, :, 0, 0]) < 0.6 and np.nanmean(hit[1, :, 1, 0]) < 0.6
+    assert np.isnan(hit[:, -3:, :, 1]).all() and not np.isnan(hit[:, :-3]).any()
 
 
 def _synthetic(n=40, L=2, D=40, seed=0) -> Persistence:
