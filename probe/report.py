@@ -26,10 +26,10 @@ from pathlib import Path
 
 import pandas as pd
 
-KINDS = ("sweep", "behave", "steer-eval", "steer", "circuits", "directions", "conflict", "run")
-#: The metric a kind's results table is shown by first (others follow, trimmed).
-HEADLINE = {"sweep": ("accuracy", "pearson_r", "r2"), "behave": ("accuracy", "pearson_r",
-                                                                 "p_true", "shift", "gap")}
+KINDS = ("sweep", "behave", "steer-eval", "steer-flips", "steer", "circuits", "directions",
+         "conflict", "run")
+#: The metric a results table is shown by (the first one present; per experiment for behave).
+HEADLINE = ("accuracy", "pearson_r", "r2", "flip_to", "p_true", "shift", "gap")
 #: Columns a table is sorted by, in order, when present (after the headline metric).
 SORT_KEYS = ("experiment", "estimator", "evaluation", "condition", "site", "pooling", "layer")
 STYLE = """
@@ -130,28 +130,38 @@ def frame_html(df: pd.DataFrame) -> str:
 
 
 def readable(df: pd.DataFrame, *, kind: str = "run", max_rows: int = 40) -> tuple[pd.DataFrame, str]:
-    """Trim a results table to what a reader takes in: the headline metric first, sorted
-    (best value first within each block), columns that are empty throughout dropped.
+    """Trim a results table to what a reader takes in: per experiment (if the table has
+    several) the headline metric only (:data:`HEADLINE`), sorted best first within each
+    block, columns that are empty throughout dropped, at most ``max_rows`` rows.
 
     Returns:
         ``(table, note)``; the note says what was kept of how many rows.
     """
-    shown, note = df, ""
-    if "metric" in df.columns and "value" in df.columns:
-        metric = next((m for m in HEADLINE.get(kind, ()) if m in set(df["metric"])), None)
-        if metric is not None:
-            shown = df[df["metric"] == metric]
-            note = f"metric {metric}; "
-        keys = [k for k in SORT_KEYS if k in shown.columns and k != "layer"]
-        shown = shown.sort_values([*keys, "value"], ascending=[True] * len(keys) + [False],
-                                  na_position="last", kind="stable")
+    if "metric" not in df.columns or "value" not in df.columns or kind == "run":
+        shown, note = df, ""
+    else:
+        blocks = [g for _, g in df.groupby("experiment", sort=False)] \
+            if "experiment" in df.columns else [df]
+        per = max(8, max_rows // len(blocks))
+        parts, metrics = [], []
+        for g in blocks:
+            metric = next((m for m in HEADLINE if m in set(g["metric"])), None)
+            g = g[g["metric"] == metric] if metric is not None else g
+            metrics.append(metric or "all metrics")
+            keys = [k for k in SORT_KEYS if k in g.columns and k != "layer"
+                    and g[k].notna().any()]
+            g = g.sort_values([*keys, "value"], ascending=[True] * len(keys) + [False],
+                              na_position="last", kind="stable")
+            parts.append(g.head(per) if len(blocks) > 1 else g)
+        shown = pd.concat(parts)
+        note = f"metric {', '.join(dict.fromkeys(metrics))}; "
     shown = shown.dropna(axis=1, how="all")
     shown = shown.loc[:, [c for c in shown.columns if shown[c].astype(str).str.len().max() > 0]]
     if len(shown) > max_rows:
-        note += f"first {max_rows} of {len(shown)} rows ({len(df)} in the file)"
+        note += f"first {max_rows} of {len(shown)} rows shown ({len(df)} in the file)"
         shown = shown.head(max_rows)
     else:
-        note += f"{len(shown)} of {len(df)} rows"
+        note += f"{len(shown)} of {len(df)} rows shown"
     return shown, note
 
 

@@ -73,7 +73,7 @@ def test_page_is_self_contained_and_readable(tmp_path):
     links = [r for r in refs.refs if r.endswith(".csv")]
     assert (out.parent / links[0]).resolve() == (sweep / "results.csv").resolve()
     assert "probe sweep --limit 84" in page and "smollm2-135m" in page
-    assert "first 12 of 100 rows (300 in the file)" in page  # headline metric: accuracy
+    assert "first 12 of 100 rows shown (300 in the file)" in page  # headline metric: accuracy
     assert "empty" not in refs.cells  # an all-empty column is dropped
     assert "items_recognition.csv" in page and "joy" in refs.cells
 
@@ -85,6 +85,11 @@ def test_tables_are_sorted_best_first_and_rounded():
     shown, note = readable(df, kind="sweep", max_rows=3)
     assert shown["value"].tolist() == [0.91234, 0.5, 0.7]
     assert note.startswith("metric accuracy; first 3 of 4 rows")
+    # several experiments: each keeps its own headline metric
+    two = pd.concat([df.assign(experiment="compare"),
+                     df.assign(experiment="persistence", metric="p_true")])
+    shown, note = readable(two, kind="behave", max_rows=40)
+    assert set(shown["metric"]) == {"accuracy", "p_true"} and "accuracy, p_true" in note
     page_cells = re.findall(r"<td[^>]*>([^<]*)</td>",
                             frame_html(shown))
     assert "0.912" in page_cells
