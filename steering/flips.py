@@ -14,7 +14,8 @@ Per (emotion, band, strength), cluster-bootstrap CIs over scenarios:
 ``flip_to``       share of items whose unsteered answer was not the steered emotion (and whose
                   gold label is not it) that now answer the steered emotion
 ``flip_away``     share of items answered correctly unsteered that are now answered wrongly
-``share_shift``   change in the share of answers naming the steered emotion (paired)
+``share``         share of answers naming the steered emotion (``share_unsteered``: without
+                  steering; ``share_shift``: the paired change)
 ``accuracy``      accuracy under steering (``accuracy_shift``: minus unsteered, paired)
 
 A **random** direction per band (unit norm per layer, the same RMS strength) is the control:
@@ -185,6 +186,9 @@ def _flips(boot: Bootstrap, a0, a, gold, ok0, targets) -> dict:
         warnings.simplefilter("ignore", RuntimeWarning)  # an item eligible for no target
         to_rate = np.nanmean(np.stack(to), 0)
     stats = {"flip_to": _nanmean(boot, to_rate),
+             "share": _nanmean(boot, np.mean([(a == k) for k in targets], 0).astype(float)),
+             "share_unsteered": _nanmean(boot, np.mean([(a0 == k) for k in targets], 0)
+                                         .astype(float)),
              "flip_away": _nanmean(boot, np.where(ok0, a != gold, np.nan)),
              "share_shift": _nanmean(boot, np.mean(share, 0)),
              "accuracy": _nanmean(boot, (a == gold).astype(float)),

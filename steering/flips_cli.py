@@ -139,9 +139,25 @@ def run(args, base) -> int:
     tmp = out / ".run.json.tmp"
     tmp.write_text(json.dumps(run_json, indent=1, default=str) + "\n")
     os.replace(tmp, out / "run.json")  # last: a folder with run.json is complete
+    print(collapse_note(flips.answers))
     print(summary(flips.table))
     print(f"\nresults: {out}  (results.csv, answers.csv, run.json, flips.png/svg)")
     return 0
+
+
+def collapse_note(answers) -> str:
+    """The unsteered answer distribution, with a warning when one answer dominates."""
+    lines = []
+    for variant, g in answers[answers["direction"] == "none"].groupby("variant", sort=False):
+        counts = g["answer"].value_counts()
+        acc = float((g["answer"] == g["gold"]).mean())
+        line = (f"unsteered ({variant}): accuracy {acc:.2f}; answers "
+                + ", ".join(f"{k} {v}" for k, v in counts.items()))
+        if counts.iloc[0] > 0.8 * len(g):
+            line += (f"  <- collapsed on {counts.index[0]!r}: flips then show which label the "
+                     "collapse moves to, not recognition changing item by item")
+        lines.append(line)
+    return "\n".join(lines)
 
 
 def summary(table) -> str:

@@ -41,6 +41,7 @@ def test_flip_table_counts_what_it_says():
     assert v["flip_to"] == pytest.approx(3 / 4) and n["flip_to"] == 4
     assert v["flip_away"] == pytest.approx(3 / 6) and n["flip_away"] == 6
     assert v["share_shift"] == pytest.approx(5 / 6 - 2 / 6)
+    assert v["share"] == pytest.approx(5 / 6) and v["share_unsteered"] == pytest.approx(2 / 6)
     assert v["accuracy"] == pytest.approx(3 / 6) and v["accuracy_shift"] == pytest.approx(-0.5)
     lo, hi = t.set_index("metric").loc["flip_to", ["ci_low", "ci_high"]]
     assert 0 <= lo <= 0.75 <= hi <= 1
@@ -107,8 +108,9 @@ def test_cli_end_to_end(capsys, tmp_path, tiny_dir, one_thread):
         {p.name for p in out.iterdir()}
     t = pd.read_csv(out / "results.csv")
     assert set(t["direction"]) == {"anger", "happiness", RANDOM}
-    assert set(t["metric"]) == {"flip_to", "flip_away", "share_shift", "accuracy",
-                                "accuracy_shift"}
+    assert set(t["metric"]) == {"flip_to", "flip_away", "share", "share_unsteered",
+                                "share_shift", "accuracy", "accuracy_shift"}
+    assert "unsteered (sum): accuracy" in captured.out
     run = json.loads((out / "run.json").read_text())
     assert run["n_items"] + run["n_direction_rows"] == 28
     assert main(["steer-flips", "--model", str(tiny_dir / "llama"), "--bands", "0-9",
