@@ -61,7 +61,7 @@ class FlipsConfig:
     bands: tuple[tuple[int, int], ...] = ((10, 19),)
     emotions: tuple[str, ...] | None = None
     method: str = "context-agnostic"
-    template: str = "options"
+    template: str = "completion"
     positions: str = "all"
     heldout_share: float = 0.5
     batch_size: int = 16

@@ -16,7 +16,7 @@ from pathlib import Path
 EPILOG = """examples:
   probe steer-flips --limit 84                                # SmolLM2, layers 10-19, x2/4/8 RMS
   probe steer-flips --limit 140 --bands 0-9,10-19,20-29 --strengths 1,2,4,8
-  probe steer-flips --positions last-prompt+generated --template one-word
+  probe steer-flips --positions last-prompt+generated --template options
   probe steer-flips --model llama-3-8b-instruct --device cuda --bands 8-15,16-23
 """
 
@@ -46,7 +46,7 @@ def add_parser(sub) -> dict:
     g.add_argument("--emotions", default=None, help="comma-separated subset (default: all)")
     g.add_argument("--method", default="context-agnostic", help="direction method (default: "
                                                                 "%(default)s)")
-    g.add_argument("--template", default="options",
+    g.add_argument("--template", default="completion",
                    help="zero-shot template: one-word, options, completion, letters "
                         "(default: %(default)s)")
     g.add_argument("--positions", default="all", choices=["all", "last-prompt+generated"],
