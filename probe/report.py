@@ -30,8 +30,10 @@ KINDS = ("sweep", "behave", "steer-eval", "steer-flips", "steer", "circuits", "d
          "conflict", "run")
 #: The metric a results table is shown by (the first one present; per experiment for behave).
 HEADLINE = ("accuracy", "pearson_r", "r2", "flip_to", "p_true", "shift", "gap")
-#: Columns a table is sorted by, in order, when present (after the headline metric).
-SORT_KEYS = ("experiment", "estimator", "evaluation", "condition", "site", "pooling", "layer")
+#: An experiment's own headline metric, where the general order would pick a weaker one.
+EXPERIMENT_HEADLINE = {"persistence": "p_true", "personas": "shift"}
+#: A kind's headline metric when its table has no experiment column.
+KIND_HEADLINE = {"steer-flips": "flip_to"}
 STYLE = """
 body{font-family:system-ui,-apple-system,Segoe UI,Helvetica,Arial,sans-serif;margin:2rem auto;
 max-width:72rem;padding:0 1rem;color:#222;line-height:1.4}
@@ -119,7 +121,14 @@ def _round(v):
 
 
 def frame_html(df: pd.DataFrame) -> str:
-    """A small table as HTML: numbers right-aligned and rounded, text left-aligned."""
+    """A small table as HTML: numbers right-aligned and rounded (whole-number columns as
+    integers), text left-aligned."""
+    df = df.copy()
+    for c in df.columns:
+        v = df[c]
+        if pd.api.types.is_float_dtype(v) and v.notna().any() and \
+                (v.dropna() == v.dropna().round()).all():
+            df[c] = v.astype("Int64")
     text = [c for c in df.columns if not pd.api.types.is_numeric_dtype(df[c])]
     head = "".join(f'<th class="{"s" if c in text else ""}">{html.escape(str(c))}</th>'
                    for c in df.columns)
@@ -131,8 +140,9 @@ def frame_html(df: pd.DataFrame) -> str:
 
 def readable(df: pd.DataFrame, *, kind: str = "run", max_rows: int = 40) -> tuple[pd.DataFrame, str]:
     """Trim a results table to what a reader takes in: per experiment (if the table has
-    several) the headline metric only (:data:`HEADLINE`), sorted best first within each
-    block, columns that are empty throughout dropped, at most ``max_rows`` rows.
+    several) the headline metric only (:data:`HEADLINE`), highest value first (the best
+    layers, the strongest effects), columns that are empty throughout dropped, at most
+    ``max_rows`` rows.
 
     Returns:
         ``(table, note)``; the note says what was kept of how many rows.
@@ -140,18 +150,17 @@ def readable(df: pd.DataFrame, *, kind: str = "run", max_rows: int = 40) -> tupl
     if "metric" not in df.columns or "value" not in df.columns or kind == "run":
         shown, note = df, ""
     else:
-        blocks = [g for _, g in df.groupby("experiment", sort=False)] \
-            if "experiment" in df.columns else [df]
+        blocks = [(e, g) for e, g in df.groupby("experiment", sort=False)] \
+            if "experiment" in df.columns else [(None, df)]
         per = max(8, max_rows // len(blocks))
         parts, metrics = [], []
-        for g in blocks:
-            metric = next((m for m in HEADLINE if m in set(g["metric"])), None)
+        for name, g in blocks:
+            have = set(g["metric"])
+            first = EXPERIMENT_HEADLINE.get(name) or KIND_HEADLINE.get(kind)
+            metric = first if first in have else next((m for m in HEADLINE if m in have), None)
             g = g[g["metric"] == metric] if metric is not None else g
             metrics.append(metric or "all metrics")
-            keys = [k for k in SORT_KEYS if k in g.columns and k != "layer"
-                    and g[k].notna().any()]
-            g = g.sort_values([*keys, "value"], ascending=[True] * len(keys) + [False],
-                              na_position="last", kind="stable")
+            g = g.sort_values("value", ascending=False, na_position="last", kind="stable")
             parts.append(g.head(per) if len(blocks) > 1 else g)
         shown = pd.concat(parts)
         note = f"metric {', '.join(dict.fromkeys(metrics))}; "

@@ -80,10 +80,10 @@ def test_page_is_self_contained_and_readable(tmp_path):
 
 def test_tables_are_sorted_best_first_and_rounded():
     df = pd.DataFrame({"estimator": ["probe"] * 4, "pooling": ["a", "a", "b", "b"],
-                       "layer": [0, 1, 0, 1], "metric": "accuracy",
+                       "layer": [0.0, 1.0, 0.0, None], "metric": "accuracy",
                        "value": [0.5, 0.91234, 0.7, 0.6]})
     shown, note = readable(df, kind="sweep", max_rows=3)
-    assert shown["value"].tolist() == [0.91234, 0.5, 0.7]
+    assert shown["value"].tolist() == [0.91234, 0.7, 0.6]
     assert note.startswith("metric accuracy; first 3 of 4 rows")
     # several experiments: each keeps its own headline metric
     two = pd.concat([df.assign(experiment="compare"),
@@ -92,7 +92,7 @@ def test_tables_are_sorted_best_first_and_rounded():
     assert set(shown["metric"]) == {"accuracy", "p_true"} and "accuracy, p_true" in note
     page_cells = re.findall(r"<td[^>]*>([^<]*)</td>",
                             frame_html(shown))
-    assert "0.912" in page_cells
+    assert "0.912" in page_cells and "1" in page_cells  # layer stays an integer
 
 
 def test_kinds_are_detected(tmp_path):
