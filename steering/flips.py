@@ -170,6 +170,8 @@ def flip_table(answers: pd.DataFrame, gold: np.ndarray, groups: np.ndarray,
             key = {"variant": variant, "direction": name, "band": band, "strength": s}
             targets = range(len(classes)) if name == RANDOM else [list(classes).index(name)]
             stats = _flips(boot, a0, a, gold, ok0, targets)
+            if name == RANDOM:  # averaged over every class a share is 1/K by construction
+                stats = {m: v for m, v in stats.items() if not m.startswith("share")}
             out += [{**key, "metric": m, "value": float(v), "ci_low": float(lo),
                      "ci_high": float(hi), "n": int(n)} for m, (v, lo, hi, n) in stats.items()]
     return pd.DataFrame(out)

@@ -125,7 +125,7 @@ def fit_fold_probes(store, *, target: str | None = None,
         raise ProbeError(f"persistence needs a classification target; {target!r} is continuous")
     if config.site not in ds.data_vars or config.pooling not in ds["pooling"].values:
         raise ProbeError(f"the store has no {config.site} with pooling {config.pooling!r}; "
-                         "cache it with --poolings last")
+                         "cache it with --pooling last")
     groups = ds["group"].values.astype(str)[rows]
     cfg = config.eval
     folds = make_folds(y, groups, task, cfg)
