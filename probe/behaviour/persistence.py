@@ -60,6 +60,10 @@ class PersistenceConfig:
         pooling: The store's pooling the probe is trained on; only ``last`` matches a single
             position read along the continuation.
         batch_size: Sequences per forward.
+        layers: Layers to probe and read (None: every cached one); the forward stops after
+            the deepest.
+        max_items: Read at most this many held-out stimuli (whole scenarios, in store order;
+            None: all), for a quick look.
         decode_at: Distances where probes are also fitted on the readings themselves.
         eval: Folds, probe C, bootstrap and seed (the sweep's protocol).
     """
@@ -70,6 +74,8 @@ class PersistenceConfig:
     site: str = "hook_resid_post"
     pooling: str = "last"
     batch_size: int = 8
+    layers: tuple[int, ...] | None = None
+    max_items: int | None = None
     decode_at: tuple[int, ...] = (1, 4, 16, 64, 256)
     eval: EvalConfig = field(default_factory=lambda: EvalConfig(control=False, lexical=False))
 
@@ -130,6 +136,12 @@ def fit_fold_probes(store, *, target: str | None = None,
     cfg = config.eval
     folds = make_folds(y, groups, task, cfg)
     layers = cached_layers(ds, config.site)
+    if config.layers is not None:
+        missing = sorted(set(config.layers) - set(layers))
+        if missing:
+            raise ProbeError(f"layers {missing} are not cached in the store (it has "
+                             f"{layers[0]}-{layers[-1]})")
+        layers = sorted(config.layers)
     X = np.asarray(ds[config.site].sel(pooling=config.pooling, layer=layers).values,
                    dtype=np.float32)[rows].transpose(1, 0, 2)  # [L, n, d]
     classes = sorted(np.unique(y).tolist())
@@ -216,6 +228,19 @@ def _controls(ds, probes: FoldProbes) -> tuple[np.ndarray, list[int | None]]:
     if not len(items):
         raise ProbeError("no emotional items to read (every usable row is neutral)")
     return items, [neutral.get(probes.groups[i]) for i in items]
+
+
+def _whole_groups(groups: np.ndarray, n: int) -> np.ndarray:
+    """Mask of the first groups (in order of appearance) whose items add up to at most n."""
+    order = list(dict.fromkeys(groups))
+    counts = {g: int((groups == g).sum()) for g in order}
+    chosen, total = set(), 0
+    for g in order:
+        if total + counts[g] > n and chosen:
+            break
+        chosen.add(g)
+        total += counts[g]
+    return np.array([g in chosen for g in groups])
 
 
 def _prompts(lm, ds, texts: Sequence[str]):
@@ -313,6 +338,9 @@ def read_persistence(lm, store, *, target: str | None = None,
     ds = store if hasattr(store, "data_vars") else open_store(store)
     probes = fit_fold_probes(ds, target=target, config=config)
     items, control_rows = _controls(ds, probes)
+    if config.max_items is not None:
+        keep = _whole_groups(probes.groups[items], config.max_items)
+        items, control_rows = items[keep], [c for c, k in zip(control_rows, keep) if k]
     texts = ds["text"].values.astype(str)[probes.rows]
     prompts = _prompts(lm, ds, [texts[i] for i in items])
     control_texts = [texts[c] if c is not None else CONTROL_STIMULUS for c in control_rows]

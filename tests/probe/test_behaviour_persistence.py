@@ -109,6 +109,15 @@ def test_generate_mode_reads_each_items_own_reply(tiny_llama, tiny_store, one_th
         assert not np.isnan(p.p_true[:, i, :, :n + 1]).any()
 
 
+def test_a_quick_look_reads_fewer_layers_and_items(tiny_llama, tiny_store, one_thread):
+    cfg = PersistenceConfig(max_distance=3, layers=(1,), max_items=13, eval=EVAL)
+    p = read_persistence(tiny_llama, tiny_store, config=cfg)
+    assert p.layers == [1] and p.p_true.shape[2] == 1
+    assert len(p.ids) == 12 and len(set(p.groups)) == 2  # whole scenarios of 6 emotions
+    with pytest.raises(ProbeError, match="not cached"):
+        fit_fold_probes(tiny_store, config=PersistenceConfig(layers=(7,), eval=EVAL))
+
+
 def test_bad_requests_are_refused(tiny_llama, tiny_store):
     with pytest.raises(ProbeError, match="max_distance"):
         read_persistence(tiny_llama, tiny_store, config=PersistenceConfig(max_distance=0))
