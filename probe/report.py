@@ -138,7 +138,8 @@ def frame_html(df: pd.DataFrame) -> str:
     return f"<table><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>"
 
 
-def readable(df: pd.DataFrame, *, kind: str = "run", max_rows: int = 40) -> tuple[pd.DataFrame, str]:
+def readable(df: pd.DataFrame, *, kind: str = "run", max_rows: int = 40
+             ) -> tuple[pd.DataFrame, str]:
     """Trim a results table to what a reader takes in: per experiment (if the table has
     several) the headline metric only (:data:`HEADLINE`), highest value first (the best
     layers, the strongest effects), columns that are empty throughout dropped, at most

@@ -41,7 +41,8 @@ def plot_flips(table: pd.DataFrame, *, variant: str = "sum", out=None,
                         u = part[(part["band"] == band) & (part["direction"] == name)
                                  & (part["metric"] == "share_unsteered")]
                         x, v = [0.0, *x], [float(u["value"].iloc[0]), *v]
-                        lo, hi = [float(u["ci_low"].iloc[0]), *lo], [float(u["ci_high"].iloc[0]), *hi]
+                        lo = [float(u["ci_low"].iloc[0]), *lo]
+                        hi = [float(u["ci_high"].iloc[0]), *hi]
                     color = "#8C8C8C" if name == RANDOM else OKABE_ITO[i % len(OKABE_ITO)]
                     style = "--" if name == RANDOM else "-"
                     ax.plot(x, v, style, marker="o", ms=2.5, lw=1.0, color=color,

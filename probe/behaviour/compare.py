@@ -75,8 +75,8 @@ class _Data:
 
 
 def _align(ds, items: pd.DataFrame, target: str | None, site: str) -> _Data:
-    tt = probe_targets(ds, target or items.attrs.get("target"))
-    target, task, y, rows = tt.target, tt.task, tt.y, tt.rows
+    t = probe_targets(ds, target or items.attrs.get("target"))
+    target, task, y, rows = t.target, t.task, t.y, t.rows
     ids = ds["sample"].values.astype(str)[rows]
     have = set(items["id"].astype(str))
     keep = np.array([i in have for i in ids])

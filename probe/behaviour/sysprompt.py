@@ -104,8 +104,8 @@ def representation_shift(stores: Mapping[str, object], *, target: str | None = N
     """
     opened = _open_all(stores, baseline)
     base = opened[baseline]
-    tt = probe_targets(base, target)
-    target, task, y, rows = tt.target, tt.task, tt.y, tt.rows
+    t = probe_targets(base, target)
+    target, task, y, rows = t.target, t.task, t.y, t.rows
     if task != "classification":
         raise ProbeError(f"persona shifts need a classification target; {target!r} is continuous")
     groups = base["group"].values.astype(str)[rows]

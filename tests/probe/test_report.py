@@ -15,7 +15,8 @@ from probe.cli import main
 from probe.report import ReportError, build_report, detect_kind, frame_html, load_run, readable
 
 PNG = base64.b64decode(  # a 1x1 PNG
-    "iVBORw0KGgoAAAANSUhEUgAAAAEAAAABCAYAAAAfFcSJAAAADUlEQVR42mP8z8BQDwAEhQGAhKmMIQAAAABJRU5ErkJggg==")
+    "iVBORw0KGgoAAAANSUhEUgAAAAEAAAABCAYAAAAfFcSJAAAADUlEQVR42mP8z8BQDwAEhQGAhKmMIQ"
+    "AAAABJRU5ErkJggg==")
 
 
 class _Refs(HTMLParser):
