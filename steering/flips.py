@@ -46,7 +46,8 @@ class FlipsConfig:
     Attributes:
         strengths: Added strengths in units of each layer's typical RMS.
         bands: Layer bands ``(first, last)`` (inclusive) the direction is added to.
-        emotions: Emotions steered (None: every direction the method gives).
+        emotions: Emotions steered (None: every direction the method gives); the directions
+            are always computed from all emotions.
         method: Direction method (:data:`steering.directions.METHODS`).
         template: Zero-shot template (label scoring; not ``generate``).
         positions: Where the vector is added (``all``: every prompt and answer token;
@@ -245,8 +246,14 @@ def steering_flips(lm, store, *, target: str | None = None,
         raise SteeringError(f"bands {config.bands} go outside the model's layers 0-"
                             f"{lm.n_layers - 1}")
     neutral = "neutral" if "neutral" in set(tt.y) else None
-    vecs = directions(ds, method=config.method, layers=layers, target=tt.target,
-                      emotions=config.emotions, rows=train, neutral=neutral)
+    vecs = directions(ds, method=config.method, layers=layers, target=tt.target, rows=train,
+                      neutral=neutral)  # all emotions: a subset would change the directions
+    if config.emotions is not None:
+        unknown = [e for e in config.emotions if e not in vecs]
+        if unknown:
+            raise SteeringError(f"unknown emotion(s) {unknown}; the directions are "
+                                f"{sorted(vecs)}")
+        vecs = {e: vecs[e] for e in config.emotions}
     vectors = {**dict(vecs), RANDOM: random_like(next(iter(vecs.values())), config.seed)}
     classes = sorted(np.unique(tt.y).tolist())
     bad = [e for e in vecs if e not in classes]

@@ -117,3 +117,7 @@ def test_cli_end_to_end(capsys, tmp_path, tiny_dir, one_thread):
                  "--limit", "28", "--quiet", "--cache-dir", str(tmp_path / "cache"),
                  "--out", str(tmp_path / "bad")]) == 2
     assert "outside the model's layers" in capsys.readouterr().err
+    assert main(["steer-flips", "--model", str(tiny_dir / "llama"), "--bands", "0-1",
+                 "--emotions", "joy", "--limit", "28", "--quiet", "--cache-dir",
+                 str(tmp_path / "cache"), "--out", str(tmp_path / "bad")]) == 2
+    assert "unknown emotion(s) ['joy']" in capsys.readouterr().err
