@@ -55,7 +55,11 @@ def plot_flips(table: pd.DataFrame, *, variant: str = "sum", out=None,
                     ax.set_xlabel("strength (x typical RMS)")
                 if c == 0:
                     ax.set_ylabel(label, fontsize="small")
-        handles, labels = axes[0][0].get_legend_handles_labels()
+        found = {}
+        for ax in axes.flat:  # the random direction has no share row: gather every panel's
+            for h, lab in zip(*ax.get_legend_handles_labels()):
+                found.setdefault(lab, h)
+        handles, labels = list(found.values()), list(found)
         fig.legend(handles, labels, loc="outside lower center", ncol=min(3, len(labels)),
                    frameon=False)
         if title:
