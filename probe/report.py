@@ -148,7 +148,10 @@ def readable(df: pd.DataFrame, *, kind: str = "run", max_rows: int = 40
     Returns:
         ``(table, note)``; the note says what was kept of how many rows.
     """
-    if "metric" not in df.columns or "value" not in df.columns or kind == "run":
+    if "value" in df.columns and "metric" not in df.columns and kind != "run":
+        shown = df.sort_values("value", ascending=False, na_position="last", kind="stable")
+        note = "highest value first; "
+    elif "metric" not in df.columns or "value" not in df.columns or kind == "run":
         shown, note = df, ""
     else:
         blocks = [(e, g) for e, g in df.groupby("experiment", sort=False)] \

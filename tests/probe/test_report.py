@@ -91,6 +91,9 @@ def test_tables_are_sorted_best_first_and_rounded():
                      df.assign(experiment="persistence", metric="p_true")])
     shown, note = readable(two, kind="behave", max_rows=40)
     assert set(shown["metric"]) == {"accuracy", "p_true"} and "accuracy, p_true" in note
+    # a table of values without a metric column (circuits): highest value first
+    shown, note = readable(df.drop(columns="metric"), kind="circuits", max_rows=2)
+    assert shown["value"].tolist() == [0.91234, 0.7] and note.startswith("highest value")
     page_cells = re.findall(r"<td[^>]*>([^<]*)</td>",
                             frame_html(shown))
     assert "0.912" in page_cells and "1" in page_cells  # layer stays an integer
