@@ -252,8 +252,10 @@ def build_parser() -> argparse.ArgumentParser:
     sub.add_parser("models", help="list registered model aliases")
     sub.add_parser("datasets", help="list registered datasets")
     from probe.behaviour.cli import register as register_behave
+    from probe.report import register as register_report
 
-    parser.handlers = {**COMMANDS, **register_behave(sub), **plugin_commands(sub)}
+    parser.handlers = {**COMMANDS, **register_behave(sub), **register_report(sub),
+                       **plugin_commands(sub)}
     return parser
 
 

@@ -78,7 +78,9 @@ def register(sub) -> dict:
     handlers = {"directions": cmd_directions, "steer": cmd_steer, "steer-eval": cmd_steer_eval}
     for h in handlers.values():
         h.user_errors = _user_errors()
-    return handlers
+    from steering.flips_cli import add_parser as add_flips
+
+    return {**handlers, **add_flips(sub)}
 
 
 def _user_errors() -> tuple[type[BaseException], ...]:

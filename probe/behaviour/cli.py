@@ -9,19 +9,23 @@
                    directions and zero-shot answer shifts
 ``emotionprompt``  EmotionPrompt / NegativePrompt stimuli on the shipped task set: accuracy and
                    the answer-position representation
+``persistence``    how long a held-out stimulus's emotion stays readable by the probes while a
+                   neutral passage (or the model's own reply) follows it
 """
 
 from __future__ import annotations
 
 import argparse
 
-EXPERIMENTS = ("recognition", "personas", "emotionprompt")
+EXPERIMENTS = ("recognition", "personas", "emotionprompt", "persistence")
 EPILOG = """examples:
   probe behave --limit 300                                  # SmolLM2 x emotion-scenarios
   probe behave --dataset ../shared/data/sev --limit 300     # valence (positive/neutral/negative)
   probe behave --dataset ../shared/data/emobank --target A --limit 300   # 1-5 ratings
   probe behave --experiments personas --limit 200           # system prompts
   probe behave --experiments emotionprompt                  # EmotionPrompt / NegativePrompt
+  probe behave --experiments persistence --limit 140          # decay over 256 tokens
+  probe behave --experiments persistence --persistence-mode generate --limit 70
   probe behave --model llama-3-8b-instruct --device cuda --experiments all
 """
 
@@ -63,6 +67,14 @@ def register(sub) -> dict:
     g.add_argument("--stimuli", default=None,
                    help="EmotionPrompt/NegativePrompt stimuli (default: all: EP02, EP03, EP08, "
                         "NP01, NP04, NP06, control)")
+    g.add_argument("--persistence-mode", default="neutral", choices=["neutral", "generate"],
+                   help="what follows each stimulus: the shipped neutral passage, or the model's "
+                        "own greedy reply (default: %(default)s)")
+    g.add_argument("--max-distance", type=int, default=256,
+                   help="continuation tokens read after each stimulus (default: %(default)s)")
+    g.add_argument("--passage", default=None,
+                   help="a text file to use as the neutral continuation (default: "
+                        "datasets/persistence/neutral_passage.txt)")
     g = p.add_argument_group("probing (the sweep's protocol)")
     g.add_argument("--folds", type=int, default=5, help="group-aware folds (default: %(default)s)")
     g.add_argument("--C", type=float, default=0.05, help="logistic probe C (default: %(default)s)")

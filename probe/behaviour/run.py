@@ -75,7 +75,10 @@ def behave(args, *, load_data, load_model, cache_config) -> int:
     kind = task_kind(target, dataset.target_kind(target))
     select_templates(kind, _names(args.templates))  # fail before loading the model
     _check_options(args, experiments, kind)
-    if {"recognition", "personas"} & set(experiments):
+    if "persistence" in experiments and kind == "rating":
+        raise TemplateError("--experiments persistence needs a classification target (it reads "
+                            "P(true class)); pick one with --target")
+    if {"recognition", "personas", "persistence"} & set(experiments):
         _check_folds(dataset, target, kind, args.folds)
     lm = load_model(args)
     config = cache_config(args)
@@ -89,7 +92,7 @@ def behave(args, *, load_data, load_model, cache_config) -> int:
                       seed=args.seed, control=False, lexical=False, device=str(lm.device)))
     for name in experiments:
         {"recognition": run_recognition, "personas": run_personas,
-         "emotionprompt": run_emotionprompt}[name](ctx)
+         "emotionprompt": run_emotionprompt, "persistence": run_persistence}[name](ctx)
     ctx.run.update(command=command_line(args), experiments=list(experiments),
                    dataset=dataset.name, n_rows=len(dataset), limit=args.limit, target=target,
                    task=kind, store=str(store), cache=asdict(config), eval=asdict(ctx.eval),
@@ -338,4 +341,63 @@ def format_emotionprompt(accuracy: pd.DataFrame, shift: pd.DataFrame, n_layers: 
                         f"{d.iloc[0]['ci_high']:+.3f}]" if len(d) else "")
                      + (f"  valence {s.iloc[0]['value']:+.2f} SD [{s.iloc[0]['ci_low']:+.2f}, "
                         f"{s.iloc[0]['ci_high']:+.2f}]" if len(s) else ""))
+    return "\n".join(lines)
+
+
+# ----------------------------------------------------------------------------- persistence
+
+
+def run_persistence(ctx: Context) -> None:
+    """Fold probes on the store's ``last`` pooling read along a continuation of each stimulus."""
+    from probe.behaviour import persistence as ps
+    from probe.behaviour.figures import plot_persistence
+    from probe.cache import cache_activations, default_store_path
+
+    args, lm = ctx.args, ctx.lm
+    store = ctx.store
+    if "last" not in ctx.cache_config.poolings:  # the probe must be trained on `last` pooling
+        cfg = replace(ctx.cache_config, poolings=("last", *ctx.cache_config.poolings))
+        store = default_store_path(lm, ctx.dataset, cfg,
+                                   Path(args.cache_dir) if args.cache_dir else None)
+        cache_activations(lm, ctx.dataset, config=cfg, out=store, progress=ctx.progress)
+    else:
+        ctx.ensure_store()
+    pc = ps.PersistenceConfig(mode=args.persistence_mode, max_distance=args.max_distance,
+                              passage=args.passage, batch_size=args.batch_size, eval=ctx.eval)
+    p = ps.read_persistence(lm, store, target=ctx.target, config=pc, progress=ctx.progress)
+    table = ps.persistence_table(p, n_boot=args.bootstrap, seed=args.seed)
+    ctx.tables["persistence"] = table.assign(site=pc.site, n_folds=args.folds)
+    ctx.items["persistence"] = ps.items_table(p)
+    L = len(p.layers)
+    shown = sorted({p.layers[i] for i in (0, L // 4, L // 2, (3 * L) // 4, L - 1)})
+    ctx.run["persistence"] = {
+        "config": asdict(pc), "store": str(store), "n_items": len(p.ids),
+        "layers_plotted": shown, "continuation_tokens": [int(p.n_tokens.min()),
+                                                         int(p.n_tokens.max())],
+        "continuation_example": p.continuations[0][:500],
+        "pooling_read": "the residual at each single position = `last` pooling of the text cut "
+                        "there (what the probe was trained on)"}
+    plot_persistence(ps.curves(p, shown, n_boot=args.bootstrap, seed=args.seed), table,
+                     out=ctx.out / "persistence",
+                     title=f"{lm.spec.alias} · {ctx.dataset.name} · persistence "
+                           f"({pc.mode} continuation) · n={len(p.ids)} held-out stimuli")
+    print(format_persistence(table, shown))
+
+
+def format_persistence(table: pd.DataFrame, layers) -> str:
+    """P(true) after the stimulus and the control at a few layers and distances."""
+    prior = _at(table, condition="prior")["value"].iloc[0]
+    bins = list(dict.fromkeys(table["distance"].dropna()))
+    keep = [b for b in bins if b in ("0", "4-7", "16-31", "64-127")] + bins[-1:]
+    lines = [f"\npersistence: P(true emotion) by distance from the stimulus's end "
+             f"(prior {prior:.3f}); stimulus / control / difference [95% CI]"]
+    for layer in layers:
+        for b in dict.fromkeys(keep):
+            r = {c: _at(table, condition=c, metric="p_true", layer=layer, distance=b)
+                 for c in ("stimulus", "control", "difference")}
+            if any(v.empty for v in r.values()):
+                continue
+            s, c, d = (r[k].iloc[0] for k in ("stimulus", "control", "difference"))
+            lines.append(f"  L{layer:<3d} d={b:8s} {s['value']:.3f}  {c['value']:.3f}  "
+                         f"{_ci(d, '+')}")
     return "\n".join(lines)

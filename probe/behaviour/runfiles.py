@@ -24,8 +24,8 @@ import pandas as pd
 
 COLUMNS = ("experiment", "template", "variant", "condition", "kind", "estimator", "direction",
            "task",
-           "site", "layer", "pooling", "class", "metric", "value", "ci_low", "ci_high", "n",
-           "n_folds")
+           "site", "layer", "pooling", "distance", "class", "metric", "value", "ci_low", "ci_high",
+           "n", "n_folds")
 
 
 def tidy(tables: Mapping[str, pd.DataFrame]) -> pd.DataFrame:

@@ -42,20 +42,21 @@ def test_everything_end_to_end(capsys, tmp_path, toy_csv, tiny_dir, one_thread):
         capsys, "behave", "--model", tiny_dir / "llama", "--dataset", toy_csv, "--group-column",
         "group", "--experiments", "all", "--out", out, "--cache-dir", tmp_path / "cache",
         "--bootstrap", "50", "--max-new-tokens", "3", "--personas", "cheerful,gloomy",
-        "--persona-templates", "letters", "--stimuli", "EP02,NP01", "--quiet")
+        "--persona-templates", "letters", "--stimuli", "EP02,NP01", "--max-distance", "6",
+        "--quiet")
     assert code == 0, err
     assert "zero-shot vs probe" in stdout and "system prompts" in stdout
-    assert "EmotionPrompt" in stdout
+    assert "EmotionPrompt" in stdout and "persistence: P(true emotion)" in stdout
     files = {p.name for p in out.iterdir()}
     for stem in ("probe_vs_behaviour_last", "probe_vs_behaviour_content-mean", "personas_last",
-                 "emotionprompt"):
+                 "emotionprompt", "persistence"):
         assert {f"{stem}.png", f"{stem}.svg"} <= files
     assert {"results.csv", "results.json", "run.json", "items_recognition.csv",
-            "items_personas.csv", "items_emotionprompt.csv"} <= files
+            "items_personas.csv", "items_emotionprompt.csv", "items_persistence.csv"} <= files
     results = pd.read_csv(out / "results.csv")
     assert set(results["experiment"]) == {"recognition", "compare", "personas",
                                           "persona-answers", "emotionprompt",
-                                          "emotionprompt-shift"}
+                                          "emotionprompt-shift", "persistence"}
     assert {"value", "ci_low", "ci_high"} <= set(results.columns)
     assert len(json.loads((out / "results.json").read_text())) == len(results)
     run = json.loads((out / "run.json").read_text())
