@@ -44,7 +44,7 @@ def tidy(tables: Mapping[str, pd.DataFrame]) -> pd.DataFrame:
 
 
 def _jsonable(v: Any) -> Any:
-    if v is None or v is pd.NA or (isinstance(v, float) and math.isnan(v)):
+    if v is None or v is pd.NA or (isinstance(v, float) and not math.isfinite(v)):
         return None
     if isinstance(v, np.generic):
         return _jsonable(v.item())

@@ -134,3 +134,27 @@ def test_ratings_compare_correlations(one_thread):
     assert _row(table, estimator="probe", metric="pearson_r", layer=1)["value"] > 0.9
     assert _row(table, metric="gap", layer=1)["ci_low"] > 0
     assert _row(table, estimator="probe-on-answer", metric="first_layer")["value"] == 1
+
+
+def test_a_constant_rating_has_no_correlation_and_the_run_still_writes(one_thread, tmp_path):
+    from probe.behaviour.runfiles import write_run
+
+    rng = np.random.default_rng(3)
+    n, d = 120, 6
+    y = rng.uniform(1, 5, n)
+    X = rng.normal(size=(n, 2, 1, d))
+    X[:, 1, 0, 0] += 2 * y
+    groups = [f"g{i // 2}" for i in range(n)]
+    ds = fake_store(X, y, groups, target="V", kind="continuous")
+    items = items_table(ds["sample"].values, groups, y, [None] * n, [], values=np.full(n, 3.0),
+                        variant="argmax")  # the model answers 3 to everything
+    items["correct"] = np.nan
+    items.attrs.update(kind="rating", target="V")
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        table = compare(ds, items, config=CFG)
+    values = table["value"].to_numpy(float)
+    assert not np.isinf(values).any()
+    assert np.isnan(_row(table, metric="agreement", layer=1)["value"])
+    paths = write_run(tmp_path / "run", table, {}, {"command": "test"})
+    assert paths["run"].exists()
