@@ -77,6 +77,9 @@ def register(sub) -> dict:
                         "datasets/persistence/neutral_passage.txt)")
     g = p.add_argument_group("probing (the sweep's protocol)")
     g.add_argument("--folds", type=int, default=5, help="group-aware folds (default: %(default)s)")
+    g.add_argument("--fold-fallback", choices=["error", "reduce"], default="error",
+                   help="when a class is in fewer groups than --folds: stop (error) or use fewer "
+                        "folds and report it (reduce) (default: %(default)s)")
     g.add_argument("--C", type=float, default=0.05, help="logistic probe C (default: %(default)s)")
     g.add_argument("--alpha", type=float, default=10.0,
                    help="ridge probe alpha (default: %(default)s)")

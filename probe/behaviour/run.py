@@ -79,7 +79,7 @@ def behave(args, *, load_data, load_model, cache_config) -> int:
         raise TemplateError("--experiments persistence needs a classification target (it reads "
                             "P(true class)); pick one with --target")
     if {"recognition", "personas", "persistence"} & set(experiments):
-        _check_folds(dataset, target, kind, args.folds)
+        _check_folds(dataset, target, kind, args.folds, getattr(args, "fold_fallback", "error"))
     lm = load_model(args)
     config = cache_config(args)
     store = Path(args.store) if args.store else default_store_path(
@@ -89,7 +89,8 @@ def behave(args, *, load_data, load_model, cache_config) -> int:
     ctx = Context(args=args, lm=lm, dataset=dataset, full=full, target=target, kind=kind,
                   cache_config=config, store=store, out=out, eval=EvalConfig(
                       n_folds=args.folds, C=args.C, alpha=args.alpha, n_bootstrap=args.bootstrap,
-                      seed=args.seed, control=False, lexical=False, device=str(lm.device)))
+                      seed=args.seed, control=False, lexical=False, device=str(lm.device),
+                      fold_fallback=getattr(args, "fold_fallback", "error")))
     for name in experiments:
         {"recognition": run_recognition, "personas": run_personas,
          "emotionprompt": run_emotionprompt, "persistence": run_persistence}[name](ctx)
@@ -102,7 +103,7 @@ def behave(args, *, load_data, load_model, cache_config) -> int:
     return 0
 
 
-def _check_folds(dataset, target: str, kind: str, n_folds: int) -> None:
+def _check_folds(dataset, target: str, kind: str, n_folds: int, fallback: str = "error") -> None:
     """The probes need ``n_folds`` group-aware folds of the usable rows: check before any
     model work (raises ProbeError with the fix)."""
     from probe.behaviour.recognition import usable_rows
@@ -112,7 +113,8 @@ def _check_folds(dataset, target: str, kind: str, n_folds: int) -> None:
     y = dataset.frame[target].to_numpy()[rows]
     task = "regression" if kind == "rating" else "classification"
     group_stratified_folds(y.astype(float) if task == "regression" else y.astype(str),
-                           dataset.frame["group"].to_numpy()[rows], n_folds, task=task)
+                           dataset.frame["group"].to_numpy()[rows], n_folds, task=task,
+                           fallback=fallback)
 
 
 def _check_options(args, experiments, kind) -> None:

@@ -193,10 +193,14 @@ def test_cli_errors_are_clear(capsys, tmp_path):
 
 
 @pytest.mark.slow
-def test_real_model_quick_slice(capsys, tmp_path, shared_data):
-    """``probe steer-eval --quick`` on SmolLM2, cut to one emotion, one strength, 2 + 2 prompts."""
+def test_real_model_quick_slice(capsys, tmp_path, shared_data, real_cache):
+    """``probe steer-eval --quick`` on SmolLM2, cut to one emotion, one strength, 2 + 2 prompts;
+    directions from the session's 84-row store (caching all 448 texts would dominate the test)."""
+    from tests.conftest import stores_in
+
+    store, = stores_in(real_cache)
     out = tmp_path / "quick"
-    code = main(["steer-eval", "--quick", "--emotions", "happiness", "--ladder-prompts", "2",
+    code = main(["steer-eval", "--quick", "--store", str(store), "--emotions", "happiness", "--ladder-prompts", "2",
                  "--test-prompts", "2", "--max-new-tokens", "16", "--capability-items", "6",
                  "--strengths", "10",
                  "--threads", "1", "--lexicon", str(shared_data / "lexicons"), "--quiet",
