@@ -95,3 +95,14 @@ def test_multilabel_and_rating_targets_are_refused_early(capsys, tmp_path, tiny_
     code, _, err = _run(capsys, "behave", "--model", tiny_dir / "llama", "--dataset", ratings,
                         "--experiments", "personas", "--out", tmp_path / "r", "--quiet")
     assert code == 2 and "classification target" in err
+
+
+def test_fold_fallback_reduce_runs_with_fewer_folds(capsys, tmp_path, toy_csv, tiny_dir, one_thread):
+    out = tmp_path / "run"
+    code, _, err = _run(capsys, "behave", "--model", tiny_dir / "llama", "--dataset", toy_csv,
+                        "--group-column", "group", "--folds", "40", "--fold-fallback", "reduce",
+                        "--templates", "one-word", "--bootstrap", "20", "--out", out,
+                        "--cache-dir", tmp_path / "cache", "--quiet")
+    assert code == 0, err
+    results = pd.read_csv(out / "results.csv")
+    assert 1 < results["n_folds"].dropna().max() < 40
