@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import json
 import os
-import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -70,7 +69,7 @@ def curve_rows(curves: pd.DataFrame, *, emotion: str) -> pd.DataFrame:
 
 def write(out_dir: str | os.PathLike, rows: list[pd.DataFrame], run: dict[str, Any]) -> dict[str, Path]:
     """Write ``results.csv``, ``results.json`` and ``run.json`` atomically."""
-    from probe.results import _environment
+    from probe.results import _atomic_write, _environment
 
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
@@ -83,7 +82,7 @@ def write(out_dir: str | os.PathLike, rows: list[pd.DataFrame], run: dict[str, A
     paths = {}
     for name, text in texts.items():
         paths[name] = out / name
-        _atomic(paths[name], text)
+        _atomic_write(paths[name], text)
     return paths
 
 
@@ -101,17 +100,6 @@ def _default(obj):
     if isinstance(obj, float) and np.isnan(obj):
         return None
     raise TypeError(f"not JSON-serialisable: {obj!r}")
-
-
-def _atomic(path: Path, text: str) -> None:
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8", newline="") as f:
-            f.write(text)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
 
 
 def clean_json(obj):

@@ -14,7 +14,6 @@ from __future__ import annotations
 import json
 import math
 import os
-import tempfile
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -57,24 +56,13 @@ def _jsonable(v: Any) -> Any:
     return v
 
 
-def _atomic_write(path: Path, text: str) -> None:
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8", newline="") as f:
-            f.write(text)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
 def write_run(out: str | os.PathLike, results: pd.DataFrame, items: Mapping[str, pd.DataFrame],
               run: Mapping[str, Any]) -> dict[str, Path]:
     """Write the run folder; returns the written paths by name.
 
     ``run.json`` is written last, so a folder with a ``run.json`` is complete.
     """
-    from probe.results import _environment  # the sweep's provenance block, shared
+    from probe.results import _atomic_write, _environment  # shared with the sweep
 
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
