@@ -63,10 +63,11 @@ class MCItem:
 
 def items_path() -> Path:
     """``items.jsonl``: in the wheel (``probe/_datasets``) or in a source checkout."""
-    for folder in (_PACKAGE_DIR / "probe" / "_datasets" / "capability_mc",
-                   _PACKAGE_DIR / "datasets" / "capability_mc"):
-        if (folder / "items.jsonl").is_file():
-            return folder / "items.jsonl"
+    from probe.data.loaders import shipped_file
+
+    found = shipped_file("capability_mc", "items.jsonl")
+    if found is not None:
+        return found
     raise CapabilityError(f"capability_mc/items.jsonl is missing from this installation (looked "
                           f"under {_PACKAGE_DIR}); reinstall emoprobe or pass a path")
 

@@ -36,10 +36,11 @@ class NeutralPrompt:
 
 def prompts_path() -> Path:
     """``prompts.jsonl``: in the wheel (``probe/_datasets``) or in a source checkout."""
-    for folder in (_PACKAGE_DIR / "probe" / "_datasets" / "steering_prompts",
-                   _PACKAGE_DIR / "datasets" / "steering_prompts"):
-        if (folder / "prompts.jsonl").is_file():
-            return folder / "prompts.jsonl"
+    from probe.data.loaders import shipped_file
+
+    found = shipped_file("steering_prompts", "prompts.jsonl")
+    if found is not None:
+        return found
     raise PromptsError(f"steering_prompts/prompts.jsonl is missing from this installation "
                        f"(looked under {_PACKAGE_DIR}); reinstall emoprobe or pass a path")
 

@@ -54,11 +54,11 @@ INSTRUCTION = "\nOptions: {options}.\nAnswer with one of the options."
 
 def tasks_path() -> Path:
     """The shipped task set (in the wheel, or in a source checkout)."""
-    here = Path(__file__).resolve().parents[1]
-    for folder in (here / "_datasets" / "emotionprompt_tasks",
-                   here.parent / "datasets" / "emotionprompt_tasks"):
-        if (folder / "tasks.jsonl").is_file():
-            return folder / "tasks.jsonl"
+    from probe.data.loaders import shipped_file
+
+    found = shipped_file("emotionprompt_tasks", "tasks.jsonl")
+    if found is not None:
+        return found
     raise DatasetError("the EmotionPrompt task set (datasets/emotionprompt_tasks/tasks.jsonl) "
                        "is missing from this installation; reinstall emoprobe")
 

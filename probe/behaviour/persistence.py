@@ -82,10 +82,11 @@ class PersistenceConfig:
 
 def passage_path() -> Path:
     """The shipped neutral passage (in the wheel, or in a source checkout)."""
-    here = Path(__file__).resolve().parents[1]
-    for folder in (here / "_datasets" / "persistence", here.parent / "datasets" / "persistence"):
-        if (folder / "neutral_passage.txt").is_file():
-            return folder / "neutral_passage.txt"
+    from probe.data.loaders import shipped_file
+
+    found = shipped_file("persistence", "neutral_passage.txt")
+    if found is not None:
+        return found
     raise ProbeError("the neutral passage (datasets/persistence/neutral_passage.txt) is missing "
                      "from this installation; reinstall emoprobe or pass a passage file")
 

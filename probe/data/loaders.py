@@ -158,12 +158,20 @@ def select_split(ds: EmotionDataset, split: str | None) -> EmotionDataset:
     return ds.select((ds.frame["split"] == want).to_numpy())
 
 
+def shipped_file(folder: str, name: str) -> Path | None:
+    """``datasets/<folder>/<name>`` as shipped: in the wheel (``probe/_datasets``) or in a source
+    checkout / editable install; ``None`` when neither has it (callers say what to do)."""
+    for root in (_PACKAGE_DIR / "_datasets", _PACKAGE_DIR.parent / "datasets"):
+        if (root / folder / name).is_file():
+            return root / folder / name
+    return None
+
+
 def bundled_scenarios_path() -> Path:
     """Folder of our stimulus set: in the wheel, or in a source checkout / editable install."""
-    for folder in (_PACKAGE_DIR / "_datasets" / "emotion_scenarios",
-                   _PACKAGE_DIR.parent / "datasets" / "emotion_scenarios"):
-        if (folder / "stimuli.jsonl").is_file():
-            return folder
+    found = shipped_file("emotion_scenarios", "stimuli.jsonl")
+    if found is not None:
+        return found.parent
     raise DatasetError(
         "the bundled emotion-scenarios stimuli are missing from this installation (looked in "
         f"{_PACKAGE_DIR / '_datasets'} and {_PACKAGE_DIR.parent / 'datasets'}); reinstall "
