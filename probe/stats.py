@@ -311,7 +311,11 @@ def _regression(y, P, W) -> dict:
     var_p = W @ (P**2).T - total * mp**2
     r2 = 1 - res / tot[:, None]
     r = cov / (var_p.clamp_min(0) * tot[:, None].clamp_min(0)).sqrt()
-    return {"r2": r2.numpy(), "pearson_r": torch.where(var_p > 0, r, torch.nan).numpy()}
+    # no correlation with a constant side: constant predictions, or constant targets (e.g. a
+    # model that gives every item the same rating), whose variance is rounding noise
+    varies_y = tot > 64 * torch.finfo(tot.dtype).eps * (W @ y**2)
+    defined = (var_p > 0) & varies_y[:, None]
+    return {"r2": r2.numpy(), "pearson_r": torch.where(defined, r, torch.nan).numpy()}
 
 
 # --------------------------------------------------------------------------------- chance

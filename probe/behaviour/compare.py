@@ -218,8 +218,6 @@ def _paired_regression(data, boot, pred, df, base) -> list[dict]:
     r_probe = score("regression", y, pred[:, ok], sub.weights)["pearson_r"]  # [B, S]
     r_said = score("regression", y, value[None], sub.weights)["pearson_r"]  # [B, 1]
     agree = score("regression", value, pred[:, ok], sub.weights)["pearson_r"]
-    # a constant answer (e.g. every argmax rating the same) has no correlation: NaN, not +-inf
-    r_probe, r_said, agree = (np.where(np.isfinite(a), a, np.nan) for a in (r_probe, r_said, agree))
     stats = {"gap": sub.interval(r_probe - r_said), "agreement": sub.interval(agree)}
     return _rows("probe-vs-zero-shot", stats, data.layers, {**base, "n": len(ok)})
 

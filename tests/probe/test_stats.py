@@ -191,3 +191,14 @@ def test_rows_without_predictions_are_ignored_only_at_zero_weight(task):
     assert all(np.isfinite(v).all() for v in out.values())
     with pytest.raises(ProbeError, match="no prediction"):
         score(task, y, pred, np.ones((1, 4)))
+
+
+def test_pearson_with_a_constant_side_is_nan_not_inf():
+    rng = np.random.default_rng(0)
+    varied = rng.normal(size=50)
+    const = np.full(50, 3.0)
+    W = np.ones((1, 50))
+    assert np.isnan(score("regression", const, varied[None], W)["pearson_r"]).all()
+    assert np.isnan(score("regression", varied, const[None], W)["pearson_r"]).all()
+    r = score("regression", varied, (2 * varied + 1)[None], W)["pearson_r"]
+    np.testing.assert_allclose(r, 1.0, rtol=1e-12)
