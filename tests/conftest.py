@@ -98,3 +98,17 @@ def tiny_vlm(tiny_vlm_dir):
             loaded[family] = load_model(str(tiny_vlm_dir / family), device="cpu", dtype="float32")
         return loaded[family]
     return get
+
+
+def execute_notebook(name: str, timeout: int = 600) -> list[dict]:
+    """Run ``notebooks/<name>`` top to bottom; its code cells' outputs (none an error)."""
+    import nbformat
+    from nbclient import NotebookClient
+
+    nb = nbformat.read(REPO_ROOT / "notebooks" / name, as_version=4)
+    NotebookClient(nb, timeout=timeout, kernel_name="python3",
+                   resources={"metadata": {"path": str(REPO_ROOT / "notebooks")}}).execute()
+    outputs = [o for c in nb.cells if c.cell_type == "code" for o in c.get("outputs", [])]
+    errors = [o for o in outputs if o.get("output_type") == "error"]
+    assert not errors, f"{name}: {errors[0].get('ename')}: {errors[0].get('evalue')}" if errors else ""
+    return outputs

@@ -2,11 +2,9 @@
 
 from __future__ import annotations
 
-import nbformat
 import pytest
-from nbclient import NotebookClient
 
-from tests.conftest import REAL_LIMIT, REPO_ROOT, stores_in
+from tests.conftest import REAL_LIMIT, execute_notebook, stores_in
 
 
 @pytest.mark.slow
@@ -15,11 +13,7 @@ def test_probing_notebook_executes(monkeypatch, real_cache):
     before = stores_in(real_cache)
     monkeypatch.setenv("EMOPROBE_NOTEBOOK_LIMIT", str(REAL_LIMIT))
     monkeypatch.setenv("EMOPROBE_CACHE", str(real_cache))
-    nb = nbformat.read(REPO_ROOT / "notebooks" / "01_probing.ipynb", as_version=4)
-    NotebookClient(nb, timeout=600, kernel_name="python3",
-                   resources={"metadata": {"path": str(REPO_ROOT / "notebooks")}}).execute()
-    outputs = [o for c in nb.cells if c.cell_type == "code" for o in c.get("outputs", [])]
-    assert not [o for o in outputs if o.get("output_type") == "error"]
+    outputs = execute_notebook("01_probing.ipynb")
     text = "".join(o.get("text", "") for o in outputs)
     assert "layer 15 accuracy per fold" in text and "resid_post" in text
     assert any("image/png" in o.get("data", {}) for o in outputs), "the figure was not displayed"
