@@ -69,7 +69,8 @@ def test_probe_logits_are_class_centred(shift):
     r = shift[(shift["persona"] == "cheerful") & (shift["direction"] == "probe-logit")
               & shift["class"].isin(CLASSES)]
     sums = r.groupby(["layer", "pooling"])["value"].sum()
-    np.testing.assert_allclose(sums, 0, atol=1e-5)  # float32 log-probabilities
+    # float32 log-probabilities: the rounding of a sum scales with the values summed
+    np.testing.assert_allclose(sums, 0, atol=1e-5 * max(1.0, r["value"].abs().max()))
 
 
 def test_stores_must_hold_the_same_items():

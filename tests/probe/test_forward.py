@@ -10,6 +10,7 @@ from probe.hooks import HookError, hooks
 from probe.models import load_model
 from probe.sites import Site
 from tests.tiny import CORPUS
+from tests.tolerance import assert_same_generations
 
 PROMPTS = ["We won the final!", "The meeting is at noon in room four.", "Someone stole my bike."]
 
@@ -27,7 +28,10 @@ def _steer(lm, mode="last-prompt+generated", scale=0.25, layer=1):
 
 
 def _same_tokens(a: torch.Tensor, b: torch.Tensor) -> None:
-    assert a.shape == b.shape and torch.equal(a, b), (a.tolist(), b.tolist())
+    # two different float computations (KV cache vs recomputing, batched vs alone): a near-tie
+    # may flip one greedy reply; a real bug changes most of them
+    assert a.shape == b.shape, (a.shape, b.shape)
+    assert_same_generations(a, b)
 
 
 @pytest.mark.parametrize("mode", ["all", "last-prompt+generated", "generated"])

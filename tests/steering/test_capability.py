@@ -10,6 +10,7 @@ import pytest
 from steering.capability import (
     KINDS, CapabilityError, MCItem, evaluate_capability, load_items, option_scores)
 from steering.scoring import token_logprobs
+from tests.tolerance import assert_close
 
 
 def test_item_set_is_well_formed_and_balanced():
@@ -48,7 +49,7 @@ def test_text_scoring_is_the_options_loglik_after_the_stem(tiny_llama):
     (got,) = option_scores(tiny_llama, [it], scoring="text")
     full = token_logprobs(tiny_llama, [it.prompt("text")] * 2, ["2 + 3 is 5", "2 + 3 is 6"])
     stem = len(tiny_llama.tokenizer("2 + 3 is", add_special_tokens=False)["input_ids"])
-    np.testing.assert_allclose(got, [float(lp[stem:].sum()) for lp in full], atol=1e-4)
+    assert_close(got, [float(lp[stem:].sum()) for lp in full])  # summed log-probs: scaled
 
 
 def test_loader_errors(tmp_path):

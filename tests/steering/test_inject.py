@@ -10,6 +10,7 @@ from probe.sites import Site
 from steering.inject import Setting, generate_settings, prefix_reusable, steering_hooks
 from steering.vector import SteeringError, SteeringVector
 from tests.steering.conftest import random_vector
+from tests.tolerance import assert_close, assert_same_generations
 
 PROMPTS = ["We won the final!", "The meeting is at noon in room four.", "Someone stole my bike."]
 SITE = Site("hook_resid_post", 1)
@@ -117,7 +118,7 @@ def test_spread_divides_the_strength_over_layers(tiny_llama):
             spread = lm.logits(batch)
         with (vec * (1 / 3)).apply(lm, scale=6.0, positions="all"):
             thirds = lm.logits(batch)
-    assert torch.allclose(spread, thirds, atol=1e-5)
+    assert_close(spread, thirds)  # the same steering as two different float computations
 
 
 def test_per_row_settings_equal_separate_runs(tiny_llama):
@@ -135,7 +136,7 @@ def test_per_row_settings_equal_separate_runs(tiny_llama):
                 alone = lm.logits(PROMPTS)
             rows = together[i * len(PROMPTS):(i + 1) * len(PROMPTS)]
             width = alone.shape[1]
-            assert torch.allclose(rows[:, -width:], alone, atol=1e-4), i
+            assert_close(rows[:, -width:], alone, err_msg=str(i))
 
 
 @pytest.mark.parametrize("family", ["llama", "qwen2"])
@@ -150,7 +151,7 @@ def test_generate_settings_matches_one_setting_at_a_time(tiny_dir, family):
     assert len(grid) == 4 and all(len(row) == len(PROMPTS) for row in grid)
     for st, texts in zip(settings, grid):
         with lm.hooks(steering_hooks(st, lm)):
-            assert texts == lm.generate(PROMPTS, **kw)
+            assert_same_generations(texts, lm.generate(PROMPTS, **kw))
     assert grid[0] != grid[3]  # steering changed something (the test is not vacuous)
 
 
@@ -163,11 +164,13 @@ def test_kv_cache_and_prefix_reuse_give_the_same_tokens(tiny_qwen):
     shared = generate_settings(lm, PROMPTS, settings, reuse_prefix=True, **kw)
     alone = generate_settings(lm, PROMPTS, settings, reuse_prefix=False, **kw)
     recomputed = generate_settings(lm, PROMPTS, settings, reuse_prefix=False, use_cache=False, **kw)
-    assert shared == alone == recomputed
+    for a, b, c in zip(shared, alone, recomputed):  # per setting: reuse, plain, no KV cache
+        assert_same_generations(a, b)
+        assert_same_generations(a, c)
     with vec.apply(lm, scale=3.0), torch.no_grad():
         cached = generate_batch(lm, PROMPTS, **kw).new_ids
         full = generate_batch(lm, PROMPTS, use_cache=False, **kw).new_ids
-    assert torch.equal(cached, full)
+    assert_same_generations(cached, full)
 
 
 def test_prefix_reuse_is_refused_when_the_prompt_is_steered(tiny_qwen):
@@ -234,8 +237,8 @@ def test_smollm2_grid_equals_one_setting_at_a_time():
     for st, texts in zip(settings, grid):
         with vec.apply(lm, scale=st.scale, strength="absolute"), torch.no_grad():
             cached = generate_batch(lm, prompts, **kw)
-            assert cached.texts == texts
+            assert_same_generations(cached.texts, texts)
             if st.scale == 12.0:
                 full = generate_batch(lm, prompts, use_cache=False, **kw)
-                assert torch.equal(cached.new_ids, full.new_ids)
+                assert_same_generations(cached.new_ids, full.new_ids)
     assert grid[2] != grid[0]
