@@ -10,4 +10,10 @@ export HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1 TOKENIZERS_PARALLELISM=false
 export OMP_NUM_THREADS=${OMP_NUM_THREADS:-1}
 export MKL_NUM_THREADS=${MKL_NUM_THREADS:-$OMP_NUM_THREADS}
 export OPENBLAS_NUM_THREADS=${OPENBLAS_NUM_THREADS:-$OMP_NUM_THREADS}
-exec .venv/bin/python -m pytest -q -p no:cacheprovider --durations=15 "$@"
+# Two worker processes (pytest-xdist), one per core, each test module on one worker so its
+# fixtures are built once: the suite's wall time is about halved on 2 cores. PYTEST_WORKERS=0
+# runs everything in this process (e.g. for a debugger).
+workers=${PYTEST_WORKERS:-2}
+parallel=()
+[ "$workers" != "0" ] && parallel=(-n "$workers" --dist loadscope)
+exec .venv/bin/python -m pytest -q -p no:cacheprovider --durations=15 "${parallel[@]}" "$@"
