@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import argparse
 import re
-import time
-from pathlib import Path
+
+from probe.errors import EmoprobeError
+from probe.io import run_folder
 
 EPILOG = """examples:
   probe circuits                                   # happiness direction at L24, heads+neurons+sublayers
@@ -20,7 +21,7 @@ components: heads, neurons, sublayers, resid (positions from the end), queries, 
 """
 
 
-class UsageError(ValueError):
+class UsageError(EmoprobeError, ValueError):
     """A ``probe circuits`` option with a bad value."""
 
 
@@ -119,29 +120,6 @@ def cmd_circuits(args) -> int:
     dataset = _load_data(args)
     lm = _load_model(args)
     slug = re.sub(r"[^A-Za-z0-9]+", "-", args.metric).strip("-")
-    out = Path(args.out or f"runs/{lm.spec.alias}/circuits-{slug}-{time.strftime('%Y%m%d-%H%M%S')}")
+    out = run_folder(args.out or None, lm.spec.alias, f"circuits-{slug}")
     run_circuits(lm, dataset, cfg, out)
     return 0
-
-
-def _user_errors() -> tuple:
-    from circuits.assemble import CircuitError
-    from circuits.attribution import AttributionError
-    from circuits.baselines import AlignmentError
-    from circuits.components import ComponentError
-    from circuits.metrics import MetricError
-    from circuits.pairs import PairError
-    from circuits.qk import QKFixError
-
-    return (AttributionError, AlignmentError, CircuitError, ComponentError, MetricError,
-            PairError, QKFixError, UsageError)
-
-
-class _Errors:
-    """Lazily resolved ``user_errors`` (importing circuits only when the command runs)."""
-
-    def __iter__(self):
-        return iter(_user_errors())
-
-
-cmd_circuits.user_errors = _Errors()

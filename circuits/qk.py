@@ -20,12 +20,13 @@ import torch
 from torch import Tensor
 
 from circuits.components import Group
+from probe.errors import EmoprobeError
 from probe.sites import Site
 
 FAMILIES = ("llama", "mistral", "qwen2", "qwen3")
 
 
-class QKFixError(ValueError):
+class QKFixError(EmoprobeError, ValueError):
     """The QK fix cannot be computed for this model."""
 
 

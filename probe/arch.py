@@ -25,6 +25,8 @@ from dataclasses import dataclass
 
 from torch import nn
 
+from probe.errors import EmoprobeError
+
 Where = tuple[str, str] | tuple[str, str, str]
 
 _LLAMA_LIKE: dict[str, Where] = {
@@ -83,7 +85,7 @@ LAYER_PATHS = (
 )
 
 
-class ArchitectureError(ValueError):
+class ArchitectureError(EmoprobeError, ValueError):
     """The model's layout is not one this toolkit knows how to hook."""
 
 

@@ -37,6 +37,7 @@ import torch
 from jaxtyping import Float
 from torch import Tensor
 
+from probe.errors import EmoprobeError
 from probe.hooks import HookManager, StopForward
 from probe.sites import Site
 from probe.tokens import Encoded
@@ -51,7 +52,7 @@ POOLING_MODALITY = {"last": "all", "mean": "all", "content-mean": "text", "conte
 _CODES = {"text": 0, "image": 1, "audio": 3}
 
 
-class CaptureError(ValueError):
+class CaptureError(EmoprobeError, ValueError):
     """Capture cannot proceed as asked."""
 
 

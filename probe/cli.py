@@ -4,8 +4,9 @@ Other packages add subcommands (``probe steer``, ``probe circuits``, ...) withou
 importing them: each registers a function under the entry-point group ``emoprobe.commands``
 (see ``pyproject.toml``). The function receives the subparsers object, adds its parsers, and
 returns ``{command: handler}``; a handler takes the parsed arguments and returns an exit code.
-A package's own user errors are reported like ours when they subclass ``ValueError`` and are
-listed in the handler's ``user_errors`` attribute.
+A package's own user errors are reported like ours when they derive from
+:class:`probe.errors.EmoprobeError` (the older way, listing them in the handler's ``user_errors``
+attribute, still works).
 
 Every user-facing error (unknown model or dataset, missing weights, bad site, incomplete store,
 degenerate data) prints one clear ``error:`` message and exits with status 2, without a stack
@@ -24,6 +25,8 @@ import warnings
 from collections.abc import Sequence
 from pathlib import Path
 
+from probe.errors import EmoprobeError
+
 EPILOG_CACHE = """examples:
   probe cache --limit 64                      # embedded SmolLM2, our stimulus set
   probe cache --model llama-3-8b --device cuda --dtype bfloat16 --dataset ../shared/data/meld
@@ -37,37 +40,6 @@ EPILOG_SWEEP = """examples:
   probe sweep --dataset sev:train/sev.jsonl --eval-dataset sev:heldout/sev.jsonl   # transfer
   probe sweep --dataset my_stimuli.csv --task classification --split-eval train:test
 """
-
-
-def _user_errors() -> tuple[type[BaseException], ...]:
-    from probe.arch import ArchitectureError
-    from probe.capture import CaptureError
-    from probe.data.schema import DatasetError
-    from probe.models import ModelError
-    from probe.distributed import DistributedError
-    from probe.objectstore import ObjectStoreError
-    from probe.lazy import MemoryBudgetError
-    from probe.placement import PlacementError
-    from probe.sites import SiteError
-    from probe.store import StoreError
-    from probe.tokens import EncodingError
-
-    from probe.vlm.attribution import AttributionError
-    from probe.vlm.conflict import ConflictError
-    from probe.vlm.processors import ProcessorError
-
-    errors: list[type[BaseException]] = [ArchitectureError, CaptureError, DatasetError,
-                                          ModelError, SiteError, StoreError, EncodingError,
-                                          AttributionError, ConflictError, ProcessorError,
-                                          PlacementError, MemoryBudgetError, DistributedError,
-                                          ObjectStoreError]
-    try:
-        from probe.stats import ProbeError
-
-        errors.append(ProbeError)
-    except ImportError:  # pragma: no cover
-        pass
-    return tuple(errors)
 
 
 def _positive_int(text: str) -> int:
@@ -497,10 +469,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         code = handler(args)
         sys.stdout.flush()  # a closed pipe shows here, not at interpreter exit
         return code
-    except BrokenPipeError:  # first: the next clause imports every module with user errors
+    except BrokenPipeError:
         _discard_stdout()
         return 141  # 128 + SIGPIPE, what `yes | head` reports
-    except (*_user_errors(), *getattr(handler, "user_errors", ())) as exc:
+    except (EmoprobeError, *getattr(handler, "user_errors", ())) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:

@@ -47,12 +47,13 @@ import numpy as np
 import torch
 
 from probe import objectstore
+from probe.errors import EmoprobeError
 from probe.objectstore import Remote
 
 MARKERS = ".emoprobe-blocks"
 
 
-class DistributedError(RuntimeError):
+class DistributedError(EmoprobeError, RuntimeError):
     """A worker cannot join, or the store is not ready for it."""
 
 

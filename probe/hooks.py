@@ -38,6 +38,7 @@ from typing import Literal
 import torch
 from torch import Tensor, nn
 
+from probe.errors import EmoprobeError
 from probe.sites import Site, SiteError, parse_sites
 
 HookFn = Callable[[Tensor, "HookContext"], "Tensor | None"]
@@ -56,7 +57,7 @@ EXECUTION_ORDER: dict[str, float] = {
 _HEADED = {"attn.hook_q": "heads", "attn.hook_z": "heads", "attn.hook_k": "kv", "attn.hook_v": "kv"}
 
 
-class HookError(ValueError):
+class HookError(EmoprobeError, ValueError):
     """A hook cannot be placed or applied as asked; the message says what to fix."""
 
 

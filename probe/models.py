@@ -28,12 +28,13 @@ from typing import Any, Literal
 import torch
 
 from probe.arch import Architecture, architecture_for
+from probe.errors import EmoprobeError
 
 DTypeName = Literal["auto", "float32", "bfloat16", "float16"]
 EMBEDDED = "smollm2-135m"
 
 
-class ModelError(ValueError):
+class ModelError(EmoprobeError, ValueError):
     """A model cannot be resolved or loaded as asked."""
 
 

@@ -17,10 +17,12 @@ from pathlib import Path
 
 import torch
 
+from probe.errors import EmoprobeError
+
 DEVICE_MAPS = ("auto", "balanced", "balanced_low_0", "sequential")
 
 
-class PlacementError(ValueError):
+class PlacementError(EmoprobeError, ValueError):
     """A device map or memory budget cannot be used as given."""
 
 

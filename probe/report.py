@@ -26,6 +26,8 @@ from pathlib import Path
 
 import pandas as pd
 
+from probe.errors import EmoprobeError
+
 KINDS = ("sweep", "behave", "steer-eval", "steer-flips", "steer", "circuits", "directions",
          "conflict", "run")
 #: The metric a results table is shown by (the first one present; per experiment for behave).
@@ -48,7 +50,7 @@ border-radius:.3rem;padding:0 .4rem;font-size:.85rem}
 """
 
 
-class ReportError(ValueError):
+class ReportError(EmoprobeError, ValueError):
     """A report cannot be made as asked; the message says what to pass instead."""
 
 
@@ -301,5 +303,4 @@ def register(sub) -> dict:
         print(f"report: {out} ({out.stat().st_size / 1e6:.1f} MB, {len(args.runs)} run(s))")
         return 0
 
-    handler.user_errors = (ReportError,)
     return {"report": handler}

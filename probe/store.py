@@ -43,6 +43,7 @@ from zarr.codecs import BloscCodec
 
 from probe import bf16, objectstore
 from probe.data.schema import EmotionDataset
+from probe.errors import EmoprobeError
 from probe.objectstore import Remote
 
 #: Provenance keys that must match for a run to write into an existing store.
@@ -54,7 +55,7 @@ MATCH_KEYS = (
 STORE_DTYPES = ("float16", "float32", "bfloat16")
 
 
-class StoreError(RuntimeError):
+class StoreError(EmoprobeError, RuntimeError):
     """A store is missing, incomplete, locked, or does not match the run."""
 
 

@@ -16,8 +16,10 @@ import re
 from collections.abc import Sequence
 from dataclasses import dataclass
 
+from probe.errors import EmoprobeError
 
-class EncodingError(ValueError):
+
+class EncodingError(EmoprobeError, ValueError):
     """Texts cannot be encoded as asked (too long, no target word, no offsets)."""
 
 

@@ -19,6 +19,8 @@ import time
 import uuid
 from pathlib import Path
 
+from probe.io import command_line
+
 EPILOG_DIRECTIONS = """examples:
   probe directions --out runs/directions                      # SmolLM2, emotion-scenarios, all layers
   probe directions --store cache/smollm2-135m/emotion-scenarios-XXXX.zarr --method mean-diff \\
@@ -76,20 +78,9 @@ def register(sub) -> dict:
     p.add_argument("--quiet", action="store_true", help="no loading output")
     _steer_eval_parser(sub)
     handlers = {"directions": cmd_directions, "steer": cmd_steer, "steer-eval": cmd_steer_eval}
-    for h in handlers.values():
-        h.user_errors = _user_errors()
     from steering.flips_cli import add_parser as add_flips
 
     return {**handlers, **add_flips(sub)}
-
-
-def _user_errors() -> tuple[type[BaseException], ...]:
-    from steering.capability import CapabilityError
-    from steering.judges import JudgeError
-    from steering.prompts import PromptsError
-    from steering.vector import SteeringError
-
-    return (SteeringError, JudgeError, CapabilityError, PromptsError)
 
 
 def _direction_args(p, *, steer: bool = False) -> None:
@@ -214,7 +205,7 @@ def _write_directions(args, out: Path, vecs, auroc, method: str, seconds: float)
                 export_gguf(vec.at([x for x in vec.layers if x >= 1]) if 0 in vec.layers else vec,
                             tmp / name)
         first = next(iter(vecs.values()))
-        run = {"command": "probe " + " ".join(getattr(args, "argv", [])), "method": method,
+        run = {"command": command_line(getattr(args, "argv", [])), "method": method,
                "emotions": list(vecs), "layers": first.layers, "site": first.sites[0].kind,
                "seconds": round(seconds, 2),
                "provenance": {k: v for k, v in first.meta.items() if k not in ("rms", "norms", "emotion")}}
@@ -345,7 +336,7 @@ def _write_steer_json(args, lm, vec, setting, point, gen_kwargs, plain, steered)
     from dataclasses import asdict
 
     record = {
-        "command": "probe " + " ".join(getattr(args, "argv", [])),
+        "command": command_line(getattr(args, "argv", [])),
         "model": lm.provenance(),
         "emotion": args.emotion,
         "vector": {k: vec.meta.get(k) for k in ("method", "emotion", "site", "pooling", "store",
@@ -506,7 +497,7 @@ def cmd_steer_eval(args) -> int:
     result = run_evaluation(lm, config, vectors=vectors, judges=judges, log=log)
     run_id = f"steer-eval-{time.strftime('%Y%m%d-%H%M%S')}-{uuid.uuid4().hex[:6]}"
     first = next(iter(vectors[config.grid.methods[0]].values()))
-    run = {"run_id": run_id, "command": "probe " + " ".join(getattr(args, "argv", [])),
+    run = {"run_id": run_id, "command": command_line(getattr(args, "argv", [])),
            "model": lm.provenance(), "seconds": round(time.time() - t0, 1),
            "judges": {n: getattr(j, "meta", {}).get("heldout") if hasattr(j, "meta") else None
                       for n, j in judges.items()},

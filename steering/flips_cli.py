@@ -8,10 +8,11 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import shlex
 import time
 from dataclasses import asdict, replace
 from pathlib import Path
+
+from probe.io import command_line, run_folder
 
 EPILOG = """examples:
   probe steer-flips --limit 84                                # SmolLM2, layers 10-19, x2/4/8 RMS
@@ -64,10 +65,6 @@ def add_parser(sub) -> dict:
     def handler(args) -> int:
         return run(args, base)
 
-    from probe.behaviour.templates import TemplateError
-    from steering.vector import SteeringError
-
-    handler.user_errors = (SteeringError, TemplateError)
     return {"steer-flips": handler}
 
 
@@ -124,15 +121,14 @@ def run(args, base) -> int:
         cache_activations(lm, dataset, config=cache, out=store, progress=not args.quiet)
     flips = steering_flips(lm, store, target=args.target, config=config,
                            progress=not args.quiet)
-    out = Path(args.out) if args.out else (Path("runs") / lm.spec.alias / (
-        f"steer-flips-{dataset.name}-{time.strftime('%Y%m%d-%H%M%S')}"))
+    out = run_folder(args.out, lm.spec.alias, f"steer-flips-{dataset.name}")
     out.mkdir(parents=True, exist_ok=True)
     flips.table.to_csv(out / "results.csv", index=False)
     flips.answers.to_csv(out / "answers.csv", index=False)
     plot_flips(flips.table, out=out / "flips",
                title=f"{lm.spec.alias} · {dataset.name} · steering flips ({args.template}, "
                      f"sum) · {flips.n_items} held-out items")
-    run_json = {"command": "probe " + " ".join(shlex.quote(a) for a in getattr(args, "argv", [])),
+    run_json = {"command": command_line(getattr(args, "argv", [])),
                 "config": asdict(config), "store": str(store), "classes": flips.classes,
                 "n_items": flips.n_items, "n_direction_rows": flips.n_train_rows,
                 "provenance": lm.provenance(), "seconds": round(time.time() - t0, 1)}

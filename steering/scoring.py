@@ -26,9 +26,10 @@ from jaxtyping import Float
 from torch import Tensor
 
 from probe.capture import pad_batch
+from probe.errors import EmoprobeError
 
 
-class ScoringError(ValueError):
+class ScoringError(EmoprobeError, ValueError):
     """Texts cannot be scored as asked."""
 
 

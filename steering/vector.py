@@ -48,6 +48,7 @@ from typing import Literal
 import torch
 from torch import Tensor
 
+from probe.errors import EmoprobeError
 from probe.sites import Site, SiteError
 
 Strength = Literal["absolute", "rms", "token-rms"]
@@ -55,7 +56,7 @@ Match = Literal["exact", "architecture", "none"]
 FORMAT = 1
 
 
-class SteeringError(ValueError):
+class SteeringError(EmoprobeError, ValueError):
     """A steering vector or setting cannot be used as asked; the message says what to fix."""
 
 

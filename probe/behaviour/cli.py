@@ -97,11 +97,6 @@ def register(sub) -> dict:
         return behave(args, load_data=base._load_data, load_model=base._load_model,
                       cache_config=base._cache_config)
 
-    from probe.behaviour.scoring import ScoringError
-    from probe.behaviour.templates import TemplateError
-    from probe.data.schema import DatasetError
-
-    handler.user_errors = (TemplateError, DatasetError, ScoringError)
     return {"behave": handler}
 
 

@@ -28,11 +28,12 @@ from jaxtyping import Float
 from torch import Tensor
 
 from probe.capture import pad_batch
+from probe.errors import EmoprobeError
 
 Ids = Sequence[int]
 
 
-class ScoringError(ValueError):
+class ScoringError(EmoprobeError, ValueError):
     """Prompts or candidates cannot be scored (empty, mismatched, ...)."""
 
 

@@ -35,11 +35,13 @@ from typing import Literal
 import numpy as np
 import pandas as pd
 
+from probe.errors import EmoprobeError
+
 TargetKind = Literal["label", "multilabel", "continuous"]
 REQUIRED_COLUMNS = ("id", "text", "split", "group")
 
 
-class DatasetError(ValueError):
+class DatasetError(EmoprobeError, ValueError):
     """A dataset is malformed or cannot be used as asked; the message says what to fix."""
 
 

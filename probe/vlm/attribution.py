@@ -29,6 +29,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from probe.errors import EmoprobeError
 from probe.forward import Batch, make_batch
 from probe.interventions import replace_with
 from probe.sites import Site
@@ -41,7 +42,7 @@ POSITIVE_WORDS = ("happy", "joy", "joyful", "glad", "excited", "delighted", "ple
 NEGATIVE_WORDS = ("sad", "angry", "afraid", "scared", "upset", "disgusted", "fear", "anxious")
 
 
-class AttributionError(ValueError):
+class AttributionError(EmoprobeError, ValueError):
     """Modality attribution cannot run as asked."""
 
 

@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 import argparse
-import time
-from pathlib import Path
+
+from probe.io import run_folder
 
 EPILOG = """examples:
   probe conflict --model llava-1.5-7b --device cuda              # drawn faces and scenes
@@ -74,8 +74,7 @@ def run(args, *, load_model) -> int:
     if layers and max(layers) >= lm.n_layers:
         raise ConflictError(f"--layers {max(layers)} is out of range: the model has "
                             f"{lm.n_layers} layers (0-{lm.n_layers - 1})")
-    out = Path(args.out) if args.out else \
-        Path("runs") / lm.spec.alias / f"conflict-{time.strftime('%Y%m%d-%H%M%S')}"
+    out = run_folder(args.out, lm.spec.alias, "conflict")
     summary = run_conflict(lm, out, scenarios=load_dataset("emotion-scenarios"), config=config,
                            set_file=args.set_file)
     print(format_summary(summary, lm.spec.alias))

@@ -28,6 +28,7 @@ import numpy as np
 import pandas as pd
 
 from probe.data.schema import EmotionDataset
+from probe.errors import EmoprobeError
 from probe.vlm.attribution import GROUPS, Attribution, modality_attribution, valence_readout
 from probe.vlm.images import KINDS, user_images, write_images
 
@@ -35,7 +36,7 @@ QUESTION = "How does the person feel? Answer with one word."
 NEGATIVE_EMOTIONS = ("sadness", "fear", "anger", "disgust")
 
 
-class ConflictError(ValueError):
+class ConflictError(EmoprobeError, ValueError):
     """The conflict experiment cannot run as asked."""
 
 

@@ -16,6 +16,8 @@ import json
 from pathlib import Path
 from typing import Any, Literal
 
+from probe.errors import EmoprobeError
+
 Modality = Literal["text", "image", "video", "audio"]
 #: transformers' ``mm_token_type_ids`` codes.
 MODALITY_CODES: dict[str, int] = {"text": 0, "image": 1, "video": 2, "audio": 3}
@@ -30,7 +32,7 @@ _RAW_WRAP: dict[str, dict[str, tuple[str, str]]] = {
 }
 
 
-class ProcessorError(ValueError):
+class ProcessorError(EmoprobeError, ValueError):
     """A multimodal processor cannot be loaded or used as asked."""
 
 

@@ -11,7 +11,9 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from probe.results import _atomic_write, _environment, _json_default
+from probe.io import atomic_write as _atomic_write
+from probe.io import environment as _environment
+from probe.io import json_default as _json_default
 
 COLORS = {"media": "#d95f02", "text": "#1b9e77", "template": "#7570b3"}
 LABELS = {"media": "image tokens", "text": "text tokens", "template": "template tokens"}
