@@ -42,6 +42,7 @@ import torch
 from torch import Tensor
 
 from probe.hooks import HookContext, HookFn
+from probe.kvcache import cache_keyword, returned_cache
 from probe.sites import Site
 from steering.vector import SteeringError, SteeringVector, Strength
 
@@ -392,8 +393,6 @@ def _prefix_cache(lm, batch, *, repeats: int, table: SettingTable) -> dict:
     Runs with the table switched off: the prefix positions are outside every setting's
     positions by construction (see :func:`prefix_reusable`).
     """
-    import inspect
-
     ids, mask, pos = (batch.input_ids[:, :-1], batch.attention_mask[:, :-1],
                       batch.position_ids[:, :-1])
     table.active = False
@@ -402,7 +401,6 @@ def _prefix_cache(lm, batch, *, repeats: int, table: SettingTable) -> dict:
                                      use_cache=True)
     finally:
         table.active = True
-    cache = getattr(out, "cache", None) or getattr(out, "past_key_values", None)
+    cache = returned_cache(out)
     cache.batch_repeat_interleave(repeats)
-    key = "cache" if "cache" in inspect.signature(type(lm.model).forward).parameters else "past_key_values"
-    return {key: cache}
+    return {cache_keyword(lm.model): cache}
