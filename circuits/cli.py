@@ -39,7 +39,7 @@ def _validate_arg(text: str) -> int:
 
 def register(sub) -> dict:
     """Add circuits' subcommands to the ``probe`` parser; returns ``{command: handler}``."""
-    from probe.cli import _data_args, _model_args
+    from probe.cli_args import data_args, model_args
 
     p = sub.add_parser(
         "circuits", help="attribution patching, validation against patching, circuits per emotion",
@@ -48,8 +48,8 @@ def register(sub) -> dict:
                     "assemble a circuit per emotion and measure its faithfulness on held-out "
                     "scenarios. Writes a tidy table, run.json, circuit files and figures.",
         epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
-    _model_args(p)
-    _data_args(p)
+    model_args(p)
+    data_args(p)
     g = p.add_argument_group("what to explain")
     g.add_argument("--metric", default="direction:happiness@L24",
                    help="metric (see below; default: %(default)s)")
@@ -102,7 +102,7 @@ def register(sub) -> dict:
 
 def cmd_circuits(args) -> int:
     from circuits.pipeline import CircuitsConfig, run_circuits
-    from probe.cli import _load_data, _load_model
+    from probe.cli_args import load_data, load_model
 
     for name in ("prompts", "validate_prompts", "circuit_prompts", "batch_size", "ig_steps"):
         if getattr(args, name) < 1:
@@ -117,8 +117,8 @@ def cmd_circuits(args) -> int:
         faithfulness_target=args.faithfulness, influence_prompts=args.influence_prompts,
         test_fraction=args.test_fraction, seed=args.seed, batch_size=args.batch_size,
         ig_steps=args.ig_steps)
-    dataset = _load_data(args)
-    lm = _load_model(args)
+    dataset = load_data(args)
+    lm = load_model(args)
     slug = re.sub(r"[^A-Za-z0-9]+", "-", args.metric).strip("-")
     out = run_folder(args.out or None, lm.spec.alias, f"circuits-{slug}")
     run_circuits(lm, dataset, cfg, out)

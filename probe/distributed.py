@@ -49,8 +49,7 @@ import torch
 from probe import objectstore
 from probe.errors import EmoprobeError
 from probe.objectstore import Remote
-
-MARKERS = ".emoprobe-blocks"
+from probe.store import MARKERS
 
 
 class DistributedError(EmoprobeError, RuntimeError):

@@ -30,7 +30,8 @@ from importlib import metadata
 from pathlib import Path
 from typing import Any
 
-__all__ = ["atomic_write", "command_line", "environment", "json_default", "run_folder"]
+__all__ = ["atomic_write", "command_line", "emoprobe_home", "environment", "json_default",
+           "run_folder"]
 
 
 def atomic_write(path: str | os.PathLike, data: str | bytes) -> None:
@@ -76,6 +77,12 @@ def run_folder(out: str | os.PathLike | None, model: str, name: str, *,
     if out is not None:
         return Path(out)
     return Path(root) / model / f"{name}-{time.strftime('%Y%m%d-%H%M%S')}"
+
+
+def emoprobe_home() -> Path:
+    """Where emoprobe keeps its own files (converted weights, offload): ``$EMOPROBE_HOME``, else
+    ``~/.cache/emoprobe``."""
+    return Path(os.environ.get("EMOPROBE_HOME", Path.home() / ".cache" / "emoprobe"))
 
 
 def environment() -> dict[str, str | None]:

@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 import shutil
 import uuid
 from dataclasses import dataclass, field
@@ -29,6 +28,7 @@ import torch
 
 from probe.arch import Architecture, architecture_for
 from probe.errors import EmoprobeError
+from probe.io import emoprobe_home
 
 DTypeName = Literal["auto", "float32", "bfloat16", "float16"]
 EMBEDDED = "smollm2-135m"
@@ -84,10 +84,6 @@ _SPECS = [
               note="audio-language"),
 ]
 REGISTRY: dict[str, ModelSpec] = {s.alias: s for s in _SPECS}
-
-
-def emoprobe_home() -> Path:
-    return Path(os.environ.get("EMOPROBE_HOME", Path.home() / ".cache" / "emoprobe"))
 
 
 def resolve_model(name: str) -> ModelSpec:

@@ -53,6 +53,8 @@ MATCH_KEYS = (
     "padding_side",
 )
 STORE_DTYPES = ("float16", "float32", "bfloat16")
+#: The folder inside a store where :mod:`probe.distributed` workers mark finished blocks.
+MARKERS = ".emoprobe-blocks"
 
 
 class StoreError(EmoprobeError, RuntimeError):
@@ -314,8 +316,6 @@ def zarr_target(where: Path | Remote, *, read_only: bool = False):
 def _consolidated(where: Path | Remote) -> zarr.Group:
     """The group, opened on consolidated metadata that lists every array (rewritten if not)."""
     if isinstance(where, Remote):  # no lock: skip the workers' marker folder, so that a rerun
-        from probe.distributed import MARKERS  # does not rewrite zarr.json for it alone
-
         root = where.read_json("zarr.json")
         where.fs.invalidate_cache(where.root)
         on_disk = {p.rstrip("/").split("/")[-2] for p in where.fs.glob(where.key("*/zarr.json"))}

@@ -61,11 +61,15 @@ def render(tokenizer, text: str, *, chat_template: bool, system_prompt: str | No
     return rendered, start
 
 
-def _word_span(text: str, word: str) -> tuple[int, int] | None:
+def word_span(text: str, word: str) -> tuple[int, int] | None:
+    """Character span of ``word`` in ``text``: a whole-word match first (any case), else any."""
     m = re.search(rf"(?<!\w){re.escape(word)}(?!\w)", text, flags=re.IGNORECASE)
     if m is None:
         m = re.search(re.escape(word), text, flags=re.IGNORECASE)
     return (m.start(), m.end()) if m else None
+
+
+_word_span = word_span  # the old private name
 
 
 def encode(

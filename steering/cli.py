@@ -37,14 +37,14 @@ EPILOG_STEER = """examples:
 
 def register(sub) -> dict:
     """Add steering's subcommands to the ``probe`` parser; returns ``{command: handler}``."""
-    from probe.cli import _model_args
+    from probe.cli_args import model_args
 
     p = sub.add_parser("directions", help="emotion directions from a store, saved as vectors",
                        description="Compute one steering vector per emotion from pooled "
                                    "activations, check on held-out scenarios that each "
                                    "separates its emotion, and save vectors and figures.",
                        epilog=EPILOG_DIRECTIONS, formatter_class=argparse.RawDescriptionHelpFormatter)
-    _model_args(p)
+    model_args(p)
     _direction_args(p)
     p.add_argument("--folds", type=int, default=5,
                    help="group folds of the held-out AUROC check (0: skip it; default: %(default)s)")
@@ -57,7 +57,7 @@ def register(sub) -> dict:
                        description="Generate replies to PROMPTs steered towards an emotion and "
                                    "unsteered, in one batch, and print them side by side.",
                        epilog=EPILOG_STEER, formatter_class=argparse.RawDescriptionHelpFormatter)
-    _model_args(p)
+    model_args(p)
     p.add_argument("prompts", nargs="*", metavar="PROMPT", help="user messages")
     p.add_argument("--emotion", required=True, help="e.g. happiness, sadness, anger, fear, ...")
     p.add_argument("--strength", type=float, default=None,
@@ -84,7 +84,7 @@ def register(sub) -> dict:
 
 
 def _direction_args(p, *, steer: bool = False) -> None:
-    from steering.directions import METHODS
+    from steering.methods import METHODS
 
     g = p.add_argument_group("directions")
     g.add_argument("--store", default=None,
@@ -151,7 +151,7 @@ def _store_for(args, lm, layers, site, pooling):
 
 # ------------------------------------------------------------------------------ directions
 def cmd_directions(args) -> int:
-    from probe.cli import _load_model
+    from probe.cli_args import load_model
     from steering.directions import directions, heldout_auroc
     from steering.vector import SteeringError
 
@@ -169,7 +169,7 @@ def cmd_directions(args) -> int:
         source = args.run
         layers = parse_layers(args.layers)
     else:
-        lm = _load_model(args) if (method == "prompted" or not args.store) else None
+        lm = load_model(args) if (method == "prompted" or not args.store) else None
         layers = parse_layers(args.layers, lm.n_layers if lm else None)
         source = lm if method == "prompted" else _store_for(args, lm, layers, site, args.pooling) \
             if not args.store else args.store
@@ -245,14 +245,14 @@ def _print_summary(vecs, auroc, out: Path) -> None:
 
 # ------------------------------------------------------------------------------ steer
 def cmd_steer(args) -> int:
-    from probe.cli import _load_model
+    from probe.cli_args import load_model
     from steering.inject import Setting, generate_settings
     from steering.operating_points import operating_point
     from steering.vector import SteeringError
 
     if not args.prompts:
         raise SteeringError('give at least one prompt, e.g. probe steer --emotion fear "How was your day?"')
-    lm = _load_model(args)
+    lm = load_model(args)
     point = None
     explicit = args.vector or args.vectors
     if args.strength is None or args.layers is None:
@@ -366,7 +366,7 @@ Selection reads only the tune prompts; results.csv holds the held-out (test) sco
 
 
 def _steer_eval_parser(sub) -> None:
-    from probe.cli import _model_args
+    from probe.cli_args import model_args
 
     p = sub.add_parser("steer-eval", help="evaluate steering: tune, select, held-out scores",
                        description="Search steering settings on the tune half of the shipped "
@@ -375,7 +375,7 @@ def _steer_eval_parser(sub) -> None:
                                    "test half next to prompting, prompting + steering, a random "
                                    "direction and no steering.",
                        epilog=EPILOG_EVAL, formatter_class=argparse.RawDescriptionHelpFormatter)
-    _model_args(p)
+    model_args(p)
     p.add_argument("--out", required=True, help="output folder (must not exist yet)")
     p.add_argument("--quick", action="store_true",
                    help="a small slice: happiness and fear, one configuration, 2 strengths, "
@@ -469,7 +469,7 @@ def _eval_judges(args, log):
 
 
 def cmd_steer_eval(args) -> int:
-    from probe.cli import _load_model
+    from probe.cli_args import load_model
     from steering.directions import directions
     from steering.eval_report import print_summary, write_report
     from steering.evaluate import run_evaluation
@@ -487,7 +487,7 @@ def cmd_steer_eval(args) -> int:
                                                                 file=sys.stderr, flush=True))
     t0 = time.time()
     judges = _eval_judges(args, log)
-    lm = _load_model(args)
+    lm = load_model(args)
     source = args.store or lm
     layers = config.grid.layers()
     bad = [x for x in layers if x >= lm.n_layers]

@@ -24,7 +24,7 @@ EPILOG = """examples:
 
 def add_parser(sub) -> dict:
     """Add ``probe steer-flips`` to ``sub``; returns ``{"steer-flips": handler}``."""
-    from probe import cli as base
+    from probe import cli_args as base
 
     p = sub.add_parser(
         "steer-flips", help="how often steering along an emotion direction flips the model's "
@@ -35,9 +35,9 @@ def add_parser(sub) -> dict:
                     "and report flip rates (to the steered emotion, away from the gold answer) "
                     "with cluster-bootstrap CIs against a random direction.",
         epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
-    base._model_args(p)
-    base._data_args(p)
-    base._cache_args(p)
+    base.model_args(p)
+    base.data_args(p)
+    base.cache_args(p)
     g = p.add_argument_group("steering flips")
     g.add_argument("--target", default=None, help="label target (default: the dataset's)")
     g.add_argument("--bands", default="10-19",
@@ -110,9 +110,9 @@ def run(args, base) -> int:
         heldout_share=args.heldout_share, batch_size=args.batch_size, n_boot=args.bootstrap,
         seed=args.seed)
     select_templates("emotion", (args.template,))  # an unknown template fails before loading
-    dataset = base._load_data(args)
-    lm = base._load_model(args)
-    cache = base._cache_config(args)
+    dataset = base.load_data(args)
+    lm = base.load_model(args)
+    cache = base.cache_config(args)
     if "last" not in cache.poolings:
         cache = replace(cache, poolings=("last", *cache.poolings))
     store = Path(args.store) if args.store else default_store_path(

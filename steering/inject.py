@@ -36,7 +36,7 @@ from __future__ import annotations
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Literal, get_args
+from typing import TYPE_CHECKING, Literal, get_args
 
 import torch
 from torch import Tensor
@@ -44,9 +44,13 @@ from torch import Tensor
 from probe.hooks import HookContext, HookFn
 from probe.kvcache import cache_keyword, returned_cache
 from probe.sites import Site
-from steering.vector import SteeringError, SteeringVector, Strength
+from steering.errors import SteeringError
+
+if TYPE_CHECKING:  # the vectors this module applies; they import it (SteeringVector.apply)
+    from steering.vector import SteeringVector
 
 Mode = Literal["add", "ablate", "clamp", "scale"]
+Strength = Literal["absolute", "rms", "token-rms"]
 POSITION_MODES = ("all", "prompt", "generated", "last", "last-prompt", "last-prompt+generated",
                   "content")
 #: Position modes that leave every prompt token but the last one untouched (prefix reusable).
@@ -93,7 +97,7 @@ class Setting:
         if self.spread and self.mode != "add":
             raise SteeringError("spread=True divides an added strength across layers; it has no "
                                 f"meaning for mode={self.mode!r}")
-        if self.vector is not None and not isinstance(self.vector, SteeringVector):
+        if self.vector is not None and not _is_vector(self.vector):
             raise SteeringError(f"vector must be a SteeringVector or None, got "
                                 f"{type(self.vector).__name__}")
 
@@ -404,3 +408,8 @@ def _prefix_cache(lm, batch, *, repeats: int, table: SettingTable) -> dict:
     cache = returned_cache(out)
     cache.batch_repeat_interleave(repeats)
     return {cache_keyword(lm.model): cache}
+
+
+def _is_vector(obj) -> bool:
+    """A :class:`steering.vector.SteeringVector` (by what it offers: no import of it here)."""
+    return hasattr(obj, "directions") and all(callable(getattr(obj, m, None)) for m in ("rms", "check"))

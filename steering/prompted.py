@@ -110,7 +110,7 @@ def prompted_directions(lm, *, site: str = "resid_post", layers: Iterable[int] |
             et al. used GPT-4o-mini); contexts that lose an emotion are dropped.
         max_new_tokens, batch_size, cache_dir, progress: Generation settings and cache.
     """
-    from steering.directions import Rows, compute, site_kind, to_vectors
+    from steering.methods import Rows, compute, site_kind, to_vectors
 
     if not hasattr(lm, "model") or not hasattr(lm, "tokenizer"):
         raise SteeringError("method 'prompted' needs a loaded model as its source (it generates)")

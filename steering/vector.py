@@ -48,16 +48,12 @@ from typing import Literal
 import torch
 from torch import Tensor
 
-from probe.errors import EmoprobeError
 from probe.sites import Site, SiteError
+from steering.errors import SteeringError
+from steering.inject import Setting, Strength, steering_hooks
 
-Strength = Literal["absolute", "rms", "token-rms"]
 Match = Literal["exact", "architecture", "none"]
 FORMAT = 1
-
-
-class SteeringError(EmoprobeError, ValueError):
-    """A steering vector or setting cannot be used as asked; the message says what to fix."""
 
 
 @dataclass(frozen=True, eq=False)
@@ -251,8 +247,6 @@ class SteeringVector:
         Yields:
             The :class:`probe.hooks.HookManager`.
         """
-        from steering.inject import Setting, steering_hooks
-
         self.check(lm, match=match)
         setting = Setting(vector=self, scale=scale, mode=mode, positions=positions,
                           strength=strength, spread=spread)

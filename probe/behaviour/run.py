@@ -15,8 +15,8 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from probe.behaviour.cli import parse_experiments
 from probe.behaviour.compare import CompareConfig, compare
+from probe.behaviour.experiments import parse_experiments
 from probe.behaviour.figures import plot_emotionprompt, plot_personas, plot_probe_vs_behaviour
 from probe.behaviour.recognition import RecognitionConfig, recognise, summarise
 from probe.behaviour.runfiles import tidy, write_run

@@ -51,6 +51,18 @@ def add_parser(sub, model_args) -> None:
     p.add_argument("--quiet", action="store_true", help="no loading bars")
 
 
+def register(sub) -> dict:
+    """Add ``probe conflict`` to ``probe``'s subparsers; returns ``{"conflict": handler}``."""
+    from probe.cli_args import load_model, model_args
+
+    add_parser(sub, model_args)
+
+    def handler(args) -> int:
+        return run(args, load_model=load_model)
+
+    return {"conflict": handler}
+
+
 def run(args, *, load_model) -> int:
     from probe.data import load_dataset
     from probe.vlm.conflict import QUESTION, ConflictConfig, ConflictError, run_conflict

@@ -35,7 +35,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from probe.tokens import Encoded, EncodingError, _word_span
+from probe.tokens import Encoded, EncodingError, word_span
 from probe.vlm.processors import CODE_NAMES, MODALITY_CODES, placeholder
 
 #: Processor outputs with one entry per token (padded like input_ids); the rest are per item.
@@ -313,7 +313,7 @@ def _codes(processor, ids, content) -> list[int]:
 def _target(offsets, text, word, lo, shift, row) -> int | None:
     if word is None or word != word or word == "":
         return None
-    span = _word_span(text, word)
+    span = word_span(text, word)
     if span is None:
         raise EncodingError(f"row {row}: target word {word!r} does not occur in its text {text!r}")
     a, b = shift(span[0] + lo), shift(span[1] + lo)
