@@ -17,6 +17,8 @@ The rules (docs/extending.md):
   ``a.b``); a package's ``__init__`` is drawn only when names are taken from it. Imports under
   ``if TYPE_CHECKING:`` never run and are not edges (annotations only).
 * **(c) ``probe`` imports neither ``steering`` nor ``circuits``** (its plugins included).
+* **(d) One error base.** Every class named ``*Error`` derives from
+  :class:`probe.errors.EmoprobeError`, which the command line reports as ``error:`` + exit 2.
 """
 
 from __future__ import annotations
@@ -205,18 +207,21 @@ def test_the_reader_sees_every_kind_of_import(tmp_path):
     attribute uses are all found."""
     text = ("import probe.cli as base\n"
             "from . import sibling\n"
+            "if TYPE_CHECKING:\n"
+            "    from probe.store import Store\n"
             "def f():\n"
             "    from probe.results import _atomic_write\n"
             "    return base._model_args\n")
     mods = {"steering.x": tmp_path / "x.py", "steering.sibling": tmp_path / "sibling.py",
-            "probe.cli": tmp_path / "cli.py", "probe.results": tmp_path / "results.py"}
+            "probe.cli": tmp_path / "cli.py", "probe.results": tmp_path / "results.py",
+            "probe.store": tmp_path / "store.py"}
     for path in mods.values():
         path.write_text("")
     mods["steering.x"].write_text(text)
     found = uses(mods)
     assert private_crossings(found) == [
-        "steering.x:4 takes _atomic_write from probe.results",
-        "steering.x:5 takes _model_args from probe.cli"]
+        "steering.x:6 takes _atomic_write from probe.results",
+        "steering.x:7 takes _model_args from probe.cli"]
     graph = import_graph(mods, found)
     assert graph["steering.x"] == {"probe.cli", "probe.results", "steering.sibling"}
     graph["probe.cli"].add("steering.x")
@@ -241,3 +246,27 @@ def test_probe_imports_neither_steering_nor_circuits(code):
     bad = [f"{u.source}:{u.line} imports {u.target}" for u in found
            if u.source.split(".")[0] == "probe" and u.target.split(".")[0] != "probe"]
     assert not bad, "\n".join(bad)
+
+
+def error_classes(modules: dict[str, Path]) -> dict[str, list[str]]:
+    """``{"module.Class": [base names]}`` of every class whose name ends in ``Error``."""
+    found = {}
+    for name, path in modules.items():
+        for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+            if isinstance(node, ast.ClassDef) and node.name.endswith("Error"):
+                found[f"{name}.{node.name}"] = [ast.unparse(b).split(".")[-1] for b in node.bases]
+    return found
+
+
+def test_every_error_class_derives_from_emoprobe_error(code):
+    modules, _ = code
+    classes = error_classes(modules)
+    good = {"EmoprobeError"}
+    while True:  # a subclass of a good class is good (ModelNotAvailableError(ModelError))
+        more = {q.split(".")[-1] for q, bases in classes.items() if good & set(bases)}
+        if more <= good:
+            break
+        good |= more
+    bad = sorted(q for q in classes if q.split(".")[-1] not in good)
+    assert len(classes) > 30 and not bad, f"not EmoprobeError subclasses: {bad}"
+
