@@ -36,7 +36,7 @@ from __future__ import annotations
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Literal, get_args
+from typing import Literal, Protocol, get_args, runtime_checkable
 
 import torch
 from torch import Tensor
@@ -46,11 +46,21 @@ from probe.kvcache import cache_keyword, returned_cache
 from probe.sites import Site
 from steering.errors import SteeringError
 
-if TYPE_CHECKING:  # the vectors this module applies; they import it (SteeringVector.apply)
-    from steering.vector import SteeringVector
-
 Mode = Literal["add", "ablate", "clamp", "scale"]
 Strength = Literal["absolute", "rms", "token-rms"]
+
+
+@runtime_checkable
+class Directions(Protocol):
+    """What a setting needs of its vector: a :class:`steering.vector.SteeringVector` offers it
+    (and applies itself through this module, which is why this module does not import it)."""
+
+    directions: dict
+    layers: list
+
+    def rms(self, site) -> float: ...
+
+    def check(self, lm, *, match: str = "architecture") -> None: ...
 POSITION_MODES = ("all", "prompt", "generated", "last", "last-prompt", "last-prompt+generated",
                   "content")
 #: Position modes that leave every prompt token but the last one untouched (prefix reusable).
@@ -73,7 +83,7 @@ class Setting:
         label: Free text carried into results.
     """
 
-    vector: SteeringVector | None = None
+    vector: Directions | None = None
     scale: float = 0.0
     mode: Mode = "add"
     positions: str | range = "last-prompt+generated"
@@ -97,7 +107,7 @@ class Setting:
         if self.spread and self.mode != "add":
             raise SteeringError("spread=True divides an added strength across layers; it has no "
                                 f"meaning for mode={self.mode!r}")
-        if self.vector is not None and not _is_vector(self.vector):
+        if self.vector is not None and not isinstance(self.vector, Directions):
             raise SteeringError(f"vector must be a SteeringVector or None, got "
                                 f"{type(self.vector).__name__}")
 
@@ -408,8 +418,3 @@ def _prefix_cache(lm, batch, *, repeats: int, table: SettingTable) -> dict:
     cache = returned_cache(out)
     cache.batch_repeat_interleave(repeats)
     return {cache_keyword(lm.model): cache}
-
-
-def _is_vector(obj) -> bool:
-    """A :class:`steering.vector.SteeringVector` (by what it offers: no import of it here)."""
-    return hasattr(obj, "directions") and all(callable(getattr(obj, m, None)) for m in ("rms", "check"))
