@@ -154,7 +154,7 @@ class LoadedModel:
         """Inputs besides text the model takes: ``("image",)``, ``("audio",)`` or ``()``."""
         if self.processor is None:
             return ()
-        from probe.vlm.processors import media_kinds
+        from probe.multimodal.processors import media_kinds
 
         return media_kinds(self.processor)
 
@@ -322,7 +322,7 @@ def _auto_classes(path, **kwargs):
     """
     from transformers import AutoConfig
 
-    from probe.vlm.processors import is_multimodal_config, load_processor
+    from probe.multimodal.processors import is_multimodal_config, load_processor
 
     if not is_multimodal_config(AutoConfig.from_pretrained(path, **kwargs)):
         return None, None

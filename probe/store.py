@@ -44,6 +44,7 @@ from zarr.codecs import BloscCodec
 from probe import bf16, objectstore
 from probe.data.schema import EmotionDataset
 from probe.errors import EmoprobeError
+from probe.modality import POOLING_MODALITY
 from probe.objectstore import Remote
 
 #: Provenance keys that must match for a run to write into an existing store.
@@ -381,7 +382,6 @@ def _create(path: Path | Remote, provenance: Mapping, dataset: EmotionDataset,
     layer[:] = np.arange(provenance["n_layers"])
     pool = np.asarray(provenance["poolings"], dtype=str)
     group.create_array("pooling", shape=pool.shape, dtype=str, dimension_names=["pooling"])[:] = pool
-    from probe.capture import POOLING_MODALITY
 
     modality = np.asarray([POOLING_MODALITY.get(p, "all") for p in provenance["poolings"]],
                           dtype=str)

@@ -27,7 +27,7 @@ class EncodingError(EmoprobeError, ValueError):
 class Encoded:
     """Token ids per text plus the content span and target-token index of each.
 
-    ``modality`` (multimodal inputs only, see :mod:`probe.vlm.encode`) holds each token's
+    ``modality`` (multimodal inputs only, see :mod:`probe.multimodal.encode`) holds each token's
     modality code as the model's processor assigns it: 0 text, 1 image, 2 video, 3 audio.
     """
 

@@ -106,7 +106,7 @@ def group_masks(batch: Batch) -> dict[str, Tensor]:
     """``[batch, pos]`` bool masks of the three position groups of a multimodal batch."""
     if batch.modality is None:
         raise AttributionError("modality attribution needs a multimodal batch (rows encoded with "
-                               "probe.vlm.encode.encode_multimodal, with images or audio)")
+                               "probe.multimodal.encode.encode_multimodal, with images or audio)")
     real = batch.attention_mask.bool()
     media = (batch.modality != 0) & real
     text = batch.content & real & ~media
@@ -151,7 +151,7 @@ def modality_attribution(lm, encoded: Encoded, *, readout: Readout,
 
     Args:
         lm: a loaded multimodal model.
-        encoded: rows from :func:`probe.vlm.encode.encode_multimodal`.
+        encoded: rows from :func:`probe.multimodal.encode.encode_multimodal`.
         readout: ``(logits, batch) -> [batch]`` scalar per row (e.g. :func:`valence_readout`).
         layers: layers whose ``hook_resid_pre`` is attributed (default: every layer).
         check_layer: the layer at which each group is really mean-ablated.

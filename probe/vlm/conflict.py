@@ -124,7 +124,7 @@ def load_conflict_set(file: str | Path) -> pd.DataFrame:
 def measure(lm, frame: pd.DataFrame,
             config: ConflictConfig = ConflictConfig()) -> tuple[pd.DataFrame, Attribution]:
     """Per-item read-out, answer and attribution (see module docstring)."""
-    from probe.vlm.encode import encode_multimodal
+    from probe.multimodal.encode import encode_multimodal
 
     if "image" not in lm.media:
         raise ConflictError(f"model {lm.spec.alias!r} takes no images; the conflict experiment "
