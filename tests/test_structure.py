@@ -17,6 +17,8 @@ The rules (docs/extending.md):
   ``a.b``); a package's ``__init__`` is drawn only when names are taken from it. Imports under
   ``if TYPE_CHECKING:`` never run and are not edges (annotations only).
 * **(c) ``probe`` imports neither ``steering`` nor ``circuits``** (its plugins included).
+* **(e) No import runs back up** the floors of docs/extending.md: a module placed on a floor
+  there imports nothing placed on a higher one (modules the table does not name are skipped).
 * **(d) One error base.** Every class named ``*Error`` derives from
   :class:`probe.errors.EmoprobeError`, which the command line reports as ``error:`` + exit 2.
 """
@@ -269,4 +271,40 @@ def test_every_error_class_derives_from_emoprobe_error(code):
         good |= more
     bad = sorted(q for q in classes if q.split(".")[-1] not in good)
     assert len(classes) > 30 and not bad, f"not EmoprobeError subclasses: {bad}"
+
+
+def floors_from_docs() -> dict[str, int]:
+    """``{module or package prefix: floor}`` from the floors table of docs/extending.md."""
+    import re
+
+    floors = {}
+    for line in (ROOT / "docs" / "extending.md").read_text(encoding="utf-8").splitlines():
+        row = re.match(r"\| (\d) \|[^|]*\|(.*)\|$", line)
+        if not row:
+            continue
+        for name in re.findall(r"`([\w/.]+)`", row.group(2)):
+            if name in ("steering/", "circuits/"):
+                floors[name.rstrip("/")] = int(row.group(1))
+            elif name.endswith((".py", "/")):
+                floors["probe." + name.removesuffix(".py").rstrip("/")] = int(row.group(1))
+    return floors
+
+
+def _floor(module: str, floors: dict[str, int]) -> int | None:
+    if module == "probe":
+        return 1
+    keys = [k for k in floors if module == k or module.startswith(k + ".")]
+    return floors[max(keys, key=len)] if keys else None
+
+
+def test_no_import_runs_back_up_the_documented_floors(code):
+    modules, found = code
+    floors = floors_from_docs()
+    assert len(floors) > 30 and floors["probe.errors"] == 1 and floors["steering"] == 6
+    graph = import_graph(modules, found)
+    up = [f"{a} (floor {_floor(a, floors)}) imports {b} (floor {_floor(b, floors)})"
+          for a in sorted(graph) for b in sorted(graph[a])
+          if None not in (_floor(a, floors), _floor(b, floors))
+          and _floor(b, floors) > _floor(a, floors)]
+    assert not up, "imports that run back up (docs/extending.md):\n" + "\n".join(up)
 
