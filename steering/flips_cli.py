@@ -7,12 +7,11 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import time
 from dataclasses import asdict, replace
 from pathlib import Path
 
-from probe.io import command_line, run_folder
+from probe.io import atomic_write, command_line, run_folder
 
 EPILOG = """examples:
   probe steer-flips --limit 84                                # SmolLM2, layers 10-19, x2/4/8 RMS
@@ -132,9 +131,7 @@ def run(args, base) -> int:
                 "config": asdict(config), "store": str(store), "classes": flips.classes,
                 "n_items": flips.n_items, "n_direction_rows": flips.n_train_rows,
                 "provenance": lm.provenance(), "seconds": round(time.time() - t0, 1)}
-    tmp = out / ".run.json.tmp"
-    tmp.write_text(json.dumps(run_json, indent=1, default=str) + "\n")
-    os.replace(tmp, out / "run.json")  # last: a folder with run.json is complete
+    atomic_write(out / "run.json", json.dumps(run_json, indent=1, default=str) + "\n")  # last
     print(collapse_note(flips.answers))
     print(summary(flips.table))
     print(f"\nresults: {out}  (results.csv, answers.csv, run.json, flips.png/svg)")

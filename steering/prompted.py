@@ -28,6 +28,7 @@ from typing import Literal
 
 import numpy as np
 
+from probe.io import atomic_write
 from steering.vector import SteeringError, VectorSet
 
 EMOTIONS = ("anger", "sadness", "happiness", "fear", "surprise", "disgust")
@@ -82,9 +83,7 @@ def prompted_generations(lm, prompts: Sequence[str], emotions: Sequence[str], *,
            "max_new_tokens": max_new_tokens, "model": lm.spec.alias,
            "weight_fingerprint": lm.fingerprint, "new_ids": new_ids, "texts": texts}
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(json.dumps(out))
-    os.replace(tmp, path)
+    atomic_write(path, json.dumps(out))
     out["path"] = str(path)
     return out
 
