@@ -25,7 +25,8 @@ Multimodal rows (an image and/or audio with the text; :mod:`probe.multimodal.enc
 ``text-last``     the last text token (with a chat template, the end of the generation prompt)
 
 Each pooling reads one modality (:data:`POOLING_MODALITY`; ``all`` for ``last`` and ``mean``),
-recorded as the store's ``modality`` coordinate on the ``pooling`` dimension.
+recorded as the store's ``modality`` coordinate on the ``pooling`` dimension. Each is one
+function in :mod:`probe.pooling`, where :func:`probe.pooling.register_pooling` adds more.
 """
 
 from __future__ import annotations
@@ -41,11 +42,11 @@ from probe.errors import EmoprobeError
 from probe.forward import model_inputs, pad_batch  # noqa: F401 (re-exported: batch building)
 from probe.hooks import HookManager, StopForward
 from probe.modality import MODALITY_CODES, POOLING_MODALITY
+from probe.pooling import POOLING_FUNCTIONS, RowTokens
 from probe.sites import Site
 from probe.tokens import Encoded
 
-POOLINGS = ("last", "mean", "content-mean", "content-last", "token", "image-mean", "audio-mean",
-            "text-mean", "text-last")
+POOLINGS = tuple(POOLING_FUNCTIONS)  # the built-in ones; probe.pooling.register_pooling adds more
 DEFAULT_POOLINGS = ("last", "content-mean")
 _CODES = {m: MODALITY_CODES[m] for m in ("text", "image", "audio")}
 
@@ -55,9 +56,9 @@ class CaptureError(EmoprobeError, ValueError):
 
 
 def check_poolings(poolings: Sequence[str], encoded: Encoded | None = None) -> tuple[str, ...]:
-    bad = [p for p in poolings if p not in POOLINGS]
+    bad = [p for p in poolings if p not in POOLING_FUNCTIONS]
     if bad:
-        raise CaptureError(f"unknown pooling {bad[0]!r}; choose from {', '.join(POOLINGS)}")
+        raise CaptureError(f"unknown pooling {bad[0]!r}; choose from {', '.join(POOLING_FUNCTIONS)}")
     if not poolings:
         raise CaptureError("no pooling given; e.g. --pooling last,content-mean")
     if encoded is not None and "token" in poolings and any(t is None for t in encoded.target):
@@ -103,26 +104,10 @@ def pooling_weights(
     w = torch.zeros(len(lengths), len(poolings), width)
     for i, n in enumerate(lengths):
         off = width - n if padding_side == "left" else 0
-        c0, c1 = content[i]
+        row = RowTokens(length=n, content=tuple(content[i]), target=target[i],
+                        codes=torch.as_tensor(modality[i]) if modality is not None else None)
         for p, name in enumerate(poolings):
-            kind = POOLING_MODALITY[name]
-            if name.startswith(("image-", "audio-", "text-")):
-                codes = torch.as_tensor(modality[i]) if modality is not None else torch.zeros(n)
-                where = torch.nonzero(codes == _CODES[kind]).flatten() + off
-                if name.endswith("-last"):
-                    w[i, p, where[-1]] = 1.0
-                else:
-                    w[i, p, where] = 1.0 / len(where)
-            elif name == "last":
-                w[i, p, off + n - 1] = 1.0
-            elif name == "mean":
-                w[i, p, off:off + n] = 1.0 / n
-            elif name == "content-mean":
-                w[i, p, off + c0:off + c1] = 1.0 / (c1 - c0)
-            elif name == "content-last":
-                w[i, p, off + c1 - 1] = 1.0
-            else:  # token
-                w[i, p, off + target[i]] = 1.0
+            w[i, p, off:off + n] = POOLING_FUNCTIONS[name](row)
     return w
 
 

@@ -23,14 +23,29 @@ def run(codes: list[str], monkeypatch, tmp_path) -> dict:
 
 
 def test_the_page_has_its_examples():
-    assert len(blocks()) == 5
+    assert len(blocks()) == 6
 
 
-def test_the_command_example_runs(monkeypatch, tmp_path):
-    """The first two blocks need no model: a plugin command, registered and run."""
+@pytest.fixture(autouse=True)
+def _registries(monkeypatch):
+    """The examples register a pooling and a family: gone after each test."""
+    from probe.arch import FAMILIES
+    from probe.modality import POOLING_MODALITY
+    from probe.pooling import POOLING_FUNCTIONS
+
+    for table, key in ((POOLING_FUNCTIONS, "content-first"), (POOLING_MODALITY, "content-first"),
+                       (FAMILIES, "my_llama_variant")):
+        monkeypatch.setitem(table, key, None)
+        monkeypatch.delitem(table, key)
+
+
+def test_the_examples_without_a_model_run(monkeypatch, tmp_path):
+    """The first three blocks need no model: a plugin command, registered and run; a pooling."""
     from probe.errors import EmoprobeError
+    from probe.pooling import POOLING_FUNCTIONS
 
-    ns = run(blocks()[:2], monkeypatch, tmp_path)
+    ns = run(blocks()[:3], monkeypatch, tmp_path)
+    assert POOLING_FUNCTIONS["content-first"] is ns["content_first"]
     assert set(ns["handlers"]) == {"count"}
     assert sorted(p.name for p in ns["out"].iterdir()) == ["counts.json", "run.json"]
     assert issubclass(ns["CountError"], EmoprobeError) and issubclass(ns["CountError"], ValueError)
@@ -38,9 +53,4 @@ def test_the_command_example_runs(monkeypatch, tmp_path):
 
 @pytest.mark.slow
 def test_every_example_runs_on_the_embedded_model(monkeypatch, tmp_path):
-    from probe.arch import FAMILIES
-
-    try:
-        run(blocks(), monkeypatch, tmp_path)
-    finally:
-        FAMILIES.pop("my_llama_variant", None)  # the example registers a family
+    run(blocks(), monkeypatch, tmp_path)
