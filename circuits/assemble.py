@@ -40,12 +40,13 @@ from circuits.components import Component, Group
 from circuits.metrics import Metric
 from circuits.patching import run_per_row
 from circuits.runs import Compute
+from probe.errors import EmoprobeError
 from probe.forward import Batch
 
 FORMAT = "emoprobe.circuit/1"
 
 
-class CircuitError(ValueError):
+class CircuitError(EmoprobeError, ValueError):
     """A circuit cannot be found or read as asked."""
 
 

@@ -39,6 +39,7 @@ from circuits.baselines import PairBaseline, Sources, take
 from circuits.components import Group, at_units, groups as make_groups, per_unit
 from circuits.metrics import Metric
 from circuits.runs import Compute, Timer, blocks_run, forward_metric, forward_with_leaves
+from probe.errors import EmoprobeError
 from probe.forward import Batch, run_with_cache
 from probe.sites import Site
 
@@ -46,7 +47,7 @@ Estimator = Literal["atp", "atp*", "ig"]
 ESTIMATORS = ("atp", "atp*", "ig")
 
 
-class AttributionError(ValueError):
+class AttributionError(EmoprobeError, ValueError):
     """Attribution cannot run as asked; the message says what to fix."""
 
 

@@ -30,13 +30,14 @@ from typing import Literal
 import torch
 from torch import Tensor
 
+from probe.errors import EmoprobeError
 from probe.forward import Batch, make_batch, run_with_cache
 from probe.sites import Site
 
 Positions = Literal["stimulus", "suffix"]
 
 
-class AlignmentError(ValueError):
+class AlignmentError(EmoprobeError, ValueError):
     """Two batches that should align token for token do not; the message says where."""
 
 

@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import argparse
 import re
-import time
-from pathlib import Path
+
+from probe.errors import EmoprobeError
+from probe.io import run_folder
 
 EPILOG = """examples:
   probe circuits                                   # happiness direction at L24, heads+neurons+sublayers
@@ -20,7 +21,7 @@ components: heads, neurons, sublayers, resid (positions from the end), queries, 
 """
 
 
-class UsageError(ValueError):
+class UsageError(EmoprobeError, ValueError):
     """A ``probe circuits`` option with a bad value."""
 
 
@@ -38,7 +39,7 @@ def _validate_arg(text: str) -> int:
 
 def register(sub) -> dict:
     """Add circuits' subcommands to the ``probe`` parser; returns ``{command: handler}``."""
-    from probe.cli import _data_args, _model_args
+    from probe.cli_args import data_args, model_args
 
     p = sub.add_parser(
         "circuits", help="attribution patching, validation against patching, circuits per emotion",
@@ -47,8 +48,8 @@ def register(sub) -> dict:
                     "assemble a circuit per emotion and measure its faithfulness on held-out "
                     "scenarios. Writes a tidy table, run.json, circuit files and figures.",
         epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
-    _model_args(p)
-    _data_args(p)
+    model_args(p)
+    data_args(p)
     g = p.add_argument_group("what to explain")
     g.add_argument("--metric", default="direction:happiness@L24",
                    help="metric (see below; default: %(default)s)")
@@ -101,7 +102,7 @@ def register(sub) -> dict:
 
 def cmd_circuits(args) -> int:
     from circuits.pipeline import CircuitsConfig, run_circuits
-    from probe.cli import _load_data, _load_model
+    from probe.cli_args import load_data, load_model
 
     for name in ("prompts", "validate_prompts", "circuit_prompts", "batch_size", "ig_steps"):
         if getattr(args, name) < 1:
@@ -116,32 +117,9 @@ def cmd_circuits(args) -> int:
         faithfulness_target=args.faithfulness, influence_prompts=args.influence_prompts,
         test_fraction=args.test_fraction, seed=args.seed, batch_size=args.batch_size,
         ig_steps=args.ig_steps)
-    dataset = _load_data(args)
-    lm = _load_model(args)
+    dataset = load_data(args)
+    lm = load_model(args)
     slug = re.sub(r"[^A-Za-z0-9]+", "-", args.metric).strip("-")
-    out = Path(args.out or f"runs/{lm.spec.alias}/circuits-{slug}-{time.strftime('%Y%m%d-%H%M%S')}")
+    out = run_folder(args.out or None, lm.spec.alias, f"circuits-{slug}")
     run_circuits(lm, dataset, cfg, out)
     return 0
-
-
-def _user_errors() -> tuple:
-    from circuits.assemble import CircuitError
-    from circuits.attribution import AttributionError
-    from circuits.baselines import AlignmentError
-    from circuits.components import ComponentError
-    from circuits.metrics import MetricError
-    from circuits.pairs import PairError
-    from circuits.qk import QKFixError
-
-    return (AttributionError, AlignmentError, CircuitError, ComponentError, MetricError,
-            PairError, QKFixError, UsageError)
-
-
-class _Errors:
-    """Lazily resolved ``user_errors`` (importing circuits only when the command runs)."""
-
-    def __iter__(self):
-        return iter(_user_errors())
-
-
-cmd_circuits.user_errors = _Errors()

@@ -25,6 +25,7 @@ import torch
 from torch import Tensor
 
 from probe.arch import ArchitectureError
+from probe.errors import EmoprobeError
 from probe.sites import Site
 
 ComponentType = Literal["heads", "neurons", "sublayers", "resid", "queries", "keys"]
@@ -40,7 +41,7 @@ _TYPE_OF = {kind: t for t, kinds in KINDS.items() for kind in kinds}
 _UNIT_AXIS = ("attn.hook_z", "attn.hook_q", "attn.hook_k", "mlp.hook_post")
 
 
-class ComponentError(ValueError):
+class ComponentError(EmoprobeError, ValueError):
     """Components that do not exist in the model or cannot be used as asked."""
 
 

@@ -27,10 +27,11 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from probe.errors import EmoprobeError
 from probe.sites import Site
 
 
-class MetricError(ValueError):
+class MetricError(EmoprobeError, ValueError):
     """A metric that cannot be built or used as asked; the message says what to fix."""
 
 

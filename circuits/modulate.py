@@ -23,6 +23,7 @@ import torch
 from torch import Tensor
 
 from circuits.components import Component, group_of
+from probe.errors import EmoprobeError
 from probe.forward import Batch, run_with_cache
 from probe.hooks import HookContext, PositionMode
 from probe.sites import Site
@@ -30,7 +31,7 @@ from probe.sites import Site
 Mode = Literal["add", "scale"]
 
 
-class ModulationError(ValueError):
+class ModulationError(EmoprobeError, ValueError):
     """A circuit cannot be modulated as asked."""
 
 

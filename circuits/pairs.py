@@ -26,13 +26,14 @@ from typing import Literal
 import numpy as np
 
 from circuits.baselines import PairBaseline, Positions, check_aligned, take
+from probe.errors import EmoprobeError
 from probe.forward import Batch, make_batch
 from probe.tokens import encode
 
 Align = Literal["length", "suffix"]
 
 
-class PairError(ValueError):
+class PairError(EmoprobeError, ValueError):
     """Pairs cannot be built as asked (no partner, unknown label, too few groups)."""
 
 

@@ -20,12 +20,14 @@ import torch
 from torch import Tensor
 
 from circuits.components import Group
+from probe.arch import ROTARY_FAMILIES
+from probe.errors import EmoprobeError
 from probe.sites import Site
 
-FAMILIES = ("llama", "mistral", "qwen2", "qwen3")
+FAMILIES = ROTARY_FAMILIES  # probe.arch holds the architecture facts
 
 
-class QKFixError(ValueError):
+class QKFixError(EmoprobeError, ValueError):
     """The QK fix cannot be computed for this model."""
 
 
@@ -41,8 +43,7 @@ def qk_sites(lm, layers: Sequence[int]) -> list[Site]:
 def _rope(lm, batch, x: Tensor):
     from transformers.models.llama.modeling_llama import apply_rotary_pos_emb
 
-    base = lm.arch.base(lm.model)
-    cos, sin = base.rotary_emb(x, batch.position_ids)
+    cos, sin = lm.arch.rotary_embedding(lm.model)(x, batch.position_ids)
     return lambda q, k: apply_rotary_pos_emb(q, k, cos, sin)
 
 
@@ -72,7 +73,7 @@ def qk_fix(lm, gs: Sequence[Group], values, grads, sources, rows: Tensor, batch)
     out = {}
     for g in gs:
         L = g.site.layer
-        attn = lm.arch.layers(lm.model)[L].self_attn
+        attn = lm.arch.attention(lm.model, L)
         q, k, v = (values[Site(f"attn.hook_{x}", L)] for x in "qkv")
         dz = grads[Site("attn.hook_z", L)]
         rope = _rope(lm, batch, q)

@@ -69,7 +69,8 @@ def curve_rows(curves: pd.DataFrame, *, emotion: str) -> pd.DataFrame:
 
 def write(out_dir: str | os.PathLike, rows: list[pd.DataFrame], run: dict[str, Any]) -> dict[str, Path]:
     """Write ``results.csv``, ``results.json`` and ``run.json`` atomically."""
-    from probe.results import _atomic_write, _environment
+    from probe.io import atomic_write as _atomic_write
+    from probe.io import environment as _environment
 
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)

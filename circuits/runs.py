@@ -25,13 +25,12 @@ import torch
 from torch import Tensor, nn
 
 from circuits.metrics import Metric
+from probe.arch import SKIPPABLE_FAMILIES
 from probe.forward import Batch
 from probe.hooks import HookContext, StopForward, hooks
 from probe.sites import Site
 
-#: Families whose base model feeds ``inputs_embeds`` to block 0 unchanged (no scaling, no
-#: position embedding added), so a forward can start at any block from a cached residual.
-_SKIPPABLE = ("llama", "mistral", "qwen2", "qwen3")
+_SKIPPABLE = SKIPPABLE_FAMILIES  # probe.arch holds the architecture facts
 
 
 @dataclass

@@ -25,6 +25,8 @@ from dataclasses import dataclass
 
 from torch import nn
 
+from probe.errors import EmoprobeError
+
 Where = tuple[str, str] | tuple[str, str, str]
 
 _LLAMA_LIKE: dict[str, Where] = {
@@ -73,6 +75,12 @@ FAMILIES: dict[str, Mapping[str, Where]] = {
     "qwen2_vl_text": _LLAMA_LIKE,
     "qwen2_5_vl_text": _LLAMA_LIKE,
 }
+#: Families whose base model feeds ``inputs_embeds`` to block 0 unchanged (no scaling, no
+#: position embedding added), so a forward can start at any block from a cached residual.
+SKIPPABLE_FAMILIES = ("llama", "mistral", "qwen2", "qwen3")
+#: Families with rotary Llama-like attention: q/k/v projections in each block's attention module
+#: and one ``rotary_emb`` on the base model (what recomputing attention patterns needs).
+ROTARY_FAMILIES = ("llama", "mistral", "qwen2", "qwen3")
 #: Where the block list sits, tried in order (VLM language backbones included).
 LAYER_PATHS = (
     "model.layers",
@@ -83,7 +91,7 @@ LAYER_PATHS = (
 )
 
 
-class ArchitectureError(ValueError):
+class ArchitectureError(EmoprobeError, ValueError):
     """The model's layout is not one this toolkit knows how to hook."""
 
 
@@ -120,6 +128,26 @@ class Architecture:
     def multimodal(self) -> bool:
         """Whether the blocks belong to the language backbone of a multimodal model."""
         return "language_model." in self.layers_path
+
+    @property
+    def skippable(self) -> bool:
+        """Whether a forward may start at any block from a cached residual stream."""
+        return self.family in SKIPPABLE_FAMILIES
+
+    @property
+    def rotary(self) -> bool:
+        """Whether attention is rotary Llama-like (see :data:`ROTARY_FAMILIES`)."""
+        return self.family in ROTARY_FAMILIES
+
+    def attention(self, model: nn.Module, layer: int) -> nn.Module:
+        """Block ``layer``'s attention module (the module whose output is ``hook_attn_out``)."""
+        return self.layers(model)[layer].get_submodule(self.where("hook_attn_out")[0])
+
+    def rotary_embedding(self, model: nn.Module) -> nn.Module:
+        """The base model's rotary embedding (``cos, sin = it(x, position_ids)``)."""
+        if not self.rotary:
+            raise ArchitectureError(f"family {self.family!r} has no rotary Llama-like attention")
+        return self.base(model).rotary_emb
 
     def where(self, kind: str) -> Where:
         if kind == "hook_embed":

@@ -46,7 +46,7 @@ from probe.store import (
     variable_specs,
 )
 from probe.tokens import Encoded, encode
-from probe.vlm.encode import layout_coords
+from probe.multimodal.encode import layout_coords
 
 #: Dataset columns that hold a row's media (paths), read by multimodal models.
 MEDIA_COLUMNS = ("image", "audio")
@@ -289,7 +289,7 @@ def _encode(lm, dataset: EmotionDataset, config: CacheConfig) -> Encoded:
         return encode(lm.tokenizer, dataset.texts, chat_template=lm.chat_template,
                       system_prompt=config.system_prompt, max_length=config.max_length,
                       target_words=words)
-    from probe.vlm.encode import encode_multimodal
+    from probe.multimodal.encode import encode_multimodal
 
     return encode_multimodal(lm.processor, dataset.texts, images=media.get("image"),
                              audio=media.get("audio"), chat_template=lm.chat_template,

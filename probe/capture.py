@@ -16,7 +16,7 @@ Poolings (``--pooling``):
 ``content-last``  the last token of the stimulus text itself
 ``token``         the last token of the row's ``target_word`` (dataset column)
 
-Multimodal rows (an image and/or audio with the text; :mod:`probe.vlm.encode`) add:
+Multimodal rows (an image and/or audio with the text; :mod:`probe.multimodal.encode`) add:
 
 ``image-mean``    mean over the row's image tokens (the positions the processor fills with
                   image features)
@@ -25,7 +25,8 @@ Multimodal rows (an image and/or audio with the text; :mod:`probe.vlm.encode`) a
 ``text-last``     the last text token (with a chat template, the end of the generation prompt)
 
 Each pooling reads one modality (:data:`POOLING_MODALITY`; ``all`` for ``last`` and ``mean``),
-recorded as the store's ``modality`` coordinate on the ``pooling`` dimension.
+recorded as the store's ``modality`` coordinate on the ``pooling`` dimension. Each is one
+function in :mod:`probe.pooling`, where :func:`probe.pooling.register_pooling` adds more.
 """
 
 from __future__ import annotations
@@ -37,28 +38,27 @@ import torch
 from jaxtyping import Float
 from torch import Tensor
 
+from probe.errors import EmoprobeError
+from probe.forward import model_inputs, pad_batch  # noqa: F401 (re-exported: batch building)
 from probe.hooks import HookManager, StopForward
+from probe.modality import MODALITY_CODES, POOLING_MODALITY
+from probe.pooling import POOLING_FUNCTIONS, RowTokens
 from probe.sites import Site
 from probe.tokens import Encoded
 
-POOLINGS = ("last", "mean", "content-mean", "content-last", "token", "image-mean", "audio-mean",
-            "text-mean", "text-last")
+POOLINGS = tuple(POOLING_FUNCTIONS)  # the built-in ones; probe.pooling.register_pooling adds more
 DEFAULT_POOLINGS = ("last", "content-mean")
-#: Which tokens each pooling reads.
-POOLING_MODALITY = {"last": "all", "mean": "all", "content-mean": "text", "content-last": "text",
-                    "token": "text", "image-mean": "image", "audio-mean": "audio",
-                    "text-mean": "text", "text-last": "text"}
-_CODES = {"text": 0, "image": 1, "audio": 3}
+_CODES = {m: MODALITY_CODES[m] for m in ("text", "image", "audio")}
 
 
-class CaptureError(ValueError):
+class CaptureError(EmoprobeError, ValueError):
     """Capture cannot proceed as asked."""
 
 
 def check_poolings(poolings: Sequence[str], encoded: Encoded | None = None) -> tuple[str, ...]:
-    bad = [p for p in poolings if p not in POOLINGS]
+    bad = [p for p in poolings if p not in POOLING_FUNCTIONS]
     if bad:
-        raise CaptureError(f"unknown pooling {bad[0]!r}; choose from {', '.join(POOLINGS)}")
+        raise CaptureError(f"unknown pooling {bad[0]!r}; choose from {', '.join(POOLING_FUNCTIONS)}")
     if not poolings:
         raise CaptureError("no pooling given; e.g. --pooling last,content-mean")
     if encoded is not None and "token" in poolings and any(t is None for t in encoded.target):
@@ -104,59 +104,11 @@ def pooling_weights(
     w = torch.zeros(len(lengths), len(poolings), width)
     for i, n in enumerate(lengths):
         off = width - n if padding_side == "left" else 0
-        c0, c1 = content[i]
+        row = RowTokens(length=n, content=tuple(content[i]), target=target[i],
+                        codes=torch.as_tensor(modality[i]) if modality is not None else None)
         for p, name in enumerate(poolings):
-            kind = POOLING_MODALITY[name]
-            if name.startswith(("image-", "audio-", "text-")):
-                codes = torch.as_tensor(modality[i]) if modality is not None else torch.zeros(n)
-                where = torch.nonzero(codes == _CODES[kind]).flatten() + off
-                if name.endswith("-last"):
-                    w[i, p, where[-1]] = 1.0
-                else:
-                    w[i, p, where] = 1.0 / len(where)
-            elif name == "last":
-                w[i, p, off + n - 1] = 1.0
-            elif name == "mean":
-                w[i, p, off:off + n] = 1.0 / n
-            elif name == "content-mean":
-                w[i, p, off + c0:off + c1] = 1.0 / (c1 - c0)
-            elif name == "content-last":
-                w[i, p, off + c1 - 1] = 1.0
-            else:  # token
-                w[i, p, off + target[i]] = 1.0
+            w[i, p, off:off + n] = POOLING_FUNCTIONS[name](row)
     return w
-
-
-def pad_batch(ids: Sequence[Sequence[int]], pad_id: int, padding_side: str, device) -> dict:
-    """input_ids, attention_mask and position_ids (correct for either padding side)."""
-    width = max(len(x) for x in ids)
-    input_ids = torch.full((len(ids), width), pad_id, dtype=torch.long)
-    mask = torch.zeros((len(ids), width), dtype=torch.long)
-    for i, row in enumerate(ids):
-        sl = slice(width - len(row), width) if padding_side == "left" else slice(0, len(row))
-        input_ids[i, sl] = torch.as_tensor(row)
-        mask[i, sl] = 1
-    position_ids = (mask.cumsum(-1) - 1).clamp(min=0)
-    return {"input_ids": input_ids.to(device), "attention_mask": mask.to(device),
-            "position_ids": position_ids.to(device)}
-
-
-def model_inputs(lm, encoded: Encoded, rows: Sequence[int], inputs: dict) -> dict:
-    """Model inputs of ``rows`` besides ids and masks: pixel values, audio features, ...
-
-    Empty for text rows. A model that computes its own multimodal positions (Qwen2-VL's
-    3-D rotary positions) gets ``position_ids: None`` for a batch with images in it.
-    """
-    if not hasattr(encoded, "model_inputs"):
-        return {}
-    ids, mask = inputs["input_ids"], inputs["attention_mask"]
-    side = "left" if bool((mask[:, 0] == 0).any()) else "right"
-    extra = encoded.model_inputs(rows, width=ids.shape[1], padding_side=side, device=ids.device,
-                                 dtype=lm.dtype)
-    trunk = lm.arch.trunk(lm.model)
-    if hasattr(trunk, "get_rope_index") and any(k.endswith("grid_thw") for k in extra):
-        extra["position_ids"] = None
-    return extra
 
 
 class SiteHooks:

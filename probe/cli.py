@@ -1,11 +1,15 @@
 """The ``probe`` command line: cache activations, describe stores, run probe sweeps.
 
-Other packages add subcommands (``probe steer``, ``probe circuits``, ...) without ``probe``
-importing them: each registers a function under the entry-point group ``emoprobe.commands``
-(see ``pyproject.toml``). The function receives the subparsers object, adds its parsers, and
+Every command group registers the same way: a function ``register(sub)`` receives the
+subparsers object, adds its parsers (with the argument groups of :mod:`probe.cli_args`) and
 returns ``{command: handler}``; a handler takes the parsed arguments and returns an exit code.
-A package's own user errors are reported like ours when they subclass ``ValueError`` and are
-listed in the handler's ``user_errors`` attribute.
+Other packages (``probe steer``, ``probe circuits``, ...) offer their ``register`` under the
+entry-point group ``emoprobe.commands`` (see ``pyproject.toml``), so ``probe`` never imports
+them. ``probe``'s own plugins (``behave``, ``conflict``, ``report``) live inside ``probe`` and
+are named below, so they work from a source checkout without reinstalling. Registering imports
+nothing heavy: ``probe --help`` parses before torch loads. A package's user errors are
+reported like ours when they derive from :class:`probe.errors.EmoprobeError` (the older way,
+listing them in the handler's ``user_errors`` attribute, still works).
 
 Every user-facing error (unknown model or dataset, missing weights, bad site, incomplete store,
 degenerate data) prints one clear ``error:`` message and exits with status 2, without a stack
@@ -24,6 +28,13 @@ import warnings
 from collections.abc import Sequence
 from pathlib import Path
 
+from probe.behaviour.cli import register as register_behave
+from probe.cli_args import (cache_args, cache_config, data_args, load_data, load_model,
+                            model_args, storage_args)
+from probe.errors import EmoprobeError
+from probe.report_cli import register as register_report
+from probe.vlm.cli import register as register_conflict
+
 EPILOG_CACHE = """examples:
   probe cache --limit 64                      # embedded SmolLM2, our stimulus set
   probe cache --model llama-3-8b --device cuda --dtype bfloat16 --dataset ../shared/data/meld
@@ -38,117 +49,10 @@ EPILOG_SWEEP = """examples:
   probe sweep --dataset my_stimuli.csv --task classification --split-eval train:test
 """
 
-
-def _user_errors() -> tuple[type[BaseException], ...]:
-    from probe.arch import ArchitectureError
-    from probe.capture import CaptureError
-    from probe.data.schema import DatasetError
-    from probe.models import ModelError
-    from probe.distributed import DistributedError
-    from probe.objectstore import ObjectStoreError
-    from probe.lazy import MemoryBudgetError
-    from probe.placement import PlacementError
-    from probe.sites import SiteError
-    from probe.store import StoreError
-    from probe.tokens import EncodingError
-
-    from probe.vlm.attribution import AttributionError
-    from probe.vlm.conflict import ConflictError
-    from probe.vlm.processors import ProcessorError
-
-    errors: list[type[BaseException]] = [ArchitectureError, CaptureError, DatasetError,
-                                          ModelError, SiteError, StoreError, EncodingError,
-                                          AttributionError, ConflictError, ProcessorError,
-                                          PlacementError, MemoryBudgetError, DistributedError,
-                                          ObjectStoreError]
-    try:
-        from probe.stats import ProbeError
-
-        errors.append(ProbeError)
-    except ImportError:  # pragma: no cover
-        pass
-    return tuple(errors)
-
-
-def _positive_int(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a whole number, got {text!r}") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
-    return value
-
-
-def _model_args(p: argparse.ArgumentParser) -> None:
-    g = p.add_argument_group("model")
-    g.add_argument("--model", default="smollm2-135m",
-                   help="registered alias (see `probe models`), Hugging Face id, or local directory "
-                        "(default: %(default)s, embedded)")
-    g.add_argument("--device", default="auto", help="auto (CUDA if present), cpu, cuda, cuda:1, ...")
-    g.add_argument("--dtype", default="auto",
-                   help="auto (bfloat16 on CUDA, float32 on CPU), float32, bfloat16, float16")
-    g.add_argument("--no-chat-template", dest="chat_template", action="store_false",
-                   help="feed raw text (default: wrap each text as a user turn when the model has "
-                        "a chat template)")
-    g.add_argument("--system-prompt", default=None,
-                   help="system prompt for the chat template (default: the template's own)")
-    g.add_argument("--allow-download", action="store_true",
-                   help="let Hugging Face download missing weights (default: local files only)")
-    g.add_argument("--device-map", default=None,
-                   help="spread a big model over GPUs, CPU and disk (accelerate): auto, balanced, "
-                        "sequential (default: the whole model on --device)")
-    g.add_argument("--max-memory", default=None,
-                   help="memory per device for --device-map, e.g. '0=20GiB,1=20GiB,cpu=64GiB'")
-    g.add_argument("--offload-folder", default=None,
-                   help="where --device-map offloads what fits nowhere else "
-                        "(default: ~/.cache/emoprobe/offload/<model>)")
-
-
-def _data_args(p: argparse.ArgumentParser) -> None:
-    g = p.add_argument_group("data")
-    g.add_argument("--dataset", default="emotion-scenarios",
-                   help="registered name (see `probe datasets`), NAME:PATH, a dataset directory "
-                        "(format detected), or a .csv/.jsonl file (default: %(default)s)")
-    g.add_argument("--text-column", default=None, help="text column of a user CSV/JSONL")
-    g.add_argument("--label-column", default=None, help="label column of a user CSV/JSONL")
-    g.add_argument("--group-column", default=None, help="group column of a user CSV/JSONL")
-    g.add_argument("--id-column", default=None,
-                   help="id column of a user CSV/JSONL (default: row-0, row-1, ...)")
-    g.add_argument("--split", default=None, help="use only this split (train, dev, test)")
-    g.add_argument("--limit", type=_positive_int, default=None,
-                   help="use at most N rows: whole groups, the target's classes in proportion, "
-                        "fixed seed 0 (so reruns reuse the store)")
-
-
-def _cache_args(p: argparse.ArgumentParser) -> None:
-    g = p.add_argument_group("caching")
-    g.add_argument("--sites", default="hook_embed blocks.*.hook_resid_post",
-                   help="site patterns, space-separated: blocks.*.hook_resid_post, "
-                        "blocks.0-11.hook_mlp_out, blocks.5.attn.hook_z, blocks.*.mlp.hook_post, "
-                        "hook_embed; short forms resid_post, attn_out, ... (default: %(default)s)")
-    g.add_argument("--pooling", default="last,content-mean",
-                   help="comma-separated: last, mean, content-mean, content-last, token "
-                        "(default: %(default)s)")
-    g.add_argument("--batch-size", type=_positive_int, default=32,
-                   help="texts per forward pass (default: %(default)s)")
-    g.add_argument("--store-dtype", default="float16", choices=["float16", "bfloat16", "float32"],
-                   help="dtype on disk; values beyond float16's range stop the run with a "
-                        "pointer to bfloat16 / float32, never stored as inf; bfloat16 is kept as "
-                        "its uint16 bits and read back as exact float32 (default: %(default)s)")
-    g.add_argument("--padding-side", default=None, choices=["left", "right"],
-                   help="default: the tokenizer's")
-    g.add_argument("--max-length", type=_positive_int, default=None,
-                   help="refuse (never truncate) texts longer than this many tokens")
-    g.add_argument("--cache-dir", default=None,
-                   help="root for stores (default: $EMOPROBE_CACHE or ./cache)")
-
-
-def _storage_args(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--storage-options", default=None, metavar="JSON",
-                   help="fsspec options for a store URL (s3://, gs://, ...), e.g. "
-                        "'{\"endpoint_url\": \"http://minio:9000\"}' (default: "
-                        "$EMOPROBE_STORAGE_OPTIONS); never written to run records")
+# The argument groups and loaders live in probe.cli_args (public, for plugins); the old private
+# names stay for callers that have not moved yet.
+_model_args, _data_args, _cache_args, _storage_args = model_args, data_args, cache_args, storage_args
+_load_data, _load_model, _cache_config = load_data, load_model, cache_config
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -163,12 +67,12 @@ def build_parser() -> argparse.ArgumentParser:
                        description="Run the model over a dataset and cache pooled activations "
                                    "at the chosen sites. Resumes an interrupted store.",
                        epilog=EPILOG_CACHE, formatter_class=argparse.RawDescriptionHelpFormatter)
-    _model_args(p)
-    _data_args(p)
-    _cache_args(p)
+    model_args(p)
+    data_args(p)
+    cache_args(p)
     p.add_argument("--out", default=None, help="store path or object-store URL such as "
                    "s3://bucket/x.zarr (default: <cache-dir>/<model>/<dataset>-<key>.zarr)")
-    _storage_args(p)
+    storage_args(p)
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     g = p.add_argument_group("several workers (docs/scale.md)")
     g.add_argument("--workers", type=int, default=1,
@@ -184,7 +88,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("info", help="describe an activation store")
     p.add_argument("store", help="path of a .zarr store, or its URL (s3://bucket/x.zarr)")
-    _storage_args(p)
+    storage_args(p)
 
     p = sub.add_parser("sweep", help="cache what is missing, fit a probe at every layer, plot",
                        description="Cache activations (resuming if cached), fit a linear probe "
@@ -192,9 +96,9 @@ def build_parser() -> argparse.ArgumentParser:
                                    "bootstrap CIs, a control task and a lexical baseline; write "
                                    "a results table and layerwise figures.",
                        epilog=EPILOG_SWEEP, formatter_class=argparse.RawDescriptionHelpFormatter)
-    _model_args(p)
-    _data_args(p)
-    _cache_args(p)
+    model_args(p)
+    data_args(p)
+    cache_args(p)
     g = p.add_argument_group("probing")
     g.add_argument("--target", default=None,
                    help="target column (default: the dataset's; e.g. valence, V, A, D)")
@@ -241,142 +145,33 @@ def build_parser() -> argparse.ArgumentParser:
                         "(Dask) in jobs that fit, for stores larger than RAM")
     p.add_argument("--store", default=None, help="use this store path (or object-store URL, "
                    "e.g. s3://bucket/x.zarr) instead of the default")
-    _storage_args(p)
+    storage_args(p)
     p.add_argument("--out", default=None,
                    help="results folder (default: runs/<model>/<dataset>-<target>-<time>)")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
 
-    from probe.vlm.cli import add_parser as add_conflict
-
-    add_conflict(sub, _model_args)
+    handlers = {**COMMANDS, **register_conflict(sub)}
     sub.add_parser("models", help="list registered model aliases")
     sub.add_parser("datasets", help="list registered datasets")
-    from probe.behaviour.cli import register as register_behave
-    from probe.report import register as register_report
-
-    parser.handlers = {**COMMANDS, **register_behave(sub), **register_report(sub),
-                       **plugin_commands(sub)}
+    for register in (register_behave, register_report):
+        handlers.update(register(sub))
+    parser.handlers = {**handlers, **plugin_commands(sub, defined=handlers)}
     return parser
 
 
-def plugin_commands(sub) -> dict:
+def plugin_commands(sub, defined=None) -> dict:
     """Subcommands registered by other packages (entry-point group ``emoprobe.commands``)."""
     from importlib.metadata import entry_points
 
+    defined = COMMANDS if defined is None else defined
     handlers: dict = {}
     for ep in sorted(entry_points(group="emoprobe.commands"), key=lambda e: e.name):
         register = ep.load()
         for name, handler in register(sub).items():
-            if name in COMMANDS or name in handlers:
+            if name in defined or name in handlers:
                 raise RuntimeError(f"command {name!r} from {ep.value} is already defined")
             handlers[name] = handler
     return handlers
-
-
-def _poolings(args) -> tuple[str, ...]:
-    return tuple(p.strip() for p in args.pooling.split(",") if p.strip())
-
-
-def _load_data(args):
-    """The dataset, cut to ``--limit`` (stratified); for a sweep, checked against ``--folds``."""
-    from probe.capture import CaptureError
-    from probe.data import load_dataset
-
-    ds = load_dataset(args.dataset, text_column=args.text_column, label_column=args.label_column,
-                      group_column=args.group_column, id_column=args.id_column, split=args.split)
-    if hasattr(args, "pooling") and "token" in _poolings(args) and "target_word" not in ds.frame:
-        raise CaptureError(f"--pooling token reads each row's target word, but dataset "
-                           f"{ds.name!r} has no 'target_word' column; choose other poolings")
-    target = getattr(args, "target", None)
-    limited = ds.limit(args.limit, target=target)
-    if len(limited) < len(ds) and getattr(args, "fold_fallback", None) == "error":
-        _check_limit(ds, limited, args.limit, target or ds.default_target, args.folds)
-    return limited
-
-
-def _check_limit(ds, limited, limit: int, target: str, n_folds: int) -> None:
-    """Refuse a ``--limit`` too small for the folds, naming the smallest one that works."""
-    from probe.data.subset import smallest_working_limit
-    from probe.stats import ProbeError
-
-    if ds.target_kind(target) == "multilabel":
-        return  # the sweep refuses it with its own message
-    error = _fold_error(limited, target, n_folds)
-    if error is None:
-        return
-    best = smallest_working_limit(ds, lambda d: _fold_error(d, target, n_folds) is None,
-                                  target=target)
-    if best is None:
-        raise error
-    raise ProbeError(f"--limit {limit} keeps {len(limited)} rows, too few for {n_folds}-fold "
-                     f"group-aware cross-validation on {target!r}: {error}\nThe smallest "
-                     f"--limit that works here is {best} (or lower --folds).")
-
-
-def _fold_error(ds, target: str, n_folds: int):
-    """The error the sweep's fold check raises on ``ds``, or ``None`` if folds can be made."""
-    import pandas as pd
-
-    from probe.stats import ProbeError, group_stratified_folds
-
-    col, groups = ds.frame[target], ds.frame["group"]
-    if ds.target_kind(target) == "continuous":
-        y, task = pd.to_numeric(col, errors="coerce"), "regression"
-        rows = y.notna().to_numpy()
-    else:
-        rows = (col.notna() & (col.astype(str) != "")).to_numpy()
-        y, task = col.astype(str), "classification"
-    try:
-        group_stratified_folds(y[rows].to_numpy(), groups[rows].to_numpy(), n_folds, task=task)
-    except ProbeError as exc:
-        return exc
-    return None
-
-
-def _check_before_loading(args) -> None:
-    """Sites, layers and poolings against the model's config: seconds, not a model load.
-
-    Commands without ``--sites``/``--pooling`` (e.g. ``probe conflict``) skip what they lack.
-    """
-    from probe.capture import check_poolings
-    from probe.models import known_n_layers
-    from probe.sites import parse_sites
-
-    if getattr(args, "pooling", None) is not None:
-        check_poolings(_poolings(args))
-    if getattr(args, "sites", None) is None:
-        return
-    n_layers = known_n_layers(args.model, allow_download=args.allow_download)
-    if n_layers is not None:
-        parse_sites(args.sites, n_layers=n_layers)
-
-
-def _load_model(args):
-    from probe.models import ModelError, load_model
-
-    if args.system_prompt is not None and not args.chat_template:
-        raise ModelError("--system-prompt needs the chat template; drop --no-chat-template")
-    _check_before_loading(args)
-    if getattr(args, "quiet", False):
-        from transformers.utils import logging as hf_logging
-
-        hf_logging.disable_progress_bar()
-    lm = load_model(args.model, device=args.device, dtype=args.dtype,
-                    chat_template=args.chat_template, allow_download=args.allow_download,
-                    device_map=args.device_map, max_memory=args.max_memory,
-                    offload_folder=args.offload_folder)
-    if args.system_prompt is not None and not lm.chat_template:
-        raise ModelError(f"--system-prompt was given but {args.model} has no chat template")
-    return lm
-
-
-def _cache_config(args):
-    from probe.cache import CacheConfig
-
-    return CacheConfig(sites=args.sites, poolings=_poolings(args),
-                       batch_size=args.batch_size, store_dtype=args.store_dtype,
-                       padding_side=args.padding_side, system_prompt=args.system_prompt,
-                       max_length=args.max_length)
 
 
 def cmd_cache(args) -> int:
@@ -390,9 +185,9 @@ def cmd_cache(args) -> int:
     if objectstore.protocol(args.out or "") == "memory":
         warnings.warn(f"{args.out} lives in this process only and is gone when `probe cache` "
                       "exits; use it from Python, or with `probe sweep --store`")
-    dataset = _load_data(args)
-    lm = _load_model(args)
-    config = _cache_config(args)
+    dataset = load_data(args)
+    lm = load_model(args)
+    config = cache_config(args)
     out = args.out or default_store_path(lm, dataset, config,
                                          Path(args.cache_dir) if args.cache_dir else None)
     path = cache_activations(lm, dataset, config=config, out=out, progress=not args.quiet)
@@ -415,7 +210,7 @@ def _cache_distributed(args) -> int:
         state = "complete" if done else "INCOMPLETE: rerun the job to redo the missing blocks"
         print(f"store: {args.out} ({state})")
         return 0
-    dataset, config = _load_data(args), _cache_config(args)
+    dataset, config = load_data(args), cache_config(args)
     if args.distributed:
         rank = dist.rank_from_env()
         if rank is None:
@@ -424,7 +219,7 @@ def _cache_distributed(args) -> int:
                                         "environment")
         if rank.device is not None:
             args.device = rank.device
-        done = dist.run_worker(_load_model(args), dataset, config=config, out=args.out, rank=rank)
+        done = dist.run_worker(load_model(args), dataset, config=config, out=args.out, rank=rank)
         print(f"worker {rank.rank}/{rank.world} done; store {args.out} "
               f"{'complete' if done else 'not complete yet (other workers, or --finalize)'}")
         return 0
@@ -447,14 +242,8 @@ def cmd_info(args) -> int:
 def cmd_sweep(args) -> int:
     from probe.sweep_cli import sweep_from_args
 
-    return sweep_from_args(args, load_data=_load_data, load_model=_load_model,
-                           cache_config=_cache_config)
-
-
-def cmd_conflict(args) -> int:
-    from probe.vlm.cli import run
-
-    return run(args, load_model=_load_model)
+    return sweep_from_args(args, load_data=load_data, load_model=load_model,
+                           cache_config=cache_config)
 
 
 def cmd_models(args) -> int:
@@ -479,8 +268,8 @@ def _warning_line(message, category, filename, lineno, line=None) -> str:
     return f"warning: {message}\n"
 
 
-COMMANDS = {"cache": cmd_cache, "info": cmd_info, "sweep": cmd_sweep, "conflict": cmd_conflict,
-            "models": cmd_models, "datasets": cmd_datasets}
+COMMANDS = {"cache": cmd_cache, "info": cmd_info, "sweep": cmd_sweep, "models": cmd_models,
+            "datasets": cmd_datasets}
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -497,10 +286,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         code = handler(args)
         sys.stdout.flush()  # a closed pipe shows here, not at interpreter exit
         return code
-    except BrokenPipeError:  # first: the next clause imports every module with user errors
+    except BrokenPipeError:
         _discard_stdout()
         return 141  # 128 + SIGPIPE, what `yes | head` reports
-    except (*_user_errors(), *getattr(handler, "user_errors", ())) as exc:
+    except (EmoprobeError, *getattr(handler, "user_errors", ())) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:

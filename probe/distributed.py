@@ -47,12 +47,13 @@ import numpy as np
 import torch
 
 from probe import objectstore
+from probe.errors import EmoprobeError
+from probe.io import atomic_write
 from probe.objectstore import Remote
+from probe.store import MARKERS
 
-MARKERS = ".emoprobe-blocks"
 
-
-class DistributedError(RuntimeError):
+class DistributedError(EmoprobeError, RuntimeError):
     """A worker cannot join, or the store is not ready for it."""
 
 
@@ -112,10 +113,7 @@ def write_marker(path: Path | Remote, first: int, stop: int, keys: Sequence[str]
 _MARKER_GROUP = {"zarr_format": 3, "node_type": "group", "attributes": {"emoprobe": "done blocks"}}
 
 
-def _atomic(target: Path, text: str) -> None:
-    tmp = target.parent / f".{target.name}.{os.getpid()}.tmp"
-    tmp.write_text(text)
-    os.replace(tmp, target)
+_atomic = atomic_write  # a unique temporary name per writer, then a rename
 
 
 def read_markers(path: Path | Remote, *, since: int = 0) -> dict[int, dict]:

@@ -172,11 +172,15 @@ def save_figure(fig: Figure, out: str | os.PathLike) -> dict[str, Path]:
 # ---------------------------------------------------------------------------- drawing
 
 
-def _new_figure(size: tuple[float, float]) -> Figure:
+def new_figure(size: tuple[float, float]) -> Figure:
+    """A figure of ``size`` inches in the house style (constrained layout, Agg canvas)."""
     fig = Figure(figsize=size, dpi=DPI, layout="constrained")
     FigureCanvasAgg(fig)
     fig.get_layout_engine().set(w_pad=0.02, h_pad=0.02, wspace=0.04)
     return fig
+
+
+_new_figure = new_figure  # the old private name
 
 
 def _root(ax: Axes) -> Figure:

@@ -74,16 +74,46 @@ class Batch:
         return torch.as_tensor(self.lengths, device=self.input_ids.device) - 1
 
 
+def pad_batch(ids: Sequence[Sequence[int]], pad_id: int, padding_side: str, device) -> dict:
+    """input_ids, attention_mask and position_ids (correct for either padding side)."""
+    width = max(len(x) for x in ids)
+    input_ids = torch.full((len(ids), width), pad_id, dtype=torch.long)
+    mask = torch.zeros((len(ids), width), dtype=torch.long)
+    for i, row in enumerate(ids):
+        sl = slice(width - len(row), width) if padding_side == "left" else slice(0, len(row))
+        input_ids[i, sl] = torch.as_tensor(row)
+        mask[i, sl] = 1
+    position_ids = (mask.cumsum(-1) - 1).clamp(min=0)
+    return {"input_ids": input_ids.to(device), "attention_mask": mask.to(device),
+            "position_ids": position_ids.to(device)}
+
+
+def model_inputs(lm, encoded: Encoded, rows: Sequence[int], inputs: dict) -> dict:
+    """Model inputs of ``rows`` besides ids and masks: pixel values, audio features, ...
+
+    Empty for text rows. A model that computes its own multimodal positions (Qwen2-VL's
+    3-D rotary positions) gets ``position_ids: None`` for a batch with images in it.
+    """
+    if not hasattr(encoded, "model_inputs"):
+        return {}
+    ids, mask = inputs["input_ids"], inputs["attention_mask"]
+    side = "left" if bool((mask[:, 0] == 0).any()) else "right"
+    extra = encoded.model_inputs(rows, width=ids.shape[1], padding_side=side, device=ids.device,
+                                 dtype=lm.dtype)
+    trunk = lm.arch.trunk(lm.model)
+    if hasattr(trunk, "get_rope_index") and any(k.endswith("grid_thw") for k in extra):
+        extra["position_ids"] = None
+    return extra
+
+
 def make_batch(lm, texts: Sequence[str] | Encoded, *, padding_side: str = "left",
                chat_template: bool | None = None, system_prompt: str | None = None) -> Batch:
     """Encode ``texts`` (chat template as the model was loaded, unless overridden) and pad.
 
     Left padding by default: it is what generation needs, and the last column is then every
     row's last token. Rows with images or audio: pass what
-    :func:`probe.vlm.encode.encode_multimodal` returned.
+    :func:`probe.multimodal.encode.encode_multimodal` returned.
     """
-    from probe.capture import model_inputs, pad_batch
-
     if isinstance(texts, Encoded):
         enc = texts
     else:

@@ -38,6 +38,8 @@ from typing import Literal
 import torch
 from torch import Tensor, nn
 
+from probe.errors import EmoprobeError
+from probe.modality import MODALITY_CODES
 from probe.sites import Site, SiteError, parse_sites
 
 HookFn = Callable[[Tensor, "HookContext"], "Tensor | None"]
@@ -45,7 +47,7 @@ Hooks = Mapping[Site | str, HookFn | Sequence[HookFn]]
 PositionMode = Literal["all", "prompt", "generated", "last", "last-prompt",
                        "last-prompt+generated", "content", "text", "image", "audio"]
 #: Modality codes of ``ctx.positions("image")`` etc. (transformers' ``mm_token_type_ids``).
-_MODALITY_CODES = {"text": 0, "image": 1, "audio": 3}
+_MODALITY_CODES = {m: MODALITY_CODES[m] for m in ("text", "image", "audio")}
 
 #: Order in which a decoder block computes each site kind.
 EXECUTION_ORDER: dict[str, float] = {
@@ -56,7 +58,7 @@ EXECUTION_ORDER: dict[str, float] = {
 _HEADED = {"attn.hook_q": "heads", "attn.hook_z": "heads", "attn.hook_k": "kv", "attn.hook_v": "kv"}
 
 
-class HookError(ValueError):
+class HookError(EmoprobeError, ValueError):
     """A hook cannot be placed or applied as asked; the message says what to fix."""
 
 
@@ -166,7 +168,7 @@ class HookContext:
                 return torch.ones(f.attention_mask.shape[0], len(cols), dtype=torch.bool,
                                   device=cols.device)
             raise HookError(f"{mode!r} positions need a multimodal batch (lm.batch of rows "
-                            "encoded with probe.vlm.encode.encode_multimodal)")
+                            "encoded with probe.multimodal.encode.encode_multimodal)")
         inside = cols < f.modality.shape[1]
         out = torch.full((f.modality.shape[0], len(cols)), mode == "text", dtype=torch.bool,
                          device=cols.device)  # generated tokens are text

@@ -24,9 +24,10 @@ import numpy as np
 import xarray as xr
 
 from probe.engine import memory_estimate
+from probe.errors import EmoprobeError
 
 
-class MemoryBudgetError(ValueError):
+class MemoryBudgetError(EmoprobeError, ValueError):
     """The memory budget cannot hold even one probe problem."""
 
 

@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 import shutil
 import uuid
 from dataclasses import dataclass, field
@@ -28,12 +27,14 @@ from typing import Any, Literal
 import torch
 
 from probe.arch import Architecture, architecture_for
+from probe.errors import EmoprobeError
+from probe.io import emoprobe_home
 
 DTypeName = Literal["auto", "float32", "bfloat16", "float16"]
 EMBEDDED = "smollm2-135m"
 
 
-class ModelError(ValueError):
+class ModelError(EmoprobeError, ValueError):
     """A model cannot be resolved or loaded as asked."""
 
 
@@ -83,10 +84,6 @@ _SPECS = [
               note="audio-language"),
 ]
 REGISTRY: dict[str, ModelSpec] = {s.alias: s for s in _SPECS}
-
-
-def emoprobe_home() -> Path:
-    return Path(os.environ.get("EMOPROBE_HOME", Path.home() / ".cache" / "emoprobe"))
 
 
 def resolve_model(name: str) -> ModelSpec:
@@ -157,7 +154,7 @@ class LoadedModel:
         """Inputs besides text the model takes: ``("image",)``, ``("audio",)`` or ``()``."""
         if self.processor is None:
             return ()
-        from probe.vlm.processors import media_kinds
+        from probe.multimodal.processors import media_kinds
 
         return media_kinds(self.processor)
 
@@ -325,7 +322,7 @@ def _auto_classes(path, **kwargs):
     """
     from transformers import AutoConfig
 
-    from probe.vlm.processors import is_multimodal_config, load_processor
+    from probe.multimodal.processors import is_multimodal_config, load_processor
 
     if not is_multimodal_config(AutoConfig.from_pretrained(path, **kwargs)):
         return None, None

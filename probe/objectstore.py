@@ -30,6 +30,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from probe.errors import EmoprobeError
+
 #: JSON ``storage_options`` for every object-store URL (credentials, ``endpoint_url``...).
 ENV_OPTIONS = "EMOPROBE_STORAGE_OPTIONS"
 #: Internal (tests): ``1`` sends ``file://`` URLs through the object-store code path (no
@@ -44,7 +46,7 @@ BACKENDS = {"s3": "s3fs", "s3a": "s3fs", "gs": "gcsfs", "gcs": "gcsfs", "az": "a
             "http": "aiohttp", "https": "aiohttp"}
 
 
-class ObjectStoreError(RuntimeError):
+class ObjectStoreError(EmoprobeError, RuntimeError):
     """An object-store URL cannot be used (no backend, no bucket, bad options)."""
 
 

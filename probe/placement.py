@@ -17,10 +17,13 @@ from pathlib import Path
 
 import torch
 
+from probe.errors import EmoprobeError
+from probe.io import emoprobe_home
+
 DEVICE_MAPS = ("auto", "balanced", "balanced_low_0", "sequential")
 
 
-class PlacementError(ValueError):
+class PlacementError(EmoprobeError, ValueError):
     """A device map or memory budget cannot be used as given."""
 
 
@@ -49,8 +52,6 @@ def device_map_kwargs(device_map, max_memory, offload_folder, alias: str) -> dic
     if isinstance(device_map, str) and device_map not in DEVICE_MAPS:
         raise PlacementError(f"--device-map {device_map!r}: choose {', '.join(DEVICE_MAPS)} "
                              "(or pass a dict module -> device in Python)")
-    from probe.models import emoprobe_home
-
     folder = Path(offload_folder) if offload_folder else emoprobe_home() / "offload" / alias
     return {"device_map": device_map, "max_memory": parse_max_memory(max_memory),
             "offload_folder": str(folder)}

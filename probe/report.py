@@ -14,7 +14,6 @@ fonts, no stylesheets from elsewhere, so the page reads offline and can be maile
 
 from __future__ import annotations
 
-import argparse
 import base64
 import html
 import json
@@ -25,6 +24,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pandas as pd
+
+from probe.errors import EmoprobeError
 
 KINDS = ("sweep", "behave", "steer-eval", "steer-flips", "steer", "circuits", "directions",
          "conflict", "run")
@@ -48,7 +49,7 @@ border-radius:.3rem;padding:0 .4rem;font-size:.85rem}
 """
 
 
-class ReportError(ValueError):
+class ReportError(EmoprobeError, ValueError):
     """A report cannot be made as asked; the message says what to pass instead."""
 
 
@@ -276,30 +277,3 @@ def write_report(runs: Sequence[str | os.PathLike], out: str | os.PathLike, *,
     tmp.write_text(page, encoding="utf-8")
     os.replace(tmp, out)
     return out
-
-
-# ------------------------------------------------------------------------------ CLI
-
-
-def register(sub) -> dict:
-    """Add ``probe report`` to ``probe``'s subparsers; returns ``{"report": handler}``."""
-    p = sub.add_parser(
-        "report", help="turn run folders into one self-contained HTML page",
-        description="Turn run folders (probe sweep, behave, steer-eval, circuits, directions) "
-                    "into one HTML page: command and provenance, figures embedded, results "
-                    "tables sorted and trimmed with a link to the full CSV. Reads offline.",
-        epilog="example:\n  probe report runs/smollm2-135m/* --out report.html",
-        formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("runs", nargs="+", metavar="RUN", help="run folders (each with a run.json)")
-    p.add_argument("--out", default="report.html", help="the HTML file (default: %(default)s)")
-    p.add_argument("--title", default=None, help="page title (default: the run names)")
-    p.add_argument("--max-rows", type=int, default=40,
-                   help="rows shown of each results table (default: %(default)s)")
-
-    def handler(args) -> int:
-        out = write_report(args.runs, args.out, title=args.title, max_rows=args.max_rows)
-        print(f"report: {out} ({out.stat().st_size / 1e6:.1f} MB, {len(args.runs)} run(s))")
-        return 0
-
-    handler.user_errors = (ReportError,)
-    return {"report": handler}

@@ -34,18 +34,18 @@ has one ``cv`` and one ``heldout`` row per site, layer, pooling, estimator and m
 from __future__ import annotations
 
 import dataclasses
-import datetime as _dt
 import json
 import math
 import os
-import platform
-import tempfile
-from importlib import metadata
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import pandas as pd
+
+from probe.io import atomic_write as _atomic_write  # old private names, kept for callers
+from probe.io import environment as _environment
+from probe.io import json_default as _json_default
 
 COLUMNS = ("site", "layer", "pooling", "evaluation", "estimator", "metric", "value", "ci_low",
            "ci_high", "n_folds", "n")
@@ -217,57 +217,10 @@ def read_results(out_dir: str | os.PathLike) -> tuple[pd.DataFrame, dict[str, An
     return validate_results(df), run
 
 
-def _atomic_write(path: Path, text: str) -> None:
-    """Write via a temporary file and a rename; the file gets the usual mode (0644 under umask
-    022), not mkstemp's private 0600."""
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        os.fchmod(fd, 0o666 & ~_umask())
-        with os.fdopen(fd, "w", encoding="utf-8", newline="") as f:
-            f.write(text)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
-def _umask() -> int:
-    mask = os.umask(0o022)  # reading the umask means setting it; put it straight back
-    os.umask(mask)
-    return mask
-
-
 def _json_scalar(v: Any) -> Any:
     if v is None or v is pd.NA or (isinstance(v, float) and math.isnan(v)):
         return None
     return v.item() if isinstance(v, np.generic) else v
-
-
-def _json_default(obj: Any) -> Any:
-    if isinstance(obj, os.PathLike):
-        return os.fspath(obj)
-    if isinstance(obj, np.generic):
-        return obj.item()
-    if isinstance(obj, (set, frozenset)):
-        return sorted(obj)
-    if dataclasses.is_dataclass(obj) and not isinstance(obj, type):
-        return dataclasses.asdict(obj)
-    raise TypeError(f"config value of type {type(obj).__name__} is not JSON-serialisable: {obj!r}")
-
-
-def _environment() -> dict[str, str | None]:
-    from probe import __version__
-
-    def version(dist: str) -> str | None:
-        try:
-            return metadata.version(dist)
-        except metadata.PackageNotFoundError:
-            return None
-
-    return {"timestamp": _dt.datetime.now(_dt.UTC).isoformat(timespec="seconds"),
-            "emoprobe": __version__, "python": platform.python_version(),
-            "torch": version("torch"), "transformers": version("transformers"),
-            "platform": platform.platform()}
 
 
 # ---------------------------------------------------------------------------- summary

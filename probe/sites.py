@@ -45,6 +45,8 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from typing import Literal, get_args
 
+from probe.errors import EmoprobeError
+
 SiteKind = Literal[
     "hook_embed",
     "hook_resid_pre",
@@ -71,7 +73,7 @@ DEFAULT_SITES = "hook_embed blocks.*.hook_resid_post"
 _SITE_RE = re.compile(r"^blocks\.(?P<layers>[^.]+)\.(?P<kind>[a-z_.]+?)(?:\[(?P<unit>[^\]]*)\])?$")
 
 
-class SiteError(ValueError):
+class SiteError(EmoprobeError, ValueError):
     """An activation site that does not exist or does not fit the model."""
 
 

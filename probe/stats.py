@@ -26,13 +26,15 @@ import numpy as np
 import torch
 from sklearn.model_selection import GroupKFold, StratifiedGroupKFold
 
+from probe.errors import EmoprobeError
+
 Task = Literal["classification", "regression"]
 FoldList = list[tuple[np.ndarray, np.ndarray]]
 CLASSIFICATION_METRICS = ("accuracy", "macro_f1", "auroc")
 REGRESSION_METRICS = ("r2", "pearson_r")
 
 
-class ProbeError(ValueError):
+class ProbeError(EmoprobeError, ValueError):
     """Inputs a probe sweep cannot use honestly; the message says what is wrong and the fix."""
 
 

@@ -43,6 +43,8 @@ from zarr.codecs import BloscCodec
 
 from probe import bf16, objectstore
 from probe.data.schema import EmotionDataset
+from probe.errors import EmoprobeError
+from probe.modality import POOLING_MODALITY
 from probe.objectstore import Remote
 
 #: Provenance keys that must match for a run to write into an existing store.
@@ -52,9 +54,11 @@ MATCH_KEYS = (
     "padding_side",
 )
 STORE_DTYPES = ("float16", "float32", "bfloat16")
+#: The folder inside a store where :mod:`probe.distributed` workers mark finished blocks.
+MARKERS = ".emoprobe-blocks"
 
 
-class StoreError(RuntimeError):
+class StoreError(EmoprobeError, RuntimeError):
     """A store is missing, incomplete, locked, or does not match the run."""
 
 
@@ -313,8 +317,6 @@ def zarr_target(where: Path | Remote, *, read_only: bool = False):
 def _consolidated(where: Path | Remote) -> zarr.Group:
     """The group, opened on consolidated metadata that lists every array (rewritten if not)."""
     if isinstance(where, Remote):  # no lock: skip the workers' marker folder, so that a rerun
-        from probe.distributed import MARKERS  # does not rewrite zarr.json for it alone
-
         root = where.read_json("zarr.json")
         where.fs.invalidate_cache(where.root)
         on_disk = {p.rstrip("/").split("/")[-2] for p in where.fs.glob(where.key("*/zarr.json"))}
@@ -380,7 +382,6 @@ def _create(path: Path | Remote, provenance: Mapping, dataset: EmotionDataset,
     layer[:] = np.arange(provenance["n_layers"])
     pool = np.asarray(provenance["poolings"], dtype=str)
     group.create_array("pooling", shape=pool.shape, dtype=str, dimension_names=["pooling"])[:] = pool
-    from probe.capture import POOLING_MODALITY
 
     modality = np.asarray([POOLING_MODALITY.get(p, "all") for p in provenance["poolings"]],
                           dtype=str)

@@ -8,7 +8,6 @@ side's labels) is checked first, so a bad request fails in a second with nothing
 from __future__ import annotations
 
 import argparse
-import shlex
 import time
 from dataclasses import asdict
 from pathlib import Path
@@ -17,6 +16,7 @@ import numpy as np
 
 from probe.evaluate import EvalConfig
 from probe.heldout import check_label_sets, split_rows
+from probe.io import command_line, run_folder
 from probe.objectstore import check as check_url
 from probe.objectstore import normalize
 from probe.sites import parse_sites
@@ -63,8 +63,7 @@ def sweep_from_args(args, *, load_data, load_model, cache_config) -> int:
         n_folds=args.folds, C=args.C, alpha=args.alpha, n_bootstrap=args.bootstrap, seed=args.seed,
         control=args.control, lexical=args.lexical, device=str(lm.device),
         fold_fallback=args.fold_fallback, max_iter=args.max_iter).items() if v is not None})
-    out = Path(args.out) if args.out else (
-        Path("runs") / lm.spec.alias / f"{dataset.name}-{target}-{time.strftime('%Y%m%d-%H%M%S')}")
+    out = run_folder(args.out, lm.spec.alias, f"{dataset.name}-{target}")
     results = probe_store(store, target=target, task=tt.task,
                           sites=parse_sites(config.sites, n_layers=lm.n_layers),
                           config=eval_config, eval_store=eval_store, split_eval=args.split_eval,
@@ -100,7 +99,7 @@ def _words(dataset) -> list | None:
 
 def _run_record(args, results, store, eval_store, heldout_name, config, eval_config, t0) -> dict:
     attrs = results.attrs
-    run = {"command": "probe " + " ".join(shlex.quote(a) for a in args.argv),
+    run = {"command": command_line(args.argv),
            "store": str(store), "target": attrs.get("target"), "task": attrs.get("task"),
            "task_reason": attrs.get("task_reason"), "n_used": attrs.get("n_used"),
            "n_dropped_no_target": attrs.get("n_dropped"), "n_folds": attrs.get("n_folds"),

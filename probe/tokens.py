@@ -16,8 +16,10 @@ import re
 from collections.abc import Sequence
 from dataclasses import dataclass
 
+from probe.errors import EmoprobeError
 
-class EncodingError(ValueError):
+
+class EncodingError(EmoprobeError, ValueError):
     """Texts cannot be encoded as asked (too long, no target word, no offsets)."""
 
 
@@ -25,7 +27,7 @@ class EncodingError(ValueError):
 class Encoded:
     """Token ids per text plus the content span and target-token index of each.
 
-    ``modality`` (multimodal inputs only, see :mod:`probe.vlm.encode`) holds each token's
+    ``modality`` (multimodal inputs only, see :mod:`probe.multimodal.encode`) holds each token's
     modality code as the model's processor assigns it: 0 text, 1 image, 2 video, 3 audio.
     """
 
@@ -59,11 +61,15 @@ def render(tokenizer, text: str, *, chat_template: bool, system_prompt: str | No
     return rendered, start
 
 
-def _word_span(text: str, word: str) -> tuple[int, int] | None:
+def word_span(text: str, word: str) -> tuple[int, int] | None:
+    """Character span of ``word`` in ``text``: a whole-word match first (any case), else any."""
     m = re.search(rf"(?<!\w){re.escape(word)}(?!\w)", text, flags=re.IGNORECASE)
     if m is None:
         m = re.search(re.escape(word), text, flags=re.IGNORECASE)
     return (m.start(), m.end()) if m else None
+
+
+_word_span = word_span  # the old private name
 
 
 def encode(

@@ -29,13 +29,15 @@ import numpy as np
 
 from steering.scoring import continuation_ids, option_logprobs, option_logprobs_ids, prompt_ids
 
+from probe.errors import EmoprobeError
+
 Scoring = Literal["letter", "text"]
 KINDS = ("arithmetic", "common_sense", "reading")
 LETTERS = "ABCD"
 _PACKAGE_DIR = Path(__file__).resolve().parents[1]
 
 
-class CapabilityError(ValueError):
+class CapabilityError(EmoprobeError, ValueError):
     """The task set is malformed or cannot be scored as asked."""
 
 

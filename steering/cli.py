@@ -19,6 +19,8 @@ import time
 import uuid
 from pathlib import Path
 
+from probe.io import command_line
+
 EPILOG_DIRECTIONS = """examples:
   probe directions --out runs/directions                      # SmolLM2, emotion-scenarios, all layers
   probe directions --store cache/smollm2-135m/emotion-scenarios-XXXX.zarr --method mean-diff \\
@@ -35,14 +37,14 @@ EPILOG_STEER = """examples:
 
 def register(sub) -> dict:
     """Add steering's subcommands to the ``probe`` parser; returns ``{command: handler}``."""
-    from probe.cli import _model_args
+    from probe.cli_args import model_args
 
     p = sub.add_parser("directions", help="emotion directions from a store, saved as vectors",
                        description="Compute one steering vector per emotion from pooled "
                                    "activations, check on held-out scenarios that each "
                                    "separates its emotion, and save vectors and figures.",
                        epilog=EPILOG_DIRECTIONS, formatter_class=argparse.RawDescriptionHelpFormatter)
-    _model_args(p)
+    model_args(p)
     _direction_args(p)
     p.add_argument("--folds", type=int, default=5,
                    help="group folds of the held-out AUROC check (0: skip it; default: %(default)s)")
@@ -55,7 +57,7 @@ def register(sub) -> dict:
                        description="Generate replies to PROMPTs steered towards an emotion and "
                                    "unsteered, in one batch, and print them side by side.",
                        epilog=EPILOG_STEER, formatter_class=argparse.RawDescriptionHelpFormatter)
-    _model_args(p)
+    model_args(p)
     p.add_argument("prompts", nargs="*", metavar="PROMPT", help="user messages")
     p.add_argument("--emotion", required=True, help="e.g. happiness, sadness, anger, fear, ...")
     p.add_argument("--strength", type=float, default=None,
@@ -76,24 +78,13 @@ def register(sub) -> dict:
     p.add_argument("--quiet", action="store_true", help="no loading output")
     _steer_eval_parser(sub)
     handlers = {"directions": cmd_directions, "steer": cmd_steer, "steer-eval": cmd_steer_eval}
-    for h in handlers.values():
-        h.user_errors = _user_errors()
     from steering.flips_cli import add_parser as add_flips
 
     return {**handlers, **add_flips(sub)}
 
 
-def _user_errors() -> tuple[type[BaseException], ...]:
-    from steering.capability import CapabilityError
-    from steering.judges import JudgeError
-    from steering.prompts import PromptsError
-    from steering.vector import SteeringError
-
-    return (SteeringError, JudgeError, CapabilityError, PromptsError)
-
-
 def _direction_args(p, *, steer: bool = False) -> None:
-    from steering.directions import METHODS
+    from steering.methods import METHODS
 
     g = p.add_argument_group("directions")
     g.add_argument("--store", default=None,
@@ -160,7 +151,7 @@ def _store_for(args, lm, layers, site, pooling):
 
 # ------------------------------------------------------------------------------ directions
 def cmd_directions(args) -> int:
-    from probe.cli import _load_model
+    from probe.cli_args import load_model
     from steering.directions import directions, heldout_auroc
     from steering.vector import SteeringError
 
@@ -178,7 +169,7 @@ def cmd_directions(args) -> int:
         source = args.run
         layers = parse_layers(args.layers)
     else:
-        lm = _load_model(args) if (method == "prompted" or not args.store) else None
+        lm = load_model(args) if (method == "prompted" or not args.store) else None
         layers = parse_layers(args.layers, lm.n_layers if lm else None)
         source = lm if method == "prompted" else _store_for(args, lm, layers, site, args.pooling) \
             if not args.store else args.store
@@ -214,7 +205,7 @@ def _write_directions(args, out: Path, vecs, auroc, method: str, seconds: float)
                 export_gguf(vec.at([x for x in vec.layers if x >= 1]) if 0 in vec.layers else vec,
                             tmp / name)
         first = next(iter(vecs.values()))
-        run = {"command": "probe " + " ".join(getattr(args, "argv", [])), "method": method,
+        run = {"command": command_line(getattr(args, "argv", [])), "method": method,
                "emotions": list(vecs), "layers": first.layers, "site": first.sites[0].kind,
                "seconds": round(seconds, 2),
                "provenance": {k: v for k, v in first.meta.items() if k not in ("rms", "norms", "emotion")}}
@@ -254,14 +245,14 @@ def _print_summary(vecs, auroc, out: Path) -> None:
 
 # ------------------------------------------------------------------------------ steer
 def cmd_steer(args) -> int:
-    from probe.cli import _load_model
+    from probe.cli_args import load_model
     from steering.inject import Setting, generate_settings
     from steering.operating_points import operating_point
     from steering.vector import SteeringError
 
     if not args.prompts:
         raise SteeringError('give at least one prompt, e.g. probe steer --emotion fear "How was your day?"')
-    lm = _load_model(args)
+    lm = load_model(args)
     point = None
     explicit = args.vector or args.vectors
     if args.strength is None or args.layers is None:
@@ -345,7 +336,7 @@ def _write_steer_json(args, lm, vec, setting, point, gen_kwargs, plain, steered)
     from dataclasses import asdict
 
     record = {
-        "command": "probe " + " ".join(getattr(args, "argv", [])),
+        "command": command_line(getattr(args, "argv", [])),
         "model": lm.provenance(),
         "emotion": args.emotion,
         "vector": {k: vec.meta.get(k) for k in ("method", "emotion", "site", "pooling", "store",
@@ -375,7 +366,7 @@ Selection reads only the tune prompts; results.csv holds the held-out (test) sco
 
 
 def _steer_eval_parser(sub) -> None:
-    from probe.cli import _model_args
+    from probe.cli_args import model_args
 
     p = sub.add_parser("steer-eval", help="evaluate steering: tune, select, held-out scores",
                        description="Search steering settings on the tune half of the shipped "
@@ -384,7 +375,7 @@ def _steer_eval_parser(sub) -> None:
                                    "test half next to prompting, prompting + steering, a random "
                                    "direction and no steering.",
                        epilog=EPILOG_EVAL, formatter_class=argparse.RawDescriptionHelpFormatter)
-    _model_args(p)
+    model_args(p)
     p.add_argument("--out", required=True, help="output folder (must not exist yet)")
     p.add_argument("--quick", action="store_true",
                    help="a small slice: happiness and fear, one configuration, 2 strengths, "
@@ -478,7 +469,7 @@ def _eval_judges(args, log):
 
 
 def cmd_steer_eval(args) -> int:
-    from probe.cli import _load_model
+    from probe.cli_args import load_model
     from steering.directions import directions
     from steering.eval_report import print_summary, write_report
     from steering.evaluate import run_evaluation
@@ -496,7 +487,7 @@ def cmd_steer_eval(args) -> int:
                                                                 file=sys.stderr, flush=True))
     t0 = time.time()
     judges = _eval_judges(args, log)
-    lm = _load_model(args)
+    lm = load_model(args)
     source = args.store or lm
     layers = config.grid.layers()
     bad = [x for x in layers if x >= lm.n_layers]
@@ -506,7 +497,7 @@ def cmd_steer_eval(args) -> int:
     result = run_evaluation(lm, config, vectors=vectors, judges=judges, log=log)
     run_id = f"steer-eval-{time.strftime('%Y%m%d-%H%M%S')}-{uuid.uuid4().hex[:6]}"
     first = next(iter(vectors[config.grid.methods[0]].values()))
-    run = {"run_id": run_id, "command": "probe " + " ".join(getattr(args, "argv", [])),
+    run = {"run_id": run_id, "command": command_line(getattr(args, "argv", [])),
            "model": lm.provenance(), "seconds": round(time.time() - t0, 1),
            "judges": {n: getattr(j, "meta", {}).get("heldout") if hasattr(j, "meta") else None
                       for n, j in judges.items()},

@@ -7,11 +7,11 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
-import shlex
 import time
 from dataclasses import asdict, replace
 from pathlib import Path
+
+from probe.io import atomic_write, command_line, run_folder
 
 EPILOG = """examples:
   probe steer-flips --limit 84                                # SmolLM2, layers 10-19, x2/4/8 RMS
@@ -23,7 +23,7 @@ EPILOG = """examples:
 
 def add_parser(sub) -> dict:
     """Add ``probe steer-flips`` to ``sub``; returns ``{"steer-flips": handler}``."""
-    from probe import cli as base
+    from probe import cli_args as base
 
     p = sub.add_parser(
         "steer-flips", help="how often steering along an emotion direction flips the model's "
@@ -34,9 +34,9 @@ def add_parser(sub) -> dict:
                     "and report flip rates (to the steered emotion, away from the gold answer) "
                     "with cluster-bootstrap CIs against a random direction.",
         epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
-    base._model_args(p)
-    base._data_args(p)
-    base._cache_args(p)
+    base.model_args(p)
+    base.data_args(p)
+    base.cache_args(p)
     g = p.add_argument_group("steering flips")
     g.add_argument("--target", default=None, help="label target (default: the dataset's)")
     g.add_argument("--bands", default="10-19",
@@ -64,10 +64,6 @@ def add_parser(sub) -> dict:
     def handler(args) -> int:
         return run(args, base)
 
-    from probe.behaviour.templates import TemplateError
-    from steering.vector import SteeringError
-
-    handler.user_errors = (SteeringError, TemplateError)
     return {"steer-flips": handler}
 
 
@@ -113,9 +109,9 @@ def run(args, base) -> int:
         heldout_share=args.heldout_share, batch_size=args.batch_size, n_boot=args.bootstrap,
         seed=args.seed)
     select_templates("emotion", (args.template,))  # an unknown template fails before loading
-    dataset = base._load_data(args)
-    lm = base._load_model(args)
-    cache = base._cache_config(args)
+    dataset = base.load_data(args)
+    lm = base.load_model(args)
+    cache = base.cache_config(args)
     if "last" not in cache.poolings:
         cache = replace(cache, poolings=("last", *cache.poolings))
     store = Path(args.store) if args.store else default_store_path(
@@ -124,21 +120,18 @@ def run(args, base) -> int:
         cache_activations(lm, dataset, config=cache, out=store, progress=not args.quiet)
     flips = steering_flips(lm, store, target=args.target, config=config,
                            progress=not args.quiet)
-    out = Path(args.out) if args.out else (Path("runs") / lm.spec.alias / (
-        f"steer-flips-{dataset.name}-{time.strftime('%Y%m%d-%H%M%S')}"))
+    out = run_folder(args.out, lm.spec.alias, f"steer-flips-{dataset.name}")
     out.mkdir(parents=True, exist_ok=True)
     flips.table.to_csv(out / "results.csv", index=False)
     flips.answers.to_csv(out / "answers.csv", index=False)
     plot_flips(flips.table, out=out / "flips",
                title=f"{lm.spec.alias} · {dataset.name} · steering flips ({args.template}, "
                      f"sum) · {flips.n_items} held-out items")
-    run_json = {"command": "probe " + " ".join(shlex.quote(a) for a in getattr(args, "argv", [])),
+    run_json = {"command": command_line(getattr(args, "argv", [])),
                 "config": asdict(config), "store": str(store), "classes": flips.classes,
                 "n_items": flips.n_items, "n_direction_rows": flips.n_train_rows,
                 "provenance": lm.provenance(), "seconds": round(time.time() - t0, 1)}
-    tmp = out / ".run.json.tmp"
-    tmp.write_text(json.dumps(run_json, indent=1, default=str) + "\n")
-    os.replace(tmp, out / "run.json")  # last: a folder with run.json is complete
+    atomic_write(out / "run.json", json.dumps(run_json, indent=1, default=str) + "\n")  # last
     print(collapse_note(flips.answers))
     print(summary(flips.table))
     print(f"\nresults: {out}  (results.csv, answers.csv, run.json, flips.png/svg)")

@@ -37,13 +37,15 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from probe.errors import EmoprobeError
+
 _WORD = re.compile(r"[a-z]+(?:'[a-z]+)?")
 _TOKEN = re.compile(r"\w+|[^\w\s]+")
 _BLANKS = frozenset(" \n\r\t")
 _SUFFIXES = ("'s", "s", "es", "ed", "d", "ing", "ly", "er", "est")
 
 
-class GateError(ValueError):
+class GateError(EmoprobeError, ValueError):
     """The gate cannot judge the texts as given."""
 
 

@@ -36,16 +36,31 @@ from __future__ import annotations
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Literal, get_args
+from typing import Literal, Protocol, get_args, runtime_checkable
 
 import torch
 from torch import Tensor
 
 from probe.hooks import HookContext, HookFn
+from probe.kvcache import cache_keyword, returned_cache
 from probe.sites import Site
-from steering.vector import SteeringError, SteeringVector, Strength
+from steering.errors import SteeringError
 
 Mode = Literal["add", "ablate", "clamp", "scale"]
+Strength = Literal["absolute", "rms", "token-rms"]
+
+
+@runtime_checkable
+class Directions(Protocol):
+    """What a setting needs of its vector: a :class:`steering.vector.SteeringVector` offers it
+    (and applies itself through this module, which is why this module does not import it)."""
+
+    directions: dict
+    layers: list
+
+    def rms(self, site) -> float: ...
+
+    def check(self, lm, *, match: str = "architecture") -> None: ...
 POSITION_MODES = ("all", "prompt", "generated", "last", "last-prompt", "last-prompt+generated",
                   "content")
 #: Position modes that leave every prompt token but the last one untouched (prefix reusable).
@@ -68,7 +83,7 @@ class Setting:
         label: Free text carried into results.
     """
 
-    vector: SteeringVector | None = None
+    vector: Directions | None = None
     scale: float = 0.0
     mode: Mode = "add"
     positions: str | range = "last-prompt+generated"
@@ -92,7 +107,7 @@ class Setting:
         if self.spread and self.mode != "add":
             raise SteeringError("spread=True divides an added strength across layers; it has no "
                                 f"meaning for mode={self.mode!r}")
-        if self.vector is not None and not isinstance(self.vector, SteeringVector):
+        if self.vector is not None and not isinstance(self.vector, Directions):
             raise SteeringError(f"vector must be a SteeringVector or None, got "
                                 f"{type(self.vector).__name__}")
 
@@ -392,8 +407,6 @@ def _prefix_cache(lm, batch, *, repeats: int, table: SettingTable) -> dict:
     Runs with the table switched off: the prefix positions are outside every setting's
     positions by construction (see :func:`prefix_reusable`).
     """
-    import inspect
-
     ids, mask, pos = (batch.input_ids[:, :-1], batch.attention_mask[:, :-1],
                       batch.position_ids[:, :-1])
     table.active = False
@@ -402,7 +415,6 @@ def _prefix_cache(lm, batch, *, repeats: int, table: SettingTable) -> dict:
                                      use_cache=True)
     finally:
         table.active = True
-    cache = getattr(out, "cache", None) or getattr(out, "past_key_values", None)
+    cache = returned_cache(out)
     cache.batch_repeat_interleave(repeats)
-    key = "cache" if "cache" in inspect.signature(type(lm.model).forward).parameters else "past_key_values"
-    return {key: cache}
+    return {cache_keyword(lm.model): cache}

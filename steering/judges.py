@@ -32,6 +32,8 @@ from pathlib import Path
 import numpy as np
 import scipy.sparse as sp
 
+from probe.errors import EmoprobeError
+
 EMOTIONS = ("anger", "sadness", "happiness", "fear", "surprise", "disgust")
 NEUTRAL = "neutral"
 LABELS = (*EMOTIONS, NEUTRAL)
@@ -40,7 +42,7 @@ ARTIFACT_NAME = "emotion_judge"
 NRC_FILE = "NRC-Emotion-Lexicon-Wordlevel-v0.92.txt"
 
 
-class JudgeError(ValueError):
+class JudgeError(EmoprobeError, ValueError):
     """A judge cannot be loaded or used as asked."""
 
 

@@ -28,6 +28,7 @@ from typing import Literal
 
 import numpy as np
 
+from probe.io import atomic_write
 from steering.vector import SteeringError, VectorSet
 
 EMOTIONS = ("anger", "sadness", "happiness", "fear", "surprise", "disgust")
@@ -82,9 +83,7 @@ def prompted_generations(lm, prompts: Sequence[str], emotions: Sequence[str], *,
            "max_new_tokens": max_new_tokens, "model": lm.spec.alias,
            "weight_fingerprint": lm.fingerprint, "new_ids": new_ids, "texts": texts}
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(json.dumps(out))
-    os.replace(tmp, path)
+    atomic_write(path, json.dumps(out))
     out["path"] = str(path)
     return out
 
@@ -110,7 +109,7 @@ def prompted_directions(lm, *, site: str = "resid_post", layers: Iterable[int] |
             et al. used GPT-4o-mini); contexts that lose an emotion are dropped.
         max_new_tokens, batch_size, cache_dir, progress: Generation settings and cache.
     """
-    from steering.directions import Rows, compute, site_kind, to_vectors
+    from steering.methods import Rows, compute, site_kind, to_vectors
 
     if not hasattr(lm, "model") or not hasattr(lm, "tokenizer"):
         raise SteeringError("method 'prompted' needs a loaded model as its source (it generates)")

@@ -15,12 +15,14 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
 
+from probe.errors import EmoprobeError
+
 Split = Literal["tune", "test"]
 KINDS = ("question", "request", "small_talk", "instruction")
 _PACKAGE_DIR = Path(__file__).resolve().parents[1]
 
 
-class PromptsError(ValueError):
+class PromptsError(EmoprobeError, ValueError):
     """The prompt set is missing or malformed."""
 
 

@@ -17,7 +17,6 @@ mask (:func:`probe.capture.pad_batch`), so a batched score equals the one-row sc
 from __future__ import annotations
 
 import copy
-import inspect
 from collections.abc import Sequence
 
 import numpy as np
@@ -26,9 +25,11 @@ from jaxtyping import Float
 from torch import Tensor
 
 from probe.capture import pad_batch
+from probe.errors import EmoprobeError
+from probe.kvcache import cache_keyword, returned_cache
 
 
-class ScoringError(ValueError):
+class ScoringError(EmoprobeError, ValueError):
     """Texts cannot be scored as asked."""
 
 
@@ -188,14 +189,8 @@ def _score_rest(lm, inputs: dict, cache, conts: list[list[int]]) -> list[float]:
             if len(c) > 1 else 0.0 for j, c in enumerate(conts)]
 
 
-def _cache_kwarg(model) -> str:
-    """``cache`` (transformers >= 5.2x) or ``past_key_values`` (earlier 5.x)."""
-    return "cache" if "cache" in inspect.signature(model.forward).parameters else "past_key_values"
-
-
-def _returned_cache(res):
-    cache = getattr(res, "cache", None)
-    return cache if cache is not None else res.past_key_values
+_cache_kwarg = cache_keyword  # old private names, kept for callers
+_returned_cache = returned_cache
 
 
 @torch.inference_mode()

@@ -48,15 +48,13 @@ from typing import Literal
 import torch
 from torch import Tensor
 
+from probe.io import atomic_write
 from probe.sites import Site, SiteError
+from steering.errors import SteeringError
+from steering.inject import Setting, Strength, steering_hooks
 
-Strength = Literal["absolute", "rms", "token-rms"]
 Match = Literal["exact", "architecture", "none"]
 FORMAT = 1
-
-
-class SteeringError(ValueError):
-    """A steering vector or setting cannot be used as asked; the message says what to fix."""
 
 
 @dataclass(frozen=True, eq=False)
@@ -250,8 +248,6 @@ class SteeringVector:
         Yields:
             The :class:`probe.hooks.HookManager`.
         """
-        from steering.inject import Setting, steering_hooks
-
         self.check(lm, match=match)
         setting = Setting(vector=self, scale=scale, mode=mode, positions=positions,
                           strength=strength, spread=spread)
@@ -269,7 +265,7 @@ class SteeringVector:
 
     def save(self, path: str | os.PathLike) -> Path:
         """Write ``path.safetensors`` and ``path.json`` (atomically); returns the tensor file."""
-        from safetensors.torch import save_file
+        from safetensors.torch import save
 
         base = _base(path)
         base.parent.mkdir(parents=True, exist_ok=True)
@@ -279,11 +275,8 @@ class SteeringVector:
         tensors = {str(s): v for s, v in self.directions.items()}
         st = base.with_name(base.name + ".safetensors")
         side = base.with_name(base.name + ".json")
-        for final, write in ((st, lambda p: save_file(tensors, str(p), metadata={"emoprobe": text})),
-                             (side, lambda p: p.write_text(text + "\n"))):
-            tmp = final.with_name(f".{final.name}.tmp")
-            write(tmp)
-            os.replace(tmp, final)
+        atomic_write(st, save(tensors, metadata={"emoprobe": text}))
+        atomic_write(side, text + "\n")
         return st
 
     @classmethod

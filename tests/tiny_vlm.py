@@ -4,7 +4,7 @@ Each family gets a BPE tokenizer with its placeholder tokens, a chat template th
 before the text of a user turn (as the real checkpoints' templates do), a random model from a
 config, and its real processor class. Qwen2-VL's processor cannot be built without torchvision,
 so for it the tokenizer, the image processor and a ``processor_config.json`` naming the class are
-saved, exactly the files a real checkpoint has; :func:`probe.vlm.processors.load_processor` then
+saved, exactly the files a real checkpoint has; :func:`probe.multimodal.processors.load_processor` then
 builds it.
 """
 

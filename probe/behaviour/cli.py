@@ -17,7 +17,8 @@ from __future__ import annotations
 
 import argparse
 
-EXPERIMENTS = ("recognition", "personas", "emotionprompt", "persistence")
+from probe.behaviour.experiments import EXPERIMENTS, parse_experiments  # noqa: F401 (re-exported)
+
 EPILOG = """examples:
   probe behave --limit 300                                  # SmolLM2 x emotion-scenarios
   probe behave --dataset ../shared/data/sev --limit 300     # valence (positive/neutral/negative)
@@ -32,7 +33,7 @@ EPILOG = """examples:
 
 def register(sub) -> dict:
     """Add ``probe behave`` to the subparsers ``sub``; returns ``{"behave": handler}``."""
-    from probe import cli as base
+    from probe import cli_args as base
 
     p = sub.add_parser(
         "behave", help="the model's own zero-shot emotion recognition vs the probe sweep",
@@ -41,9 +42,9 @@ def register(sub) -> dict:
                     "its activation store, and compare with probes on the same items and folds. "
                     "Optionally: system-prompt personas and EmotionPrompt stimuli.",
         epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
-    base._model_args(p)
-    base._data_args(p)
-    base._cache_args(p)
+    base.model_args(p)
+    base.data_args(p)
+    base.cache_args(p)
     g = p.add_argument_group("behaviour")
     g.add_argument("--experiments", default="recognition",
                    help=f"comma-separated: {', '.join(EXPERIMENTS)}, or all "
@@ -94,26 +95,7 @@ def register(sub) -> dict:
     def handler(args) -> int:
         from probe.behaviour.run import behave
 
-        return behave(args, load_data=base._load_data, load_model=base._load_model,
-                      cache_config=base._cache_config)
+        return behave(args, load_data=base.load_data, load_model=base.load_model,
+                      cache_config=base.cache_config)
 
-    from probe.behaviour.scoring import ScoringError
-    from probe.behaviour.templates import TemplateError
-    from probe.data.schema import DatasetError
-
-    handler.user_errors = (TemplateError, DatasetError, ScoringError)
     return {"behave": handler}
-
-
-def parse_experiments(text: str) -> tuple[str, ...]:
-    """``"all"`` or a comma-separated subset of :data:`EXPERIMENTS`."""
-    from probe.behaviour.templates import TemplateError
-
-    names = [t.strip() for t in text.split(",") if t.strip()]
-    if names == ["all"]:
-        return EXPERIMENTS
-    bad = [n for n in names if n not in EXPERIMENTS]
-    if bad or not names:
-        raise TemplateError(f"unknown experiment {bad[0] if bad else text!r}; choose from "
-                            f"{', '.join(EXPERIMENTS)} or all")
-    return tuple(names)

@@ -8,7 +8,6 @@ report``) can call the same pieces.
 from __future__ import annotations
 
 import argparse
-import shlex
 import time
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
@@ -16,13 +15,15 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from probe.behaviour.cli import parse_experiments
 from probe.behaviour.compare import CompareConfig, compare
+from probe.behaviour.experiments import parse_experiments
 from probe.behaviour.figures import plot_emotionprompt, plot_personas, plot_probe_vs_behaviour
 from probe.behaviour.recognition import RecognitionConfig, recognise, summarise
 from probe.behaviour.runfiles import tidy, write_run
 from probe.behaviour.templates import TemplateError, select_templates, task_kind
 from probe.evaluate import EvalConfig
+from probe.io import command_line as typed_command
+from probe.io import run_folder
 
 
 @dataclass
@@ -56,7 +57,7 @@ class Context:
 
 def command_line(args) -> str:
     """The command as typed (``args.argv`` is set by ``probe.cli.main``)."""
-    return "probe " + " ".join(shlex.quote(a) for a in getattr(args, "argv", []))
+    return typed_command(getattr(args, "argv", []))
 
 
 def _names(text: str | None) -> tuple[str, ...] | None:
@@ -84,8 +85,7 @@ def behave(args, *, load_data, load_model, cache_config) -> int:
     config = cache_config(args)
     store = Path(args.store) if args.store else default_store_path(
         lm, dataset, config, Path(args.cache_dir) if args.cache_dir else None)
-    out = Path(args.out) if args.out else (Path("runs") / lm.spec.alias / (
-        f"behave-{dataset.name}-{target}-{time.strftime('%Y%m%d-%H%M%S')}"))
+    out = run_folder(args.out, lm.spec.alias, f"behave-{dataset.name}-{target}")
     ctx = Context(args=args, lm=lm, dataset=dataset, full=full, target=target, kind=kind,
                   cache_config=config, store=store, out=out, eval=EvalConfig(
                       n_folds=args.folds, C=args.C, alpha=args.alpha, n_bootstrap=args.bootstrap,

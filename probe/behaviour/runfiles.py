@@ -62,7 +62,8 @@ def write_run(out: str | os.PathLike, results: pd.DataFrame, items: Mapping[str,
 
     ``run.json`` is written last, so a folder with a ``run.json`` is complete.
     """
-    from probe.results import _atomic_write, _environment  # shared with the sweep
+    from probe.io import atomic_write as _atomic_write  # shared with the sweep
+    from probe.io import environment as _environment
 
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)

@@ -17,7 +17,6 @@ families and SmolLM2) and ``benchmarks/bench_label_scoring.py`` measures the spe
 
 from __future__ import annotations
 
-import inspect
 from collections.abc import Sequence
 from numbers import Integral
 from dataclasses import dataclass
@@ -28,11 +27,13 @@ from jaxtyping import Float
 from torch import Tensor
 
 from probe.capture import pad_batch
+from probe.errors import EmoprobeError
+from probe.kvcache import cache_keyword, returned_cache
 
 Ids = Sequence[int]
 
 
-class ScoringError(ValueError):
+class ScoringError(EmoprobeError, ValueError):
     """Prompts or candidates cannot be scored (empty, mismatched, ...)."""
 
 
@@ -134,7 +135,7 @@ def score_candidates(
 def _score_batch(lm, prompts: list[Ids], per: list[list[list[int]]]) -> list[np.ndarray]:
     inputs = pad_batch(prompts, lm.tokenizer.pad_token_id, "left", lm.device)
     out = lm.model(**inputs, use_cache=True, logits_to_keep=1)
-    cache = out.cache if "cache" in out else out.past_key_values  # renamed in transformers 5.x
+    cache = returned_cache(out)
     first = torch.log_softmax(out.logits[:, -1].float(), -1)  # [B, V]
     rows = [(i, c) for i, cs in enumerate(per) for c in cs]
     item = torch.tensor([i for i, _ in rows], device=lm.device)
@@ -166,15 +167,9 @@ def _continuations(lm, cache, prompt_mask: Tensor, item: Tensor, cands: list[lis
     attention = torch.cat([prompt_mask[item], mask], 1)
     positions = lengths[:, None] + torch.arange(L, device=dev)[None]
     logits = lm.model(input_ids=ids, attention_mask=attention, position_ids=positions,
-                      use_cache=True, **{_cache_argument(lm.model): cache}).logits
+                      use_cache=True, **{cache_keyword(lm.model): cache}).logits
     logp = torch.log_softmax(logits.float(), -1).gather(-1, targets[..., None])[..., 0]
     return (logp * mask).sum(1)
-
-
-def _cache_argument(model) -> str:
-    """The forward's name for the KV cache: ``cache`` (newer transformers 5.x) or
-    ``past_key_values``."""
-    return "cache" if "cache" in inspect.signature(model.forward).parameters else "past_key_values"
 
 
 @torch.inference_mode()

@@ -28,6 +28,7 @@ from typing import Literal
 
 import pandas as pd
 
+from probe.errors import EmoprobeError
 from probe.tokens import render
 
 TaskKind = Literal["emotion", "valence", "rating"]
@@ -37,7 +38,7 @@ LETTERS = "ABCDEFGHIJKLMNOPQRSTUVWXYZ"
 RAW_ANSWER_CUE = "\n\nAnswer:"
 
 
-class TemplateError(ValueError):
+class TemplateError(EmoprobeError, ValueError):
     """A template cannot be applied as asked (unknown name, too many options, ...)."""
 
 

@@ -29,6 +29,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from probe.errors import EmoprobeError
 from probe.forward import Batch, make_batch
 from probe.interventions import replace_with
 from probe.sites import Site
@@ -41,7 +42,7 @@ POSITIVE_WORDS = ("happy", "joy", "joyful", "glad", "excited", "delighted", "ple
 NEGATIVE_WORDS = ("sad", "angry", "afraid", "scared", "upset", "disgusted", "fear", "anxious")
 
 
-class AttributionError(ValueError):
+class AttributionError(EmoprobeError, ValueError):
     """Modality attribution cannot run as asked."""
 
 
@@ -105,7 +106,7 @@ def group_masks(batch: Batch) -> dict[str, Tensor]:
     """``[batch, pos]`` bool masks of the three position groups of a multimodal batch."""
     if batch.modality is None:
         raise AttributionError("modality attribution needs a multimodal batch (rows encoded with "
-                               "probe.vlm.encode.encode_multimodal, with images or audio)")
+                               "probe.multimodal.encode.encode_multimodal, with images or audio)")
     real = batch.attention_mask.bool()
     media = (batch.modality != 0) & real
     text = batch.content & real & ~media
@@ -150,7 +151,7 @@ def modality_attribution(lm, encoded: Encoded, *, readout: Readout,
 
     Args:
         lm: a loaded multimodal model.
-        encoded: rows from :func:`probe.vlm.encode.encode_multimodal`.
+        encoded: rows from :func:`probe.multimodal.encode.encode_multimodal`.
         readout: ``(logits, batch) -> [batch]`` scalar per row (e.g. :func:`valence_readout`).
         layers: layers whose ``hook_resid_pre`` is attributed (default: every layer).
         check_layer: the layer at which each group is really mean-ablated.

@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 import argparse
-import time
-from pathlib import Path
+
+from probe.io import run_folder
 
 EPILOG = """examples:
   probe conflict --model llava-1.5-7b --device cuda              # drawn faces and scenes
@@ -51,6 +51,18 @@ def add_parser(sub, model_args) -> None:
     p.add_argument("--quiet", action="store_true", help="no loading bars")
 
 
+def register(sub) -> dict:
+    """Add ``probe conflict`` to ``probe``'s subparsers; returns ``{"conflict": handler}``."""
+    from probe.cli_args import load_model, model_args
+
+    add_parser(sub, model_args)
+
+    def handler(args) -> int:
+        return run(args, load_model=load_model)
+
+    return {"conflict": handler}
+
+
 def run(args, *, load_model) -> int:
     from probe.data import load_dataset
     from probe.vlm.conflict import QUESTION, ConflictConfig, ConflictError, run_conflict
@@ -74,8 +86,7 @@ def run(args, *, load_model) -> int:
     if layers and max(layers) >= lm.n_layers:
         raise ConflictError(f"--layers {max(layers)} is out of range: the model has "
                             f"{lm.n_layers} layers (0-{lm.n_layers - 1})")
-    out = Path(args.out) if args.out else \
-        Path("runs") / lm.spec.alias / f"conflict-{time.strftime('%Y%m%d-%H%M%S')}"
+    out = run_folder(args.out, lm.spec.alias, "conflict")
     summary = run_conflict(lm, out, scenarios=load_dataset("emotion-scenarios"), config=config,
                            set_file=args.set_file)
     print(format_summary(summary, lm.spec.alias))

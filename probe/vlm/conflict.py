@@ -28,6 +28,7 @@ import numpy as np
 import pandas as pd
 
 from probe.data.schema import EmotionDataset
+from probe.errors import EmoprobeError
 from probe.vlm.attribution import GROUPS, Attribution, modality_attribution, valence_readout
 from probe.vlm.images import KINDS, user_images, write_images
 
@@ -35,7 +36,7 @@ QUESTION = "How does the person feel? Answer with one word."
 NEGATIVE_EMOTIONS = ("sadness", "fear", "anger", "disgust")
 
 
-class ConflictError(ValueError):
+class ConflictError(EmoprobeError, ValueError):
     """The conflict experiment cannot run as asked."""
 
 
@@ -123,7 +124,7 @@ def load_conflict_set(file: str | Path) -> pd.DataFrame:
 def measure(lm, frame: pd.DataFrame,
             config: ConflictConfig = ConflictConfig()) -> tuple[pd.DataFrame, Attribution]:
     """Per-item read-out, answer and attribution (see module docstring)."""
-    from probe.vlm.encode import encode_multimodal
+    from probe.multimodal.encode import encode_multimodal
 
     if "image" not in lm.media:
         raise ConflictError(f"model {lm.spec.alias!r} takes no images; the conflict experiment "

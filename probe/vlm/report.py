@@ -11,7 +11,9 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from probe.results import _atomic_write, _environment, _json_default
+from probe.io import atomic_write as _atomic_write
+from probe.io import environment as _environment
+from probe.io import json_default as _json_default
 
 COLORS = {"media": "#d95f02", "text": "#1b9e77", "template": "#7570b3"}
 LABELS = {"media": "image tokens", "text": "text tokens", "template": "template tokens"}
@@ -44,9 +46,9 @@ def plot_conflict(items: pd.DataFrame, layers: pd.DataFrame, summary: dict, out:
     """Three panels: attribution share by layer, AtP vs ablation, what the answer follows."""
     from matplotlib.ticker import MaxNLocator
 
-    from probe.figures import _new_figure, save_figure
+    from probe.figures import new_figure, save_figure
 
-    fig = _new_figure((11.0, 3.8))
+    fig = new_figure((11.0, 3.8))
     if title:
         fig.suptitle(title, fontsize=10)
     ax1, ax2, ax3 = fig.subplots(1, 3, width_ratios=[1.5, 1.1, 0.8])

@@ -7,8 +7,8 @@ from probe.capture import CaptureError, check_poolings, iter_blocks
 from probe.models import ModelNotAvailableError, load_model
 from probe.sites import Site, parse_sites
 from probe.tokens import EncodingError
-from probe.vlm.encode import encode_multimodal, layout_coords, layout_string
-from probe.vlm.processors import modality_codes
+from probe.multimodal.encode import encode_multimodal, layout_coords, layout_string
+from probe.multimodal.processors import modality_codes
 from tests.tiny_vlm import VLM_FAMILIES, make_image, make_wave
 
 TEXTS = ["We won the final!", "The meeting is at noon.", "Someone stole my bike and laughed at me."]

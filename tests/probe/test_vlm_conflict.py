@@ -17,7 +17,7 @@ from probe.sites import Site
 from probe.vlm.attribution import (GROUPS, group_masks, group_means, modality_attribution,
                                    valence_readout)
 from probe.vlm.conflict import ConflictConfig, build_conflict_set, load_conflict_set, run_conflict
-from probe.vlm.encode import encode_multimodal
+from probe.multimodal.encode import encode_multimodal
 from probe.vlm.images import draw, user_images
 
 SMALL = ConflictConfig(scenarios=2, per_cell=1, image_size=32, batch_size=4)

@@ -5,7 +5,7 @@ import torch
 
 from probe.interventions import add, replace_with
 from probe.sites import Site
-from probe.vlm.encode import encode_multimodal
+from probe.multimodal.encode import encode_multimodal
 from tests.probe.test_vlm import TEXTS, media
 
 IMAGE_FAMILIES = ("llava", "qwen2_vl", "gemma3")

@@ -1,0 +1,310 @@
+"""The shape of the code, read from its own imports (``ast``; nothing is imported or run).
+
+Every ``import`` statement counts, at module level or inside a function: a function-level
+import still ties two modules together, it only hides the tie until the function runs.
+
+The rules (docs/extending.md):
+
+* **Packages.** The top-level packages are ``probe``, ``steering`` and ``circuits``; the
+  sub-packages ``probe.behaviour`` and ``probe.vlm`` are plugins of ``probe`` and count as
+  packages of their own. Everything else under ``probe/`` (``probe.data``, ``probe.engine``,
+  ...) is the core package ``probe``.
+* **(a) No private names across packages.** A module may use an underscore name (``_x``,
+  not ``__dunder__``) only from its own package: neither ``from other.mod import _x`` nor
+  ``import other.mod as m; m._x`` nor an underscore module (``other._mod``).
+* **(b) No import cycles** among the modules of the three packages. An edge runs from a module
+  to the module it names (``from a.b import c`` names ``a.b.c`` when that is a module, else
+  ``a.b``); a package's ``__init__`` is drawn only when names are taken from it. Imports under
+  ``if TYPE_CHECKING:`` never run and are not edges (annotations only).
+* **(c) ``probe`` imports neither ``steering`` nor ``circuits``** (its plugins included).
+* **(e) No import runs back up** the floors of docs/extending.md: a module placed on a floor
+  there imports nothing placed on a higher one (modules the table does not name are skipped).
+* **(d) One error base.** Every class named ``*Error`` derives from
+  :class:`probe.errors.EmoprobeError`, which the command line reports as ``error:`` + exit 2.
+"""
+
+from __future__ import annotations
+
+import ast
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+PACKAGES = ("probe", "steering", "circuits")
+PLUGINS = ("probe.behaviour", "probe.vlm")
+
+
+def _module_name(path: Path) -> str:
+    parts = list(path.relative_to(ROOT).with_suffix("").parts)
+    if parts[-1] == "__init__":
+        parts.pop()
+    return ".".join(parts)
+
+
+def all_modules() -> dict[str, Path]:
+    """``{dotted name: path}`` of every module of the three packages."""
+    found = {}
+    for pkg in PACKAGES:
+        for path in sorted((ROOT / pkg).rglob("*.py")):
+            found[_module_name(path)] = path
+    return found
+
+
+def package_of(module: str) -> str:
+    """The package a module belongs to for rule (a): a plugin, or its top-level package."""
+    for plugin in PLUGINS:
+        if module == plugin or module.startswith(plugin + "."):
+            return plugin
+    return module.split(".")[0]
+
+
+@dataclass(frozen=True)
+class Use:
+    """One module naming another: ``target`` (a module) and the names taken from it."""
+
+    source: str
+    target: str
+    names: tuple[str, ...]
+    line: int
+
+
+def _resolve(source: str, is_package: bool, node: ast.ImportFrom) -> str:
+    if not node.level:
+        return node.module or ""
+    base = source.split(".")
+    base = base if is_package else base[:-1]
+    base = base[: len(base) - (node.level - 1)]
+    return ".".join(base + ([node.module] if node.module else []))
+
+
+def uses(modules: dict[str, Path]) -> list[Use]:
+    """Every import in every module (function-level ones included), resolved to modules.
+
+    Attribute access on an imported module (``import probe.cli as base; base._x``) is
+    recorded as a use of ``_x`` from that module.
+    """
+    out = []
+    for name, path in modules.items():
+        tree = ast.parse(path.read_text(encoding="utf-8"), filename=str(path))
+        is_package = path.name == "__init__.py"
+        aliases: dict[str, str] = {}  # local name -> module it is bound to
+        for node in _walk(tree):
+            if isinstance(node, ast.Import):
+                for a in node.names:
+                    out.append(Use(name, a.name, (), node.lineno))
+                    if a.asname:
+                        aliases[a.asname] = a.name
+            elif isinstance(node, ast.ImportFrom):
+                base = _resolve(name, is_package, node)
+                taken = []
+                for a in node.names:
+                    sub = f"{base}.{a.name}"
+                    if sub in modules:
+                        out.append(Use(name, sub, (), node.lineno))
+                        aliases[a.asname or a.name] = sub
+                    else:
+                        taken.append(a.name)
+                if taken:
+                    out.append(Use(name, base, tuple(taken), node.lineno))
+        for node in _walk(tree):
+            if (isinstance(node, ast.Attribute) and isinstance(node.value, ast.Name)
+                    and node.value.id in aliases):
+                out.append(Use(name, aliases[node.value.id], (node.attr,), node.lineno))
+    return [u for u in out if u.target.split(".")[0] in PACKAGES]
+
+
+def _walk(tree: ast.AST):
+    """``ast.walk`` without the bodies of ``if TYPE_CHECKING:`` (they never run)."""
+    todo = [tree]
+    while todo:
+        node = todo.pop()
+        yield node
+        for child in ast.iter_child_nodes(node):
+            if isinstance(child, ast.If) and _type_checking(child.test):
+                todo.extend(child.orelse)
+            else:
+                todo.append(child)
+
+
+def _type_checking(test: ast.expr) -> bool:
+    return (isinstance(test, ast.Name) and test.id == "TYPE_CHECKING") or (
+        isinstance(test, ast.Attribute) and test.attr == "TYPE_CHECKING")
+
+
+def _private(name: str) -> bool:
+    return name.startswith("_") and not (name.startswith("__") and name.endswith("__"))
+
+
+def private_crossings(found: list[Use]) -> list[str]:
+    bad = []
+    for u in found:
+        if package_of(u.source) == package_of(u.target):
+            continue
+        hidden = [n for n in u.names if _private(n)]
+        if any(_private(part) for part in u.target.split(".")):
+            hidden.append(u.target)
+        if hidden:
+            bad.append(f"{u.source}:{u.line} takes {', '.join(hidden)} from {u.target}")
+    return bad
+
+
+def import_graph(modules: dict[str, Path], found: list[Use]) -> dict[str, set[str]]:
+    graph: dict[str, set[str]] = {m: set() for m in modules}
+    for u in found:
+        if u.target in modules and u.target != u.source:
+            graph[u.source].add(u.target)
+    return graph
+
+
+def cycles(graph: dict[str, set[str]]) -> list[list[str]]:
+    """The strongly connected components with more than one module (Tarjan), each sorted."""
+    index: dict[str, int] = {}
+    low: dict[str, int] = {}
+    stack: list[str] = []
+    on_stack: set[str] = set()
+    found: list[list[str]] = []
+
+    def visit(v: str) -> None:
+        index[v] = low[v] = len(index)
+        stack.append(v)
+        on_stack.add(v)
+        for w in sorted(graph[v]):
+            if w not in index:
+                visit(w)
+                low[v] = min(low[v], low[w])
+            elif w in on_stack:
+                low[v] = min(low[v], index[w])
+        if low[v] == index[v]:
+            component = []
+            while True:
+                w = stack.pop()
+                on_stack.discard(w)
+                component.append(w)
+                if w == v:
+                    break
+            if len(component) > 1:
+                found.append(sorted(component))
+
+    for v in sorted(graph):
+        if v not in index:
+            visit(v)
+    return found
+
+
+def _ties(graph: dict[str, set[str]], component: list[str]) -> str:
+    members = set(component)
+    return "; ".join(f"{a} -> {b}" for a in component for b in sorted(graph[a] & members))
+
+
+@pytest.fixture(scope="module")
+def code():
+    modules = all_modules()
+    return modules, uses(modules)
+
+
+def test_the_reader_sees_every_kind_of_import(tmp_path):
+    """The checks below are only as good as the reader: function-level, relative and
+    attribute uses are all found."""
+    text = ("import probe.cli as base\n"
+            "from . import sibling\n"
+            "if TYPE_CHECKING:\n"
+            "    from probe.store import Store\n"
+            "def f():\n"
+            "    from probe.results import _atomic_write\n"
+            "    return base._model_args\n")
+    mods = {"steering.x": tmp_path / "x.py", "steering.sibling": tmp_path / "sibling.py",
+            "probe.cli": tmp_path / "cli.py", "probe.results": tmp_path / "results.py",
+            "probe.store": tmp_path / "store.py"}
+    for path in mods.values():
+        path.write_text("")
+    mods["steering.x"].write_text(text)
+    found = uses(mods)
+    assert private_crossings(found) == [
+        "steering.x:6 takes _atomic_write from probe.results",
+        "steering.x:7 takes _model_args from probe.cli"]
+    graph = import_graph(mods, found)
+    assert graph["steering.x"] == {"probe.cli", "probe.results", "steering.sibling"}
+    graph["probe.cli"].add("steering.x")
+    assert cycles(graph) == [["probe.cli", "steering.x"]]
+
+
+def test_plugins_import_no_private_names(code):
+    modules, found = code
+    bad = private_crossings(found)
+    assert not bad, "private names used across packages:\n" + "\n".join(bad)
+
+
+def test_no_import_cycles(code):
+    modules, found = code
+    graph = import_graph(modules, found)
+    loops = cycles(graph)
+    assert not loops, "import cycles:\n" + "\n".join(_ties(graph, c) for c in loops)
+
+
+def test_probe_imports_neither_steering_nor_circuits(code):
+    modules, found = code
+    bad = [f"{u.source}:{u.line} imports {u.target}" for u in found
+           if u.source.split(".")[0] == "probe" and u.target.split(".")[0] != "probe"]
+    assert not bad, "\n".join(bad)
+
+
+def error_classes(modules: dict[str, Path]) -> dict[str, list[str]]:
+    """``{"module.Class": [base names]}`` of every class whose name ends in ``Error``."""
+    found = {}
+    for name, path in modules.items():
+        for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+            if isinstance(node, ast.ClassDef) and node.name.endswith("Error"):
+                found[f"{name}.{node.name}"] = [ast.unparse(b).split(".")[-1] for b in node.bases]
+    return found
+
+
+def test_every_error_class_derives_from_emoprobe_error(code):
+    modules, _ = code
+    classes = error_classes(modules)
+    good = {"EmoprobeError"}
+    while True:  # a subclass of a good class is good (ModelNotAvailableError(ModelError))
+        more = {q.split(".")[-1] for q, bases in classes.items() if good & set(bases)}
+        if more <= good:
+            break
+        good |= more
+    bad = sorted(q for q in classes if q.split(".")[-1] not in good)
+    assert len(classes) > 30 and not bad, f"not EmoprobeError subclasses: {bad}"
+
+
+def floors_from_docs() -> dict[str, int]:
+    """``{module or package prefix: floor}`` from the floors table of docs/extending.md."""
+    import re
+
+    floors = {}
+    for line in (ROOT / "docs" / "extending.md").read_text(encoding="utf-8").splitlines():
+        row = re.match(r"\| (\d) \|[^|]*\|(.*)\|$", line)
+        if not row:
+            continue
+        for name in re.findall(r"`([\w/.]+)`", row.group(2)):
+            if name in ("steering/", "circuits/"):
+                floors[name.rstrip("/")] = int(row.group(1))
+            elif name.endswith((".py", "/")):
+                floors["probe." + name.removesuffix(".py").rstrip("/")] = int(row.group(1))
+    return floors
+
+
+def _floor(module: str, floors: dict[str, int]) -> int | None:
+    if module == "probe":
+        return 1
+    keys = [k for k in floors if module == k or module.startswith(k + ".")]
+    return floors[max(keys, key=len)] if keys else None
+
+
+def test_no_import_runs_back_up_the_documented_floors(code):
+    modules, found = code
+    floors = floors_from_docs()
+    assert len(floors) > 30 and floors["probe.errors"] == 1 and floors["steering"] == 6
+    graph = import_graph(modules, found)
+    up = [f"{a} (floor {_floor(a, floors)}) imports {b} (floor {_floor(b, floors)})"
+          for a in sorted(graph) for b in sorted(graph[a])
+          if None not in (_floor(a, floors), _floor(b, floors))
+          and _floor(b, floors) > _floor(a, floors)]
+    assert not up, "imports that run back up (docs/extending.md):\n" + "\n".join(up)
+
