@@ -42,6 +42,7 @@ import zarr
 from zarr.codecs import BloscCodec
 
 from probe import bf16, objectstore
+from probe.zarr_strings import quiet_zarr, write_strings
 from probe.data.schema import EmotionDataset
 from probe.objectstore import Remote
 
@@ -252,8 +253,9 @@ class ActivationStore:
 
     def _commit(self, progress: Mapping[str, int]) -> None:
         """Record committed rows and completeness in a single (atomic) metadata write."""
-        self.group.update_attributes({"progress": dict(progress),
-                                      "complete": is_complete(progress, self.n_samples)})
+        with quiet_zarr():
+            self.group.update_attributes({"progress": dict(progress),
+                                          "complete": is_complete(progress, self.n_samples)})
 
 
 def is_complete(progress: Mapping[str, int], n_samples: int) -> bool:
@@ -331,7 +333,7 @@ def _consolidated(where: Path | Remote) -> zarr.Group:
 
 def _consolidate(where: Path | Remote) -> zarr.Group:
     """Write consolidated metadata (for ``xarray.open_zarr(path)``); return the group."""
-    with warnings.catch_warnings():
+    with warnings.catch_warnings(), quiet_zarr():
         warnings.filterwarnings("ignore", message="Consolidated metadata", category=UserWarning)
         return zarr.consolidate_metadata(zarr_target(where))
 
@@ -372,27 +374,27 @@ def _create(path: Path | Remote, provenance: Mapping, dataset: EmotionDataset,
         coords[col] = _coord_values(dataset, col)
     coords.update({k: np.asarray(v) for k, v in extra.items() if k not in coords})
     for name, values in coords.items():
-        arr = group.create_array(name, shape=(n,), dtype=values.dtype if values.dtype.kind in "fiu"
-                                 else str, dimension_names=["sample"])
-        arr[:] = values
+        if values.dtype.kind in "fiu":
+            group.create_array(name, shape=(n,), dtype=values.dtype,
+                               dimension_names=["sample"])[:] = values
+        else:
+            write_strings(group, name, values, "sample")
     layer = group.create_array("layer", shape=(provenance["n_layers"],), dtype="int64",
                                dimension_names=["layer"])
     layer[:] = np.arange(provenance["n_layers"])
-    pool = np.asarray(provenance["poolings"], dtype=str)
-    group.create_array("pooling", shape=pool.shape, dtype=str, dimension_names=["pooling"])[:] = pool
+    write_strings(group, "pooling", provenance["poolings"], "pooling")
     from probe.capture import POOLING_MODALITY
 
-    modality = np.asarray([POOLING_MODALITY.get(p, "all") for p in provenance["poolings"]],
-                          dtype=str)
-    group.create_array("modality", shape=pool.shape, dtype=str,
-                       dimension_names=["pooling"])[:] = modality
+    write_strings(group, "modality", [POOLING_MODALITY.get(p, "all")
+                                       for p in provenance["poolings"]], "pooling")
     prov = dict(provenance, sample_coords=[c for c in coords if c != "sample"],
                 pooling_coords=["modality"],
                 targets=dict(dataset.targets), default_target=dataset.default_target)
     nonce = uuid.uuid4().hex if isinstance(path, Remote) else None
     if nonce is not None:
         prov["created_by"] = nonce
-    group.update_attributes({"emoprobe": prov, "progress": {}, "complete": False})
+    with quiet_zarr():
+        group.update_attributes({"emoprobe": prov, "progress": {}, "complete": False})
     return nonce
 
 
