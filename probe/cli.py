@@ -438,7 +438,7 @@ def _cache_distributed(args) -> int:
 
 
 def cmd_info(args) -> int:
-    from probe.store import describe
+    from probe.store_info import describe
 
     print(describe(args.store))
     return 0
