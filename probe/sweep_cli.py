@@ -122,9 +122,9 @@ def _run_record(args, results, store, eval_store, heldout_name, config, eval_con
 
 def _write_and_report(out: Path, results, run: dict, *, title: str, heldout_name) -> None:
     from probe.figures import plot_layerwise, plot_sweep_panels
-    from probe.results import format_summary, write_results
+    from probe.results import format_summary, write_results, write_run_record
 
-    write_results(out, results, run)
+    write_results(out, results, run, record=False)  # run.json last: after the figures
     attrs, target = results.attrs, run["target"]
     for pooling in results["pooling"].dropna().unique():
         head = f"{title}\n{target} · {pooling} pooling"
@@ -152,6 +152,7 @@ def _write_and_report(out: Path, results, run: dict, *, title: str, heldout_name
               + ("" if fitted else " (control task skipped: see the warning)"))
     if attrs.get("n_dropped"):
         print(f"\nnote: {attrs['n_dropped']} row(s) without a {target!r} value were left out")
+    write_run_record(out, run)
     print(f"\nresults: {out}  (results.csv/json, run.json, layerwise_*.png/svg, panels_*.png/svg"
           + (", probes/*.safetensors+json: probe.saved.load_probe)" if run.get("probes") else ")"))
 
