@@ -42,6 +42,7 @@ from probe.store import (
     StoreError,
     VariableSpec,
     _env_cache_root,
+    open_store,
     progress_keys,
     variable_specs,
 )
@@ -216,6 +217,8 @@ def cache_activations(
         ``s3://bucket/x.zarr``, see :mod:`probe.objectstore`).
     """
     job = plan_cache(lm, dataset, config, out)
+    if cached_already(job):
+        return job.path  # nothing to write: no writer lock (another run may hold it)
     with ActivationStore.open_for_writing(job.path, provenance=job.provenance, dataset=dataset,
                                           coords=job.coords) as store:
         for spec in job.specs:
@@ -250,6 +253,20 @@ class CacheJob:
     @property
     def progress_keys(self) -> list[str]:
         return [k for spec in self.specs for k in progress_keys(spec)]
+
+
+def cached_already(job: CacheJob) -> bool:
+    """True when the store exists, was made with this job's settings and holds every array and
+    layer the job asks for; read without the writer lock (commits replace ``zarr.json``
+    atomically, so a reader sees a consistent state even while another run writes)."""
+    try:
+        attrs = open_store(job.path, require_complete=False).attrs
+    except StoreError:
+        return False
+    prov = attrs.get("emoprobe", {})
+    if any(prov.get(k) != job.provenance.get(k) for k in MATCH_KEYS):
+        return False  # the writer path explains the mismatch
+    return not pending_specs(job.specs, dict(attrs.get("progress", {})), job.n_rows)
 
 
 def plan_cache(lm, dataset: EmotionDataset, config: CacheConfig, out=None) -> CacheJob:
