@@ -28,6 +28,7 @@ from typing import Any, Literal
 import torch
 
 from probe.arch import Architecture, architecture_for
+from probe.artifacts import make_readable
 
 DTypeName = Literal["auto", "float32", "bfloat16", "float16"]
 EMBEDDED = "smollm2-135m"
@@ -452,6 +453,7 @@ def _embedded_checkpoint() -> Path:
         plain.load_state_dict(quantised.state_dict())
         plain.save_pretrained(tmp)
         tok.save_pretrained(tmp)
+        make_readable(tmp)  # save_pretrained leaves model.safetensors 0600
         (tmp / "source.json").write_text(json.dumps(
             {"gguf": gguf.name, "gguf_sha256": _sha256_file(gguf), "hf_id": REGISTRY[EMBEDDED].hf_id}
         ))

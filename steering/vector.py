@@ -48,6 +48,7 @@ from typing import Literal
 import torch
 from torch import Tensor
 
+from probe.artifacts import save_safetensors
 from probe.sites import Site, SiteError
 
 Strength = Literal["absolute", "rms", "token-rms"]
@@ -269,8 +270,6 @@ class SteeringVector:
 
     def save(self, path: str | os.PathLike) -> Path:
         """Write ``path.safetensors`` and ``path.json`` (atomically); returns the tensor file."""
-        from safetensors.torch import save_file
-
         base = _base(path)
         base.parent.mkdir(parents=True, exist_ok=True)
         meta = {**self.meta, "format": FORMAT, "sites": [str(s) for s in self.directions],
@@ -279,11 +278,10 @@ class SteeringVector:
         tensors = {str(s): v for s, v in self.directions.items()}
         st = base.with_name(base.name + ".safetensors")
         side = base.with_name(base.name + ".json")
-        for final, write in ((st, lambda p: save_file(tensors, str(p), metadata={"emoprobe": text})),
-                             (side, lambda p: p.write_text(text + "\n"))):
-            tmp = final.with_name(f".{final.name}.tmp")
-            write(tmp)
-            os.replace(tmp, final)
+        save_safetensors(tensors, st, metadata={"emoprobe": text})
+        tmp = side.with_name(f".{side.name}.tmp")
+        tmp.write_text(text + "\n")
+        os.replace(tmp, side)
         return st
 
     @classmethod
