@@ -171,7 +171,7 @@ def build_parser() -> argparse.ArgumentParser:
     _storage_args(p)
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     g = p.add_argument_group("several workers (docs/scale.md)")
-    g.add_argument("--workers", type=int, default=1,
+    g.add_argument("--workers", type=_positive_int, default=1,
                    help="worker processes on this machine writing one store (one GPU each when "
                         "several are visible); needs --out")
     g.add_argument("--distributed", action="store_true",

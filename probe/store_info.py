@@ -8,7 +8,7 @@ from pathlib import Path
 import xarray as xr
 
 from probe import objectstore
-from probe.store import open_store
+from probe.store import StoreError, open_store
 
 
 def describe(path: str | Path) -> str:
@@ -87,3 +87,19 @@ def _ranges(values: Sequence[int]) -> str:
         else:
             out.append((v, v))
     return ",".join(f"{a}" if a == b else f"{a}-{b}" for a, b in out)
+
+
+def check_store_model(path: str | Path, model: str) -> None:
+    """Refuse ``--model`` naming another model than the one whose activations ``path`` holds.
+
+    ``model`` matches the store's alias, its Hugging Face id, or (a local folder) its resolved
+    path. Raises :class:`probe.store.StoreError` naming both models.
+    """
+    prov = open_store(path, require_complete=False).attrs.get("emoprobe", {})
+    names = {prov.get("model"), prov.get("model_id")}
+    local = Path(model).expanduser()
+    if model in names or (local.is_dir() and str(local.resolve()) in names):
+        return
+    raise StoreError(f"--store {path} holds activations of {prov.get('model')} "
+                     f"({prov.get('model_id')}), but --model is {model!r}; drop --model (the "
+                     f"store decides the model) or give a store cached from {model!r}")

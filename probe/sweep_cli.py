@@ -17,6 +17,7 @@ import numpy as np
 
 from probe.evaluate import EvalConfig
 from probe.heldout import check_label_sets, split_rows
+from probe.lazy import parse_memory, require_dask
 from probe.objectstore import check as check_url
 from probe.objectstore import normalize
 from probe.sites import parse_sites
@@ -38,6 +39,9 @@ def sweep_from_args(args, *, load_data, load_model, cache_config) -> int:
         raise ProbeError("give either --eval-dataset (cached for you) or --eval-store, not both")
     for url in (args.store, args.eval_store):
         check_url(url)  # a missing backend fails before the model loads
+    if getattr(args, "memory", None) is not None:
+        parse_memory(args.memory)  # a bad size, or Dask missing: before the model loads
+        require_dask()
     dataset = load_data(args)
     target = args.target or dataset.default_target
     tt = check_target(dataset, target, task=args.task, n_folds=args.folds,
