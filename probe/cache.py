@@ -36,17 +36,19 @@ from probe.data.schema import EmotionDataset
 from probe.objectstore import normalize
 from probe.sites import DEFAULT_SITES, STORE_KINDS, Site, parse_sites
 from probe.store import (
+    LATER_KEYS,
     MATCH_KEYS,
     STORE_DTYPES,
     ActivationStore,
     StoreError,
     VariableSpec,
     _env_cache_root,
-    open_store,
+    is_complete,
     progress_keys,
+    root_attributes,
     variable_specs,
 )
-from probe.tokens import Encoded, encode
+from probe.tokens import Encoded, EncodingError, context_limit, encode
 from probe.vlm.encode import layout_coords
 
 #: Dataset columns that hold a row's media (paths), read by multimodal models.
@@ -58,7 +60,10 @@ TORCH_DTYPES = {"float16": torch.float16, "float32": torch.float32, "bfloat16": 
 class CacheConfig:
     """How to cache: sites, poolings, batching and storage.
 
-    ``block_size`` (rows committed at a time) defaults to :func:`block_size_for`; batch size,
+    Texts longer than ``max_length`` or the model's context (:func:`probe.tokens.context_limit`)
+    are refused before any forward pass, or with ``truncate`` cut to fit (see
+    :func:`probe.tokens.encode`). ``block_size`` (rows committed at a time) defaults to
+    :func:`block_size_for`; batch size,
     block size and padding side fix which rows share a forward pass, so a store only resumes
     under the same values (they are part of the store's provenance key).
     """
@@ -71,6 +76,7 @@ class CacheConfig:
     padding_side: Literal["left", "right"] | None = None
     system_prompt: str | None = None
     max_length: int | None = None
+    truncate: bool = False
 
 
 #: Most rows per block; fewest blocks a dataset is cut into when it is large enough.
@@ -108,6 +114,7 @@ def provenance(lm, dataset: EmotionDataset, config: CacheConfig) -> dict:
         "store_dtype": config.store_dtype,
         "block_size": _block_size(config, len(dataset)),
         "max_length": config.max_length,
+        "truncate": token_limit(lm, config) if config.truncate else None,
         "batch_size": config.batch_size,
         "padding_side": config.padding_side or lm.tokenizer.padding_side,
         "toolkit_version": probe.__version__,
@@ -119,7 +126,9 @@ def provenance(lm, dataset: EmotionDataset, config: CacheConfig) -> dict:
 def default_store_path(lm, dataset: EmotionDataset, config: CacheConfig, root: Path | None = None) -> Path:
     """``cache/<model>/<dataset>-<key>.zarr``; the key hashes what must match to resume."""
     prov = provenance(lm, dataset, config)
-    key = hashlib.sha256(json.dumps([prov[k] for k in MATCH_KEYS], default=str).encode())
+    key = hashlib.sha256(json.dumps([prov.get(k) for k in MATCH_KEYS
+                                     if k not in LATER_KEYS or prov.get(k) is not None],
+                                    default=str).encode())
     root = Path(root).expanduser() if root is not None else _env_cache_root()
     if re.match(r"[a-zA-Z][\w+.-]+:/", str(root)):  # Path() has mangled "s3://b" into "s3:/b"
         raise StoreError(f"--cache-dir / $EMOPROBE_CACHE must be a local folder, not {root}; give "
@@ -259,14 +268,15 @@ def cached_already(job: CacheJob) -> bool:
     """True when the store exists, was made with this job's settings and holds every array and
     layer the job asks for; read without the writer lock (commits replace ``zarr.json``
     atomically, so a reader sees a consistent state even while another run writes)."""
-    try:
-        attrs = open_store(job.path, require_complete=False).attrs
-    except StoreError:
+    attrs = root_attributes(job.path)
+    if attrs is None:
         return False
-    prov = attrs.get("emoprobe", {})
+    prov, progress = attrs.get("emoprobe", {}), dict(attrs.get("progress", {}))
     if any(prov.get(k) != job.provenance.get(k) for k in MATCH_KEYS):
         return False  # the writer path explains the mismatch
-    return not pending_specs(job.specs, dict(attrs.get("progress", {})), job.n_rows)
+    if attrs.get("complete") != is_complete(progress, job.n_rows):
+        return False  # a writer died before mirroring completeness: the writer path repairs it
+    return not pending_specs(job.specs, progress, job.n_rows)
 
 
 def plan_cache(lm, dataset: EmotionDataset, config: CacheConfig, out=None) -> CacheJob:
@@ -285,6 +295,7 @@ def plan_cache(lm, dataset: EmotionDataset, config: CacheConfig, out=None) -> Ca
     config = CacheConfig(**{**asdict(config), "poolings": poolings,
                             "block_size": _block_size(config, len(dataset))})
     encoded = _encode(lm, dataset, config)
+    check_context(lm, encoded, dataset.ids)
     check_poolings(poolings, encoded)
     path = (normalize(out) if out is not None
             else default_store_path(lm, dataset, config).absolute())
@@ -304,8 +315,9 @@ def _encode(lm, dataset: EmotionDataset, config: CacheConfig) -> Encoded:
                                f"model {lm.spec.alias!r} takes text only; use a multimodal model "
                                "(see `probe models`) or drop the column")
         return encode(lm.tokenizer, dataset.texts, chat_template=lm.chat_template,
-                      system_prompt=config.system_prompt, max_length=config.max_length,
-                      target_words=words)
+                      system_prompt=config.system_prompt, target_words=words,
+                      max_length=token_limit(lm, config) if config.truncate else config.max_length,
+                      truncate=config.truncate)
     from probe.vlm.encode import encode_multimodal
 
     return encode_multimodal(lm.processor, dataset.texts, images=media.get("image"),
@@ -313,6 +325,28 @@ def _encode(lm, dataset: EmotionDataset, config: CacheConfig) -> Encoded:
                              system_prompt=config.system_prompt if lm.chat_template else None,
                              target_words=words, max_length=config.max_length,
                              root=_media_root(dataset))
+
+
+def token_limit(lm, config: CacheConfig) -> int | None:
+    """The most tokens a row may have: ``max_length`` or the model's context, the smaller."""
+    limits = [x for x in (config.max_length, context_limit(lm.model.config, lm.tokenizer))
+              if x is not None]
+    return min(limits) if limits else None
+
+
+def check_context(lm, encoded: Encoded, ids) -> None:
+    """Refuse rows longer than the model's context, naming them (before any forward pass:
+    one such row padded into a batch took 7.6 GB and crashed mid-store)."""
+    limit = context_limit(lm.model.config, lm.tokenizer)
+    too_long = [i for i, n in enumerate(encoded.lengths) if limit is not None and n > limit]
+    if not too_long:
+        return
+    rows = ", ".join(f"{i} (id {ids[i]!r}, {encoded.lengths[i]:,} tokens)" for i in too_long[:5])
+    more = f" and {len(too_long) - 5} more" if len(too_long) > 5 else ""
+    raise EncodingError(
+        f"{len(too_long)} text(s) are longer than {lm.spec.alias}'s context of {limit:,} tokens: "
+        f"rows {rows}{more}. Nothing is truncated silently: shorten or drop them, or pass "
+        f"--truncate to cut each to {limit:,} tokens (the end of its text)")
 
 
 def _media_root(dataset: EmotionDataset) -> Path | None:

@@ -52,8 +52,11 @@ from probe.store_create import creating_sibling, half_created, leftover_siblings
 MATCH_KEYS = (
     "model_id", "weight_fingerprint", "dtype", "dataset_hash", "n_samples", "chat_template",
     "system_prompt", "poolings", "store_dtype", "block_size", "max_length", "batch_size",
-    "padding_side",
+    "padding_side", "truncate",
 )
+#: Keys added to MATCH_KEYS later: they enter a store's path key only when set, so stores made
+#: before them keep their default path.
+LATER_KEYS = ("truncate",)
 STORE_DTYPES = ("float16", "float32", "bfloat16")
 
 
@@ -253,6 +256,18 @@ class ActivationStore:
         with quiet_zarr():
             self.group.update_attributes({"progress": dict(progress),
                                           "complete": is_complete(progress, self.n_samples)})
+
+
+def root_attributes(path: str | Path) -> dict | None:
+    """A store's root attributes as its ``zarr.json`` holds them (nothing derived), read
+    without any lock; None where there is no store."""
+    where = objectstore.where(path)
+    try:
+        root = (where.read_json("zarr.json") if isinstance(where, Remote)
+                else json.loads((where / "zarr.json").read_text()))
+    except (FileNotFoundError, NotADirectoryError):
+        return None
+    return dict(root.get("attributes") or {})
 
 
 def is_complete(progress: Mapping[str, int], n_samples: int) -> bool:
