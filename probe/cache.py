@@ -337,14 +337,38 @@ def token_limit(lm, config: CacheConfig) -> int | None:
 def check_context(lm, encoded: Encoded, ids) -> None:
     """Refuse rows longer than the model's context, naming them (before any forward pass:
     one such row padded into a batch took 7.6 GB and crashed mid-store)."""
-    limit = context_limit(lm.model.config, lm.tokenizer)
-    too_long = [i for i, n in enumerate(encoded.lengths) if limit is not None and n > limit]
+    _refuse_long(encoded.lengths, context_limit(lm.model.config, lm.tokenizer), lm.spec.alias,
+                 ids)
+
+
+def check_lengths_early(model: str, dataset: EmotionDataset, config: CacheConfig, *,
+                        chat_template: bool = True, allow_download: bool = False) -> None:
+    """:func:`check_context` (and ``--max-length``) from the tokenizer and config alone,
+    before the model loads; skipped where those are not cheap to read (then
+    :func:`plan_cache` checks after loading, still before any forward pass)."""
+    from probe.models import model_config, model_tokenizer, resolve_model
+    from probe.vlm.processors import is_multimodal_config
+
+    cfg = model_config(model, allow_download=allow_download)
+    if config.truncate or cfg is None or is_multimodal_config(cfg):
+        return
+    tok = model_tokenizer(model, allow_download=allow_download)
+    if tok is None or not getattr(tok, "is_fast", False):
+        return
+    template = chat_template and bool(getattr(tok, "chat_template", None))
+    enc = encode(tok, dataset.texts, chat_template=template, max_length=config.max_length,
+                 system_prompt=config.system_prompt if template else None)
+    _refuse_long(enc.lengths, context_limit(cfg, tok), resolve_model(model).alias, dataset.ids)
+
+
+def _refuse_long(lengths, limit: int | None, alias: str, ids) -> None:
+    too_long = [i for i, n in enumerate(lengths) if limit is not None and n > limit]
     if not too_long:
         return
-    rows = ", ".join(f"{i} (id {ids[i]!r}, {encoded.lengths[i]:,} tokens)" for i in too_long[:5])
+    rows = ", ".join(f"{i} (id {ids[i]!r}, {lengths[i]:,} tokens)" for i in too_long[:5])
     more = f" and {len(too_long) - 5} more" if len(too_long) > 5 else ""
     raise EncodingError(
-        f"{len(too_long)} text(s) are longer than {lm.spec.alias}'s context of {limit:,} tokens: "
+        f"{len(too_long)} text(s) are longer than {alias}'s context of {limit:,} tokens: "
         f"rows {rows}{more}. Nothing is truncated silently: shorten or drop them, or pass "
         f"--truncate to cut each to {limit:,} tokens (the end of its text)")
 

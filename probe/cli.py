@@ -384,7 +384,7 @@ def _cache_config(args):
 
 
 def cmd_cache(args) -> int:
-    from probe.cache import cache_activations, default_store_path
+    from probe.cache import cache_activations, check_lengths_early, default_store_path
 
     from probe import objectstore
 
@@ -395,6 +395,8 @@ def cmd_cache(args) -> int:
         warnings.warn(f"{args.out} lives in this process only and is gone when `probe cache` "
                       "exits; use it from Python, or with `probe sweep --store`")
     dataset = _load_data(args)
+    check_lengths_early(args.model, dataset, _cache_config(args), chat_template=args.chat_template,
+                        allow_download=args.allow_download)  # tokenizer only: before the model
     lm = _load_model(args)
     config = _cache_config(args)
     out = args.out or default_store_path(lm, dataset, config,

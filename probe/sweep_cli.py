@@ -29,7 +29,7 @@ from probe.targets import TargetTask, resolve_task
 
 def sweep_from_args(args, *, load_data, load_model, cache_config) -> int:
     """``probe sweep``: cache what is missing, probe, write results and figures, summarise."""
-    from probe.cache import cache_activations, default_store_path
+    from probe.cache import cache_activations, check_lengths_early, default_store_path
 
     t0 = time.time()
     if args.split_eval and (args.eval_dataset or args.eval_store):
@@ -53,8 +53,12 @@ def sweep_from_args(args, *, load_data, load_model, cache_config) -> int:
                                                        "limit": args.eval_limit}))
         check_heldout_target(eval_dataset, tt)
     print(tt.describe())
-    lm = load_model(args)
     config = cache_config(args)
+    for data in (dataset, eval_dataset):  # too-long texts: from the tokenizer, before the model
+        if data is not None:
+            check_lengths_early(args.model, data, config, chat_template=args.chat_template,
+                                allow_download=args.allow_download)
+    lm = load_model(args)
     root = Path(args.cache_dir) if args.cache_dir else None
     store = (normalize(args.store) if args.store
              else default_store_path(lm, dataset, config, root).absolute())

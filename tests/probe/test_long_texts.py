@@ -109,3 +109,24 @@ def test_cli_refuses_then_truncates(capsys, tiny_dir, tmp_path):
     assert not (tmp_path / "s.zarr").exists()
     assert main([*argv, "--truncate"]) == 0
     assert open_store(tmp_path / "s.zarr").attrs["emoprobe"]["truncate"] == 128
+
+
+def test_cli_reports_too_long_texts_before_the_model_loads(capsys, tiny_dir, tmp_path,
+                                                           monkeypatch):
+    import probe.cli
+    from probe.cli import main
+
+    data = tmp_path / "d.csv"
+    data.write_text("text,label,story\n" + "".join(
+        f"{LONG if i == 7 else CORPUS[i % 6].replace(',', '')},{'ab'[i % 2]},s{i // 3}\n"
+        for i in range(24)))
+    monkeypatch.setattr(probe.cli, "_load_model", lambda args: pytest.fail("model loaded"))
+    common = ["--model", str(tiny_dir / "llama"), "--dataset", str(data), "--quiet"]
+    assert main(["cache", *common, "--out", str(tmp_path / "s.zarr")]) == 2
+    assert "rows 7 (id " in capsys.readouterr().err
+    assert main(["sweep", *common, "--group-column", "story", "--folds", "2",
+                 "--cache-dir", str(tmp_path / "c"), "--out", str(tmp_path / "run")]) == 2
+    assert "rows 7 (id " in capsys.readouterr().err
+    assert main(["cache", *common, "--max-length", "12", "--out", str(tmp_path / "s.zarr")]) == 2
+    assert "--max-length 12" in capsys.readouterr().err
+    assert not any(tmp_path.glob("*.zarr")) and not (tmp_path / "c").exists()
