@@ -7,6 +7,7 @@ import json
 import multiprocessing as mp
 import os
 import signal
+import time
 from dataclasses import replace
 
 import numpy as np
@@ -178,6 +179,11 @@ def test_a_killed_object_store_worker_is_redone(tiny_dir, tmp_path, reference, a
 
     def killing(array, first, *args):
         if first == 12 and array.basename == "hook_resid_post":
+            # the launcher stops the other worker when this one dies: let worker 0 commit its
+            # block 16 first (under load it may still be behind), so the test is not a race
+            deadline = time.monotonic() + 120
+            while 16 not in read_markers(Remote.at(url)) and time.monotonic() < deadline:
+                time.sleep(0.1)
             os.kill(os.getpid(), signal.SIGKILL)
         write(array, first, *args)
 

@@ -38,7 +38,7 @@ def test_sigkill_while_creating_leaves_no_store_and_a_rerun_builds_it(child, tmp
 
 def _old_half_created(path, n=4):
     """What the previous version left when killed between coordinates and provenance."""
-    group = zarr.open_group(str(path), mode="a")
+    group = zarr.open_group(path if not hasattr(path, "is_dir") else str(path), mode="a")
     for name in ("sample", "text", "text_hash", "label"):
         group.create_array(name, shape=(n,), dtype=str, dimension_names=["sample"])[:] = \
             np.array([f"{name}{i}" for i in range(n)])
@@ -87,3 +87,21 @@ def test_a_failed_creation_removes_its_folder(tiny_llama, toy_dataset, tmp_path,
     cache_activations(tiny_llama, toy_dataset, out=out, progress=False,
                       config=CacheConfig(sites="blocks.0.hook_resid_post"))
     assert open_store(out).attrs["complete"]
+
+
+def test_an_object_store_half_created_store_is_rebuilt(tiny_llama, toy_dataset):
+    """Object stores cannot rename: a store there without provenance is a creation that was
+    killed, which a rerun removes and rebuilds."""
+    import uuid
+
+    from probe.cache import CacheConfig, cache_activations
+    from probe.objectstore import Remote
+
+    url = f"memory://half-{uuid.uuid4().hex[:8]}/s.zarr"
+    remote = Remote.at(url)
+    _old_half_created(remote.zarr_store())
+    assert "HALF-CREATED" in describe(url)
+    cache_activations(tiny_llama, toy_dataset, out=url, progress=False,
+                      config=CacheConfig(sites="blocks.0.hook_resid_post"))
+    ds = open_store(url)
+    assert ds.attrs["complete"] and list(ds["sample"].values[:2]) == ["r0", "r1"]
