@@ -303,7 +303,9 @@ class _DirLock:
             fcntl.flock(self.fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
             os.close(self.fd)
-            raise StoreError(f"another process is writing {path}; wait for it or use another store path "
+            raise StoreError(f"another process is writing {path}, and this run has sites or layers "
+                             "to add to it; wait for that process to finish (a run that only "
+                             "reads cached layers needs no wait), or use another store path "
                              "(--out for probe cache, --store for probe sweep)")
 
     def close(self) -> None:

@@ -32,7 +32,9 @@ def describe(path: str | Path) -> str:
         + (f", system prompt {prov.get('system_prompt')!r}" if prov.get("system_prompt") else ""),
         f"pooling   {', '.join(prov.get('poolings', []))}",
         f"batches   {prov.get('batch_size')} texts, {prov.get('padding_side')} padding, committed "
-        f"in blocks of {prov.get('block_size')} rows",
+        f"in blocks of {prov.get('block_size')} rows"
+        + (f"; longer texts cut to {prov['truncate']} tokens (--truncate)"
+           if prov.get("truncate") else ""),
         *_media_lines(ds),
         f"stored as {prov.get('store_dtype')}, {size / 2**20:.1f} MiB on disk",
         f"toolkit   emoprobe {prov.get('toolkit_version')}, created {prov.get('created')}",

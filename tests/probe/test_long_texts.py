@@ -12,7 +12,7 @@ from probe.store import open_store
 from probe.tokens import EncodingError, context_limit
 from tests.tiny import CORPUS
 
-LONG = " ".join(["the meeting about my birthday letter from the hospital"] * 30)  # >128 tokens
+LONG = " ".join(["the meeting about my birthday letter from the hospital"] * 60)  # >512 tokens
 
 
 def _dataset(long_rows=(5,)):
@@ -35,7 +35,7 @@ def test_context_limit_reads_the_config_and_a_real_tokenizer_limit():
 
 
 def test_a_text_beyond_the_context_is_refused_naming_its_row(tiny_llama, tmp_path, monkeypatch):
-    assert tiny_llama.model.config.max_position_embeddings == 128
+    assert tiny_llama.model.config.max_position_embeddings == 512
     import probe.cache
 
     monkeypatch.setattr(probe.cache, "_run", lambda *a, **k: pytest.fail("forward pass ran"))
@@ -44,7 +44,7 @@ def test_a_text_beyond_the_context_is_refused_naming_its_row(tiny_llama, tmp_pat
         cache_activations(tiny_llama, _dataset((5, 17)), out=out, progress=False,
                           config=CacheConfig(sites="blocks.1.hook_resid_post", batch_size=8))
     msg = str(err.value)
-    assert "2 text(s) are longer than" in msg and "context of 128 tokens" in msg
+    assert "2 text(s) are longer than" in msg and "context of 512 tokens" in msg
     assert "5 (id 'r5'" in msg and "17 (id 'r17'" in msg and "--truncate" in msg
     assert not out.exists()  # nothing created, nothing half-written
 
@@ -54,7 +54,7 @@ def test_truncate_cuts_to_the_context_and_leaves_other_rows_alone(tiny_llama, tm
     cut = cache_activations(tiny_llama, _dataset(), out=tmp_path / "cut.zarr", progress=False,
                             config=CacheConfig(**cfg, truncate=True))
     ds = open_store(cut)
-    assert ds.attrs["emoprobe"]["truncate"] == 128
+    assert ds.attrs["emoprobe"]["truncate"] == 512
     assert list(ds["sample"].values) == [f"r{i}" for i in range(24)]  # dataset order
     x = ds["hook_resid_post"].sel(layer=1).values.astype("float32")
     assert np.isfinite(x).all()
@@ -108,7 +108,10 @@ def test_cli_refuses_then_truncates(capsys, tiny_dir, tmp_path):
     assert err.startswith("error: 1 text(s) are longer than") and "rows 3 (id " in err
     assert not (tmp_path / "s.zarr").exists()
     assert main([*argv, "--truncate"]) == 0
-    assert open_store(tmp_path / "s.zarr").attrs["emoprobe"]["truncate"] == 128
+    assert open_store(tmp_path / "s.zarr").attrs["emoprobe"]["truncate"] == 512
+    capsys.readouterr()
+    assert main(["info", str(tmp_path / "s.zarr")]) == 0
+    assert "longer texts cut to 512 tokens (--truncate)" in capsys.readouterr().out
 
 
 def test_cli_reports_too_long_texts_before_the_model_loads(capsys, tiny_dir, tmp_path,
