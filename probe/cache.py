@@ -33,6 +33,7 @@ import probe
 from probe.bf16 import from_bits, to_bits
 from probe.capture import DEFAULT_POOLINGS, CaptureError, check_poolings, iter_blocks
 from probe.data.schema import EmotionDataset
+from probe.models import model_config, model_tokenizer, resolve_model
 from probe.objectstore import normalize
 from probe.sites import DEFAULT_SITES, STORE_KINDS, Site, parse_sites
 from probe.store import (
@@ -50,6 +51,7 @@ from probe.store import (
 )
 from probe.tokens import Encoded, EncodingError, context_limit, encode
 from probe.vlm.encode import layout_coords
+from probe.vlm.processors import is_multimodal_config
 
 #: Dataset columns that hold a row's media (paths), read by multimodal models.
 MEDIA_COLUMNS = ("image", "audio")
@@ -346,9 +348,6 @@ def check_lengths_early(model: str, dataset: EmotionDataset, config: CacheConfig
     """:func:`check_context` (and ``--max-length``) from the tokenizer and config alone,
     before the model loads; skipped where those are not cheap to read (then
     :func:`plan_cache` checks after loading, still before any forward pass)."""
-    from probe.models import model_config, model_tokenizer, resolve_model
-    from probe.vlm.processors import is_multimodal_config
-
     cfg = model_config(model, allow_download=allow_download)
     if config.truncate or cfg is None or is_multimodal_config(cfg):
         return

@@ -43,10 +43,10 @@ import zarr
 from zarr.codecs import BloscCodec
 
 from probe import bf16, objectstore
-from probe.zarr_strings import quiet_zarr
 from probe.data.schema import EmotionDataset
 from probe.objectstore import Remote
 from probe.store_create import creating_sibling, half_created, leftover_siblings, write_new_store
+from probe.zarr_strings import quiet_zarr
 
 #: Provenance keys that must match for a run to write into an existing store.
 MATCH_KEYS = (
