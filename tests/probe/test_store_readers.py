@@ -56,7 +56,7 @@ def test_probe_sweep_and_info_on_a_locked_complete_store(capsys, tiny_dir, tmp_p
     store = tmp_path / "s.zarr"
     argv = ["sweep", "--model", str(tiny_dir / "llama"), "--dataset", str(data), "--folds", "3",
             "--bootstrap", "20", "--quiet", "--group-column", "story", "--store", str(store),
-            "--no-save-probes"]
+            "--no-save-probes", "--no-control"]
     assert main([*argv, "--out", str(tmp_path / "r1")]) == 0
     held(store)
     assert main([*argv, "--out", str(tmp_path / "r2")]) == 0, capsys.readouterr().err
