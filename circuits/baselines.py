@@ -31,6 +31,7 @@ import torch
 from torch import Tensor
 
 from probe.errors import EmoprobeError
+from probe.artifacts import save_safetensors
 from probe.forward import Batch, make_batch, run_with_cache
 from probe.sites import Site
 
@@ -251,11 +252,9 @@ class MeanBaseline(Baseline):
 
     def save(self, path: str | Path) -> Path:
         """Write the means as safetensors (never pickle)."""
-        from safetensors.torch import save_file
-
         tensors = {f"content/{s}": v.contiguous() for s, v in self.content.items()}
         tensors |= {f"suffix/{s}": v.contiguous() for s, v in self.suffix.items()}
-        save_file(tensors, str(path), metadata={"n": str(self.n), "positions": self.positions})
+        save_safetensors(tensors, path, metadata={"n": str(self.n), "positions": self.positions})
         return Path(path)
 
     @classmethod

@@ -40,6 +40,7 @@ from circuits.metrics import (
 from circuits.pairs import make_pairs, rows_of, split_groups
 from circuits.patching import patch, sublayer_influence
 from circuits.validate import compare, summary, verdicts
+from probe.artifacts import save_safetensors
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -140,9 +141,7 @@ def run_circuits(lm, dataset, cfg: CircuitsConfig, out: str | Path, *,
             ov.to_csv(out / "overlap.csv")
             log(f"\ncircuit overlap (Jaccard):\n{ov.round(3).to_string()}")
     if tensors:
-        from safetensors.torch import save_file
-
-        save_file(tensors, str(out / "scores.safetensors"))
+        save_safetensors(tensors, out / "scores.safetensors")
     run = report.clean_json({"command": "circuits", "config": asdict(cfg), "model": lm.provenance(),
                              "dataset": {"name": dataset.name, "hash": dataset.content_hash(),
                                          "train_groups": train, "test_groups": test},

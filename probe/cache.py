@@ -33,20 +33,25 @@ import probe
 from probe.bf16 import from_bits, to_bits
 from probe.capture import DEFAULT_POOLINGS, CaptureError, check_poolings, iter_blocks
 from probe.data.schema import EmotionDataset
+from probe.models import model_config, model_tokenizer, resolve_model
 from probe.objectstore import normalize
 from probe.sites import DEFAULT_SITES, STORE_KINDS, Site, parse_sites
 from probe.store import (
+    LATER_KEYS,
     MATCH_KEYS,
     STORE_DTYPES,
     ActivationStore,
     StoreError,
     VariableSpec,
     _env_cache_root,
+    is_complete,
     progress_keys,
+    root_attributes,
     variable_specs,
 )
-from probe.tokens import Encoded, encode
+from probe.tokens import Encoded, EncodingError, context_limit, encode
 from probe.multimodal.encode import layout_coords
+from probe.multimodal.processors import is_multimodal_config
 
 #: Dataset columns that hold a row's media (paths), read by multimodal models.
 MEDIA_COLUMNS = ("image", "audio")
@@ -57,7 +62,10 @@ TORCH_DTYPES = {"float16": torch.float16, "float32": torch.float32, "bfloat16": 
 class CacheConfig:
     """How to cache: sites, poolings, batching and storage.
 
-    ``block_size`` (rows committed at a time) defaults to :func:`block_size_for`; batch size,
+    Texts longer than ``max_length`` or the model's context (:func:`probe.tokens.context_limit`)
+    are refused before any forward pass, or with ``truncate`` cut to fit (see
+    :func:`probe.tokens.encode`). ``block_size`` (rows committed at a time) defaults to
+    :func:`block_size_for`; batch size,
     block size and padding side fix which rows share a forward pass, so a store only resumes
     under the same values (they are part of the store's provenance key).
     """
@@ -70,6 +78,7 @@ class CacheConfig:
     padding_side: Literal["left", "right"] | None = None
     system_prompt: str | None = None
     max_length: int | None = None
+    truncate: bool = False
 
 
 #: Most rows per block; fewest blocks a dataset is cut into when it is large enough.
@@ -107,6 +116,7 @@ def provenance(lm, dataset: EmotionDataset, config: CacheConfig) -> dict:
         "store_dtype": config.store_dtype,
         "block_size": _block_size(config, len(dataset)),
         "max_length": config.max_length,
+        "truncate": token_limit(lm, config) if config.truncate else None,
         "batch_size": config.batch_size,
         "padding_side": config.padding_side or lm.tokenizer.padding_side,
         "toolkit_version": probe.__version__,
@@ -118,7 +128,9 @@ def provenance(lm, dataset: EmotionDataset, config: CacheConfig) -> dict:
 def default_store_path(lm, dataset: EmotionDataset, config: CacheConfig, root: Path | None = None) -> Path:
     """``cache/<model>/<dataset>-<key>.zarr``; the key hashes what must match to resume."""
     prov = provenance(lm, dataset, config)
-    key = hashlib.sha256(json.dumps([prov[k] for k in MATCH_KEYS], default=str).encode())
+    key = hashlib.sha256(json.dumps([prov.get(k) for k in MATCH_KEYS
+                                     if k not in LATER_KEYS or prov.get(k) is not None],
+                                    default=str).encode())
     root = Path(root).expanduser() if root is not None else _env_cache_root()
     if re.match(r"[a-zA-Z][\w+.-]+:/", str(root)):  # Path() has mangled "s3://b" into "s3:/b"
         raise StoreError(f"--cache-dir / $EMOPROBE_CACHE must be a local folder, not {root}; give "
@@ -216,6 +228,8 @@ def cache_activations(
         ``s3://bucket/x.zarr``, see :mod:`probe.objectstore`).
     """
     job = plan_cache(lm, dataset, config, out)
+    if cached_already(job):
+        return job.path  # nothing to write: no writer lock (another run may hold it)
     with ActivationStore.open_for_writing(job.path, provenance=job.provenance, dataset=dataset,
                                           coords=job.coords) as store:
         for spec in job.specs:
@@ -252,6 +266,21 @@ class CacheJob:
         return [k for spec in self.specs for k in progress_keys(spec)]
 
 
+def cached_already(job: CacheJob) -> bool:
+    """True when the store exists, was made with this job's settings and holds every array and
+    layer the job asks for; read without the writer lock (commits replace ``zarr.json``
+    atomically, so a reader sees a consistent state even while another run writes)."""
+    attrs = root_attributes(job.path)
+    if attrs is None:
+        return False
+    prov, progress = attrs.get("emoprobe", {}), dict(attrs.get("progress", {}))
+    if any(prov.get(k) != job.provenance.get(k) for k in MATCH_KEYS):
+        return False  # the writer path explains the mismatch
+    if attrs.get("complete") != is_complete(progress, job.n_rows):
+        return False  # a writer died before mirroring completeness: the writer path repairs it
+    return not pending_specs(job.specs, progress, job.n_rows)
+
+
 def plan_cache(lm, dataset: EmotionDataset, config: CacheConfig, out=None) -> CacheJob:
     """Check the config, encode the dataset (images and audio included) and name the store."""
     if config.store_dtype not in STORE_DTYPES:
@@ -268,6 +297,7 @@ def plan_cache(lm, dataset: EmotionDataset, config: CacheConfig, out=None) -> Ca
     config = CacheConfig(**{**asdict(config), "poolings": poolings,
                             "block_size": _block_size(config, len(dataset))})
     encoded = _encode(lm, dataset, config)
+    check_context(lm, encoded, dataset.ids)
     check_poolings(poolings, encoded)
     path = (normalize(out) if out is not None
             else default_store_path(lm, dataset, config).absolute())
@@ -287,8 +317,9 @@ def _encode(lm, dataset: EmotionDataset, config: CacheConfig) -> Encoded:
                                f"model {lm.spec.alias!r} takes text only; use a multimodal model "
                                "(see `probe models`) or drop the column")
         return encode(lm.tokenizer, dataset.texts, chat_template=lm.chat_template,
-                      system_prompt=config.system_prompt, max_length=config.max_length,
-                      target_words=words)
+                      system_prompt=config.system_prompt, target_words=words,
+                      max_length=token_limit(lm, config) if config.truncate else config.max_length,
+                      truncate=config.truncate)
     from probe.multimodal.encode import encode_multimodal
 
     return encode_multimodal(lm.processor, dataset.texts, images=media.get("image"),
@@ -296,6 +327,49 @@ def _encode(lm, dataset: EmotionDataset, config: CacheConfig) -> Encoded:
                              system_prompt=config.system_prompt if lm.chat_template else None,
                              target_words=words, max_length=config.max_length,
                              root=_media_root(dataset))
+
+
+def token_limit(lm, config: CacheConfig) -> int | None:
+    """The most tokens a row may have: ``max_length`` or the model's context, the smaller."""
+    limits = [x for x in (config.max_length, context_limit(lm.model.config, lm.tokenizer))
+              if x is not None]
+    return min(limits) if limits else None
+
+
+def check_context(lm, encoded: Encoded, ids) -> None:
+    """Refuse rows longer than the model's context, naming them (before any forward pass:
+    one such row padded into a batch took 7.6 GB and crashed mid-store)."""
+    _refuse_long(encoded.lengths, context_limit(lm.model.config, lm.tokenizer), lm.spec.alias,
+                 ids)
+
+
+def check_lengths_early(model: str, dataset: EmotionDataset, config: CacheConfig, *,
+                        chat_template: bool = True, allow_download: bool = False) -> None:
+    """:func:`check_context` (and ``--max-length``) from the tokenizer and config alone,
+    before the model loads; skipped where those are not cheap to read (then
+    :func:`plan_cache` checks after loading, still before any forward pass)."""
+    cfg = model_config(model, allow_download=allow_download)
+    if config.truncate or cfg is None or is_multimodal_config(cfg):
+        return
+    tok = model_tokenizer(model, allow_download=allow_download)
+    if tok is None or not getattr(tok, "is_fast", False):
+        return
+    template = chat_template and bool(getattr(tok, "chat_template", None))
+    enc = encode(tok, dataset.texts, chat_template=template, max_length=config.max_length,
+                 system_prompt=config.system_prompt if template else None)
+    _refuse_long(enc.lengths, context_limit(cfg, tok), resolve_model(model).alias, dataset.ids)
+
+
+def _refuse_long(lengths, limit: int | None, alias: str, ids) -> None:
+    too_long = [i for i, n in enumerate(lengths) if limit is not None and n > limit]
+    if not too_long:
+        return
+    rows = ", ".join(f"{i} (id {ids[i]!r}, {lengths[i]:,} tokens)" for i in too_long[:5])
+    more = f" and {len(too_long) - 5} more" if len(too_long) > 5 else ""
+    raise EncodingError(
+        f"{len(too_long)} text(s) are longer than {alias}'s context of {limit:,} tokens: "
+        f"rows {rows}{more}. Nothing is truncated silently: shorten or drop them, or pass "
+        f"--truncate to cut each to {limit:,} tokens (the end of its text)")
 
 
 def _media_root(dataset: EmotionDataset) -> Path | None:

@@ -174,13 +174,36 @@ def plan_blocks(lengths: Sequence[int], *, batch_size: int, block_size: int,
                 start_row: int = 0) -> Iterator[tuple[int, list[list[int]]]]:
     """``(first_row, batches)`` per block: rows of a block, longest first, cut into batches.
 
-    Blocks are fixed by ``block_size`` alone, so a resumed run computes exactly the batches an
-    uninterrupted one would (and a benchmark can replay them).
+    A batch holds at most ``batch_size`` rows and at most :func:`token_budget` padded tokens,
+    so short texts are never padded up to one very long one (which then runs alone or with
+    its peers). Blocks are fixed by ``block_size`` alone and the budget by the whole dataset's
+    lengths, so a resumed run computes exactly the batches an uninterrupted one would (and a
+    benchmark can replay them).
     """
     n = len(lengths)
+    budget = token_budget(lengths, batch_size)
     for first in range(start_row - start_row % block_size, n, block_size):
         order = sorted(range(first, min(first + block_size, n)), key=lambda r: -lengths[r])
-        yield first, [order[b:b + batch_size] for b in range(0, len(order), batch_size)]
+        batches: list[list[int]] = []
+        for r in order:  # longest first: a batch's first row sets its padded width
+            if (batches and len(batches[-1]) < batch_size
+                    and (len(batches[-1]) + 1) * lengths[batches[-1][0]] <= budget):
+                batches[-1].append(r)
+            else:
+                batches.append([r])
+        yield first, batches
+
+
+def token_budget(lengths: Sequence[int], batch_size: int) -> int:
+    """Padded tokens one batch may hold: ``batch_size`` rows of 4x the median length (at least
+    256 tokens each). Ordinary data never reaches it (batches stay ``batch_size`` rows); a row
+    far longer than the rest gets a batch of its own instead of padding 31 others to it.
+
+    >>> token_budget([40] * 100, 32), token_budget([40] * 99 + [12_000], 32)
+    (8192, 8192)
+    """
+    median = sorted(lengths)[len(lengths) // 2] if len(lengths) else 0
+    return batch_size * max(4 * median, 256)
 
 
 def iter_blocks(

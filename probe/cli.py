@@ -75,7 +75,7 @@ def build_parser() -> argparse.ArgumentParser:
     storage_args(p)
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     g = p.add_argument_group("several workers (docs/scale.md)")
-    g.add_argument("--workers", type=int, default=1,
+    g.add_argument("--workers", type=positive_int, default=1,
                    help="worker processes on this machine writing one store (one GPU each when "
                         "several are visible); needs --out")
     g.add_argument("--distributed", action="store_true",
@@ -175,7 +175,7 @@ def plugin_commands(sub, defined=None) -> dict:
 
 
 def cmd_cache(args) -> int:
-    from probe.cache import cache_activations, default_store_path
+    from probe.cache import cache_activations, check_lengths_early, default_store_path
 
     from probe import objectstore
 
@@ -186,6 +186,8 @@ def cmd_cache(args) -> int:
         warnings.warn(f"{args.out} lives in this process only and is gone when `probe cache` "
                       "exits; use it from Python, or with `probe sweep --store`")
     dataset = load_data(args)
+    check_lengths_early(args.model, dataset, cache_config(args), chat_template=args.chat_template,
+                        allow_download=args.allow_download)  # tokenizer only: before the model
     lm = load_model(args)
     config = cache_config(args)
     out = args.out or default_store_path(lm, dataset, config,
@@ -233,7 +235,7 @@ def _cache_distributed(args) -> int:
 
 
 def cmd_info(args) -> int:
-    from probe.store import describe
+    from probe.store_info import describe
 
     print(describe(args.store))
     return 0

@@ -102,7 +102,11 @@ def cache_args(p: argparse.ArgumentParser) -> None:
     g.add_argument("--padding-side", default=None, choices=["left", "right"],
                    help="default: the tokenizer's")
     g.add_argument("--max-length", type=positive_int, default=None,
-                   help="refuse (never truncate) texts longer than this many tokens")
+                   help="refuse texts longer than this many tokens (default: the model's "
+                        "context, max_position_embeddings)")
+    g.add_argument("--truncate", action="store_true",
+                   help="cut texts longer than --max-length / the model's context to fit (the "
+                        "end of the text goes; the chat template is kept) instead of refusing them")
     g.add_argument("--cache-dir", default=None,
                    help="root for stores (default: $EMOPROBE_CACHE or ./cache)")
 
@@ -221,4 +225,4 @@ def cache_config(args):
     return CacheConfig(sites=args.sites, poolings=poolings(args),
                        batch_size=args.batch_size, store_dtype=args.store_dtype,
                        padding_side=args.padding_side, system_prompt=args.system_prompt,
-                       max_length=args.max_length)
+                       max_length=args.max_length, truncate=getattr(args, "truncate", False))

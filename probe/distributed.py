@@ -323,6 +323,7 @@ def _finalize_remote(remote: Remote, rounds: int = 20) -> bool:
     import zarr
 
     from probe.store import StoreError, is_complete, zarr_target
+    from probe.zarr_strings import quiet_zarr
 
     if not remote.exists("zarr.json"):
         raise StoreError(f"no activation store at {remote.url}")
@@ -335,7 +336,8 @@ def _finalize_remote(remote: Remote, rounds: int = 20) -> bool:
         complete = is_complete(new, n)
         if new == progress and group.attrs.get("complete") == complete:
             return complete
-        group.update_attributes({"progress": new, "complete": complete})
+        with quiet_zarr():
+            group.update_attributes({"progress": new, "complete": complete})
     return complete  # pragma: no cover - markers kept arriving; the next finalize folds them
 
 

@@ -29,6 +29,7 @@ import torch
 from probe.arch import Architecture, architecture_for
 from probe.errors import EmoprobeError
 from probe.io import emoprobe_home
+from probe.artifacts import make_readable
 
 DTypeName = Literal["auto", "float32", "bfloat16", "float16"]
 EMBEDDED = "smollm2-135m"
@@ -300,6 +301,22 @@ def model_config(name: str = EMBEDDED, *, allow_download: bool = False):
         raise ModelNotAvailableError(_how_to_get(spec, name)) from None
 
 
+def model_tokenizer(name: str = EMBEDDED, *, allow_download: bool = False):
+    """The model's tokenizer without its weights (``None`` where it cannot be read cheaply:
+    the embedded model before its one-time conversion, or any failure, left to
+    :func:`load_model` to report)."""
+    from transformers import AutoTokenizer
+
+    spec = resolve_model(name)
+    path = _embedded_dir() if spec.embedded else spec.hf_id
+    if spec.embedded and not (path / "source.json").is_file():
+        return None
+    try:
+        return AutoTokenizer.from_pretrained(str(path), local_files_only=not allow_download)
+    except (OSError, ValueError):
+        return None
+
+
 def config_n_layers(config) -> int:
     """Number of decoder blocks from a config (the language backbone's, for a VLM)."""
     return int(config.get_text_config().num_hidden_layers)
@@ -449,6 +466,7 @@ def _embedded_checkpoint() -> Path:
         plain.load_state_dict(quantised.state_dict())
         plain.save_pretrained(tmp)
         tok.save_pretrained(tmp)
+        make_readable(tmp)  # save_pretrained leaves model.safetensors 0600
         (tmp / "source.json").write_text(json.dumps(
             {"gguf": gguf.name, "gguf_sha256": _sha256_file(gguf), "hf_id": REGISTRY[EMBEDDED].hf_id}
         ))

@@ -174,7 +174,7 @@ def _canonical(df: pd.DataFrame) -> pd.DataFrame:
 
 
 def write_results(out_dir: str | os.PathLike, df: pd.DataFrame,
-                  config: dict[str, Any]) -> dict[str, Path]:
+                  config: dict[str, Any], *, record: bool = True) -> dict[str, Path]:
     """Write ``results.csv``, ``results.json`` and ``run.json`` into ``out_dir``, atomically.
 
     Args:
@@ -183,25 +183,45 @@ def write_results(out_dir: str | os.PathLike, df: pd.DataFrame,
         config: The run's configuration and provenance (JSON-serialisable; paths, numpy
             scalars and dataclasses are converted). ``run.json`` holds it plus an
             ``"environment"`` entry: timestamp and emoprobe/python/torch/transformers versions.
+        record: write ``run.json`` (the completion record) too. A command that writes more
+            afterwards (figures) passes ``False`` and calls :func:`write_run_record` last; an
+            older ``run.json`` in ``out_dir`` is removed first, so the folder reads as
+            unfinished until then.
 
     Returns:
-        The written paths, keyed ``"csv"``, ``"json"`` and ``"run"``.
+        The written paths, keyed ``"csv"``, ``"json"`` and (with ``record``) ``"run"``.
     """
     df = validate_results(df)
     if "environment" in config:
         raise ValueError("config key 'environment' is reserved for the provenance that "
                          "write_results adds")
+    run_text = _run_text(config)  # refuse an unserialisable config before writing anything
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
+    (out_dir / FILES["run"]).unlink(missing_ok=True)  # until this run's record: unfinished
     records = [{k: _json_scalar(v) for k, v in row.items()} for row in df.to_dict("records")]
-    run = {**config, "environment": _environment()}
     texts = {"csv": df.to_csv(index=False),
-             "json": json.dumps(records, indent=1, allow_nan=False) + "\n",
-             "run": json.dumps(run, indent=2, default=_json_default, allow_nan=False) + "\n"}
-    paths = {key: out_dir / name for key, name in FILES.items()}
+             "json": json.dumps(records, indent=1, allow_nan=False) + "\n"}
+    paths = {key: out_dir / FILES[key] for key in texts}
     for key, text in texts.items():
         _atomic_write(paths[key], text)
+    if record:
+        paths["run"] = out_dir / FILES["run"]
+        _atomic_write(paths["run"], run_text)
     return paths
+
+
+def write_run_record(out_dir: str | os.PathLike, config: dict[str, Any]) -> Path:
+    """Write ``run.json`` (``config`` plus ``"environment"``): a run's completion record,
+    written after everything else the run writes, so a folder with one is complete."""
+    path = Path(out_dir) / FILES["run"]
+    _atomic_write(path, _run_text(config))
+    return path
+
+
+def _run_text(config: dict[str, Any]) -> str:
+    run = {**config, "environment": _environment()}
+    return json.dumps(run, indent=2, default=_json_default, allow_nan=False) + "\n"
 
 
 def read_results(out_dir: str | os.PathLike) -> tuple[pd.DataFrame, dict[str, Any]]:

@@ -33,6 +33,7 @@ from typing import Any
 import numpy as np
 
 from probe.io import atomic_write
+from probe.artifacts import save_safetensors
 from probe.sites import Site
 
 FORMAT = 1
@@ -109,14 +110,12 @@ def save_probes(run_dir: str | os.PathLike, kind: str, layers: list[int] | None,
     """Write one site kind's probes: ``arrays[pooling]`` holds ``coef [L, K, d]``,
     ``intercept [L, K]``, ``mean`` and ``scale [L, d]``; ``meta`` goes to the JSON sidecar
     (with ``site``, ``layers``, ``poolings`` and ``format`` added). Returns the tensor file."""
-    from safetensors.numpy import save
-
     folder = Path(run_dir) / FOLDER
     folder.mkdir(parents=True, exist_ok=True)
     tensors = {f"{pooling}.{name}": np.ascontiguousarray(value, dtype=np.float32)
                for pooling, part in arrays.items() for name, value in part.items()}
     path = folder / f"{kind}.safetensors"
-    atomic_write(path, save(tensors))
+    save_safetensors(tensors, path)
     side = {**meta, "format": FORMAT, "site": kind, "layers": layers, "poolings": list(arrays)}
     atomic_write(path.with_suffix(".json"),
                  json.dumps(side, indent=1, allow_nan=False, default=_plain) + "\n")

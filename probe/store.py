@@ -30,6 +30,7 @@ from __future__ import annotations
 import fcntl
 import json
 import os
+import shutil
 import uuid
 import warnings
 from collections.abc import Mapping, Sequence
@@ -46,13 +47,18 @@ from probe.data.schema import EmotionDataset
 from probe.errors import EmoprobeError
 from probe.modality import POOLING_MODALITY
 from probe.objectstore import Remote
+from probe.store_create import creating_sibling, half_created, leftover_siblings, write_new_store
+from probe.zarr_strings import quiet_zarr
 
 #: Provenance keys that must match for a run to write into an existing store.
 MATCH_KEYS = (
     "model_id", "weight_fingerprint", "dtype", "dataset_hash", "n_samples", "chat_template",
     "system_prompt", "poolings", "store_dtype", "block_size", "max_length", "batch_size",
-    "padding_side",
+    "padding_side", "truncate",
 )
+#: Keys added to MATCH_KEYS later: they enter a store's path key only when set, so stores made
+#: before them keep their default path.
+LATER_KEYS = ("truncate",)
 STORE_DTYPES = ("float16", "float32", "bfloat16")
 #: The folder inside a store where :mod:`probe.distributed` workers mark finished blocks.
 MARKERS = ".emoprobe-blocks"
@@ -74,16 +80,6 @@ class VariableSpec:
     def dims(self) -> list[str]:
         lead = ["sample"] + (["layer"] if self.layers is not None else []) + ["pooling"]
         return lead + list(self.feature_dims)
-
-
-def _coord_values(ds: EmotionDataset, col: str) -> np.ndarray:
-    kind = ds.targets.get(col)
-    values = ds.frame[col]
-    if kind == "continuous":
-        return values.astype("float64").to_numpy()
-    if kind == "multilabel":
-        return np.array(["|".join(v) if v is not None else "" for v in values], dtype=str)
-    return np.array(["" if v is None or v != v else str(v) for v in values], dtype=str)
 
 
 class ActivationStore:
@@ -115,12 +111,13 @@ class ActivationStore:
         path.mkdir(parents=True, exist_ok=True)
         lock_fh = _lock(path)
         try:
+            _clear_leftovers(path)
             if (path / "zarr.json").is_file():
                 group = zarr.open_group(str(path), mode="r+", use_consolidated=False)
                 _check_provenance(path, dict(group.attrs.get("emoprobe", {})), provenance)
                 _drop_partial_files(path)
             else:
-                _create(path, provenance, dataset, coords or {})
+                lock_fh = _create_local(path, lock_fh, provenance, dataset, coords or {})
             group = _consolidated(path)
         except BaseException:
             lock_fh.close()
@@ -131,12 +128,16 @@ class ActivationStore:
     def _open_remote(cls, remote: Remote, provenance: Mapping, dataset: EmotionDataset,
                      coords: Mapping[str, np.ndarray]) -> ActivationStore:
         """Create or reopen a store on an object store (single writer: nothing locks it)."""
+        if remote.exists("zarr.json") and _half_created(remote):
+            remote.fs.rm(remote.root, recursive=True)  # a creation killed before provenance
         if remote.exists("zarr.json"):
             group = zarr.open_group(remote.zarr_store(), mode="r+", use_consolidated=False)
             _check_provenance(remote.url, dict(group.attrs.get("emoprobe", {})), provenance)
         else:
             remote.check_writable_location()
-            nonce = _create(remote, provenance, dataset, coords)
+            _refuse_foreign(remote, remote.listdir())
+            nonce = uuid.uuid4().hex
+            write_new_store(remote.zarr_store(), provenance, dataset, coords, nonce=nonce)
             have = remote.read_json("zarr.json")["attributes"]["emoprobe"].get("created_by")
             if have != nonce:
                 raise StoreError(f"another run created {remote.url} at the same moment; object "
@@ -256,8 +257,21 @@ class ActivationStore:
 
     def _commit(self, progress: Mapping[str, int]) -> None:
         """Record committed rows and completeness in a single (atomic) metadata write."""
-        self.group.update_attributes({"progress": dict(progress),
-                                      "complete": is_complete(progress, self.n_samples)})
+        with quiet_zarr():
+            self.group.update_attributes({"progress": dict(progress),
+                                          "complete": is_complete(progress, self.n_samples)})
+
+
+def root_attributes(path: str | Path) -> dict | None:
+    """A store's root attributes as its ``zarr.json`` holds them (nothing derived), read
+    without any lock; None where there is no store."""
+    where = objectstore.where(path)
+    try:
+        root = (where.read_json("zarr.json") if isinstance(where, Remote)
+                else json.loads((where / "zarr.json").read_text()))
+    except (FileNotFoundError, NotADirectoryError):
+        return None
+    return dict(root.get("attributes") or {})
 
 
 def is_complete(progress: Mapping[str, int], n_samples: int) -> bool:
@@ -293,7 +307,9 @@ class _DirLock:
             fcntl.flock(self.fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
             os.close(self.fd)
-            raise StoreError(f"another process is writing {path}; wait for it or use another store path "
+            raise StoreError(f"another process is writing {path}, and this run has sites or layers "
+                             "to add to it; wait for that process to finish (a run that only "
+                             "reads cached layers needs no wait), or use another store path "
                              "(--out for probe cache, --store for probe sweep)")
 
     def close(self) -> None:
@@ -333,9 +349,60 @@ def _consolidated(where: Path | Remote) -> zarr.Group:
 
 def _consolidate(where: Path | Remote) -> zarr.Group:
     """Write consolidated metadata (for ``xarray.open_zarr(path)``); return the group."""
-    with warnings.catch_warnings():
+    with warnings.catch_warnings(), quiet_zarr():
         warnings.filterwarnings("ignore", message="Consolidated metadata", category=UserWarning)
         return zarr.consolidate_metadata(zarr_target(where))
+
+
+def _create_local(path: Path, lock: _DirLock, provenance: Mapping, dataset: EmotionDataset,
+                  coords: Mapping[str, np.ndarray]) -> _DirLock:
+    """Build the store in a locked hidden sibling and rename it onto the (empty, locked)
+    ``path``: the store appears with its provenance or not at all. Returns the lock now
+    held on the store (the sibling's: a lock follows the folder through the rename)."""
+    _refuse_foreign(path, list(path.iterdir()))
+    tmp = creating_sibling(path)
+    tmp.mkdir()
+    tmp_lock = _lock(tmp)
+    try:
+        write_new_store(str(tmp), provenance, dataset, coords)
+        os.replace(tmp, path)  # replaces the empty folder
+    except BaseException:
+        tmp_lock.close()
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    lock.close()
+    return tmp_lock
+
+
+def _refuse_foreign(where, entries: list) -> None:
+    if entries:
+        raise StoreError(f"{where} exists and is not an activation store; choose another store "
+                         "path (--out for probe cache, --store for probe sweep)")
+
+
+def _clear_leftovers(path: Path) -> None:
+    """Remove what killed creations left (called under the store's lock): hidden siblings no
+    live process holds, and a store created in place by an older version without provenance."""
+    for tmp in leftover_siblings(path):
+        try:
+            held = _lock(tmp)
+        except (StoreError, FileNotFoundError):
+            continue  # another run is creating it right now
+        held.close()
+        shutil.rmtree(tmp, ignore_errors=True)
+    if (path / "zarr.json").is_file() and _half_created(path):
+        for child in path.iterdir():
+            shutil.rmtree(child) if child.is_dir() else child.unlink()
+
+
+def _half_created(where: Path | Remote) -> bool:
+    """A store whose creation was killed before its provenance was written."""
+    try:
+        group = zarr.open_group(zarr_target(where), mode="r", use_consolidated=False)
+        children = {name: arr.shape for name, arr in group.arrays()}
+    except Exception:  # noqa: BLE001 - unreadable metadata is not ours to delete
+        return False
+    return half_created(dict(group.attrs), children)
 
 
 def _drop_partial_files(path: Path) -> None:
@@ -352,49 +419,6 @@ def _check_provenance(path: Path | str, have: Mapping, want: Mapping) -> None:
             + "\nUse another store path (--out for probe cache, --store for probe sweep), or delete "
             "this store to rebuild it."
         )
-
-
-def _create(path: Path | Remote, provenance: Mapping, dataset: EmotionDataset,
-            extra: Mapping[str, np.ndarray]) -> str | None:
-    """Write the store's coordinates and attributes; on an object store return the nonce
-    recorded as ``created_by`` (to notice a run that created the same URL at once)."""
-    if path.listdir() if isinstance(path, Remote) else any(path.iterdir()):
-        raise StoreError(f"{path} exists and is not an activation store; choose another store path "
-                         "(--out for probe cache, --store for probe sweep)")
-    group = zarr.open_group(zarr_target(path), mode="a")
-    n = len(dataset)
-    coords = {
-        "sample": np.asarray(dataset.ids, dtype=str),
-        "text": np.asarray(dataset.texts, dtype=str),
-        "text_hash": dataset.text_hashes(),
-        "split": np.asarray(dataset.frame["split"], dtype=str),
-        "group": np.asarray(dataset.frame["group"], dtype=str),
-    }
-    for col in dataset.targets:
-        coords[col] = _coord_values(dataset, col)
-    coords.update({k: np.asarray(v) for k, v in extra.items() if k not in coords})
-    for name, values in coords.items():
-        arr = group.create_array(name, shape=(n,), dtype=values.dtype if values.dtype.kind in "fiu"
-                                 else str, dimension_names=["sample"])
-        arr[:] = values
-    layer = group.create_array("layer", shape=(provenance["n_layers"],), dtype="int64",
-                               dimension_names=["layer"])
-    layer[:] = np.arange(provenance["n_layers"])
-    pool = np.asarray(provenance["poolings"], dtype=str)
-    group.create_array("pooling", shape=pool.shape, dtype=str, dimension_names=["pooling"])[:] = pool
-
-    modality = np.asarray([POOLING_MODALITY.get(p, "all") for p in provenance["poolings"]],
-                          dtype=str)
-    group.create_array("modality", shape=pool.shape, dtype=str,
-                       dimension_names=["pooling"])[:] = modality
-    prov = dict(provenance, sample_coords=[c for c in coords if c != "sample"],
-                pooling_coords=["modality"],
-                targets=dict(dataset.targets), default_target=dataset.default_target)
-    nonce = uuid.uuid4().hex if isinstance(path, Remote) else None
-    if nonce is not None:
-        prov["created_by"] = nonce
-    group.update_attributes({"emoprobe": prov, "progress": {}, "complete": False})
-    return nonce
 
 
 # ---------------------------------------------------------------------- reading
@@ -415,7 +439,10 @@ def open_store(path: str | Path, *, require_complete: bool = True,
         where = path = _local(path)
         found = (where / "zarr.json").is_file()
     if not found:
-        raise StoreError(f"no activation store at {path} (run `probe cache` to make one)")
+        creating = "" if isinstance(where, Remote) or not leftover_siblings(where) else (
+            "; a run creating it was interrupted or is still creating it")
+        raise StoreError(f"no activation store at {path}{creating} (run `probe cache` to make "
+                         "one)")
     ds = bf16.decode(xr.open_zarr(zarr_target(where, read_only=True), consolidated=False,
                                   chunks=None))
     if isinstance(where, Remote):
@@ -435,77 +462,6 @@ def open_store(path: str | Path, *, require_complete: bool = True,
             "`probe info` shows what is cached (Python: open_store(..., require_complete=False))"
         )
     return ds
-
-
-def describe(path: str | Path) -> str:
-    """A human-readable summary of a store (what `probe info` prints)."""
-    ds = open_store(path, require_complete=False)
-    prov = ds.attrs.get("emoprobe", {})
-    prog = ds.attrs.get("progress", {})
-    n = prov.get("n_samples")
-    if objectstore.is_remote(path):
-        size = objectstore.Remote.at(str(path)).size()
-    else:
-        path = _local(path)
-        size = sum(p.stat().st_size for p in path.rglob("*") if p.is_file())
-    lines = [
-        f"store     {path}",
-        f"status    {'complete' if ds.attrs.get('complete') else 'INCOMPLETE (rerun to resume)'}",
-        f"model     {prov.get('model')} ({prov.get('model_id')}), {prov.get('dtype')}, "
-        f"weights {prov.get('weight_fingerprint')}",
-        f"dataset   {prov.get('dataset')} ({n} samples, hash {str(prov.get('dataset_hash'))[:12]})",
-        f"template  {'chat template' if prov.get('chat_template') else 'raw text'}"
-        + (f", system prompt {prov.get('system_prompt')!r}" if prov.get("system_prompt") else ""),
-        f"pooling   {', '.join(prov.get('poolings', []))}",
-        f"batches   {prov.get('batch_size')} texts, {prov.get('padding_side')} padding, committed "
-        f"in blocks of {prov.get('block_size')} rows",
-        *_media_lines(ds),
-        f"stored as {prov.get('store_dtype')}, {size / 2**20:.1f} MiB on disk",
-        f"toolkit   emoprobe {prov.get('toolkit_version')}, created {prov.get('created')}",
-        "arrays:",
-    ]
-    for name, var in ds.data_vars.items():
-        dims = ", ".join(f"{d}={s}" for d, s in zip(var.dims, var.shape))
-        lines.append(f"  {name:16s} ({dims})")
-        lines.append(f"  {'':16s} {_progress_line(name, prog, n)}")
-    targets = prov.get("targets", {})
-    if targets:
-        lines.append("targets:  " + ", ".join(f"{k} ({v})" for k, v in targets.items()))
-    return "\n".join(lines)
-
-
-def _media_lines(ds: xr.Dataset) -> list[str]:
-    """Multimodal stores: image/audio tokens per row and one row's layout."""
-    out = []
-    for kind in ("image", "audio"):
-        if f"n_{kind}_tokens" in ds.coords:
-            n = ds[f"n_{kind}_tokens"].values
-            if n.max() > 0:
-                example = ds["layout"].values[int(n.argmax())]
-                out.append(f"{kind + 's':9s} {int((n > 0).sum())} rows, {int(n.min())}-"
-                           f"{int(n.max())} {kind} tokens per row (e.g. layout {example})")
-    return out
-
-
-def _progress_line(name: str, progress: Mapping[str, int], n: int) -> str:
-    if name in progress:
-        return f"rows {progress[name]}/{n}"
-    done = sorted(int(k.split("/")[1]) for k, v in progress.items() if k.startswith(name + "/") and v == n)
-    part = {int(k.split("/")[1]): v for k, v in progress.items() if k.startswith(name + "/") and v < n}
-    text = f"layers cached: {_ranges(done) or 'none'}"
-    if part:
-        text += "; unfinished: " + ", ".join(f"L{k} {v}/{n}" for k, v in sorted(part.items()))
-    return text
-
-
-def _ranges(values: Sequence[int]) -> str:
-    out: list[str] = []
-    for v in values:
-        if out and out[-1][1] == v - 1:
-            out[-1] = (out[-1][0], v)
-        else:
-            out.append((v, v))
-    return ",".join(f"{a}" if a == b else f"{a}-{b}" for a, b in out)
 
 
 def cached_layers(ds: xr.Dataset, name: str) -> list[int]:

@@ -17,6 +17,7 @@ import numpy as np
 from probe.evaluate import EvalConfig
 from probe.heldout import check_label_sets, split_rows
 from probe.io import command_line, run_folder
+from probe.lazy import parse_memory, require_dask
 from probe.objectstore import check as check_url
 from probe.objectstore import normalize
 from probe.sites import parse_sites
@@ -28,7 +29,7 @@ from probe.targets import TargetTask, resolve_task
 
 def sweep_from_args(args, *, load_data, load_model, cache_config) -> int:
     """``probe sweep``: cache what is missing, probe, write results and figures, summarise."""
-    from probe.cache import cache_activations, default_store_path
+    from probe.cache import cache_activations, check_lengths_early, default_store_path
 
     t0 = time.time()
     if args.split_eval and (args.eval_dataset or args.eval_store):
@@ -38,6 +39,9 @@ def sweep_from_args(args, *, load_data, load_model, cache_config) -> int:
         raise ProbeError("give either --eval-dataset (cached for you) or --eval-store, not both")
     for url in (args.store, args.eval_store):
         check_url(url)  # a missing backend fails before the model loads
+    if getattr(args, "memory", None) is not None:
+        parse_memory(args.memory)  # a bad size, or Dask missing: before the model loads
+        require_dask()
     dataset = load_data(args)
     target = args.target or dataset.default_target
     tt = check_target(dataset, target, task=args.task, n_folds=args.folds,
@@ -49,8 +53,12 @@ def sweep_from_args(args, *, load_data, load_model, cache_config) -> int:
                                                        "limit": args.eval_limit}))
         check_heldout_target(eval_dataset, tt)
     print(tt.describe())
-    lm = load_model(args)
     config = cache_config(args)
+    for data in (dataset, eval_dataset):  # too-long texts: from the tokenizer, before the model
+        if data is not None:
+            check_lengths_early(args.model, data, config, chat_template=args.chat_template,
+                                allow_download=args.allow_download)
+    lm = load_model(args)
     root = Path(args.cache_dir) if args.cache_dir else None
     store = (normalize(args.store) if args.store
              else default_store_path(lm, dataset, config, root).absolute())
@@ -121,9 +129,9 @@ def _run_record(args, results, store, eval_store, heldout_name, config, eval_con
 
 def _write_and_report(out: Path, results, run: dict, *, title: str, heldout_name) -> None:
     from probe.figures import plot_layerwise, plot_sweep_panels
-    from probe.results import format_summary, write_results
+    from probe.results import format_summary, write_results, write_run_record
 
-    write_results(out, results, run)
+    write_results(out, results, run, record=False)  # run.json last: after the figures
     attrs, target = results.attrs, run["target"]
     for pooling in results["pooling"].dropna().unique():
         head = f"{title}\n{target} · {pooling} pooling"
@@ -151,6 +159,7 @@ def _write_and_report(out: Path, results, run: dict, *, title: str, heldout_name
               + ("" if fitted else " (control task skipped: see the warning)"))
     if attrs.get("n_dropped"):
         print(f"\nnote: {attrs['n_dropped']} row(s) without a {target!r} value were left out")
+    write_run_record(out, run)
     print(f"\nresults: {out}  (results.csv/json, run.json, layerwise_*.png/svg, panels_*.png/svg"
           + (", probes/*.safetensors+json: probe.saved.load_probe)" if run.get("probes") else ")"))
 

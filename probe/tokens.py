@@ -80,8 +80,14 @@ def encode(
     system_prompt: str | None = None,
     target_words: Sequence[str | None] | None = None,
     max_length: int | None = None,
+    truncate: bool = False,
 ) -> Encoded:
-    """Tokenize ``texts`` (with the chat template if asked) and locate content and target tokens."""
+    """Tokenize ``texts`` (with the chat template if asked) and locate content and target tokens.
+
+    A text longer than ``max_length`` tokens is refused, or with ``truncate`` cut at the end of
+    its content (the template's tokens around it are kept, so ``last`` pooling still reads the
+    end of the prompt); see :func:`truncate_row`.
+    """
     if not getattr(tokenizer, "is_fast", False):
         raise EncodingError("a fast (Rust) tokenizer is needed for character offsets")
     rendered, starts = zip(*(render(tokenizer, t, chat_template=chat_template,
@@ -98,15 +104,47 @@ def encode(
         content.append((inside[0], inside[-1] + 1))
         target.append(_target_token(offsets, lo, text, target_words[i] if target_words else None, i))
         ids.append(list(tok_ids))
+    if max_length is not None and truncate:
+        for i in range(len(ids)):
+            if len(ids[i]) > max_length:
+                ids[i], content[i], target[i] = truncate_row(ids[i], content[i], target[i],
+                                                             max_length, i)
     if max_length is not None:
         too_long = [i for i, x in enumerate(ids) if len(x) > max_length]
         if too_long:
             raise EncodingError(
                 f"{len(too_long)} text(s) are longer than --max-length {max_length} tokens (the "
                 f"longest has {max(len(ids[i]) for i in too_long)}; first is row {too_long[0]}). "
-                "Nothing is truncated silently: raise --max-length or shorten/drop those texts"
+                "Nothing is truncated silently: raise --max-length, shorten/drop those texts, or "
+                "pass --truncate to cut them to --max-length"
             )
     return Encoded(ids=ids, content=content, target=target)
+
+
+def truncate_row(ids: list[int], content: tuple[int, int], target: int | None, limit: int,
+                 row: int) -> tuple[list[int], tuple[int, int], int | None]:
+    """Drop the last tokens of a row's content so that the row fits ``limit`` tokens."""
+    excess = len(ids) - limit
+    lo, hi = content
+    if hi - excess <= lo:
+        raise EncodingError(f"row {row}: even without its text the prompt has "
+                            f"{len(ids) - (hi - lo)} tokens, more than {limit}; shorten the "
+                            "system prompt or the template")
+    if target is not None and target >= hi - excess:
+        raise EncodingError(f"row {row}: its target word lies in the part --truncate cuts "
+                            f"(token {target}, the text keeps tokens {lo}-{hi - excess - 1})")
+    return ids[:hi - excess] + ids[hi:], (lo, hi - excess), target
+
+
+def context_limit(config, tokenizer=None) -> int | None:
+    """The most tokens the model takes at once: ``max_position_embeddings`` (``n_positions``)
+    of its (text) config, or the tokenizer's ``model_max_length`` where that is smaller and
+    real (tokenizers without one report ~1e30). None when neither says."""
+    text = getattr(config, "text_config", None) or config
+    limits = [getattr(text, k, None) for k in ("max_position_embeddings", "n_positions")]
+    limits.append(getattr(tokenizer, "model_max_length", None))
+    limits = [int(x) for x in limits if isinstance(x, int) and 0 < x < 10**7]
+    return min(limits) if limits else None
 
 
 def _target_token(offsets, lo: int, text: str, word: str | None, row: int) -> int | None:

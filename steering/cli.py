@@ -125,6 +125,10 @@ def parse_layers(text: str | None, n_layers: int | None = None) -> list[int] | N
     return layers
 
 
+def _given(args, flag: str) -> bool:
+    return any(a == flag or a.startswith(flag + "=") for a in getattr(args, "argv", []))
+
+
 def _say(args, *msg) -> None:
     if not getattr(args, "quiet", False):
         print(*msg, file=sys.stderr)
@@ -152,6 +156,7 @@ def _store_for(args, lm, layers, site, pooling):
 # ------------------------------------------------------------------------------ directions
 def cmd_directions(args) -> int:
     from probe.cli_args import load_model
+    from probe.store_info import check_store_model
     from steering.directions import directions, heldout_auroc
     from steering.vector import SteeringError
 
@@ -169,6 +174,8 @@ def cmd_directions(args) -> int:
         source = args.run
         layers = parse_layers(args.layers)
     else:
+        if args.store and method != "prompted" and _given(args, "--model"):
+            check_store_model(args.store, args.model)  # else --model would be ignored silently
         lm = load_model(args) if (method == "prompted" or not args.store) else None
         layers = parse_layers(args.layers, lm.n_layers if lm else None)
         source = lm if method == "prompted" else _store_for(args, lm, layers, site, args.pooling) \

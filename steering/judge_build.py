@@ -32,6 +32,7 @@ from typing import Literal
 import numpy as np
 import pandas as pd
 
+from probe.artifacts import save_safetensors
 from steering.judges import _WORD, ARTIFACT_DIR, ARTIFACT_NAME, EMOTIONS, LABELS, JudgeError
 
 SOURCE_FOLDERS = {"goemotions": "goemotions", "dair": "dair_emotion", "sev-replies": "sev"}
@@ -184,14 +185,11 @@ def heldout_scores(judge, test: pd.DataFrame, *, n_boot: int = 1000, seed: int =
 
 def save_artifact(meta: dict, tensors: dict, out: str | Path) -> Path:
     """Write ``<out>.safetensors`` then ``<out>.json`` (the JSON last: a torn build has none)."""
-    from safetensors.numpy import save_file
-
     base = Path(out).with_suffix("") if Path(out).suffix in (".json", ".safetensors") else Path(out)
     base.parent.mkdir(parents=True, exist_ok=True)
     meta_file = base.with_suffix(".json")
     meta_file.unlink(missing_ok=True)
-    save_file({k: np.ascontiguousarray(v) for k, v in tensors.items()},
-              str(base.with_suffix(".safetensors")))
+    save_safetensors(tensors, base.with_suffix(".safetensors"))
     tmp = meta_file.with_suffix(".json.tmp")
     tmp.write_text(json.dumps(meta, indent=1, ensure_ascii=False) + "\n")
     tmp.replace(meta_file)

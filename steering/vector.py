@@ -49,6 +49,7 @@ import torch
 from torch import Tensor
 
 from probe.io import atomic_write
+from probe.artifacts import save_safetensors
 from probe.sites import Site, SiteError
 from steering.errors import SteeringError
 from steering.inject import Setting, Strength, steering_hooks
@@ -265,8 +266,6 @@ class SteeringVector:
 
     def save(self, path: str | os.PathLike) -> Path:
         """Write ``path.safetensors`` and ``path.json`` (atomically); returns the tensor file."""
-        from safetensors.torch import save
-
         base = _base(path)
         base.parent.mkdir(parents=True, exist_ok=True)
         meta = {**self.meta, "format": FORMAT, "sites": [str(s) for s in self.directions],
@@ -275,7 +274,7 @@ class SteeringVector:
         tensors = {str(s): v for s, v in self.directions.items()}
         st = base.with_name(base.name + ".safetensors")
         side = base.with_name(base.name + ".json")
-        atomic_write(st, save(tensors, metadata={"emoprobe": text}))
+        save_safetensors(tensors, st, metadata={"emoprobe": text})
         atomic_write(side, text + "\n")
         return st
 

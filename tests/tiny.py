@@ -45,7 +45,7 @@ def make_config(family: str, vocab: int, n_layers: int = 3):
 
     common = dict(vocab_size=vocab, num_hidden_layers=n_layers, hidden_size=64,
                   intermediate_size=128, num_attention_heads=4, num_key_value_heads=2,
-                  max_position_embeddings=128, pad_token_id=0, bos_token_id=1, eos_token_id=2)
+                  max_position_embeddings=512, pad_token_id=0, bos_token_id=1, eos_token_id=2)
     if family == "gpt2":
         return tf.GPT2Config(vocab_size=vocab, n_layer=n_layers, n_embd=64, n_head=4, n_positions=128,
                              pad_token_id=0, bos_token_id=1, eos_token_id=2)

@@ -213,9 +213,10 @@ def run_conflict(lm, out_dir: str | Path, *, scenarios: EmotionDataset,
     file = Path(set_file) if set_file else build_conflict_set(out / "set", scenarios, config=config)
     items, att = measure(lm, load_conflict_set(file), config)
     summary = summarize(items, att)
-    write_tables(out, items, layer_table(items, att), summary,
-                 {"command": "conflict", "config": asdict(config), "set": str(file),
-                  "provenance": lm.provenance(), "seconds": round(time.time() - started, 1)})
+    out.mkdir(parents=True, exist_ok=True)
     plot_conflict(items, layer_table(items, att), summary, out / "conflict",
                   title=f"{lm.spec.alias}: image/text conflict, {len(items)} items")
+    write_tables(out, items, layer_table(items, att), summary,  # run.json last: after the figure
+                 {"command": "conflict", "config": asdict(config), "set": str(file),
+                  "provenance": lm.provenance(), "seconds": round(time.time() - started, 1)})
     return summary

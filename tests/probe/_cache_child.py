@@ -18,6 +18,7 @@ point of the write path, deterministically (no timing involved):
 ``after-commit K``    right after block K is committed, before block K+1 is written
 ``before-complete``   the last block's ``progress`` is written but not ``complete`` (where a
                       writer that commits the two in separate writes can die)
+``mid-create``        creating the store: its coordinates are on disk, its provenance is not
 
 Blocks follow the default rule (:func:`probe.cache.block_size_for`): 96 rows in batches of 5
 give blocks of 15 rows, the last one of 6.
@@ -30,6 +31,8 @@ import sys
 import uuid
 from pathlib import Path
 
+import zarr
+
 from probe.cache import CacheConfig, cache_activations
 from probe.data.schema import EmotionDataset
 from probe.models import load_model
@@ -38,7 +41,7 @@ from probe.store import ActivationStore, is_complete
 N_ROWS = 96
 CONFIG = CacheConfig(sites="hook_embed blocks.*.hook_resid_post blocks.1.attn.hook_z",
                      poolings=("last", "content-mean"), batch_size=5)
-POINTS = ("mid-block", "mid-metadata", "after-commit", "before-complete")
+POINTS = ("mid-block", "mid-metadata", "after-commit", "before-complete", "mid-create")
 
 
 def dataset() -> EmotionDataset:
@@ -83,6 +86,15 @@ def install(point: str, block: int | None) -> None:
 
     ActivationStore.write_block = patched_write_block
     ActivationStore._commit = patched_commit
+    if point == "mid-create":
+        update = zarr.Group.update_attributes
+
+        def patched_update(self, attrs):
+            if "emoprobe" in attrs:
+                _die()
+            return update(self, attrs)
+
+        zarr.Group.update_attributes = patched_update
 
 
 def run(model_dir: str, store: str, point: str | None = None, block: int | None = None) -> None:

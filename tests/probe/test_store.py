@@ -15,7 +15,8 @@ import pytest
 import xarray as xr
 
 from probe.cache import CacheConfig, block_size_for, cache_activations
-from probe.store import ActivationStore, StoreError, describe, is_complete, open_store
+from probe.store import ActivationStore, StoreError, is_complete, open_store
+from probe.store_info import describe
 from tests.conftest import REPO_ROOT
 
 class CacheChild:

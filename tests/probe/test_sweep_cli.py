@@ -137,3 +137,30 @@ def test_saved_probes_reproduce_the_fit(capsys, tiny_dir, tmp_path):
         load_probe(run, "blocks.1.hook_resid_post")
     with pytest.raises(FileNotFoundError, match="saved: \\['hook_embed', 'hook_resid_post'\\]"):
         load_probe(run, "blocks.1.hook_mlp_out", pooling="last")
+
+
+def test_a_sweep_killed_while_plotting_leaves_no_completion_record(capsys, tiny_dir, tmp_path,
+                                                                    monkeypatch):
+    """run.json is written last: a sweep that dies while plotting does not look complete
+    (even in an --out that holds an earlier run's run.json), and `probe report` says so."""
+    import probe.figures
+
+    data = _csv(tmp_path / "d.csv", _stories())
+    run = tmp_path / "run"
+    args = ("--dataset", str(data), "--out", str(run), "--no-save-probes")
+    assert _sweep(capsys, tiny_dir, tmp_path, *args)[0] == 0
+    assert (run / "run.json").is_file()
+
+    def killed(*a, **k):
+        raise KeyboardInterrupt  # the user's Ctrl-C (or a kill) while the figures are drawn
+
+    monkeypatch.setattr(probe.figures, "plot_sweep_panels", killed)
+    assert _sweep(capsys, tiny_dir, tmp_path, *args)[0] == 130  # the CLI's Ctrl-C exit
+    assert (run / "results.csv").is_file() and not (run / "run.json").exists()
+    code, _, err = _run(capsys, "report", str(run), "--out", str(tmp_path / "r.html"))
+    assert code == 2 and "no run.json" in err
+    monkeypatch.undo()
+    assert _sweep(capsys, tiny_dir, tmp_path, *args)[0] == 0
+    names = sorted(p.name for p in run.iterdir())
+    newest = max(run.iterdir(), key=lambda p: p.stat().st_mtime_ns)
+    assert newest.name == "run.json", names
