@@ -30,7 +30,7 @@ from pathlib import Path
 
 from probe.behaviour.cli import register as register_behave
 from probe.cli_args import (cache_args, cache_config, data_args, load_data, load_model,
-                            model_args, storage_args)
+                            model_args, positive_int, storage_args)
 from probe.errors import EmoprobeError
 from probe.report_cli import register as register_report
 from probe.vlm.cli import register as register_conflict
