@@ -94,6 +94,7 @@ def score_candidates(
     *,
     batch_size: int = 16,
     max_rows: int = 256,
+    sort_by_length: bool = True,
     progress: bool = False,
 ) -> Scores:
     """Log-likelihood of every candidate after every prompt, prompts batched with a shared cache.
@@ -105,6 +106,9 @@ def score_candidates(
         batch_size: Prompts per forward.
         max_rows: Upper bound on prompt x candidate rows of the second forward (the prompt
             batch shrinks to respect it; it bounds the copied cache's memory).
+        sort_by_length: Batch prompts of similar length together (longest first), so a batch
+            pads little; results come back in the given order either way. ``False`` batches
+            them as given (what ``benchmarks/bench_behave.py`` compares against).
         progress: Show a progress bar.
 
     Returns:
@@ -119,8 +123,10 @@ def score_candidates(
     step = max(1, min(batch_size, max_rows // width))
     bar = tqdm(total=len(prompts), unit="prompt", desc="scoring", disable=not progress,
                dynamic_ncols=True)
+    order = sorted(range(len(prompts)), key=lambda i: -len(prompts[i])) if sort_by_length \
+        else list(range(len(prompts)))
     for start in range(0, len(prompts), step):
-        idx = range(start, min(start + step, len(prompts)))
+        idx = order[start:start + step]
         values = _score_batch(lm, [prompts[i] for i in idx], [per[i] for i in idx])
         for i, v in zip(idx, values):
             logprob[i, :len(v)] = v
