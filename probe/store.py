@@ -445,7 +445,7 @@ def describe(path: str | Path) -> str:
     if objectstore.is_remote(path):
         size = objectstore.Remote.at(str(path)).size()
     else:
-        path = _local(path)
+        path = _local(path).absolute()
         size = sum(p.stat().st_size for p in path.rglob("*") if p.is_file())
     lines = [
         f"store     {path}",
