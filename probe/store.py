@@ -43,6 +43,7 @@ from zarr.codecs import BloscCodec
 
 from probe import bf16, objectstore
 from probe.data.schema import EmotionDataset
+from probe.paths import cache_root
 from probe.objectstore import Remote
 
 #: Provenance keys that must match for a run to write into an existing store.
@@ -537,4 +538,5 @@ def variable_specs(lm, sites: Sequence) -> list[VariableSpec]:
 
 
 def _env_cache_root() -> Path:
-    return Path(os.environ.get("EMOPROBE_CACHE", "cache")).expanduser()
+    """Where stores go by default: see :func:`probe.paths.cache_root`."""
+    return cache_root()
