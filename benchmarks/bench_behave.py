@@ -7,9 +7,11 @@ template generates a reply. This script times each of those stages per template,
 rows, in two configurations measured in the same run (interleaved, so both see the same load):
 
 ``before``  every template of the task (five for emotions, the generate one included), prompts
-            batched in dataset order (what ``probe behave`` did by default);
+            batched in dataset order, every prompt run from its first token (what ``probe
+            behave`` did by default);
 ``after``   the default templates (:data:`probe.behaviour.templates.DEFAULT_TEMPLATES`),
-            prompts batched by length (what ``probe behave`` does now).
+            prompts batched by length, the opening all prompts share (the chat template's
+            system turn) run once and its KV cache reused (what ``probe behave`` does now).
 
 The rows come from a "user CSV" written to a temporary folder: by default the model replies
 of SEV (``sev_accepted.jsonl`` under ``$EMOPROBE_SHARED_DATA`` or ``../shared/data``: text =
@@ -69,7 +71,8 @@ def time_template(lm, template, texts, classes, *, sort: bool, batch_size: int,
     cands = tokenize_candidates(lm.tokenizer, template.candidates(
         classes, after_text=template.answers_follow_text(lm.chat_template)))
     t0 = time.perf_counter()
-    score_candidates(lm, prompts, cands, batch_size=batch_size, sort_by_length=sort)
+    score_candidates(lm, prompts, cands, batch_size=batch_size, sort_by_length=sort,
+                     share_prefix=sort)
     t["score"] = time.perf_counter() - t0
     t0 = time.perf_counter()
     score_candidates(lm, encode_prompts(lm, template, [CONTENT_FREE], classes), cands)

@@ -17,6 +17,7 @@ families and SmolLM2) and ``benchmarks/bench_label_scoring.py`` measures the spe
 
 from __future__ import annotations
 
+import copy
 import inspect
 from collections.abc import Sequence
 from numbers import Integral
@@ -95,6 +96,7 @@ def score_candidates(
     batch_size: int = 16,
     max_rows: int = 256,
     sort_by_length: bool = True,
+    share_prefix: bool = True,
     progress: bool = False,
 ) -> Scores:
     """Log-likelihood of every candidate after every prompt, prompts batched with a shared cache.
@@ -109,6 +111,9 @@ def score_candidates(
         sort_by_length: Batch prompts of similar length together (longest first), so a batch
             pads little; results come back in the given order either way. ``False`` batches
             them as given (what ``benchmarks/bench_behave.py`` compares against).
+        share_prefix: Run the tokens every prompt starts with (the chat template's system
+            turn, a template's opening words) once, and start every batch from a copy of their
+            KV cache, instead of recomputing them for every prompt.
         progress: Show a progress bar.
 
     Returns:
@@ -125,9 +130,11 @@ def score_candidates(
                dynamic_ncols=True)
     order = sorted(range(len(prompts)), key=lambda i: -len(prompts[i])) if sort_by_length \
         else list(range(len(prompts)))
+    prefix = SharedPrefix.of(lm, prompts) if share_prefix else None
+    cut = prefix.length if prefix else 0
     for start in range(0, len(prompts), step):
         idx = order[start:start + step]
-        values = _score_batch(lm, [prompts[i] for i in idx], [per[i] for i in idx])
+        values = _score_batch(lm, [prompts[i][cut:] for i in idx], [per[i] for i in idx], prefix)
         for i, v in zip(idx, values):
             logprob[i, :len(v)] = v
             n_tokens[i, :len(v)] = [len(c) for c in per[i]]
@@ -136,11 +143,62 @@ def score_candidates(
     return Scores(logprob=logprob, n_tokens=n_tokens)
 
 
+#: A shared prefix shorter than this is not worth a separate forward and cache copies.
+MIN_SHARED = 4
+
+
+@dataclass(frozen=True)
+class SharedPrefix:
+    """The tokens all prompts start with, run once: their KV cache (batch of one)."""
+
+    length: int
+    cache: object
+
+    @classmethod
+    @torch.inference_mode()
+    def of(cls, lm, prompts: Sequence[Ids]) -> SharedPrefix | None:
+        """The longest common start of ``prompts`` (each keeps >= 1 token of its own), run
+        through the model; None when it is short or the model's cache cannot be copied per row."""
+        first, n = prompts[0], min(len(p) for p in prompts) - 1
+        length = 0
+        while length < n and all(p[length] == first[length] for p in prompts):
+            length += 1
+        if length < MIN_SHARED:
+            return None
+        ids = torch.tensor([list(first[:length])], device=lm.device)
+        out = lm.model(input_ids=ids, use_cache=True, logits_to_keep=1)
+        cache = _cache_of(out)
+        if not hasattr(cache, "batch_repeat_interleave") or getattr(cache, "is_sliding", None) \
+                and any(cache.is_sliding):
+            return None  # sliding-window layers keep a window, not the whole prefix
+        return cls(length=length, cache=cache)
+
+    def inputs(self, lm, suffixes: list[Ids]) -> dict:
+        """Model inputs of a batch of suffixes that continue the prefix: its cache copied per
+        row, the suffixes left-padded after it (padding in the middle, masked), positions
+        counted over real tokens."""
+        batch = pad_batch(suffixes, lm.tokenizer.pad_token_id, "left", lm.device)
+        cache = copy.deepcopy(self.cache)
+        cache.batch_repeat_interleave(len(suffixes))
+        ones = torch.ones((len(suffixes), self.length), dtype=batch["attention_mask"].dtype,
+                          device=lm.device)
+        mask = torch.cat([ones, batch["attention_mask"]], 1)
+        positions = (mask.cumsum(-1) - 1).clamp(min=0)[:, self.length:]
+        return {"input_ids": batch["input_ids"], "attention_mask": mask, "position_ids": positions,
+                _cache_argument(lm.model): cache}
+
+
+def _cache_of(out):
+    return out.cache if "cache" in out else out.past_key_values  # renamed in transformers 5.x
+
+
 @torch.inference_mode()
-def _score_batch(lm, prompts: list[Ids], per: list[list[list[int]]]) -> list[np.ndarray]:
-    inputs = pad_batch(prompts, lm.tokenizer.pad_token_id, "left", lm.device)
+def _score_batch(lm, prompts: list[Ids], per: list[list[list[int]]],
+                 prefix: SharedPrefix | None = None) -> list[np.ndarray]:
+    inputs = prefix.inputs(lm, prompts) if prefix else \
+        pad_batch(prompts, lm.tokenizer.pad_token_id, "left", lm.device)
     out = lm.model(**inputs, use_cache=True, logits_to_keep=1)
-    cache = out.cache if "cache" in out else out.past_key_values  # renamed in transformers 5.x
+    cache = _cache_of(out)
     first = torch.log_softmax(out.logits[:, -1].float(), -1)  # [B, V]
     rows = [(i, c) for i, cs in enumerate(per) for c in cs]
     item = torch.tensor([i for i, _ in rows], device=lm.device)
