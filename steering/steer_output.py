@@ -22,9 +22,9 @@ from steering.vector import SteeringError
 LIMIT_MARK = "[... max_new_tokens reached]"
 #: ``--strength`` above this many times the largest fluent one draws a warning.
 FAR_PAST = 2.0
-#: Without operating points for the model: from FACTS-style measurements on SmolLM2, Wang et
-#: al.'s recipe turned replies into gibberish from 4x RMS (docs/steering.md).
-GENERIC_FLUENT_RMS = 4.0
+#: Without operating points for the model: on SmolLM2, Wang et al.'s recipe turned replies into
+#: gibberish from 4 x RMS (docs/steering.md); past that, warn.
+BROKEN_RMS = 4.0
 
 
 def check_strength(strength: float | None) -> None:
@@ -70,8 +70,13 @@ def strength_warning(strength: float | None, unit: str, alias: str, path=None) -
     if strength is None or unit not in ("rms", "token-rms"):
         return None
     known = fluent_range(alias, path)
-    top, where = known or (GENERIC_FLUENT_RMS, "measurements on SmolLM2 (replies became "
-                                                 "gibberish from about 4 x RMS; docs/steering.md)")
+    if known is None:
+        if abs(strength) <= BROKEN_RMS:
+            return None
+        return (f"--strength {strength:g} is far past the strengths measured as fluent: {alias} "
+                f"has no operating points, and on SmolLM2 replies became gibberish from about "
+                f"{BROKEN_RMS:g} x RMS per layer (docs/steering.md); expect broken text")
+    top, where = known
     if abs(strength) <= FAR_PAST * top:
         return None
     return (f"--strength {strength:g} is far past the strengths measured as fluent (up to "

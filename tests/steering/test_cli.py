@@ -264,3 +264,10 @@ def test_fluent_range_comes_from_the_selected_operating_points():
     assert strength_warning(top, "rms", "smollm2-135m") is None
     assert "far past" in strength_warning(3 * top, "rms", "smollm2-135m")
     assert strength_warning(1e9, "absolute", "smollm2-135m") is None  # other units: no range known
+
+
+def test_a_model_without_operating_points_warns_past_where_smollm2_broke():
+    from steering.steer_output import BROKEN_RMS, strength_warning
+
+    assert strength_warning(BROKEN_RMS, "rms", "no-such-model") is None
+    assert "no operating points" in strength_warning(BROKEN_RMS * 1.5, "rms", "no-such-model")
