@@ -293,6 +293,10 @@ def cmd_steer(args) -> int:
             _say(args, f"operating point: {point.describe()}")
     layers = parse_layers(args.layers, lm.n_layers) if args.layers else (
         list(point.layers) if point else None)
+    unit = args.unit or (point.strength if point else "rms")
+    warning = strength_warning(args.strength, unit, lm.spec.alias)
+    if warning:  # before any directions are computed or cached
+        print(f"warning: {warning}", file=sys.stderr)
     vec = _steer_vector(args, lm, point, layers)
     if layers is None and len(vec.layers) > 1:
         _say(args, f"steering every layer of the vector ({vec.layers[0]}-{vec.layers[-1]}); "
@@ -300,12 +304,8 @@ def cmd_steer(args) -> int:
     setting = Setting(vector=vec, scale=args.strength if args.strength is not None else point.scale,
                       mode=args.mode or (point.mode if point else "add"),
                       positions=args.positions or (point.positions if point else "last-prompt+generated"),
-                      strength=args.unit or (point.strength if point else "rms"),
-                      label=args.emotion)
+                      strength=unit, label=args.emotion)
     gen_kwargs = dict(point.generate) if point else {"repetition_penalty": 1.05, "no_repeat_ngram_size": 3}
-    warning = strength_warning(args.strength, setting.strength, lm.spec.alias)
-    if warning:
-        print(f"warning: {warning}", file=sys.stderr)
     _say(args, f"generating {len(args.prompts)} x 2 replies of up to {args.max_new_tokens} tokens")
     (plain, steered), (cut_plain, cut_steered) = generate_settings(
         lm, args.prompts, [Setting(vector=None), setting], max_new_tokens=args.max_new_tokens,
