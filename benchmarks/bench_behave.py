@@ -45,7 +45,8 @@ from probe.models import load_model
 
 def user_csv(n: int, folder: Path) -> Path:
     """``n`` SEV replies as a user's CSV (text, label, group), spread over the emotions."""
-    root = Path(os.environ.get("EMOPROBE_SHARED_DATA", Path(__file__).parents[1] / "../shared/data"))
+    default = Path(__file__).parents[1] / ".." / "shared" / "data"
+    root = Path(os.environ.get("EMOPROBE_SHARED_DATA", default))
     rows = [json.loads(line) for line in (root / "sev" / "sev_accepted.jsonl").open()]
     rng = np.random.default_rng(0)
     pick = rng.permutation(len(rows))[:n]
@@ -84,7 +85,8 @@ def time_template(lm, template, texts, classes, *, sort: bool, batch_size: int,
 def main(argv=None) -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--model", default="smollm2-135m")
-    p.add_argument("--dataset", default=None, help="name or file (default: a user CSV of SEV replies)")
+    p.add_argument("--dataset", default=None,
+                   help="name or file (default: a user CSV of SEV replies)")
     p.add_argument("--n", type=int, default=350, help="rows (default: %(default)s)")
     p.add_argument("--batch-size", type=int, default=16)
     p.add_argument("--max-new-tokens", type=int, default=32)

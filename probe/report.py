@@ -119,7 +119,8 @@ def _read_json(path: Path, fix: str):
     except UnicodeDecodeError as exc:
         raise ReportError(f"{path} is not UTF-8 text (byte {exc.start}); {fix}") from None
     except json.JSONDecodeError as exc:
-        raise ReportError(f"{path} is not valid JSON ({exc.msg}, line {exc.lineno}); {fix}") from None
+        raise ReportError(f"{path} is not valid JSON ({exc.msg}, line {exc.lineno}); "
+                          f"{fix}") from None
     except OSError as exc:
         raise ReportError(f"{path} cannot be read ({exc.strerror}); {fix}") from None
 
@@ -147,7 +148,8 @@ def sweep_summary_html(root: Path) -> str:
         text = "\n\n".join(f"pooling {p}:\n{format_summary(df, pooling=p)}" for p in poolings) \
             or format_summary(df)
     except (ValueError, KeyError, OSError, pd.errors.ParserError) as exc:
-        return f'<p class="note">no summary: results.csv is not a sweep table ({html.escape(str(exc))})</p>'
+        return ('<p class="note">no summary: results.csv is not a sweep table '
+                f"({html.escape(str(exc))})</p>")
     return f"<h3>summary</h3><pre>{html.escape(text)}</pre>"
 
 

@@ -18,7 +18,8 @@ import re
 CAPTIONS: tuple[tuple[str, str], ...] = (
     (r"layerwise_(.+)", "Probe score against layer, pooling {x}: the cross-validated score per "
                         "site with its cluster-bootstrap CI band (held-out data dashed), next to "
-                        "chance, the lexical (TF-IDF) baseline and the control task; peaks marked."),
+                        "chance, the lexical (TF-IDF) baseline and the control task; peaks "
+                        "marked."),
     (r"panels_(.+)", "One panel per metric, pooling {x}: each probe metric against layer with its "
                      "CI band and the same baselines."),
     (r"probe_vs_behaviour_(.+)", "Probe vs the model's own answers, pooling {x}: the probe's score "

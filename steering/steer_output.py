@@ -88,7 +88,8 @@ def mark(text: str, cut: bool) -> str:
 
 
 def _wrap(text: str, col: int) -> list[str]:
-    return [ln for part in (text or "(empty)").splitlines() for ln in (textwrap.wrap(part, col) or [""])]
+    return [ln for part in (text or "(empty)").splitlines()
+            for ln in (textwrap.wrap(part, col) or [""])]
 
 
 def side_by_side(prompts, plain, steered, desc: str, width: int | None = None) -> str:

@@ -25,8 +25,8 @@ import pytest
 
 from tests.conftest import REPO_ROOT
 
-BLOCK = re.compile(r"(?:<!-- docs-test: (?:skip \((?P<reason>[^\n]*?)\)|(?P<sweep>after-sweep)) -->\n)?"
-                   r"```python\n(?P<code>.*?)^```", re.S | re.M)
+BLOCK = re.compile(r"(?:<!-- docs-test: (?:skip \((?P<reason>[^\n]*?)\)|(?P<sweep>after-sweep))"
+                   r" -->\n)?```python\n(?P<code>.*?)^```", re.S | re.M)
 PAGES = [REPO_ROOT / "README.md", *sorted((REPO_ROOT / "docs").glob("*.md"))]
 AFTER_SWEEP = "after-sweep"
 
@@ -59,7 +59,7 @@ def swept(real_cache, tmp_path_factory) -> Path:
     (work / "cache").symlink_to(real_cache, target_is_directory=True)
     assert main(["sweep", "--limit", "84", "--cache-dir", str(work / "cache"),
                  "--bootstrap", "50", "--quiet",
-                 "--out", str(work / "runs" / "smollm2-135m" / "emotion-scenarios-emotion-docs")]) == 0
+                 "--out", str(work / "runs" / "smollm2-135m" / "emotion-scenarios-emotion-x")]) == 0
     return work
 
 

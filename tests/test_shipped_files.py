@@ -36,7 +36,7 @@ def test_no_machine_paths(path):
     text = path.read_text(encoding="utf-8", errors="replace")
     hits = [(i + 1, line.strip()[:120]) for i, line in enumerate(text.splitlines())
             if MACHINE_PATH.search(line)]
-    assert not hits, f"{path.name} records machine paths (use ~/..., relative or <name>): {hits[:3]}"
+    assert not hits, f"{path.name} records machine paths (use ~/, relative or <name>): {hits[:3]}"
 
 
 def test_operating_points_writer_keeps_no_paths(tmp_path):

@@ -74,7 +74,8 @@ def test_task_kinds_and_selection():
     for kind in ("emotion", "valence", "rating"):
         default = [t.name for t in select_templates(kind, ["default"])]
         assert default == list(DEFAULT_TEMPLATES[kind]) and len(default) == 2
-        assert [t.name for t in select_templates(kind, ["all"])] == [t.name for t in TEMPLATES[kind]]
+        every = [t.name for t in TEMPLATES[kind]]
+        assert [t.name for t in select_templates(kind, ["all"])] == every
         assert all(t.mode == "score" for t in select_templates(kind, ["default"]))
     assert scale_for("V") is SCALES["V"] and "X" in scale_for("X").question
 

@@ -208,7 +208,8 @@ def test_steer_json_goes_to_stdout_and_out_to_a_file(capsys, tiny_dir, joy_vecto
     assert rec["prompts"] == ["Tell me about your day.", "Hi"]
     assert json.loads(js.read_text()) == rec
     assert oct(js.stat().st_mode & 0o777) == oct(0o666 & ~_umask())
-    assert len(rec["steered_hit_limit"]) == 2 and all(isinstance(x, bool) for x in rec["steered_hit_limit"])
+    cut = rec["steered_hit_limit"]
+    assert len(cut) == 2 and all(isinstance(x, bool) for x in cut)
     # progress and loading lines went to stderr
     assert "generating" in err
 
