@@ -4,7 +4,8 @@ Recognition asks the model about every row with every template: per template it 
 prompts, scores the candidate labels (:func:`probe.behaviour.scoring.score_candidates`), scores
 them once more after a content-free input (contextual calibration), and for the ``generate``
 template generates a reply. This script times each of those stages per template, on the same
-rows, in two configurations measured in the same run (interleaved, so both see the same load):
+rows, in two configurations measured in the same run, interleaved template by template (so both
+see about the same load on a shared machine):
 
 ``before``  every template of the task (five for emotions, the generate one included), prompts
             batched in dataset order, every prompt run from its first token (what ``probe
@@ -110,25 +111,31 @@ def main(argv=None) -> None:
           f"{min(lengths)}-{max(lengths)} tokens (median {int(np.median(lengths))}), "
           f"{args.threads} thread(s), batch {args.batch_size}; load average "
           f"{os.getloadavg()[0]:.1f} (shared machine)")
-    configs = {"before": ([t.name for t in select_templates(kind)], False),
-               "after": (list(DEFAULT_TEMPLATES[kind]), True)}
-    totals = {name: [] for name in configs}
+    before = [t.name for t in select_templates(kind)]
+    after = list(DEFAULT_TEMPLATES[kind])
+    totals = {"before": [], "after": []}
     for rep in range(args.repeats):
-        for name, (templates, sort) in configs.items():
-            start = time.perf_counter()
-            for template in select_templates(kind, templates):
-                t = time_template(lm, template, texts, classes, sort=sort,
+        spent = {"before": 0.0, "after": 0.0}
+        for template in select_templates(kind, before):
+            # interleaved per template (order alternating between repeats): both configurations
+            # of a template see about the same machine load
+            runs = [("before", False)] + ([("after", True)] if template.name in after else [])
+            for name, new in runs if rep % 2 == 0 else runs[::-1]:
+                t = time_template(lm, template, texts, classes, sort=new,
                                   batch_size=args.batch_size, max_new_tokens=args.max_new_tokens)
+                spent[name] += sum(v for k, v in t.items() if k != "tokens")
                 stages = ", ".join(f"{k} {v:.1f} s" for k, v in t.items() if k != "tokens")
                 extra = f" ({int(t['tokens'])} prompt tokens)" if "tokens" in t else ""
-                print(f"  [{rep}] {name:6s} {template.name:12s} {stages}{extra}", flush=True)
-            totals[name].append(time.perf_counter() - start)
-            print(f"  [{rep}] {name:6s} total {totals[name][-1]:.1f} s "
-                  f"({len(templates)} templates: {','.join(templates)})", flush=True)
+                print(f"  [{rep}] {name:6s} {template.name:12s} {stages}{extra}; load "
+                      f"{os.getloadavg()[0]:.1f}", flush=True)
+        for name in totals:
+            totals[name].append(spent[name])
+        print(f"  [{rep}] before {spent['before']:.1f} s ({len(before)} templates: "
+              f"{','.join(before)}); after {spent['after']:.1f} s ({len(after)} templates: "
+              f"{','.join(after)})", flush=True)
     b, a = np.median(totals["before"]), np.median(totals["after"])
     print(f"recognition on {len(texts)} rows: before {b:.1f} s, after {a:.1f} s "
           f"({b / a:.1f}x faster); load average now {os.getloadavg()[0]:.1f}")
-
 
 if __name__ == "__main__":
     main()
