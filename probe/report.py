@@ -26,6 +26,7 @@ from pathlib import Path
 import pandas as pd
 
 from probe.errors import EmoprobeError
+from probe.report_captions import caption
 
 KINDS = ("sweep", "behave", "steer-eval", "steer-flips", "steer", "circuits", "directions",
          "conflict", "run")
@@ -93,25 +94,63 @@ def load_run(path: str | os.PathLike) -> RunFolder:
     if not run_json.is_file():
         raise ReportError(f"{path} has no run.json: it is not a run folder, or its run did not "
                           "finish (run.json is written last); rerun the command that made it")
-    try:
-        run = json.loads(run_json.read_text(encoding="utf-8"))
-    except json.JSONDecodeError as exc:
-        raise ReportError(f"{run_json} is not valid JSON ({exc.msg}, line {exc.lineno})") from None
+    run = _read_json(run_json, "rerun the command that made this folder")
+    if not isinstance(run, dict):
+        raise ReportError(f"{run_json} holds a JSON {type(run).__name__}, not an object "
+                          "({\"command\": ..., ...}); it was not written by a probe command: "
+                          "rerun the command that made this folder")
+    results_json = path / "results.json"
+    if results_json.is_file():
+        rows = _read_json(results_json, "the run's tables are damaged: rerun the command that "
+                                        "made this folder")
+        if not isinstance(rows, (list, dict)):
+            raise ReportError(f"{results_json} holds a JSON {type(rows).__name__}, not a table "
+                              "(a list of rows); rerun the command that made this folder")
     files = sorted(p for p in path.rglob("*") if p.is_file() and not p.name.startswith("."))
     return RunFolder(path=path, kind=detect_kind(path, run), run=run,
                      figures=[p for p in files if p.suffix.lower() == ".png"],
                      tables=[p for p in files if p.suffix.lower() == ".csv"])
 
 
+def _read_json(path: Path, fix: str):
+    """A JSON file, or a ReportError saying what is wrong with it and what to do."""
+    try:
+        return json.loads(path.read_bytes().decode("utf-8"))
+    except UnicodeDecodeError as exc:
+        raise ReportError(f"{path} is not UTF-8 text (byte {exc.start}); {fix}") from None
+    except json.JSONDecodeError as exc:
+        raise ReportError(f"{path} is not valid JSON ({exc.msg}, line {exc.lineno}); "
+                          f"{fix}") from None
+    except OSError as exc:
+        raise ReportError(f"{path} cannot be read ({exc.strerror}); {fix}") from None
+
+
 # ------------------------------------------------------------------------------ pieces
 
 
 def figure_html(png: Path, root: Path) -> str:
-    """A PNG embedded as base64, captioned with its path inside the run folder."""
+    """A PNG embedded as base64, captioned with what it shows and its path in the run folder."""
     data = base64.b64encode(png.read_bytes()).decode("ascii")
     name = png.relative_to(root).as_posix()
-    return (f'<figure><img alt="{html.escape(name)}" src="data:image/png;base64,{data}">'
-            f"<figcaption>{html.escape(name)}</figcaption></figure>")
+    return (f'<figure><img alt="{html.escape(caption(name))}" src="data:image/png;base64,{data}">'
+            f"<figcaption>{html.escape(caption(name))} <code>{html.escape(name)}</code>"
+            "</figcaption></figure>")
+
+
+def sweep_summary_html(root: Path) -> str:
+    """A sweep's end-of-run summary (peak layer, CI, last layer, selectivity, baselines) per
+    pooling, as ``probe sweep`` printed it; a note where the table cannot give one."""
+    from probe.results import format_summary, read_results
+
+    try:
+        df, _ = read_results(root)
+        poolings = [p for p in df["pooling"].dropna().unique()]
+        text = "\n\n".join(f"pooling {p}:\n{format_summary(df, pooling=p)}" for p in poolings) \
+            or format_summary(df)
+    except (ValueError, KeyError, OSError, pd.errors.ParserError) as exc:
+        return ('<p class="note">no summary: results.csv is not a sweep table '
+                f"({html.escape(str(exc))})</p>")
+    return f"<h3>summary</h3><pre>{html.escape(text)}</pre>"
 
 
 def _round(v):
@@ -231,6 +270,8 @@ def run_html(i: int, run: RunFolder, out_dir: Path, *, max_rows: int) -> str:
              f'<span class="kind">{html.escape(run.kind)}</span></h2>',
              f'<p class="note">{html.escape(str(run.path))}</p>', provenance_html(run.run)]
     tables = sorted(run.tables, key=lambda p: (p.name != "results.csv", p.as_posix()))
+    if run.kind == "sweep" and (run.path / "results.csv").is_file():
+        parts.append(sweep_summary_html(run.path))
     if tables:
         parts.append(table_html(tables[0], run.path, out_dir, kind=run.kind, max_rows=max_rows))
     if run.figures:

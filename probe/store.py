@@ -46,6 +46,7 @@ from probe import bf16, objectstore
 from probe.data.schema import EmotionDataset
 from probe.errors import EmoprobeError
 from probe.modality import POOLING_MODALITY
+from probe.paths import cache_root
 from probe.objectstore import Remote
 from probe.store_create import creating_sibling, half_created, leftover_siblings, write_new_store
 from probe.zarr_strings import quiet_zarr
@@ -494,4 +495,5 @@ def variable_specs(lm, sites: Sequence) -> list[VariableSpec]:
 
 
 def _env_cache_root() -> Path:
-    return Path(os.environ.get("EMOPROBE_CACHE", "cache")).expanduser()
+    """Where stores go by default: see :func:`probe.paths.cache_root`."""
+    return cache_root()

@@ -21,6 +21,7 @@ def describe(path: str | Path) -> str:
         size = objectstore.Remote.at(str(path)).size()
     else:
         path = objectstore.local_path(path) if objectstore.protocol(path) else Path(path)
+        path = path.absolute()
         size = sum(p.stat().st_size for p in path.rglob("*") if p.is_file())
     lines = [
         f"store     {path}",

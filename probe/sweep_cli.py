@@ -78,6 +78,9 @@ def sweep_from_args(args, *, load_data, load_model, cache_config) -> int:
                           target_words=_words(dataset), eval_target_words=_words(eval_dataset),
                           probes_dir=out if args.save_probes else None, progress=not args.quiet,
                           memory=getattr(args, "memory", None))
+    # the task was resolved above from what the user passed (--task or nothing); probe_store was
+    # handed the resolved task, so its own reason would read "--task ..." even when inferred
+    results.attrs["task_reason"] = tt.reason
     heldout_name = _heldout_name(args, dataset, eval_dataset, eval_store)
     run = _run_record(args, results, store, eval_store, heldout_name, config, eval_config, t0)
     _write_and_report(out, results, run, title=f"{lm.spec.alias} · {dataset.name}",

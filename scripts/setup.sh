@@ -2,13 +2,21 @@
 # Set up emoprobe in ./.venv on a fresh machine.
 #   bash scripts/setup.sh          core toolkit + the embedded model (SmolLM2-135M-Instruct)
 #   bash scripts/setup.sh --test   also the test tools and TransformerLens / nnsight
+#   bash scripts/setup.sh --notebooks   also Jupyter, nbconvert and ipywidgets (notebooks/)
 # On a machine without an NVIDIA GPU it installs the CPU build of torch (never CUDA wheels).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 PYTHON=${PYTHON:-python3}
 TORCH_VERSION=${TORCH_VERSION:-2.13.0}
 extras=""
-[ "${1:-}" = "--test" ] && extras="[test,interop,scale,multimodal]"
+for arg in "$@"; do
+  case "$arg" in
+    --test) extras="${extras:+$extras,}test,interop,scale,multimodal" ;;
+    --notebooks) extras="${extras:+$extras,}notebooks" ;;
+    *) echo "setup: unknown option $arg (use --test and/or --notebooks)" >&2; exit 2 ;;
+  esac
+done
+[ -n "$extras" ] && extras="[$extras]"
 
 if [ ! -x .venv/bin/python ]; then
   "$PYTHON" -m venv .venv

@@ -2,7 +2,8 @@
 
 ``probe directions``  emotion directions from a store (or computed on the fly), saved as
                       safetensors + JSON with a cosine figure and a held-out separation check;
-``probe steer``       steered and unsteered replies side by side (``--json`` to keep them);
+``probe steer``       steered and unsteered replies side by side (``--json``: on stdout,
+                      ``--out FILE``: written to a file);
 ``probe steer-eval``  the evaluation protocol: grid on the tune prompts, selection under fluency
                       and capability constraints, held-out scores with baselines (docs/steering.md).
 """
@@ -14,7 +15,6 @@ import json
 import os
 import shutil
 import sys
-import textwrap
 import time
 import uuid
 from pathlib import Path
@@ -31,7 +31,8 @@ EPILOG_DIRECTIONS = """examples:
 EPILOG_STEER = """examples:
   probe steer --emotion fear "How was your day?"                  # shipped operating point
   probe steer --emotion happiness --strength 2 --layers 10-19 "Tell me about your day."
-  probe steer --emotion anger --vectors runs/directions --strength 2 --json out.json "Hi" "Hello"
+  probe steer --emotion anger --vectors runs/directions --strength 2 --out out.json "Hi" "Hello"
+  probe steer --emotion fear --json "How was your day?" > replies.json     # JSON on stdout
 """
 
 
@@ -73,9 +74,15 @@ def register(sub) -> dict:
                    help="all, prompt, generated, last-prompt+generated (default), last-prompt")
     p.add_argument("--unit", dest="unit", default=None, choices=["rms", "absolute", "token-rms"],
                    help="unit of --strength (default: rms)")
-    p.add_argument("--max-new-tokens", type=int, default=60)
-    p.add_argument("--json", default=None, help="write prompts, settings and both outputs here")
-    p.add_argument("--quiet", action="store_true", help="no loading output")
+    p.add_argument("--max-new-tokens", type=int, default=60,
+                   help="tokens per reply (default: %(default)s); a reply cut there ends with "
+                        "'[... max_new_tokens reached]'")
+    p.add_argument("--json", action="store_true",
+                   help="print prompts, settings and both replies as JSON on stdout (instead of "
+                        "the side-by-side text)")
+    p.add_argument("--out", default=None, metavar="FILE",
+                   help="also write that JSON record to FILE")
+    p.add_argument("--quiet", action="store_true", help="no loading or progress output")
     _steer_eval_parser(sub)
     handlers = {"directions": cmd_directions, "steer": cmd_steer, "steer-eval": cmd_steer_eval}
     from steering.flips_cli import add_parser as add_flips
@@ -255,10 +262,22 @@ def cmd_steer(args) -> int:
     from probe.cli_args import load_model
     from steering.inject import Setting, generate_settings
     from steering.operating_points import operating_point
+    from steering.steer_output import (
+        check_out_path,
+        check_strength,
+        emit_record,
+        mark,
+        side_by_side,
+        strength_warning,
+    )
     from steering.vector import SteeringError
 
     if not args.prompts:
         raise SteeringError('give at least one prompt, e.g. probe steer --emotion fear "How was your day?"')
+    check_strength(args.strength)
+    check_out_path(args.out, args.prompts, args.json)
+    if args.max_new_tokens < 1:
+        raise SteeringError(f"--max-new-tokens must be >= 1, got {args.max_new_tokens}")
     lm = load_model(args)
     point = None
     explicit = args.vector or args.vectors
@@ -272,6 +291,10 @@ def cmd_steer(args) -> int:
             _say(args, f"operating point: {point.describe()}")
     layers = parse_layers(args.layers, lm.n_layers) if args.layers else (
         list(point.layers) if point else None)
+    unit = args.unit or (point.strength if point else "rms")
+    warning = strength_warning(args.strength, unit, lm.spec.alias)
+    if warning:  # before any directions are computed or cached
+        print(f"warning: {warning}", file=sys.stderr)
     vec = _steer_vector(args, lm, point, layers)
     if layers is None and len(vec.layers) > 1:
         _say(args, f"steering every layer of the vector ({vec.layers[0]}-{vec.layers[-1]}); "
@@ -279,17 +302,21 @@ def cmd_steer(args) -> int:
     setting = Setting(vector=vec, scale=args.strength if args.strength is not None else point.scale,
                       mode=args.mode or (point.mode if point else "add"),
                       positions=args.positions or (point.positions if point else "last-prompt+generated"),
-                      strength=args.unit or (point.strength if point else "rms"),
-                      label=args.emotion)
+                      strength=unit, label=args.emotion)
     gen_kwargs = dict(point.generate) if point else {"repetition_penalty": 1.05, "no_repeat_ngram_size": 3}
-    plain, steered = generate_settings(lm, args.prompts, [Setting(vector=None), setting],
-                                       max_new_tokens=args.max_new_tokens,
-                                       system_prompt=args.system_prompt, **gen_kwargs)
+    _say(args, f"generating {len(args.prompts)} x 2 replies of up to {args.max_new_tokens} tokens")
+    (plain, steered), (cut_plain, cut_steered) = generate_settings(
+        lm, args.prompts, [Setting(vector=None), setting], max_new_tokens=args.max_new_tokens,
+        system_prompt=args.system_prompt, progress=not args.quiet, details=True, **gen_kwargs)
     desc = (f"{args.emotion} {setting.mode} x{setting.scale:g} {setting.strength.upper()} at "
             f"{vec.sites[0].kind} layers {vec.layers[0]}-{vec.layers[-1]} ({vec.meta.get('method')})")
-    _print_side_by_side(args.prompts, plain, steered, desc)
-    if args.json:
-        _write_steer_json(args, lm, vec, setting, point, gen_kwargs, plain, steered)
+    if not args.json:
+        print(side_by_side(args.prompts, [mark(t, c) for t, c in zip(plain, cut_plain)],
+                           [mark(t, c) for t, c in zip(steered, cut_steered)], desc))
+    if args.json or args.out:
+        record = _steer_record(args, lm, vec, setting, point, gen_kwargs, plain, steered)
+        record.update(unsteered_hit_limit=cut_plain, steered_hit_limit=cut_steered)
+        emit_record(record, args.out, args.json)
     return 0
 
 
@@ -321,28 +348,10 @@ def _steer_vector(args, lm, point, layers):
     return vec
 
 
-def _wrap(text: str, col: int) -> list[str]:
-    return [ln for part in (text or "(empty)").splitlines() for ln in (textwrap.wrap(part, col) or [""])]
-
-
-def _print_side_by_side(prompts, plain, steered, desc: str) -> None:
-    width = shutil.get_terminal_size((120, 20)).columns
-    col = max(30, (width - 3) // 2)
-    for p, a, b in zip(prompts, plain, steered):
-        left = ["unsteered"] + _wrap(a, col)
-        right = textwrap.wrap(f"steered: {desc}", col) + _wrap(b, col)
-        print(f"\nprompt: {p}")
-        print("-" * (2 * col + 3))
-        for i in range(max(len(left), len(right))):
-            lt = left[i] if i < len(left) else ""
-            rt = right[i] if i < len(right) else ""
-            print(f"{lt:<{col}} | {rt}".rstrip())
-
-
-def _write_steer_json(args, lm, vec, setting, point, gen_kwargs, plain, steered) -> None:
+def _steer_record(args, lm, vec, setting, point, gen_kwargs, plain, steered) -> dict:
     from dataclasses import asdict
 
-    record = {
+    return {
         "command": command_line(getattr(args, "argv", [])),
         "model": lm.provenance(),
         "emotion": args.emotion,
@@ -355,12 +364,6 @@ def _write_steer_json(args, lm, vec, setting, point, gen_kwargs, plain, steered)
         "generate": {"max_new_tokens": args.max_new_tokens, "do_sample": False, **gen_kwargs},
         "prompts": args.prompts, "unsteered": plain, "steered": steered,
     }
-    path = Path(args.json)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(json.dumps(record, indent=1, default=str) + "\n")
-    os.replace(tmp, path)
-    print(f"\nwrote {path}")
 
 
 # ------------------------------------------------------------------------------ steer-eval

@@ -34,6 +34,7 @@ A value that turns NaN or inf (or so large that the next norm overflows) raises
 from __future__ import annotations
 
 import math
+import sys
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Literal, Protocol, get_args, runtime_checkable
@@ -309,7 +310,8 @@ def _nonfinite_message(site: Site, settings: Sequence[Setting], rows: Tensor, va
 def generate_settings(lm, prompts: Sequence[str], settings: Sequence[Setting], *,
                       max_new_tokens: int = 48, batch_size: int = 32,
                       system_prompt: str | None = None, reuse_prefix: bool | None = None,
-                      match: str = "architecture", **generate_kwargs) -> list[list[str]]:
+                      match: str = "architecture", progress: bool = False,
+                      details: bool = False, **generate_kwargs):
     """Generate every prompt under every setting, many settings per batch; ``[setting][prompt]``.
 
     Rows are ``(setting, prompt)`` pairs; a batch holds several prompts, each with all settings
@@ -328,12 +330,17 @@ def generate_settings(lm, prompts: Sequence[str], settings: Sequence[Setting], *
         reuse_prefix: Share prompt prefixes (default: whenever the settings allow it).
         match: How closely each vector's model must match ``lm`` (``"exact"``,
             ``"architecture"`` or ``"none"``; see :meth:`SteeringVector.check`).
+        progress: A progress bar over the batches on stderr.
+        details: Also return, per row, whether it stopped at ``max_new_tokens`` (no end token).
         **generate_kwargs: Passed to ``model.generate`` (``repetition_penalty``,
             ``no_repeat_ngram_size``, ``do_sample``, ``min_new_tokens``, ...).
 
     Returns:
-        ``texts[i][j]``: the text generated for ``prompts[j]`` under ``settings[i]``.
+        ``texts[i][j]``: the text generated for ``prompts[j]`` under ``settings[i]``; with
+        ``details``, ``(texts, cut)`` where ``cut[i][j]`` is True if that reply hit the limit.
     """
+    from tqdm.auto import tqdm
+
     from probe.forward import generate_batch, make_batch
     from probe.hooks import active_managers
     from probe.tokens import Encoded, encode
@@ -354,8 +361,15 @@ def generate_settings(lm, prompts: Sequence[str], settings: Sequence[Setting], *
                             "last-prompt+generated) and no other hooks open on the model")
     reuse = allowed if reuse_prefix is None else reuse_prefix
     out: list[list[str | None]] = [[None] * len(prompts) for _ in table.settings]
-    with torch.no_grad(), lm.hooks(table.hooks()):
-        for p_idx, s_idx in _chunks(enc.lengths, len(table.settings), batch_size):
+    cut: list[list[bool]] = [[False] * len(prompts) for _ in table.settings]
+    stops = {lm.tokenizer.eos_token_id, lm.tokenizer.pad_token_id,
+             getattr(lm.model.generation_config, "eos_token_id", None)}
+    stops = {t for s in stops for t in (s if isinstance(s, (list, tuple)) else [s]) if t is not None}
+    chunks = list(_chunks(enc.lengths, len(table.settings), batch_size))
+    bar = tqdm(total=len(prompts) * len(table.settings), unit="reply", desc="generating",
+               disable=not progress, file=sys.stderr, dynamic_ncols=True)
+    with torch.no_grad(), lm.hooks(table.hooks()), bar:
+        for p_idx, s_idx in chunks:
             rows = [(s, p) for p in p_idx for s in s_idx]
             sub = Encoded(ids=[enc.ids[p] for _, p in rows], content=[enc.content[p] for _, p in rows],
                           target=[None] * len(rows))
@@ -370,9 +384,11 @@ def generate_settings(lm, prompts: Sequence[str], settings: Sequence[Setting], *
                 gen = generate_batch(lm, batch, max_new_tokens=max_new_tokens, **kwargs)
             finally:
                 table.rows = None
-            for (s, p), text in zip(rows, gen.texts):
+            for (s, p), text, ids in zip(rows, gen.texts, gen.new_ids.tolist()):
                 out[s][p] = text
-    return out  # type: ignore[return-value]
+                cut[s][p] = len(ids) >= max_new_tokens and not stops & set(ids)
+            bar.update(len(rows))
+    return (out, cut) if details else out  # type: ignore[return-value]
 
 
 def _check_prompts(prompts) -> list[str]:

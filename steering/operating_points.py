@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -97,6 +98,17 @@ def operating_point(model: str, emotion: str, *, path: str | os.PathLike | None 
     return OperatingPoint(model=model, emotion=emotion, **{**fields, "layers": tuple(point["layers"])})
 
 
+#: An absolute path (POSIX or Windows) inside a text: from its root up to the next separator.
+_ABSOLUTE = re.compile(r"(?<![\w./~-])(?:~|[A-Za-z]:\\|/)(?:[^\s`'\"]*[/\\])?([^\s`'\"/\\]+)")
+
+
+def portable(text: str) -> str:
+    """``text`` with every absolute path cut to its last component in angle brackets
+    (``/home/me/judges/strong_judge`` -> ``<strong_judge>``), so what is shipped
+    records no machine's folders, only names a reader can map to their own."""
+    return _ABSOLUTE.sub(lambda m: f"<{m.group(1)}>", text)
+
+
 def write_operating_point(point: OperatingPoint, *, weight_fingerprint: str | None = None,
                           path: str | os.PathLike | None = None) -> Path:
     """Add or replace one entry (atomically); for ``steer-eval`` to record what it selected."""
@@ -107,6 +119,7 @@ def write_operating_point(point: OperatingPoint, *, weight_fingerprint: str | No
         entry["weight_fingerprint"] = weight_fingerprint
     record = {k: v for k, v in asdict(point).items() if k not in ("model", "emotion")}
     record["layers"] = list(point.layers)
+    record["source"] = portable(point.source)
     entry.setdefault("emotions", {})[point.emotion] = record
     tmp = path.with_name(f".{path.name}.tmp")
     tmp.write_text(json.dumps(table, indent=1) + "\n")

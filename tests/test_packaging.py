@@ -44,3 +44,18 @@ def test_installed_wheel_works_from_any_directory(wheel, tmp_path):
     first, second = res.stdout.splitlines()
     assert first.startswith(str(site))
     assert second.startswith("448") and str(site) in second
+
+
+def test_notebook_tools_are_an_extra_setup_installs():
+    """`jupyter nbconvert --execute` and widget progress bars need nbconvert and ipywidgets."""
+    import tomllib
+
+    extras = tomllib.loads((REPO_ROOT / "pyproject.toml").read_text())["project"][
+        "optional-dependencies"]
+    names = {d.split(">")[0].split("=")[0].split("[")[0] for d in extras["notebooks"]}
+    assert {"nbconvert", "ipywidgets", "ipykernel"} <= names
+    script = (REPO_ROOT / "scripts" / "setup.sh").read_text()
+    assert "--notebooks) " in script and "notebooks" in script
+    out = subprocess.run(["bash", str(REPO_ROOT / "scripts" / "setup.sh"), "--bogus"],
+                         capture_output=True, text=True, cwd=REPO_ROOT)
+    assert out.returncode == 2 and "unknown option --bogus" in out.stderr

@@ -141,7 +141,8 @@ def run_recognition(ctx: Context) -> None:
     """Zero-shot answers, their summary, and the probe comparison on the same store."""
     args = ctx.args
     ctx.ensure_store()
-    rc = RecognitionConfig(templates=_names(args.templates), batch_size=args.batch_size,
+    templates = tuple(t.name for t in select_templates(ctx.kind, _names(args.templates)))
+    rc = RecognitionConfig(templates=templates, batch_size=args.batch_size,  # names, not "default"
                            max_new_tokens=args.max_new_tokens, system_prompt=args.system_prompt,
                            context=args.context, n_context=args.n_context)
     items = recognise(ctx.lm, ctx.dataset, target=ctx.target, config=rc, full=ctx.full,

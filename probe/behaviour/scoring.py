@@ -17,6 +17,7 @@ families and SmolLM2) and ``benchmarks/bench_label_scoring.py`` measures the spe
 
 from __future__ import annotations
 
+import copy
 from collections.abc import Sequence
 from numbers import Integral
 from dataclasses import dataclass
@@ -95,6 +96,8 @@ def score_candidates(
     *,
     batch_size: int = 16,
     max_rows: int = 256,
+    sort_by_length: bool = True,
+    share_prefix: bool = True,
     progress: bool = False,
 ) -> Scores:
     """Log-likelihood of every candidate after every prompt, prompts batched with a shared cache.
@@ -106,6 +109,12 @@ def score_candidates(
         batch_size: Prompts per forward.
         max_rows: Upper bound on prompt x candidate rows of the second forward (the prompt
             batch shrinks to respect it; it bounds the copied cache's memory).
+        sort_by_length: Batch prompts of similar length together (longest first), so a batch
+            pads little; results come back in the given order either way. ``False`` batches
+            them as given (what ``benchmarks/bench_behave.py`` compares against).
+        share_prefix: Run the tokens every prompt starts with (the chat template's system
+            turn, a template's opening words) once, and start every batch from a copy of their
+            KV cache, instead of recomputing them for every prompt.
         progress: Show a progress bar.
 
     Returns:
@@ -120,9 +129,13 @@ def score_candidates(
     step = max(1, min(batch_size, max_rows // width))
     bar = tqdm(total=len(prompts), unit="prompt", desc="scoring", disable=not progress,
                dynamic_ncols=True)
+    order = sorted(range(len(prompts)), key=lambda i: -len(prompts[i])) if sort_by_length \
+        else list(range(len(prompts)))
+    prefix = SharedPrefix.of(lm, prompts) if share_prefix else None
+    cut = prefix.length if prefix else 0
     for start in range(0, len(prompts), step):
-        idx = range(start, min(start + step, len(prompts)))
-        values = _score_batch(lm, [prompts[i] for i in idx], [per[i] for i in idx])
+        idx = order[start:start + step]
+        values = _score_batch(lm, [prompts[i][cut:] for i in idx], [per[i] for i in idx], prefix)
         for i, v in zip(idx, values):
             logprob[i, :len(v)] = v
             n_tokens[i, :len(v)] = [len(c) for c in per[i]]
@@ -131,9 +144,56 @@ def score_candidates(
     return Scores(logprob=logprob, n_tokens=n_tokens)
 
 
+#: A shared prefix shorter than this is not worth a separate forward and cache copies.
+MIN_SHARED = 4
+
+
+@dataclass(frozen=True)
+class SharedPrefix:
+    """The tokens all prompts start with, run once: their KV cache (batch of one)."""
+
+    length: int
+    cache: object
+
+    @classmethod
+    @torch.inference_mode()
+    def of(cls, lm, prompts: Sequence[Ids]) -> SharedPrefix | None:
+        """The longest common start of ``prompts`` (each keeps >= 1 token of its own), run
+        through the model; None when it is short or the model's cache cannot be copied per row."""
+        first, n = prompts[0], min(len(p) for p in prompts) - 1
+        length = 0
+        while length < n and all(p[length] == first[length] for p in prompts):
+            length += 1
+        if length < MIN_SHARED:
+            return None
+        ids = torch.tensor([list(first[:length])], device=lm.device)
+        out = lm.model(input_ids=ids, use_cache=True, logits_to_keep=1)
+        cache = returned_cache(out)
+        if not hasattr(cache, "batch_repeat_interleave") or getattr(cache, "is_sliding", None) \
+                and any(cache.is_sliding):
+            return None  # sliding-window layers keep a window, not the whole prefix
+        return cls(length=length, cache=cache)
+
+    def inputs(self, lm, suffixes: list[Ids]) -> dict:
+        """Model inputs of a batch of suffixes that continue the prefix: its cache copied per
+        row, the suffixes left-padded after it (padding in the middle, masked), positions
+        counted over real tokens."""
+        batch = pad_batch(suffixes, lm.tokenizer.pad_token_id, "left", lm.device)
+        cache = copy.deepcopy(self.cache)
+        cache.batch_repeat_interleave(len(suffixes))
+        ones = torch.ones((len(suffixes), self.length), dtype=batch["attention_mask"].dtype,
+                          device=lm.device)
+        mask = torch.cat([ones, batch["attention_mask"]], 1)
+        positions = (mask.cumsum(-1) - 1).clamp(min=0)[:, self.length:]
+        return {"input_ids": batch["input_ids"], "attention_mask": mask, "position_ids": positions,
+                cache_keyword(lm.model): cache}
+
+
 @torch.inference_mode()
-def _score_batch(lm, prompts: list[Ids], per: list[list[list[int]]]) -> list[np.ndarray]:
-    inputs = pad_batch(prompts, lm.tokenizer.pad_token_id, "left", lm.device)
+def _score_batch(lm, prompts: list[Ids], per: list[list[list[int]]],
+                 prefix: SharedPrefix | None = None) -> list[np.ndarray]:
+    inputs = prefix.inputs(lm, prompts) if prefix else \
+        pad_batch(prompts, lm.tokenizer.pad_token_id, "left", lm.device)
     out = lm.model(**inputs, use_cache=True, logits_to_keep=1)
     cache = returned_cache(out)
     first = torch.log_softmax(out.logits[:, -1].float(), -1)  # [B, V]

@@ -168,6 +168,17 @@ TEMPLATES: dict[str, tuple[Template, ...]] = {
     ),
 }
 RATING_LEVELS = ("1", "2", "3", "4", "5")
+#: What ``probe behave`` asks with unless ``--templates`` says otherwise (``all``: every template
+#: of the task). Two phrasings, so prompt sensitivity still shows: ``completion`` was the best
+#: template on five of the six datasets in docs/behaviour.md and ``options`` names the classes;
+#: for ratings the two that read best. Each template is a full pass over the rows (the
+#: ``generate`` one costs as much again in decoding): on 100 rows all five took 484 s where
+#: these two took 190 s (``python benchmarks/bench_behave.py``; docs/behaviour.md).
+DEFAULT_TEMPLATES: dict[str, tuple[str, ...]] = {
+    _E: ("completion", "options"),
+    _V: ("completion", "options"),
+    _R: ("rating-scale", "rating"),
+}
 
 
 def task_kind(target: str, target_kind: str) -> TaskKind:
@@ -181,14 +192,19 @@ def task_kind(target: str, target_kind: str) -> TaskKind:
 
 
 def select_templates(kind: TaskKind, names: Sequence[str] | None = None) -> list[Template]:
-    """The templates of a task, all of them or those named (in the order given)."""
+    """The templates of a task: all of them (``names`` None, empty or ``["all"]``), the
+    defaults of ``probe behave`` (``["default"]``, :data:`DEFAULT_TEMPLATES`), or those named
+    (in the order given)."""
     table = {t.name: t for t in TEMPLATES[kind]}
-    if not names:
+    if names and list(names) == ["default"]:
+        names = DEFAULT_TEMPLATES[kind]
+    if not names or list(names) == ["all"]:
         return list(table.values())
     unknown = [n for n in names if n not in table]
     if unknown:
         raise TemplateError(f"unknown template {unknown[0]!r} for the {kind} task; choose from "
-                            f"{', '.join(table)}")
+                            f"{', '.join(table)} (or all, or default: "
+                            f"{','.join(DEFAULT_TEMPLATES[kind])})")
     return [table[n] for n in names]
 
 

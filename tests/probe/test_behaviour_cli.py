@@ -64,6 +64,9 @@ def test_everything_end_to_end(capsys, tmp_path, toy_csv, tiny_dir, one_thread):
     assert run["provenance"]["n_layers"] == 3 and "environment" in run
     items = pd.read_csv(out / "items_recognition.csv")
     assert items["id"].str.startswith("row-").all()  # the store's sample ids
+    # the default templates, recorded by name
+    assert run["recognition"]["config"]["templates"] == ["completion", "options"]
+    assert set(items["template"]) == {"completion", "options"}
 
 
 @pytest.mark.parametrize("extra, message", [

@@ -103,3 +103,30 @@ def test_smollm2_real_items_batched_equals_naive(one_thread):
     fast = score_candidates(lm, prompts, cands, batch_size=4)
     slow = score_candidates_naive(lm, prompts, cands)
     np.testing.assert_allclose(fast.logprob, slow.logprob, **TOL)
+
+
+def test_a_shared_prefix_is_run_once_and_changes_no_score(lm, one_thread):
+    """Prompts that open alike (a system turn, a template's first words): the opening runs once,
+    every batch continues a copy of its cache, and the scores equal the naive loop's."""
+    from probe.behaviour.scoring import SharedPrefix
+
+    opening = lm.tokenizer("Read this and say the emotion.",
+                           add_special_tokens=False)["input_ids"]
+    prompts = [opening + p for p in _prompts(lm, n=5, chat=False)]
+    assert max(map(len, prompts)) < 128  # the tiny models' context
+    prefix = SharedPrefix.of(lm, prompts)
+    # full-attention families share; sliding-window ones (Mistral, Gemma 2/3) may keep a window
+    if lm.model.config.model_type in ("llama", "qwen2", "qwen3", "gpt2"):
+        assert prefix is not None, lm.model.config.model_type
+    if prefix is not None:
+        assert prefix.length >= len(opening)
+        assert all(p[:prefix.length] == prompts[0][:prefix.length] for p in prompts)
+    cands = tokenize_candidates(lm.tokenizer, [" anger", " sadness", " surprised me"])
+    shared = score_candidates(lm, prompts, cands, batch_size=2)
+    alone = score_candidates(lm, prompts, cands, batch_size=2, share_prefix=False)
+    slow = score_candidates_naive(lm, prompts, cands)
+    np.testing.assert_allclose(shared.logprob, slow.logprob, **TOL)
+    np.testing.assert_allclose(shared.logprob, alone.logprob, **TOL)
+    # order of batching (by length or as given) changes nothing either
+    given = score_candidates(lm, prompts, cands, batch_size=2, sort_by_length=False)
+    np.testing.assert_allclose(given.logprob, slow.logprob, **TOL)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import pytest
 
 from probe.behaviour.templates import (
+    DEFAULT_TEMPLATES,
     RAW_ANSWER_CUE,
     SCALES,
     TEMPLATES,
@@ -67,8 +68,15 @@ def test_task_kinds_and_selection():
         task_kind("emotions", "multilabel")
     assert [t.name for t in select_templates("emotion", ["letters", "one-word"])] == [
         "letters", "one-word"]
-    with pytest.raises(TemplateError, match="unknown template 'nope'.*one-word"):
+    with pytest.raises(TemplateError, match="unknown template 'nope'.*one-word.*or all"):
         select_templates("valence", ["nope"])
+    # probe behave's default: two templates per task (fewer passes); "all" gives every one
+    for kind in ("emotion", "valence", "rating"):
+        default = [t.name for t in select_templates(kind, ["default"])]
+        assert default == list(DEFAULT_TEMPLATES[kind]) and len(default) == 2
+        every = [t.name for t in TEMPLATES[kind]]
+        assert [t.name for t in select_templates(kind, ["all"])] == every
+        assert all(t.mode == "score" for t in select_templates(kind, ["default"]))
     assert scale_for("V") is SCALES["V"] and "X" in scale_for("X").question
 
 

@@ -132,8 +132,9 @@ def test_cache_then_info(capsys, tiny_dir, tmp_path, monkeypatch):
     assert code == 0, err
     assert f"store: {store}\n" in out
     assert list(open_store(store).sample.values[:2]) == ["k0", "k1"]
-    code, out, _ = _run(capsys, "info", str(store))
+    code, out, _ = _run(capsys, "info", "s.zarr")  # a relative path is echoed absolute
     assert code == 0 and "status    complete" in out and "attn.hook_z" in out
+    assert f"store     {store}\n" in out and store.is_absolute()
     assert open_store(store)["hook_resid_post"].shape[:3] == (12, 3, 2)
     code, _, err = _run(capsys, "info", str(tmp_path / "nothing.zarr"))
     assert code == 2 and "no activation store" in err

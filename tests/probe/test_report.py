@@ -143,3 +143,46 @@ def test_a_real_tiny_sweep(capsys, tiny_dir, tmp_path, one_thread):
     n_png = len(list(run.rglob("*.png")))
     assert n_png >= 1 and page.count("data:image/png;base64,") == n_png
     assert "metric accuracy" in page
+    # figures say what they show, and the sweep's summary is there as the sweep printed it
+    assert "Probe score against layer, pooling last" in page
+    assert "<h3>summary</h3>" in page and "selectivity" in page and "lexical" in page
+    # run.json says truthfully how the task was chosen (the labels are text: inferred)
+    assert json.loads((run / "run.json").read_text())["task_reason"].startswith("inferred")
+
+
+@pytest.mark.parametrize("content, message", [
+    (b"[1, 2, 3]", "not an object"),
+    (b'"probe sweep"', "not an object"),
+    ('{"command": "probe sweep caf\xe9"}'.encode("latin-1"), "not UTF-8"),
+    (b"{\"command\": ", "not valid JSON"),
+])
+def test_a_damaged_run_json_is_an_error_line(tmp_path, capsys, content, message):
+    run = _fake_run(tmp_path / "run", "probe sweep")
+    (run / "run.json").write_bytes(content)
+    assert main(["report", str(run), "--out", str(tmp_path / "r.html")]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error:") and message in err and "Traceback" not in err, err
+    assert not (tmp_path / "r.html").exists()
+
+
+@pytest.mark.parametrize("content, message", [
+    (b'[{"site": "hook_resid_post", "val', "not valid JSON"),
+    (b"\xff\xfe\x00garbage", "not UTF-8"),
+    (b"42", "not a table"),
+])
+def test_a_corrupt_results_json_is_an_error_line(tmp_path, capsys, content, message):
+    run = _fake_run(tmp_path / "run", "probe sweep", extra={"results.json": content})
+    assert main(["report", str(run), "--out", str(tmp_path / "r.html")]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error:") and message in err and "rerun" in err, err
+    assert "Traceback" not in err and not (tmp_path / "r.html").exists()
+
+
+def test_figures_are_captioned_with_what_they_show():
+    from probe.report_captions import caption
+
+    assert caption("layerwise_content-mean.png").startswith("Probe score against layer, pooling "
+                                                            "content-mean")
+    assert "Held-out AUROC" in caption("heldout_auroc.png")
+    assert "happiness" in caption("heads_happiness.png")
+    assert caption("my_own_plot.png") == "My own plot."  # unknown: the name in words

@@ -63,7 +63,7 @@ def test_directions_then_steer(capsys, tiny_dir, toy_store):
 
     js = root / "steer.json"
     code, out, err = _run(capsys, "steer", "--model", model, "--vectors", out_dir, "--emotion", "joy",
-                          "--strength", "8", "--max-new-tokens", "5", "--json", js, "--quiet",
+                          "--strength", "8", "--max-new-tokens", "5", "--out", js, "--quiet",
                           "We won the final!", "Someone stole my bike.")
     assert code == 0, err
     assert out.count("prompt:") == 2 and "unsteered" in out and "steered: joy add x8 RMS" in out
@@ -84,7 +84,7 @@ def test_directions_then_steer(capsys, tiny_dir, toy_store):
 def test_steer_errors_are_clear(capsys, tiny_dir, toy_store, extra, message):
     root, store = toy_store
     code, _, err = _run(capsys, "steer", "--model", tiny_dir / "llama", "--store", store,
-                        "--method", "mean-diff", *extra, "--json", root / "bad.json", "--quiet", "Hi there")
+                        "--method", "mean-diff", *extra, "--out", root / "bad.json", "--quiet", "Hi there")
     assert code == 2 and message in err and "Traceback" not in err, err
     assert not (root / "bad.json").exists()
 
@@ -122,9 +122,8 @@ def test_real_model_steer_uses_the_shipped_operating_point(capsys, tmp_path):
     store = out.split("store: ")[1].split()[0]
     js = tmp_path / "fear.json"
     code, out, err = _run(capsys, "steer", "--emotion", "fear", "--store", store, "--max-new-tokens",
-                          "12", "--json", js, "How was your day?")
+                          "12", "--out", js, "How was your day?")
     assert code == 0, err
-    # (the side-by-side header may wrap; the operating-point line is one line)
     assert "operating point: fear" in err and f"layers {lo}-{hi}" in err
     rec = json.loads(js.read_text())
     assert rec["operating_point"]["scale"] == point.scale and rec["vector"]["layers"] == list(point.layers)
@@ -160,3 +159,116 @@ def test_shipped_operating_points_load_and_can_be_replaced(tmp_path):
     path.write_text("{not json")
     with pytest.raises(SteeringError, match="not valid JSON"):
         load_operating_points(path)
+
+
+# ------------------------------------------------------------------ probe steer as a user meets it
+
+
+@pytest.mark.parametrize("strength", ["nan", "inf", "-inf"])
+def test_steer_rejects_a_non_finite_strength_before_loading_anything(capsys, tmp_path, strength):
+    # a model that does not exist: the strength must be refused before any load is tried
+    code, out, err = _run(capsys, "steer", "--model", tmp_path / "no-such-model", "--emotion",
+                          "joy", f"--strength={strength}", "--layers", "1", "Hi there")
+    assert code == 2 and "finite" in err and "no-such-model" not in err, err
+    assert "Traceback" not in err and not list(tmp_path.iterdir())
+
+
+@pytest.mark.parametrize("out", ["Tell me about your day.", "How was your day?", "my replies.json"])
+def test_steer_refuses_a_prompt_looking_out_path(capsys, tmp_path, out, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    code, _, err = _run(capsys, "steer", "--model", tmp_path / "no-such-model", "--emotion", "joy",
+                        "--strength", "2", "--out", out, "Hi there")
+    assert code == 2 and "looks like a prompt" in err, err
+    assert not list(tmp_path.iterdir())
+
+
+def test_steer_old_json_file_form_is_refused_with_the_fix(capsys, tmp_path):
+    code, _, err = _run(capsys, "steer", "--model", tmp_path / "nope", "--emotion", "joy",
+                        "--json", "out.json", "Hi")
+    assert code == 2 and "--out out.json" in err, err
+
+
+@pytest.fixture(scope="module")
+def joy_vectors(tiny_dir, toy_store):
+    root, store = toy_store
+    vec_dir = root / "dirs_steer"
+    assert main(["directions", "--model", str(tiny_dir / "llama"), "--store", str(store),
+                 "--method", "mean-diff", "--folds", "0", "--out", str(vec_dir), "--quiet"]) == 0
+    return vec_dir
+
+
+def test_steer_json_goes_to_stdout_and_out_to_a_file(capsys, tiny_dir, joy_vectors, tmp_path):
+    model = str(tiny_dir / "llama")
+    js = tmp_path / "r.json"
+    code, out, err = _run(capsys, "steer", "--model", model, "--vectors", joy_vectors, "--emotion",
+                          "joy", "--strength", "2", "--max-new-tokens", "4", "--json", "--out", js,
+                          "Tell me about your day.", "Hi")
+    assert code == 0, err
+    rec = json.loads(out)  # stdout is the JSON record and nothing else
+    assert rec["prompts"] == ["Tell me about your day.", "Hi"]
+    assert json.loads(js.read_text()) == rec
+    assert oct(js.stat().st_mode & 0o777) == oct(0o666 & ~_umask())
+    cut = rec["steered_hit_limit"]
+    assert len(cut) == 2 and all(isinstance(x, bool) for x in cut)
+    # progress and loading lines went to stderr
+    assert "generating" in err
+
+
+def _umask() -> int:
+    import os
+
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
+def test_steer_marks_replies_cut_by_the_token_limit(capsys, tiny_dir, joy_vectors):
+    """The tiny random model never says its end token within 3 tokens: every reply is cut."""
+    code, out, err = _run(capsys, "steer", "--model", tiny_dir / "llama", "--vectors", joy_vectors,
+                          "--emotion", "joy", "--strength", "2", "--max-new-tokens", "3",
+                          "--quiet", "Hi there")
+    assert code == 0, err
+    assert out.count("[... max_new_tokens reached]") == 2, out
+
+
+def test_steer_header_stands_above_the_replies(capsys, tiny_dir, joy_vectors, monkeypatch):
+    monkeypatch.setenv("COLUMNS", "64")  # a narrow terminal: the steered header wraps
+    code, out, err = _run(capsys, "steer", "--model", tiny_dir / "llama", "--vectors", joy_vectors,
+                          "--emotion", "joy", "--strength", "2", "--max-new-tokens", "3",
+                          "--quiet", "Hi there")
+    assert code == 0, err
+    lines = out.splitlines()
+    rule = next(i for i, ln in enumerate(lines) if ln.startswith("---") and " | " in ln)
+    header = lines[lines.index(next(ln for ln in lines if ln.startswith("unsteered"))):rule]
+    assert len(header) >= 2, out  # the description wrapped over several lines ...
+    assert all("max_new_tokens" not in ln for ln in header)  # ... and no reply line among them
+    assert "steered: joy add x2 RMS" in " ".join(header)
+
+
+def test_steer_warns_far_past_the_fluent_strengths(capsys, tiny_dir, joy_vectors):
+    code, out, err = _run(capsys, "steer", "--model", tiny_dir / "llama", "--vectors", joy_vectors,
+                          "--emotion", "joy", "--strength", "1e9", "--max-new-tokens", "2",
+                          "--quiet", "Hi there")
+    assert code == 0, err
+    assert "warning: --strength 1e+09 is far past the strengths measured as fluent" in err
+    code, out, err = _run(capsys, "steer", "--model", tiny_dir / "llama", "--vectors", joy_vectors,
+                          "--emotion", "joy", "--strength", "2", "--max-new-tokens", "2",
+                          "--quiet", "Hi there")
+    assert "far past" not in err
+
+
+def test_fluent_range_comes_from_the_selected_operating_points():
+    from steering.steer_output import fluent_range, strength_warning
+
+    top, where = fluent_range("smollm2-135m")
+    assert 0 < top < 10 and "operating_points.json" in where
+    assert strength_warning(top, "rms", "smollm2-135m") is None
+    assert "far past" in strength_warning(3 * top, "rms", "smollm2-135m")
+    assert strength_warning(1e9, "absolute", "smollm2-135m") is None  # other units: no range known
+
+
+def test_a_model_without_operating_points_warns_past_where_smollm2_broke():
+    from steering.steer_output import BROKEN_RMS, strength_warning
+
+    assert strength_warning(BROKEN_RMS, "rms", "no-such-model") is None
+    assert "no operating points" in strength_warning(BROKEN_RMS * 1.5, "rms", "no-such-model")
