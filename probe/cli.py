@@ -225,9 +225,9 @@ def _cache_distributed(args) -> int:
         print(f"worker {rank.rank}/{rank.world} done; store {args.out} "
               f"{'complete' if done else 'not complete yet (other workers, or --finalize)'}")
         return 0
-    from probe.models import load_model
+    from probe.models import load_model as load_weights  # picklable, for the worker processes
 
-    loader = (load_model, (args.model,), dict(dtype=args.dtype, chat_template=args.chat_template,
+    loader = (load_weights, (args.model,), dict(dtype=args.dtype, chat_template=args.chat_template,
                                               allow_download=args.allow_download))
     dist.cache_with_workers(loader, dataset, config=config, out=args.out, workers=args.workers)
     print(f"store: {args.out}")

@@ -45,7 +45,6 @@ from zarr.codecs import BloscCodec
 from probe import bf16, objectstore
 from probe.data.schema import EmotionDataset
 from probe.errors import EmoprobeError
-from probe.modality import POOLING_MODALITY
 from probe.paths import cache_root
 from probe.objectstore import Remote
 from probe.store_create import creating_sibling, half_created, leftover_siblings, write_new_store

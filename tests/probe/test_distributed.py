@@ -124,3 +124,19 @@ def test_ranks_and_blocks():
     with pytest.raises(DistributedError):
         owned_blocks(10, 3, Rank(2, 2))
     assert finalize.__doc__
+
+
+def test_cli_distributed_worker_then_finalize(tiny_dir, tmp_path, monkeypatch, capsys):
+    """``probe cache --distributed`` as torchrun starts it (RANK/WORLD_SIZE set): one worker of
+    one writes every block, and the store it leaves is complete."""
+    from probe.cli import main
+
+    monkeypatch.setenv("RANK", "0")
+    monkeypatch.setenv("WORLD_SIZE", "1")
+    out = tmp_path / "d.zarr"
+    argv = ["cache", "--model", str(tiny_dir / "llama"), "--dataset", "emotion-scenarios",
+            "--limit", "35", "--sites", "blocks.*.hook_resid_post", "--out", str(out),
+            "--distributed", "--quiet"]
+    assert main(argv) == 0
+    assert "worker 0/1 done" in capsys.readouterr().out
+    assert open_store(out).attrs["complete"]

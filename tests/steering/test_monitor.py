@@ -13,7 +13,7 @@ from steering.inject import Setting
 from steering.monitor import TokenReader, monitor
 from steering.vector import SteeringError, SteeringVector
 from tests.steering.conftest import random_vector
-from tests.tolerance import assert_close, assert_same_generations
+from tests.tolerance import assert_close
 
 PROMPTS = ["We won the final!", "Someone stole my bike."]
 SITE = Site("hook_resid_post", 1)
