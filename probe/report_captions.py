@@ -22,10 +22,11 @@ CAPTIONS: tuple[tuple[str, str], ...] = (
                         "marked."),
     (r"panels_(.+)", "One panel per metric, pooling {x}: each probe metric against layer with its "
                      "CI band and the same baselines."),
-    (r"probe_vs_behaviour_(.+)", "Probe vs the model's own answers, pooling {x}: the probe's score "
-                                 "against layer next to each template's zero-shot score, the "
-                                 "paired difference, and where the model's answer becomes "
-                                 "decodable."),
+    (r"probe_vs_behaviour_(.+)", "Probe vs the model's own answers, pooling {x}, against layer: "
+                                 "the probe's score next to each template's zero-shot score "
+                                 "(bands) and chance; how much better than the majority answer "
+                                 "a probe decodes the model's own answer; whether the probe's "
+                                 "confidence predicts a right answer (AUROC)."),
     (r"personas_(.+)", "Personas (system prompts), pooling {x}: the valence-contrast shift along "
                        "probe and mean-difference directions by layer, and how the zero-shot "
                        "answer shares move."),
