@@ -115,7 +115,7 @@ def _columns(left: list[str], right: list[str], col: int) -> list[str]:
 
 def emit_record(record: dict, out: str | None, json_flag: bool) -> None:
     """``--json``: the record on stdout; ``--out FILE``: written there (atomically, 0644)."""
-    from probe.results import _atomic_write
+    from probe.io import atomic_write
 
     text = json.dumps(record, indent=1, default=str) + "\n"
     if json_flag:
@@ -123,5 +123,5 @@ def emit_record(record: dict, out: str | None, json_flag: bool) -> None:
     if out is not None:
         path = Path(out)
         path.parent.mkdir(parents=True, exist_ok=True)
-        _atomic_write(path, text)
+        atomic_write(path, text)
         print(f"wrote {path}", file=sys.stderr)
