@@ -79,8 +79,9 @@ def register(sub) -> dict:
     for h in handlers.values():
         h.user_errors = _user_errors()
     from steering.flips_cli import add_parser as add_flips
+    from steering.geometry.cli import add_parser as add_geometry
 
-    return {**handlers, **add_flips(sub)}
+    return {**handlers, **add_flips(sub), **add_geometry(sub)}
 
 
 def _user_errors() -> tuple[type[BaseException], ...]:
