@@ -1,7 +1,7 @@
 """The geometry analyses on pooled features: PCs vs ratings, and agreement between sources.
 
 :func:`analyze` gives, per layer, PC and rating scale, ``|r|`` (Pearson and Spearman) with a
-bootstrap CI over texts (texts resampled within each emotion, vectors, PCA and r recomputed;
+bias-corrected bootstrap CI over texts (texts resampled within each emotion, vectors, PCA and r recomputed;
 the neutral basis stays fixed), a permutation p-value and the null's 95th percentile (the
 ratings' emotion labels shuffled). :func:`agreement` compares two sets of vectors over their
 shared emotions: RDM Spearman agreement per layer with a bootstrap CI, and per-emotion cosines.
@@ -56,9 +56,10 @@ def analyze(data: Labelled, ratings: Ratings, bases, *, grand_mean: bool = True,
     full-sample ``{"scores": [layer, emotion, pc], "r": [layer, pc, scale], "vectors": ...}``."""
     ratings = ratings.subset(data.emotions)
     vectors = data.vectors(bases, grand_mean=grand_mean)
-    scores, share = stats.pca_scores(vectors, k)
+    scores, share, comps = stats.pca(vectors, k)
     out = {"scores": scores, "share": share, "vectors": vectors, "r": {}}
-    boot_scores = _boot(data, bases, grand_mean, n_boot, seed, lambda v: stats.pca_scores(v, k)[0])
+    boot_scores = _boot(data, bases, grand_mean, n_boot, seed,
+                        lambda v: stats.aligned_scores(v, comps))
     rows = []
     for method, metric in (("pearson", "abs_r"), ("spearman", "abs_spearman")):
         r = stats.correlate(scores, ratings.values, method=method)
@@ -69,7 +70,7 @@ def analyze(data: Labelled, ratings: Ratings, bases, *, grand_mean: bool = True,
         lo = hi = None
         if boot_scores is not None:
             rb = stats.correlate(boot_scores, ratings.values, method=method).abs()
-            lo, hi = stats.percentile_ci(rb)
+            lo, hi = stats.bc_interval(rb, r.abs())
         for li, layer in enumerate(data.layers):
             for pc in range(scores.shape[-1]):
                 for si, scale in enumerate(ratings.scales):
@@ -113,7 +114,7 @@ def agreement(a: Labelled, b: Labelled | Tensor, bases_a, bases_b=None, *, grand
             rb = (stats.rdm(b.vectors(bases_b, grand_mean=grand_mean, weights=wb[c:c + CHUNK]))
                   if wb is not None else stats.rdm(vb)[None])
             boots.append(stats.rdm_agreement(ra, rb[:, idx]))
-    lo, hi = stats.percentile_ci(torch.cat(boots)) if boots else (None, None)
+    lo, hi = stats.bc_interval(torch.cat(boots), full) if boots else (None, None)
     rows = []
     for li, layer in enumerate(a.layers):
         rows.append(_row("rdm_agreement", a.name, "rdm_spearman", layer, float(full[li]),

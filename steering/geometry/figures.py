@@ -50,7 +50,7 @@ def emotion_map(table, full, data, ratings, stem: Path) -> Path:
         sc = ax.scatter(x, y, c=val, cmap="RdYlBu", vmin=0, vmax=1, s=22, edgecolors="k",
                         linewidths=0.4, zorder=3)
         for xi, yi, name in zip(x, y, data.emotions):
-            ax.annotate(name, (xi, yi), xytext=(3, 2), textcoords="offset points", fontsize=6)
+            ax.annotate(name, (xi, yi), xytext=(3, 2), textcoords="offset points", fontsize=5.5)
         ax.axhline(0, color="0.85", lw=0.5, zorder=1)
         ax.axvline(0, color="0.85", lw=0.5, zorder=1)
         share = full["share"][li].numpy()
@@ -65,9 +65,13 @@ def emotion_map(table, full, data, ratings, stem: Path) -> Path:
 def layer_profile(table: pd.DataFrame, sources: list[str], stem: Path) -> Path:
     rows = table[(table.experiment == "pc_vs_rating") & (table.metric == "abs_r")]
     n = len(sources)
+    cols = min(n, 3)
+    nrows = -(-n // cols)
     with mpl.rc_context(RC):
-        fig = _figure((2.6 * n + 0.4, 2.6))
-        axes = fig.subplots(1, n, sharey=True, squeeze=False)[0]
+        fig = _figure((2.6 * cols + 0.4, 2.3 * nrows + 0.5))
+        axes = fig.subplots(nrows, cols, sharey=True, squeeze=False).ravel()
+        for ax in axes[n:]:
+            ax.set_visible(False)
         for ax, src in zip(axes, sources):
             for scale, pc, color in PROFILES:
                 d = rows[(rows.source == src) & (rows.scale == scale) & (rows.pc == pc)].sort_values("layer")
@@ -83,7 +87,8 @@ def layer_profile(table: pd.DataFrame, sources: list[str], stem: Path) -> Path:
             ax.set_title(src)
             ax.set_xlabel("layer")
             ax.set_ylim(0, 1)
-        axes[0].set_ylabel("|r| with human ratings (95% CI)")
+        for ax in axes[::cols]:
+            ax.set_ylabel("|r| with ratings (95% CI)")
         handles, labels = axes[0].get_legend_handles_labels()
         fig.legend(handles, labels, loc="outside lower center", ncol=3, frameon=False)
         save_figure(fig, stem)
@@ -103,7 +108,7 @@ def rdm_figure(table: pd.DataFrame, stem: Path) -> Path | None:
     for r in at.itertuples():
         i, j = names.index(r.source), names.index(r.other)
         m[i, j] = m[j, i] = r.value
-        text[(i, j)] = text[(j, i)] = f"{r.value:.2f}\n[{r.ci_low:.2f}, {r.ci_high:.2f}]\nn={r.n}"
+        text[(i, j)] = text[(j, i)] = f"{r.value:.2f}\n[{r.ci_low:.2f}, {r.ci_high:.2f}]\nn={int(r.n)}"
     with mpl.rc_context(RC):
         fig = _figure((7.6, 3.3))
         ax, ax2 = fig.subplots(1, 2, width_ratios=[1, 1.2])
@@ -112,7 +117,7 @@ def rdm_figure(table: pd.DataFrame, stem: Path) -> Path | None:
             ax.text(j, i, t, ha="center", va="center", fontsize=5)
         ax.set_xticks(range(len(names)), names, rotation=35, ha="right")
         ax.set_yticks(range(len(names)), names)
-        ax.set_title(f"RDM agreement (Spearman) at layer {layer}\n95% CI over texts; n = shared emotions")
+        ax.set_title(f"RDM agreement at layer {layer} (Spearman, 95% CI)", fontsize=7)
         fig.colorbar(im, ax=ax, shrink=0.7)
         for k, ((a, b), d) in enumerate(rows.groupby(["source", "other"], sort=False)):
             d = d.sort_values("layer")

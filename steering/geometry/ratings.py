@@ -17,6 +17,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 import torch
 
@@ -110,5 +111,5 @@ def emotion_ratings(emotions: Sequence[str], *, lexicon: str | os.PathLike | Non
     if missing:
         raise GeometryError(f"no rating for emotion(s) {missing} in {source}; pass --ratings "
                             "FILE.csv with a row for each, or drop them with --emotions")
-    return Ratings(list(emotions), list(table.columns), torch.tensor(rows, dtype=torch.float64),
+    return Ratings(list(emotions), list(table.columns), torch.from_numpy(np.array(rows, dtype=np.float64)),
                    words, source)

@@ -92,12 +92,10 @@ def prepare(config: GeometryConfig) -> Prepared:
     for spec in config.sources:
         if spec == "stories":
             continue
-        src, neu = load_corpus(spec, per_emotion=config.per_emotion, min_words=config.min_words,
-                               seed=config.seed, emotions=config.emotions, data_root=config.data_root)
+        src, _ = load_corpus(spec, per_emotion=config.per_emotion, min_words=config.min_words,
+                             seed=config.seed, emotions=config.emotions, data_root=config.data_root)
         corpora.append(src)
-        if spec == config.neutral:
-            neutral = neu
-    if config.recipe.neutral_share > 0 and not neutral:
+    if config.recipe.neutral_share > 0:
         neutral = load_neutral(config.neutral, n=config.n_neutral, min_words=config.min_words,
                                seed=config.seed, data_root=config.data_root)
     neutral = neutral[:config.n_neutral]

@@ -26,15 +26,41 @@ from scipy.stats import rankdata
 from torch import Tensor
 
 
+def pca(vectors: Float[Tensor, "... emotion layer d"], k: int = 3
+        ) -> tuple[Float[Tensor, "... layer emotion pc"], Float[Tensor, "... layer pc"],
+                   Float[Tensor, "... layer pc d"]]:
+    """Scores of the emotions on the top ``k`` PCs per layer, each PC's variance share, and
+    the PCs themselves (unit rows in activation space)."""
+    v = vectors.movedim(-3, -2).double()  # ... layer emotion d
+    v = v - v.mean(-2, keepdim=True)
+    u, s, vh = torch.linalg.svd(v, full_matrices=False)
+    k = min(k, s.shape[-1])
+    share = (s**2 / (s**2).sum(-1, keepdim=True).clamp_min(1e-300))[..., :k]
+    return (u[..., :k] * s[..., None, :k]).float(), share.float(), vh[..., :k, :].float()
+
+
 def pca_scores(vectors: Float[Tensor, "... emotion layer d"], k: int = 3
                ) -> tuple[Float[Tensor, "... layer emotion pc"], Float[Tensor, "... layer pc"]]:
     """Scores of the emotions on the top ``k`` PCs at each layer, and each PC's variance share."""
-    v = vectors.movedim(-3, -2).double()  # ... layer emotion d
-    v = v - v.mean(-2, keepdim=True)
-    u, s, _ = torch.linalg.svd(v, full_matrices=False)
-    k = min(k, s.shape[-1])
-    share = (s**2 / (s**2).sum(-1, keepdim=True).clamp_min(1e-300))[..., :k]
-    return (u[..., :k] * s[..., None, :k]).float(), share.float()
+    scores, share, _ = pca(vectors, k)
+    return scores, share
+
+
+def aligned_scores(vectors: Float[Tensor, "boot emotion layer d"],
+                   reference: Float[Tensor, "layer pc d"], extra: int = 2
+                   ) -> Float[Tensor, "boot layer emotion pc"]:
+    """Bootstrap PCA scores matched to the full-sample PCs.
+
+    A resample's PCs may come in another order (PC2 and PC3 swap when their variances are
+    close), so each reference PC takes the resample's PC (among the top ``k + extra``) whose
+    direction is closest to it (largest ``|cosine|``); without this the bootstrap mixes PCs.
+    """
+    k = reference.shape[-2]
+    scores, _, comps = pca(vectors, k + extra)
+    cos = (comps.double() @ reference.double().transpose(-1, -2)).abs()  # boot layer k+e k
+    pick = cos.argmax(-2)  # boot layer k
+    idx = pick[..., None, :].expand(*scores.shape[:-1], k)
+    return torch.gather(scores, -1, idx)
 
 
 def _standardize(x: Tensor, dim: int) -> Tensor:
@@ -116,3 +142,27 @@ def bootstrap_weights(labels: Tensor, n_classes: int, n_boot: int, *, seed: int 
         draws = idx[torch.randint(len(idx), (n_boot, len(idx)), generator=gen)]
         w[:, c].scatter_add_(1, draws, torch.full(draws.shape, 1.0 / len(idx)))
     return w
+
+
+def bc_interval(samples: Tensor, estimate: Tensor, ci: float = 0.95) -> tuple[Tensor, Tensor]:
+    """Bias-corrected percentile interval (Efron 1981) along the first dim of ``samples``.
+
+    ``|r|`` of re-estimated PCs is biased (resampling adds noise, which lowers ``|r|``), so the
+    plain percentile interval sits below the estimate; the correction shifts the quantiles by
+    ``z0 = Phi^-1(share of resamples below the estimate)``.
+    """
+    normal = torch.distributions.Normal(0.0, 1.0)
+    b = samples.shape[0]
+    s = samples.double().sort(0).values
+    est = estimate.double()[None]
+    below = (s < est).double().mean(0) + 0.5 * (s == est).double().mean(0)
+    z0 = normal.icdf(below.clamp(1.0 / (b + 1), b / (b + 1.0)).float()).double()
+    za = float(normal.icdf(torch.tensor((1 + ci) / 2)))
+    out = []
+    for z in (-za, za):
+        q = normal.cdf((2 * z0 + z).float()).double() * (b - 1)
+        lo_i = q.floor().long().clamp(0, b - 1)
+        hi_i = (lo_i + 1).clamp(max=b - 1)
+        frac = q - lo_i
+        out.append((s.gather(0, lo_i[None])[0] * (1 - frac) + s.gather(0, hi_i[None])[0] * frac).float())
+    return out[0], out[1]
