@@ -135,3 +135,17 @@ def test_bad_input_fails_before_the_model_loads(tiny_inputs, tmp_path, capsys):
     assert "no rating for emotion(s)" in capsys.readouterr().err
     assert main([*base, "--sources", str(tiny_inputs / "texts.csv"), "--bootstrap", "-1"]) == 2
     assert not (tmp_path / "x").exists()
+
+
+def test_second_model_agreement_by_relative_depth(tiny_dir, tiny_inputs, tmp_path):
+    out = tmp_path / "geo2m"
+    args = _args(tiny_dir, tiny_inputs, out, "--compare-model", str(tiny_dir / "qwen2"))
+    args[args.index("--sources") + 1] = str(tiny_inputs / "texts.csv")
+    assert main(args) == 0
+    t = pd.read_csv(out / "results.csv")
+    rows = t[(t.experiment == "rdm_agreement") & t.other.str.endswith("@qwen2")]
+    assert len(rows) == 3 and rows.value.between(-1, 1).all() and (rows.ci_low <= rows.ci_high).all()
+    assert list(rows.other_layer) == [0, 1, 2]  # same depth (3 layers each)
+    from probe.report import load_run
+
+    assert load_run(out).kind == "geometry"
