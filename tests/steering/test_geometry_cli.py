@@ -111,6 +111,16 @@ def test_cli_end_to_end_on_the_tiny_model(tiny_dir, tiny_inputs, tmp_path, capsy
                  str(out / "vectors" / "texts" / "joy"), "--layers", "1", "--strength", "2",
                  "--max-new-tokens", "3", "--quiet", "Hello"]) == 0
     assert "steered" in capsys.readouterr().out
+    # and the per-token monitor reads along geometry vectors
+    from probe.models import load_model
+    from steering.monitor import monitor
+    from steering.vector import VectorSet
+
+    lm = load_model(str(tiny_dir / "llama"), device="cpu", dtype="float32")
+    trace = monitor(lm, ["Hello"], VectorSet.load(out / "vectors" / "texts", lm), max_new_tokens=3)
+    name = trace.readers[0]
+    assert set(trace.labels[name]) == set(EMOTIONS) and trace.kinds[name] == "projection"
+    assert torch.isfinite(torch.as_tensor(trace.values[name][0][:-1])).all()
     # the stories are reused, and saved vectors compared
     out2 = tmp_path / "geo2"
     assert main(_args(tiny_dir, tiny_inputs, out2, "--stories", str(out / "stories.jsonl"),
