@@ -44,7 +44,7 @@ class Labelled:
 
     def vectors(self, bases, *, grand_mean: bool = True, weights: Tensor | None = None) -> Tensor:
         w = label_weights(self.labels, len(self.emotions)) if weights is None else weights
-        return emotion_vectors(self.feats, w, bases, subtract_grand_mean=grand_mean)
+        return emotion_vectors(self.feats, w, bases, subtract_grand_mean=grand_mean, labels=self.labels)
 
     def boot_weights(self, n: int, seed: int) -> Tensor:
         return stats.bootstrap_weights(self.labels, len(self.emotions), n, seed=seed)

@@ -69,6 +69,8 @@ def add_parser(sub) -> dict:
     g.add_argument("--pcs", type=int, default=_defaults().n_pcs, help="PCs tested (default: %(default)s)")
     g.add_argument("--compare-vectors", default=None,
                    help="folder of saved steering vectors (e.g. expression directions) to compare")
+    g.add_argument("--min-shared", type=int, default=_defaults().min_shared,
+                   help="fewest shared emotions for an RDM agreement (default: %(default)s)")
     g.add_argument("--seed", type=int, default=0)
     p.add_argument("--batch-size", type=int, default=_defaults().batch_size)
     p.add_argument("--padding-side", default="right", choices=["left", "right"])
@@ -115,7 +117,8 @@ def config_from_args(args):
         stories_file=args.stories, n_boot=args.bootstrap, n_perm=args.permutations, n_pcs=args.pcs,
         layers=layers, batch_size=args.batch_size, padding_side=args.padding_side,
         chat_template=args.chat_template, lexicon=args.lexicon, ratings=args.ratings,
-        data_root=args.data_root, compare_vectors=args.compare_vectors, seed=args.seed)
+        data_root=args.data_root, compare_vectors=args.compare_vectors, min_shared=args.min_shared,
+        seed=args.seed)
 
 
 def cmd_geometry(args) -> int:

@@ -123,7 +123,7 @@ def rdm_figure(table: pd.DataFrame, stem: Path) -> Path | None:
             d = d.sort_values("layer")
             color = mpl.colormaps["tab10"](k % 10)
             ax2.plot(d.layer, d.value, color=color, lw=1, label=f"{a} vs {b} (n={int(d.n.iloc[0])})")
-            ax2.fill_between(d.layer, d.ci_low, d.ci_high, color=color, alpha=0.12, lw=0)
+            ax2.fill_between(d.layer, d.ci_low, d.ci_high, color=color, alpha=0.07, lw=0)
         ax2.axhline(0, color="0.5", lw=0.5)
         ax2.set_xlabel("layer")
         ax2.set_ylabel("RDM Spearman (95% CI)")

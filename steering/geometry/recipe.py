@@ -90,14 +90,24 @@ def neutral_basis(neutral: Float[Tensor, "text layer d"], share: float,
 
 
 def emotion_vectors(feats: Float[Tensor, "text layer d"], weights: Float[Tensor, "... emotion text"],
-                    bases: list[Tensor] | None = None, *,
-                    subtract_grand_mean: bool = True) -> Float[Tensor, "... emotion layer d"]:
+                    bases: list[Tensor] | None = None, *, subtract_grand_mean: bool = True,
+                    labels: Tensor | None = None) -> Float[Tensor, "... emotion layer d"]:
     """The recipe on features: weighted emotion means, grand mean removed, neutral PCs out.
 
-    ``weights`` may carry leading (bootstrap) dimensions; each row sums to 1 over texts.
+    ``weights`` may carry leading (bootstrap) dimensions; each row sums to 1 over texts. With
+    ``labels`` (each text's emotion; row ``c`` of ``weights`` is zero off emotion ``c``'s texts)
+    the means are computed one emotion's block at a time: the same numbers, emotions-fold
+    fewer operations.
     """
     flat = feats.reshape(feats.shape[0], -1)
-    means = (weights @ flat).reshape(*weights.shape[:-1], *feats.shape[1:])
+    if labels is None:
+        means = weights @ flat
+    else:
+        means = flat.new_empty(*weights.shape[:-1], flat.shape[1])
+        for c in range(weights.shape[-2]):
+            idx = torch.nonzero(labels == c).flatten()
+            means[..., c, :] = weights[..., c, idx] @ flat[idx]
+    means = means.reshape(*weights.shape[:-1], *feats.shape[1:])
     if subtract_grand_mean:
         means = means - means.mean(dim=-3, keepdim=True)
     if bases is not None:

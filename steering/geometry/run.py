@@ -44,7 +44,7 @@ class GeometryConfig:
     n_neutral: int = 200
     recipe: Recipe = field(default_factory=Recipe)
     stories_per_emotion: int = 2
-    story_tokens: int = 160
+    story_tokens: int = 128
     stories_file: str | None = None
     n_boot: int = 1000
     n_perm: int = 2000
@@ -57,6 +57,7 @@ class GeometryConfig:
     ratings: str | None = None
     data_root: str | None = None
     compare_vectors: str | None = None
+    min_shared: int = 5
     seed: int = 0
 
     def __post_init__(self) -> None:
@@ -65,7 +66,7 @@ class GeometryConfig:
         for name, v, lo in (("--per-emotion", self.per_emotion, 2), ("--n-neutral", self.n_neutral, 0),
                             ("--bootstrap", self.n_boot, 0), ("--permutations", self.n_perm, 1),
                             ("--pcs", self.n_pcs, 1), ("--batch-size", self.batch_size, 1),
-                            ("--story-tokens", self.story_tokens, 1)):
+                            ("--story-tokens", self.story_tokens, 1), ("--min-shared", self.min_shared, 3)):
             if v < lo:
                 raise GeometryError(f"{name} must be >= {lo}, got {v}")
         if self.padding_side not in ("left", "right"):
@@ -216,7 +217,8 @@ def _analyses(config, data, bases, ratings, log, timings):
     t = time.time()
     for a, b in combinations(data, 2):
         shared = [e for e in a.emotions if canonical(e) in {canonical(x) for x in b.emotions}]
-        if len(shared) < 3:
+        if len(shared) < config.min_shared:
+            log(f"agreement {a.name} vs {b.name}: {len(shared)} shared emotions (< {config.min_shared}); skipped")
             continue
         other = [next(x for x in b.emotions if canonical(x) == canonical(e)) for e in shared]
         log(f"agreement {a.name} vs {b.name}: {len(shared)} shared emotions")
@@ -264,7 +266,7 @@ def _saved_vectors(config, data, bases, log) -> list[dict]:
     for d in data:
         shared = [e for e in d.emotions if e in saved or canonical(e) in saved]
         names = [e if e in saved else canonical(e) for e in shared]
-        if len(shared) < 3:
+        if len(shared) < config.min_shared:
             continue
         sites = [s for s in saved[names[0]].sites if s.kind == "hook_resid_post" and s.layer in d.layers
                  and all(s in saved[n].directions for n in names)]

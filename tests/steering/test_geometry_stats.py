@@ -24,6 +24,8 @@ def test_grand_mean_subtraction_matches_a_plain_computation():
     want = means - means.mean(0)
     np.testing.assert_allclose(v.numpy(), want, rtol=1e-5, atol=1e-5 * np.abs(want).max())
     assert torch.allclose(v.sum(0), torch.zeros(2, 5), atol=1e-5 * float(v.abs().max()))
+    blocks = emotion_vectors(feats, label_weights(labels, 3), labels=labels)
+    np.testing.assert_allclose(blocks.numpy(), want, rtol=1e-5, atol=1e-5 * np.abs(want).max())
     raw = emotion_vectors(feats, label_weights(labels, 3), subtract_grand_mean=False)
     np.testing.assert_allclose(raw.numpy(), means, rtol=1e-5, atol=1e-5 * np.abs(means).max())
 
