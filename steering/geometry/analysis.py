@@ -1,5 +1,9 @@
 """The geometry analyses on pooled features: PCs vs ratings, and agreement between sources.
 
+``best_layer`` rows give, per PC and scale, the layer where ``|r|`` peaks and a p-value that
+accounts for picking it (the permutation null of the maximum over layers); the CI is that
+layer's, so it does not include the selection.
+
 :func:`analyze` gives, per layer, PC and rating scale, ``|r|`` (Pearson and Spearman) with a
 bias-corrected bootstrap CI over texts (texts resampled within each emotion, vectors, PCA and r recomputed;
 the neutral basis stays fixed), a permutation p-value and the null's 95th percentile (the
@@ -71,6 +75,7 @@ def analyze(data: Labelled, ratings: Ratings, bases, *, grand_mean: bool = True,
         if boot_scores is not None:
             rb = stats.correlate(boot_scores, ratings.values, method=method).abs()
             lo, hi = stats.bc_interval(rb, r.abs())
+        rows += _best_layer(data, ratings, metric, r.abs(), null, lo, hi)
         for li, layer in enumerate(data.layers):
             for pc in range(scores.shape[-1]):
                 for si, scale in enumerate(ratings.scales):
@@ -127,6 +132,24 @@ def agreement(a: Labelled, b: Labelled | Tensor, bases_a, bases_b=None, *, grand
             for li, layer in enumerate(a.layers):
                 rows.append(_row("cosine", a.name, "cosine", layer, float(cos[ei, li]), other=name_b,
                                  emotion=e))
+    return rows
+
+
+def _best_layer(data, ratings, metric, observed, null, lo, hi) -> list[dict]:
+    """Per PC and scale, the layer where ``|r|`` peaks, with a family-wise p over layers: the
+    share of permutations whose best layer reaches the observed best (max-statistic null)."""
+    rows = []
+    best, where = observed.max(dim=0)  # pc scale
+    null_best = null.max(dim=1).values  # perm pc scale
+    p = (1 + (null_best >= best[None] - 1e-12).sum(0)).double() / (null.shape[0] + 1)
+    for pc in range(best.shape[0]):
+        for si, scale in enumerate(ratings.scales):
+            li = int(where[pc, si])
+            rows.append(_row("best_layer", data.name, metric, data.layers[li], float(best[pc, si]),
+                             None if lo is None else float(lo[li, pc, si]),
+                             None if hi is None else float(hi[li, pc, si]), pc=pc + 1, scale=scale,
+                             p_value=float(p[pc, si]), n=len(data.emotions),
+                             null_95=float(torch.quantile(null_best[:, pc, si].double(), 0.95))))
     return rows
 
 

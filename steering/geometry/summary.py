@@ -31,10 +31,19 @@ def format_summary(table: pd.DataFrame, run: dict) -> str:
         lines.append(f"{'layer':>5s}  {'PC1 vs valence':<30s} {'PC2 vs arousal':<30s}")
         for (_, v), (_, a) in zip(val.iterrows(), aro.iterrows()):
             lines.append(f"{int(v.layer):>5d}  {_cell(v):<30s} {_cell(a):<30s}")
-        best = val.loc[val.value.idxmax()]
-        besta = aro.loc[aro.value.idxmax()]
-        lines.append(f"best: PC1-valence {_cell(best)} at layer {int(best.layer)}; "
-                     f"PC2-arousal {_cell(besta)} at layer {int(besta.layer)}")
+        bl = table[(table.experiment == "best_layer") & (table.source == src) & (table.metric == "abs_r")]
+        for scale, pc in (("valence", 1), ("arousal", 2)):
+            b = bl[(bl.scale == scale) & (bl.pc == pc)]
+            if not b.empty:
+                b = b.iloc[0]
+                lines.append(f"best layer for PC{pc}-{scale}: {int(b.layer)}, {_cell(b)} "
+                             f"(p over the max of all layers)")
+        for scale in ("valence", "arousal"):
+            b = bl[bl.scale == scale]
+            if not b.empty:
+                b = b.loc[b.value.idxmax()]
+                lines.append(f"  {scale} on any of the top PCs: PC{int(b.pc)} at layer {int(b.layer)}, "
+                             f"{_cell(b)}")
     agree = table[table.experiment == "rdm_agreement"]
     if not agree.empty:
         layers = sorted(agree.layer.unique())

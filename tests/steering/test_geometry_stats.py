@@ -170,3 +170,20 @@ def test_ci_narrows_with_more_texts():
         row = next(r for r in rows if r["metric"] == "abs_r" and r["pc"] == 2 and r["scale"] == "arousal")
         width[n] = row["ci_high"] - row["ci_low"]
     assert width[64] < width[8]
+
+
+def test_best_layer_p_accounts_for_picking_the_layer():
+    g = torch.Generator().manual_seed(7)
+    e, n_layers = 10, 12
+    ratings = Ratings([f"e{i}" for i in range(e)], ["valence"], torch.randn(e, 1, generator=g).double(),
+                      {f"e{i}": f"e{i}" for i in range(e)}, "synthetic")
+    labels = torch.arange(e).repeat_interleave(5)
+    feats = torch.randn(len(labels), n_layers, 8, generator=g)  # no signal at any layer
+    rows, _ = analyze(Labelled("noise", ratings.emotions, labels, feats, list(range(n_layers))),
+                      ratings, None, n_boot=0, n_perm=500)
+    best = next(r for r in rows if r["experiment"] == "best_layer" and r["pc"] == 1
+                and r["metric"] == "abs_r")
+    at = next(r for r in rows if r["experiment"] == "pc_vs_rating" and r["pc"] == 1
+              and r["metric"] == "abs_r" and r["layer"] == best["layer"])
+    assert best["value"] == at["value"] and best["p_value"] >= at["p_value"]
+    assert best["null_95"] >= at["null_95"]
