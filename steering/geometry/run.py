@@ -157,7 +157,8 @@ def run_geometry(lm, config: GeometryConfig, prepared: Prepared, out: Path, *,
     timings["total"] = time.time() - t0
     _atomic_write(out / "results.csv", table.to_csv(index=False))
     _atomic_write(out / "results.json", table.to_json(orient="records", indent=1) + "\n")
-    run = {"command": "probe " + " ".join(argv), "config": config.to_dict(),
+    command = "probe " + " ".join(argv) if argv else "probe geometry (steering.geometry.run_geometry)"
+    run = {"command": command, "config": config.to_dict(),
            "recipe": config.recipe.to_dict(), "model": lm.provenance(),
            "model2": lm2.provenance() if lm2 is not None else None,
            "sources": {s.name: {"kind": s.kind, "n_texts": len(s.texts), "emotions": s.emotions,
