@@ -95,7 +95,8 @@ def test_cli_end_to_end_on_the_tiny_model(tiny_dir, tiny_inputs, tmp_path, capsy
     assert "PC1 vs valence" in text and "wrote results.csv" in text
     table = pd.read_csv(out / "results.csv")
     assert {"pc_vs_rating", "pc_variance"} <= set(table.experiment)
-    r = table[(table.metric == "abs_r") & (table.scale == "valence") & (table.pc == 1)]
+    r = table[(table.experiment == "pc_vs_rating") & (table.metric == "abs_r") & (table.scale == "valence")
+              & (table.pc == 1)]
     assert len(r) == 3 * r.source.nunique() and r.value.between(0, 1).all()
     assert (r.ci_low <= r.ci_high + 1e-6).all() and r.p_value.between(0, 1).all()
     run = json.loads((out / "run.json").read_text())
