@@ -37,23 +37,32 @@ def run(out: Path, extra: list[str], threads: int | None) -> dict:
     if code != 0:
         raise SystemExit(code)
     stages = json.loads((out / "run.json").read_text())["seconds"]
-    return {"wall_s": round(wall, 1), "cpu_s": round(c1.ru_utime - c0.ru_utime + c1.ru_stime - c0.ru_stime, 1),
-            "torch_threads": torch.get_num_threads(), "load_before": [round(x, 1) for x in load0],
-            "load_after": [round(x, 1) for x in os.getloadavg()], "stages_s": stages,
-            "args": extra}
+    return {
+        "wall_s": round(wall, 1),
+        "cpu_s": round(c1.ru_utime - c0.ru_utime + c1.ru_stime - c0.ru_stime, 1),
+        "torch_threads": torch.get_num_threads(),
+        "load_before": [round(x, 1) for x in load0],
+        "load_after": [round(x, 1) for x in os.getloadavg()],
+        "stages_s": stages,
+        "args": extra,
+    }
 
 
 def cli() -> None:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     ap.add_argument("--out", required=True, help="run folder to write (must not exist)")
     ap.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's)")
     ap.add_argument("extra", nargs="*", help="more `probe geometry` arguments (after --)")
     args = ap.parse_args()
     result = run(Path(args.out), args.extra, args.threads)
     print(json.dumps(result, indent=1))
-    print(f"probe geometry: {result['wall_s'] / 60:.1f} min wall, {result['cpu_s'] / 60:.1f} min CPU "
-          f"({result['torch_threads']} torch threads, load {result['load_before'][0]} -> "
-          f"{result['load_after'][0]})")
+    print(
+        f"probe geometry: {result['wall_s'] / 60:.1f} min wall, {result['cpu_s'] / 60:.1f} min CPU "
+        f"({result['torch_threads']} torch threads, load {result['load_before'][0]} -> "
+        f"{result['load_after'][0]})"
+    )
 
 
 if __name__ == "__main__":

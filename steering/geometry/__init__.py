@@ -16,7 +16,23 @@ from steering.geometry.sources import TextSource, load_corpus
 from steering.geometry.stories import write_stories
 from steering.geometry.vectors import to_vector_set
 
-__all__ = ["Features", "GeometryConfig", "GeometryError", "Labelled", "Ratings", "Recipe",
-           "TextSource", "agreement", "analyze", "emotion_ratings", "emotion_vectors",
-           "load_corpus", "neutral_basis", "pool_texts", "prepare", "run_geometry",
-           "to_vector_set", "write_stories"]
+__all__ = [
+    "Features",
+    "GeometryConfig",
+    "GeometryError",
+    "Labelled",
+    "Ratings",
+    "Recipe",
+    "TextSource",
+    "agreement",
+    "analyze",
+    "emotion_ratings",
+    "emotion_vectors",
+    "load_corpus",
+    "neutral_basis",
+    "pool_texts",
+    "prepare",
+    "run_geometry",
+    "to_vector_set",
+    "write_stories",
+]

@@ -44,8 +44,9 @@ class Features:
     layers: list[int]
 
 
-def offset_weights(lengths: Sequence[int], spans: Sequence[tuple[int, int]], *, width: int,
-                   padding_side: str) -> Float[Tensor, "batch 1 pos"]:
+def offset_weights(
+    lengths: Sequence[int], spans: Sequence[tuple[int, int]], *, width: int, padding_side: str
+) -> Float[Tensor, "batch 1 pos"]:
     """Pooling weights: uniform over each row's ``spans[i] = (start, end)`` token positions.
 
     ``start``/``end`` index the row's own tokens; with left padding they shift by the padding.
@@ -57,13 +58,22 @@ def offset_weights(lengths: Sequence[int], spans: Sequence[tuple[int, int]], *, 
         if not 0 <= a < b <= n:
             raise GeometryError(f"row {i}: span {a}-{b} is not inside its {n} tokens")
         off = width - n if padding_side == "left" else 0
-        w[i, 0, off + a:off + b] = 1.0 / (b - a)
+        w[i, 0, off + a : off + b] = 1.0 / (b - a)
     return w
 
 
-def pool_texts(lm, texts: Sequence[str], *, token_offset: int = 0, layers: Sequence[int] | None = None,
-               batch_size: int = 32, padding_side: str = "right", chat_template: bool = False,
-               max_length: int = 512, on_batch: Callable[[int], None] | None = None) -> Features:
+def pool_texts(
+    lm,
+    texts: Sequence[str],
+    *,
+    token_offset: int = 0,
+    layers: Sequence[int] | None = None,
+    batch_size: int = 32,
+    padding_side: str = "right",
+    chat_template: bool = False,
+    max_length: int = 512,
+    on_batch: Callable[[int], None] | None = None,
+) -> Features:
     """Mean residual stream (``blocks.L.hook_resid_post``) of each text from ``token_offset`` on.
 
     Args:
@@ -103,11 +113,15 @@ def pool_texts(lm, texts: Sequence[str], *, token_offset: int = 0, layers: Seque
     where = {r: k for k, r in enumerate(kept)}
     with SiteHooks(lm, sites) as hooks:
         for b in range(0, len(order), batch_size):
-            rows = order[b:b + batch_size]
+            rows = order[b : b + batch_size]
             batch_ids = [ids[r] for r in rows]
             inputs = pad_batch(batch_ids, lm.tokenizer.pad_token_id, padding_side, lm.device)
-            w = offset_weights([len(x) for x in batch_ids], [spans[r] for r in rows],
-                               width=inputs["input_ids"].shape[1], padding_side=padding_side)
+            w = offset_weights(
+                [len(x) for x in batch_ids],
+                [spans[r] for r in rows],
+                width=inputs["input_ids"].shape[1],
+                padding_side=padding_side,
+            )
             pooled = forward_pooled(lm, hooks, inputs, w.to(lm.device))
             block = torch.stack([pooled[s][:, 0] for s in sites], dim=1).float().cpu()
             out[[where[r] for r in rows]] = block
@@ -115,5 +129,6 @@ def pool_texts(lm, texts: Sequence[str], *, token_offset: int = 0, layers: Seque
                 on_batch(len(rows))
     if not torch.isfinite(out).all():
         raise GeometryError("non-finite activations (overflow?); try --dtype float32")
-    return Features(values=out, kept=kept, n_tokens=[spans[r][1] - spans[r][0] for r in kept],
-                    layers=layers)
+    return Features(
+        values=out, kept=kept, n_tokens=[spans[r][1] - spans[r][0] for r in kept], layers=layers
+    )

@@ -30,8 +30,13 @@ def _figure(size) -> Figure:
 
 
 def best_layer(table: pd.DataFrame, source: str, scale: str = "valence", pc: int = 1) -> int:
-    rows = table[(table.experiment == "pc_vs_rating") & (table.source == source)
-                 & (table.metric == "abs_r") & (table.scale == scale) & (table.pc == pc)]
+    rows = table[
+        (table.experiment == "pc_vs_rating")
+        & (table.source == source)
+        & (table.metric == "abs_r")
+        & (table.scale == scale)
+        & (table.pc == pc)
+    ]
     return int(rows.loc[rows.value.idxmax(), "layer"])
 
 
@@ -39,16 +44,29 @@ def emotion_map(table, full, data, ratings, stem: Path) -> Path:
     layer = best_layer(table, data.name)
     li = data.layers.index(layer)
     scores = full["scores"][li].numpy()
-    val = ratings.subset(data.emotions).values[:, ratings.scales.index("valence")].numpy() \
-        if "valence" in ratings.scales else np.zeros(len(data.emotions))
+    val = (
+        ratings.subset(data.emotions).values[:, ratings.scales.index("valence")].numpy()
+        if "valence" in ratings.scales
+        else np.zeros(len(data.emotions))
+    )
     r = full["r"]["pearson"][li]
     with mpl.rc_context(RC):
         fig = _figure((4.2, 3.6))
         ax = fig.add_subplot()
         sign = np.sign(float(r[0, 0])) or 1.0  # orient PC1 so that valence increases to the right
         x, y = sign * scores[:, 0], scores[:, 1]
-        sc = ax.scatter(x, y, c=val, cmap="RdYlBu", vmin=0, vmax=1, s=22, edgecolors="k",
-                        linewidths=0.4, zorder=3)
+        sc = ax.scatter(
+            x,
+            y,
+            c=val,
+            cmap="RdYlBu",
+            vmin=0,
+            vmax=1,
+            s=22,
+            edgecolors="k",
+            linewidths=0.4,
+            zorder=3,
+        )
         for xi, yi, name in zip(x, y, data.emotions):
             ax.annotate(name, (xi, yi), xytext=(3, 2), textcoords="offset points", fontsize=5.5)
         ax.axhline(0, color="0.85", lw=0.5, zorder=1)
@@ -74,15 +92,24 @@ def layer_profile(table: pd.DataFrame, sources: list[str], stem: Path) -> Path:
             ax.set_visible(False)
         for ax, src in zip(axes, sources):
             for scale, pc, color in PROFILES:
-                d = rows[(rows.source == src) & (rows.scale == scale) & (rows.pc == pc)].sort_values("layer")
+                d = rows[
+                    (rows.source == src) & (rows.scale == scale) & (rows.pc == pc)
+                ].sort_values("layer")
                 if d.empty:
                     continue
                 ax.plot(d.layer, d.value, color=color, lw=1.1, label=f"|r(PC{pc}, {scale})|")
                 if d.ci_low.notna().any():
                     ax.fill_between(d.layer, d.ci_low, d.ci_high, color=color, alpha=0.18, lw=0)
                 if scale == "valence" and pc == 1:
-                    ax.fill_between(d.layer, 0, d.null_95, color="0.6", alpha=0.3, lw=0,
-                                    label="permutation null, 95th pct.")
+                    ax.fill_between(
+                        d.layer,
+                        0,
+                        d.null_95,
+                        color="0.6",
+                        alpha=0.3,
+                        lw=0,
+                        label="permutation null, 95th pct.",
+                    )
             ax.axhline(0.7, color="0.3", lw=0.6, ls=":", label="published range (>= 0.7)")
             ax.set_title(src)
             ax.set_xlabel("layer")
@@ -96,7 +123,9 @@ def layer_profile(table: pd.DataFrame, sources: list[str], stem: Path) -> Path:
 
 
 def rdm_figure(table: pd.DataFrame, stem: Path) -> Path | None:
-    rows = table[(table.experiment == "rdm_agreement") & ~table.other.astype(str).str.contains("@|vectors:")]
+    rows = table[
+        (table.experiment == "rdm_agreement") & ~table.other.astype(str).str.contains("@|vectors:")
+    ]
     if rows.empty:
         return None
     names = list(dict.fromkeys([*rows.source, *rows.other]))
@@ -108,7 +137,9 @@ def rdm_figure(table: pd.DataFrame, stem: Path) -> Path | None:
     for r in at.itertuples():
         i, j = names.index(r.source), names.index(r.other)
         m[i, j] = m[j, i] = r.value
-        text[(i, j)] = text[(j, i)] = f"{r.value:.2f}\n[{r.ci_low:.2f}, {r.ci_high:.2f}]\nn={int(r.n)}"
+        text[(i, j)] = text[(j, i)] = (
+            f"{r.value:.2f}\n[{r.ci_low:.2f}, {r.ci_high:.2f}]\nn={int(r.n)}"
+        )
     with mpl.rc_context(RC):
         fig = _figure((7.6, 3.3))
         ax, ax2 = fig.subplots(1, 2, width_ratios=[1, 1.2])
@@ -122,7 +153,9 @@ def rdm_figure(table: pd.DataFrame, stem: Path) -> Path | None:
         for k, ((a, b), d) in enumerate(rows.groupby(["source", "other"], sort=False)):
             d = d.sort_values("layer")
             color = mpl.colormaps["tab10"](k % 10)
-            ax2.plot(d.layer, d.value, color=color, lw=1, label=f"{a} vs {b} (n={int(d.n.iloc[0])})")
+            ax2.plot(
+                d.layer, d.value, color=color, lw=1, label=f"{a} vs {b} (n={int(d.n.iloc[0])})"
+            )
             ax2.fill_between(d.layer, d.ci_low, d.ci_high, color=color, alpha=0.07, lw=0)
         ax2.axhline(0, color="0.5", lw=0.5)
         ax2.set_xlabel("layer")

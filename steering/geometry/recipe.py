@@ -48,7 +48,9 @@ class Recipe:
 
     def __post_init__(self) -> None:
         if not 0.0 <= self.neutral_share < 1.0:
-            raise GeometryError(f"neutral variance share must be in [0, 1), got {self.neutral_share}")
+            raise GeometryError(
+                f"neutral variance share must be in [0, 1), got {self.neutral_share}"
+            )
         if self.token_offset < 0 or self.story_offset < 0:
             raise GeometryError("token offsets must be >= 0")
         if self.max_neutral_pcs < 1:
@@ -59,7 +61,7 @@ class Recipe:
 
 
 def label_weights(labels: Tensor, n_classes: int) -> Float[Tensor, "emotion text"]:
-    """Row-normalised one-hot weights: ``W @ X`` is each emotion's mean (an empty one is an error)."""
+    """Row-normalised one-hot weights: ``W @ X`` is each emotion's mean (empty: an error)."""
     w = torch.zeros(n_classes, len(labels))
     w[labels, torch.arange(len(labels))] = 1.0
     counts = w.sum(1, keepdim=True)
@@ -68,8 +70,9 @@ def label_weights(labels: Tensor, n_classes: int) -> Float[Tensor, "emotion text
     return w / counts
 
 
-def neutral_basis(neutral: Float[Tensor, "text layer d"], share: float,
-                  max_pcs: int = 64) -> tuple[list[Tensor], list[int], list[float]]:
+def neutral_basis(
+    neutral: Float[Tensor, "text layer d"], share: float, max_pcs: int = 64
+) -> tuple[list[Tensor], list[int], list[float]]:
     """Per layer, the top PCs of neutral texts that explain ``share`` of their variance.
 
     Returns ``(bases, k, explained)``: ``bases[l]`` is ``[d, k_l]`` orthonormal columns (empty
@@ -89,9 +92,14 @@ def neutral_basis(neutral: Float[Tensor, "text layer d"], share: float,
     return bases, ks, shares
 
 
-def emotion_vectors(feats: Float[Tensor, "text layer d"], weights: Float[Tensor, "... emotion text"],
-                    bases: list[Tensor] | None = None, *, subtract_grand_mean: bool = True,
-                    labels: Tensor | None = None) -> Float[Tensor, "... emotion layer d"]:
+def emotion_vectors(
+    feats: Float[Tensor, "text layer d"],
+    weights: Float[Tensor, "... emotion text"],
+    bases: list[Tensor] | None = None,
+    *,
+    subtract_grand_mean: bool = True,
+    labels: Tensor | None = None,
+) -> Float[Tensor, "... emotion layer d"]:
     """The recipe on features: weighted emotion means, grand mean removed, neutral PCs out.
 
     ``weights`` may carry leading (bootstrap) dimensions; each row sums to 1 over texts. With

@@ -58,7 +58,9 @@ def canonical(label: str) -> str:
 def data_roots(data_root: str | None = None) -> list[Path]:
     if data_root:
         return [Path(data_root).expanduser()]
-    return [Path(os.environ[v]) for v in ("EMOPROBE_SHARED_DATA", "EMOPROBE_DATA") if os.environ.get(v)]
+    return [
+        Path(os.environ[v]) for v in ("EMOPROBE_SHARED_DATA", "EMOPROBE_DATA") if os.environ.get(v)
+    ]
 
 
 def resolve_spec(spec: str, data_root: str | None = None) -> str:
@@ -74,9 +76,16 @@ def resolve_spec(spec: str, data_root: str | None = None) -> str:
     return spec  # load_dataset's own lookup ($EMOPROBE_DATA/<name>) and its error message
 
 
-def load_corpus(spec: str, *, per_emotion: int, min_words: int = 4, seed: int = 0,
-                emotions: Sequence[str] | None = None, data_root: str | None = None,
-                neutral: str = "neutral") -> tuple[TextSource, list[str]]:
+def load_corpus(
+    spec: str,
+    *,
+    per_emotion: int,
+    min_words: int = 4,
+    seed: int = 0,
+    emotions: Sequence[str] | None = None,
+    data_root: str | None = None,
+    neutral: str = "neutral",
+) -> tuple[TextSource, list[str]]:
     """``(source without neutral, its neutral texts)``; ``per_emotion`` texts per emotion."""
     try:
         ds = load_dataset(resolve_spec(spec, data_root))
@@ -108,19 +117,32 @@ def load_corpus(spec: str, *, per_emotion: int, min_words: int = 4, seed: int = 
         labels += [label] * len(take)
         counts[label] = len(take)
     if len(counts) < 3:
-        raise GeometryError(f"source {spec!r} has fewer than 3 emotions with >= 2 texts of "
-                            f">= {min_words} words ({sorted(counts)})")
-    info = {"dataset": ds.name, "spec": spec, "target": target, "dataset_hash": ds.content_hash(),
-            "n_per_emotion": counts, "min_words": min_words, "seed": seed}
+        raise GeometryError(
+            f"source {spec!r} has fewer than 3 emotions with >= 2 texts of "
+            f">= {min_words} words ({sorted(counts)})"
+        )
+    info = {
+        "dataset": ds.name,
+        "spec": spec,
+        "target": target,
+        "dataset_hash": ds.content_hash(),
+        "n_per_emotion": counts,
+        "min_words": min_words,
+        "seed": seed,
+    }
     return TextSource(ds.name, texts, labels, "corpus", info), neutral_texts
 
 
-def load_neutral(spec: str, *, n: int, min_words: int = 4, seed: int = 0,
-                 data_root: str | None = None) -> list[str]:
+def load_neutral(
+    spec: str, *, n: int, min_words: int = 4, seed: int = 0, data_root: str | None = None
+) -> list[str]:
     """``n`` neutral texts of a source (its ``neutral`` label)."""
-    _, neutral = load_corpus(spec, per_emotion=n, min_words=min_words, seed=seed,
-                             data_root=data_root)
+    _, neutral = load_corpus(
+        spec, per_emotion=n, min_words=min_words, seed=seed, data_root=data_root
+    )
     if len(neutral) < 10:
-        raise GeometryError(f"neutral source {spec!r} has {len(neutral)} neutral texts; the "
-                            "projection needs >= 10 (choose another --neutral, or --neutral-share 0)")
+        raise GeometryError(
+            f"neutral source {spec!r} has {len(neutral)} neutral texts; the "
+            "projection needs >= 10 (choose another --neutral, or --neutral-share 0)"
+        )
     return neutral

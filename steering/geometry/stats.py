@@ -26,9 +26,13 @@ from scipy.stats import rankdata
 from torch import Tensor
 
 
-def pca(vectors: Float[Tensor, "... emotion layer d"], k: int = 3
-        ) -> tuple[Float[Tensor, "... layer emotion pc"], Float[Tensor, "... layer pc"],
-                   Float[Tensor, "... layer pc d"]]:
+def pca(
+    vectors: Float[Tensor, "... emotion layer d"], k: int = 3
+) -> tuple[
+    Float[Tensor, "... layer emotion pc"],
+    Float[Tensor, "... layer pc"],
+    Float[Tensor, "... layer pc d"],
+]:
     """Scores of the emotions on the top ``k`` PCs per layer, each PC's variance share, and
     the PCs themselves (unit rows in activation space)."""
     v = vectors.movedim(-3, -2).double()  # ... layer emotion d
@@ -39,16 +43,19 @@ def pca(vectors: Float[Tensor, "... emotion layer d"], k: int = 3
     return (u[..., :k] * s[..., None, :k]).float(), share.float(), vh[..., :k, :].float()
 
 
-def pca_scores(vectors: Float[Tensor, "... emotion layer d"], k: int = 3
-               ) -> tuple[Float[Tensor, "... layer emotion pc"], Float[Tensor, "... layer pc"]]:
+def pca_scores(
+    vectors: Float[Tensor, "... emotion layer d"], k: int = 3
+) -> tuple[Float[Tensor, "... layer emotion pc"], Float[Tensor, "... layer pc"]]:
     """Scores of the emotions on the top ``k`` PCs at each layer, and each PC's variance share."""
     scores, share, _ = pca(vectors, k)
     return scores, share
 
 
-def aligned_scores(vectors: Float[Tensor, "boot emotion layer d"],
-                   reference: Float[Tensor, "layer pc d"], extra: int = 2
-                   ) -> Float[Tensor, "boot layer emotion pc"]:
+def aligned_scores(
+    vectors: Float[Tensor, "boot emotion layer d"],
+    reference: Float[Tensor, "layer pc d"],
+    extra: int = 2,
+) -> Float[Tensor, "boot layer emotion pc"]:
     """Bootstrap PCA scores matched to the full-sample PCs.
 
     A resample's PCs may come in another order (PC2 and PC3 swap when their variances are
@@ -75,8 +82,12 @@ def ranks(x: Tensor, dim: int) -> Tensor:
     return torch.from_numpy(np.ascontiguousarray(arr))
 
 
-def correlate(scores: Float[Tensor, "... layer emotion pc"], ratings: Float[Tensor, "emotion scale"],
-              *, method: str = "pearson") -> Float[Tensor, "... layer pc scale"]:
+def correlate(
+    scores: Float[Tensor, "... layer emotion pc"],
+    ratings: Float[Tensor, "emotion scale"],
+    *,
+    method: str = "pearson",
+) -> Float[Tensor, "... layer pc scale"]:
     """r of each PC's scores with each rating scale, over emotions."""
     if method not in ("pearson", "spearman"):
         raise ValueError(f"method must be 'pearson' or 'spearman', not {method!r}")
@@ -87,9 +98,14 @@ def correlate(scores: Float[Tensor, "... layer emotion pc"], ratings: Float[Tens
     return torch.einsum("...ek,em->...km", zs, zr).float()
 
 
-def permutation_null(scores: Float[Tensor, "layer emotion pc"], ratings: Float[Tensor, "emotion scale"],
-                     *, n_perm: int = 2000, seed: int = 0, method: str = "pearson"
-                     ) -> Float[Tensor, "perm layer pc scale"]:
+def permutation_null(
+    scores: Float[Tensor, "layer emotion pc"],
+    ratings: Float[Tensor, "emotion scale"],
+    *,
+    n_perm: int = 2000,
+    seed: int = 0,
+    method: str = "pearson",
+) -> Float[Tensor, "perm layer pc scale"]:
     """``|r|`` with the ratings' rows (emotion labels) shuffled, ``n_perm`` times."""
     gen = torch.Generator().manual_seed(seed)
     n = ratings.shape[0]
@@ -107,15 +123,18 @@ def permutation_p(observed: Tensor, null: Tensor) -> Tensor:
     return (hits + 1).double() / (null.shape[0] + 1)
 
 
-def rdm(vectors: Float[Tensor, "... emotion layer d"]) -> Float[Tensor, "... layer emotion emotion"]:
+def rdm(
+    vectors: Float[Tensor, "... emotion layer d"],
+) -> Float[Tensor, "... layer emotion emotion"]:
     """1 - cosine between emotion vectors at each layer."""
     v = vectors.movedim(-3, -2).double()
     v = v / v.norm(dim=-1, keepdim=True).clamp_min(1e-300)
     return (1.0 - v @ v.transpose(-1, -2)).float()
 
 
-def rdm_agreement(a: Float[Tensor, "... layer emotion emotion"],
-                  b: Float[Tensor, "... layer emotion emotion"]) -> Float[Tensor, "... layer"]:
+def rdm_agreement(
+    a: Float[Tensor, "... layer emotion emotion"], b: Float[Tensor, "... layer emotion emotion"]
+) -> Float[Tensor, "... layer"]:
     """Spearman r between the upper triangles of two RDMs (same emotions, same order)."""
     n = a.shape[-1]
     if n < 3:
@@ -132,8 +151,9 @@ def percentile_ci(samples: Tensor, ci: float = 0.95, dim: int = 0) -> tuple[Tens
     return lo.float(), hi.float()
 
 
-def bootstrap_weights(labels: Tensor, n_classes: int, n_boot: int, *, seed: int = 0
-                      ) -> Float[Tensor, "boot emotion text"]:
+def bootstrap_weights(
+    labels: Tensor, n_classes: int, n_boot: int, *, seed: int = 0
+) -> Float[Tensor, "boot emotion text"]:
     """Resample texts within each emotion: per resample, mean weights (counts / size)."""
     gen = torch.Generator().manual_seed(seed)
     w = torch.zeros(n_boot, n_classes, len(labels))
@@ -164,5 +184,7 @@ def bc_interval(samples: Tensor, estimate: Tensor, ci: float = 0.95) -> tuple[Te
         lo_i = q.floor().long().clamp(0, b - 1)
         hi_i = (lo_i + 1).clamp(max=b - 1)
         frac = q - lo_i
-        out.append((s.gather(0, lo_i[None])[0] * (1 - frac) + s.gather(0, hi_i[None])[0] * frac).float())
+        out.append(
+            (s.gather(0, lo_i[None])[0] * (1 - frac) + s.gather(0, hi_i[None])[0] * frac).float()
+        )
     return out[0], out[1]

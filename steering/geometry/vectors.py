@@ -21,7 +21,9 @@ from steering.vector import SteeringVector, VectorSet
 METHOD = "geometry"
 
 
-def to_vector_set(vectors: torch.Tensor, data, lm, *, recipe=None, info: dict | None = None) -> VectorSet:
+def to_vector_set(
+    vectors: torch.Tensor, data, lm, *, recipe=None, info: dict | None = None
+) -> VectorSet:
     """``{emotion: SteeringVector}`` from recipe vectors ``[emotion, layer, d]`` of ``data``."""
     sites = [Site("hook_resid_post", x) for x in data.layers]
     rms = data.feats.double().pow(2).mean(dim=(0, 2)).sqrt()
@@ -31,14 +33,22 @@ def to_vector_set(vectors: torch.Tensor, data, lm, *, recipe=None, info: dict | 
         v = vectors[ei].double()
         norms = v.norm(dim=-1)
         unit = v / norms.clamp_min(1e-30)[:, None]
-        meta = {**prov, "method": METHOD, "emotion": emotion, "source": data.name,
-                "site": "hook_resid_post", "layers": list(data.layers), "normalized": True,
-                "pooling": "mean-from-offset", "dataset": (info or {}).get("dataset", data.name),
-                "dataset_hash": (info or {}).get("dataset_hash"),
-                "recipe": recipe.to_dict() if recipe is not None else None,
-                "n_texts": int((data.labels == ei).sum()),
-                "rms": {str(s): float(r) for s, r in zip(sites, rms)},
-                "norms": {str(s): float(n) for s, n in zip(sites, norms)}}
+        meta = {
+            **prov,
+            "method": METHOD,
+            "emotion": emotion,
+            "source": data.name,
+            "site": "hook_resid_post",
+            "layers": list(data.layers),
+            "normalized": True,
+            "pooling": "mean-from-offset",
+            "dataset": (info or {}).get("dataset", data.name),
+            "dataset_hash": (info or {}).get("dataset_hash"),
+            "recipe": recipe.to_dict() if recipe is not None else None,
+            "n_texts": int((data.labels == ei).sum()),
+            "rms": {str(s): float(r) for s, r in zip(sites, rms)},
+            "norms": {str(s): float(n) for s, n in zip(sites, norms)},
+        }
         out[emotion] = SteeringVector({s: unit[i].float() for i, s in enumerate(sites)}, meta)
     return out
 

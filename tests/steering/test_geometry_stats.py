@@ -34,12 +34,12 @@ def test_neutral_projection_removes_the_pcs_that_explain_the_share():
     g = torch.Generator().manual_seed(1)
     d = 12
     scales = torch.tensor([10.0, 6.0, 3.0] + [0.5] * (d - 3))  # variance shares ~ 0.68, 0.25, ...
-    neutral = (torch.randn(400, 1, d, generator=g) * scales)
+    neutral = torch.randn(400, 1, d, generator=g) * scales
     var = scales**2 / (scales**2).sum()
     for share, want_k in ((0.5, 1), (0.8, 2), (0.95, 3)):
         bases, ks, shares = neutral_basis(neutral, share)
         assert ks == [want_k], (share, ks, var[:4])
-        assert shares[0] >= share and (want_k == 1 or float(var[:want_k - 1].sum()) < share + 0.05)
+        assert shares[0] >= share and (want_k == 1 or float(var[: want_k - 1].sum()) < share + 0.05)
         u = bases[0]
         assert torch.allclose(u.T @ u, torch.eye(want_k), atol=1e-5)
         vecs = torch.randn(5, 1, d, generator=g)
@@ -79,7 +79,9 @@ def test_permutation_p_values_know_signal_from_noise():
     small = 0
     for seed in range(200):
         s = torch.randn(1, 12, 1, generator=g)
-        p = stats.permutation_p(stats.correlate(s, ratings), stats.permutation_null(s, ratings, n_perm=199, seed=seed))
+        p = stats.permutation_p(
+            stats.correlate(s, ratings), stats.permutation_null(s, ratings, n_perm=199, seed=seed)
+        )
         small += float(p[0, 0, 0]) < 0.05
     assert 2 <= small <= 22, small  # binomial(200, 0.05): mean 10, far inside [2, 22]
 
@@ -131,8 +133,13 @@ def _synthetic(n_per: int, seed: int, signal: float = 1.0):
     means = signal * (3 * (val - 0.5)[:, None] * axes[0] + 1.5 * (aro - 0.5)[:, None] * axes[1])
     labels = torch.arange(e).repeat_interleave(n_per)
     feats = means[labels] + torch.randn(len(labels), d, generator=g)
-    ratings = Ratings([f"e{i}" for i in range(e)], ["valence", "arousal"],
-                      torch.stack([val, aro], 1).double(), {f"e{i}": f"e{i}" for i in range(e)}, "synthetic")
+    ratings = Ratings(
+        [f"e{i}" for i in range(e)],
+        ["valence", "arousal"],
+        torch.stack([val, aro], 1).double(),
+        {f"e{i}": f"e{i}" for i in range(e)},
+        "synthetic",
+    )
     return Labelled("syn", ratings.emotions, labels, feats[:, None, :], [0]), ratings, means
 
 
@@ -144,10 +151,17 @@ def test_analyze_finds_valence_on_pc1_and_its_ci_covers_the_truth():
         data, ratings, means = _synthetic(40, rep)
         ratings.values[:, 0] += off
         rows, _ = analyze(data, ratings, None, n_boot=200, n_perm=200, seed=rep)
-        row = next(r for r in rows if r["metric"] == "abs_r" and r["pc"] == 1 and r["scale"] == "valence")
+        row = next(
+            r for r in rows if r["metric"] == "abs_r" and r["pc"] == 1 and r["scale"] == "valence"
+        )
         m = means - means.mean(0)
-        truth = abs(float(np.corrcoef(m @ torch.linalg.svd(m, full_matrices=False)[2][0],
-                                      ratings.values[:, 0].numpy())[0, 1]))
+        truth = abs(
+            float(
+                np.corrcoef(
+                    m @ torch.linalg.svd(m, full_matrices=False)[2][0], ratings.values[:, 0].numpy()
+                )[0, 1]
+            )
+        )
         assert 0.6 < truth < 0.85
         ps.append(row["p_value"])
         covered += row["ci_low"] <= truth <= row["ci_high"]
@@ -167,7 +181,9 @@ def test_ci_narrows_with_more_texts():
     for n in (8, 64):
         data, ratings, _ = _synthetic(n, 0, signal=0.6)
         rows, _ = analyze(data, ratings, None, n_boot=200, n_perm=50)
-        row = next(r for r in rows if r["metric"] == "abs_r" and r["pc"] == 2 and r["scale"] == "arousal")
+        row = next(
+            r for r in rows if r["metric"] == "abs_r" and r["pc"] == 2 and r["scale"] == "arousal"
+        )
         width[n] = row["ci_high"] - row["ci_low"]
     assert width[64] < width[8]
 
@@ -175,15 +191,34 @@ def test_ci_narrows_with_more_texts():
 def test_best_layer_p_accounts_for_picking_the_layer():
     g = torch.Generator().manual_seed(7)
     e, n_layers = 10, 12
-    ratings = Ratings([f"e{i}" for i in range(e)], ["valence"], torch.randn(e, 1, generator=g).double(),
-                      {f"e{i}": f"e{i}" for i in range(e)}, "synthetic")
+    ratings = Ratings(
+        [f"e{i}" for i in range(e)],
+        ["valence"],
+        torch.randn(e, 1, generator=g).double(),
+        {f"e{i}": f"e{i}" for i in range(e)},
+        "synthetic",
+    )
     labels = torch.arange(e).repeat_interleave(5)
     feats = torch.randn(len(labels), n_layers, 8, generator=g)  # no signal at any layer
-    rows, _ = analyze(Labelled("noise", ratings.emotions, labels, feats, list(range(n_layers))),
-                      ratings, None, n_boot=0, n_perm=500)
-    best = next(r for r in rows if r["experiment"] == "best_layer" and r["pc"] == 1
-                and r["metric"] == "abs_r")
-    at = next(r for r in rows if r["experiment"] == "pc_vs_rating" and r["pc"] == 1
-              and r["metric"] == "abs_r" and r["layer"] == best["layer"])
+    rows, _ = analyze(
+        Labelled("noise", ratings.emotions, labels, feats, list(range(n_layers))),
+        ratings,
+        None,
+        n_boot=0,
+        n_perm=500,
+    )
+    best = next(
+        r
+        for r in rows
+        if r["experiment"] == "best_layer" and r["pc"] == 1 and r["metric"] == "abs_r"
+    )
+    at = next(
+        r
+        for r in rows
+        if r["experiment"] == "pc_vs_rating"
+        and r["pc"] == 1
+        and r["metric"] == "abs_r"
+        and r["layer"] == best["layer"]
+    )
     assert best["value"] == at["value"] and best["p_value"] >= at["p_value"]
     assert best["null_95"] >= at["null_95"]
