@@ -123,6 +123,8 @@ def layer_profile(table: pd.DataFrame, sources: list[str], stem: Path) -> Path:
 
 
 def rdm_figure(table: pd.DataFrame, stem: Path) -> Path | None:
+    if "other" not in table.columns:  # one source: nothing to compare
+        return None
     rows = table[
         (table.experiment == "rdm_agreement") & ~table.other.astype(str).str.contains("@|vectors:")
     ]

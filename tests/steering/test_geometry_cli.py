@@ -255,6 +255,17 @@ def test_second_model_agreement_by_relative_depth(tiny_dir, tiny_inputs, tmp_pat
         len(rows) == 3 and rows.value.between(-1, 1).all() and (rows.ci_low <= rows.ci_high).all()
     )
     assert list(rows.other_layer) == [0, 1, 2]  # same depth (3 layers each)
+    assert not (out / "rdm_agreement.png").exists()  # one source: no agreement between sources
     from probe.report import load_run
 
     assert load_run(out).kind == "geometry"
+
+
+def test_one_source_alone(tiny_dir, tiny_inputs, tmp_path):
+    out = tmp_path / "one"
+    args = _args(tiny_dir, tiny_inputs, out, "--neutral-share", "0")
+    args[args.index("--sources") + 1] = str(tiny_inputs / "texts.csv")
+    assert main(args) == 0
+    t = pd.read_csv(out / "results.csv")
+    assert "rdm_agreement" not in set(t.experiment) and (out / "layer_profile.png").is_file()
+    assert json.loads((out / "run.json").read_text())["neutral"]["pcs_removed"] == []
