@@ -41,27 +41,25 @@ def best_layer(table: pd.DataFrame, source: str, scale: str = "valence", pc: int
 
 
 def emotion_map(table, full, data, ratings, stem: Path) -> Path:
-    layer = best_layer(table, data.name)
+    scale = "valence" if "valence" in ratings.scales else ratings.scales[0]
+    si = ratings.scales.index(scale)
+    layer = best_layer(table, data.name, scale)
     li = data.layers.index(layer)
     scores = full["scores"][li].numpy()
-    val = (
-        ratings.subset(data.emotions).values[:, ratings.scales.index("valence")].numpy()
-        if "valence" in ratings.scales
-        else np.zeros(len(data.emotions))
-    )
+    val = ratings.subset(data.emotions).values[:, si].numpy()
     r = full["r"]["pearson"][li]
     with mpl.rc_context(RC):
         fig = _figure((4.2, 3.6))
         ax = fig.add_subplot()
-        sign = np.sign(float(r[0, 0])) or 1.0  # orient PC1 so that valence increases to the right
+        sign = np.sign(float(r[0, si])) or 1.0  # orient PC1 so that valence increases to the right
         x, y = sign * scores[:, 0], scores[:, 1]
         sc = ax.scatter(
             x,
             y,
             c=val,
             cmap="RdYlBu",
-            vmin=0,
-            vmax=1,
+            vmin=float(val.min()),
+            vmax=float(val.max()),
             s=22,
             edgecolors="k",
             linewidths=0.4,
@@ -72,16 +70,22 @@ def emotion_map(table, full, data, ratings, stem: Path) -> Path:
         ax.axhline(0, color="0.85", lw=0.5, zorder=1)
         ax.axvline(0, color="0.85", lw=0.5, zorder=1)
         share = full["share"][li].numpy()
-        ax.set_xlabel(f"PC1 ({share[0]:.0%} of variance; r with valence {abs(float(r[0, 0])):.2f})")
+        ax.set_xlabel(
+            f"PC1 ({share[0]:.0%} of variance; r with {scale} {abs(float(r[0, si])):.2f})"
+        )
         ax.set_ylabel(f"PC2 ({share[1]:.0%})" if len(share) > 1 else "PC2")
         ax.set_title(f"{data.name}: emotion vectors at layer {layer}")
-        fig.colorbar(sc, ax=ax, label="human valence (NRC VAD)", shrink=0.8)
+        fig.colorbar(sc, ax=ax, label=f"human {scale} rating", shrink=0.8)
         save_figure(fig, stem)
     return stem.with_suffix(".png")
 
 
 def layer_profile(table: pd.DataFrame, sources: list[str], stem: Path) -> Path:
     rows = table[(table.experiment == "pc_vs_rating") & (table.metric == "abs_r")]
+    profiles = PROFILES
+    if not {"valence", "arousal"} & set(rows.scale):  # a ratings file with other scales
+        first = list(dict.fromkeys(rows.scale))[0]
+        profiles = ((first, 1, "#1f77b4"), (first, 2, "#d62728"))
     n = len(sources)
     cols = min(n, 3)
     nrows = -(-n // cols)
@@ -91,7 +95,7 @@ def layer_profile(table: pd.DataFrame, sources: list[str], stem: Path) -> Path:
         for ax in axes[n:]:
             ax.set_visible(False)
         for ax, src in zip(axes, sources):
-            for scale, pc, color in PROFILES:
+            for scale, pc, color in profiles:
                 d = rows[
                     (rows.source == src) & (rows.scale == scale) & (rows.pc == pc)
                 ].sort_values("layer")
@@ -100,7 +104,7 @@ def layer_profile(table: pd.DataFrame, sources: list[str], stem: Path) -> Path:
                 ax.plot(d.layer, d.value, color=color, lw=1.1, label=f"|r(PC{pc}, {scale})|")
                 if d.ci_low.notna().any():
                     ax.fill_between(d.layer, d.ci_low, d.ci_high, color=color, alpha=0.18, lw=0)
-                if scale == "valence" and pc == 1:
+                if (scale, pc) == profiles[0][:2]:
                     ax.fill_between(
                         d.layer,
                         0,
@@ -117,7 +121,9 @@ def layer_profile(table: pd.DataFrame, sources: list[str], stem: Path) -> Path:
         for ax in axes[::cols]:
             ax.set_ylabel("|r| with ratings (95% CI)")
         handles, labels = axes[0].get_legend_handles_labels()
-        fig.legend(handles, labels, loc="outside lower center", ncol=3, frameon=False)
+        fig.legend(
+            handles, labels, loc="outside lower center", ncol=3 if cols > 1 else 1, frameon=False
+        )
         save_figure(fig, stem)
     return stem.with_suffix(".png")
 

@@ -325,8 +325,10 @@ def _analyses(config, data, bases, ratings, log, timings):
     for a, b in combinations(data, 2):
         shared = [e for e in a.emotions if canonical(e) in {canonical(x) for x in b.emotions}]
         if len(shared) < config.min_shared:
-            log(f"agreement {a.name} vs {b.name}: {len(shared)} shared emotions "
-                f"(< {config.min_shared}); skipped")
+            log(
+                f"agreement {a.name} vs {b.name}: {len(shared)} shared emotions "
+                f"(< {config.min_shared}); skipped"
+            )
             continue
         other = [next(x for x in b.emotions if canonical(x) == canonical(e)) for e in shared]
         log(f"agreement {a.name} vs {b.name}: {len(shared)} shared emotions")

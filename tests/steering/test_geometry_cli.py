@@ -263,9 +263,13 @@ def test_second_model_agreement_by_relative_depth(tiny_dir, tiny_inputs, tmp_pat
 
 def test_one_source_alone(tiny_dir, tiny_inputs, tmp_path):
     out = tmp_path / "one"
+    scores = {"emotion": list(EMOTIONS), "pleasure": [7.5, 2.0, 1.5, 2.5, 8.0]}  # no valence
+    pd.DataFrame(scores).to_csv(tmp_path / "own.csv", index=False)
     args = _args(tiny_dir, tiny_inputs, out, "--neutral-share", "0")
     args[args.index("--sources") + 1] = str(tiny_inputs / "texts.csv")
+    args[args.index("--ratings") + 1] = str(tmp_path / "own.csv")
     assert main(args) == 0
     t = pd.read_csv(out / "results.csv")
-    assert "rdm_agreement" not in set(t.experiment) and (out / "layer_profile.png").is_file()
+    assert "rdm_agreement" not in set(t.experiment) and set(t.scale.dropna()) == {"pleasure"}
+    assert (out / "emotion_map_texts.png").is_file()
     assert json.loads((out / "run.json").read_text())["neutral"]["pcs_removed"] == []
