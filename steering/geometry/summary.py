@@ -9,7 +9,8 @@ import pandas as pd
 
 def _cell(r) -> str:
     ci = "" if pd.isna(r.ci_low) else f" [{r.ci_low:.2f}, {r.ci_high:.2f}]"
-    return f"{r.value:.2f}{ci} p={r.p_value:.3f}"
+    p = "p<0.001" if r.p_value < 0.001 else f"p={r.p_value:.3f}"
+    return f"{r.value:.2f}{ci} {p}"
 
 
 def headline(table: pd.DataFrame, source: str, scale: str, pc: int) -> pd.DataFrame:
