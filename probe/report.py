@@ -29,13 +29,13 @@ from probe.errors import EmoprobeError
 from probe.report_captions import caption
 
 KINDS = ("sweep", "behave", "steer-eval", "steer-flips", "steer", "circuits", "directions",
-         "conflict", "run")
+         "conflict", "geometry", "run")
 #: The metric a results table is shown by (the first one present; per experiment for behave).
 HEADLINE = ("accuracy", "pearson_r", "r2", "flip_to", "p_true", "shift", "gap")
 #: An experiment's own headline metric, where the general order would pick a weaker one.
 EXPERIMENT_HEADLINE = {"persistence": "p_true", "personas": "shift"}
 #: A kind's headline metric when its table has no experiment column.
-KIND_HEADLINE = {"steer-flips": "flip_to"}
+KIND_HEADLINE = {"steer-flips": "flip_to", "geometry": "abs_r"}
 STYLE = """
 body{font-family:system-ui,-apple-system,Segoe UI,Helvetica,Arial,sans-serif;margin:2rem auto;
 max-width:72rem;padding:0 1rem;color:#222;line-height:1.4}

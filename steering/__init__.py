@@ -10,7 +10,8 @@ Modules: :mod:`steering.directions` (directions from stores, probes, prompted re
 (per-token readings while generating), :mod:`steering.gguf_export` (llama.cpp control
 vectors), :mod:`steering.figures`, :mod:`steering.operating_points`, :mod:`steering.evaluate`
 (``probe steer-eval``: the evaluation protocol, and :func:`~steering.evaluate.score_intervention`
-for any hook dict); docs/steering.md.
+for any hook dict), :mod:`steering.geometry` (``probe geometry``: emotion vectors vs human
+valence / arousal ratings, with nulls and CIs; docs/geometry.md); docs/steering.md.
 """
 
 # (not ``directions`` / ``monitor``: those names are also modules of this package)

@@ -86,8 +86,9 @@ def register(sub) -> dict:
     _steer_eval_parser(sub)
     handlers = {"directions": cmd_directions, "steer": cmd_steer, "steer-eval": cmd_steer_eval}
     from steering.flips_cli import add_parser as add_flips
+    from steering.geometry.cli import add_parser as add_geometry
 
-    return {**handlers, **add_flips(sub)}
+    return {**handlers, **add_flips(sub), **add_geometry(sub)}
 
 
 def _direction_args(p, *, steer: bool = False) -> None:
