@@ -20,7 +20,7 @@ from pathlib import Path
 import pandas as pd
 import torch
 
-from probe.results import _atomic_write
+from probe.io import atomic_write
 from steering.geometry import analysis
 from steering.geometry.analysis import Labelled
 from steering.geometry.features import GeometryError, pool_texts
@@ -170,7 +170,7 @@ def run_geometry(
                 batch_size=config.batch_size,
                 log=log,
             )
-        save_stories(stories, out / "stories.jsonl", _atomic_write)
+        save_stories(stories, out / "stories.jsonl", atomic_write)
         kept = [s for s in stories if s.withheld and s.emotion in prepared.ratings.emotions]
         info = {
             "n_written": len(stories),
@@ -209,8 +209,8 @@ def run_geometry(
         )
     figures = write_figures(table, full, data, prepared.ratings, out)
     timings["total"] = time.time() - t0
-    _atomic_write(out / "results.csv", table.to_csv(index=False))
-    _atomic_write(out / "results.json", table.to_json(orient="records", indent=1) + "\n")
+    atomic_write(out / "results.csv", table.to_csv(index=False))
+    atomic_write(out / "results.json", table.to_json(orient="records", indent=1) + "\n")
     command = (
         "probe " + " ".join(argv) if argv else "probe geometry (steering.geometry.run_geometry)"
     )
@@ -245,7 +245,7 @@ def run_geometry(
         "seconds": {k: round(v, 1) for k, v in timings.items()},
         "torch_threads": torch.get_num_threads(),
     }
-    _atomic_write(out / "run.json", json.dumps(run, indent=1, default=str) + "\n")
+    atomic_write(out / "run.json", json.dumps(run, indent=1, default=str) + "\n")
     return run
 
 
