@@ -21,11 +21,12 @@ from jaxtyping import Float
 from torch import Tensor
 
 from probe.capture import SiteHooks, forward_pooled, pad_batch
+from probe.errors import EmoprobeError
 from probe.sites import Site
 from probe.tokens import encode
 
 
-class GeometryError(ValueError):
+class GeometryError(EmoprobeError, ValueError):
     """The geometry protocol cannot run as asked; the message says what to fix."""
 
 
