@@ -7,14 +7,26 @@ texts), RDM agreement between sources and models, and the vectors saved as steer
 ``probe geometry`` runs it all; see docs/geometry.md.
 """
 
-from steering.geometry.analysis import Labelled, agreement, analyze
-from steering.geometry.features import Features, GeometryError, pool_texts
-from steering.geometry.ratings import Ratings, emotion_ratings
-from steering.geometry.recipe import Recipe, emotion_vectors, neutral_basis
-from steering.geometry.run import GeometryConfig, prepare, run_geometry
-from steering.geometry.sources import TextSource, load_corpus
-from steering.geometry.stories import write_stories
-from steering.geometry.vectors import to_vector_set
+from importlib import import_module
+
+# Public names, imported on first use (``probe geometry --help`` must not load torch; the
+# structure test checks it): name -> module.
+_HOME = {
+    "Labelled": "analysis", "agreement": "analysis", "analyze": "analysis",
+    "Features": "features", "GeometryError": "features", "pool_texts": "features",
+    "Ratings": "ratings", "emotion_ratings": "ratings",
+    "Recipe": "recipe", "emotion_vectors": "recipe", "neutral_basis": "recipe",
+    "GeometryConfig": "run", "prepare": "run", "run_geometry": "run",
+    "TextSource": "sources", "load_corpus": "sources",
+    "write_stories": "stories", "to_vector_set": "vectors",
+}
+
+
+def __getattr__(name: str):
+    if name in _HOME:
+        return getattr(import_module(f"steering.geometry.{_HOME[name]}"), name)
+    raise AttributeError(f"module 'steering.geometry' has no attribute {name!r}")
+
 
 __all__ = [
     "Features",

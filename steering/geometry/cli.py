@@ -145,21 +145,17 @@ def add_parser(sub) -> dict:
     p.add_argument("--padding-side", default="right", choices=["left", "right"])
     p.add_argument("--out", default=None, help="run folder (default: runs/<model>/geometry-<time>)")
     p.add_argument("--quiet", action="store_true")
-    cmd_geometry.user_errors = _user_errors()
     return {"geometry": cmd_geometry}
 
 
 def _defaults():
-    from steering.geometry.run import GeometryConfig
+    """The defaults as attributes, read without loading torch (``--help`` stays fast)."""
+    from types import SimpleNamespace
 
-    return GeometryConfig()
+    from steering.geometry import defaults
 
+    return SimpleNamespace(**{k.lower(): v for k, v in vars(defaults).items() if k.isupper()})
 
-def _user_errors() -> tuple[type[BaseException], ...]:
-    from steering.geometry.features import GeometryError
-    from steering.vector import SteeringError
-
-    return (GeometryError, SteeringError)
 
 
 def config_from_args(args):

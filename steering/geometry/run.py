@@ -21,7 +21,7 @@ import pandas as pd
 import torch
 
 from probe.io import atomic_write
-from steering.geometry import analysis
+from steering.geometry import analysis, defaults
 from steering.geometry.analysis import Labelled
 from steering.geometry.features import GeometryError, pool_texts
 from steering.geometry.figures import write_figures
@@ -42,28 +42,28 @@ from steering.geometry.vectors import save_vectors
 class GeometryConfig:
     """Options of ``probe geometry`` (defaults sized for a 2-core CPU run under 15 min)."""
 
-    sources: tuple[str, ...] = DEFAULT_SOURCES
+    sources: tuple[str, ...] = defaults.SOURCES
     emotions: tuple[str, ...] | None = None
-    per_emotion: int = 24
-    min_words: int = 4
-    neutral: str = "goemotions"
-    n_neutral: int = 200
+    per_emotion: int = defaults.PER_EMOTION
+    min_words: int = defaults.MIN_WORDS
+    neutral: str = defaults.NEUTRAL
+    n_neutral: int = defaults.N_NEUTRAL
     recipe: Recipe = field(default_factory=Recipe)
-    stories_per_emotion: int = 2
-    story_tokens: int = 128
+    stories_per_emotion: int = defaults.STORIES_PER_EMOTION
+    story_tokens: int = defaults.STORY_TOKENS
     stories_file: str | None = None
-    n_boot: int = 1000
-    n_perm: int = 2000
-    n_pcs: int = 3
+    n_boot: int = defaults.N_BOOT
+    n_perm: int = defaults.N_PERM
+    n_pcs: int = defaults.N_PCS
     layers: tuple[int, ...] | None = None
-    batch_size: int = 32
+    batch_size: int = defaults.BATCH_SIZE
     padding_side: str = "right"
     chat_template: bool = False
     lexicon: str | None = None
     ratings: str | None = None
     data_root: str | None = None
     compare_vectors: str | None = None
-    min_shared: int = 5
+    min_shared: int = defaults.MIN_SHARED
     seed: int = 0
 
     def __post_init__(self) -> None:

@@ -27,9 +27,10 @@ import numpy as np
 
 from probe.data import load_dataset
 from probe.data.schema import DatasetError
+from steering.geometry import defaults
 from steering.geometry.features import GeometryError
 
-DEFAULT_SOURCES = ("goemotions", "dair-emotion", "meld", "emotion-scenarios", "stories")
+DEFAULT_SOURCES = defaults.SOURCES
 #: The finest single-label target of a registered dataset (default: its default target).
 LABEL_TARGET = {"goemotions": "label"}
 #: Labels that mean the same emotion across sources (for cross-source comparisons).
