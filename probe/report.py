@@ -31,8 +31,6 @@ from probe.report_kinds import detect_from_files, run_kinds
 
 #: The metric a results table is shown by (the first one present; per experiment for behave).
 HEADLINE = ("accuracy", "pearson_r", "r2", "flip_to", "p_true", "shift", "gap")
-#: An experiment's own headline metric, where the general order would pick a weaker one.
-EXPERIMENT_HEADLINE = {"persistence": "p_true", "personas": "shift"}
 STYLE = """
 body{font-family:system-ui,-apple-system,Segoe UI,Helvetica,Arial,sans-serif;margin:2rem auto;
 max-width:72rem;padding:0 1rem;color:#222;line-height:1.4}
@@ -188,7 +186,8 @@ def readable(df: pd.DataFrame, *, kind: str = "run", max_rows: int = 40
         for name, g in blocks:
             have = set(g["metric"])
             registered = run_kinds().get(kind)
-            first = EXPERIMENT_HEADLINE.get(name) or (registered and registered.headline_metric)
+            first = (registered and (dict(registered.experiment_headlines).get(name)
+                                     or registered.headline_metric))
             metric = first if first in have else next((m for m in HEADLINE if m in have), None)
             g = g[g["metric"] == metric] if metric is not None else g
             metrics.append(metric or "all metrics")

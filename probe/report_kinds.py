@@ -21,7 +21,7 @@ from Python without the command line runs that same registration path on first u
 from __future__ import annotations
 
 import importlib
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 
 #: ``detect(names)``: whether a folder holding the files ``names`` was written by this kind.
@@ -34,6 +34,7 @@ class RunKind:
 
     name: str
     headline_metric: str | None = None
+    experiment_headlines: tuple[tuple[str, str], ...] = ()
     captions: tuple[tuple[str, str], ...] = ()
     detect: Detector | None = None
 
@@ -43,6 +44,7 @@ _loaded = False
 
 
 def register_run_kind(name: str, *, headline_metric: str | None = None,
+                      experiment_headlines: Mapping[str, str] | None = None,
                       captions: Iterable[tuple[str, str]] = (),
                       detect: Detector | None = None) -> RunKind:
     """Tell ``probe report`` about the run kind ``name`` (the ``probe`` subcommand that writes it).
@@ -51,6 +53,8 @@ def register_run_kind(name: str, *, headline_metric: str | None = None,
         name: the subcommand, as ``run.json``'s ``command`` names it (``probe NAME ...``).
         headline_metric: the metric its ``results.csv`` is shown by when the table has no
             experiment column (default: the first of :data:`probe.report.HEADLINE` present).
+        experiment_headlines: ``{experiment: metric}`` where its table has an ``experiment``
+            column and an experiment's own headline is not the first of ``HEADLINE`` present.
         captions: ``(file-name pattern, caption)`` pairs for its figures; the pattern is matched
             against the whole file stem and its group fills ``{x}`` in the caption.
         detect: ``detect(names) -> bool`` on the set of file names in a folder whose
@@ -58,7 +62,8 @@ def register_run_kind(name: str, *, headline_metric: str | None = None,
 
     Registering a name again replaces it (registration may run more than once).
     """
-    kind = RunKind(name, headline_metric, tuple(captions), detect)
+    kind = RunKind(name, headline_metric, tuple((experiment_headlines or {}).items()),
+                   tuple(captions), detect)
     _KINDS[name] = kind
     return kind
 

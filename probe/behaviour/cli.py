@@ -17,8 +17,8 @@ from __future__ import annotations
 
 import argparse
 
-from probe.report_kinds import register_run_kind
 from probe.behaviour.experiments import EXPERIMENTS, parse_experiments  # noqa: F401 (re-exported)
+from probe.report_kinds import register_run_kind
 
 EPILOG = """examples:
   probe behave --limit 300                                  # SmolLM2 x emotion-scenarios
@@ -118,6 +118,7 @@ def register(sub) -> dict:
         return behave(args, load_data=base.load_data, load_model=base.load_model,
                       cache_config=base.cache_config)
 
-    register_run_kind("behave", captions=REPORT_CAPTIONS,
+    register_run_kind("behave", experiment_headlines={"persistence": "p_true", "personas": "shift"},
+                      captions=REPORT_CAPTIONS,
                       detect=lambda names: any(n.startswith("items_") for n in names))
     return {"behave": handler}

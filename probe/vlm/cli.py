@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import argparse
 
-from probe.report_kinds import register_run_kind
 from probe.io import run_folder
+from probe.report_kinds import register_run_kind
 
 EPILOG = """examples:
   probe conflict --model llava-1.5-7b --device cuda              # drawn faces and scenes
