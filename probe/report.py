@@ -182,12 +182,12 @@ def readable(df: pd.DataFrame, *, kind: str = "run", max_rows: int = 40
         blocks = [(e, g) for e, g in df.groupby("experiment", sort=False)] \
             if "experiment" in df.columns else [(None, df)]
         per = max(8, max_rows // len(blocks))
+        kinds = run_kinds()
+        experiments = {e: m for k in kinds.values() for e, m in k.experiment_headlines}
         parts, metrics = [], []
         for name, g in blocks:
             have = set(g["metric"])
-            registered = run_kinds().get(kind)
-            first = (registered and (dict(registered.experiment_headlines).get(name)
-                                     or registered.headline_metric))
+            first = experiments.get(name) or (kind in kinds and kinds[kind].headline_metric)
             metric = first if first in have else next((m for m in HEADLINE if m in have), None)
             g = g[g["metric"] == metric] if metric is not None else g
             metrics.append(metric or "all metrics")

@@ -53,12 +53,14 @@ def register_run_kind(name: str, *, headline_metric: str | None = None,
         name: the subcommand, as ``run.json``'s ``command`` names it (``probe NAME ...``).
         headline_metric: the metric its ``results.csv`` is shown by when the table has no
             experiment column (default: the first of :data:`probe.report.HEADLINE` present).
-        experiment_headlines: ``{experiment: metric}`` where its table has an ``experiment``
-            column and an experiment's own headline is not the first of ``HEADLINE`` present.
+        experiment_headlines: ``{experiment: metric}``: the headline of an experiment's rows in
+            a results table with an ``experiment`` column, where the first of ``HEADLINE``
+            present would pick a weaker one (experiment names are shared by all kinds).
         captions: ``(file-name pattern, caption)`` pairs for its figures; the pattern is matched
             against the whole file stem and its group fills ``{x}`` in the caption.
         detect: ``detect(names) -> bool`` on the set of file names in a folder whose
-            ``run.json`` names no ``probe`` command (older or hand-made folders).
+            ``run.json`` names no ``probe`` command (older or hand-made folders). Detectors run
+            in registration order, the plugins' before the core's ``sweep``.
 
     Registering a name again replaces it (registration may run more than once).
     """
