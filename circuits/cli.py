@@ -7,6 +7,7 @@ import re
 
 from probe.errors import EmoprobeError
 from probe.io import run_folder
+from probe.report_kinds import register_run_kind
 
 EPILOG = """examples:
   probe circuits                                   # happiness direction at L24, heads+neurons+sublayers
@@ -36,6 +37,22 @@ def _validate_arg(text: str) -> int:
         raise argparse.ArgumentTypeError("--validate must be >= 1 (or 'all')")
     return n
 
+
+#: The figures ``probe circuits`` draws (circuits/figures.py), as ``probe report`` captions them.
+REPORT_CAPTIONS = (
+    (r"heads_(.+)", "Attention heads, {x}: layer x head heatmaps of the attribution estimate and "
+                    "of activation patching on one colour scale centred at 0 (grey: not "
+                    "measured)."),
+    (r"neurons_(.+)", "Neurons, {x}: the largest attribution estimates (and patched effects where "
+                      "measured) as horizontal bars."),
+    (r"influence_(.+)", "Sublayer influence, {x}: I = ds / (alpha sigma) of attention and MLP "
+                        "outputs against layer."),
+    (r"scatter_(.+)", "Estimate vs measurement, {x}: attribution (y) against activation patching "
+                      "(x), one panel per component type."),
+    (r"circuit_(.+)", "The circuit for {x}: its heads, neurons and sublayers by layer."),
+    (r"faithfulness", "Faithfulness (solid, CI band) and completeness (dashed) of each circuit "
+                      "against its size, on held-out scenarios."),
+)
 
 def register(sub) -> dict:
     """Add circuits' subcommands to the ``probe`` parser; returns ``{command: handler}``."""
@@ -97,6 +114,8 @@ def register(sub) -> dict:
     g.add_argument("--batch-size", type=int, default=16, help="rows per backward (default: %(default)s)")
     p.add_argument("--out", default=None, help="results folder (default: runs/<model>/circuits-<metric>-<time>)")
     p.add_argument("--quiet", action="store_true", help="no loading bars")
+    register_run_kind("circuits", captions=REPORT_CAPTIONS, detect=lambda names: any(
+        n.startswith("circuit_") and n.endswith(".json") for n in names))
     return {"circuits": cmd_circuits}
 
 

@@ -1,7 +1,7 @@
 """``probe report RUN... --out report.html``: run folders as one self-contained HTML page.
 
-Every folder a ``probe`` command writes (``sweep``, ``behave``, ``steer-eval``, ``circuits``,
-``directions``, ...) holds a ``run.json`` (written last: a folder without one is unfinished),
+Every folder a ``probe`` command writes (``sweep`` and the kinds plugins register with
+:func:`probe.report_kinds.register_run_kind`) holds a ``run.json`` (written last: a folder without one is unfinished),
 figures as PNG (+ SVG) and tables as CSV. The report shows, per run: its kind (the command in
 ``run.json``, else guessed from the files), the command and provenance, every PNG figure
 embedded as base64, and every CSV as an HTML table -- sorted, rounded, trimmed to a readable
@@ -27,15 +27,10 @@ import pandas as pd
 
 from probe.errors import EmoprobeError
 from probe.report_captions import caption
+from probe.report_kinds import detect_from_files, run_kinds
 
-KINDS = ("sweep", "behave", "steer-eval", "steer-flips", "steer", "circuits", "directions",
-         "conflict", "geometry", "run")
 #: The metric a results table is shown by (the first one present; per experiment for behave).
 HEADLINE = ("accuracy", "pearson_r", "r2", "flip_to", "p_true", "shift", "gap")
-#: An experiment's own headline metric, where the general order would pick a weaker one.
-EXPERIMENT_HEADLINE = {"persistence": "p_true", "personas": "shift"}
-#: A kind's headline metric when its table has no experiment column.
-KIND_HEADLINE = {"steer-flips": "flip_to", "geometry": "abs_r"}
 STYLE = """
 body{font-family:system-ui,-apple-system,Segoe UI,Helvetica,Arial,sans-serif;margin:2rem auto;
 max-width:72rem;padding:0 1rem;color:#222;line-height:1.4}
@@ -68,19 +63,9 @@ class RunFolder:
 def detect_kind(path: Path, run: dict) -> str:
     """The command that wrote ``path``: from ``run.json``'s ``command``, else from its files."""
     words = str(run.get("command", "")).split()
-    if len(words) >= 2 and words[0] == "probe" and words[1] in KINDS:
+    if len(words) >= 2 and words[0] == "probe" and words[1] in run_kinds():
         return words[1]
-    names = {p.name for p in path.iterdir()}
-    if any(n.startswith("circuit_") and n.endswith(".json") for n in names):
-        return "circuits"
-    vectors = any(n.endswith(".safetensors") for n in names) and "results.csv" not in names
-    if "cosine.png" in names or vectors:
-        return "directions"
-    if any(n.startswith("items_") for n in names):
-        return "behave"
-    if any(n.startswith("layerwise_") for n in names):
-        return "sweep"
-    return "run"
+    return detect_from_files({p.name for p in path.iterdir()})
 
 
 def load_run(path: str | os.PathLike) -> RunFolder:
@@ -197,10 +182,12 @@ def readable(df: pd.DataFrame, *, kind: str = "run", max_rows: int = 40
         blocks = [(e, g) for e, g in df.groupby("experiment", sort=False)] \
             if "experiment" in df.columns else [(None, df)]
         per = max(8, max_rows // len(blocks))
+        kinds = run_kinds()
+        experiments = {e: m for k in kinds.values() for e, m in k.experiment_headlines}
         parts, metrics = [], []
         for name, g in blocks:
             have = set(g["metric"])
-            first = EXPERIMENT_HEADLINE.get(name) or KIND_HEADLINE.get(kind)
+            first = experiments.get(name) or (kind in kinds and kinds[kind].headline_metric)
             metric = first if first in have else next((m for m in HEADLINE if m in have), None)
             g = g[g["metric"] == metric] if metric is not None else g
             metrics.append(metric or "all metrics")

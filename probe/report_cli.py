@@ -12,7 +12,7 @@ def register(sub) -> dict:
     """Add ``probe report`` to ``probe``'s subparsers; returns ``{"report": handler}``."""
     p = sub.add_parser(
         "report", help="turn run folders into one self-contained HTML page",
-        description="Turn run folders (probe sweep, behave, steer-eval, circuits, directions) "
+        description="Turn run folders (the folders probe commands write, each with a run.json) "
                     "into one HTML page: command and provenance, figures embedded, results "
                     "tables sorted and trimmed with a link to the full CSV. Reads offline.",
         epilog="example:\n  probe report runs/smollm2-135m/* --out report.html",

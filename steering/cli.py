@@ -20,6 +20,7 @@ import uuid
 from pathlib import Path
 
 from probe.io import command_line
+from probe.report_kinds import register_run_kind
 
 EPILOG_DIRECTIONS = """examples:
   probe directions --out runs/directions                      # SmolLM2, emotion-scenarios, all layers
@@ -34,6 +35,29 @@ EPILOG_STEER = """examples:
   probe steer --emotion anger --vectors runs/directions --strength 2 --out out.json "Hi" "Hello"
   probe steer --emotion fear --json "How was your day?" > replies.json     # JSON on stdout
 """
+
+
+#: The figures of ``probe directions`` and ``probe steer-eval`` (steering/figures.py), as
+#: ``probe report`` captions them.
+REPORT_CAPTIONS = {"directions": (
+    (r"cosine", "Cosine between the emotion directions: at a few layers (top) and each emotion "
+                "across layers (bottom)."),
+    (r"heldout_auroc", "Held-out AUROC of each emotion's direction against layer (directions "
+                       "computed without the scored rows' scenario)."),
+), "steer-eval": (
+    (r"dose_response", "Dose-response per emotion: each judge's gated expression and the "
+                       "perplexity ratio (log) against steering strength, for the selected "
+                       "configuration on the tune prompts."),
+    (r"pareto", "Selection score vs perplexity ratio of every ladder point per emotion; "
+                "capability accuracy as colour where measured; the frontier and the chosen "
+                "point marked."),
+), "steer": ()}
+
+
+def _is_directions(names: set) -> bool:
+    """A folder of saved directions: the cosine figure, or vectors without a results table."""
+    vectors = any(n.endswith(".safetensors") for n in names) and "results.csv" not in names
+    return "cosine.png" in names or vectors
 
 
 def register(sub) -> dict:
@@ -88,6 +112,9 @@ def register(sub) -> dict:
     from steering.flips_cli import add_parser as add_flips
     from steering.geometry.cli import add_parser as add_geometry
 
+    for kind, captions in REPORT_CAPTIONS.items():
+        register_run_kind(kind, captions=captions,
+                          detect=_is_directions if kind == "directions" else None)
     return {**handlers, **add_flips(sub), **add_geometry(sub)}
 
 

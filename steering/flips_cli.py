@@ -12,6 +12,7 @@ from dataclasses import asdict, replace
 from pathlib import Path
 
 from probe.io import atomic_write, command_line, run_folder
+from probe.report_kinds import register_run_kind
 
 EPILOG = """examples:
   probe steer-flips --limit 84                                # SmolLM2, layers 10-19, x2/4/8 RMS
@@ -64,6 +65,10 @@ def add_parser(sub) -> dict:
     def handler(args) -> int:
         return run(args, base)
 
+    register_run_kind("steer-flips", headline_metric="flip_to", captions=[(r"flips", (
+        "Steering flips: share of answers, flips to the steered emotion and away from the gold "
+        "one against strength, per layer band; the random direction dashed grey, 95% CI "
+        "bands."))])
     return {"steer-flips": handler}
 
 

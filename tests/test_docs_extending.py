@@ -23,30 +23,33 @@ def run(codes: list[str], monkeypatch, tmp_path) -> dict:
 
 
 def test_the_page_has_its_examples():
-    assert len(blocks()) == 6
+    assert len(blocks()) == 7
 
 
 @pytest.fixture(autouse=True)
 def _registries(monkeypatch):
-    """The examples register a pooling and a family: gone after each test."""
+    """The examples register a pooling, a family and a run kind: gone after each test."""
     from probe.arch import FAMILIES
     from probe.modality import POOLING_MODALITY
     from probe.pooling import POOLING_FUNCTIONS
+    from probe.report_kinds import _KINDS
 
     for table, key in ((POOLING_FUNCTIONS, "content-first"), (POOLING_MODALITY, "content-first"),
-                       (FAMILIES, "my_llama_variant")):
+                       (FAMILIES, "my_llama_variant"), (_KINDS, "count")):
         monkeypatch.setitem(table, key, None)
         monkeypatch.delitem(table, key)
 
 
 def test_the_examples_without_a_model_run(monkeypatch, tmp_path):
-    """The first three blocks need no model: a plugin command, registered and run; a pooling."""
+    """The first four blocks need no model: a plugin command, registered and run; its run kind
+    in the report; a pooling."""
     from probe.errors import EmoprobeError
     from probe.pooling import POOLING_FUNCTIONS
 
-    ns = run(blocks()[:3], monkeypatch, tmp_path)
+    ns = run(blocks()[:4], monkeypatch, tmp_path)
     assert POOLING_FUNCTIONS["content-first"] is ns["content_first"]
     assert set(ns["handlers"]) == {"count"}
+    assert '<span class="kind">count</span>' in ns["page"]
     assert sorted(p.name for p in ns["out"].iterdir()) == ["counts.json", "run.json"]
     assert issubclass(ns["CountError"], EmoprobeError) and issubclass(ns["CountError"], ValueError)
 

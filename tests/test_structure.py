@@ -310,3 +310,36 @@ def test_no_import_runs_back_up_the_documented_floors(code):
           and _floor(b, floors) > _floor(a, floors)]
     assert not up, "imports that run back up (docs/extending.md):\n" + "\n".join(up)
 
+
+
+#: The run kinds, file and experiment names of plugins (``probe behave``, ``probe conflict``,
+#: steering, circuits) that the core report once hard-coded. (Metric names such as ``flip_to``
+#: in the report's general headline order are not a plugin's.)
+PLUGIN_WORDS = ("steer", "circuit", "directions", "geometry", "behave", "conflict", "cosine",
+                "heldout_auroc", "items_", "flips", "abs_r", "persistence", "personas")
+
+
+def code_strings(path: Path) -> list[tuple[int, str]]:
+    """``(line, text)`` of every string constant in ``path`` except docstrings."""
+    tree = ast.parse(path.read_text(encoding="utf-8"))
+    docs = {id(node.body[0].value) for node in ast.walk(tree)
+            if isinstance(node, (ast.Module, ast.ClassDef, ast.FunctionDef, ast.AsyncFunctionDef))
+            and node.body and isinstance(node.body[0], ast.Expr)
+            and isinstance(node.body[0].value, ast.Constant)}
+    return [(n.lineno, n.value) for n in ast.walk(tree)
+            if isinstance(n, ast.Constant) and isinstance(n.value, str) and id(n) not in docs]
+
+
+def test_the_core_report_names_no_plugin():
+    """Run kinds register their report sections (probe.report_kinds); the core report's code
+    names none of them (docstrings and comments may)."""
+    files = sorted((ROOT / "probe").glob("report*.py"))
+    assert len(files) >= 4
+    bad = [f"{p.name}:{line} {text!r}" for p in files for line, text in code_strings(p)
+           if any(w in text.lower() for w in PLUGIN_WORDS)]
+    assert not bad, "the core report names a plugin:\n" + "\n".join(bad)
+
+
+def test_the_plugin_words_are_found_where_they_are():
+    """The check above reads string constants: it finds a plugin's word in one."""
+    assert any("steer-flips" in text for _, text in code_strings(ROOT / "steering" / "flips_cli.py"))

@@ -18,6 +18,7 @@ from __future__ import annotations
 import argparse
 
 from probe.behaviour.experiments import EXPERIMENTS, parse_experiments  # noqa: F401 (re-exported)
+from probe.report_kinds import register_run_kind
 
 EPILOG = """examples:
   probe behave --limit 300                                  # SmolLM2 x emotion-scenarios
@@ -30,6 +31,23 @@ EPILOG = """examples:
   probe behave --model llama-3-8b-instruct --device cuda --experiments all
 """
 
+
+#: The figures ``probe behave`` draws (probe/behaviour/figures.py), as ``probe report`` captions them.
+REPORT_CAPTIONS = (
+    (r"probe_vs_behaviour_(.+)", "Probe vs the model's own answers, pooling {x}, against layer: "
+                                 "the probe's score next to each template's zero-shot score "
+                                 "(bands) and chance; how much better than the majority answer "
+                                 "a probe decodes the model's own answer; whether the probe's "
+                                 "confidence predicts a right answer (AUROC)."),
+    (r"personas_(.+)", "Personas (system prompts), pooling {x}: the valence-contrast shift along "
+                       "probe and mean-difference directions by layer, and how the zero-shot "
+                       "answer shares move."),
+    (r"emotionprompt", "EmotionPrompt / NegativePrompt: task accuracy change per stimulus "
+                       "(paired CI) and the valence shift of the answer-position representation "
+                       "by layer."),
+    (r"persistence", "Persistence: how readable the stimulus's emotion stays (P(true class) of "
+                     "the probes) with the distance from the stimulus's end."),
+)
 
 def register(sub) -> dict:
     """Add ``probe behave`` to the subparsers ``sub``; returns ``{"behave": handler}``."""
@@ -100,4 +118,7 @@ def register(sub) -> dict:
         return behave(args, load_data=base.load_data, load_model=base.load_model,
                       cache_config=base.cache_config)
 
+    register_run_kind("behave", experiment_headlines={"persistence": "p_true", "personas": "shift"},
+                      captions=REPORT_CAPTIONS,
+                      detect=lambda names: any(n.startswith("items_") for n in names))
     return {"behave": handler}

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 
 from probe.io import run_folder
+from probe.report_kinds import register_run_kind
 
 EPILOG = """examples:
   probe conflict --model llava-1.5-7b --device cuda              # drawn faces and scenes
@@ -60,6 +61,9 @@ def register(sub) -> dict:
     def handler(args) -> int:
         return run(args, load_model=load_model)
 
+    register_run_kind("conflict", captions=[(r"conflict", "Image vs text conflict: attribution "
+                      "share by layer, attribution vs ablation, and which modality the answer "
+                      "follows.")])
     return {"conflict": handler}
 
 

@@ -9,6 +9,8 @@ import time
 import uuid
 from pathlib import Path
 
+from probe.report_kinds import register_run_kind
+
 EPILOG = """examples:
   probe geometry                    # SmolLM2, default sources, ~10 min on a busy 2-core machine
   probe geometry --sources goemotions,stories --per-emotion 16 --bootstrap 200 --out runs/geo-quick
@@ -145,6 +147,7 @@ def add_parser(sub) -> dict:
     p.add_argument("--padding-side", default="right", choices=["left", "right"])
     p.add_argument("--out", default=None, help="run folder (default: runs/<model>/geometry-<time>)")
     p.add_argument("--quiet", action="store_true")
+    register_run_kind("geometry", headline_metric="abs_r")
     return {"geometry": cmd_geometry}
 
 
