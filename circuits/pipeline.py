@@ -24,22 +24,27 @@ from typing import Literal
 import numpy as np
 
 from circuits import figures, report
+from circuits.ablations import ResampleBaseline
 from circuits.assemble import CircuitConfig, find_circuit, overlap
+from circuits.verdict import describe, verdict
 from circuits.attribution import Attribution, attribute, component_layers
 from circuits.baselines import MeanBaseline, ZeroBaseline, take
 from circuits.components import groups as make_groups, parse_types
 from circuits.metrics import (
     MetricError,
     direction,
+    EMOTION_WORDS,
     direction_tensor,
     emotion_directions,
     label_logprob,
     logit_diff,
     parse_metric_spec,
+    says,
 )
 from circuits.pairs import make_pairs, rows_of, split_groups
 from circuits.patching import patch, sublayer_influence
-from circuits.validate import compare, summary, verdicts
+from circuits.stability import split_half
+from circuits.validate import compare, compare_ci, select, summary, verdicts
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -60,8 +65,11 @@ class CircuitsConfig:
     circuit_types: tuple[str, ...] = ("heads", "neurons")
     circuit_estimator: Literal["atp", "atp*", "ig"] = "ig"
     circuit_prompts: int = 16
-    faithfulness_target: float = 0.8
-    max_fraction: float = 0.10
+    max_error: float = 0.2
+    max_fraction: float = 0.05
+    random_circuits: int = 20
+    ablations: bool = True
+    behaviour: bool = True
     influence_prompts: int = 8
     test_fraction: float = 0.5
     seed: int = 0
@@ -85,6 +93,11 @@ def _metrics(lm, dataset, cfg: CircuitsConfig, train, out: Path):
         dirs.save(out / "directions")
         return ({lab: direction(dirs[lab], layer=layer, lm=lm, name=f"direction:{lab}@L{layer}")
                  for lab in labels}, {lab: direction_tensor(dirs[lab], layer) for lab in labels})
+    if kind == "says":
+        bad = [a for a in args if a not in classes]
+        if bad:
+            raise MetricError(f"says:{bad[0]}: {target} has no class {bad[0]!r} (classes {classes})")
+        return {lab: says(lm, lab) for lab in args}, None
     if cfg.label is None or cfg.label not in classes:
         raise MetricError(f"{kind} metrics need --label: whose prompts to explain (one of {classes})")
     m = logit_diff(lm, *args) if kind == "logit-diff" else label_logprob(lm, args[0])
@@ -131,9 +144,12 @@ def run_circuits(lm, dataset, cfg: CircuitsConfig, out: str | Path, *,
         import pandas as pd
 
         curves = pd.concat(curves_all, ignore_index=True)
-        figures.plot_faithfulness(curves, target=cfg.faithfulness_target,
+        figures.plot_faithfulness(curves, max_error=cfg.max_error,
                                   budget=int(cfg.max_fraction * circuits[0].n_candidates),
                                   chosen={c.name: c.size for c in circuits},
+                                  random={c.name: (c.faithfulness["random"]["median"],
+                                                   c.faithfulness["random"]["p05"])
+                                          for c in circuits if "random" in c.faithfulness},
                                   out=out / "faithfulness")
         if len(circuits) > 1:
             ov = overlap(circuits)
@@ -189,15 +205,16 @@ def _one(lm, dataset, cfg, label, metric, types, ctypes, train, test, target, me
         tensors[f"{label}/{cfg.estimator}/{g.site}"] = attr.scores(g).float().contiguous()
     n_layers = metric.layer + 1 if metric.layer is not None else lm.n_layers
     n_heads = lm.arch.head_shape(lm.model)[0]
-    shown, truth_table, k = table, None, len(batch)
+    shown, truth_table, k, vest = table, None, len(batch), cfg.estimator
     if cfg.validate is not None:
-        shown, truth_table = _validate(lm, cfg, label, metric, types, batch, base, groups, out,
-                                       log, rows, res, pairs if cfg.baseline == "pairs" else None)
+        shown, truth_table, vest = _validate(lm, cfg, label, metric, types, batch, base, means,
+                                             groups, out, log, rows, res,
+                                             pairs if cfg.baseline == "pairs" else None)
         k = res["validation"]["prompts"]
     if "heads" in types:
         figures.plot_head_heatmaps(shown, truth_table, n_layers=n_layers, n_heads=n_heads,
-                                   labels=(f"{cfg.estimator} ({k} prompts)",
-                                           f"patching ({base.name}, same prompts)"),
+                                   labels=(f"{vest} ({k} prompts)",
+                                           "activation patching (same prompts)"),
                                    title=f"{metric.name}: effect of patching each head",
                                    out=out / f"heads_{label}")
     if "neurons" in all_types:
@@ -218,46 +235,76 @@ def _one(lm, dataset, cfg, label, metric, types, ctypes, train, test, target, me
     return res
 
 
-def _validate(lm, cfg, label, metric, types, batch, base, groups, out, log, rows, res, pairs):
+def _ranker(cfg, base, means):
+    """The estimator and baseline whose ranking the run uses (and so validates)."""
+    if cfg.circuit and means is not None:
+        return cfg.circuit_estimator, means
+    return cfg.estimator, base
+
+
+def _validate(lm, cfg, label, metric, types, batch, base, means, groups, out, log, rows, res, pairs):
     k = min(cfg.validate_prompts, len(batch))
-    if pairs is not None:
+    estimator, vbase = _ranker(cfg, base, means)
+    if vbase is base and pairs is not None:
         vbatch, vbase = pairs.select(range(k)).noising()
     else:
-        vbatch, vbase = take(batch, range(k)), base
+        vbatch = take(batch, range(k))
     vgroups = groups[:k]
-    attr = attribute(lm, vbatch, metric, vbase, types=types, estimator=cfg.estimator,
+    attr = attribute(lm, vbatch, metric, vbase, types=types, estimator=estimator,
                      batch_size=cfg.batch_size, steps=cfg.ig_steps,
                      resid_positions=cfg.resid_positions, row_groups=vgroups)
-    rng = np.random.default_rng(cfg.seed)
-    comps, n_all = [], 0
+    n = None if cfg.validate == -1 else cfg.validate
+    comps, est_cols, ctypes, top, sampled, n_all = [], [], [], [], {}, 0
     for t in types:
-        cs = [c for g in attr.groups if g.type == t for c in g.components()]
+        gs = [g for g in attr.groups if g.type == t]
+        cs = [c for g in gs for c in g.components()]
+        e = np.concatenate([attr.per_row[g].double().numpy() for g in gs], axis=1)
         n_all += len(cs)
-        if cfg.validate != -1 and len(cs) > cfg.validate:
-            cs = [cs[i] for i in sorted(rng.choice(len(cs), cfg.validate, replace=False))]
-        comps += cs
+        idx, how = select([str(c) for c in cs], e.mean(0), [c.layer for c in cs], n, seed=cfg.seed)
+        sampled[t] = how
+        if how != "all":
+            log(f"validating {t}: {how} (subsampled; --validate all patches every one)")
+        comps += [cs[i] for i in idx]
+        est_cols.append(e[:, idx])
+        ctypes += [t] * len(idx)
+        top += [how == "all" or j < n for j in range(len(idx))]
     truth = patch(lm, vbatch, metric, vbase, comps, rows_per_forward=cfg.rows_per_forward,
                   resid_positions=cfg.resid_positions, row_groups=vgroups)
     at, tt = attr.table(), truth.table()
     table = compare(at, tt, signed=attr.signed)
-    text = summary(table, cfg.estimator, attr.compute, truth.compute,
+    est = np.concatenate(est_cols, axis=1)
+    cis = compare_ci(est, truth.per_row.double().numpy().T, ctypes, vgroups, top=top)
+    table = table.merge(cis, on="type").assign(sampled=lambda d: d["type"].map(sampled))
+    stab = {t: split_half(truth.per_row.double().numpy().T[:, np.asarray(ctypes) == t], vgroups,
+                          k=20, order="abs") for t in types}
+    text = summary(table, estimator, attr.compute, truth.compute,
                    n_truth_components=len(comps), n_all_components=n_all)
+    text += "\n" + "\n".join(
+        f"- split-half agreement of the patched top 20 {t}: Jaccard {s['jaccard']:.2f} "
+        f"[{s['ci_low']:.2f}, {s['ci_high']:.2f}] over {s['n_splits']} splits of {s['groups']} "
+        f"scenarios" + ("" if s["stable"] else " (not stable: below 0.6)")
+        for t, s in stab.items() if s["n_splits"])
     log(text)
     (out / f"validation_{label}.txt").write_text(text + "\n")
     table.to_csv(out / f"validation_{label}.csv", index=False)
     same = at[at["component"].isin(set(tt["component"]))]
     rows.append(report.tidy(same, emotion=label, split="validation"))
     rows.append(report.tidy(tt, emotion=label, split="validation"))
-    rows.append(report.validation_rows(table, emotion=label, estimator=cfg.estimator))
-    res["validation"] = {"prompts": k, "components": len(comps), "table": table.to_dict("records"),
+    rows.append(report.validation_rows(table.drop(columns=["sampled"]), emotion=label,
+                                       estimator=estimator))
+    res["validation"] = {"estimator": estimator, "baseline": vbase.name,
+                         "ranks_the_circuit": cfg.circuit and means is not None,
+                         "prompts": k, "components": len(comps), "sampled": sampled,
+                         "table": table.to_dict("records"),
                          "compute": {"attribution": attr.compute.as_dict(),
                                      "patching": truth.compute.as_dict()},
-                         "verdicts": verdicts(table, cfg.estimator), "notes": truth.notes}
-    figures.plot_scatter(at, tt, estimator=cfg.estimator,
-                         title=f"{metric.name}: {cfg.estimator} vs activation patching "
+                         "truth_split_half": stab,
+                         "verdicts": verdicts(table, estimator), "notes": truth.notes}
+    figures.plot_scatter(at, tt, estimator=estimator,
+                         title=f"{metric.name}: {estimator} vs activation patching "
                                f"({k} prompts, {vbase.name} baseline)",
                          out=out / f"scatter_{label}")
-    return same, tt
+    return same, tt, estimator
 
 
 def _circuit(lm, dataset, cfg, label, metric, ctypes, attr: Attribution, means, train, test,
@@ -266,42 +313,44 @@ def _circuit(lm, dataset, cfg, label, metric, ctypes, attr: Attribution, means, 
     tr_texts, tr_groups = _prompts(dataset, label, train, n, target)
     te_texts, te_groups = _prompts(dataset, label, test, n, target)
     if cfg.baseline != "mean" or cfg.circuit_estimator != cfg.estimator:
-        tr_all = tr_texts
-        attr = attribute(lm, lm.batch(tr_all), metric, means, types=ctypes,
+        attr = attribute(lm, lm.batch(tr_texts), metric, means, types=ctypes,
                          estimator=cfg.circuit_estimator, batch_size=cfg.batch_size,
-                         steps=cfg.ig_steps)
+                         steps=cfg.ig_steps, row_groups=tr_groups)
         log(f"circuit ranked by {cfg.circuit_estimator} against the mean baseline on "
-            f"{len(tr_all)} training prompts ({attr.compute.seconds:.0f} s)")
-    config = CircuitConfig(types=ctypes, target=cfg.faithfulness_target,
-                           max_fraction=cfg.max_fraction, rows_per_forward=cfg.rows_per_forward)
+            f"{len(tr_texts)} training prompts ({attr.compute.seconds:.0f} s)")
+    config = CircuitConfig(types=ctypes, max_error=cfg.max_error, max_fraction=cfg.max_fraction,
+                           rows_per_forward=cfg.rows_per_forward, n_random=cfg.random_circuits,
+                           seed=cfg.seed)
+    abl = None
+    if cfg.ablations:
+        ref = dataset.frame[dataset.frame["group"].isin(train)].sort_values("group")
+        layers = sorted({g.site.layer for g in attr.groups})
+        sites = [g.site for g in make_groups(lm, ctypes, layers)]
+        abl = {"mean": means, "zero": ZeroBaseline(),
+               "resample": ResampleBaseline.fit(lm, list(ref["text"]), sites,
+                                                batch_size=cfg.batch_size, seed=cfg.seed)}
+    behaviour = says(lm, label) if cfg.behaviour and label in EMOTION_WORDS and \
+        not metric.name.startswith("says:") else None
     circuit, curves = find_circuit(lm, attr, metric, lm.batch(tr_texts), lm.batch(te_texts), means,
                                    name=label, config=config, train_groups=tr_groups,
-                                   test_groups=te_groups)
+                                   test_groups=te_groups, ablation_baselines=abl,
+                                   behaviour=behaviour, test_texts=te_texts)
     circuit.info["model"] = lm.provenance()
     circuit.save(out / f"circuit_{label}.json")
     f, c = circuit.faithfulness, circuit.completeness
-    log(f"circuit: {circuit.size} of {circuit.n_candidates} {'+'.join(ctypes)} "
-        f"({100 * circuit.fraction:.2f}%); faithfulness on {f['n_test']} held-out prompts "
-        f"{f['test']:.2f} [{f['ci_low']:.2f}, {f['ci_high']:.2f}] (train {f['train']:.2f}); "
-        f"completeness {c['test']:.2f} [{c['ci_low']:.2f}, {c['ci_high']:.2f}]; "
-        f"ablating every candidate moves the metric by {-f['ablation_effect']:+.2f} "
-        f"[{-f['ablation_effect_ci'][1]:+.2f}, {-f['ablation_effect_ci'][0]:+.2f}]"
-        + ("" if circuit.info["reached_target_on_train"] else
-           f"; the target {cfg.faithfulness_target} was not reached on training prompts")
-        + ("" if circuit.info.get("within_budget", True) else
-           f"; larger than the budget of {100 * cfg.max_fraction:.0f}% of the candidates")
-        + (f"; faithfulness above {2 - cfg.faithfulness_target:.1f}: the circuit over-drives the "
-           "metric (components outside it pull it down)"
-           if f["test"] > 2 - cfg.faithfulness_target else "")
-        + ("; ablating every candidate does not move the metric reliably (its CI spans 0), so "
-           "these ratios are unstable" if _spans_zero(f["ablation_effect_ci"]) else ""))
+    for line in describe(circuit, ctypes):
+        log(line)
+    if _spans_zero(f["ablation_effect_ci"]):
+        log("  ablating every candidate does not move the metric reliably (its CI spans 0): the "
+            "normalised errors are unstable")
     rows.append(report.curve_rows(curves, emotion=label))
     figures.plot_circuit(circuit, n_layers=metric.layer + 1 if metric.layer is not None else lm.n_layers,
                          n_heads=lm.arch.head_shape(lm.model)[0],
                          out=out / f"circuit_{label}")
     res["circuit"] = {"size": circuit.size, "n_candidates": circuit.n_candidates,
                       "fraction": circuit.fraction, "faithfulness": f, "completeness": c,
-                      "info": {k: v for k, v in circuit.info.items() if k != "model"}}
+                      "info": {k: v for k, v in circuit.info.items() if k != "model"},
+                      "verdict": verdict(circuit)}
     res["_circuit"], res["_curves"] = circuit, curves
 
 

@@ -38,7 +38,8 @@ def test_help_reads_well(capsys):
         main(["circuits", "--help"])
     assert exc.value.code == 0
     out = capsys.readouterr().out
-    assert "direction:happiness,sadness@L24" in out and "--validate N|all" in out
+    assert "direction:happiness,sadness@L24" in out and "--validate [N|all]" in out
+    assert "--max-error" in out and "says:EMOTION" in out
     assert "--baseline {mean,pairs,zero}" in out
 
 
@@ -49,13 +50,24 @@ def test_a_whole_run_on_a_tiny_model(capsys, tiny_dir, tmp_path, cache, small):
                            "--validate", "6", "--validate-prompts", "2", "--circuit-prompts", "4",
                            "--influence-prompts", "2", "--out", str(out), "--quiet")
     assert code == 0, err
-    assert "validation of atp against activation patching" in text and "circuit:" in text
-    assert "faithfulness on 4 held-out prompts" in text and "ablating every candidate" in text
+    print(text)
+    # the estimator that ranks the circuit (ig against the mean) is the one validated
+    assert "validation of ig against activation patching" in text and "circuit:" in text
+    assert "held-out normalised error |M_k - M| / |M_0 - M| on 4 prompts" in text
+    assert "random circuits of the same composition" in text and "split-half" in text
+    assert "under each ablation: mean" in text and "resample" in text
+    assert "neurons: top 6 + 6 random (stratified by layer) of 384 (subsampled" in text
     run = json.loads((out / "run.json").read_text())
     assert set(run["emotions"]) == {"sadness"}
     assert not set(run["dataset"]["train_groups"]) & set(run["dataset"]["test_groups"])
     v = run["emotions"]["sadness"]["validation"]
-    assert v["components"] == 18 and {r["type"] for r in v["table"]} == {"heads", "neurons", "sublayers"}
+    assert v["estimator"] == "ig" and v["baseline"] == "mean" and v["ranks_the_circuit"]
+    assert v["sampled"]["heads"] == "all" and v["sampled"]["sublayers"] == "all"
+    assert v["components"] == 12 + 12 + 6 and {r["type"] for r in v["table"]} == {"heads", "neurons", "sublayers"}
+    assert all(r["spearman_low"] <= r["spearman"] + 1e-9 for r in v["table"])
+    c = run["emotions"]["sadness"]["circuit"]
+    assert set(c["faithfulness"]["ablations"]) == {"mean", "zero", "resample"}
+    assert c["faithfulness"]["random"]["n"] == 20 or c["size"] in (0, c["n_candidates"])
     df = pd.read_csv(out / "results.csv")
     assert {"atp", "patch:mean", "spearman", "recall@20", "faithfulness", "completeness",
             "influence"} <= set(df["measure"])
