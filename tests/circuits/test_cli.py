@@ -87,12 +87,49 @@ def test_a_whole_run_on_a_tiny_model(capsys, tiny_dir, tmp_path, cache, small):
     (["--components", "heads,edges"], "unknown component type"),
     (["--metric", "logprob:happy"], "need --label"),
     (["--prompts", "0"], "--prompts must be >= 1"),
+    (["--metric", "says:joy"], "no emotion words for 'joy'"),
+    (["--max-error", "0"], "--max-error must be > 0"),
+    (["--test-fraction", "1"], "--test-fraction must be > 0 and < 1"),
+    (["--random-circuits", "-1"], "--random-circuits must be >= 0"),
+    (["--circuit-types", "heads,bananas"], "unknown component type"),
 ])
-def test_bad_input_is_explained(capsys, tiny_dir, tmp_path, cache, small, args, message):
-    code, _, err = _run(capsys, "circuits", "--model", str(tiny_dir / "llama"), *small, "--no-circuit",
+def test_bad_input_is_explained_before_the_model_loads(capsys, tiny_dir, tmp_path, cache, small,
+                                                       monkeypatch, args, message):
+    import probe.cli
+
+    def no_model(_args):
+        raise AssertionError("the model was loaded before the arguments were checked")
+
+    monkeypatch.setattr(probe.cli, "_load_model", no_model)
+    circuit = [] if "--circuit-types" in args else ["--no-circuit"]
+    code, _, err = _run(capsys, "circuits", "--model", str(tiny_dir / "llama"), *small, *circuit,
                         "--influence-prompts", "0", "--prompts", "2", *args,
                         "--out", str(tmp_path / "r"), "--quiet")
-    assert code == 2 and message in err and "Traceback" not in err
+    assert code == 2 and message in err and "Traceback" not in err, err
+    assert not (tmp_path / "r").exists()
+
+
+def test_a_failed_run_leaves_no_empty_run_folder(capsys, tiny_dir, tmp_path, cache, small,
+                                                 monkeypatch):
+    import circuits.pipeline
+    from circuits.metrics import MetricError
+
+    def fails(lm, dataset, cfg, out, **kw):
+        (out / "directions").mkdir(parents=True)
+        raise MetricError("found only after the model loaded")
+
+    monkeypatch.setattr(circuits.pipeline, "run_circuits", fails)
+    out = tmp_path / "r"
+    code, _, err = _run(capsys, "circuits", "--model", str(tiny_dir / "llama"), *small,
+                        "--metric", "direction:sadness@L2", "--out", str(out), "--quiet")
+    assert code == 2 and "found only after the model loaded" in err
+    assert not out.exists()
+    kept = tmp_path / "kept"
+    kept.mkdir()
+    (kept / "mine.txt").write_text("a user's file")
+    code, _, _ = _run(capsys, "circuits", "--model", str(tiny_dir / "llama"), *small,
+                      "--metric", "direction:sadness@L2", "--out", str(kept), "--quiet")
+    assert code == 2 and (kept / "mine.txt").read_text() == "a user's file"
 
 
 def test_bad_validate_value(capsys):
