@@ -22,6 +22,7 @@ from pathlib import Path
 from typing import Literal
 
 import numpy as np
+import pandas as pd
 
 from circuits import figures, report
 from circuits.ablations import ResampleBaseline
@@ -141,7 +142,6 @@ def run_circuits(lm, dataset, cfg: CircuitsConfig, out: str | Path, *,
             circuits.append(res.pop("_circuit"))
             curves_all.append(res.pop("_curves").assign(name=label))
     if curves_all:
-        import pandas as pd
 
         curves = pd.concat(curves_all, ignore_index=True)
         figures.plot_faithfulness(curves, max_error=cfg.max_error,
@@ -189,7 +189,8 @@ def _one(lm, dataset, cfg, label, metric, types, ctypes, train, test, target, me
         texts, groups = _prompts(dataset, label, train, cfg.prompts, target)
         batch = lm.batch(texts)
         base = means if cfg.baseline == "mean" else ZeroBaseline()
-    shared = cfg.baseline == "mean" and cfg.circuit_estimator == cfg.estimator
+    shared = (cfg.baseline == "mean" and cfg.circuit_estimator == cfg.estimator
+              and (cfg.estimator != "ig" or set(types) == set(ctypes)))  # IG's path: its sites
     all_types = tuple(dict.fromkeys(types + (ctypes if shared else ())))
     attr = attribute(lm, batch, metric, base, types=all_types, estimator=cfg.estimator,
                      batch_size=cfg.batch_size, steps=cfg.ig_steps,
@@ -207,8 +208,8 @@ def _one(lm, dataset, cfg, label, metric, types, ctypes, train, test, target, me
     n_heads = lm.arch.head_shape(lm.model)[0]
     shown, truth_table, k, vest = table, None, len(batch), cfg.estimator
     if cfg.validate is not None:
-        shown, truth_table, vest = _validate(lm, cfg, label, metric, types, batch, base, means,
-                                             groups, out, log, rows, res,
+        shown, truth_table, vest = _validate(lm, cfg, label, metric, types, ctypes, batch, base,
+                                             means, groups, out, log, rows, res,
                                              pairs if cfg.baseline == "pairs" else None)
         k = res["validation"]["prompts"]
     if "heads" in types:
@@ -235,27 +236,92 @@ def _one(lm, dataset, cfg, label, metric, types, ctypes, train, test, target, me
     return res
 
 
-def _ranker(cfg, base, means):
-    """The estimator and baseline whose ranking the run uses (and so validates)."""
-    if cfg.circuit and means is not None:
-        return cfg.circuit_estimator, means
-    return cfg.estimator, base
+def _jobs(cfg, types, ctypes, base, means):
+    """``(estimator, baseline, types validated, types attributed together)`` per validation.
+
+    When a circuit is built, the circuit's ranker (``circuit_estimator`` against the mean, over
+    the circuit's types together: IG's path depends on which sites move) is what is validated
+    for the circuit's types; other types are validated with the run's own estimator.
+    """
+    if cfg.circuit and means is not None and ctypes:
+        inside = tuple(t for t in types if t in ctypes)
+        outside = tuple(t for t in types if t not in ctypes)
+        jobs = [(cfg.circuit_estimator, means, inside, tuple(ctypes), True)] if inside else []
+        if outside:
+            jobs.append((cfg.estimator, base, outside, outside, False))
+        return jobs
+    return [(cfg.estimator, base, tuple(types), tuple(types), False)]
 
 
-def _validate(lm, cfg, label, metric, types, batch, base, means, groups, out, log, rows, res, pairs):
+def _validate(lm, cfg, label, metric, types, ctypes, batch, base, means, groups, out, log, rows,
+              res, pairs):
     k = min(cfg.validate_prompts, len(batch))
-    estimator, vbase = _ranker(cfg, base, means)
-    if vbase is base and pairs is not None:
-        vbatch, vbase = pairs.select(range(k)).noising()
-    else:
-        vbatch = take(batch, range(k))
     vgroups = groups[:k]
-    attr = attribute(lm, vbatch, metric, vbase, types=types, estimator=estimator,
-                     batch_size=cfg.batch_size, steps=cfg.ig_steps,
-                     resid_positions=cfg.resid_positions, row_groups=vgroups)
+    texts, tables, shown, truths, parts = [], [], [], [], []
+    for estimator, vbase, vtypes, atypes, ranks in _jobs(cfg, types, ctypes, base, means):
+        if vbase is base and pairs is not None:
+            vbatch, vbase = pairs.select(range(k)).noising()
+        else:
+            vbatch = take(batch, range(k))
+        attr = attribute(lm, vbatch, metric, vbase, types=atypes, estimator=estimator,
+                         batch_size=cfg.batch_size, steps=cfg.ig_steps,
+                         resid_positions=cfg.resid_positions, row_groups=vgroups)
+        comps, est, ctype, top, sampled, n_all = _choose(cfg, attr, vtypes, log)
+        truth = patch(lm, vbatch, metric, vbase, comps, rows_per_forward=cfg.rows_per_forward,
+                      resid_positions=cfg.resid_positions, row_groups=vgroups)
+        at, tt = attr.table(types=vtypes), truth.table()
+        truth_rows = truth.per_row.double().numpy().T
+        table = compare(at, tt, signed=attr.signed)
+        cis = compare_ci(est, truth_rows, ctype, vgroups, top=top)
+        table = table.merge(cis, on="type").assign(sampled=lambda d: d["type"].map(sampled))
+        stab = {t: split_half(truth_rows[:, np.asarray(ctype) == t], vgroups, k=20, order="abs")
+                for t in vtypes}
+        text = summary(table, estimator, attr.compute, truth.compute,
+                       n_truth_components=len(comps), n_all_components=n_all)
+        text += "".join(
+            f"\n- split-half agreement of the patched top 20 {t}: Jaccard {s['jaccard']:.2f} "
+            f"[{s['ci_low']:.2f}, {s['ci_high']:.2f}] over {s['n_splits']} splits of "
+            f"{s['groups']} scenarios" + ("" if s["stable"] else " (not stable: below 0.6)")
+            for t, s in stab.items() if s["n_splits"])
+        if ranks:
+            text = f"(the estimator that ranks the circuit, against the {vbase.name} baseline)\n" + text
+        log(text)
+        texts.append(text)
+        tables.append(table.assign(estimator=estimator))
+        same = at[at["component"].isin(set(tt["component"]))]
+        shown.append(same)
+        truths.append(tt)
+        rows.append(report.tidy(same, emotion=label, split="validation"))
+        rows.append(report.tidy(tt, emotion=label, split="validation"))
+        rows.append(report.validation_rows(table.drop(columns=["sampled"]), emotion=label,
+                                           estimator=estimator))
+        parts.append({"estimator": estimator, "baseline": vbase.name, "ranks_the_circuit": ranks,
+                      "types": list(vtypes), "components": len(comps), "sampled": sampled,
+                      "compute": {"attribution": attr.compute.as_dict(),
+                                  "patching": truth.compute.as_dict()},
+                      "truth_split_half": stab, "verdicts": verdicts(table, estimator),
+                      "notes": truth.notes})
+        figures.plot_scatter(at, tt, estimator=estimator,
+                             title=f"{metric.name}: {estimator} vs activation patching "
+                                   f"({k} prompts, {vbase.name} baseline)",
+                             out=out / (f"scatter_{label}" + ("" if len(parts) == 1 else
+                                                              f"_{'_'.join(vtypes)}")))
+    table = pd.concat(tables, ignore_index=True)
+    (out / f"validation_{label}.txt").write_text("\n\n".join(texts) + "\n")
+    table.to_csv(out / f"validation_{label}.csv", index=False)
+    res["validation"] = {"prompts": k, "components": sum(p["components"] for p in parts),
+                         "table": table.to_dict("records"), "runs": parts,
+                         **{key: parts[0][key] for key in ("estimator", "baseline",
+                                                           "ranks_the_circuit", "sampled")}}
+    return (pd.concat(shown, ignore_index=True), pd.concat(truths, ignore_index=True),
+            "/".join(p["estimator"] for p in parts))
+
+
+def _choose(cfg, attr, vtypes, log):
+    """Components of each validated type to patch (:func:`circuits.validate.select`)."""
     n = None if cfg.validate == -1 else cfg.validate
-    comps, est_cols, ctypes, top, sampled, n_all = [], [], [], [], {}, 0
-    for t in types:
+    comps, est_cols, ctype, top, sampled, n_all = [], [], [], [], {}, 0
+    for t in vtypes:
         gs = [g for g in attr.groups if g.type == t]
         cs = [c for g in gs for c in g.components()]
         e = np.concatenate([attr.per_row[g].double().numpy() for g in gs], axis=1)
@@ -266,45 +332,9 @@ def _validate(lm, cfg, label, metric, types, batch, base, means, groups, out, lo
             log(f"validating {t}: {how} (subsampled; --validate all patches every one)")
         comps += [cs[i] for i in idx]
         est_cols.append(e[:, idx])
-        ctypes += [t] * len(idx)
+        ctype += [t] * len(idx)
         top += [how == "all" or j < n for j in range(len(idx))]
-    truth = patch(lm, vbatch, metric, vbase, comps, rows_per_forward=cfg.rows_per_forward,
-                  resid_positions=cfg.resid_positions, row_groups=vgroups)
-    at, tt = attr.table(), truth.table()
-    table = compare(at, tt, signed=attr.signed)
-    est = np.concatenate(est_cols, axis=1)
-    cis = compare_ci(est, truth.per_row.double().numpy().T, ctypes, vgroups, top=top)
-    table = table.merge(cis, on="type").assign(sampled=lambda d: d["type"].map(sampled))
-    stab = {t: split_half(truth.per_row.double().numpy().T[:, np.asarray(ctypes) == t], vgroups,
-                          k=20, order="abs") for t in types}
-    text = summary(table, estimator, attr.compute, truth.compute,
-                   n_truth_components=len(comps), n_all_components=n_all)
-    text += "\n" + "\n".join(
-        f"- split-half agreement of the patched top 20 {t}: Jaccard {s['jaccard']:.2f} "
-        f"[{s['ci_low']:.2f}, {s['ci_high']:.2f}] over {s['n_splits']} splits of {s['groups']} "
-        f"scenarios" + ("" if s["stable"] else " (not stable: below 0.6)")
-        for t, s in stab.items() if s["n_splits"])
-    log(text)
-    (out / f"validation_{label}.txt").write_text(text + "\n")
-    table.to_csv(out / f"validation_{label}.csv", index=False)
-    same = at[at["component"].isin(set(tt["component"]))]
-    rows.append(report.tidy(same, emotion=label, split="validation"))
-    rows.append(report.tidy(tt, emotion=label, split="validation"))
-    rows.append(report.validation_rows(table.drop(columns=["sampled"]), emotion=label,
-                                       estimator=estimator))
-    res["validation"] = {"estimator": estimator, "baseline": vbase.name,
-                         "ranks_the_circuit": cfg.circuit and means is not None,
-                         "prompts": k, "components": len(comps), "sampled": sampled,
-                         "table": table.to_dict("records"),
-                         "compute": {"attribution": attr.compute.as_dict(),
-                                     "patching": truth.compute.as_dict()},
-                         "truth_split_half": stab,
-                         "verdicts": verdicts(table, estimator), "notes": truth.notes}
-    figures.plot_scatter(at, tt, estimator=estimator,
-                         title=f"{metric.name}: {estimator} vs activation patching "
-                               f"({k} prompts, {vbase.name} baseline)",
-                         out=out / f"scatter_{label}")
-    return same, tt, estimator
+    return comps, np.concatenate(est_cols, axis=1), ctype, top, sampled, n_all
 
 
 def _circuit(lm, dataset, cfg, label, metric, ctypes, attr: Attribution, means, train, test,
@@ -312,7 +342,9 @@ def _circuit(lm, dataset, cfg, label, metric, ctypes, attr: Attribution, means, 
     n = cfg.circuit_prompts
     tr_texts, tr_groups = _prompts(dataset, label, train, n, target)
     te_texts, te_groups = _prompts(dataset, label, test, n, target)
-    if cfg.baseline != "mean" or cfg.circuit_estimator != cfg.estimator:
+    if not (cfg.baseline == "mean" and cfg.circuit_estimator == cfg.estimator
+            and (cfg.estimator != "ig" or set(attr.groups) == {g for g in attr.groups
+                                                                  if g.type in ctypes})):
         attr = attribute(lm, lm.batch(tr_texts), metric, means, types=ctypes,
                          estimator=cfg.circuit_estimator, batch_size=cfg.batch_size,
                          steps=cfg.ig_steps, row_groups=tr_groups)

@@ -62,7 +62,7 @@ def describe(circuit, types: Sequence[str]) -> list[str]:
                                     "not reached" else ""),
         f"  held-out normalised error |M_k - M| / |M_0 - M| on {f['n_test']} prompts: "
         f"{_f(f['error'])} {_ci(f['error_ci'])} (train {_f(f['error_train'])}); "
-        f"M {f['M']:.2f}, circuit {f['M_k']:.2f}, empty {f['M_0']:.2f}"
+        f"M {f['M']:.3g}, circuit {f['M_k']:.3g}, empty {f['M_0']:.3g}"
         + ("; the circuit OVERSHOOTS the model (further past it than it should be)"
            if _overshoots(f) else ""),
         f"  faithfulness ratio {_f(f['test'])} {_ci([f['ci_low'], f['ci_high']])}, completeness "
@@ -83,8 +83,8 @@ def describe(circuit, types: Sequence[str]) -> list[str]:
     if "behaviour" in f:
         b = f["behaviour"]
         rnd = (f"; random circuits median {_f(b['random']['median'])}" if "random" in b else "")
-        lines.append(f"  on what the model says ({b['metric']}: M {b['M']:.2f}, circuit "
-                     f"{b['M_k']:.2f}, empty {b['M_0']:.2f}): error {_f(b['error'])} "
+        lines.append(f"  on what the model says ({b['metric']}: M {b['M']:.3g}, circuit "
+                     f"{b['M_k']:.3g}, empty {b['M_0']:.3g}): error {_f(b['error'])} "
                      f"{_ci(b['error_ci'])}{rnd}")
     s = info.get("stability", {})
     if s.get("n_splits"):

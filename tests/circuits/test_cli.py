@@ -62,7 +62,11 @@ def test_a_whole_run_on_a_tiny_model(capsys, tiny_dir, tmp_path, cache, small):
     assert not set(run["dataset"]["train_groups"]) & set(run["dataset"]["test_groups"])
     v = run["emotions"]["sadness"]["validation"]
     assert v["estimator"] == "ig" and v["baseline"] == "mean" and v["ranks_the_circuit"]
-    assert v["sampled"]["heads"] == "all" and v["sampled"]["sublayers"] == "all"
+    ranker, other = v["runs"]
+    assert ranker["types"] == ["heads", "neurons"] and ranker["estimator"] == "ig"
+    assert other["types"] == ["sublayers"] and other["estimator"] == "atp"
+    assert not other["ranks_the_circuit"]
+    assert v["sampled"]["heads"] == "all" and other["sampled"]["sublayers"] == "all"
     assert v["components"] == 12 + 12 + 6 and {r["type"] for r in v["table"]} == {"heads", "neurons", "sublayers"}
     assert all(r["spearman_low"] <= r["spearman"] + 1e-9 for r in v["table"])
     c = run["emotions"]["sadness"]["circuit"]
@@ -74,7 +78,8 @@ def test_a_whole_run_on_a_tiny_model(capsys, tiny_dir, tmp_path, cache, small):
     assert (df["ci_low"].dropna() <= df["value"][df["ci_low"].notna()] + 1e-12).all()
     c = json.loads((out / "circuit_sadness.json").read_text())
     assert c["format"] == "emoprobe.circuit/1" and c["size"] == len(c["components"])
-    for stem in ("heads_sadness", "scatter_sadness", "influence_sadness", "faithfulness",
+    for stem in ("heads_sadness", "scatter_sadness", "scatter_sadness_sublayers",
+                 "influence_sadness", "faithfulness",
                  "circuit_sadness", "neurons_sadness"):
         assert (out / f"{stem}.png").exists() and (out / f"{stem}.svg").exists()
 
