@@ -132,11 +132,18 @@ def run_circuits(lm, dataset, cfg: CircuitsConfig, out: str | Path, *,
         t = time.perf_counter()
         means = MeanBaseline.fit(lm, list(ref["text"]), sites, batch_size=cfg.batch_size)
         log(f"mean baseline over {len(ref)} training prompts ({time.perf_counter() - t:.0f} s)")
+    resample = None
+    if ctypes and cfg.ablations:  # resample ablation: up to 64 training prompts, seeded
+        ref = dataset.frame[dataset.frame["group"].isin(train)]
+        ref = ref.sample(n=min(64, len(ref)), random_state=cfg.seed).sort_values("group")
+        sites = [g.site for g in make_groups(lm, ctypes, layers)]
+        resample = ResampleBaseline.fit(lm, list(ref["text"]), sites, batch_size=cfg.batch_size,
+                                        seed=cfg.seed)
     rows, summaries, circuits, curves_all, tensors = [], {}, [], [], {}
     for label, metric in metrics.items():
         log(f"\n== {label}: {metric.name}")
         res = _one(lm, dataset, cfg, label, metric, types, ctypes, train, test, target, means,
-                   dirs, out, log, rows, tensors)
+                   dirs, out, log, rows, tensors, resample)
         summaries[label] = res
         if "circuit" in res:
             circuits.append(res.pop("_circuit"))
@@ -171,7 +178,7 @@ def run_circuits(lm, dataset, cfg: CircuitsConfig, out: str | Path, *,
 
 
 def _one(lm, dataset, cfg, label, metric, types, ctypes, train, test, target, means, dirs, out,
-         log, rows, tensors) -> dict:
+         log, rows, tensors, resample=None) -> dict:
     res: dict = {}
     if cfg.baseline == "pairs":
         pairs = make_pairs(lm, dataset, label=label, target=target, groups=train, align=cfg.align,
@@ -232,7 +239,7 @@ def _one(lm, dataset, cfg, label, metric, types, ctypes, train, test, target, me
                                         out=out / f"influence_{label}")
     if ctypes:
         _circuit(lm, dataset, cfg, label, metric, ctypes, attr, means, train, test, target, out,
-                 log, rows, res)
+                 log, rows, res, resample)
     return res
 
 
@@ -338,7 +345,7 @@ def _choose(cfg, attr, vtypes, log):
 
 
 def _circuit(lm, dataset, cfg, label, metric, ctypes, attr: Attribution, means, train, test,
-             target, out, log, rows, res):
+             target, out, log, rows, res, resample=None):
     n = cfg.circuit_prompts
     tr_texts, tr_groups = _prompts(dataset, label, train, n, target)
     te_texts, te_groups = _prompts(dataset, label, test, n, target)
@@ -353,14 +360,7 @@ def _circuit(lm, dataset, cfg, label, metric, ctypes, attr: Attribution, means, 
     config = CircuitConfig(types=ctypes, max_error=cfg.max_error, max_fraction=cfg.max_fraction,
                            rows_per_forward=cfg.rows_per_forward, n_random=cfg.random_circuits,
                            seed=cfg.seed)
-    abl = None
-    if cfg.ablations:
-        ref = dataset.frame[dataset.frame["group"].isin(train)].sort_values("group")
-        layers = sorted({g.site.layer for g in attr.groups})
-        sites = [g.site for g in make_groups(lm, ctypes, layers)]
-        abl = {"mean": means, "zero": ZeroBaseline(),
-               "resample": ResampleBaseline.fit(lm, list(ref["text"]), sites,
-                                                batch_size=cfg.batch_size, seed=cfg.seed)}
+    abl = {"mean": means, "zero": ZeroBaseline(), "resample": resample} if resample else None
     behaviour = says(lm, label) if cfg.behaviour and label in EMOTION_WORDS and \
         not metric.name.startswith("says:") else None
     circuit, curves = find_circuit(lm, attr, metric, lm.batch(tr_texts), lm.batch(te_texts), means,
