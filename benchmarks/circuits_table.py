@@ -65,24 +65,25 @@ def circuits(folder: Path) -> list[str]:
 
 
 def validation(folder: Path) -> list[str]:
-    run = folder / "run.json"
-    if not run.exists():
-        return ["(run.json not written: the run did not finish)"]
-    emotions = json.loads(run.read_text())["emotions"]
+    """From run.json, or (a run still going or stopped) from each ``validation_<emotion>.csv``."""
+    import pandas as pd
+
     out = ["| emotion | estimator | type | n | Spearman | recall@20 | random p95 | "
            "patched top-20 split-half Jaccard |", "|---|---|---|---|---|---|---|---|"]
-    for e, res in emotions.items():
-        v = res.get("validation")
-        if not v:
-            continue
-        halves = {t: s for p in v["runs"] for t, s in p["truth_split_half"].items()}
-        for r in v["table"]:
+    run = folder / "run.json"
+    emotions = json.loads(run.read_text())["emotions"] if run.exists() else {}
+    for csv in sorted(folder.glob("validation_*.csv")):
+        e = csv.stem.removeprefix("validation_")
+        v = emotions.get(e, {}).get("validation", {})
+        halves = {t: s for p in v.get("runs", []) for t, s in p["truth_split_half"].items()}
+        for r in pd.read_csv(csv).to_dict("records"):
             s = halves.get(r["type"], {})
             out.append(f"| {e} | {r['estimator']} | {r['type']} | {r['n']} | "
                        f"{_ci(r['spearman'], r.get('spearman_low'), r.get('spearman_high'))} | "
                        f"{_ci(r['recall@20'], r.get('recall@20_low'), r.get('recall@20_high'))} | "
                        f"{_f(r.get('recall@20_random_p95'))} | "
-                       f"{_ci(s.get('jaccard'), s.get('ci_low'), s.get('ci_high'))} |")
+                       + (f"{_ci(s.get('jaccard'), s.get('ci_low'), s.get('ci_high'))} |" if s
+                          else "see validation_<emotion>.txt |"))
     return out
 
 
