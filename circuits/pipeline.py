@@ -6,10 +6,14 @@ For each emotion of the metric (``direction:happiness,sadness@L24``):
    use training scenarios only;
 2. every component of the requested types is attributed (AtP, AtP* or IG) against the chosen
    baseline (mean ablation, aligned pairs, or zero);
-3. with ``validate``, a sample (or all) of the components is activation-patched on a few
-   prompts and compared with the attribution on the same prompts, compute included;
-4. a circuit of heads + neurons is chosen on training prompts and its faithfulness and
-   completeness are measured on held-out prompts (bootstrap CIs over scenarios);
+3. with ``validate``, the estimator that ranks the circuit (or, without one, the run's) is
+   checked against activation patching of every component (or its top N plus N random) on a
+   few prompts, with bootstrap CIs over prompts, a random ranking's recall and split-half
+   agreement;
+4. a circuit of heads + neurons is chosen on training prompts by closeness to the model
+   (normalised error, :mod:`circuits.closeness`) and judged on held-out prompts next to random
+   circuits of the same composition, under three ablations, on what the model says, with its
+   split-half stability (bootstrap CIs over scenarios);
 5. tables, the circuit file, scores and figures are written to ``out``.
 """
 
@@ -139,6 +143,7 @@ def run_circuits(lm, dataset, cfg: CircuitsConfig, out: str | Path, *,
         sites = [g.site for g in make_groups(lm, ctypes, layers)]
         resample = ResampleBaseline.fit(lm, list(ref["text"]), sites, batch_size=cfg.batch_size,
                                         seed=cfg.seed)
+        log(f"resample ablation: values of {len(ref)} training prompts")
     rows, summaries, circuits, curves_all, tensors = [], {}, [], [], {}
     for label, metric in metrics.items():
         log(f"\n== {label}: {metric.name}")
@@ -149,7 +154,6 @@ def run_circuits(lm, dataset, cfg: CircuitsConfig, out: str | Path, *,
             circuits.append(res.pop("_circuit"))
             curves_all.append(res.pop("_curves").assign(name=label))
     if curves_all:
-
         curves = pd.concat(curves_all, ignore_index=True)
         figures.plot_faithfulness(curves, max_error=cfg.max_error,
                                   budget=int(cfg.max_fraction * circuits[0].n_candidates),
