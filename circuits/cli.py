@@ -81,6 +81,10 @@ def register(sub) -> dict:
                         "patched on its top N plus N drawn at random by layer (reported)")
     g.add_argument("--validate-prompts", type=int, default=8,
                    help="prompts the validation patches on (default: %(default)s)")
+    g.add_argument("--edges", type=int, default=0, metavar="N",
+                   help="edge attribution (EAP) between heads, MLPs and the metric on the "
+                        "validation prompts, checked by patching its top N and N random edges "
+                        "(direction metrics; default: off)")
     g = p.add_argument_group("circuits")
     g.add_argument("--no-circuit", dest="circuit", action="store_false",
                    help="attribute (and validate) only")
@@ -126,12 +130,16 @@ def check_args(args, dataset=None) -> None:
             raise UsageError(f"--{name.replace('_', '-')} must be >= 1")
     if args.random_circuits < 0:
         raise UsageError("--random-circuits must be >= 0")
+    if args.edges < 0:
+        raise UsageError("--edges must be >= 0")
     for name in ("max_error", "max_fraction", "test_fraction"):
         v = getattr(args, name)
         if not 0 < v < (1 if name == "test_fraction" else float("inf")):
             raise UsageError(f"--{name.replace('_', '-')} must be > 0"
                              + (" and < 1" if name == "test_fraction" else "") + f", not {v}")
     kind, labels, layer = parse_metric_spec(args.metric)
+    if args.edges and kind != "direction":
+        raise UsageError("--edges needs a direction metric (it reads one residual site)")
     parse_types(args.components.split(","))
     if args.circuit:
         parse_types(args.circuit_types.split(","))
@@ -173,7 +181,7 @@ def cmd_circuits(args) -> int:
         max_fraction=args.max_fraction, random_circuits=args.random_circuits,
         ablations=args.ablations, behaviour=args.behaviour,
         influence_prompts=args.influence_prompts, test_fraction=args.test_fraction,
-        seed=args.seed, batch_size=args.batch_size, ig_steps=args.ig_steps)
+        seed=args.seed, batch_size=args.batch_size, ig_steps=args.ig_steps, edges=args.edges)
     dataset = _load_data(args)
     check_args(args, dataset)
     lm = _load_model(args)
@@ -206,12 +214,13 @@ def _user_errors() -> tuple:
     from circuits.attribution import AttributionError
     from circuits.baselines import AlignmentError
     from circuits.components import ComponentError
+    from circuits.edges import EdgeError
     from circuits.metrics import MetricError
     from circuits.pairs import PairError
     from circuits.qk import QKFixError
 
-    return (AttributionError, AlignmentError, CircuitError, ComponentError, MetricError,
-            PairError, QKFixError, UsageError)
+    return (AttributionError, AlignmentError, CircuitError, ComponentError, EdgeError,
+            MetricError, PairError, QKFixError, UsageError)
 
 
 class _Errors:

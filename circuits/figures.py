@@ -4,7 +4,8 @@
 * :func:`plot_scatter` -- estimated against measured effect, one panel per component type;
 * :func:`plot_sublayer_influence` -- Wang et al.'s influence of each sublayer per layer;
 * :func:`plot_top_neurons` -- the neurons with the largest estimated effects;
-* :func:`plot_faithfulness` -- faithfulness and completeness against circuit size, with CIs;
+* :func:`plot_faithfulness` -- the held-out normalised error against circuit size, with CIs;
+* :func:`plot_edges` -- the top edges of an edge attribution as a graph;
 * :func:`plot_circuit` -- where a circuit's components sit (layer x head / neuron rank).
 
 Every function takes tidy tables (``component, type, layer, unit, value``) and returns a
@@ -224,4 +225,48 @@ def plot_circuit(circuit, *, n_layers: int, n_heads: int, title: str | None = No
         n_h = sum(c.type == "heads" for c in comps)
         ax.set_title(title or f"circuit {circuit.name}: {n_h} heads, {len(comps) - n_h} neurons "
                               "(area ∝ |score|; nodes only)")
+    return _done(fig, out)
+
+
+def plot_edges(table: pd.DataFrame, *, n_layers: int, n_heads: int, k: int = 40,
+               title: str | None = None, out: str | os.PathLike | None = None) -> Figure:
+    """The ``k`` edges with the largest ``|value|`` as a graph: heads (one row per head index),
+    MLPs (bottom row) and the metric (right) placed by layer; line width ∝ ``|value|``, colour by
+    sign (blue: patching the edge raises the metric, vermillion: lowers it)."""
+    top = table.reindex(table["value"].abs().sort_values(ascending=False).index).head(k)
+
+    def pos(name: str, side: str) -> tuple[float, float]:
+        if name == "metric":
+            return n_layers - 0.5, n_heads / 2
+        layer = int(name.split(".")[1])
+        if "hook_z[" in name:
+            return layer - 0.15, n_heads - int(name.split("[")[1].rstrip("]"))
+        if name.endswith("attn_in"):
+            return layer - 0.4, n_heads + 1
+        return layer + 0.15, -0.5  # MLP out / MLP in
+
+    scale = 3.0 / top["value"].abs().max() if len(top) and top["value"].abs().max() > 0 else 1.0
+    with mpl.rc_context(RC):
+        fig = _figure((6.4, 3.4))
+        ax = fig.subplots()
+        for _, r in top.iterrows():
+            (x0, y0), (x1, y1) = pos(r["upstream"], "up"), pos(r["downstream"], "down")
+            ax.annotate("", xy=(x1, y1), xytext=(x0, y0),
+                        arrowprops=dict(arrowstyle="-|>", lw=max(0.3, abs(r["value"]) * scale),
+                                        color=OKABE_ITO[0] if r["value"] > 0 else OKABE_ITO[1],
+                                        alpha=0.7, shrinkA=2, shrinkB=2,
+                                        connectionstyle="arc3,rad=0.15"))
+        names = set(top["upstream"]) | set(top["downstream"])
+        for nme in names:
+            x, y = pos(nme, "")
+            ax.scatter([x], [y], s=14, zorder=3,
+                       color="#555555" if "hook_z" in nme else OKABE_ITO[2])
+        ax.set_xlim(-1, n_layers)
+        ax.set_xticks(range(0, n_layers, max(1, n_layers // 10)))
+        ax.set_ylim(-1.5, n_heads + 2)
+        ax.set_yticks([n_heads + 1] + [n_heads - h for h in range(n_heads)] + [-0.5],
+                      ["attn in"] + [f"head {h}" for h in range(n_heads)] + ["MLP"])
+        ax.set_xlabel("layer (metric at the right)")
+        ax.set_title(title or f"top {len(top)} edges by EAP (width ∝ |score|; blue +, red -)",
+                     fontsize=7)
     return _done(fig, out)

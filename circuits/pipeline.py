@@ -35,6 +35,7 @@ from circuits.verdict import describe, verdict
 from circuits.attribution import Attribution, attribute, component_layers
 from circuits.baselines import MeanBaseline, ZeroBaseline, take
 from circuits.components import groups as make_groups, parse_types
+from circuits.edge_run import run_edges
 from circuits.metrics import (
     MetricError,
     direction,
@@ -82,6 +83,7 @@ class CircuitsConfig:
     rows_per_forward: int = 64
     ig_steps: int = 8
     resid_positions: int = 8
+    edges: int = 0  # EAP on every edge + edge patching of the top N and N random ones
 
 
 def _metrics(lm, dataset, cfg: CircuitsConfig, train, out: Path):
@@ -128,9 +130,9 @@ def run_circuits(lm, dataset, cfg: CircuitsConfig, out: str | Path, *,
     metrics, dirs = _metrics(lm, dataset, cfg, train, out)
     any_metric = next(iter(metrics.values()))
     layers, notes = component_layers(lm, any_metric)
-    all_types = tuple(dict.fromkeys(types + ctypes))
+    all_types = tuple(dict.fromkeys(types + ctypes + (("heads", "neurons") if cfg.edges else ())))
     means = None
-    if cfg.baseline == "mean" or ctypes:
+    if cfg.baseline == "mean" or ctypes or cfg.edges:
         ref = dataset.frame[dataset.frame["group"].isin(train)].sort_values("group")
         sites = [g.site for g in make_groups(lm, all_types, layers, positions=cfg.resid_positions)]
         t = time.perf_counter()
@@ -223,6 +225,12 @@ def _one(lm, dataset, cfg, label, metric, types, ctypes, train, test, target, me
                                              means, groups, out, log, rows, res,
                                              pairs if cfg.baseline == "pairs" else None)
         k = res["validation"]["prompts"]
+    if cfg.edges:
+        k_e = min(cfg.validate_prompts, len(batch))
+        res["edges"] = run_edges(lm, take(batch, range(k_e)), metric,
+                                 means if means is not None else base, groups[:k_e], n=cfg.edges,
+                                 label=label, out=out, log=log, seed=cfg.seed,
+                                 rows_per_forward=cfg.rows_per_forward)
     if "heads" in types:
         figures.plot_head_heatmaps(shown, truth_table, n_layers=n_layers, n_heads=n_heads,
                                    labels=(f"{vest} ({k} prompts)",

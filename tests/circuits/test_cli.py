@@ -141,3 +141,21 @@ def test_bad_validate_value(capsys):
     with pytest.raises(SystemExit) as exc:
         main(["circuits", "--validate", "some"])
     assert exc.value.code == 2 and "number or 'all'" in capsys.readouterr().err
+
+
+def test_edges_are_attributed_and_checked_by_edge_patching(capsys, tiny_dir, tmp_path, cache, small):
+    out = tmp_path / "e"
+    code, text, err = _run(capsys, "circuits", "--model", str(tiny_dir / "llama"), *small,
+                           "--metric", "direction:sadness@L2", "--components", "heads",
+                           "--no-circuit", "--prompts", "4", "--validate-prompts", "4",
+                           "--influence-prompts", "0", "--edges", "5", "--out", str(out), "--quiet")
+    assert code == 0, err
+    assert "validation of EAP against activation patching" in text and "edge patching" in text
+    edges = pd.read_csv(out / "edges_sadness.csv")
+    assert edges["patched"].notna().sum() == 10 and edges["patched"].iloc[:5].notna().all()
+    e = json.loads((out / "run.json").read_text())["emotions"]["sadness"]["edges"]
+    assert e["patched"] == 10 and e["table"][0]["type"] == "edges"
+    assert (out / "edges_sadness.png").exists()
+    code, _, err = _run(capsys, "circuits", "--metric", "logprob:happy", "--label", "happiness",
+                        "--edges", "5", "--out", str(tmp_path / "x"))
+    assert code == 2 and "--edges needs a direction metric" in err

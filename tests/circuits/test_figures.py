@@ -39,6 +39,12 @@ def test_every_figure_writes_png_and_svg(tmp_path):
     c = Circuit("joy", "m", [Component.parse("blocks.1.attn.hook_z[2]"),
                              Component.parse("blocks.3.mlp.hook_post[7]")], [2.0, -1.0], 132)
     figures.plot_circuit(c, n_layers=4, n_heads=3, out=tmp_path / "c")
-    for stem in "hsnifc":
+    edges = pd.DataFrame({"upstream": ["blocks.0.attn.hook_z[1]", "blocks.1.hook_mlp_out",
+                                       "blocks.0.hook_mlp_out"],
+                          "downstream": ["blocks.1.mlp_in", "metric", "blocks.2.attn_in"],
+                          "value": [0.5, -1.0, 0.2]})
+    fig = figures.plot_edges(edges, n_layers=4, n_heads=3, k=2, out=tmp_path / "e")
+    assert len(fig.axes[0].texts) == 2  # the two largest edges are drawn as arrows
+    for stem in "hsnifce":
         assert (tmp_path / f"{stem}.png").stat().st_size > 1000
         assert (tmp_path / f"{stem}.svg").read_text().startswith("<?xml")
