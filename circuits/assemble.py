@@ -259,7 +259,8 @@ def find_circuit(lm, attr: Attribution, metric: Metric, train: Batch, test: Batc
                         scores, tr)
     order = min(tried, key=lambda o: tried[o][0])
     _, ranked, scores, tr = tried[order]
-    k, how = choose_size(tr["size"], tr["error"], tr["error_high"], max_error=config.max_error)
+    k, how = choose_size(tr["size"], tr["error"], tr["error_high"], max_error=config.max_error,
+                         n_all=n_all, budget=int(config.max_fraction * n_all))
     te = curves(lm, test, metric, ranked, gs, means, sizes, completeness=True,
                 row_groups=test_groups, n_boot=config.n_boot, **kw)
     at, at_tr = te[te["size"] == k].iloc[0], tr[tr["size"] == k].iloc[0]

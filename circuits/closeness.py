@@ -137,20 +137,30 @@ def area(sizes: Sequence[int], values: Sequence[float], n_all: int) -> float:
 
 
 def choose_size(sizes: Sequence[int], error: Sequence[float], error_high: Sequence[float], *,
-                max_error: float = MAX_ERROR) -> tuple[int, str]:
+                max_error: float = MAX_ERROR, n_all: int | None = None,
+                budget: int | None = None) -> tuple[int, str]:
     """The smallest size whose error's upper CI bound is ``<= max_error``.
 
+    Every candidate kept (``n_all``) reproduces the model by definition and is never chosen.
     Returns ``(size, how)`` with ``how`` ``"upper CI"``, ``"point estimate"`` (no size's upper
-    bound qualifies but a point estimate does) or ``"not reached"`` (the closest size).
+    bound qualifies but a point estimate does) or ``"not reached"``: then the size with the
+    smallest error within ``budget`` (or among all sizes when none is within it), so that what
+    a small circuit achieves is still measured and compared with random circuits.
     """
     s, e, hi = (np.asarray(v, float) for v in (sizes, error, error_high))
-    ok = np.isfinite(hi) & (hi <= max_error)
+    proper = (s > 0) & (s < n_all) if n_all is not None else s > 0
+    ok = proper & np.isfinite(hi) & (hi <= max_error)
     if ok.any():
         return int(s[ok].min()), "upper CI"
-    ok = e <= max_error
+    ok = proper & (e <= max_error)
     if ok.any():
         return int(s[ok].min()), "point estimate"
-    return int(s[np.nanargmin(np.where(np.isfinite(e), e, np.nan))]), "not reached"
+    pool = proper & (s <= budget) if budget is not None else proper
+    pool = pool if pool.any() else proper
+    if not pool.any():
+        return int(s.max()), "not reached"
+    e = np.where(pool & np.isfinite(e), e, np.inf)
+    return int(s[np.argmin(e)]), "not reached"
 
 
 # ------------------------------------------------------------------------- random circuits

@@ -54,12 +54,12 @@ def describe(circuit, types: Sequence[str]) -> list[str]:
     how = {"upper CI": "the smallest whose upper CI bound of the error on training prompts is",
            "point estimate": "no size's upper CI bound on training prompts was within the limit; "
                              "the smallest whose point estimate is",
-           "not reached": "no size on the grid reached an error"}[f["chosen_by"]]
+           "not reached": "no size short of every candidate reached an error"}[f["chosen_by"]]
     lines = [
         f"circuit: {circuit.size} of {circuit.n_candidates} {'+'.join(types)} "
         f"({100 * circuit.fraction:.2f}%; ranked {info['order']}), chosen as {how} "
-        f"<= {f['max_error']:g}" + (" (the closest size is kept)" if f["chosen_by"] ==
-                                    "not reached" else ""),
+        f"<= {f['max_error']:g}" + (" on training prompts; the closest size within the budget "
+                                    "is judged" if f["chosen_by"] == "not reached" else ""),
         f"  held-out normalised error |M_k - M| / |M_0 - M| on {f['n_test']} prompts: "
         f"{_f(f['error'])} {_ci(f['error_ci'])} (train {_f(f['error_train'])}); "
         f"M {f['M']:.3g}, circuit {f['M_k']:.3g}, empty {f['M_0']:.3g}"

@@ -59,6 +59,11 @@ def test_overshoot_is_rejected_where_faithfulness_above_target_accepted_it():
     assert (k, how) == (1000, "point estimate")
     k, how = choose_size(sizes, [1, 0.9, 1.79, 0.5, 0.3], [np.nan] * 5)
     assert (k, how) == (5000, "not reached")
+    # keeping every candidate reproduces the model by definition: never chosen; the closest
+    # size within the budget is judged instead
+    sizes, err = [0, 10, 100, 1000, 5000], [1, 0.9, 0.6, 0.5, 0.0]
+    assert choose_size(sizes, err, err, n_all=5000, budget=500) == (100, "not reached")
+    assert choose_size(sizes, err, err, n_all=5000, budget=5) == (1000, "not reached")
 
 
 def test_area_is_the_trapezoid_over_the_share_of_candidates():
