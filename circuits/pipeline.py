@@ -321,7 +321,7 @@ def _validate(lm, cfg, label, metric, types, ctypes, batch, base, means, groups,
                       "truth_split_half": stab, "verdicts": verdicts(table, estimator),
                       "notes": truth.notes})
         figures.plot_scatter(at, tt, estimator=estimator,
-                             title=f"{metric.name}: {estimator} vs activation patching "
+                             title=f"{metric.name}: {estimator} vs activation patching\n"
                                    f"({k} prompts, {vbase.name} baseline)",
                              out=out / (f"scatter_{label}" + ("" if len(parts) == 1 else
                                                               f"_{'_'.join(vtypes)}")))
