@@ -207,14 +207,18 @@ def plot_circuit(circuit, *, n_layers: int, n_heads: int, title: str | None = No
         fig = _figure((6.0, 3.0))
         ax = fig.subplots()
         per_layer: dict[int, int] = {}
+        xs, ys, sizes, colors = [], [], [], []
         for c, s in zip(comps, scores):
             if c.type == "heads":
                 y = n_heads - c.unit
             else:
                 per_layer[c.layer] = per_layer.get(c.layer, 0) + 1
                 y = -per_layer[c.layer] * 0.5
-            ax.scatter(c.layer, y, s=max(2.0, s * scale), color=TYPE_COLORS.get(c.type, "k"),
-                       alpha=0.8, linewidths=0)
+            xs.append(c.layer)
+            ys.append(y)
+            sizes.append(max(2.0, s * scale))
+            colors.append(TYPE_COLORS.get(c.type, "k"))
+        ax.scatter(xs, ys, s=sizes, c=colors, alpha=0.8, linewidths=0)  # one call: 1000s of units
         ax.axhline(0.25, color="#CCCCCC", lw=0.5)
         deepest = max(per_layer.values(), default=1)
         ax.set_yticks([n_heads - h for h in range(n_heads)] + [-(deepest + 1) * 0.25],
