@@ -43,6 +43,8 @@ def circuits(folder: Path) -> list[str]:
             missed.append("small")
         if f["error"] > f["max_error"]:
             missed.append("close")
+        elif not f["error_ci"][1] <= f["max_error"]:
+            missed.append("close by upper CI")
         if not r or r["share_as_close"] > 0.05:
             missed.append("far from random")
         if not s.get("stable"):
