@@ -1,21 +1,22 @@
-"""Circuits: the smallest set of components that keeps the metric, and how faithful it is.
+"""Circuits: the smallest set of components that reproduces the model, and how close it is.
 
 Components (heads and neurons by default) are ranked by an attribution (:mod:`circuits.
 attribution`, against the mean baseline); the circuit of size ``k`` is the top ``k``. For each
-``k`` on a grid:
+``k`` on a grid, keep the circuit and ablate every other candidate (of the ranked types, up to
+the metric's layer); ``M`` is the intact model, ``M_0`` everything ablated:
 
-* **faithfulness** ``F(k) = mean(M_k - M_0) / mean(M - M_0)``: keep the circuit, mean-ablate
-  every other component (of the ranked types, up to the metric's layer); ``M`` is the intact
-  model, ``M_0`` everything ablated. 1 = the circuit alone carries the metric;
-* **completeness** ``C(k) = mean(M_{-k} - M_0) / mean(M - M_0)``: ablate the circuit, keep the
-  rest. Near 0 = nothing outside the circuit carries the metric.
+* **normalised error** ``E(k) = |mean M_k - mean M| / |mean M_0 - mean M|`` (MIB's CMD-style
+  closeness, :mod:`circuits.closeness`): 0 = the circuit reproduces the model, 1 = no better
+  than the empty circuit; overshooting the model is error, not success;
+* **faithfulness** ``F(k) = mean(M_k - M_0) / mean(M - M_0)`` (``E = |1 - F|``);
+* **completeness** ``C(k) = mean(M_-k - M_0) / mean(M - M_0)``: ablate the circuit, keep the rest.
 
-Both are ratios to ``M - M_0``, the effect of ablating everything, reported with its own CI
-(``effect``): where that CI comes near 0 the ratios and their CIs are unstable.
-
-:func:`find_circuit` picks the smallest grid size whose faithfulness on the *training* prompts
-reaches the target, then reports the curves and the chosen circuit's faithfulness on
-*held-out* prompts, with bootstrap CIs over scenario groups. :class:`Circuit` is saved as JSON.
+:func:`find_circuit` chooses the ranking order and the size on *training* prompts: the smallest
+grid size whose error's upper 95% CI bound is at most ``max_error`` (0.2). On *held-out* prompts
+it reports the curves, the areas over sizes (CMD of the error, CPR of ``F``), random circuits of
+the same composition, the error under mean, zero and resample ablation, a behavioural metric
+and the split-half stability of the ranking, with bootstrap CIs over scenario groups.
+:class:`Circuit` is saved as JSON.
 
 >>> circuit = find_circuit(lm, attr, metric, train, test, means, name="happiness")  # doctest: +SKIP
 >>> circuit.save("runs/x/circuit_happiness.json")  # doctest: +SKIP
@@ -31,16 +32,25 @@ from typing import Literal
 
 import numpy as np
 import pandas as pd
-import torch
-from torch import Tensor
 
 from circuits.attribution import Attribution
-from circuits.baselines import MeanBaseline, Sources
+from circuits.baselines import MeanBaseline
+from circuits.closeness import (
+    MAX_ERROR,
+    area,
+    choose_size,
+    composition,
+    error_ci,
+    evaluate_sets,
+    matched_random,
+    normalised_error,
+    random_summary,
+)
 from circuits.components import Component, Group
 from circuits.metrics import Metric
-from circuits.patching import run_per_row
 from circuits.runs import Compute
 from probe.errors import EmoprobeError
+from circuits.stability import split_half
 from probe.forward import Batch
 
 FORMAT = "emoprobe.circuit/1"
@@ -56,20 +66,30 @@ class CircuitConfig:
 
     Attributes:
         types: Component types a circuit is made of.
-        target: Faithfulness to reach.
+        max_error: Normalised error a circuit must stay within (upper CI bound on training
+            prompts).
         max_fraction: Size budget as a fraction of the candidate components (reported).
         sizes: Circuit sizes to evaluate (default: a geometric grid up to every candidate).
         order: ``"signed"`` keeps the components whose ablation lowers the metric most;
-            ``"abs"`` ranks by ``|effect|``.
+            ``"abs"`` ranks by ``|effect|``; ``"auto"`` keeps whichever has the smaller error
+            area on training prompts.
         n_boot: Bootstrap resamples of scenario groups for CIs.
+        n_random: Random circuits of the same composition judged beside the circuit.
+        n_random_behaviour: Of those, how many are also judged on the behavioural metric.
+        n_splits: Random half splits for the split-half stability.
+        seed: Random circuits.
     """
 
     types: tuple[str, ...] = ("heads", "neurons")
-    target: float = 0.8
+    max_error: float = MAX_ERROR
     max_fraction: float = 0.10
     sizes: tuple[int, ...] | None = None
-    order: Literal["signed", "abs"] = "signed"
+    order: Literal["signed", "abs", "auto"] = "auto"
     n_boot: int = 1000
+    n_random: int = 20
+    n_random_behaviour: int = 10
+    n_splits: int = 200
+    seed: int = 0
     rows_per_forward: int = 48
 
 
@@ -156,66 +176,41 @@ def default_sizes(n: int) -> tuple[int, ...]:
 
 # ----------------------------------------------------------------------- faithfulness curves
 def curves(lm, batch: Batch, metric: Metric, ranked: Sequence[Component], groups: list[Group],
-           means: MeanBaseline, sizes: Sequence[int], *, completeness: bool = True,
+           means, sizes: Sequence[int], *, completeness: bool = True,
            row_groups: Sequence[str] | None = None, n_boot: int = 1000,
            rows_per_forward: int = 48, compute: Compute | None = None) -> pd.DataFrame:
-    """Faithfulness (and completeness) of the top-``k`` circuits for each ``k`` in ``sizes``.
+    """Closeness, faithfulness (and completeness) of the top-``k`` circuits for ``k`` in ``sizes``.
 
-    Returns one row per size with ``faithfulness``, its CI, ``completeness`` and its CI,
-    ``M``, ``M_0``, ``M_k`` means and ``n`` prompts.
+    Returns one row per size with the normalised ``error`` ``|M_k - M| / |M_0 - M|`` and its CI,
+    ``faithfulness`` and its CI, ``completeness`` and its CI, ``M``, ``M_0``, ``M_k`` means and
+    ``n`` prompts. ``means`` is any baseline (mean, zero, resample ablation).
     """
-    compute = compute if compute is not None else Compute()
-    sources = means.bind(lm, batch, [g.site for g in groups])
-    ranks = {c: i for i, c in enumerate(ranked)}
     n_all = len(ranked)
-    items = [("keep", 0)] + [("keep", k) for k in sizes if k > 0]
-    if completeness:
-        items += [("drop", k) for k in sizes if 0 < k < n_all]
-
-    def factory(chunk, rows, sub):
-        n = len(rows) // len(chunk)
-        return {g.site: _keep_hook(g, chunk, n, ranks, sources, rows) for g in groups}
-
-    notes: list[str] = []
-    base, out = run_per_row(lm, batch, metric, items, lambda it: 0, factory,
-                            rows_per_forward=rows_per_forward, skip=False, compute=compute,
-                            notes=notes)
-    m_full = base.double().numpy()
-    delta = {it: out[i].double().numpy() for i, it in enumerate(items)}
-    m0 = m_full + delta[("keep", 0)]
-    effect = m_full - m0
+    keep = [k for k in sizes if k > 0]
+    drops = [k for k in sizes if 0 < k < n_all] if completeness else []
+    sets = [ranked[:k] for k in keep] + [ranked[:k] for k in drops]
+    m, m0, ms = evaluate_sets(lm, batch, metric, sets, groups, means,
+                              drop=[False] * len(keep) + [True] * len(drops),
+                              rows_per_forward=rows_per_forward, compute=compute)
+    kept = dict(zip(keep, ms[:len(keep)]))
+    dropped = dict(zip(drops, ms[len(keep):]))
+    effect = m - m0
     _, elo, ehi = _ratio(effect, np.ones_like(effect), row_groups, n_boot)
     rows = []
     for k in sizes:
-        mk = m_full + delta[("keep", k)] if k > 0 else m0
-        f, flo, fhi = _ratio(mk - m0, m_full - m0, row_groups, n_boot)
-        row = {"size": k, "faithfulness": f, "faithfulness_low": flo, "faithfulness_high": fhi,
-               "M": m_full.mean(), "M_0": m0.mean(), "M_k": mk.mean(), "n": len(m_full),
+        mk = kept.get(k, m0)
+        f, flo, fhi = _ratio(mk - m0, m - m0, row_groups, n_boot)
+        e, lo, hi = error_ci(m, mk, m0, row_groups, n_boot=n_boot)
+        row = {"size": k, "error": e, "error_low": lo, "error_high": hi,
+               "faithfulness": f, "faithfulness_low": flo, "faithfulness_high": fhi,
+               "M": m.mean(), "M_0": m0.mean(), "M_k": mk.mean(), "n": len(m),
                "effect": effect.mean(), "effect_low": elo, "effect_high": ehi}
         if completeness:
-            mdrop = m0 if k >= n_all else (m_full if k == 0 else m_full + delta[("drop", k)])
-            c, clo, chi = _ratio(mdrop - m0, m_full - m0, row_groups, n_boot)
+            mdrop = m0 if k >= n_all else (m if k == 0 else dropped[k])
+            c, clo, chi = _ratio(mdrop - m0, m - m0, row_groups, n_boot)
             row.update(completeness=c, completeness_low=clo, completeness_high=chi)
         rows.append(row)
     return pd.DataFrame(rows)
-
-
-def _keep_hook(g: Group, chunk, n: int, ranks: dict, sources: Sources, rows: Tensor):
-    """Mean-ablate, in each row, the units of ``g`` outside (keep) or inside (drop) its circuit."""
-    comps = g.components()
-    r = torch.tensor([ranks.get(c, -1) for c in comps])  # rank of each unit (-1: not ranked)
-
-    def fn(value: Tensor, ctx) -> Tensor:
-        ablate = torch.zeros(len(rows), g.n_units, dtype=torch.bool)
-        for j, (mode, k) in enumerate(chunk):
-            inside = (r >= 0) & (r < k)
-            ablate[j * n:(j + 1) * n] = (~inside & (r >= 0)) if mode == "keep" else inside
-        pos = sources.mask[rows]
-        m = pos[:, :, None] & ablate[:, None, :]
-        m = m if value.dim() == 3 else m[..., None].expand_as(value)
-        return torch.where(m, sources(g.site, value, rows), value)
-
-    return fn
 
 
 def _ratio(num: np.ndarray, den: np.ndarray, groups, n_boot: int, seed: int = 0):
@@ -234,44 +229,123 @@ def _ratio(num: np.ndarray, den: np.ndarray, groups, n_boot: int, seed: int = 0)
 # ------------------------------------------------------------------------------- circuits
 def find_circuit(lm, attr: Attribution, metric: Metric, train: Batch, test: Batch,
                  means: MeanBaseline, *, name: str, config: CircuitConfig = CircuitConfig(),
-                 train_groups=None, test_groups=None) -> tuple[Circuit, pd.DataFrame]:
-    """Rank, choose the size on ``train``, measure on ``test``; returns the circuit and curves.
+                 train_groups=None, test_groups=None, ablation_baselines: dict | None = None,
+                 behaviour: Metric | None = None, test_texts: Sequence[str] | None = None
+                 ) -> tuple[Circuit, pd.DataFrame]:
+    """Rank, choose the size by closeness on ``train``, judge on ``test``.
 
-    The curves table has a ``split`` column (``train``: faithfulness only; ``test``: both).
+    The ranking order (``config.order``; ``"auto"`` tries signed and ``|score|`` rankings and
+    keeps the one with the smaller error area on ``train``) and the size (the smallest whose
+    error's upper CI on ``train`` is at most ``config.max_error``) are chosen on training
+    prompts only. On held-out prompts the circuit is compared with ``config.n_random`` random
+    circuits of the same composition, under each of ``ablation_baselines`` (``{name:
+    baseline}``; the ranking's mean ablation is always there) and, with ``behaviour``, on a
+    second metric (what the model says). The curves table has a ``split`` column.
     """
     ranked0, _, gs = ranking(attr, config.types)
     n_all = len(ranked0)
     sizes = tuple(sorted(set(config.sizes or default_sizes(n_all)) | {0, n_all}))
     sizes = tuple(s for s in sizes if 0 <= s <= n_all)
     compute = Compute()
-    probe = curves(lm, train, metric, ranked0, gs, means, (0,), completeness=False,
-                   rows_per_forward=config.rows_per_forward, n_boot=0, compute=compute)
-    sign = 1.0 if probe["M"].iloc[0] >= probe["M_0"].iloc[0] else -1.0
-    ranked, scores, _ = ranking(attr, config.types, sign=sign, order=config.order)
-    tr = curves(lm, train, metric, ranked, gs, means, sizes, completeness=False,
-                row_groups=train_groups, n_boot=config.n_boot,
-                rows_per_forward=config.rows_per_forward, compute=compute)
-    reach = tr[tr["faithfulness"] >= config.target]
-    k = int(reach["size"].min()) if len(reach) else n_all
+    kw = dict(rows_per_forward=config.rows_per_forward, compute=compute)
+    m, m0, _ = evaluate_sets(lm, train, metric, [], gs, means, **kw)
+    sign = 1.0 if m.mean() >= m0.mean() else -1.0
+    orders = ("signed", "abs") if config.order == "auto" else (config.order,)
+    tried = {}
+    for order in orders:
+        ranked, scores, _ = ranking(attr, config.types, sign=sign, order=order)
+        tr = curves(lm, train, metric, ranked, gs, means, sizes, completeness=False,
+                    row_groups=train_groups, n_boot=config.n_boot, **kw)
+        tried[order] = (area(tr["size"], tr["error"].clip(upper=ERROR_CAP), n_all), ranked,
+                        scores, tr)
+    order = min(tried, key=lambda o: tried[o][0])
+    _, ranked, scores, tr = tried[order]
+    k, how = choose_size(tr["size"], tr["error"], tr["error_high"], max_error=config.max_error,
+                         n_all=n_all, budget=int(config.max_fraction * n_all))
     te = curves(lm, test, metric, ranked, gs, means, sizes, completeness=True,
-                row_groups=test_groups, n_boot=config.n_boot,
-                rows_per_forward=config.rows_per_forward, compute=compute)
-    at = te[te["size"] == k].iloc[0]
+                row_groups=test_groups, n_boot=config.n_boot, **kw)
+    at, at_tr = te[te["size"] == k].iloc[0], tr[tr["size"] == k].iloc[0]
+    chosen = ranked[:k]
+    judged = _judge(lm, chosen, ranked0, gs, metric, test, means, config, test_groups,
+                    ablation_baselines, behaviour, test_texts, compute)
+    per_row, comps = _per_row(attr, gs)
+    idx = {c: i for i, c in enumerate(comps)}
+    stab = split_half(per_row[:, [idx[c] for c in ranked]], _row_groups(attr, train_groups),
+                      k=k, order=order, sign=sign, n_splits=config.n_splits)
     circuit = Circuit(
-        name, metric.name, ranked[:k], [float(s) for s in scores[:k]], n_all,
-        faithfulness={"test": float(at["faithfulness"]), "ci_low": float(at["faithfulness_low"]),
+        name, metric.name, chosen, [float(s) for s in scores[:k]], n_all,
+        faithfulness={"error": float(at["error"]), "error_ci": [float(at["error_low"]),
+                                                                 float(at["error_high"])],
+                      "error_train": float(at_tr["error"]),
+                      "error_train_ci": [float(at_tr["error_low"]), float(at_tr["error_high"])],
+                      "max_error": config.max_error, "chosen_by": how,
+                      "area_error": area(te["size"], te["error"].clip(upper=ERROR_CAP), n_all),
+                      "area_faithfulness": area(te["size"], te["faithfulness"], n_all),
+                      "test": float(at["faithfulness"]), "ci_low": float(at["faithfulness_low"]),
                       "ci_high": float(at["faithfulness_high"]),
-                      "train": float(tr[tr["size"] == k]["faithfulness"].iloc[0]),
-                      "target": config.target, "n_test": int(at["n"]),
+                      "train": float(at_tr["faithfulness"]), "n_test": int(at["n"]),
+                      "M": float(at["M"]), "M_0": float(at["M_0"]), "M_k": float(at["M_k"]),
                       "ablation_effect": float(at["effect"]),
-                      "ablation_effect_ci": [float(at["effect_low"]), float(at["effect_high"])]},
+                      "ablation_effect_ci": [float(at["effect_low"]), float(at["effect_high"])],
+                      **judged},
         completeness={"test": float(at["completeness"]), "ci_low": float(at["completeness_low"]),
                       "ci_high": float(at["completeness_high"])},
-        info={"estimator": attr.estimator, "baseline": attr.baseline, "order": config.order,
-              "types": list(config.types), "reached_target_on_train": bool(len(reach)),
+        info={"estimator": attr.estimator, "baseline": attr.baseline, "order": order,
+              "orders_tried": {o: v[0] for o, v in tried.items()},
+              "types": list(config.types), "composition": composition(chosen),
+              "close_on_train": how != "not reached", "stability": stab,
               "within_budget": k <= config.max_fraction * n_all, "max_fraction": config.max_fraction,
               "compute": compute.as_dict()})
     return circuit, pd.concat([tr.assign(split="train"), te.assign(split="test")], ignore_index=True)
+
+
+#: Errors above this are drawn and integrated as this (an overshooting circuit can reach 100s).
+ERROR_CAP = 2.0
+
+
+def _judge(lm, chosen, candidates, gs, metric, test, means, config, test_groups, ablation_baselines,
+           behaviour, test_texts, compute) -> dict:
+    """Random circuits of the same composition, other ablations, the behavioural metric."""
+    kw = dict(rows_per_forward=config.rows_per_forward, compute=compute)
+    k, out = len(chosen), {}
+    randoms = (matched_random(chosen, candidates, n=config.n_random, seed=config.seed)
+               if 0 < k < len(candidates) and config.n_random else [])
+    m, m0, ms = evaluate_sets(lm, test, metric, [chosen] + randoms, gs, means, **kw)
+    err = normalised_error(m, ms[0], m0)
+    if randoms:
+        out["random"] = random_summary(m, m0, ms[1:], err)
+    abl = {"mean": (m, m0, ms[0])}
+    for name, base in (ablation_baselines or {}).items():
+        if name != "mean":
+            a, a0, am = evaluate_sets(lm, test, metric, [chosen], gs, base, texts=test_texts, **kw)
+            abl[name] = (a, a0, am[0])
+    out["ablations"] = {}
+    for name, (a, a0, ak) in abl.items():
+        e, lo, hi = error_ci(a, ak, a0, test_groups, n_boot=config.n_boot)
+        out["ablations"][name] = {"error": e, "error_ci": [lo, hi], "M": float(a.mean()),
+                                  "M_0": float(a0.mean()), "M_k": float(ak.mean())}
+    if behaviour is not None:
+        rb = randoms[:config.n_random_behaviour]
+        b, b0, bs = evaluate_sets(lm, test, behaviour, [chosen] + rb, gs, means, **kw)
+        e, lo, hi = error_ci(b, bs[0], b0, test_groups, n_boot=config.n_boot)
+        beh = {"metric": behaviour.name, "error": e, "error_ci": [lo, hi], "M": float(b.mean()),
+               "M_0": float(b0.mean()), "M_k": float(bs[0].mean())}
+        if rb:
+            beh["random"] = random_summary(b, b0, bs[1:], e)
+        out["behaviour"] = beh
+    return out
+
+
+def _per_row(attr: Attribution, gs: list[Group]) -> tuple[np.ndarray, list[Component]]:
+    comps = [c for g in gs for c in g.components()]
+    return np.concatenate([attr.per_row[g].double().numpy() for g in gs], axis=1), comps
+
+
+def _row_groups(attr: Attribution, fallback):
+    n = next(iter(attr.per_row.values())).shape[0]
+    if attr.row_groups is not None and len(attr.row_groups) == n:
+        return list(attr.row_groups)
+    return list(fallback) if fallback is not None and len(fallback) == n else None
 
 
 def overlap(circuits: Sequence[Circuit]) -> pd.DataFrame:

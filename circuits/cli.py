@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import re
+from pathlib import Path
 
 from probe.errors import EmoprobeError
 from probe.io import run_folder
@@ -11,13 +12,15 @@ from probe.report_kinds import register_run_kind
 
 EPILOG = """examples:
   probe circuits                                   # happiness direction at L24, heads+neurons+sublayers
-  probe circuits --metric direction:happiness,sadness@L24 --validate 100
+  probe circuits --metric direction:happiness,sadness@L24 --validate      # patch every component
+  probe circuits --validate 250     # types with more than 500: top 250 + 250 random (said so)
   probe circuits --baseline pairs --align length --validate all --components heads,sublayers
   probe circuits --metric logprob:happy --label happiness --estimator ig --no-circuit
   probe circuits --dataset ../shared/data/sev --metric direction:positive@L24 --baseline pairs
 
 metrics: direction:EMOTION[,EMOTION...]@L<layer> (direction:all@L24), logit-diff:POS[,POS]-NEG[,NEG],
-logprob:WORD (logit metrics need --label: whose prompts)
+logprob:WORD (logit metrics need --label: whose prompts), says:EMOTION[,EMOTION...] (what the model says:
+log-odds of the emotion's words against the other emotions' words at the reply start)
 components: heads, neurons, sublayers, resid (positions from the end), queries, keys
 """
 
@@ -87,11 +90,20 @@ def register(sub) -> dict:
                    help="training prompts (or pairs) per emotion for attribution (default: %(default)s)")
     g.add_argument("--ig-steps", type=int, default=8, help="IG integration points (default: %(default)s)")
     g = p.add_argument_group("validation")
-    g.add_argument("--validate", type=_validate_arg, default=None, metavar="N|all",
-                   help="activation-patch up to N components per type (or all) and report "
-                        "Spearman/Pearson/top-k recall/sign agreement and compute")
+    g.add_argument("--validate", type=_validate_arg, default=None, nargs="?", const="all",
+                   metavar="N|all",
+                   help="activation-patch the components the run's ranking estimator scores "
+                        "(the circuit's ranker when a circuit is built) and report Spearman, "
+                        "Pearson, top-k recall with bootstrap CIs over prompts and a random "
+                        "baseline, sign agreement, split-half agreement and compute. Bare or "
+                        "'all': every component; N: a type with more than 2N components is "
+                        "patched on its top N plus N drawn at random by layer (reported)")
     g.add_argument("--validate-prompts", type=int, default=8,
                    help="prompts the validation patches on (default: %(default)s)")
+    g.add_argument("--edges", type=int, default=0, metavar="N",
+                   help="edge attribution (EAP) between heads, MLPs and the metric on the "
+                        "validation prompts, checked by patching its top N and N random edges "
+                        "(direction metrics; default: off)")
     g = p.add_argument_group("circuits")
     g.add_argument("--no-circuit", dest="circuit", action="store_false",
                    help="attribute (and validate) only")
@@ -104,8 +116,18 @@ def register(sub) -> dict:
     g.add_argument("--circuit-prompts", type=int, default=16,
                    help="prompts for choosing the size (training) and for faithfulness "
                         "(held-out) (default: %(default)s each)")
-    g.add_argument("--faithfulness", type=float, default=0.8,
-                   help="faithfulness a circuit must reach (default: %(default)s)")
+    g.add_argument("--max-error", type=float, default=0.2,
+                   help="normalised error |M_circuit - M| / |M_empty - M| a circuit must stay "
+                        "within (upper CI bound on training prompts; default: %(default)s)")
+    g.add_argument("--max-fraction", type=float, default=0.05,
+                   help="size budget as a share of the candidates (default: %(default)s)")
+    g.add_argument("--random-circuits", type=int, default=20,
+                   help="random circuits of the same composition judged beside each circuit "
+                        "(default: %(default)s)")
+    g.add_argument("--no-ablations", dest="ablations", action="store_false",
+                   help="judge the circuit under mean ablation only (default: mean, zero, resample)")
+    g.add_argument("--no-behaviour", dest="behaviour", action="store_false",
+                   help="skip judging the circuit on what the model says (says:EMOTION)")
     g.add_argument("--influence-prompts", type=int, default=8,
                    help="prompts for Wang et al.'s sublayer influence; 0 skips (default: %(default)s)")
     g.add_argument("--test-fraction", type=float, default=0.5,
@@ -119,26 +141,90 @@ def register(sub) -> dict:
     return {"circuits": cmd_circuits}
 
 
-def cmd_circuits(args) -> int:
-    from circuits.pipeline import CircuitsConfig, run_circuits
-    from probe.cli_args import load_data, load_model
+def check_args(args, dataset=None) -> None:
+    """Every check that needs no model, run before the model loads (``UsageError`` etc.)."""
+    from circuits.components import parse_types
+    from circuits.metrics import MetricError, parse_metric_spec
 
     for name in ("prompts", "validate_prompts", "circuit_prompts", "batch_size", "ig_steps"):
         if getattr(args, name) < 1:
             raise UsageError(f"--{name.replace('_', '-')} must be >= 1")
+    if args.random_circuits < 0:
+        raise UsageError("--random-circuits must be >= 0")
+    if args.edges < 0:
+        raise UsageError("--edges must be >= 0")
+    for name in ("max_error", "max_fraction", "test_fraction"):
+        v = getattr(args, name)
+        if not 0 < v < (1 if name == "test_fraction" else float("inf")):
+            raise UsageError(f"--{name.replace('_', '-')} must be > 0"
+                             + (" and < 1" if name == "test_fraction" else "") + f", not {v}")
+    kind, labels, layer = parse_metric_spec(args.metric)
+    if args.edges and kind != "direction":
+        raise UsageError("--edges needs a direction metric (it reads one residual site)")
+    parse_types(args.components.split(","))
+    if args.circuit:
+        parse_types(args.circuit_types.split(","))
+    if layer is not None:
+        from probe.models import known_n_layers
+
+        n = known_n_layers(args.model, allow_download=args.allow_download)
+        if n is not None and not 0 <= layer < n:
+            raise MetricError(f"layer {layer} in {args.metric!r} is out of range: the model has "
+                              f"{n} layers (0-{n - 1})")
+    if dataset is None:
+        return
+    target = args.target or dataset.default_target
+    classes = [str(c) for c in dataset.classes(target)]
+    if kind in ("direction", "says") and labels != ["all"]:
+        allowed = [c for c in classes if c != "neutral"] if kind == "direction" else classes
+        bad = [a for a in labels if a not in allowed]
+        if bad:
+            raise MetricError(f"no direction for {bad[0]!r}: {target} has directions for "
+                              f"{sorted(allowed)} (the neutral class has none)"
+                              if kind == "direction" else
+                              f"says:{bad[0]}: {target} has no class {bad[0]!r} (classes {classes})")
+    if kind in ("logit-diff", "logprob") and args.label not in classes:
+        raise MetricError(f"{kind} metrics need --label: whose prompts to explain (one of {classes})")
+
+
+def cmd_circuits(args) -> int:
+    from circuits.pipeline import CircuitsConfig, run_circuits
+    from probe.cli_args import load_data, load_model
+
+    check_args(args)
     cfg = CircuitsConfig(
         metric=args.metric, components=tuple(args.components.split(",")),
         estimator=args.estimator, baseline=args.baseline, align=args.align, label=args.label,
         target=args.target, prompts=args.prompts, validate=args.validate,
         validate_prompts=args.validate_prompts, circuit=args.circuit,
         circuit_types=tuple(args.circuit_types.split(",")), circuit_prompts=args.circuit_prompts,
-        circuit_estimator=args.circuit_estimator,
-        faithfulness_target=args.faithfulness, influence_prompts=args.influence_prompts,
-        test_fraction=args.test_fraction, seed=args.seed, batch_size=args.batch_size,
-        ig_steps=args.ig_steps)
+        circuit_estimator=args.circuit_estimator, max_error=args.max_error,
+        max_fraction=args.max_fraction, random_circuits=args.random_circuits,
+        ablations=args.ablations, behaviour=args.behaviour,
+        influence_prompts=args.influence_prompts, test_fraction=args.test_fraction,
+        seed=args.seed, batch_size=args.batch_size, ig_steps=args.ig_steps, edges=args.edges)
     dataset = load_data(args)
+    check_args(args, dataset)
     lm = load_model(args)
     slug = re.sub(r"[^A-Za-z0-9]+", "-", args.metric).strip("-")
     out = run_folder(args.out or None, lm.spec.alias, f"circuits-{slug}")
-    run_circuits(lm, dataset, cfg, out)
+    existed = out.exists()
+    try:
+        run_circuits(lm, dataset, cfg, out)
+    except BaseException:
+        if not existed:
+            _remove_if_empty(out)
+        raise
     return 0
+
+
+def _remove_if_empty(folder: Path) -> None:
+    """Remove ``folder`` if it holds nothing but empty folders (a run that wrote nothing)."""
+    if not folder.is_dir():
+        return
+    dirs = sorted((p for p in folder.rglob("*") if p.is_dir()), key=lambda p: -len(p.parts))
+    if any(p.is_file() or p.is_symlink() for p in folder.rglob("*")):
+        return
+    for d in dirs:
+        d.rmdir()
+    folder.rmdir()

@@ -4,7 +4,8 @@
 * :func:`plot_scatter` -- estimated against measured effect, one panel per component type;
 * :func:`plot_sublayer_influence` -- Wang et al.'s influence of each sublayer per layer;
 * :func:`plot_top_neurons` -- the neurons with the largest estimated effects;
-* :func:`plot_faithfulness` -- faithfulness and completeness against circuit size, with CIs;
+* :func:`plot_faithfulness` -- the held-out normalised error against circuit size, with CIs;
+* :func:`plot_edges` -- the top edges of an edge attribution as a graph;
 * :func:`plot_circuit` -- where a circuit's components sit (layer x head / neuron rank).
 
 Every function takes tidy tables (``component, type, layer, unit, value``) and returns a
@@ -142,19 +143,21 @@ def plot_top_neurons(attr: pd.DataFrame, *, k: int = 20, truth: pd.DataFrame | N
     return _done(fig, out)
 
 
-def plot_faithfulness(curves: pd.DataFrame, *, target: float = 0.8, budget: int | None = None,
-                      chosen: dict | None = None, title: str | None = None,
-                      out: str | os.PathLike | None = None) -> Figure:
-    """Faithfulness (solid, CI band) and completeness (dashed) against circuit size.
+def plot_faithfulness(curves: pd.DataFrame, *, max_error: float = 0.2, budget: int | None = None,
+                      chosen: dict | None = None, random: dict | None = None,
+                      title: str | None = None, out: str | os.PathLike | None = None) -> Figure:
+    """Normalised error ``|M_k - M| / |M_0 - M|`` (CI band) against circuit size, held out.
 
-    ``curves`` has columns ``name`` (emotion), ``size``, ``faithfulness[_low/_high]`` and
-    optionally ``completeness``; only held-out rows are drawn when ``split`` exists. The y axis
-    is linear in [-1, 1] and logarithmic beyond (ratios far from 1 stay visible). ``budget``: a
-    size to mark (e.g. 10% of the candidates); ``chosen``: ``{name: size}`` of the circuits.
+    ``curves`` has columns ``name`` (emotion), ``size``, ``error[_low/_high]``; only held-out
+    rows are drawn when ``split`` exists. 0 = the circuit reproduces the model, 1 = no better
+    than the empty circuit; errors above 2 (overshoot) are drawn at 2. ``budget``: a size to
+    mark; ``chosen``: ``{name: size}`` (stars); ``random``: ``{name: (median, p05)}`` errors of
+    random circuits of the chosen size and composition (a bar from p05 to the median).
     """
     if "split" in curves:
         curves = curves[curves["split"] == "test"]
     names = list(dict.fromkeys(curves["name"]))
+    cap = 2.0
     with mpl.rc_context(RC):
         fig = _figure((3.8, 2.8))
         ax = fig.subplots()
@@ -162,32 +165,33 @@ def plot_faithfulness(curves: pd.DataFrame, *, target: float = 0.8, budget: int 
             d = curves[curves["name"] == name].sort_values("size")
             x = d["size"].clip(lower=0.5)
             color = OKABE_ITO[i % len(OKABE_ITO)]
-            ax.plot(x, d["faithfulness"], color=color, lw=1, marker="o", ms=2, label=name)
-            ax.fill_between(x, d["faithfulness_low"], d["faithfulness_high"], color=color,
-                            alpha=0.15, lw=0)
-            if "completeness" in d:
-                ax.plot(x, d["completeness"], color=color, lw=0.7, ls="--")
+            ax.plot(x, d["error"].clip(upper=cap), color=color, lw=1, marker="o", ms=2, label=name)
+            ax.fill_between(x, d["error_low"].clip(upper=cap), d["error_high"].clip(upper=cap),
+                            color=color, alpha=0.15, lw=0)
             if chosen and name in chosen:
                 k = chosen[name]
-                y = d.loc[d["size"] == k, "faithfulness"]
+                y = d.loc[d["size"] == k, "error"]
                 if len(y):
-                    ax.plot([max(k, 0.5)], [float(y.iloc[0])], marker="*", ms=7, color=color,
-                            markeredgecolor="k", markeredgewidth=0.4, zorder=5)
-        ax.axhline(target, color="#8C8C8C", lw=0.6, ls=":")
+                    ax.plot([max(k, 0.5)], [min(cap, float(y.iloc[0]))], marker="*", ms=7,
+                            color=color, markeredgecolor="k", markeredgewidth=0.4, zorder=5)
+                if random and name in random:
+                    med, p05 = random[name]
+                    ax.plot([max(k, 0.5)] * 2, [min(cap, p05), min(cap, med)], color=color,
+                            lw=2.5, alpha=0.5, solid_capstyle="butt")
+        ax.axhline(max_error, color="#8C8C8C", lw=0.6, ls=":")
         ax.axhline(1.0, color="#CCCCCC", lw=0.5)
         if budget:
             ax.axvline(budget, color="#4D4D4D", lw=0.6, ls=":")
-            ax.text(budget, 0.02, " 10% of candidates", transform=ax.get_xaxis_transform(),
-                    fontsize=6)
+            ax.text(budget, 0.97, " size budget", transform=ax.get_xaxis_transform(),
+                    fontsize=6, va="top")
         ax.set_xscale("log")
-        ax.set_yscale("symlog", linthresh=1.0)
-        lo, hi = ax.get_ylim()
-        ticks = [t for t in (-30, -10, -3, -1, 0, 0.5, 1, 3, 10, 30) if lo <= t <= hi]
-        ax.set_yticks(ticks, [f"{t:g}" for t in ticks])
+        ax.set_ylim(-0.05, cap + 0.1)
         ax.set_xlabel("circuit size (components; 0 drawn at 0.5)")
-        ax.set_ylabel("share of the metric kept")
-        ax.set_title(title or "held-out prompts: faithfulness (solid), completeness (dashed)")
-        ax.legend(frameon=False, fontsize=6, loc="upper left")
+        ax.set_ylabel("normalised error (0 = the model)")
+        ax.set_title(title or "held-out prompts: error of the top-k circuit\n"
+                              "(star: chosen; bar: random circuits, p05-median; >2 drawn at 2)",
+                     fontsize=7)
+        ax.legend(frameon=False, fontsize=6, loc="lower left")
     return _done(fig, out)
 
 
@@ -203,14 +207,18 @@ def plot_circuit(circuit, *, n_layers: int, n_heads: int, title: str | None = No
         fig = _figure((6.0, 3.0))
         ax = fig.subplots()
         per_layer: dict[int, int] = {}
+        xs, ys, sizes, colors = [], [], [], []
         for c, s in zip(comps, scores):
             if c.type == "heads":
                 y = n_heads - c.unit
             else:
                 per_layer[c.layer] = per_layer.get(c.layer, 0) + 1
                 y = -per_layer[c.layer] * 0.5
-            ax.scatter(c.layer, y, s=max(2.0, s * scale), color=TYPE_COLORS.get(c.type, "k"),
-                       alpha=0.8, linewidths=0)
+            xs.append(c.layer)
+            ys.append(y)
+            sizes.append(max(2.0, s * scale))
+            colors.append(TYPE_COLORS.get(c.type, "k"))
+        ax.scatter(xs, ys, s=sizes, c=colors, alpha=0.8, linewidths=0)  # one call: 1000s of units
         ax.axhline(0.25, color="#CCCCCC", lw=0.5)
         deepest = max(per_layer.values(), default=1)
         ax.set_yticks([n_heads - h for h in range(n_heads)] + [-(deepest + 1) * 0.25],
@@ -221,4 +229,48 @@ def plot_circuit(circuit, *, n_layers: int, n_heads: int, title: str | None = No
         n_h = sum(c.type == "heads" for c in comps)
         ax.set_title(title or f"circuit {circuit.name}: {n_h} heads, {len(comps) - n_h} neurons "
                               "(area ∝ |score|; nodes only)")
+    return _done(fig, out)
+
+
+def plot_edges(table: pd.DataFrame, *, n_layers: int, n_heads: int, k: int = 40,
+               title: str | None = None, out: str | os.PathLike | None = None) -> Figure:
+    """The ``k`` edges with the largest ``|value|`` as a graph: heads (one row per head index),
+    MLPs (bottom row) and the metric (right) placed by layer; line width ∝ ``|value|``, colour by
+    sign (blue: patching the edge raises the metric, vermillion: lowers it)."""
+    top = table.reindex(table["value"].abs().sort_values(ascending=False).index).head(k)
+
+    def pos(name: str, side: str) -> tuple[float, float]:
+        if name == "metric":
+            return n_layers - 0.5, n_heads / 2
+        layer = int(name.split(".")[1])
+        if "hook_z[" in name:
+            return layer - 0.15, n_heads - int(name.split("[")[1].rstrip("]"))
+        if name.endswith("attn_in"):
+            return layer - 0.4, n_heads + 1
+        return layer + 0.15, -0.5  # MLP out / MLP in
+
+    scale = 3.0 / top["value"].abs().max() if len(top) and top["value"].abs().max() > 0 else 1.0
+    with mpl.rc_context(RC):
+        fig = _figure((6.4, 3.4))
+        ax = fig.subplots()
+        for _, r in top.iterrows():
+            (x0, y0), (x1, y1) = pos(r["upstream"], "up"), pos(r["downstream"], "down")
+            ax.annotate("", xy=(x1, y1), xytext=(x0, y0),
+                        arrowprops=dict(arrowstyle="-|>", lw=max(0.3, abs(r["value"]) * scale),
+                                        color=OKABE_ITO[0] if r["value"] > 0 else OKABE_ITO[1],
+                                        alpha=0.7, shrinkA=2, shrinkB=2,
+                                        connectionstyle="arc3,rad=0.15"))
+        names = set(top["upstream"]) | set(top["downstream"])
+        for nme in names:
+            x, y = pos(nme, "")
+            ax.scatter([x], [y], s=14, zorder=3,
+                       color="#555555" if "hook_z" in nme else OKABE_ITO[2])
+        ax.set_xlim(-1, n_layers)
+        ax.set_xticks(range(0, n_layers, max(1, n_layers // 10)))
+        ax.set_ylim(-1.5, n_heads + 2)
+        ax.set_yticks([n_heads + 1] + [n_heads - h for h in range(n_heads)] + [-0.5],
+                      ["attn in"] + [f"head {h}" for h in range(n_heads)] + ["MLP"])
+        ax.set_xlabel("layer (metric at the right)")
+        ax.set_title(title or f"top {len(top)} edges by EAP (width ∝ |score|; blue +, red -)",
+                     fontsize=7)
     return _done(fig, out)

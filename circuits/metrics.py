@@ -7,7 +7,9 @@ residual-stream values (``sites``; the forward stops after the deepest one) or t
   direction (Wang et al. 2025): ``direction(v_happy, layer=24)``;
 * :func:`logit_diff` -- mean logit of some words minus mean logit of others at the last token;
 * :func:`label_logprob` -- log-probability of a label word's first token at the last token;
-* :func:`probe_logit` -- a fitted linear probe's logit for one class at a site.
+* :func:`probe_logit` -- a fitted linear probe's logit for one class at a site;
+* :func:`says` -- what the model *says*: log-odds, at the reply start, of an emotion's words
+  against the other emotions' words (:data:`EMOTION_WORDS`).
 
 A direction is a tensor ``[d_model]`` or anything with ``.directions`` ``{Site: tensor}`` (a
 ``SteeringVector``); one that carries a model id or weight fingerprint is checked against the
@@ -182,20 +184,64 @@ def probe_logit(probe, label, *, layer: int, kind: str = "hook_resid_post") -> M
     return Metric(name=f"probe:{label}@L{layer}", fn=fn, sites=(site,))
 
 
+#: Words whose first token starts a reply expressing each emotion (lower case and capitalised).
+EMOTION_WORDS: dict[str, tuple[str, ...]] = {
+    "happiness": ("happy", "glad", "joy", "wonderful", "great", "congratulations", "delighted",
+                  "yay", "awesome", "excited"),
+    "sadness": ("sad", "sorry", "unfortunately", "heartbroken", "grief", "sadly", "tears",
+                "lonely", "miss", "loss"),
+    "anger": ("angry", "furious", "outrageous", "unacceptable", "rage", "annoyed", "frustrating",
+              "ridiculous", "mad", "hate"),
+    "fear": ("afraid", "scared", "terrified", "frightening", "fear", "worried", "nervous",
+             "anxious", "panic", "dangerous"),
+    "surprise": ("wow", "whoa", "surprised", "unexpected", "amazing", "incredible", "shocked",
+                 "unbelievable", "astonishing", "really"),
+    "disgust": ("disgusting", "gross", "yuck", "revolting", "nasty", "eww", "repulsive", "vile",
+                "sickening", "awful"),
+}
+
+
+def emotion_tokens(lm, words: Mapping[str, Sequence[str]] = EMOTION_WORDS) -> dict[str, list[int]]:
+    """First tokens of each emotion's words (lower case and capitalised); a token that starts
+    words of two emotions is dropped from both."""
+    toks = {e: {_first_token(lm, v) for w in ws for v in (w, w.capitalize())} for e, ws in words.items()}
+    shared = {t for e in toks for t in toks[e] if any(t in toks[o] for o in toks if o != e)}
+    return {e: sorted(t - shared) for e, t in toks.items()}
+
+
+def says(lm, emotion: str, words: Mapping[str, Sequence[str]] = EMOTION_WORDS) -> Metric:
+    """Log-odds, at the last position (the reply start of a chat prompt), that the first token
+    is one of ``emotion``'s words rather than another emotion's:
+    ``logsumexp(logp[own]) - logsumexp(logp[others])``."""
+    if emotion not in words:
+        raise MetricError(f"no emotion words for {emotion!r}; says: knows {sorted(words)}")
+    toks = emotion_tokens(lm, words)
+    own = torch.tensor(toks[emotion])
+    other = torch.tensor(sorted({t for e, ts in toks.items() if e != emotion for t in ts}))
+    if not len(own) or not len(other):
+        raise MetricError(f"no word of {emotion!r} has a first token of its own on this tokenizer")
+
+    def fn(logits, batch) -> Tensor:
+        lp = logits[_rows(batch), batch.last].float().log_softmax(-1)
+        return lp[:, own].logsumexp(-1) - lp[:, other].logsumexp(-1)
+
+    return Metric(name=f"says:{emotion}", fn=fn)
+
+
 # ------------------------------------------------------------------------- from strings
-_SPEC = re.compile(r"^(?P<kind>direction|logit-diff|logprob):(?P<arg>[^@]+)(?:@L(?P<layer>\d+))?$")
+_SPEC = re.compile(r"^(?P<kind>direction|logit-diff|logprob|says):(?P<arg>[^@]+)(?:@L(?P<layer>\d+))?$")
 
 
 def parse_metric_spec(spec: str) -> tuple[str, list[str], int | None]:
     """``"direction:happiness,sadness@L24"`` -> ``("direction", ["happiness", "sadness"], 24)``.
 
     Forms: ``direction:EMOTION[,EMOTION...]@L<layer>`` (``direction:all@L24`` for every class),
-    ``logit-diff:WORD[,WORD]-WORD[,WORD]``, ``logprob:WORD``.
+    ``logit-diff:WORD[,WORD]-WORD[,WORD]``, ``logprob:WORD``, ``says:EMOTION[,EMOTION...]``.
     """
     m = _SPEC.match(spec.strip())
     if not m:
         raise MetricError(f"cannot parse metric {spec!r}; use direction:happiness@L24, "
-                          "logit-diff:happy,glad-sad,upset or logprob:happy")
+                          "logit-diff:happy,glad-sad,upset, logprob:happy or says:happiness")
     kind, arg, layer = m["kind"], m["arg"], m["layer"]
     if kind == "direction" and layer is None:
         raise MetricError(f"{spec!r}: a direction metric needs a layer, e.g. {spec}@L24")
@@ -207,6 +253,11 @@ def parse_metric_spec(spec: str) -> tuple[str, list[str], int | None]:
                               "logit-diff:happy,glad-sad,upset")
         pos, neg = ([w.strip() for w in side.split(",") if w.strip()] for side in arg.split("-"))
         return kind, [pos, neg], None
+    if kind == "says":
+        bad = [a.strip() for a in arg.split(",") if a.strip() not in EMOTION_WORDS]
+        if bad:
+            raise MetricError(f"{spec!r}: no emotion words for {bad[0]!r}; says: knows "
+                              f"{', '.join(EMOTION_WORDS)}")
     return kind, [a.strip() for a in arg.split(",") if a.strip()], None if layer is None else int(layer)
 
 

@@ -5,8 +5,10 @@
 ``emotion``    the class whose metric is explained (``happiness``)
 ``measure``    ``atp``, ``atp*``, ``ig`` (attribution); ``patch:pairs``, ``patch:mean``,
                ``patch:zero`` (ground truth); ``spearman``, ``pearson``, ``spearman_abs``,
-               ``recall@10/20/50``, ``sign_agreement`` (validation); ``faithfulness``,
-               ``completeness`` (circuits); ``influence`` (Wang et al.'s sublayer influence)
+               ``recall@10/20/50`` (with ``_low``/``_high`` bootstrap bounds and
+               ``_random_p95``), ``sign_agreement``, ``false_negatives`` (validation);
+               ``error`` (normalised ``|M_k - M| / |M_0 - M|``), ``faithfulness``,
+               ``completeness`` (circuit curves); ``influence`` (Wang et al.'s sublayer influence)
 ``type``       component type (``heads``, ``neurons``, ...); NA for circuit curves
 ``component``  the component (``blocks.5.attn.hook_z[3]``); NA for summaries
 ``layer``, ``unit``  nullable integers
@@ -57,7 +59,7 @@ def validation_rows(table: pd.DataFrame, *, emotion: str, estimator: str) -> pd.
 
 def curve_rows(curves: pd.DataFrame, *, emotion: str) -> pd.DataFrame:
     parts = []
-    for m in ("faithfulness", "completeness"):
+    for m in ("error", "faithfulness", "completeness"):
         if m not in curves:
             continue
         d = curves[curves[m].notna()]

@@ -51,17 +51,26 @@ def test_curves_hit_their_fixed_points(setup):
     assert df.loc[0, "M"] != df.loc[0, "M_0"]
 
 
-def test_the_size_is_the_smallest_that_reaches_the_target_on_training_prompts(setup, tmp_path):
+def test_the_size_is_the_smallest_close_to_the_model_on_training_prompts(setup, tmp_path):
     lm, metric, means, train, test, attr = setup
-    config = CircuitConfig(types=TYPES, target=0.6, sizes=(1, 5, 20, 100), n_boot=50)
-    circuit, cv = find_circuit(lm, attr, metric, train, test, means, name="joy", config=config)
-    tr = cv[cv["split"] == "train"].set_index("size")["faithfulness"]
-    reached = [k for k, f in tr.items() if f >= 0.6]
-    assert circuit.size == min(reached)
-    assert all(f < 0.6 for k, f in tr.items() if k < circuit.size)
+    config = CircuitConfig(types=TYPES, max_error=0.4, sizes=(1, 5, 20, 100), n_boot=50,
+                           n_random=4, n_splits=20)
+    tg = [str(i % 3) for i in range(6)]
+    circuit, cv = find_circuit(lm, attr, metric, train, test, means, name="joy", config=config,
+                               train_groups=tg, test_groups=tg)
+    tr = cv[cv["split"] == "train"].set_index("size")
+    how = circuit.faithfulness["chosen_by"]
+    col = "error_high" if how == "upper CI" else "error"
+    if how != "not reached":
+        assert circuit.size == min(k for k, e in tr[col].items() if e <= 0.4)
+        assert all(e > 0.4 for k, e in tr[col].items() if k < circuit.size)
     te = cv[cv["split"] == "test"].set_index("size")
-    assert circuit.faithfulness["test"] == pytest.approx(te.loc[circuit.size, "faithfulness"])
+    assert circuit.faithfulness["error"] == pytest.approx(te.loc[circuit.size, "error"])
+    # E = |1 - F| on the same forwards
+    assert np.allclose(te["error"], (1 - te["faithfulness"]).abs(), rtol=1e-6, atol=1e-6)
     assert set(cv["split"]) == {"train", "test"} and te["completeness"].notna().all()
+    assert circuit.info["order"] in ("signed", "abs") and len(circuit.info["orders_tried"]) == 2
+    assert circuit.info["stability"]["k"] == circuit.size
     back = Circuit.load(circuit.save(tmp_path / "c.json"))
     assert back.components == circuit.components and back.faithfulness == circuit.faithfulness
     data = json.loads((tmp_path / "c.json").read_text())

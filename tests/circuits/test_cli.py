@@ -38,7 +38,8 @@ def test_help_reads_well(capsys):
         main(["circuits", "--help"])
     assert exc.value.code == 0
     out = capsys.readouterr().out
-    assert "direction:happiness,sadness@L24" in out and "--validate N|all" in out
+    assert "direction:happiness,sadness@L24" in out and "--validate [N|all]" in out
+    assert "--max-error" in out and "says:EMOTION" in out
     assert "--baseline {mean,pairs,zero}" in out
 
 
@@ -49,20 +50,36 @@ def test_a_whole_run_on_a_tiny_model(capsys, tiny_dir, tmp_path, cache, small):
                            "--validate", "6", "--validate-prompts", "2", "--circuit-prompts", "4",
                            "--influence-prompts", "2", "--out", str(out), "--quiet")
     assert code == 0, err
-    assert "validation of atp against activation patching" in text and "circuit:" in text
-    assert "faithfulness on 4 held-out prompts" in text and "ablating every candidate" in text
+    print(text)
+    # the estimator that ranks the circuit (ig against the mean) is the one validated
+    assert "validation of ig against activation patching" in text and "circuit:" in text
+    assert "held-out normalised error |M_k - M| / |M_0 - M| on 4 prompts" in text
+    assert "random circuits of the same composition" in text and "split-half" in text
+    assert "under each ablation: mean" in text and "resample" in text
+    assert "neurons: top 6 + 6 random (stratified by layer) of 384 (subsampled" in text
     run = json.loads((out / "run.json").read_text())
     assert set(run["emotions"]) == {"sadness"}
     assert not set(run["dataset"]["train_groups"]) & set(run["dataset"]["test_groups"])
     v = run["emotions"]["sadness"]["validation"]
-    assert v["components"] == 18 and {r["type"] for r in v["table"]} == {"heads", "neurons", "sublayers"}
+    assert v["estimator"] == "ig" and v["baseline"] == "mean" and v["ranks_the_circuit"]
+    ranker, other = v["runs"]
+    assert ranker["types"] == ["heads", "neurons"] and ranker["estimator"] == "ig"
+    assert other["types"] == ["sublayers"] and other["estimator"] == "atp"
+    assert not other["ranks_the_circuit"]
+    assert v["sampled"]["heads"] == "all" and other["sampled"]["sublayers"] == "all"
+    assert v["components"] == 12 + 12 + 6 and {r["type"] for r in v["table"]} == {"heads", "neurons", "sublayers"}
+    assert all(r["spearman_low"] <= r["spearman"] + 1e-9 for r in v["table"])
+    c = run["emotions"]["sadness"]["circuit"]
+    assert set(c["faithfulness"]["ablations"]) == {"mean", "zero", "resample"}
+    assert c["faithfulness"]["random"]["n"] == 20 or c["size"] in (0, c["n_candidates"])
     df = pd.read_csv(out / "results.csv")
     assert {"atp", "patch:mean", "spearman", "recall@20", "faithfulness", "completeness",
             "influence"} <= set(df["measure"])
     assert (df["ci_low"].dropna() <= df["value"][df["ci_low"].notna()] + 1e-12).all()
     c = json.loads((out / "circuit_sadness.json").read_text())
     assert c["format"] == "emoprobe.circuit/1" and c["size"] == len(c["components"])
-    for stem in ("heads_sadness", "scatter_sadness", "influence_sadness", "faithfulness",
+    for stem in ("heads_sadness", "scatter_sadness", "scatter_sadness_sublayers",
+                 "influence_sadness", "faithfulness",
                  "circuit_sadness", "neurons_sadness"):
         assert (out / f"{stem}.png").exists() and (out / f"{stem}.svg").exists()
 
@@ -75,15 +92,70 @@ def test_a_whole_run_on_a_tiny_model(capsys, tiny_dir, tmp_path, cache, small):
     (["--components", "heads,edges"], "unknown component type"),
     (["--metric", "logprob:happy"], "need --label"),
     (["--prompts", "0"], "--prompts must be >= 1"),
+    (["--metric", "says:joy"], "no emotion words for 'joy'"),
+    (["--max-error", "0"], "--max-error must be > 0"),
+    (["--test-fraction", "1"], "--test-fraction must be > 0 and < 1"),
+    (["--random-circuits", "-1"], "--random-circuits must be >= 0"),
+    (["--circuit-types", "heads,bananas"], "unknown component type"),
 ])
-def test_bad_input_is_explained(capsys, tiny_dir, tmp_path, cache, small, args, message):
-    code, _, err = _run(capsys, "circuits", "--model", str(tiny_dir / "llama"), *small, "--no-circuit",
+def test_bad_input_is_explained_before_the_model_loads(capsys, tiny_dir, tmp_path, cache, small,
+                                                       monkeypatch, args, message):
+    import probe.cli
+
+    def no_model(_args):
+        raise AssertionError("the model was loaded before the arguments were checked")
+
+    monkeypatch.setattr(probe.cli, "_load_model", no_model)
+    circuit = [] if "--circuit-types" in args else ["--no-circuit"]
+    code, _, err = _run(capsys, "circuits", "--model", str(tiny_dir / "llama"), *small, *circuit,
                         "--influence-prompts", "0", "--prompts", "2", *args,
                         "--out", str(tmp_path / "r"), "--quiet")
-    assert code == 2 and message in err and "Traceback" not in err
+    assert code == 2 and message in err and "Traceback" not in err, err
+    assert not (tmp_path / "r").exists()
+
+
+def test_a_failed_run_leaves_no_empty_run_folder(capsys, tiny_dir, tmp_path, cache, small,
+                                                 monkeypatch):
+    import circuits.pipeline
+    from circuits.metrics import MetricError
+
+    def fails(lm, dataset, cfg, out, **kw):
+        (out / "directions").mkdir(parents=True)
+        raise MetricError("found only after the model loaded")
+
+    monkeypatch.setattr(circuits.pipeline, "run_circuits", fails)
+    out = tmp_path / "r"
+    code, _, err = _run(capsys, "circuits", "--model", str(tiny_dir / "llama"), *small,
+                        "--metric", "direction:sadness@L2", "--out", str(out), "--quiet")
+    assert code == 2 and "found only after the model loaded" in err
+    assert not out.exists()
+    kept = tmp_path / "kept"
+    kept.mkdir()
+    (kept / "mine.txt").write_text("a user's file")
+    code, _, _ = _run(capsys, "circuits", "--model", str(tiny_dir / "llama"), *small,
+                      "--metric", "direction:sadness@L2", "--out", str(kept), "--quiet")
+    assert code == 2 and (kept / "mine.txt").read_text() == "a user's file"
 
 
 def test_bad_validate_value(capsys):
     with pytest.raises(SystemExit) as exc:
         main(["circuits", "--validate", "some"])
     assert exc.value.code == 2 and "number or 'all'" in capsys.readouterr().err
+
+
+def test_edges_are_attributed_and_checked_by_edge_patching(capsys, tiny_dir, tmp_path, cache, small):
+    out = tmp_path / "e"
+    code, text, err = _run(capsys, "circuits", "--model", str(tiny_dir / "llama"), *small,
+                           "--metric", "direction:sadness@L2", "--components", "heads",
+                           "--no-circuit", "--prompts", "4", "--validate-prompts", "4",
+                           "--influence-prompts", "0", "--edges", "5", "--out", str(out), "--quiet")
+    assert code == 0, err
+    assert "validation of EAP against activation patching" in text and "edge patching" in text
+    edges = pd.read_csv(out / "edges_sadness.csv")
+    assert edges["patched"].notna().sum() == 10 and edges["patched"].iloc[:5].notna().all()
+    e = json.loads((out / "run.json").read_text())["emotions"]["sadness"]["edges"]
+    assert e["patched"] == 10 and e["table"][0]["type"] == "edges"
+    assert (out / "edges_sadness.png").exists()
+    code, _, err = _run(capsys, "circuits", "--metric", "logprob:happy", "--label", "happiness",
+                        "--edges", "5", "--out", str(tmp_path / "x"))
+    assert code == 2 and "--edges needs a direction metric" in err

@@ -30,13 +30,21 @@ def test_every_figure_writes_png_and_svg(tmp_path):
     infl = pd.DataFrame({"kind": ["hook_attn_out", "hook_mlp_out"] * 3, "layer": [0, 0, 1, 1, 2, 2],
                          "influence": [0.1, 0.5, 0.3, 0.9, 1.0, 1.0]})
     figures.plot_sublayer_influence(infl, out=tmp_path / "i")
-    cv = pd.DataFrame({"name": "joy", "size": [0, 1, 10], "faithfulness": [0, 0.5, 0.9],
-                       "faithfulness_low": [0, 0.4, 0.8], "faithfulness_high": [0, 0.6, 1.0],
-                       "completeness": [1, 0.6, 0.1], "split": "test"})
-    figures.plot_faithfulness(cv, out=tmp_path / "f")
+    cv = pd.DataFrame({"name": "joy", "size": [0, 1, 10, 132], "error": [1, 3.5, 0.1, 0],
+                       "error_low": [1, 2.0, 0.05, 0], "error_high": [1, 5.0, 0.2, 0],
+                       "split": "test"})
+    fig = figures.plot_faithfulness(cv, chosen={"joy": 10}, random={"joy": (0.9, 0.6)},
+                                    budget=6, out=tmp_path / "f")
+    assert fig.axes[0].lines[0].get_ydata().max() == 2.0  # overshoot (3.5) drawn at the cap
     c = Circuit("joy", "m", [Component.parse("blocks.1.attn.hook_z[2]"),
                              Component.parse("blocks.3.mlp.hook_post[7]")], [2.0, -1.0], 132)
     figures.plot_circuit(c, n_layers=4, n_heads=3, out=tmp_path / "c")
-    for stem in "hsnifc":
+    edges = pd.DataFrame({"upstream": ["blocks.0.attn.hook_z[1]", "blocks.1.hook_mlp_out",
+                                       "blocks.0.hook_mlp_out"],
+                          "downstream": ["blocks.1.mlp_in", "metric", "blocks.2.attn_in"],
+                          "value": [0.5, -1.0, 0.2]})
+    fig = figures.plot_edges(edges, n_layers=4, n_heads=3, k=2, out=tmp_path / "e")
+    assert len(fig.axes[0].texts) == 2  # the two largest edges are drawn as arrows
+    for stem in "hsnifce":
         assert (tmp_path / f"{stem}.png").stat().st_size > 1000
         assert (tmp_path / f"{stem}.svg").read_text().startswith("<?xml")

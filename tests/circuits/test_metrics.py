@@ -109,3 +109,26 @@ def test_metric_specs_parse_or_explain():
                      ("cosine:x", "cannot parse"), ("logit-diff:a-b-c", "POSITIVE-NEGATIVE")):
         with pytest.raises(MetricError, match=msg):
             parse_metric_spec(bad)
+
+
+def test_says_is_the_log_odds_of_the_emotion_words_at_the_reply_start(llama):
+    from circuits.metrics import EMOTION_WORDS, emotion_tokens, says
+    lm = llama
+    toks = emotion_tokens(lm)
+    assert set(toks) == set(EMOTION_WORDS)
+    for e, ts in toks.items():  # no token counts for two emotions
+        assert not set(ts) & {t for o, us in toks.items() if o != e for t in us}
+    m = says(lm, "sadness")
+    batch = lm.batch(TEXTS[:3])
+    logits = lm.logits(batch)
+    lp = logits[torch.arange(3), batch.last].float().log_softmax(-1)
+    other = sorted({t for e, ts in toks.items() if e != "sadness" for t in ts})
+    want = lp[:, toks["sadness"]].logsumexp(-1) - lp[:, other].logsumexp(-1)
+    got = m(logits, batch)
+    assert torch.allclose(got, want, rtol=1e-5, atol=1e-5 * float(want.abs().max()))
+    assert m.name == "says:sadness" and m.sites == ()
+    with pytest.raises(MetricError, match="no emotion words for 'joy'"):
+        says(lm, "joy")
+    assert parse_metric_spec("says:happiness,fear") == ("says", ["happiness", "fear"], None)
+    with pytest.raises(MetricError, match="no emotion words"):
+        parse_metric_spec("says:joy")
