@@ -1,0 +1,108 @@
+"""Trained steering vectors on a tiny model: objectives go down, only the vector learns."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from steering.train.batching import pair_batch
+from steering.train.objectives import PairData, objective
+from steering.train.trainer import TrainConfig, train_vector
+from steering.vector import SteeringError, SteeringVector
+
+PROMPTS = ["The meeting is at noon.", "I lost my keys again today.", "The letter arrived.",
+           "We won the final!"]
+REPLIES = ["Someone stole my bike and laughed at me.", "Everyone is cheering in the street.",
+           "My friend surprised me with a party.", "The bus left without me."]
+# the other side of the preference: a different register, learnable by one vector
+NEGATIVES = ["The meeting is at noon in room four.", "The letter from the hospital arrived.",
+             "The meeting is in room four.", "The letter arrived this morning."]
+
+
+def _data(**kw):
+    return PairData(list(PROMPTS), list(REPLIES), negatives=list(NEGATIVES),
+                    system_prompt="Someone stole my bike and laughed at me. We won the final!",
+                    user_suffix=" Everyone is cheering in the street.", **kw)
+
+
+def _fast(**kw):
+    return TrainConfig(**{"layers": (0, 1), "steps": 20, "batch_size": 4, "lr": 0.2,
+                          "init_scale": 0.0 + 1e-3, "max_norm": 50.0, **kw})
+
+
+# a random tiny model barely listens to its prompt: distillation's toy target is amplified
+@pytest.mark.parametrize("name,kw,lr", [("distill", {"amplify": 10.0}, 0.01),
+                                        ("preference", {"beta": 20.0}, 0.05), ("lm", {}, 0.2)])
+def test_objective_goes_down_and_model_is_untouched(tiny_qwen, name, kw, lr):
+    lm = tiny_qwen
+    before = {k: v.clone() for k, v in lm.model.state_dict().items()}
+    batch = pair_batch(lm, PROMPTS, REPLIES)
+    with torch.no_grad():
+        logits_before = lm.model(**batch.inputs).logits
+    vec, log = train_vector(lm, _data(), objective(name, **kw), _fast(lr=lr), emotion="anger")
+    # full batch, fixed data: the loss at the end is clearly below the start
+    assert max(log.losses[-3:]) < log.losses[0] - 0.02 * abs(log.losses[0]), log.losses
+    # only the vector learned: no weight changed, no weight collected a gradient
+    for k, v in lm.model.state_dict().items():
+        assert torch.equal(v, before[k]), k
+    assert all(p.grad is None for p in lm.model.parameters())
+    # every hook removed: the same forward gives bit-identical logits
+    with torch.no_grad():
+        assert torch.equal(lm.model(**batch.inputs).logits, logits_before)
+    assert isinstance(vec, SteeringVector) and vec.layers == [0, 1]
+    assert vec.meta["method"] == f"trained-{name}" and set(vec.meta["rms"]) == {str(s) for s in vec.sites}
+
+
+def test_saved_vector_adds_what_was_trained(tiny_qwen):
+    lm = tiny_qwen
+    vec, _ = train_vector(lm, _data(), objective("lm"), _fast(positions="all", steps=5))
+    batch = pair_batch(lm, PROMPTS, REPLIES)
+    with torch.no_grad():
+        plain = lm.model(**batch.inputs).logits
+        with vec.apply(lm, scale=1.0, positions="all"):
+            steered = lm.model(**batch.inputs).logits
+        # the same additions written by hand at each layer's output
+        deltas = {s.layer: vec.rms(s) * vec.directions[s] for s in vec.sites}
+        def add(d):
+            def hook(module, args, out):
+                return (out[0] + d,) + tuple(out[1:]) if isinstance(out, tuple) else out + d
+            return hook
+
+        handles = [lm.model.model.layers[L].register_forward_hook(add(d))
+                   for L, d in deltas.items()]
+        try:
+            by_hand = lm.model(**batch.inputs).logits
+        finally:
+            for h in handles:
+                h.remove()
+    m = batch.attention_mask.bool()
+    assert not torch.allclose(steered[m], plain[m])
+    scale = by_hand[m].abs().max()
+    torch.testing.assert_close(steered[m], by_hand[m], rtol=1e-4, atol=1e-5 * float(scale))
+
+
+def test_norm_constraint_holds(tiny_qwen):
+    vec, log = train_vector(tiny_qwen, _data(), objective("lm"), _fast(max_norm=0.05, steps=4))
+    assert all(n <= 0.05 * (1 + 1e-5) for n in log.norms.values())
+
+
+def test_steer_mask_covers_last_prompt_token_and_reply(tiny_qwen):
+    b = pair_batch(tiny_qwen, PROMPTS, REPLIES)
+    mask = b.steer_mask("last-prompt+generated").bool()
+    assert mask[:, : b.width - 1].sum() == 0
+    assert mask[:, b.width - 1].all()
+    assert torch.equal(mask[:, b.width:], b.reply_mask)
+    assert torch.equal(b.steer_mask("all").bool(), b.attention_mask.bool())
+
+
+def test_bad_input(tiny_qwen):
+    with pytest.raises(SteeringError, match="distillation needs"):
+        train_vector(tiny_qwen, PairData(PROMPTS, REPLIES), objective("distill"), _fast())
+    with pytest.raises(SteeringError, match="contrast replies"):
+        train_vector(tiny_qwen, PairData(PROMPTS, REPLIES), objective("preference"), _fast())
+    with pytest.raises(SteeringError, match="out of range"):
+        train_vector(tiny_qwen, _data(), objective("lm"), _fast(layers=(7,)))
+    with pytest.raises(SteeringError, match="unknown objective"):
+        objective("reinforce")
+    with pytest.raises(SteeringError, match="no non-empty"):
+        PairData(["a"], [" "])
