@@ -92,12 +92,13 @@ class CollapseConfig:
 
 
 def opening_share(replies: Sequence[str], k: int = 4) -> float:
-    """Share of replies that open with the most common first ``k`` words."""
+    """Share of replies that open with the most common first ``k`` words (0 if none is shared)."""
     heads = [" ".join(_WORDS.findall(r.lower())[:k]) for r in replies]
     heads = [h for h in heads if h]
     if not heads:
         return 1.0
-    return Counter(heads).most_common(1)[0][1] / len(replies)
+    count = Counter(heads).most_common(1)[0][1]
+    return count / len(replies) if count > 1 else 0.0
 
 
 def cross_distinct(replies: Sequence[str], n: int = 2) -> float:

@@ -54,9 +54,23 @@ class PairBatch:
         return mask.float()
 
     def reply_logits(self, logits: Tensor) -> Tensor:
-        """``[batch, R, vocab]``: the logits that predict each reply token."""
+        """``[batch, R, vocab]``: the logits that predict each reply token.
+
+        ``logits`` cover the whole row, or only the columns from ``W - 1`` on (a forward of
+        the suffix after a cached prefix, :meth:`split`).
+        """
         r = self.reply_ids.shape[1]
-        return logits[:, self.width - 1: self.width - 1 + r]
+        start = self.width - 1 if logits.shape[1] == self.input_ids.shape[1] else 0
+        return logits[:, start: start + r]
+
+    def split(self) -> tuple[dict[str, Tensor], dict[str, Tensor]]:
+        """Inputs of the prefix (columns before ``W - 1``) and of the suffix after its cache."""
+        k = self.width - 1
+        prefix = {"input_ids": self.input_ids[:, :k], "attention_mask": self.attention_mask[:, :k],
+                  "position_ids": self.position_ids[:, :k]}
+        suffix = {"input_ids": self.input_ids[:, k:], "attention_mask": self.attention_mask,
+                  "position_ids": self.position_ids[:, k:]}
+        return prefix, suffix
 
 
 def pair_batch(lm, prompts: Sequence[str], replies: Sequence[str], *,

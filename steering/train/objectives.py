@@ -91,15 +91,17 @@ class Distill:
                                 "and/or user_suffix)")
         self._target = []
         with torch.no_grad():
-            for i in range(len(data)):
-                t = data.batch(lm, [i], teacher=True)
-                lt = torch.log_softmax(t.reply_logits(lm.model(**t.inputs).logits)[0].float(), -1)
+            for c in range(0, len(data), 8):
+                rows = list(range(c, min(c + 8, len(data))))
+                t = data.batch(lm, rows, teacher=True)
+                lt = torch.log_softmax(t.reply_logits(lm.model(**t.inputs).logits).float(), -1)
                 if self.amplify:
-                    s = data.batch(lm, [i])
-                    ls = torch.log_softmax(s.reply_logits(lm.model(**s.inputs).logits)[0].float(), -1)
+                    s = data.batch(lm, rows)
+                    ls = torch.log_softmax(s.reply_logits(lm.model(**s.inputs).logits).float(), -1)
                     lt = torch.log_softmax((1 + self.amplify) * lt - self.amplify * ls, -1)
-                n = int(t.reply_mask[0].sum())
-                self._target.append(lt[:n].to(torch.bfloat16))
+                for j in range(len(rows)):
+                    n = int(t.reply_mask[j].sum())
+                    self._target.append(lt[j, :n].to(torch.bfloat16))
 
     def loss(self, lm, forward: Forward, data: PairData, rows: Sequence[int]) -> Tensor:
         b = data.batch(lm, rows)
@@ -126,9 +128,10 @@ class Preference:
             raise SteeringError("the preference objective needs contrast replies (negatives)")
         pos, neg = [], []
         with torch.no_grad():
-            for i in range(len(data)):
+            for c in range(0, len(data), 8):
+                rows = list(range(c, min(c + 8, len(data))))
                 for out, negative in ((pos, False), (neg, True)):
-                    b = data.batch(lm, [i], negative=negative)
+                    b = data.batch(lm, rows, negative=negative)
                     out.append(_token_logp(lm.model(**b.inputs).logits, b))
         self._ref = torch.stack([torch.cat(pos), torch.cat(neg)], 1)
 

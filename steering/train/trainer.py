@@ -16,6 +16,8 @@ exactly what was trained and ``scale=s`` scales it.
 
 from __future__ import annotations
 
+import copy
+import inspect
 import math
 import time
 from collections.abc import Sequence
@@ -90,6 +92,59 @@ def site_rms(lm, data: PairData, layers: Sequence[int], *, rows: int = 16) -> di
     return {L: float(torch.cat(v).mean()) for L, v in acc.items()}
 
 
+class SteeredModel:
+    """The model with trainable additions ``rms_l * w_l`` at ``sites``, for teacher forcing.
+
+    ``forward(batch)`` returns logits with the additions at the batch's steering mask. With
+    ``last-prompt+generated`` the prompt before its last token is never steered, so its
+    key/value cache is computed once per distinct prompt block (unsteered, no grad) and reused:
+    the forward then covers only the last prompt token and the reply, and returns their logits.
+    Use it inside ``with steered.hooks():``.
+    """
+
+    def __init__(self, lm, sites: Sequence[Site], weights: Sequence[Tensor], rms: Sequence[float],
+                 positions: str) -> None:
+        self.lm, self.sites, self.weights, self.positions = lm, list(sites), list(weights), positions
+        self.scales = [float(r) for r in rms]
+        self._mask: Tensor | None = None
+        self._prefixes: dict[bytes, object] = {}
+
+    def _adder(self, k: int):
+        def fn(value: Tensor, ctx) -> Tensor:
+            mask = self._mask
+            if mask is None or mask.shape != value.shape[:2]:
+                raise SteeringError("a training hook saw a value of another shape than its batch")
+            delta = (self.scales[k] * self.weights[k]).to(value.dtype)
+            return value + mask.unsqueeze(-1).to(value.dtype) * delta
+        return fn
+
+    def hooks(self):
+        return self.lm.hooks({s: self._adder(k) for k, s in enumerate(self.sites)})
+
+    def forward(self, batch: PairBatch) -> Tensor:
+        mask = batch.steer_mask(self.positions)
+        if self.positions == "all" or batch.width < 2:
+            self._mask = mask
+            return self.lm.model(**batch.inputs).logits
+        pre, suf = batch.split()
+        ids = pre["input_ids"]
+        key = ids.cpu().numpy().tobytes() + str(tuple(ids.shape)).encode()
+        if key not in self._prefixes:
+            self._mask = torch.zeros_like(mask[:, : batch.width - 1])
+            with torch.no_grad():
+                res = self.lm.model(**pre, use_cache=True, logits_to_keep=1)
+                cache = getattr(res, "cache", None)
+                self._prefixes[key] = cache if cache is not None else res.past_key_values
+        self._mask = mask[:, batch.width - 1:]
+        return self.lm.model(**suf, **{_cache_kwarg(self.lm.model): copy.deepcopy(self._prefixes[key])},
+                             use_cache=True).logits
+
+
+def _cache_kwarg(model) -> str:
+    """``cache`` (transformers >= 5.2x) or ``past_key_values`` (earlier)."""
+    return "cache" if "cache" in inspect.signature(model.forward).parameters else "past_key_values"
+
+
 def train_vector(lm, data: PairData, objective, config: TrainConfig = TrainConfig(), *,
                  init: SteeringVector | None = None, emotion: str | None = None,
                  log=None) -> tuple[SteeringVector, TrainLog]:
@@ -113,31 +168,21 @@ def train_vector(lm, data: PairData, objective, config: TrainConfig = TrainConfi
     sites = [Site("hook_resid_post", L) for L in config.layers]
     weights = torch.nn.ParameterList([torch.nn.Parameter(_init(lm, init, s, config))
                                       for s in sites])
-    scales = torch.tensor([rms[L] for L in config.layers])
-    state: dict[str, Tensor] = {}
-
-    def adder(k: int):
-        def fn(value: Tensor, ctx) -> Tensor:
-            mask = state["mask"]
-            if mask.shape != value.shape[:2]:
-                raise SteeringError("a training hook saw a value of another shape than its batch")
-            delta = (scales[k] * weights[k]).to(value.dtype)
-            return value + mask.unsqueeze(-1).to(value.dtype) * delta
-        return fn
-
-    def forward(batch: PairBatch) -> Tensor:
-        state["mask"] = batch.steer_mask(config.positions)
-        return lm.model(**batch.inputs).logits
+    steered = SteeredModel(lm, sites, weights, [rms[L] for L in config.layers], config.positions)
+    forward = steered.forward
 
     opt = torch.optim.Adam(weights, lr=config.lr)
     gen = torch.Generator().manual_seed(config.seed)
     out = TrainLog()
-    order: list[int] = []
-    with torch.enable_grad(), lm.hooks({s: adder(k) for k, s in enumerate(sites)}):
+    # fixed batches (their prompt caches are reused), visited in a new order every epoch
+    perm = torch.randperm(len(data), generator=gen).tolist()
+    fixed = [perm[i:i + config.batch_size] for i in range(0, len(perm), config.batch_size)]
+    order: list[list[int]] = []
+    with torch.enable_grad(), steered.hooks():
         for step in range(config.steps):
-            if len(order) < config.batch_size:
-                order += torch.randperm(len(data), generator=gen).tolist()
-            rows, order = order[: config.batch_size], order[config.batch_size:]
+            if not order:
+                order = [fixed[i] for i in torch.randperm(len(fixed), generator=gen).tolist()]
+            rows = order.pop()
             opt.zero_grad()
             loss = objective.loss(lm, forward, data, rows)
             if not torch.isfinite(loss.detach()):

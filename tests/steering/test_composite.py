@@ -33,7 +33,7 @@ def test_template_collapse_and_loops_are_caught():
               "A leap year has 366 days.", "Librarians sort and lend books."]
     template = ["I'm not sure what to say about fridges.", "I'm not sure what to say, leaves.",
                 "I'm not sure what to say here.", "Librarians sort and lend books."]
-    assert opening_share(varied) == 0.25 and opening_share(template) == 0.75
+    assert opening_share(varied) == 0.0 and opening_share(template) == 0.75
     assert not collapse_report(varied)["collapsed"]
     assert collapse_report(template)["collapsed"]
     same = ["wonderful wonderful fabulous day"] * 4

@@ -106,3 +106,32 @@ def test_bad_input(tiny_qwen):
         objective("reinforce")
     with pytest.raises(SteeringError, match="no non-empty"):
         PairData(["a"], [" "])
+
+
+def test_prefix_cache_forward_equals_full_forward(tiny_qwen):
+    from probe.sites import Site
+    from steering.train.trainer import SteeredModel
+
+    lm = tiny_qwen
+    g = torch.Generator().manual_seed(0)
+    sites = [Site("hook_resid_post", 0), Site("hook_resid_post", 2)]
+    weights = [torch.randn(64, generator=g) for _ in sites]
+    cached = SteeredModel(lm, sites, weights, [3.0, 5.0], "last-prompt+generated")
+    batch = pair_batch(lm, PROMPTS, REPLIES)
+    with torch.no_grad(), cached.hooks():
+        fast = batch.reply_logits(cached.forward(batch))
+        again = batch.reply_logits(cached.forward(batch))      # from the stored prefix cache
+    # the same additions over the whole row, masked to the last prompt token and the reply
+    mask = batch.steer_mask("last-prompt+generated")
+
+    def add(k):
+        def fn(value, ctx):
+            return value + mask.unsqueeze(-1) * ([3.0, 5.0][k] * weights[k])
+        return fn
+
+    with torch.no_grad(), lm.hooks({s: add(k) for k, s in enumerate(sites)}):
+        full = batch.reply_logits(lm.model(**batch.inputs).logits)
+    m = batch.reply_mask
+    scale = float(full[m].abs().max())
+    torch.testing.assert_close(fast[m], full[m], rtol=1e-4, atol=1e-5 * scale)
+    torch.testing.assert_close(again[m], fast[m], rtol=1e-5, atol=1e-6 * scale)
