@@ -100,7 +100,7 @@ def _direction_args(p, *, steer: bool = False) -> None:
                    help="activation store (default: cache emotion-scenarios for the model)")
     g.add_argument("--dataset", default="emotion-scenarios",
                    help="dataset to cache when no --store is given (default: %(default)s)")
-    g.add_argument("--method", default=None, choices=METHODS,
+    g.add_argument("--method", default=None, choices=METHODS + ("expression",),
                    help="default: context-agnostic" + (" (or the operating point's)" if steer else ""))
     g.add_argument("--site", default=None, help="site kind (default: resid_post)")
     g.add_argument("--layers", default=None,
@@ -172,6 +172,16 @@ def cmd_directions(args) -> int:
     emotions = [e.strip() for e in args.emotions.split(",")] if args.emotions else None
     neutral = args.neutral or None
     lm = None
+    if method == "expression":   # the model's own replies, read over their tokens
+        from steering.expression import model_expression_directions
+        from steering.judges import EMOTIONS
+
+        t0 = time.time()
+        lm = _load_model(args)
+        layers = parse_layers(args.layers, lm.n_layers) or list(range(lm.n_layers))
+        vecs = model_expression_directions(lm, layers=layers, emotions=emotions or EMOTIONS)
+        _write_directions(args, out, vecs, None, method, time.time() - t0)
+        return 0
     if method == "probe":
         if not args.run:
             raise SteeringError("--method probe needs --run (a `probe sweep` output folder)")
@@ -311,12 +321,19 @@ def _steer_vector(args, lm, point, layers):
             if not args.run:
                 raise SteeringError("--method probe needs --run (a `probe sweep` output folder)")
             source = args.run
-        elif method == "prompted":
+        elif method in ("prompted", "expression"):
             source = lm
         else:
             source = _store_for(args, lm, layers, site, pooling)
         kw = {"pooling": pooling} if method not in ("prompted",) else {}
-        vecs = directions(source, method=method, site=site, layers=layers, **kw)
+        if method == "expression":
+            from steering.expression import model_expression_directions
+            from steering.judges import EMOTIONS
+
+            vecs = model_expression_directions(lm, layers=layers or list(range(lm.n_layers)),
+                                               emotions=EMOTIONS)
+        else:
+            vecs = directions(source, method=method, site=site, layers=layers, **kw)
         vec = vecs[args.emotion]
     if layers is not None and set(vec.layers) != set(layers):
         vec = vec.at(layers)

@@ -22,9 +22,14 @@ import numpy as np
 import torch
 from sklearn.metrics import roc_auc_score
 
+import os
+from pathlib import Path
+
 from probe.hooks import StopForward
 from probe.sites import Site
+from steering.prompted import default_prompts
 from steering.train.batching import pair_batch
+from steering.train.data import teacher_replies
 from steering.train.objectives import PairData
 from steering.train.trainer import site_rms
 from steering.vector import SteeringError, SteeringVector, VectorSet
@@ -102,6 +107,10 @@ def expression_vectors(lm, prompts: Sequence[str], replies: Sequence[str], label
     sites = [Site("hook_resid_post", L) for L in layers]
     out = VectorSet()
     for e in emotions:
+        for k, L in enumerate(layers):
+            if not np.linalg.norm(raw[e][k]) > 0 or not np.isfinite(raw[e][k]).all():
+                raise SteeringError(f"the replies in {e} do not differ from the other emotions' at "
+                                    f"layer {L} (identical replies?); no direction to take")
         dirs = {s: torch.as_tensor(raw[e][k] / np.linalg.norm(raw[e][k]), dtype=torch.float32)
                 for k, s in enumerate(sites)}
         out[e] = SteeringVector(dirs, {**lm.provenance(), "method": "expression", "emotion": e,
@@ -112,6 +121,28 @@ def expression_vectors(lm, prompts: Sequence[str], replies: Sequence[str], label
                                        "pooled_rms": {str(s): float(rms[k]) for k, s in enumerate(sites)},
                                        "rms": {str(s): rms_tok[L] for s, L in zip(sites, layers)}})
     return out
+
+
+def model_expression_directions(lm, *, layers: Sequence[int], emotions: Sequence[str],
+                                prompts: Sequence[str] | None = None, max_new_tokens: int = 40,
+                                cache_dir: str | os.PathLike | None = None, log=None) -> VectorSet:
+    """Expression directions from the model's own replies (what ``probe directions --method
+    expression`` computes).
+
+    The model answers ``prompts`` (default: the 64 neutral items of emotion-scenarios) under each
+    emotion's designed prompt (greedy, cached as JSON under ``cache/<model>/``); each reply is
+    then read *given the plain prompt* (the instruction out of view), pooled over its tokens,
+    and contrasted across emotions within each prompt.
+    """
+    prompts = list(prompts) if prompts is not None else default_prompts()
+    root = Path(cache_dir) if cache_dir is not None else Path(os.environ.get("EMOPROBE_CACHE", "cache"))
+    teach = teacher_replies(lm, prompts, emotions, max_new_tokens=max_new_tokens,
+                            cache=root / lm.spec.alias, log=log)
+    rows = [(p, teach.replies[e][i], e, str(i)) for e in emotions
+            for i, p in enumerate(teach.prompts) if teach.replies[e][i].strip()]
+    p, r, y, g = (list(x) for x in zip(*rows))
+    return expression_vectors(lm, p, r, y, layers=layers, emotions=emotions, groups=g,
+                              source=f"{lm.spec.alias} designed-prompt replies to {len(prompts)} prompts")
 
 
 def _token_rms(lm, prompts, replies, layers) -> dict[int, float]:

@@ -135,3 +135,25 @@ def test_prefix_cache_forward_equals_full_forward(tiny_qwen):
     scale = float(full[m].abs().max())
     torch.testing.assert_close(fast[m], full[m], rtol=1e-4, atol=1e-5 * scale)
     torch.testing.assert_close(again[m], fast[m], rtol=1e-5, atol=1e-6 * scale)
+
+
+def test_expression_vectors_are_unit_directions_with_rms(tiny_qwen):
+    from steering.expression import expression_vectors
+
+    emotions = ["anger", "sadness"]
+    prompts = PROMPTS + PROMPTS
+    replies = REPLIES + NEGATIVES
+    labels = ["anger"] * 4 + ["sadness"] * 4
+    groups = [str(i) for i in range(4)] * 2
+    vecs = expression_vectors(tiny_qwen, prompts, replies, labels, layers=[0, 2], emotions=emotions,
+                              groups=groups)
+    for v in vecs.values():
+        assert v.layers == [0, 2] and v.meta["method"] == "expression"
+        assert all(abs(float(t.norm()) - 1.0) < 1e-5 for t in v.directions.values())
+        assert all(v.rms(s) > 0 for s in v.sites)
+    # two emotions: each is the other's opposite
+    for s in vecs["anger"].sites:
+        torch.testing.assert_close(vecs["anger"][s], -vecs["sadness"][s])
+    with pytest.raises(SteeringError, match="do not differ"):
+        expression_vectors(tiny_qwen, prompts, REPLIES + REPLIES, labels, layers=[0], emotions=emotions,
+                           groups=groups)
