@@ -10,6 +10,7 @@
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import os
 import shutil
@@ -71,6 +72,10 @@ def register(sub) -> dict:
                    help="all, prompt, generated, last-prompt+generated (default), last-prompt")
     p.add_argument("--unit", dest="unit", default=None, choices=["rms", "absolute", "token-rms"],
                    help="unit of --strength (default: rms)")
+    p.add_argument("--with-prompt", action="store_true",
+                   help="the operating point's prompt + steering mode: the designed emotion "
+                        "prompt plus steering at the strength selected with it (compared with "
+                        "the prompt alone)")
     p.add_argument("--max-new-tokens", type=int, default=60)
     p.add_argument("--json", default=None, help="write prompts, settings and both outputs here")
     p.add_argument("--quiet", action="store_true", help="no loading output")
@@ -294,9 +299,19 @@ def cmd_steer(args) -> int:
                       strength=args.unit or (point.strength if point else "rms"),
                       label=args.emotion)
     gen_kwargs = dict(point.generate) if point else {"repetition_penalty": 1.05, "no_repeat_ngram_size": 3}
-    plain, steered = generate_settings(lm, args.prompts, [Setting(vector=None), setting],
+    prompts, system = args.prompts, args.system_prompt
+    if getattr(args, "with_prompt", False):   # prompt + steering: the prompt alone is the baseline
+        if point is None or not point.prompt:
+            raise SteeringError(f"no prompt + steering mode is shipped for {args.emotion}; drop "
+                                "--with-prompt")
+        prompts = [p + point.prompt.get("user_suffix", "") for p in args.prompts]
+        system = point.prompt.get("system_prompt", system)
+        if args.strength is None:
+            setting = dataclasses.replace(setting, scale=float(point.prompt["scale"]))
+        _say(args, f"prompt + steering: system prompt {system!r}, scale {setting.scale:g}")
+    plain, steered = generate_settings(lm, prompts, [Setting(vector=None), setting],
                                        max_new_tokens=args.max_new_tokens,
-                                       system_prompt=args.system_prompt, **gen_kwargs)
+                                       system_prompt=system, **gen_kwargs)
     desc = (f"{args.emotion} {setting.mode} x{setting.scale:g} {setting.strength.upper()} at "
             f"{vec.sites[0].kind} layers {vec.layers[0]}-{vec.layers[-1]} ({vec.meta.get('method')})")
     _print_side_by_side(args.prompts, plain, steered, desc)
@@ -309,8 +324,12 @@ def _steer_vector(args, lm, point, layers):
     from steering.directions import directions
     from steering.vector import SteeringError, SteeringVector, VectorSet
 
+    from steering.operating_points import point_vector
+
     if args.vector:
         vec = SteeringVector.load(args.vector, lm, match=args.match)
+    elif point is not None and point.vector and not args.method:   # a shipped trained vector
+        vec = point_vector(point, lm)
     elif args.vectors:
         vec = VectorSet.load(args.vectors, lm, match=args.match)[args.emotion]
     else:

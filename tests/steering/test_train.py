@@ -157,3 +157,26 @@ def test_expression_vectors_are_unit_directions_with_rms(tiny_qwen):
     with pytest.raises(SteeringError, match="do not differ"):
         expression_vectors(tiny_qwen, prompts, REPLIES + REPLIES, labels, layers=[0], emotions=emotions,
                            groups=groups)
+
+
+def test_operating_point_with_a_shipped_vector(tiny_qwen, tmp_path):
+    import json
+
+    from steering.operating_points import operating_point, point_vector
+
+    vec, _ = train_vector(tiny_qwen, _data(), objective("lm"), _fast(steps=2), emotion="anger")
+    vec.save(tmp_path / "anger-distill")
+    table = {"format": 1, "models": {"tiny": {"emotions": {"anger": {
+        "method": "trained-distill", "site": "resid_post", "layers": [0, 1], "scale": 1.0,
+        "strength": "rms", "mode": "add", "positions": "last-prompt+generated",
+        "vector": "anger-distill", "prompt": {"system_prompt": "Be angry.", "user_suffix": "",
+                                              "scale": 0.5}}}}}}
+    (tmp_path / "points.json").write_text(json.dumps(table))
+    point = operating_point("tiny", "anger", path=tmp_path / "points.json")
+    assert point.vector == "anger-distill" and point.prompt["scale"] == 0.5
+    loaded = point_vector(point, tiny_qwen, folder=tmp_path)
+    for s in vec.sites:
+        assert torch.equal(loaded[s], vec[s])
+    missing = operating_point("tiny", "anger", path=tmp_path / "points.json")
+    with pytest.raises(SteeringError, match="missing"):
+        point_vector(missing, folder=tmp_path / "nowhere")
