@@ -46,6 +46,7 @@ from steering.prompts import NeutralPrompt, load_prompts
 from steering.train.data import sev_prompts, teacher_replies
 from steering.train.objectives import PairData, objective
 from steering.train.trainer import TrainConfig, train_vector
+from steering.vector import SteeringVector, VectorSet
 
 
 def log(msg: str) -> None:
@@ -74,6 +75,10 @@ def main(argv=None) -> None:
     ap.add_argument("--test-prompts", type=int, default=None)
     ap.add_argument("--max-new-tokens", type=int, default=60)
     ap.add_argument("--threads", type=int, default=1)
+    ap.add_argument("--reuse", action="store_true",
+                    help="load the vectors and tune table an earlier run wrote to --out; score new arms only")
+    ap.add_argument("--combo-scales", default="",
+                    help="extra designed prompt + vector arms, e.g. distill:0.5,distill-amp:0.25")
     args = ap.parse_args(argv)
     torch.set_num_threads(args.threads)
     out = Path(args.out)
@@ -95,14 +100,17 @@ def main(argv=None) -> None:
     log(f"teacher replies ready ({time.perf_counter() - t0:.0f} s)")
 
     # expression directions from the model's own replies, given the plain prompt
-    prompts6 = [p for e in EMOTIONS for p in teach.prompts]
-    replies6 = [r for e in EMOTIONS for r in teach.replies[e]]
-    labels6 = [e for e in EMOTIONS for _ in teach.prompts]
-    groups6 = [str(i) for e in EMOTIONS for i in range(len(teach.prompts))]
-    X = reply_activations(lm, prompts6, replies6, layers)
-    expr = expression_vectors(lm, prompts6, replies6, labels6, layers=layers, emotions=EMOTIONS,
-                              groups=groups6, source="smollm2 designed-prompt replies to SEV scenarios", X=X)
-    expr.save(out / "expression")
+    if args.reuse and (out / "expression").is_dir():
+        expr = VectorSet.load(out / "expression", lm)
+    else:
+        prompts6 = [p for e in EMOTIONS for p in teach.prompts]
+        replies6 = [r for e in EMOTIONS for r in teach.replies[e]]
+        labels6 = [e for e in EMOTIONS for _ in teach.prompts]
+        groups6 = [str(i) for e in EMOTIONS for i in range(len(teach.prompts))]
+        X = reply_activations(lm, prompts6, replies6, layers)
+        expr = expression_vectors(lm, prompts6, replies6, labels6, layers=layers, emotions=EMOTIONS,
+                                  groups=groups6, source="smollm2 designed-prompt replies to SEV scenarios", X=X)
+        expr.save(out / "expression")
     log("expression directions saved")
 
     tune = spread(load_prompts("tune"), args.tune_prompts) + [
@@ -112,8 +120,12 @@ def main(argv=None) -> None:
     sel_scorer = Scorer(lm, {"select": select}, decoding=decoding, batch_size=64, log=log)
     rep_scorer = Scorer(lm, report, decoding=decoding, batch_size=64, log=log)
     refs = {}
+    if args.reuse and (out / "refs.json").is_file():
+        refs = json.loads((out / "refs.json").read_text())
     for name, scorer, prompts, cj in (("tune", sel_scorer, tune, {"select": select}),
                                       ("test", rep_scorer, test, report)):
+        if name in refs:
+            continue
         f = scorer.frame(prompts, [Arm(condition="unsteered", emotion=None)], relevance=True,
                          targets=emotions)
         ref_ppl = float(np.nanmedian(f["perplexity"]))
@@ -157,8 +169,13 @@ def train_all(lm, emotion, teach, expr, layers, args, out):
 
 def run_emotion(lm, emotion, teach, expr, layers, args, out, tune, test, sel_scorer, rep_scorer,
                 select, report, refs):
-    vecs, logs = train_all(lm, emotion, teach, expr, layers, args, out)
-    dump(out / f"{emotion}-train.json", logs)
+    if args.reuse:   # vectors trained by an earlier run of this script into the same --out
+        vecs = {n: SteeringVector.load(out / "vectors" / f"{emotion}-{n}", lm)
+                for n in args.objectives.split(",")}
+        logs = json.loads((out / f"{emotion}-train.json").read_text())
+    else:
+        vecs, logs = train_all(lm, emotion, teach, expr, layers, args, out)
+        dump(out / f"{emotion}-train.json", logs)
     scales = [float(s) for s in args.scales.split(",")]
     candidates = {name: scales for name in vecs}
     vecs["expression"] = expr[emotion]
@@ -171,12 +188,22 @@ def run_emotion(lm, emotion, teach, expr, layers, args, out, tune, test, sel_sco
                  user_suffix=designed.user_suffix, setting=Setting(vector=vecs[m], scale=s))
              for m in ("distill", "expression") if m in vecs for s in (candidates[m][0], candidates[m][1])]
     arms.append(designed)
+    arms += [Arm(condition=f"designed+{m}@{s:g}", emotion=emotion, system_prompt=designed.system_prompt,
+                 user_suffix=designed.user_suffix, setting=Setting(vector=vecs[m], scale=float(s)))
+             for m, s in (x.split(":") for x in args.combo_scales.split(",") if x)]
     ref_ppl, ref_rel = refs["tune"]
+    old = None
+    if args.reuse and (out / f"{emotion}-tune.csv").is_file():   # score only arms not scored yet
+        old = pd.read_csv(out / f"{emotion}-tune.csv")
+        arms = [a for a in arms if a.condition not in set(old["condition"])]
     log(f"{emotion}: selection, {len(arms)} arms x {len(tune)} tune prompts")
     ft = score_arms(sel_scorer, tune, arms, concept_judges={"select": select},
                     ref_perplexity=ref_ppl, ref_relevance=ref_rel)
-    ft.drop(columns=["signals"]).to_csv(out / f"{emotion}-tune-replies.csv", index=False)
-    best, table = select_scale(ft, judge="select", ref_perplexity=ref_ppl)
+    tag = "-more" if old is not None else ""
+    ft.drop(columns=["signals"]).to_csv(out / f"{emotion}-tune-replies{tag}.csv", index=False)
+    _, table = select_scale(ft, judge="select", ref_perplexity=ref_ppl)
+    if old is not None:
+        table = pd.concat([old, table], ignore_index=True)
     table.to_csv(out / f"{emotion}-tune.csv", index=False)
     per_method = {}
     for m in candidates:
@@ -185,6 +212,9 @@ def run_emotion(lm, emotion, teach, expr, layers, args, out, tune, test, sel_sco
             per_method[m] = str(t.sort_values("composite", ascending=False).iloc[0]["condition"])
     tc = table[table["condition"].str.startswith("designed+") & table["eligible"]]
     best_combo = None if tc.empty else str(tc.sort_values("composite", ascending=False).iloc[0]["condition"])
+    # the steered condition: the best steering candidate alone (prompting is not a candidate)
+    best = max(per_method.values(), key=lambda c: float(table.set_index("condition").loc[c, "composite"]),
+               default=None)
     log(f"{emotion}: selected {best} (per method {per_method}); prompt+steering {best_combo}")
     dump(out / f"{emotion}-selection.json", {"best": best, "per_method": per_method, "combo": best_combo})
 
