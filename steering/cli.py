@@ -271,7 +271,7 @@ def _print_summary(vecs, auroc, out: Path) -> None:
 def cmd_steer(args) -> int:
     from probe.cli import _load_model
     from steering.inject import Setting, generate_settings
-    from steering.operating_points import operating_point
+    from steering.operating_points import operating_point, prompt_mode
     from steering.vector import SteeringError
 
     if not args.prompts:
@@ -301,13 +301,8 @@ def cmd_steer(args) -> int:
     gen_kwargs = dict(point.generate) if point else {"repetition_penalty": 1.05, "no_repeat_ngram_size": 3}
     prompts, system = args.prompts, args.system_prompt
     if getattr(args, "with_prompt", False):   # prompt + steering: the prompt alone is the baseline
-        if point is None or not point.prompt:
-            raise SteeringError(f"no prompt + steering mode is shipped for {args.emotion}; drop "
-                                "--with-prompt")
-        prompts = [p + point.prompt.get("user_suffix", "") for p in args.prompts]
-        system = point.prompt.get("system_prompt", system)
-        if args.strength is None:
-            setting = dataclasses.replace(setting, scale=float(point.prompt["scale"]))
+        prompts, system, scale = prompt_mode(point, args.emotion, prompts)
+        setting = dataclasses.replace(setting, scale=scale if args.strength is None else setting.scale)
         _say(args, f"prompt + steering: system prompt {system!r}, scale {setting.scale:g}")
     plain, steered = generate_settings(lm, prompts, [Setting(vector=None), setting],
                                        max_new_tokens=args.max_new_tokens,

@@ -82,6 +82,15 @@ def point_vector(point: OperatingPoint, lm=None, *, folder: str | os.PathLike | 
     return SteeringVector.load(path, lm, match="exact" if lm is not None else "none")
 
 
+def prompt_mode(point: OperatingPoint | None, emotion: str, prompts: list[str]
+                ) -> tuple[list[str], str | None, float]:
+    """``(prompts with the user suffix, system prompt, scale)`` of the prompt + steering mode."""
+    if point is None or not point.prompt:
+        raise SteeringError(f"no prompt + steering mode is shipped for {emotion}; drop --with-prompt")
+    suffix = point.prompt.get("user_suffix", "")
+    return [p + suffix for p in prompts], point.prompt.get("system_prompt"), float(point.prompt["scale"])
+
+
 def default_path() -> Path:
     return Path(__file__).with_name("operating_points.json")
 

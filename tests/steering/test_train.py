@@ -180,3 +180,14 @@ def test_operating_point_with_a_shipped_vector(tiny_qwen, tmp_path):
     missing = operating_point("tiny", "anger", path=tmp_path / "points.json")
     with pytest.raises(SteeringError, match="missing"):
         point_vector(missing, folder=tmp_path / "nowhere")
+
+
+def test_prompt_mode():
+    from steering.operating_points import OperatingPoint, prompt_mode
+
+    point = OperatingPoint(model="m", emotion="anger", method="trained-distill", site="resid_post",
+                           layers=(1,), scale=1.0,
+                           prompt={"system_prompt": "Be angry.", "user_suffix": " (angrily)", "scale": 0.5})
+    assert prompt_mode(point, "anger", ["Hi."]) == (["Hi. (angrily)"], "Be angry.", 0.5)
+    with pytest.raises(SteeringError, match="--with-prompt"):
+        prompt_mode(None, "anger", ["Hi."])
