@@ -189,8 +189,9 @@ def run_emotion(lm, emotion, teach, expr, layers, args, out, tune, test, sel_sco
              for m in ("distill", "expression") if m in vecs for s in (candidates[m][0], candidates[m][1])]
     arms.append(designed)
     arms += [Arm(condition=f"designed+{m}@{s:g}", emotion=emotion, system_prompt=designed.system_prompt,
-                 user_suffix=designed.user_suffix, setting=Setting(vector=vecs[m], scale=float(s)))
-             for m, s in (x.split(":") for x in args.combo_scales.split(",") if x)]
+                 user_suffix=designed.user_suffix, setting=Setting(vector=vecs[m], scale=s))
+             for m, s in ((x.split(":")[0], float(x.split(":")[1]))
+                          for x in args.combo_scales.split(",") if x)]
     ref_ppl, ref_rel = refs["tune"]
     old = None
     if args.reuse and (out / f"{emotion}-tune.csv").is_file():   # score only arms not scored yet
