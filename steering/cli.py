@@ -11,6 +11,7 @@
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import os
 import shutil
@@ -98,6 +99,10 @@ def register(sub) -> dict:
                    help="all, prompt, generated, last-prompt+generated (default), last-prompt")
     p.add_argument("--unit", dest="unit", default=None, choices=["rms", "absolute", "token-rms"],
                    help="unit of --strength (default: rms)")
+    p.add_argument("--with-prompt", action="store_true",
+                   help="the operating point's prompt + steering mode: the designed emotion "
+                        "prompt plus steering at the strength selected with it (compared with "
+                        "the prompt alone)")
     p.add_argument("--max-new-tokens", type=int, default=60,
                    help="tokens per reply (default: %(default)s); a reply cut there ends with "
                         "'[... max_new_tokens reached]'")
@@ -126,7 +131,7 @@ def _direction_args(p, *, steer: bool = False) -> None:
                    help="activation store (default: cache emotion-scenarios for the model)")
     g.add_argument("--dataset", default="emotion-scenarios",
                    help="dataset to cache when no --store is given (default: %(default)s)")
-    g.add_argument("--method", default=None, choices=METHODS,
+    g.add_argument("--method", default=None, choices=METHODS + ("expression",),
                    help="default: context-agnostic" + (" (or the operating point's)" if steer else ""))
     g.add_argument("--site", default=None, help="site kind (default: resid_post)")
     g.add_argument("--layers", default=None,
@@ -203,6 +208,16 @@ def cmd_directions(args) -> int:
     emotions = [e.strip() for e in args.emotions.split(",")] if args.emotions else None
     neutral = args.neutral or None
     lm = None
+    if method == "expression":   # the model's own replies, read over their tokens
+        from steering.expression import model_expression_directions
+        from steering.judges import EMOTIONS
+
+        t0 = time.time()
+        lm = _load_model(args)
+        layers = parse_layers(args.layers, lm.n_layers) or list(range(lm.n_layers))
+        vecs = model_expression_directions(lm, layers=layers, emotions=emotions or EMOTIONS)
+        _write_directions(args, out, vecs, None, method, time.time() - t0)
+        return 0
     if method == "probe":
         if not args.run:
             raise SteeringError("--method probe needs --run (a `probe sweep` output folder)")
@@ -289,7 +304,7 @@ def _print_summary(vecs, auroc, out: Path) -> None:
 def cmd_steer(args) -> int:
     from probe.cli_args import load_model
     from steering.inject import Setting, generate_settings
-    from steering.operating_points import operating_point
+    from steering.operating_points import operating_point, prompt_mode
     from steering.steer_output import (
         check_out_path,
         check_strength,
@@ -332,14 +347,19 @@ def cmd_steer(args) -> int:
                       positions=args.positions or (point.positions if point else "last-prompt+generated"),
                       strength=unit, label=args.emotion)
     gen_kwargs = dict(point.generate) if point else {"repetition_penalty": 1.05, "no_repeat_ngram_size": 3}
-    _say(args, f"generating {len(args.prompts)} x 2 replies of up to {args.max_new_tokens} tokens")
+    prompts, system = args.prompts, args.system_prompt
+    if getattr(args, "with_prompt", False):   # prompt + steering: the prompt alone is the baseline
+        prompts, system, scale = prompt_mode(point, args.emotion, prompts)
+        setting = dataclasses.replace(setting, scale=scale if args.strength is None else setting.scale)
+        _say(args, f"prompt + steering: system prompt {system!r}, scale {setting.scale:g}")
+    _say(args, f"generating {len(prompts)} x 2 replies of up to {args.max_new_tokens} tokens")
     (plain, steered), (cut_plain, cut_steered) = generate_settings(
-        lm, args.prompts, [Setting(vector=None), setting], max_new_tokens=args.max_new_tokens,
-        system_prompt=args.system_prompt, progress=not args.quiet, details=True, **gen_kwargs)
+        lm, prompts, [Setting(vector=None), setting], max_new_tokens=args.max_new_tokens,
+        system_prompt=system, progress=not args.quiet, details=True, **gen_kwargs)
     desc = (f"{args.emotion} {setting.mode} x{setting.scale:g} {setting.strength.upper()} at "
             f"{vec.sites[0].kind} layers {vec.layers[0]}-{vec.layers[-1]} ({vec.meta.get('method')})")
     if not args.json:
-        print(side_by_side(args.prompts, [mark(t, c) for t, c in zip(plain, cut_plain)],
+        print(side_by_side(prompts, [mark(t, c) for t, c in zip(plain, cut_plain)],
                            [mark(t, c) for t, c in zip(steered, cut_steered)], desc))
     if args.json or args.out:
         record = _steer_record(args, lm, vec, setting, point, gen_kwargs, plain, steered)
@@ -352,8 +372,12 @@ def _steer_vector(args, lm, point, layers):
     from steering.directions import directions
     from steering.vector import SteeringError, SteeringVector, VectorSet
 
+    from steering.operating_points import point_vector
+
     if args.vector:
         vec = SteeringVector.load(args.vector, lm, match=args.match)
+    elif point is not None and point.vector and not args.method:   # a shipped trained vector
+        vec = point_vector(point, lm)
     elif args.vectors:
         vec = VectorSet.load(args.vectors, lm, match=args.match)[args.emotion]
     else:
@@ -364,12 +388,19 @@ def _steer_vector(args, lm, point, layers):
             if not args.run:
                 raise SteeringError("--method probe needs --run (a `probe sweep` output folder)")
             source = args.run
-        elif method == "prompted":
+        elif method in ("prompted", "expression"):
             source = lm
         else:
             source = _store_for(args, lm, layers, site, pooling)
         kw = {"pooling": pooling} if method not in ("prompted",) else {}
-        vecs = directions(source, method=method, site=site, layers=layers, **kw)
+        if method == "expression":
+            from steering.expression import model_expression_directions
+            from steering.judges import EMOTIONS
+
+            vecs = model_expression_directions(lm, layers=layers or list(range(lm.n_layers)),
+                                               emotions=EMOTIONS)
+        else:
+            vecs = directions(source, method=method, site=site, layers=layers, **kw)
         vec = vecs[args.emotion]
     if layers is not None and set(vec.layers) != set(layers):
         vec = vec.at(layers)

@@ -27,7 +27,7 @@ import re
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-from steering.vector import SteeringError
+from steering.vector import SteeringError, SteeringVector
 
 FORMAT = 1
 _REQUIRED = ("method", "site", "layers", "scale", "strength", "mode", "positions")
@@ -50,6 +50,12 @@ class OperatingPoint:
     generate: dict = field(default_factory=dict)
     provisional: bool = True
     source: str = ""
+    #: A shipped vector file (stem under ``steering/artifacts/vectors/``) for trained vectors,
+    #: whose directions cannot be recomputed from a store; None: compute ``method`` directions.
+    vector: str | None = None
+    #: The prompt + steering mode (``probe steer --with-prompt``): ``{"system_prompt",
+    #: "user_suffix", "scale"}``, the scale selected *with* the prompt; None: not offered.
+    prompt: dict | None = None
 
     def describe(self) -> str:
         lo, hi = min(self.layers), max(self.layers)
@@ -57,6 +63,33 @@ class OperatingPoint:
         return (f"{self.emotion}: {self.method} direction, {self.mode} x{self.scale:g} "
                 f"{'RMS' if self.strength == 'rms' else self.strength} at {self.site} layers "
                 f"{lo}-{hi}, positions {self.positions}{tag}")
+
+
+VECTOR_DIR = Path(__file__).with_name("artifacts") / "vectors"
+
+
+def point_vector(point: OperatingPoint, lm=None, *, folder: str | os.PathLike | None = None):
+    """The shipped :class:`~steering.vector.SteeringVector` of ``point`` (None if it has none).
+
+    Checked against ``lm`` (same weights) when given.
+    """
+    if point.vector is None:
+        return None
+    base = Path(folder) if folder is not None else VECTOR_DIR
+    path = base / f"{point.vector}.safetensors"
+    if not path.is_file():
+        raise SteeringError(f"the operating point of {point.emotion} names the vector file {path}, "
+                            "which is missing: reinstall emoprobe, or pass --vector/--method")
+    return SteeringVector.load(path, lm, match="exact" if lm is not None else "none")
+
+
+def prompt_mode(point: OperatingPoint | None, emotion: str, prompts: list[str]
+                ) -> tuple[list[str], str | None, float]:
+    """``(prompts with the user suffix, system prompt, scale)`` of the prompt + steering mode."""
+    if point is None or not point.prompt:
+        raise SteeringError(f"no prompt + steering mode is shipped for {emotion}; drop --with-prompt")
+    suffix = point.prompt.get("user_suffix", "")
+    return [p + suffix for p in prompts], point.prompt.get("system_prompt"), float(point.prompt["scale"])
 
 
 def default_path() -> Path:

@@ -1,0 +1,262 @@
+"""Train steering vectors per emotion, select on tune prompts, report on held-out prompts.
+
+Roles (enforced by :class:`steering.composite.JudgeRoles` before anything is generated):
+
+* training data: SEV neutral *scenarios* as prompts (not SEV replies) and the embedded model's
+  own replies to them under each emotion's designed prompt (``steering.train.data``);
+* selection judge: a TF-IDF judge fitted on dair-ai emotion + SEV replies (built at run time,
+  never shipped; ``--select-judge``), scoring the AxBench composite on *tune* prompts (10 shipped
+  tune prompts spread over the kinds + 8 SEV neutral scenarios never trained on);
+* reporting judges: the shipped GoEmotions classifier and the NRC lexicon, on the 40 shipped
+  *test* prompts only.
+
+For each emotion: expression directions from the model's own replies (contrasted across
+emotions, centred per prompt), then vectors trained by prompt distillation (amplify 0 and
+``--amplify``), preference (target reply over another emotion's reply to the same prompt) and
+the LM loss, all initialised from the expression direction; every candidate x scale scored on
+the tune prompts; the best (method, scale) by selection composite with no collapse and
+perplexity ratio <= 2 is the ``steered`` condition, reported with the other candidates'
+selected points, unsteered, the user-turn prompt, the designed prompt, designed prompt +
+steering (its scale selected separately) and a random vector of the winner's norm.
+
+    python benchmarks/eval_trained_steering.py --emotions anger,sadness --out runs/trained
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import time
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import torch
+
+from probe.models import load_model
+from probe.results import _atomic_write
+from steering.composite import JudgeRoles, judge_sources
+from steering.eval_grid import Arm, Decoding
+from steering.eval_trained import baseline_arms, paired, report_rows, score_arms, select_scale
+from steering.evaluate import Scorer, random_like, spread
+from steering.expression import expression_vectors, reply_activations
+from steering.inject import Setting
+from steering.judges import EMOTIONS, ClassifierJudge, LexiconJudge
+from steering.prompts import NeutralPrompt, load_prompts
+from steering.train.data import sev_prompts, teacher_replies
+from steering.train.objectives import PairData, objective
+from steering.train.trainer import TrainConfig, train_vector
+from steering.vector import SteeringVector, VectorSet
+
+
+def log(msg: str) -> None:
+    print(time.strftime("%H:%M:%S"), msg, flush=True)
+
+
+def dump(path: Path, obj) -> None:
+    _atomic_write(path, json.dumps(obj, indent=1, default=float))
+
+
+def main(argv=None) -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--emotions", default="anger,sadness")
+    ap.add_argument("--out", required=True)
+    ap.add_argument("--data", default="../shared/data")
+    ap.add_argument("--select-judge", default=str(Path.home() / ".cache/emoprobe/judges/select_dair_sev"))
+    ap.add_argument("--train-prompts", type=int, default=40)
+    ap.add_argument("--layers", default="6,9,12,15")
+    ap.add_argument("--steps", type=int, default=30)
+    ap.add_argument("--amplify", type=float, default=2.0)
+    ap.add_argument("--objectives", default="distill,distill-amp,preference,lm")
+    ap.add_argument("--scales", default="0.5,1,1.5,2")
+    ap.add_argument("--expression-scales", default="1,2,3")
+    ap.add_argument("--tune-prompts", type=int, default=10)
+    ap.add_argument("--tune-sev", type=int, default=8)
+    ap.add_argument("--test-prompts", type=int, default=None)
+    ap.add_argument("--max-new-tokens", type=int, default=60)
+    ap.add_argument("--threads", type=int, default=1)
+    ap.add_argument("--reuse", action="store_true",
+                    help="load the vectors and tune table an earlier run wrote to --out; score new arms only")
+    ap.add_argument("--combo-scales", default="",
+                    help="extra designed prompt + vector arms, e.g. distill:0.5,distill-amp:0.25")
+    args = ap.parse_args(argv)
+    torch.set_num_threads(args.threads)
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    emotions = args.emotions.split(",")
+    layers = tuple(int(x) for x in args.layers.split(","))
+    data = Path(args.data)
+
+    select = ClassifierJudge.load(args.select_judge)
+    report = {"classifier": ClassifierJudge.load(), "lexicon": LexiconJudge.load(data / "lexicons")}
+    JudgeRoles(selection=("select", select), report=report,
+               fitted_on={n: judge_sources(j) for n, j in report.items()},
+               trained_on={"sev-scenarios", "smollm2-own-replies"})
+    lm = load_model("smollm2-135m")
+    decoding = Decoding(max_new_tokens=args.max_new_tokens)
+    t0 = time.perf_counter()
+    teach = teacher_replies(lm, sev_prompts(data / "sev", n=args.train_prompts), EMOTIONS,
+                            max_new_tokens=40, batch_size=40, cache="runs/teacher", log=log)
+    log(f"teacher replies ready ({time.perf_counter() - t0:.0f} s)")
+
+    # expression directions from the model's own replies, given the plain prompt
+    if args.reuse and (out / "expression").is_dir():
+        expr = VectorSet.load(out / "expression", lm)
+    else:
+        prompts6 = [p for e in EMOTIONS for p in teach.prompts]
+        replies6 = [r for e in EMOTIONS for r in teach.replies[e]]
+        labels6 = [e for e in EMOTIONS for _ in teach.prompts]
+        groups6 = [str(i) for e in EMOTIONS for i in range(len(teach.prompts))]
+        X = reply_activations(lm, prompts6, replies6, layers)
+        expr = expression_vectors(lm, prompts6, replies6, labels6, layers=layers, emotions=EMOTIONS,
+                                  groups=groups6, source="smollm2 designed-prompt replies to SEV scenarios", X=X)
+        expr.save(out / "expression")
+    log("expression directions saved")
+
+    tune = spread(load_prompts("tune"), args.tune_prompts) + [
+        NeutralPrompt(id=f"sev-{i}", text=t, kind="narrative", split="tune")
+        for i, t in enumerate(sev_prompts(data / "sev", n=args.tune_sev, offset=140))]
+    test = spread(load_prompts("test"), args.test_prompts)
+    sel_scorer = Scorer(lm, {"select": select}, decoding=decoding, batch_size=64, log=log)
+    rep_scorer = Scorer(lm, report, decoding=decoding, batch_size=64, log=log)
+    refs = {}
+    if args.reuse and (out / "refs.json").is_file():
+        refs = json.loads((out / "refs.json").read_text())
+    for name, scorer, prompts, cj in (("tune", sel_scorer, tune, {"select": select}),
+                                      ("test", rep_scorer, test, report)):
+        if name in refs:
+            continue
+        f = scorer.frame(prompts, [Arm(condition="unsteered", emotion=None)], relevance=True,
+                         targets=emotions)
+        ref_ppl = float(np.nanmedian(f["perplexity"]))
+        ref_rel = float(np.nanmedian(f["relevance"]))
+        refs[name] = (ref_ppl, ref_rel)
+        log(f"{name}: unsteered median perplexity {ref_ppl:.2f}, relevance {ref_rel:.3f}")
+    dump(out / "refs.json", refs)
+
+    for emotion in emotions:
+        run_emotion(lm, emotion, teach, expr, layers, args, out, tune, test, sel_scorer, rep_scorer,
+                    select, report, refs)
+
+
+def train_all(lm, emotion, teach, expr, layers, args, out):
+    vecs, logs = {}, {}
+    n = len(teach.prompts)
+    others = [e for e in EMOTIONS if e != emotion]
+    for name in args.objectives.split(","):
+        if name.startswith("distill"):
+            data = PairData(teach.prompts, teach.replies[emotion],
+                            system_prompt=teach.system_prompts[emotion],
+                            user_suffix=teach.user_suffixes[emotion])
+            obj = objective("distill", amplify=args.amplify if name == "distill-amp" else 0.0)
+        elif name == "preference":
+            neg = [teach.replies[others[i % len(others)]][i] for i in range(n)]
+            data = PairData(teach.prompts, teach.replies[emotion], negatives=neg)
+            obj = objective("preference")
+        else:
+            data = PairData(teach.prompts, teach.replies[emotion])
+            obj = objective("lm")
+        cfg = TrainConfig(layers=layers, steps=args.steps, batch_size=8, lr=0.02, init_scale=1.0,
+                          max_norm=4.0)
+        log(f"{emotion}: training {name}")
+        vec, tl = train_vector(lm, data, obj, cfg, init=expr[emotion], emotion=emotion, log=log)
+        vec.meta["method"] = f"trained-{name}"
+        vec.save(out / "vectors" / f"{emotion}-{name}")
+        vecs[name], logs[name] = vec, tl.record()
+        log(f"{emotion}: {name} loss {tl.losses[0]:.4f} -> {np.mean(tl.losses[-5:]):.4f} in {tl.seconds:.0f} s")
+    return vecs, logs
+
+
+def run_emotion(lm, emotion, teach, expr, layers, args, out, tune, test, sel_scorer, rep_scorer,
+                select, report, refs):
+    if args.reuse:   # vectors trained by an earlier run of this script into the same --out
+        vecs = {n: SteeringVector.load(out / "vectors" / f"{emotion}-{n}", lm)
+                for n in args.objectives.split(",")}
+        logs = json.loads((out / f"{emotion}-train.json").read_text())
+    else:
+        vecs, logs = train_all(lm, emotion, teach, expr, layers, args, out)
+        dump(out / f"{emotion}-train.json", logs)
+    scales = [float(s) for s in args.scales.split(",")]
+    candidates = {name: scales for name in vecs}
+    vecs["expression"] = expr[emotion]
+    candidates["expression"] = [float(s) for s in args.expression_scales.split(",")]
+    arms = [Arm(condition=f"{m}@{s:g}", emotion=emotion,
+                setting=Setting(vector=vecs[m], scale=s, label=f"{m}@{s:g}"))
+            for m, ss in candidates.items() for s in ss]
+    designed = [a for a in baseline_arms(emotion) if a.condition == "prompt-designed"][0]
+    arms += [Arm(condition=f"designed+{m}@{s:g}", emotion=emotion, system_prompt=designed.system_prompt,
+                 user_suffix=designed.user_suffix, setting=Setting(vector=vecs[m], scale=s))
+             for m in ("distill", "expression") if m in vecs for s in (candidates[m][0], candidates[m][1])]
+    arms.append(designed)
+    arms += [Arm(condition=f"designed+{m}@{s:g}", emotion=emotion, system_prompt=designed.system_prompt,
+                 user_suffix=designed.user_suffix, setting=Setting(vector=vecs[m], scale=s))
+             for m, s in ((x.split(":")[0], float(x.split(":")[1]))
+                          for x in args.combo_scales.split(",") if x)]
+    ref_ppl, ref_rel = refs["tune"]
+    old = None
+    if args.reuse and (out / f"{emotion}-tune.csv").is_file():   # score only arms not scored yet
+        old = pd.read_csv(out / f"{emotion}-tune.csv")
+        arms = [a for a in arms if a.condition not in set(old["condition"])]
+    log(f"{emotion}: selection, {len(arms)} arms x {len(tune)} tune prompts")
+    ft = score_arms(sel_scorer, tune, arms, concept_judges={"select": select},
+                    ref_perplexity=ref_ppl, ref_relevance=ref_rel)
+    tag = "-more" if old is not None else ""
+    ft.drop(columns=["signals"]).to_csv(out / f"{emotion}-tune-replies{tag}.csv", index=False)
+    _, table = select_scale(ft, judge="select", ref_perplexity=ref_ppl)
+    if old is not None:
+        table = pd.concat([old, table], ignore_index=True)
+    table.to_csv(out / f"{emotion}-tune.csv", index=False)
+    per_method = {}
+    for m in candidates:
+        t = table[table["condition"].str.startswith(f"{m}@") & table["eligible"]]
+        if not t.empty:
+            per_method[m] = str(t.sort_values("composite", ascending=False).iloc[0]["condition"])
+    tc = table[table["condition"].str.startswith("designed+") & table["eligible"]]
+    best_combo = None if tc.empty else str(tc.sort_values("composite", ascending=False).iloc[0]["condition"])
+    # the steered condition: the best steering candidate alone (prompting is not a candidate)
+    best = max(per_method.values(), key=lambda c: float(table.set_index("condition").loc[c, "composite"]),
+               default=None)
+    log(f"{emotion}: selected {best} (per method {per_method}); prompt+steering {best_combo}")
+    dump(out / f"{emotion}-selection.json", {"best": best, "per_method": per_method, "combo": best_combo})
+
+    def setting_of(label):
+        m, s = label.removeprefix("designed+").split("@")
+        return vecs[m], float(s)
+
+    test_arms = [Arm(condition="unsteered", emotion=None)]
+    for m, label in per_method.items():
+        v, s = setting_of(label)
+        test_arms.append(Arm(condition=f"steered:{m}", emotion=emotion, setting=Setting(vector=v, scale=s)))
+    combo = None
+    if best_combo:
+        v, s = setting_of(best_combo)
+        combo = Setting(vector=v, scale=s)
+    test_arms += baseline_arms(emotion, combo)
+    if best:
+        v, s = setting_of(best)
+        test_arms.append(Arm(condition="random", emotion=emotion,
+                             setting=Setting(vector=random_like(v, seed=1), scale=s)))
+    ref_ppl, ref_rel = refs["test"]
+    log(f"{emotion}: test, {len(test_arms)} arms x {len(test)} test prompts")
+    fr = score_arms(rep_scorer, test, test_arms, concept_judges=report, ref_perplexity=ref_ppl,
+                    ref_relevance=ref_rel, targets=[emotion])
+    fr.drop(columns=["signals"]).to_csv(out / f"{emotion}-test-replies.csv", index=False)
+    rows = report_rows(fr, judges=list(report), unsteered=fr[fr["condition"] == "unsteered"],
+                       ref_perplexity=ref_ppl, ref_relevance=ref_rel)
+    win = f"steered:{best.split('@')[0]}" if best else None
+    pairs = []
+    for j in report:
+        for a, b in ((win, "prompt-user"), (win, "prompt-designed"), (win, "random"), (win, "unsteered"),
+                     ("prompt-designed+steered", "prompt-designed")):
+            if a and a in set(fr["condition"]) and b in set(fr["condition"]):
+                for metric in ("expression", "composite"):
+                    pairs.append(paired(fr, a, b, judge=j, metric=metric))
+    dump(out / f"{emotion}-results.json", {"rows": rows, "paired": pairs, "winner": win,
+                                           "selected": {"best": best, "per_method": per_method,
+                                                        "combo": best_combo}, "train": logs})
+    pd.DataFrame(rows).to_csv(out / f"{emotion}-results.csv", index=False)
+    log(f"{emotion}: done")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,115 @@
+"""Select and report steering with roles kept apart: a selection judge picks, others report.
+
+:func:`score_arms` generates and judges arms (:class:`~steering.eval_grid.Arm`) on prompts and
+adds the AxBench composite per reply (:mod:`steering.composite`) for each judge given.
+:func:`select_scale` picks, per candidate vector, the scale with the best mean composite of the
+**selection** judge on the **tune** prompts among the scales whose replies do not collapse
+(:func:`steering.composite.collapse_report`) and whose median perplexity ratio is at most
+``max_ppl_ratio``. :func:`report_rows` summarises the **test** replies per condition and
+reporting judge (gated expression and composite, each with a 95% bootstrap CI over prompts,
+perplexity and relevance ratios to unsteered, collapse, wrong-way share), and
+:func:`paired` the per-prompt differences between two conditions.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+
+import numpy as np
+import pandas as pd
+
+from probe.stats import group_bootstrap_weights, percentile_ci
+from steering.composite import collapse_report, composite, concept_scores, wrong_way_share
+from steering.eval_score import hits
+from steering.evaluate import ADJECTIVES, Scorer, prompt_arms
+from steering.eval_grid import Arm
+from steering.inject import Setting
+
+#: The user-turn prompt baseline of issue 17 ("Respond in a very angry way.").
+USER_TURN = " Respond in a very {adjective} way."
+
+
+def baseline_arms(emotion: str, steer: Setting | None = None) -> list[Arm]:
+    """``prompt-user``, ``prompt-designed`` and (with ``steer``) ``prompt-designed+steered``."""
+    designed = [a for a in prompt_arms(emotion, setting=steer) if a.condition != "prompt-system"]
+    user = Arm(condition="prompt-user", emotion=emotion,
+               user_suffix=USER_TURN.format(adjective=ADJECTIVES[emotion]))
+    return [user, *designed]
+
+
+def score_arms(scorer: Scorer, prompts, arms: Sequence[Arm], *, concept_judges: Mapping[str, object],
+               ref_perplexity: float, ref_relevance: float, targets: Sequence[str] | None = None
+               ) -> pd.DataFrame:
+    """Judged replies of ``arms`` (relevance on) with ``composite:<judge>`` per judge."""
+    frame = scorer.frame(prompts, arms, relevance=True, targets=targets)
+    for name, judge in concept_judges.items():
+        c = concept_scores(judge, list(frame["reply"]), list(frame["target"]))
+        part = composite(frame, c, ref_perplexity=ref_perplexity, ref_relevance=ref_relevance)
+        frame[f"concept:{name}"] = part["concept"]
+        frame[f"composite:{name}"] = part["composite"]
+        frame["relevance_part"], frame["fluency_part"] = part["relevance_part"], part["fluency_part"]
+    return frame
+
+
+def select_scale(frame: pd.DataFrame, *, judge: str, ref_perplexity: float,
+                 max_ppl_ratio: float = 2.0) -> tuple[str | None, pd.DataFrame]:
+    """The arm label (condition) with the best mean selection composite that passes the gates."""
+    rows = []
+    for cond, part in frame.groupby("condition", sort=False):
+        rep = collapse_report(list(part["reply"]), part)
+        ratio = float(np.nanmedian(part["perplexity"]) / ref_perplexity)
+        rows.append({"condition": cond, "composite": float(part[f"composite:{judge}"].mean()),
+                     "concept": float(part[f"concept:{judge}"].mean()),
+                     "expression": float(hits(part, judge).mean()) if f"label:{judge}" in part else np.nan,
+                     "ppl_ratio": ratio, **rep,
+                     "eligible": (not rep["collapsed"]) and ratio <= max_ppl_ratio})
+    table = pd.DataFrame(rows)
+    ok = table[table["eligible"]]
+    best = None if ok.empty else str(ok.sort_values("composite", ascending=False).iloc[0]["condition"])
+    return best, table
+
+
+def _ci(frame: pd.DataFrame, values: np.ndarray, n_boot: int, seed: int) -> tuple[float, float, float]:
+    w = group_bootstrap_weights(frame["prompt_id"].to_numpy(), n_boot, seed)
+    lo, hi = percentile_ci((w @ values) / w.sum(axis=1))
+    return float(values.mean()), float(lo), float(hi)
+
+
+def report_rows(frame: pd.DataFrame, *, judges: Sequence[str], unsteered: pd.DataFrame,
+                ref_perplexity: float, ref_relevance: float, n_boot: int = 2000, seed: int = 0
+                ) -> list[dict]:
+    """One row per (condition, target, judge): expression and composite with CIs, and gates.
+
+    ``unsteered``: the unsteered replies judged against the same target (for wrong-way shares).
+    """
+    out = []
+    for (cond, target), part in frame.groupby(["condition", "target"], sort=False):
+        rep = collapse_report(list(part["reply"]), part)
+        base = unsteered[unsteered["target"] == target].set_index("prompt_id")
+        shared = {"condition": cond, "emotion": target, "n": len(part),
+                  "gate_pass": float(part["passed"].mean()),
+                  "ppl_ratio": float(np.nanmedian(part["perplexity"]) / ref_perplexity),
+                  "relevance_ratio": float(np.nanmedian(part["relevance"]) / ref_relevance), **rep}
+        for j in judges:
+            e = _ci(part, hits(part, j).astype(float), n_boot, seed)
+            c = _ci(part, part[f"composite:{j}"].to_numpy(float), n_boot, seed)
+            paired_base = base.loc[part["prompt_id"], f"concept:{j}"].to_numpy(float)
+            out.append({**shared, "judge": j, "expression": e[0], "ci_low": e[1], "ci_high": e[2],
+                        "composite": c[0], "composite_low": c[1], "composite_high": c[2],
+                        "wrong_way": wrong_way_share(part[f"concept:{j}"].to_numpy(float), paired_base)
+                        if cond != "unsteered" else np.nan})
+    return out
+
+
+def paired(frame: pd.DataFrame, a: str, b: str, *, judge: str, metric: str = "expression",
+           n_boot: int = 2000, seed: int = 0) -> dict:
+    """Mean over targets, per prompt, of ``a`` minus ``b``; 95% bootstrap CI over prompts."""
+    def per_prompt(cond):
+        part = frame[frame["condition"] == cond].copy()
+        part["v"] = hits(part, judge).astype(float) if metric == "expression" else part[f"composite:{judge}"]
+        return part.groupby("prompt_id")["v"].mean()
+
+    d = (per_prompt(a) - per_prompt(b)).dropna()
+    mean, lo, hi = _ci(pd.DataFrame({"prompt_id": d.index}), d.to_numpy(float), n_boot, seed)
+    return {"a": a, "b": b, "judge": judge, "metric": metric, "diff": mean, "ci_low": lo, "ci_high": hi,
+            "n_prompts": len(d)}

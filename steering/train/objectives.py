@@ -1,0 +1,164 @@
+"""Objectives of trained steering vectors: prompt distillation, preference, language modelling.
+
+Each objective is a small object with ``prepare(lm, data)`` (what it precomputes once with the
+model unsteered, no gradients) and ``loss(forward, rows)`` (a scalar for rows ``rows`` of the
+data, where ``forward(batch)`` runs the *steered* model and returns its logits):
+
+``distill``     prompt distillation: the steered model, given the plain prompt, matches the
+                next-token distribution of the same model *prompted* to express the emotion
+                (the designed prompt), over the prompted model's own reply tokens:
+                ``KL(p_target || p_steered)`` averaged over reply tokens. ``amplify = a > 0``
+                sharpens the target away from the plain model, ``p_target ~ p_prompted^(1+a) /
+                p_plain^a`` (classifier-free guidance on the prompt), so the vector can do more
+                than the prompt.
+``preference``  BiPO / RePS-style: the target emotion's reply over the same prompt's reply in
+                another emotion, ``-log sigmoid(beta * (dlogp(y+) - dlogp(y-)))`` with ``dlogp``
+                the steered minus unsteered mean token log-probability; what both replies share
+                (the prompt's topic, the model's style) cancels.
+``lm``          the language-model loss of the target replies (AxBench's ReFT-r1): the baseline.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+from steering.train.batching import PairBatch, pair_batch
+from steering.vector import SteeringError
+
+Forward = Callable[[PairBatch], Tensor]
+
+
+@dataclass
+class PairData:
+    """Training rows: a neutral prompt, the target reply, optionally a contrast reply.
+
+    ``system_prompt`` / ``user_suffix``: the instruction the teacher saw (distillation only).
+    """
+
+    prompts: list[str]
+    replies: list[str]
+    negatives: list[str] | None = None
+    system_prompt: str | None = None
+    user_suffix: str = ""
+    max_reply_tokens: int = 40
+
+    def __post_init__(self) -> None:
+        keep = [i for i, r in enumerate(self.replies) if r.strip()
+                and (self.negatives is None or self.negatives[i].strip())]
+        if not keep:
+            raise SteeringError("no non-empty training replies")
+        self.prompts = [self.prompts[i] for i in keep]
+        self.replies = [self.replies[i] for i in keep]
+        if self.negatives is not None:
+            self.negatives = [self.negatives[i] for i in keep]
+
+    def __len__(self) -> int:
+        return len(self.prompts)
+
+    def batch(self, lm, rows: Sequence[int], *, negative: bool = False,
+              teacher: bool = False) -> PairBatch:
+        texts = self.negatives if negative else self.replies
+        return pair_batch(lm, [self.prompts[i] for i in rows], [texts[i] for i in rows],
+                          system_prompt=self.system_prompt if teacher else None,
+                          user_suffix=self.user_suffix if teacher else "",
+                          max_reply_tokens=self.max_reply_tokens)
+
+
+def _token_logp(logits: Tensor, batch: PairBatch) -> Tensor:
+    """``[batch]`` mean log-probability of the reply tokens."""
+    lp = torch.log_softmax(batch.reply_logits(logits).float(), -1)
+    tok = lp.gather(-1, batch.reply_ids.unsqueeze(-1)).squeeze(-1)
+    m = batch.reply_mask.float()
+    return (tok * m).sum(1) / m.sum(1)
+
+
+@dataclass
+class Distill:
+    """Prompt distillation (see the module docstring); ``amplify`` >= 0."""
+
+    amplify: float = 0.0
+    name: str = "distill"
+    _target: list[Tensor] = field(default_factory=list, repr=False)
+
+    def prepare(self, lm, data: PairData) -> None:
+        if data.system_prompt is None and not data.user_suffix:
+            raise SteeringError("distillation needs the teacher's instruction (system_prompt "
+                                "and/or user_suffix)")
+        self._target = []
+        with torch.no_grad():
+            for c in range(0, len(data), 8):
+                rows = list(range(c, min(c + 8, len(data))))
+                t = data.batch(lm, rows, teacher=True)
+                lt = torch.log_softmax(t.reply_logits(lm.model(**t.inputs).logits).float(), -1)
+                if self.amplify:
+                    s = data.batch(lm, rows)
+                    ls = torch.log_softmax(s.reply_logits(lm.model(**s.inputs).logits).float(), -1)
+                    lt = torch.log_softmax((1 + self.amplify) * lt - self.amplify * ls, -1)
+                for j in range(len(rows)):
+                    n = int(t.reply_mask[j].sum())
+                    self._target.append(lt[j, :n].to(torch.bfloat16))
+
+    def loss(self, lm, forward: Forward, data: PairData, rows: Sequence[int]) -> Tensor:
+        b = data.batch(lm, rows)
+        ls = torch.log_softmax(b.reply_logits(forward(b)).float(), -1)
+        total, count = ls.new_zeros(()), 0
+        for j, i in enumerate(rows):
+            lt = self._target[i].float()
+            n = lt.shape[0]
+            total = total + (lt.exp() * (lt - ls[j, :n])).sum()
+            count += n
+        return total / count
+
+
+@dataclass
+class Preference:
+    """BiPO / RePS-style preference of the target reply over the contrast reply."""
+
+    beta: float = 5.0
+    name: str = "preference"
+    _ref: Tensor | None = field(default=None, repr=False)
+
+    def prepare(self, lm, data: PairData) -> None:
+        if data.negatives is None:
+            raise SteeringError("the preference objective needs contrast replies (negatives)")
+        pos, neg = [], []
+        with torch.no_grad():
+            for c in range(0, len(data), 8):
+                rows = list(range(c, min(c + 8, len(data))))
+                for out, negative in ((pos, False), (neg, True)):
+                    b = data.batch(lm, rows, negative=negative)
+                    out.append(_token_logp(lm.model(**b.inputs).logits, b))
+        self._ref = torch.stack([torch.cat(pos), torch.cat(neg)], 1)
+
+    def loss(self, lm, forward: Forward, data: PairData, rows: Sequence[int]) -> Tensor:
+        bp, bn = data.batch(lm, rows), data.batch(lm, rows, negative=True)
+        ref = self._ref[list(rows)]
+        gain = (_token_logp(forward(bp), bp) - ref[:, 0]) - (_token_logp(forward(bn), bn) - ref[:, 1])
+        return -F.logsigmoid(self.beta * gain).mean()
+
+
+@dataclass
+class LanguageModel:
+    """Negative mean log-likelihood of the target replies (ReFT-r1)."""
+
+    name: str = "lm"
+
+    def prepare(self, lm, data: PairData) -> None:
+        return None
+
+    def loss(self, lm, forward: Forward, data: PairData, rows: Sequence[int]) -> Tensor:
+        b = data.batch(lm, rows)
+        return -_token_logp(forward(b), b).mean()
+
+
+def objective(name: str, **kwargs):
+    """``"distill"`` (``amplify``), ``"preference"`` (``beta``) or ``"lm"``."""
+    table = {"distill": Distill, "preference": Preference, "lm": LanguageModel}
+    if name not in table:
+        raise SteeringError(f"unknown objective {name!r}; choose {', '.join(table)}")
+    return table[name](**kwargs)

@@ -1,0 +1,217 @@
+"""Fit a steering vector through the hook layer's gradients (rank-1 additive, a few layers).
+
+The vector is one trainable ``d_model`` tensor ``w_l`` per layer, in units of the layer's typical
+RMS, added by a write hook (:mod:`probe.hooks`) at the positions ``probe steer`` steers
+(``last-prompt+generated``: the prompt's last token and every reply token) or at all positions.
+The model's weights are frozen (``requires_grad=False``); gradients reach only ``w``; the hooks
+are removed in ``finally``. After each Adam step every ``w_l`` is projected back into the ball of
+radius ``max_norm`` (x RMS): the fluency constraint of the fit.
+
+The result is a :class:`~steering.vector.SteeringVector` whose per-site tensor is ``w_l`` and
+whose ``meta["rms"]`` holds the RMS, so ``vec.apply(lm, scale=1.0)`` (strength ``rms``) adds
+exactly what was trained and ``scale=s`` scales it.
+
+>>> vec, log = train_vector(lm, data, objective("distill"), TrainConfig(layers=(8, 10, 12)))  # doctest: +SKIP
+"""
+
+from __future__ import annotations
+
+import copy
+import inspect
+import math
+import time
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass, field
+from typing import Literal
+
+import torch
+from torch import Tensor
+
+from probe.sites import Site
+from steering.train.batching import PairBatch
+from steering.train.objectives import PairData
+from steering.vector import SteeringError, SteeringVector
+
+
+@dataclass(frozen=True, kw_only=True)
+class TrainConfig:
+    """How a vector is fitted.
+
+    Attributes:
+        layers: Residual-stream layers (``blocks.L.hook_resid_post``) the vector is added at.
+        positions: ``"last-prompt+generated"`` (as ``probe steer``) or ``"all"``.
+        steps: Adam steps.
+        batch_size: Training rows per step.
+        lr: Adam learning rate (the vector is in units of RMS per layer).
+        init_scale: Length of the initial vector per layer (x RMS) along the init direction.
+        max_norm: Radius (x RMS per layer) the vector is projected into after each step.
+        seed: Row order.
+    """
+
+    layers: tuple[int, ...] = (8, 10, 12)
+    positions: Literal["last-prompt+generated", "all"] = "last-prompt+generated"
+    steps: int = 40
+    batch_size: int = 8
+    lr: float = 0.01
+    init_scale: float = 0.5
+    max_norm: float = 4.0
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        if not self.layers or min(self.layers) < 0:
+            raise SteeringError(f"layers must be non-negative and not empty, got {self.layers}")
+        if self.steps < 1 or self.batch_size < 1 or not self.lr > 0 or not self.max_norm > 0:
+            raise SteeringError("steps, batch_size, lr and max_norm must be positive")
+
+
+@dataclass
+class TrainLog:
+    """Loss per step, seconds, and the vector norms (x RMS) at the end."""
+
+    losses: list[float] = field(default_factory=list)
+    seconds: float = 0.0
+    norms: dict[str, float] = field(default_factory=dict)
+
+    def record(self) -> dict:
+        return asdict(self)
+
+
+def site_rms(lm, data: PairData, layers: Sequence[int], *, rows: int = 16) -> dict[int, float]:
+    """Typical RMS ``sqrt(mean(h**2))`` of each layer's residual over real tokens of ``data``."""
+    acc: dict[int, list[Tensor]] = {L: [] for L in layers}
+    b = data.batch(lm, list(range(min(rows, len(data)))))
+    m = b.attention_mask.bool()
+
+    def reader(layer):
+        def fn(value, ctx):
+            acc[layer].append(value.float().pow(2).mean(-1).sqrt()[m])
+        return fn
+
+    with torch.no_grad(), lm.hooks({Site("hook_resid_post", L): reader(L) for L in layers}):
+        lm.model(**b.inputs)
+    return {L: float(torch.cat(v).mean()) for L, v in acc.items()}
+
+
+class SteeredModel:
+    """The model with trainable additions ``rms_l * w_l`` at ``sites``, for teacher forcing.
+
+    ``forward(batch)`` returns logits with the additions at the batch's steering mask. With
+    ``last-prompt+generated`` the prompt before its last token is never steered, so its
+    key/value cache is computed once per distinct prompt block (unsteered, no grad) and reused:
+    the forward then covers only the last prompt token and the reply, and returns their logits.
+    Use it inside ``with steered.hooks():``.
+    """
+
+    def __init__(self, lm, sites: Sequence[Site], weights: Sequence[Tensor], rms: Sequence[float],
+                 positions: str) -> None:
+        self.lm, self.sites, self.weights, self.positions = lm, list(sites), list(weights), positions
+        self.scales = [float(r) for r in rms]
+        self._mask: Tensor | None = None
+        self._prefixes: dict[bytes, object] = {}
+
+    def _adder(self, k: int):
+        def fn(value: Tensor, ctx) -> Tensor:
+            mask = self._mask
+            if mask is None or mask.shape != value.shape[:2]:
+                raise SteeringError("a training hook saw a value of another shape than its batch")
+            delta = (self.scales[k] * self.weights[k]).to(value.dtype)
+            return value + mask.unsqueeze(-1).to(value.dtype) * delta
+        return fn
+
+    def hooks(self):
+        return self.lm.hooks({s: self._adder(k) for k, s in enumerate(self.sites)})
+
+    def forward(self, batch: PairBatch) -> Tensor:
+        mask = batch.steer_mask(self.positions)
+        if self.positions == "all" or batch.width < 2:
+            self._mask = mask
+            return self.lm.model(**batch.inputs).logits
+        pre, suf = batch.split()
+        ids = pre["input_ids"]
+        key = ids.cpu().numpy().tobytes() + str(tuple(ids.shape)).encode()
+        if key not in self._prefixes:
+            self._mask = torch.zeros_like(mask[:, : batch.width - 1])
+            with torch.no_grad():
+                res = self.lm.model(**pre, use_cache=True, logits_to_keep=1)
+                cache = getattr(res, "cache", None)
+                self._prefixes[key] = cache if cache is not None else res.past_key_values
+        self._mask = mask[:, batch.width - 1:]
+        return self.lm.model(**suf, **{_cache_kwarg(self.lm.model): copy.deepcopy(self._prefixes[key])},
+                             use_cache=True).logits
+
+
+def _cache_kwarg(model) -> str:
+    """``cache`` (transformers >= 5.2x) or ``past_key_values`` (earlier)."""
+    return "cache" if "cache" in inspect.signature(model.forward).parameters else "past_key_values"
+
+
+def train_vector(lm, data: PairData, objective, config: TrainConfig = TrainConfig(), *,
+                 init: SteeringVector | None = None, emotion: str | None = None,
+                 log=None) -> tuple[SteeringVector, TrainLog]:
+    """Fit one vector on ``data`` with ``objective`` (:func:`steering.train.objectives.objective`).
+
+    Args:
+        lm: The model; its weights are not changed.
+        data: Prompts and replies (:class:`~steering.train.objectives.PairData`).
+        objective: What to minimise.
+        config: Layers, positions, optimiser (:class:`TrainConfig`).
+        init: Initial directions (e.g. expression directions); None: a random start.
+        emotion: Recorded in the vector's meta.
+        log: Progress lines (or None).
+    """
+    n_layers = lm.n_layers
+    if max(config.layers) >= n_layers:
+        raise SteeringError(f"layer {max(config.layers)} out of range: the model has {n_layers}")
+    t0 = time.perf_counter()
+    objective.prepare(lm, data)
+    rms = site_rms(lm, data, config.layers)
+    sites = [Site("hook_resid_post", L) for L in config.layers]
+    weights = torch.nn.ParameterList([torch.nn.Parameter(_init(lm, init, s, config))
+                                      for s in sites])
+    steered = SteeredModel(lm, sites, weights, [rms[L] for L in config.layers], config.positions)
+    forward = steered.forward
+
+    opt = torch.optim.Adam(weights, lr=config.lr)
+    gen = torch.Generator().manual_seed(config.seed)
+    out = TrainLog()
+    # fixed batches (their prompt caches are reused), visited in a new order every epoch
+    perm = torch.randperm(len(data), generator=gen).tolist()
+    fixed = [perm[i:i + config.batch_size] for i in range(0, len(perm), config.batch_size)]
+    order: list[list[int]] = []
+    with torch.enable_grad(), steered.hooks():
+        for step in range(config.steps):
+            if not order:
+                order = [fixed[i] for i in torch.randperm(len(fixed), generator=gen).tolist()]
+            rows = order.pop()
+            opt.zero_grad()
+            loss = objective.loss(lm, forward, data, rows)
+            if not torch.isfinite(loss.detach()):
+                raise SteeringError(f"the {objective.name} loss became {float(loss.detach())} at step {step}")
+            loss.backward()
+            opt.step()
+            with torch.no_grad():
+                for w in weights:
+                    w.mul_(min(1.0, config.max_norm / max(float(w.norm()), 1e-12)))
+            out.losses.append(float(loss.detach()))
+            if log and (step % 10 == 0 or step == config.steps - 1):
+                log(f"  step {step:3d} {objective.name} loss {out.losses[-1]:.4f}")
+    out.seconds = time.perf_counter() - t0
+    out.norms = {str(s): float(w.detach().norm()) for s, w in zip(sites, weights)}
+    meta = {**lm.provenance(), "method": f"trained-{objective.name}", "emotion": emotion,
+            "layers": list(config.layers), "rms": {str(s): rms[L] for s, L in zip(sites, config.layers)},
+            "train": {**asdict(config), "objective": repr(objective), "rows": len(data),
+                      "final_loss": out.losses[-1], "seconds": round(out.seconds, 1),
+                      "init": (init.meta.get("method") if init is not None else "random")}}
+    vec = SteeringVector({s: w.detach().clone() for s, w in zip(sites, weights)}, meta)
+    return vec, out
+
+
+def _init(lm, init: SteeringVector | None, site: Site, config: TrainConfig) -> Tensor:
+    d = lm.model.config.hidden_size
+    if init is not None and site in init.directions:
+        v = init.directions[site].float().flatten()
+    else:
+        v = torch.randn(d, generator=torch.Generator().manual_seed(config.seed + site.layer))
+    if v.numel() != d or not math.isfinite(float(v.norm())) or float(v.norm()) == 0:
+        raise SteeringError(f"the initial direction at {site} is not a non-zero {d}-vector")
+    return (v / v.norm() * config.init_scale).to(torch.float32)

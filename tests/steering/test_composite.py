@@ -1,0 +1,85 @@
+"""The composite, the collapse gates and the judge roles on hand-made texts."""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from steering.composite import (CollapseConfig, JudgeRoles, collapse_report, composite, concept_scores,
+                                cross_distinct, harmonic, judge_sources, opening_share, wrong_way_share)
+from steering.expression import contrast
+from steering.judges import JudgeError
+
+
+def test_harmonic_is_zero_when_any_part_is_zero():
+    h = harmonic(np.array([1.0, 0.5, 0.0]), np.array([1.0, 0.5, 1.0]), np.array([1.0, 1.0, 1.0]))
+    np.testing.assert_allclose(h, [1.0, 3 / (2 + 2 + 1), 0.0])
+
+
+def test_composite_parts():
+    frame = pd.DataFrame({"relevance": [1.0, 0.5, 2.0, np.nan], "perplexity": [10.0, 40.0, 10.0, 10.0],
+                          "passed": [True, True, False, True]})
+    out = composite(frame, np.array([1.0, 1.0, 1.0, 1.0]), ref_perplexity=10.0, ref_relevance=1.0)
+    np.testing.assert_allclose(out["relevance_part"], [1.0, 0.5, 1.0, 0.0])
+    np.testing.assert_allclose(out["fluency_part"], [1.0, 0.5, 0.0, 1.0])   # ratio 4 -> 2/4
+    np.testing.assert_allclose(out["composite"], [1.0, 3 / (1 + 2 + 2), 0.0, 0.0])
+    with pytest.raises(JudgeError, match="positive"):
+        composite(frame, np.ones(4), ref_perplexity=10.0, ref_relevance=0.0)
+
+
+def test_template_collapse_and_loops_are_caught():
+    varied = ["The fridge pumps heat out of the box.", "Leaves lose chlorophyll in autumn.",
+              "A leap year has 366 days.", "Librarians sort and lend books."]
+    template = ["I'm not sure what to say about fridges.", "I'm not sure what to say, leaves.",
+                "I'm not sure what to say here.", "Librarians sort and lend books."]
+    assert opening_share(varied) == 0.0 and opening_share(template) == 0.75
+    assert not collapse_report(varied)["collapsed"]
+    assert collapse_report(template)["collapsed"]
+    same = ["wonderful wonderful fabulous day"] * 4
+    assert cross_distinct(same) < cross_distinct(varied) == 1.0
+    assert collapse_report(same, config=CollapseConfig(max_opening_share=1.0))["collapsed"]
+
+
+def test_wrong_way_share():
+    assert wrong_way_share(np.array([0.5, 0.1, 0.9, 0.2]), np.array([0.2, 0.3, 0.9, 0.1])) == 0.25
+    with pytest.raises(JudgeError):
+        wrong_way_share(np.ones(3), np.ones(2))
+
+
+def test_selection_judge_never_reports(judge, lexicon):
+    roles = dict(fitted_on={"classifier": judge_sources(judge), "lexicon": judge_sources(lexicon)})
+    JudgeRoles(selection=("select", object()), report={"classifier": judge, "lexicon": lexicon}, **roles)
+    with pytest.raises(JudgeError, match="also a reporting judge"):
+        JudgeRoles(selection=("classifier", judge), report={"classifier": judge, "lexicon": lexicon}, **roles)
+    with pytest.raises(JudgeError, match="also a reporting judge"):   # same object, another name
+        JudgeRoles(selection=("select", judge), report={"classifier": judge}, **roles)
+    with pytest.raises(JudgeError, match="fitted on"):
+        JudgeRoles(selection=("select", lexicon), report={"classifier": judge}, **roles,
+                   trained_on={"goemotions"})
+    assert judge_sources(judge) == {"goemotions"}
+
+
+def test_concept_scores_are_target_probabilities(judge):
+    texts = ["I am furious, this is outrageous and I hate it!", "What a lovely, happy day!"]
+    p = concept_scores(judge, texts, ["anger", "anger"])
+    assert p[0] > p[1] and ((p >= 0) & (p <= 1)).all()
+
+
+def test_contrast_recovers_planted_directions_and_cancels_groups():
+    rng = np.random.default_rng(0)
+    emotions = ["anger", "sadness", "fear"]
+    planted = {e: rng.normal(size=(1, 16)) for e in emotions}
+    rows, labels, groups = [], [], []
+    for g in range(30):
+        offset = rng.normal(scale=5.0, size=(1, 16))   # what a prompt's replies share
+        for e in emotions:
+            rows.append(offset + planted[e] + rng.normal(scale=0.1, size=(1, 16)))
+            labels.append(e)
+            groups.append(f"p{g}")
+    X = np.stack(rows)
+    got = contrast(X, labels, emotions, groups)
+    for e in emotions:
+        want = planted[e] - np.mean([planted[o] for o in emotions if o != e], 0)
+        cos = float((got[e] * want).sum() / np.linalg.norm(got[e]) / np.linalg.norm(want))
+        assert cos > 0.99, (e, cos)

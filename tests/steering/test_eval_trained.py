@@ -1,0 +1,66 @@
+"""Selection and report tables of steering.eval_trained on hand-made judged frames."""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+
+from steering.eval_trained import baseline_arms, paired, report_rows, select_scale
+from steering.gate import text_signals
+
+WORDS = frozenset("the a fridge keeps food cold leaves turn red in autumn bees make honey from "
+                  "nectar i am so angry about this we won".split())
+
+
+def _frame(condition, replies, *, target="anger", labels=None, ppl=10.0, concept=None):
+    n = len(replies)
+    f = pd.DataFrame({"condition": condition, "prompt_id": [f"p{i}" for i in range(n)],
+                      "reply": replies, "target": target,
+                      "label:judge": labels if labels is not None else ["neutral"] * n,
+                      "passed": True, "echo": False, "perplexity": ppl, "relevance": 1.0})
+    f["signals"] = text_signals(replies, WORDS)
+    c = np.asarray(concept if concept is not None else [0.1] * n, float)
+    f["concept:judge"] = c
+    f["composite:judge"] = c
+    return f
+
+
+VARIED = ["the fridge keeps food cold", "leaves turn red in autumn", "bees make honey from nectar",
+          "we won the final", "i am so angry about this"]
+TEMPLATE = ["i am so angry about the fridge", "i am so angry about leaves", "i am so angry about bees",
+            "i am so angry about the final", "we won"]
+
+
+def test_selection_skips_collapse_and_perplexity_and_takes_the_best_composite():
+    frame = pd.concat([
+        _frame("a@1", VARIED, concept=[0.3] * 5),
+        _frame("a@2", TEMPLATE, concept=[0.9] * 5),            # best composite, but a template
+        _frame("b@1", VARIED, concept=[0.8] * 5, ppl=30.0),    # ratio 3 > 2
+        _frame("b@0.5", VARIED, concept=[0.5] * 5)], ignore_index=True)
+    best, table = select_scale(frame, judge="judge", ref_perplexity=10.0)
+    assert best == "b@0.5"
+    t = table.set_index("condition")
+    assert t.loc["a@2", "collapsed"] and not t.loc["a@2", "eligible"]
+    assert not t.loc["b@1", "eligible"] and t.loc["b@1", "ppl_ratio"] == 3.0
+
+
+def test_report_rows_and_paired_differences():
+    base = _frame("unsteered", VARIED, concept=[0.2] * 5)
+    steered = _frame("steered", VARIED, labels=["anger"] * 4 + ["neutral"],
+                     concept=[0.9, 0.9, 0.9, 0.9, 0.1])
+    frame = pd.concat([base, steered], ignore_index=True)
+    rows = report_rows(frame, judges=["judge"], unsteered=base, ref_perplexity=10.0,
+                       ref_relevance=1.0, n_boot=200)
+    r = {x["condition"]: x for x in rows}
+    assert r["steered"]["expression"] == 0.8 and r["unsteered"]["expression"] == 0.0
+    assert r["steered"]["ci_low"] <= 0.8 <= r["steered"]["ci_high"]
+    assert r["steered"]["wrong_way"] == 0.2          # one prompt went from 0.2 to 0.1
+    d = paired(frame, "steered", "unsteered", judge="judge", n_boot=200)
+    assert d["diff"] == 0.8 and d["n_prompts"] == 5 and d["ci_low"] <= 0.8 <= d["ci_high"]
+
+
+def test_baseline_arms():
+    arms = {a.condition: a for a in baseline_arms("anger")}
+    assert arms["prompt-user"].user_suffix == " Respond in a very angry way."
+    assert "angry" in arms["prompt-designed"].system_prompt
+    assert "prompt-designed+steered" not in arms

@@ -1,0 +1,193 @@
+"""Trained steering vectors on a tiny model: objectives go down, only the vector learns."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from steering.train.batching import pair_batch
+from steering.train.objectives import PairData, objective
+from steering.train.trainer import TrainConfig, train_vector
+from steering.vector import SteeringError, SteeringVector
+
+PROMPTS = ["The meeting is at noon.", "I lost my keys again today.", "The letter arrived.",
+           "We won the final!"]
+REPLIES = ["Someone stole my bike and laughed at me.", "Everyone is cheering in the street.",
+           "My friend surprised me with a party.", "The bus left without me."]
+# the other side of the preference: a different register, learnable by one vector
+NEGATIVES = ["The meeting is at noon in room four.", "The letter from the hospital arrived.",
+             "The meeting is in room four.", "The letter arrived this morning."]
+
+
+def _data(**kw):
+    return PairData(list(PROMPTS), list(REPLIES), negatives=list(NEGATIVES),
+                    system_prompt="Someone stole my bike and laughed at me. We won the final!",
+                    user_suffix=" Everyone is cheering in the street.", **kw)
+
+
+def _fast(**kw):
+    return TrainConfig(**{"layers": (0, 1), "steps": 20, "batch_size": 4, "lr": 0.2,
+                          "init_scale": 0.0 + 1e-3, "max_norm": 50.0, **kw})
+
+
+# a random tiny model barely listens to its prompt: distillation's toy target is amplified
+@pytest.mark.parametrize("name,kw,lr", [("distill", {"amplify": 10.0}, 0.01),
+                                        ("preference", {"beta": 20.0}, 0.05), ("lm", {}, 0.2)])
+def test_objective_goes_down_and_model_is_untouched(tiny_qwen, name, kw, lr):
+    lm = tiny_qwen
+    before = {k: v.clone() for k, v in lm.model.state_dict().items()}
+    batch = pair_batch(lm, PROMPTS, REPLIES)
+    with torch.no_grad():
+        logits_before = lm.model(**batch.inputs).logits
+    vec, log = train_vector(lm, _data(), objective(name, **kw), _fast(lr=lr), emotion="anger")
+    # full batch, fixed data: the loss at the end is clearly below the start
+    assert max(log.losses[-3:]) < log.losses[0] - 0.02 * abs(log.losses[0]), log.losses
+    # only the vector learned: no weight changed, no weight collected a gradient
+    for k, v in lm.model.state_dict().items():
+        assert torch.equal(v, before[k]), k
+    assert all(p.grad is None for p in lm.model.parameters())
+    # every hook removed: the same forward gives bit-identical logits
+    with torch.no_grad():
+        assert torch.equal(lm.model(**batch.inputs).logits, logits_before)
+    assert isinstance(vec, SteeringVector) and vec.layers == [0, 1]
+    assert vec.meta["method"] == f"trained-{name}" and set(vec.meta["rms"]) == {str(s) for s in vec.sites}
+
+
+def test_saved_vector_adds_what_was_trained(tiny_qwen):
+    lm = tiny_qwen
+    vec, _ = train_vector(lm, _data(), objective("lm"), _fast(positions="all", steps=5))
+    batch = pair_batch(lm, PROMPTS, REPLIES)
+    with torch.no_grad():
+        plain = lm.model(**batch.inputs).logits
+        with vec.apply(lm, scale=1.0, positions="all"):
+            steered = lm.model(**batch.inputs).logits
+        # the same additions written by hand at each layer's output
+        deltas = {s.layer: vec.rms(s) * vec.directions[s] for s in vec.sites}
+        def add(d):
+            def hook(module, args, out):
+                return (out[0] + d,) + tuple(out[1:]) if isinstance(out, tuple) else out + d
+            return hook
+
+        handles = [lm.model.model.layers[L].register_forward_hook(add(d))
+                   for L, d in deltas.items()]
+        try:
+            by_hand = lm.model(**batch.inputs).logits
+        finally:
+            for h in handles:
+                h.remove()
+    m = batch.attention_mask.bool()
+    assert not torch.allclose(steered[m], plain[m])
+    scale = by_hand[m].abs().max()
+    torch.testing.assert_close(steered[m], by_hand[m], rtol=1e-4, atol=1e-5 * float(scale))
+
+
+def test_norm_constraint_holds(tiny_qwen):
+    vec, log = train_vector(tiny_qwen, _data(), objective("lm"), _fast(max_norm=0.05, steps=4))
+    assert all(n <= 0.05 * (1 + 1e-5) for n in log.norms.values())
+
+
+def test_steer_mask_covers_last_prompt_token_and_reply(tiny_qwen):
+    b = pair_batch(tiny_qwen, PROMPTS, REPLIES)
+    mask = b.steer_mask("last-prompt+generated").bool()
+    assert mask[:, : b.width - 1].sum() == 0
+    assert mask[:, b.width - 1].all()
+    assert torch.equal(mask[:, b.width:], b.reply_mask)
+    assert torch.equal(b.steer_mask("all").bool(), b.attention_mask.bool())
+
+
+def test_bad_input(tiny_qwen):
+    with pytest.raises(SteeringError, match="distillation needs"):
+        train_vector(tiny_qwen, PairData(PROMPTS, REPLIES), objective("distill"), _fast())
+    with pytest.raises(SteeringError, match="contrast replies"):
+        train_vector(tiny_qwen, PairData(PROMPTS, REPLIES), objective("preference"), _fast())
+    with pytest.raises(SteeringError, match="out of range"):
+        train_vector(tiny_qwen, _data(), objective("lm"), _fast(layers=(7,)))
+    with pytest.raises(SteeringError, match="unknown objective"):
+        objective("reinforce")
+    with pytest.raises(SteeringError, match="no non-empty"):
+        PairData(["a"], [" "])
+
+
+def test_prefix_cache_forward_equals_full_forward(tiny_qwen):
+    from probe.sites import Site
+    from steering.train.trainer import SteeredModel
+
+    lm = tiny_qwen
+    g = torch.Generator().manual_seed(0)
+    sites = [Site("hook_resid_post", 0), Site("hook_resid_post", 2)]
+    weights = [torch.randn(64, generator=g) for _ in sites]
+    cached = SteeredModel(lm, sites, weights, [3.0, 5.0], "last-prompt+generated")
+    batch = pair_batch(lm, PROMPTS, REPLIES)
+    with torch.no_grad(), cached.hooks():
+        fast = batch.reply_logits(cached.forward(batch))
+        again = batch.reply_logits(cached.forward(batch))      # from the stored prefix cache
+    # the same additions over the whole row, masked to the last prompt token and the reply
+    mask = batch.steer_mask("last-prompt+generated")
+
+    def add(k):
+        def fn(value, ctx):
+            return value + mask.unsqueeze(-1) * ([3.0, 5.0][k] * weights[k])
+        return fn
+
+    with torch.no_grad(), lm.hooks({s: add(k) for k, s in enumerate(sites)}):
+        full = batch.reply_logits(lm.model(**batch.inputs).logits)
+    m = batch.reply_mask
+    scale = float(full[m].abs().max())
+    torch.testing.assert_close(fast[m], full[m], rtol=1e-4, atol=1e-5 * scale)
+    torch.testing.assert_close(again[m], fast[m], rtol=1e-5, atol=1e-6 * scale)
+
+
+def test_expression_vectors_are_unit_directions_with_rms(tiny_qwen):
+    from steering.expression import expression_vectors
+
+    emotions = ["anger", "sadness"]
+    prompts = PROMPTS + PROMPTS
+    replies = REPLIES + NEGATIVES
+    labels = ["anger"] * 4 + ["sadness"] * 4
+    groups = [str(i) for i in range(4)] * 2
+    vecs = expression_vectors(tiny_qwen, prompts, replies, labels, layers=[0, 2], emotions=emotions,
+                              groups=groups)
+    for v in vecs.values():
+        assert v.layers == [0, 2] and v.meta["method"] == "expression"
+        assert all(abs(float(t.norm()) - 1.0) < 1e-5 for t in v.directions.values())
+        assert all(v.rms(s) > 0 for s in v.sites)
+    # two emotions: each is the other's opposite
+    for s in vecs["anger"].sites:
+        torch.testing.assert_close(vecs["anger"][s], -vecs["sadness"][s])
+    with pytest.raises(SteeringError, match="do not differ"):
+        expression_vectors(tiny_qwen, prompts, REPLIES + REPLIES, labels, layers=[0], emotions=emotions,
+                           groups=groups)
+
+
+def test_operating_point_with_a_shipped_vector(tiny_qwen, tmp_path):
+    import json
+
+    from steering.operating_points import operating_point, point_vector
+
+    vec, _ = train_vector(tiny_qwen, _data(), objective("lm"), _fast(steps=2), emotion="anger")
+    vec.save(tmp_path / "anger-distill")
+    table = {"format": 1, "models": {"tiny": {"emotions": {"anger": {
+        "method": "trained-distill", "site": "resid_post", "layers": [0, 1], "scale": 1.0,
+        "strength": "rms", "mode": "add", "positions": "last-prompt+generated",
+        "vector": "anger-distill", "prompt": {"system_prompt": "Be angry.", "user_suffix": "",
+                                              "scale": 0.5}}}}}}
+    (tmp_path / "points.json").write_text(json.dumps(table))
+    point = operating_point("tiny", "anger", path=tmp_path / "points.json")
+    assert point.vector == "anger-distill" and point.prompt["scale"] == 0.5
+    loaded = point_vector(point, tiny_qwen, folder=tmp_path)
+    for s in vec.sites:
+        assert torch.equal(loaded[s], vec[s])
+    missing = operating_point("tiny", "anger", path=tmp_path / "points.json")
+    with pytest.raises(SteeringError, match="missing"):
+        point_vector(missing, folder=tmp_path / "nowhere")
+
+
+def test_prompt_mode():
+    from steering.operating_points import OperatingPoint, prompt_mode
+
+    point = OperatingPoint(model="m", emotion="anger", method="trained-distill", site="resid_post",
+                           layers=(1,), scale=1.0,
+                           prompt={"system_prompt": "Be angry.", "user_suffix": " (angrily)", "scale": 0.5})
+    assert prompt_mode(point, "anger", ["Hi."]) == (["Hi. (angrily)"], "Be angry.", 0.5)
+    with pytest.raises(SteeringError, match="--with-prompt"):
+        prompt_mode(None, "anger", ["Hi."])
