@@ -19,7 +19,7 @@ from pathlib import Path
 import torch
 
 from probe.models import load_model
-from probe.results import _atomic_write
+from probe.io import atomic_write
 from steering.judges import EMOTIONS
 from steering.train.data import sev_prompts, teacher_replies
 from steering.train.objectives import PairData, objective
@@ -67,7 +67,7 @@ def main(argv=None) -> None:
         print(f"{name:11s} prepare {prep:6.1f} s  step {per_step:5.2f} s  total {total:6.1f} s "
               f"(loss {log.losses[0]:.3f} -> {results[name]['loss_last5']:.3f})", flush=True)
     if args.json:
-        _atomic_write(Path(args.json), json.dumps({"threads": args.threads, "results": results}, indent=1))
+        atomic_write(Path(args.json), json.dumps({"threads": args.threads, "results": results}, indent=1))
 
 
 if __name__ == "__main__":

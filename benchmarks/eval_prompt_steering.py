@@ -21,7 +21,7 @@ import pandas as pd
 import torch
 
 from probe.models import load_model
-from probe.results import _atomic_write
+from probe.io import atomic_write
 from steering.composite import CollapseConfig, JudgeRoles, collapsed, judge_sources
 from steering.eval_grid import Arm, Decoding
 from steering.eval_trained import baseline_arms, paired, report_rows, score_arms, select_scale
@@ -79,7 +79,7 @@ def main(argv=None) -> None:
     best = None if ok.empty else str(ok.sort_values("composite", ascending=False).iloc[0]["condition"])
     log(f"{e}: prompt + steering selected {best}\n{table.round(3).to_string()}")
     if best is None:
-        _atomic_write(out / f"{e}-combo-results.json", json.dumps({"selected": None}))
+        atomic_write(out / f"{e}-combo-results.json", json.dumps({"selected": None}))
         return
     scale = float(best.split("@")[1])
     test_arms = [Arm(condition="unsteered", emotion=None), designed,
@@ -93,7 +93,7 @@ def main(argv=None) -> None:
                        ref_perplexity=ref_ppl, ref_relevance=ref_rel)
     pairs = [paired(fr, "prompt-designed+steered", "prompt-designed", judge=j, metric=m)
              for j in report for m in ("expression", "composite")]
-    _atomic_write(out / f"{e}-combo-results.json", json.dumps(
+    atomic_write(out / f"{e}-combo-results.json", json.dumps(
         {"selected": best, "scale": scale, "rows": rows, "paired": pairs}, indent=1, default=float))
     pd.DataFrame(rows).to_csv(out / f"{e}-combo-results.csv", index=False)
     log(f"{e}: done")

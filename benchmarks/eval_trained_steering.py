@@ -34,7 +34,7 @@ import pandas as pd
 import torch
 
 from probe.models import load_model
-from probe.results import _atomic_write
+from probe.io import atomic_write
 from steering.composite import JudgeRoles, judge_sources
 from steering.eval_grid import Arm, Decoding
 from steering.eval_trained import baseline_arms, paired, report_rows, score_arms, select_scale
@@ -54,7 +54,7 @@ def log(msg: str) -> None:
 
 
 def dump(path: Path, obj) -> None:
-    _atomic_write(path, json.dumps(obj, indent=1, default=float))
+    atomic_write(path, json.dumps(obj, indent=1, default=float))
 
 
 def main(argv=None) -> None:

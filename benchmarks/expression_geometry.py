@@ -25,7 +25,7 @@ import numpy as np
 import torch
 
 from probe.models import load_model
-from probe.results import _atomic_write
+from probe.io import atomic_write
 from probe.sites import Site
 from steering.directions import cache_on_the_fly, directions, load_rows
 from steering.expression import expression_vectors, reply_activations, transfer_auroc
@@ -113,7 +113,7 @@ def main(argv=None) -> None:
     res = {"layers": layers, "auroc_mean": summary, "auroc": auroc, "cosines": cosines,
            "between_emotions": within, "seconds": round(time.time() - t0, 1),
            "command": "python benchmarks/expression_geometry.py " + " ".join(argv or [])}
-    _atomic_write(Path(args.json), json.dumps(res, indent=1))
+    atomic_write(Path(args.json), json.dumps(res, indent=1))
     for k, v in summary.items():
         print(f"{v:.3f}  {k}")
     for k, d in cosines.items():

@@ -21,7 +21,7 @@ from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-from probe.results import _atomic_write
+from probe.io import atomic_write
 from steering.eval_grid import Arm, Decoding, generate_arms
 from steering.evaluate import prompt_arms
 from steering.vector import SteeringError
@@ -46,7 +46,7 @@ class TeacherSet:
 
     def save(self, path: str | Path) -> None:
         Path(path).parent.mkdir(parents=True, exist_ok=True)
-        _atomic_write(Path(path), json.dumps(asdict(self), indent=1))
+        atomic_write(Path(path), json.dumps(asdict(self), indent=1))
 
     @classmethod
     def load(cls, path: str | Path) -> TeacherSet:
