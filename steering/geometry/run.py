@@ -28,7 +28,6 @@ from steering.geometry.figures import write_figures
 from steering.geometry.ratings import Ratings, emotion_ratings
 from steering.geometry.recipe import Recipe, neutral_basis
 from steering.geometry.sources import (
-    DEFAULT_SOURCES,
     TextSource,
     canonical,
     load_corpus,
