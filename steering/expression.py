@@ -26,6 +26,7 @@ import os
 from pathlib import Path
 
 from probe.hooks import StopForward
+from probe.paths import cache_root
 from probe.sites import Site
 from steering.prompted import default_prompts
 from steering.train.batching import pair_batch
@@ -135,7 +136,7 @@ def model_expression_directions(lm, *, layers: Sequence[int], emotions: Sequence
     and contrasted across emotions within each prompt.
     """
     prompts = list(prompts) if prompts is not None else default_prompts()
-    root = Path(cache_dir) if cache_dir is not None else Path(os.environ.get("EMOPROBE_CACHE", "cache"))
+    root = Path(cache_dir) if cache_dir is not None else cache_root()
     teach = teacher_replies(lm, prompts, emotions, max_new_tokens=max_new_tokens,
                             cache=root / lm.spec.alias, log=log)
     rows = [(p, teach.replies[e][i], e, str(i)) for e in emotions

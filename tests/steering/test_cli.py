@@ -272,3 +272,18 @@ def test_a_model_without_operating_points_warns_past_where_smollm2_broke():
 
     assert strength_warning(BROKEN_RMS, "rms", "no-such-model") is None
     assert "no operating points" in strength_warning(BROKEN_RMS * 1.5, "rms", "no-such-model")
+
+
+def test_directions_expression_from_the_models_own_replies(tiny_dir, tmp_path, monkeypatch):
+    """``probe directions --method expression``: the model's designed-prompt replies, read over
+    their tokens, one unit vector per emotion (the replies cached under $EMOPROBE_CACHE)."""
+    from probe.cli import main
+    from steering.vector import VectorSet
+
+    monkeypatch.setenv("EMOPROBE_CACHE", str(tmp_path / "cache"))
+    out = tmp_path / "expr"
+    assert main(["directions", "--model", str(tiny_dir / "llama"), "--method", "expression",
+                 "--layers", "1", "--out", str(out), "--quiet"]) == 0
+    vecs = VectorSet.load(out)
+    assert len(vecs) == 6 and all(v.layers == [1] for v in vecs.values())
+    assert all(abs(float(v[v.sites[0]].norm()) - 1) < 1e-4 for v in vecs.values())
