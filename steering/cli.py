@@ -306,7 +306,7 @@ def _print_summary(vecs, auroc, out: Path) -> None:
 def cmd_steer(args) -> int:
     from probe.cli_args import load_model
     from steering.inject import Setting, generate_settings
-    from steering.operating_points import operating_point, prompt_mode
+    from steering.operating_points import fingerprint_warning, operating_point, prompt_mode
     from steering.steer_output import (
         check_out_path,
         check_strength,
@@ -333,7 +333,10 @@ def cmd_steer(args) -> int:
             if args.strength is None or not explicit:
                 raise
         if point is not None:
-            _say(args, f"operating point: {point.describe()}")
+            _say(args, f"operating point ({point.origin}): {point.describe()}")
+            mismatch = fingerprint_warning(point, lm.fingerprint)
+            if mismatch:  # a default tuned on other weights: said, never used silently
+                print(f"warning: {mismatch}", file=sys.stderr)
     layers = parse_layers(args.layers, lm.n_layers) if args.layers else (
         list(point.layers) if point else None)
     unit = args.unit or (point.strength if point else "rms")

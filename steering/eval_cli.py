@@ -68,7 +68,9 @@ def add_parser(sub) -> None:
     g.add_argument("--store", default=None, help="activation store for the directions (default: "
                                                  "cache emotion-scenarios for the model)")
     g.add_argument("--write-operating-points", action="store_true",
-                   help="record the selected points in steering/operating_points.json")
+                   help="record the selected points in the user's table "
+                        "<$EMOPROBE_HOME or ~/.cache/emoprobe>/operating_points.json (merged per "
+                        "model and emotion; probe steer then prefers them to the shipped ones)")
     p.add_argument("--batch-size", type=int, default=None, help="rows per generate call (default: 64)")
     p.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's)")
     p.add_argument("--seed", type=int, default=0)
@@ -180,4 +182,5 @@ def _write_points(result, lm, run_id: str, command: str) -> None:
             generate=result.config.decoding.kwargs(), provisional=not sel.constraints_met,
             source=f"probe steer-eval run {run_id}: `{command}`. {sel.note}. Held-out gated "
                    f"expression: {held}."), weight_fingerprint=lm.fingerprint)
-    print(f"recorded {len(result.selections)} operating points in {path}")
+    print(f"recorded {len(result.selections)} operating points in {path} (your table: "
+          "probe steer uses them before the shipped defaults)")

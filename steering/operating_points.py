@@ -1,7 +1,10 @@
-"""Shipped operating points: how to steer a model towards an emotion when the user says nothing.
+"""Operating points: how to steer a model towards an emotion when the user says nothing.
 
 ``probe steer --emotion fear "How was your day?"`` (no ``--strength`` / ``--layers``) looks up
-the operating point of the loaded model and emotion in ``steering/operating_points.json``:
+the operating point of the loaded model and emotion, first in the user's own table
+(``<emoprobe home>/operating_points.json``, where ``probe steer-eval --write-operating-points``
+records what it tuned; ``$EMOPROBE_HOME``, else ``~/.cache/emoprobe``), then in the shipped,
+read-only defaults ``steering/operating_points.json``:
 
 .. code-block:: json
 
@@ -16,7 +19,10 @@ the operating point of the loaded model and emotion in ``steering/operating_poin
              "provisional": true, "source": "how it was chosen"}}}}}
 
 An entry marked ``provisional`` comes from a quick look, not from ``probe steer-eval``'s
-protocol; ``steer-eval`` replaces entries with what it selects (``write_operating_point``).
+protocol; ``steer-eval`` records what it selects in the user's table (``write_operating_point``),
+never in the installed package. An emotion's record may carry its own ``weight_fingerprint``
+(the weights it was tuned on), which wins over the model's; :func:`fingerprint_warning` says
+when it differs from the loaded model's.
 """
 
 from __future__ import annotations
@@ -27,6 +33,7 @@ import re
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
+from probe.io import atomic_write, emoprobe_home
 from steering.vector import SteeringError, SteeringVector
 
 FORMAT = 1
@@ -56,6 +63,10 @@ class OperatingPoint:
     #: The prompt + steering mode (``probe steer --with-prompt``): ``{"system_prompt",
     #: "user_suffix", "scale"}``, the scale selected *with* the prompt; None: not offered.
     prompt: dict | None = None
+    #: The weights it was tuned on (``LoadedModel.fingerprint``); None: not recorded.
+    weight_fingerprint: str | None = field(default=None, compare=False)
+    #: Which table it came from: "user", "shipped", or the path given to :func:`operating_point`.
+    origin: str = field(default="", compare=False)
 
     def describe(self) -> str:
         lo, hi = min(self.layers), max(self.layers)
@@ -92,13 +103,22 @@ def prompt_mode(point: OperatingPoint | None, emotion: str, prompts: list[str]
     return [p + suffix for p in prompts], point.prompt.get("system_prompt"), float(point.prompt["scale"])
 
 
-def default_path() -> Path:
+def shipped_path() -> Path:
+    """The shipped defaults (read-only: nothing writes here)."""
     return Path(__file__).with_name("operating_points.json")
+
+
+default_path = shipped_path  # the old name
+
+
+def user_path() -> Path:
+    """The user's own table, written by ``probe steer-eval --write-operating-points``."""
+    return emoprobe_home() / "operating_points.json"
 
 
 def load_operating_points(path: str | os.PathLike | None = None) -> dict:
     """The whole table (checked): ``{"format": 1, "models": {alias: {...}}}``."""
-    path = Path(path) if path is not None else default_path()
+    path = Path(path) if path is not None else shipped_path()
     try:
         table = json.loads(path.read_text())
     except FileNotFoundError:
@@ -116,19 +136,49 @@ def load_operating_points(path: str | os.PathLike | None = None) -> dict:
 
 
 def operating_point(model: str, emotion: str, *, path: str | os.PathLike | None = None) -> OperatingPoint:
-    """The shipped operating point of ``model`` (alias) for ``emotion``."""
-    table = load_operating_points(path)
-    entry = table["models"].get(model)
-    if entry is None:
-        raise SteeringError(f"no shipped operating point for model {model!r} (there are for "
-                            f"{sorted(table['models'])}); pass --strength and --layers")
-    point = entry.get("emotions", {}).get(emotion)
-    if point is None:
-        raise SteeringError(f"no operating point for emotion {emotion!r} on {model}; known: "
-                            f"{sorted(entry.get('emotions', {}))}")
-    known = set(OperatingPoint.__dataclass_fields__)
-    fields = {k: v for k, v in point.items() if k in known}
-    return OperatingPoint(model=model, emotion=emotion, **{**fields, "layers": tuple(point["layers"])})
+    """The operating point of ``model`` (alias) for ``emotion``: from ``path`` when given, else
+    from the user's table (:func:`user_path`) when it has one, else from the shipped defaults.
+    ``origin`` on the result says which ("user", "shipped" or the path)."""
+    if path is not None:
+        tables = [(str(path), Path(path))]
+    else:
+        tables = [("user", user_path())] if user_path().is_file() else []
+        tables.append(("shipped", shipped_path()))
+    known_models: set[str] = set()
+    for origin, where in tables:
+        entry = load_operating_points(where)["models"].get(model)
+        if entry is None:
+            continue
+        known_models.add(model)
+        point = entry.get("emotions", {}).get(emotion)
+        if point is None:
+            continue
+        known = set(OperatingPoint.__dataclass_fields__) - {"origin"}
+        fields = {k: v for k, v in point.items() if k in known}
+        fields.setdefault("weight_fingerprint", entry.get("weight_fingerprint"))
+        return OperatingPoint(model=model, emotion=emotion, origin=origin,
+                              **{**fields, "layers": tuple(point["layers"])})
+    names = " or ".join(str(w) for _, w in tables)
+    if not known_models:
+        models = sorted({m for _, w in tables for m in load_operating_points(w)["models"]})
+        raise SteeringError(f"no operating point for model {model!r} in {names} (there are "
+                            f"for {models}); pass --strength and --layers")
+    emotions = sorted({e for _, w in tables
+                       for e in load_operating_points(w)["models"].get(model, {}).get("emotions", {})})
+    raise SteeringError(f"no operating point for emotion {emotion!r} on {model} in {names}; "
+                        f"known: {emotions}")
+
+
+def fingerprint_warning(point: OperatingPoint, fingerprint: str | None) -> str | None:
+    """Why ``point`` may not fit the loaded weights (``fingerprint``), or None when it was tuned
+    on them or either side is unrecorded (nothing to compare)."""
+    tuned = point.weight_fingerprint
+    if not tuned or not fingerprint or "unknown" in (tuned, fingerprint) or tuned == fingerprint:
+        return None
+    return (f"the {point.origin or 'chosen'} operating point of {point.model}/{point.emotion} was "
+            f"tuned on other weights (fingerprint {tuned}; loaded {fingerprint}); its strength may "
+            "not carry over: rerun probe steer-eval --write-operating-points on these weights, "
+            "or pass --strength and --layers")
 
 
 #: An absolute path (POSIX or Windows) inside a text: from its root up to the next separator.
@@ -144,17 +194,25 @@ def portable(text: str) -> str:
 
 def write_operating_point(point: OperatingPoint, *, weight_fingerprint: str | None = None,
                           path: str | os.PathLike | None = None) -> Path:
-    """Add or replace one entry (atomically); for ``steer-eval`` to record what it selected."""
-    path = Path(path) if path is not None else default_path()
+    """Add or replace one entry (atomically, merged with the table already there) in the user's
+    table (:func:`user_path`, or ``path``); for ``steer-eval`` to record what it selected. The
+    shipped defaults are never written: ``path`` may not be :func:`shipped_path`."""
+    path = Path(path) if path is not None else user_path()
+    if path.resolve() == shipped_path().resolve():
+        raise SteeringError(f"{path} holds the shipped defaults, which stay read-only; tuned points "
+                            f"go to {user_path()} (set $EMOPROBE_HOME to move it)")
+    path.parent.mkdir(parents=True, exist_ok=True)
     table = load_operating_points(path) if path.is_file() else {"format": FORMAT, "models": {}}
     entry = table["models"].setdefault(point.model, {"emotions": {}})
-    if weight_fingerprint is not None:
-        entry["weight_fingerprint"] = weight_fingerprint
-    record = {k: v for k, v in asdict(point).items() if k not in ("model", "emotion")}
+    fingerprint = weight_fingerprint if weight_fingerprint is not None else point.weight_fingerprint
+    if fingerprint is not None:
+        entry["weight_fingerprint"] = fingerprint
+    record = {k: v for k, v in asdict(point).items()
+              if k not in ("model", "emotion", "origin", "weight_fingerprint")}
     record["layers"] = list(point.layers)
     record["source"] = portable(point.source)
+    if fingerprint is not None:  # per emotion too: other emotions may come from other weights
+        record["weight_fingerprint"] = fingerprint
     entry.setdefault("emotions", {})[point.emotion] = record
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(json.dumps(table, indent=1) + "\n")
-    os.replace(tmp, path)
+    atomic_write(path, json.dumps(table, indent=1) + "\n")
     return path

@@ -78,7 +78,7 @@ def test_directions_then_steer(capsys, tiny_dir, toy_store):
     (["--emotion", "love", "--strength", "2", "--layers", "1-2"], "no direction for emotion 'love'"),
     (["--emotion", "joy", "--strength", "nan", "--layers", "1-2"], "finite"),
     (["--emotion", "joy", "--strength", "2", "--layers", "1-7"], "out of range"),
-    (["--emotion", "joy"], "no shipped operating point"),
+    (["--emotion", "joy"], "no operating point for model"),
     (["--emotion", "joy", "--strength", "2"], "pass --strength and --layers"),
 ])
 def test_steer_errors_are_clear(capsys, tiny_dir, toy_store, extra, message):
@@ -124,7 +124,7 @@ def test_real_model_steer_uses_the_shipped_operating_point(capsys, tmp_path):
     code, out, err = _run(capsys, "steer", "--emotion", "fear", "--store", store, "--max-new-tokens",
                           "12", "--out", js, "How was your day?")
     assert code == 0, err
-    assert "operating point: fear" in err and f"layers {lo}-{hi}" in err
+    assert f"operating point ({point.origin}): fear" in err and f"layers {lo}-{hi}" in err
     rec = json.loads(js.read_text())
     assert rec["operating_point"]["scale"] == point.scale and rec["vector"]["layers"] == list(point.layers)
     assert rec["steered"][0] != rec["unsteered"][0]
