@@ -136,8 +136,7 @@ def register(sub) -> dict:
     g.add_argument("--batch-size", type=int, default=16, help="rows per backward (default: %(default)s)")
     p.add_argument("--out", default=None, help="results folder (default: runs/<model>/circuits-<metric>-<time>)")
     p.add_argument("--quiet", action="store_true", help="no loading bars")
-    register_run_kind("circuits", captions=REPORT_CAPTIONS, detect=lambda names: any(
-        n.startswith("circuit_") and n.endswith(".json") for n in names))
+    report_kinds()
     return {"circuits": cmd_circuits}
 
 
@@ -228,3 +227,9 @@ def _remove_if_empty(folder: Path) -> None:
     for d in dirs:
         d.rmdir()
     folder.rmdir()
+
+
+def report_kinds() -> None:
+    """Tell ``probe report`` about ``circuits`` folders (entry point ``emoprobe.report_kinds``)."""
+    register_run_kind("circuits", captions=REPORT_CAPTIONS, detect=lambda names: any(
+        n.startswith("circuit_") and n.endswith(".json") for n in names))

@@ -6,11 +6,11 @@ captions of its figures, and how to recognise a folder whose ``run.json`` names 
 command. A plugin calls it in its ``register(sub)``, next to adding its parser, so the core
 report names no plugin.
 
-The core's own kinds (``sweep``, and ``run`` for anything else) are registered here. The others
-are registered when ``probe``'s parser is built (:func:`probe.cli.build_parser` runs every
-command group's ``register``, the ``emoprobe.commands`` entry points included); a report built
-from Python without the command line runs that same registration path on first use
-(:func:`run_kinds`), loading it by name the way entry points are loaded.
+The core's own kinds (``sweep``, and ``run`` for anything else) are registered here. A plugin
+registers its own in a function of no arguments that its ``register(sub)`` calls (so the command
+line knows them) and that it declares as an entry point of the group ``emoprobe.report_kinds``
+in its ``pyproject.toml``; a report built from Python loads those entry points on first use
+(:func:`run_kinds`). The core imports no plugin.
 
 >>> register_run_kind("my-kind", headline_metric="auroc",
 ...                   captions=[(r"my_plot_(.+)", "My plot for {x}.")]).headline_metric
@@ -20,7 +20,7 @@ from Python without the command line runs that same registration path on first u
 
 from __future__ import annotations
 
-import importlib
+from importlib.metadata import entry_points
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 
@@ -40,6 +40,8 @@ class RunKind:
 
 
 _KINDS: dict[str, RunKind] = {}
+#: Entry-point group whose functions register a plugin's kinds (called with no arguments).
+ENTRY_POINT_GROUP = "emoprobe.report_kinds"
 _loaded = False
 
 
@@ -76,9 +78,10 @@ def run_kinds() -> dict[str, RunKind]:
     global _loaded
     if not _loaded:
         _loaded = True
-        # probe's own command line, loaded by name like an entry point: it calls every command
-        # group's register(sub), which registers that group's run kinds
-        importlib.import_module("probe.cli").build_parser()
+        # every plugin's kinds, through the entry points it declares (group
+        # ``emoprobe.report_kinds``): the core imports no plugin
+        for ep in entry_points(group=ENTRY_POINT_GROUP):
+            ep.load()()
     return dict(_KINDS)
 
 

@@ -119,9 +119,7 @@ def register(sub) -> dict:
     from steering.flips_cli import add_parser as add_flips
     from steering.geometry.cli import add_parser as add_geometry
 
-    for kind, captions in REPORT_CAPTIONS.items():
-        register_run_kind(kind, captions=captions,
-                          detect=_is_directions if kind == "directions" else None)
+    report_kinds()
     return {**handlers, **add_flips(sub), **add_geometry(sub)}
 
 
@@ -428,3 +426,16 @@ def _steer_record(args, lm, vec, setting, point, gen_kwargs, plain, steered) -> 
         "generate": {"max_new_tokens": args.max_new_tokens, "do_sample": False, **gen_kwargs},
         "prompts": args.prompts, "unsteered": plain, "steered": steered,
     }
+
+
+def report_kinds() -> None:
+    """Tell ``probe report`` about every steering command's folders (entry point
+    ``emoprobe.report_kinds``): directions, steer, steer-eval, steer-flips, geometry."""
+    from steering.flips_cli import report_kinds as flips_kinds
+    from steering.geometry.cli import report_kinds as geometry_kinds
+
+    for kind, captions in REPORT_CAPTIONS.items():
+        register_run_kind(kind, captions=captions,
+                          detect=_is_directions if kind == "directions" else None)
+    flips_kinds()
+    geometry_kinds()

@@ -65,10 +65,7 @@ def add_parser(sub) -> dict:
     def handler(args) -> int:
         return run(args, base)
 
-    register_run_kind("steer-flips", headline_metric="flip_to", captions=[(r"flips", (
-        "Steering flips: share of answers, flips to the steered emotion and away from the gold "
-        "one against strength, per layer band; the random direction dashed grey, 95% CI "
-        "bands."))])
+    report_kinds()
     return {"steer-flips": handler}
 
 
@@ -177,3 +174,11 @@ def summary(table) -> str:
                      f"{best['value'].iloc[0]:.2f}), flip_away {val(emo, 'flip_away')} (random "
                      f"{val(rnd, 'flip_away')})")
     return "\n".join(lines)
+
+
+def report_kinds() -> None:
+    """Tell ``probe report`` about ``steer-flips`` folders."""
+    register_run_kind("steer-flips", headline_metric="flip_to", captions=[(r"flips", (
+        "Steering flips: share of answers, flips to the steered emotion and away from the gold "
+        "one against strength, per layer band; the random direction dashed grey, 95% CI "
+        "bands."))])

@@ -118,7 +118,12 @@ def register(sub) -> dict:
         return behave(args, load_data=base.load_data, load_model=base.load_model,
                       cache_config=base.cache_config)
 
+    report_kinds()
+    return {"behave": handler}
+
+
+def report_kinds() -> None:
+    """Tell ``probe report`` about ``behave`` folders (entry point ``emoprobe.report_kinds``)."""
     register_run_kind("behave", experiment_headlines={"persistence": "p_true", "personas": "shift"},
                       captions=REPORT_CAPTIONS,
                       detect=lambda names: any(n.startswith("items_") for n in names))
-    return {"behave": handler}

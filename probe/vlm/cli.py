@@ -61,9 +61,7 @@ def register(sub) -> dict:
     def handler(args) -> int:
         return run(args, load_model=load_model)
 
-    register_run_kind("conflict", captions=[(r"conflict", "Image vs text conflict: attribution "
-                      "share by layer, attribution vs ablation, and which modality the answer "
-                      "follows.")])
+    report_kinds()
     return {"conflict": handler}
 
 
@@ -96,3 +94,10 @@ def run(args, *, load_model) -> int:
     print(format_summary(summary, lm.spec.alias))
     print(f"results: {out} (items.csv, layers.csv, summary.json, run.json, conflict.png/svg)")
     return 0
+
+
+def report_kinds() -> None:
+    """Tell ``probe report`` about ``conflict`` folders (entry point ``emoprobe.report_kinds``)."""
+    register_run_kind("conflict", captions=[(r"conflict", "Image vs text conflict: attribution "
+                      "share by layer, attribution vs ablation, and which modality the answer "
+                      "follows.")])

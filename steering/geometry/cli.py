@@ -147,7 +147,7 @@ def add_parser(sub) -> dict:
     p.add_argument("--padding-side", default="right", choices=["left", "right"])
     p.add_argument("--out", default=None, help="run folder (default: runs/<model>/geometry-<time>)")
     p.add_argument("--quiet", action="store_true")
-    register_run_kind("geometry", headline_metric="abs_r")
+    report_kinds()
     return {"geometry": cmd_geometry}
 
 
@@ -266,3 +266,8 @@ def cmd_geometry(args) -> int:
         raise
     print_summary(out, run)
     return 0
+
+
+def report_kinds() -> None:
+    """Tell ``probe report`` about ``geometry`` folders."""
+    register_run_kind("geometry", headline_metric="abs_r")
