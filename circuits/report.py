@@ -71,8 +71,8 @@ def curve_rows(curves: pd.DataFrame, *, emotion: str) -> pd.DataFrame:
 
 def write(out_dir: str | os.PathLike, rows: list[pd.DataFrame], run: dict[str, Any]) -> dict[str, Path]:
     """Write ``results.csv``, ``results.json`` and ``run.json`` atomically."""
-    from probe.io import atomic_write as _atomic_write
-    from probe.io import environment as _environment
+    from probe.io import atomic_write
+    from probe.io import environment
 
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
@@ -80,12 +80,12 @@ def write(out_dir: str | os.PathLike, rows: list[pd.DataFrame], run: dict[str, A
     records = [{k: _scalar(v) for k, v in r.items()} for r in df.to_dict("records")]
     texts = {"results.csv": df.to_csv(index=False),
              "results.json": json.dumps(records, indent=1, allow_nan=False) + "\n",
-             "run.json": json.dumps(clean_json({**run, "environment": _environment()}), indent=2,
+             "run.json": json.dumps(clean_json({**run, "environment": environment()}), indent=2,
                                     default=_default, allow_nan=False) + "\n"}
     paths = {}
     for name, text in texts.items():
         paths[name] = out / name
-        _atomic_write(paths[name], text)
+        atomic_write(paths[name], text)
     return paths
 
 

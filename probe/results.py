@@ -43,9 +43,9 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from probe.io import atomic_write as _atomic_write  # old private names, kept for callers
-from probe.io import environment as _environment
-from probe.io import json_default as _json_default
+from probe.io import atomic_write
+from probe.io import environment
+from probe.io import json_default
 
 COLUMNS = ("site", "layer", "pooling", "evaluation", "estimator", "metric", "value", "ci_low",
            "ci_high", "n_folds", "n")
@@ -204,10 +204,10 @@ def write_results(out_dir: str | os.PathLike, df: pd.DataFrame,
              "json": json.dumps(records, indent=1, allow_nan=False) + "\n"}
     paths = {key: out_dir / FILES[key] for key in texts}
     for key, text in texts.items():
-        _atomic_write(paths[key], text)
+        atomic_write(paths[key], text)
     if record:
         paths["run"] = out_dir / FILES["run"]
-        _atomic_write(paths["run"], run_text)
+        atomic_write(paths["run"], run_text)
     return paths
 
 
@@ -215,13 +215,13 @@ def write_run_record(out_dir: str | os.PathLike, config: dict[str, Any]) -> Path
     """Write ``run.json`` (``config`` plus ``"environment"``): a run's completion record,
     written after everything else the run writes, so a folder with one is complete."""
     path = Path(out_dir) / FILES["run"]
-    _atomic_write(path, _run_text(config))
+    atomic_write(path, _run_text(config))
     return path
 
 
 def _run_text(config: dict[str, Any]) -> str:
-    run = {**config, "environment": _environment()}
-    return json.dumps(run, indent=2, default=_json_default, allow_nan=False) + "\n"
+    run = {**config, "environment": environment()}
+    return json.dumps(run, indent=2, default=json_default, allow_nan=False) + "\n"
 
 
 def read_results(out_dir: str | os.PathLike) -> tuple[pd.DataFrame, dict[str, Any]]:

@@ -62,19 +62,19 @@ def write_run(out: str | os.PathLike, results: pd.DataFrame, items: Mapping[str,
 
     ``run.json`` is written last, so a folder with a ``run.json`` is complete.
     """
-    from probe.io import atomic_write as _atomic_write  # shared with the sweep
-    from probe.io import environment as _environment
+    from probe.io import atomic_write
+    from probe.io import environment
 
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     paths = {"csv": out / "results.csv", "json": out / "results.json"}
-    _atomic_write(paths["csv"], results.to_csv(index=False))
+    atomic_write(paths["csv"], results.to_csv(index=False))
     records = [{k: _jsonable(v) for k, v in r.items()} for r in results.to_dict("records")]
-    _atomic_write(paths["json"], json.dumps(records, indent=1, allow_nan=False) + "\n")
+    atomic_write(paths["json"], json.dumps(records, indent=1, allow_nan=False) + "\n")
     for name, df in items.items():
         paths[f"items_{name}"] = out / f"items_{name}.csv"
-        _atomic_write(paths[f"items_{name}"], df.to_csv(index=False))
+        atomic_write(paths[f"items_{name}"], df.to_csv(index=False))
     paths["run"] = out / "run.json"
-    body = {**_jsonable(dict(run)), "environment": _environment()}
-    _atomic_write(paths["run"], json.dumps(body, indent=2, allow_nan=False) + "\n")
+    body = {**_jsonable(dict(run)), "environment": environment()}
+    atomic_write(paths["run"], json.dumps(body, indent=2, allow_nan=False) + "\n")
     return paths

@@ -11,9 +11,9 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from probe.io import atomic_write as _atomic_write
-from probe.io import environment as _environment
-from probe.io import json_default as _json_default
+from probe.io import atomic_write
+from probe.io import environment
+from probe.io import json_default
 
 COLORS = {"media": "#d95f02", "text": "#1b9e77", "template": "#7570b3"}
 LABELS = {"media": "image tokens", "text": "text tokens", "template": "template tokens"}
@@ -25,11 +25,11 @@ def write_tables(out: Path, items: pd.DataFrame, layers: pd.DataFrame, summary: 
     out.mkdir(parents=True, exist_ok=True)
     paths = {"items": out / "items.csv", "layers": out / "layers.csv",
              "summary": out / "summary.json", "run": out / "run.json"}
-    _atomic_write(paths["items"], items.to_csv(index=False))
-    _atomic_write(paths["layers"], layers.to_csv(index=False))
-    _atomic_write(paths["summary"], json.dumps(_clean(summary), indent=2) + "\n")
-    _atomic_write(paths["run"], json.dumps({**run, "environment": _environment()}, indent=2,
-                                           default=_json_default) + "\n")
+    atomic_write(paths["items"], items.to_csv(index=False))
+    atomic_write(paths["layers"], layers.to_csv(index=False))
+    atomic_write(paths["summary"], json.dumps(_clean(summary), indent=2) + "\n")
+    atomic_write(paths["run"], json.dumps({**run, "environment": environment()}, indent=2,
+                                           default=json_default) + "\n")
     return paths
 
 

@@ -24,6 +24,7 @@ EPILOG = """examples:
 
 def add_parser(sub) -> dict:
     """Add ``probe geometry`` to the ``probe`` parser; returns ``{"geometry": handler}``."""
+    d = _defaults()
     p = sub.add_parser(
         "geometry",
         help="emotion geometry: PCs of emotion vectors vs human ratings",
@@ -59,7 +60,7 @@ def add_parser(sub) -> dict:
     g = p.add_argument_group("texts")
     g.add_argument(
         "--sources",
-        default=",".join(_defaults().sources),
+        default=",".join(d.sources),
         help="comma-separated: goemotions, dair-emotion, meld, emotion-scenarios, stories, "
         "name:/path or a CSV (first = primary; default: %(default)s)",
     )
@@ -67,19 +68,19 @@ def add_parser(sub) -> dict:
     g.add_argument(
         "--per-emotion",
         type=int,
-        default=_defaults().per_emotion,
+        default=d.per_emotion,
         help="texts per emotion and corpus (default: %(default)s)",
     )
     g.add_argument(
-        "--min-words", type=int, default=_defaults().min_words, help="default: %(default)s"
+        "--min-words", type=int, default=d.min_words, help="default: %(default)s"
     )
     g.add_argument(
         "--neutral",
-        default=_defaults().neutral,
+        default=d.neutral,
         help="source of the neutral texts (its 'neutral' label; default: %(default)s)",
     )
     g.add_argument(
-        "--n-neutral", type=int, default=_defaults().n_neutral, help="default: %(default)s"
+        "--n-neutral", type=int, default=d.n_neutral, help="default: %(default)s"
     )
     g.add_argument(
         "--data-root",
@@ -89,22 +90,23 @@ def add_parser(sub) -> dict:
     g.add_argument(
         "--stories-per-emotion",
         type=int,
-        default=_defaults().stories_per_emotion,
+        default=d.stories_per_emotion,
         help="model-written stories per emotion (default: %(default)s)",
     )
     g.add_argument(
-        "--story-tokens", type=int, default=_defaults().story_tokens, help="default: %(default)s"
+        "--story-tokens", type=int, default=d.story_tokens, help="default: %(default)s"
     )
     g.add_argument("--stories", default=None, help="reuse a stories.jsonl of an earlier run")
     g = p.add_argument_group("recipe (published defaults)")
     g.add_argument(
         "--token-offset",
         type=int,
-        default=0,
-        help="first pooled token of corpus texts (default: 0)",
+        default=d.token_offset,
+        help="first pooled token of corpus texts (default: %(default)s)",
     )
     g.add_argument(
-        "--story-offset", type=int, default=50, help="first pooled token of stories (default: 50)"
+        "--story-offset", type=int, default=d.story_offset,
+        help="first pooled token of stories (default: %(default)s)"
     )
     g.add_argument(
         "--no-grand-mean",
@@ -115,21 +117,21 @@ def add_parser(sub) -> dict:
     g.add_argument(
         "--neutral-share",
         type=float,
-        default=0.5,
-        help="variance share of the neutral PCs projected out (0: none; default: 0.5)",
+        default=d.neutral_share,
+        help="variance share of the neutral PCs projected out (0: none; default: %(default)s)",
     )
     g.add_argument("--layers", default=None, help="e.g. 10-19 (default: every layer)")
     g = p.add_argument_group("statistics")
     g.add_argument("--lexicon", default=None, help="NRC VAD lexicon file or folder")
     g.add_argument("--ratings", default=None, help="CSV of your own: word/emotion + rating columns")
     g.add_argument(
-        "--bootstrap", type=int, default=_defaults().n_boot, help="resamples (default: %(default)s)"
+        "--bootstrap", type=int, default=d.n_boot, help="resamples (default: %(default)s)"
     )
     g.add_argument(
-        "--permutations", type=int, default=_defaults().n_perm, help="default: %(default)s"
+        "--permutations", type=int, default=d.n_perm, help="default: %(default)s"
     )
     g.add_argument(
-        "--pcs", type=int, default=_defaults().n_pcs, help="PCs tested (default: %(default)s)"
+        "--pcs", type=int, default=d.n_pcs, help="PCs tested (default: %(default)s)"
     )
     g.add_argument(
         "--compare-vectors",
@@ -139,11 +141,11 @@ def add_parser(sub) -> dict:
     g.add_argument(
         "--min-shared",
         type=int,
-        default=_defaults().min_shared,
+        default=d.min_shared,
         help="fewest shared emotions for an RDM agreement (default: %(default)s)",
     )
     g.add_argument("--seed", type=int, default=0)
-    p.add_argument("--batch-size", type=int, default=_defaults().batch_size)
+    p.add_argument("--batch-size", type=int, default=d.batch_size)
     p.add_argument("--padding-side", default="right", choices=["left", "right"])
     p.add_argument("--out", default=None, help="run folder (default: runs/<model>/geometry-<time>)")
     p.add_argument("--quiet", action="store_true")
@@ -219,6 +221,7 @@ def config_from_args(args):
 
 
 def cmd_geometry(args) -> int:
+    from probe.io import run_folder
     from probe.models import load_model
     from steering.geometry.features import GeometryError
     from steering.geometry.run import prepare, run_geometry
@@ -252,7 +255,7 @@ def cmd_geometry(args) -> int:
         if args.compare_model
         else None
     )
-    out = out or Path("runs") / lm.spec.alias / f"geometry-{time.strftime('%Y%m%d-%H%M%S')}"
+    out = run_folder(out, lm.spec.alias, "geometry")
     tmp = out.parent / f".{out.name}.{uuid.uuid4().hex[:8]}.tmp"
     try:
         run = run_geometry(

@@ -19,3 +19,7 @@ N_PERM = 2000
 N_PCS = 3
 BATCH_SIZE = 32
 MIN_SHARED = 5
+#: The recipe (:class:`steering.geometry.recipe.Recipe`): published defaults.
+TOKEN_OFFSET = 0
+STORY_OFFSET = 50
+NEUTRAL_SHARE = 0.5

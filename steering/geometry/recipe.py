@@ -23,6 +23,7 @@ import torch
 from jaxtyping import Float
 from torch import Tensor
 
+from steering.geometry import defaults
 from steering.geometry.features import GeometryError
 
 
@@ -40,10 +41,10 @@ class Recipe:
         max_neutral_pcs: Upper bound on the number of neutral PCs removed.
     """
 
-    token_offset: int = 0
-    story_offset: int = 50
+    token_offset: int = defaults.TOKEN_OFFSET
+    story_offset: int = defaults.STORY_OFFSET
     subtract_grand_mean: bool = True
-    neutral_share: float = 0.5
+    neutral_share: float = defaults.NEUTRAL_SHARE
     max_neutral_pcs: int = 64
 
     def __post_init__(self) -> None:
