@@ -12,18 +12,12 @@ gives the file the mode a plain ``open()`` would (0644 under the usual umask 022
 from __future__ import annotations
 
 import os
-import uuid
 from collections.abc import Mapping
 from pathlib import Path
 
 import numpy as np
 
-
-def default_mode() -> int:
-    """The mode ``open()`` gives a new file here: 0666 less the process umask."""
-    mask = os.umask(0o022)  # reading the umask means setting it; put it straight back
-    os.umask(mask)
-    return 0o666 & ~mask
+from probe.io import atomic_write, default_mode
 
 
 def make_readable(path: str | os.PathLike) -> None:
@@ -38,23 +32,16 @@ def save_safetensors(tensors: Mapping, path: str | os.PathLike,
                      metadata: Mapping[str, str] | None = None) -> Path:
     """Write ``tensors`` (NumPy arrays or torch tensors) to ``path`` atomically, mode 0644.
 
-    Written to a hidden temporary file beside ``path`` and renamed into place, so a reader
-    never sees a torn file.
+    Serialised in memory (artifacts are vectors, probes and judges, not model weights) and
+    written through :func:`probe.io.atomic_write`, so a reader never sees a torn file.
     """
     path = Path(path)
-    tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex[:8]}.tmp")
     meta = dict(metadata) if metadata is not None else None
-    try:
-        if any(type(v).__module__.startswith("torch") for v in tensors.values()):
-            from safetensors.torch import save_file  # torch only when the tensors are torch's
-        else:
-            from safetensors.numpy import save_file
+    if any(type(v).__module__.startswith("torch") for v in tensors.values()):
+        from safetensors.torch import save  # torch only when the tensors are torch's
+    else:
+        from safetensors.numpy import save
 
-            tensors = {k: np.ascontiguousarray(v) for k, v in tensors.items()}
-        save_file(dict(tensors), str(tmp), metadata=meta)
-        os.chmod(tmp, default_mode())
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
+        tensors = {k: np.ascontiguousarray(v) for k, v in tensors.items()}
+    atomic_write(path, save(dict(tensors), metadata=meta))
     return path

@@ -30,8 +30,8 @@ from importlib import metadata
 from pathlib import Path
 from typing import Any
 
-__all__ = ["atomic_write", "command_line", "emoprobe_home", "environment", "json_default",
-           "run_folder"]
+__all__ = ["atomic_write", "command_line", "default_mode", "emoprobe_home", "environment",
+           "json_default", "run_folder"]
 
 
 def atomic_write(path: str | os.PathLike, data: str | bytes) -> None:
@@ -44,7 +44,7 @@ def atomic_write(path: str | os.PathLike, data: str | bytes) -> None:
     path = Path(path)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
-        os.fchmod(fd, 0o666 & ~_umask())
+        os.fchmod(fd, default_mode())
         if isinstance(data, bytes):
             with os.fdopen(fd, "wb") as f:
                 f.write(data)
@@ -57,10 +57,11 @@ def atomic_write(path: str | os.PathLike, data: str | bytes) -> None:
         raise
 
 
-def _umask() -> int:
+def default_mode() -> int:
+    """The mode ``open()`` gives a new file here: 0666 less the process umask (0644 usually)."""
     mask = os.umask(0o022)  # reading the umask means setting it; put it straight back
     os.umask(mask)
-    return mask
+    return 0o666 & ~mask
 
 
 def command_line(argv: Sequence[str], prog: str = "probe") -> str:

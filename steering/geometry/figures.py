@@ -19,6 +19,7 @@ from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
 from probe.figures import RC, save_figure
+from steering.geometry.summary import headline
 
 PROFILES = (("valence", 1, "#1f77b4"), ("arousal", 2, "#d62728"), ("arousal", 1, "#ff9896"))
 
@@ -30,13 +31,7 @@ def _figure(size) -> Figure:
 
 
 def best_layer(table: pd.DataFrame, source: str, scale: str = "valence", pc: int = 1) -> int:
-    rows = table[
-        (table.experiment == "pc_vs_rating")
-        & (table.source == source)
-        & (table.metric == "abs_r")
-        & (table.scale == scale)
-        & (table.pc == pc)
-    ]
+    rows = headline(table, source, scale, pc)
     return int(rows.loc[rows.value.idxmax(), "layer"])
 
 
