@@ -26,6 +26,7 @@ from pathlib import Path
 import pandas as pd
 
 from probe.errors import EmoprobeError
+from probe.io import atomic_write
 from probe.report_captions import caption
 from probe.report_kinds import detect_from_files, run_kinds
 
@@ -301,7 +302,5 @@ def write_report(runs: Sequence[str | os.PathLike], out: str | os.PathLike, *,
         raise ReportError(f"--out {out} is a folder; give a file name such as {out}/report.html")
     out.parent.mkdir(parents=True, exist_ok=True)
     page = build_report(runs, out_dir=out.parent, title=title, max_rows=max_rows)
-    tmp = out.with_name(f".{out.name}.tmp")
-    tmp.write_text(page, encoding="utf-8")
-    os.replace(tmp, out)
+    atomic_write(out, page)
     return out

@@ -40,6 +40,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from probe.io import atomic_write
 from probe.sites import Site
 from steering.vector import SteeringError, SteeringVector
 
@@ -212,9 +213,7 @@ class Trace:
         """Write the trace as JSON (NaN as null)."""
         path = Path(path)
         path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_name(f".{path.name}.tmp")
-        tmp.write_text(json.dumps(self.to_dict()))
-        os.replace(tmp, path)
+        atomic_write(path, json.dumps(self.to_dict()))
         return path
 
 
