@@ -20,7 +20,7 @@ import torch
 
 from probe.models import load_model
 from probe.io import atomic_write
-from steering.judges import EMOTIONS
+from steering.judges.emotion import EMOTIONS
 from steering.train.data import sev_prompts, teacher_replies
 from steering.train.objectives import PairData, objective
 from steering.train.trainer import TrainConfig, train_vector

@@ -13,7 +13,7 @@ neutral prompts (``datasets/steering_prompts``) under
 The strength of ``direction`` and ``circuit`` is chosen on the ``tune`` prompts (best gated
 expression under the classifier judge with a perplexity ratio <= ``--max-ppl-ratio``) and reported on the ``test`` prompts, with both judges
 (TF-IDF classifier, NRC lexicon), scored as ``probe steer-eval`` scores
-(:func:`steering.evaluate.table_rows`: the fluency gate with its perplexity check, the echo rule,
+(:func:`steering.eval.scorer.table_rows`: the fluency gate with its perplexity check, the echo rule,
 perplexity ratio against the unsteered replies, regime, a bootstrap CI over prompts).
 
     python benchmarks/eval_modulation.py runs/docs/circuits-happiness-sadness --emotions happiness,sadness
@@ -48,11 +48,11 @@ def _spread(items, n):
 
 
 def _score(scorer, prompts, texts, emotion, *, condition="arm", system_prompt=None, reference=1.0):
-    """One row per judge, judged as ``probe steer-eval`` judges (:mod:`steering.evaluate`): the
+    """One row per judge, judged as ``probe steer-eval`` judges (:mod:`steering.eval.protocol`): the
     gate with its perplexity check, the echo rule, perplexity ratio against ``reference``, regime,
     bootstrap CI over prompts."""
-    from steering.eval_grid import Arm
-    from steering.evaluate import table_rows
+    from steering.eval.grid import Arm
+    from steering.eval.scorer import table_rows
 
     arm = Arm(condition=condition, emotion=emotion, system_prompt=system_prompt)
     frame = scorer.frame(prompts, [arm], texts=[texts])
@@ -68,10 +68,10 @@ def run(args) -> dict:
     from probe.models import load_model
     from probe.store import open_store
     from steering.directions import directions
-    from steering.eval_grid import Arm
-    from steering.evaluate import Scorer
-    from steering.judges import ClassifierJudge, LexiconJudge
-    from steering.prompts import load_prompts
+    from steering.eval.grid import Arm
+    from steering.eval.prompts import load_prompts
+    from steering.eval.scorer import Scorer
+    from steering.judges.emotion import ClassifierJudge, LexiconJudge
 
     torch.set_num_threads(args.threads)
     lm = load_model("smollm2-135m")

@@ -91,9 +91,9 @@ def representation(args, lm, ds, personas) -> list[dict]:
 
 
 def expression(args, lm, personas) -> list[dict]:
-    from steering.eval_grid import Arm
-    from steering.evaluate import Scorer, load_judges, table_rows
-    from steering.prompts import load_prompts
+    from steering.eval.grid import Arm
+    from steering.eval.prompts import load_prompts
+    from steering.eval.scorer import Scorer, load_judges, table_rows
 
     prompts = load_prompts("test")[: args.prompts]
     texts = [p.text for p in prompts]

@@ -20,15 +20,16 @@ from pathlib import Path
 import pandas as pd
 import torch
 
-from probe.models import load_model
 from probe.io import atomic_write
-from steering.composite import CollapseConfig, JudgeRoles, collapsed, judge_sources
-from steering.eval_grid import Arm, Decoding
-from steering.eval_trained import baseline_arms, paired, report_rows, score_arms, select_scale
-from steering.evaluate import Scorer, spread
+from probe.models import load_model
+from steering.eval.composite import CollapseConfig, JudgeRoles, collapsed, judge_sources
+from steering.eval.grid import Arm, Decoding
+from steering.eval.prompts import NeutralPrompt, load_prompts
+from steering.eval.protocol import spread
+from steering.eval.scorer import Scorer
+from steering.eval.trained import baseline_arms, paired, report_rows, score_arms, select_scale
 from steering.inject import Setting
-from steering.judges import ClassifierJudge, LexiconJudge
-from steering.prompts import NeutralPrompt, load_prompts
+from steering.judges.emotion import ClassifierJudge, LexiconJudge
 from steering.train.data import sev_prompts
 from steering.vector import SteeringVector
 

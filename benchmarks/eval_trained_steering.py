@@ -1,6 +1,6 @@
 """Train steering vectors per emotion, select on tune prompts, report on held-out prompts.
 
-Roles (enforced by :class:`steering.composite.JudgeRoles` before anything is generated):
+Roles (enforced by :class:`steering.eval.composite.JudgeRoles` before anything is generated):
 
 * training data: SEV neutral *scenarios* as prompts (not SEV replies) and the embedded model's
   own replies to them under each emotion's designed prompt (``steering.train.data``);
@@ -33,16 +33,18 @@ import numpy as np
 import pandas as pd
 import torch
 
-from probe.models import load_model
 from probe.io import atomic_write
-from steering.composite import JudgeRoles, judge_sources
-from steering.eval_grid import Arm, Decoding
-from steering.eval_trained import baseline_arms, paired, report_rows, score_arms, select_scale
-from steering.evaluate import Scorer, random_like, spread
+from probe.models import load_model
+from steering.eval.baselines import random_like
+from steering.eval.composite import JudgeRoles, judge_sources
+from steering.eval.grid import Arm, Decoding
+from steering.eval.prompts import NeutralPrompt, load_prompts
+from steering.eval.protocol import spread
+from steering.eval.scorer import Scorer
+from steering.eval.trained import baseline_arms, paired, report_rows, score_arms, select_scale
 from steering.expression import expression_vectors, reply_activations
 from steering.inject import Setting
-from steering.judges import EMOTIONS, ClassifierJudge, LexiconJudge
-from steering.prompts import NeutralPrompt, load_prompts
+from steering.judges.emotion import EMOTIONS, ClassifierJudge, LexiconJudge
 from steering.train.data import sev_prompts, teacher_replies
 from steering.train.objectives import PairData, objective
 from steering.train.trainer import TrainConfig, train_vector

@@ -29,7 +29,7 @@ from probe.io import atomic_write
 from probe.sites import Site
 from steering.directions import cache_on_the_fly, directions, load_rows
 from steering.expression import expression_vectors, reply_activations, transfer_auroc
-from steering.judges import EMOTIONS
+from steering.judges.emotion import EMOTIONS
 from steering.train.data import sev_prompts, teacher_replies
 
 

@@ -17,9 +17,9 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from steering.judge_build import (  # noqa: E402
+from steering.judges.build import (  # noqa: E402
     SHIPPED_SOURCES, SOURCE_FOLDERS, JudgeConfig, build_judge)
-from steering.judges import ARTIFACT_DIR, ARTIFACT_NAME, JudgeError  # noqa: E402
+from steering.judges.emotion import ARTIFACT_DIR, ARTIFACT_NAME, JudgeError  # noqa: E402
 
 
 def main(argv=None) -> int:

@@ -16,8 +16,8 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-from collections import Counter
 import time
+from collections import Counter
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -26,7 +26,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
-from steering.judges import EMOTIONS  # noqa: E402
+from steering.judges.emotion import EMOTIONS  # noqa: E402
 from steering.scoring import greedy_replies  # noqa: E402
 
 ADJ = {"anger": "angry", "sadness": "sad", "happiness": "happy", "fear": "scared",
@@ -42,7 +42,7 @@ SECTIONS = ("judges", "gate", "expression", "regimes", "llm", "capability")
 
 
 def neutral_prompts(split: str | None = None) -> list[dict]:
-    from steering.prompts import load_prompts
+    from steering.eval.prompts import load_prompts
 
     return [p.__dict__ for p in load_prompts(split)]
 
@@ -152,8 +152,8 @@ def table(rows: list[dict], title: str) -> None:
 
 def report_judges(judge, lexicon, data_root) -> list[dict]:
     """Held-out accuracy of both judges on every source, and their kappa."""
-    from steering.judge_build import load_source
-    from steering.judges import cohen_kappa
+    from steering.judges.build import load_source
+    from steering.judges.emotion import cohen_kappa
 
     rows = []
     for name in ("goemotions", "dair", "sev-replies"):
@@ -171,9 +171,9 @@ def report_judges(judge, lexicon, data_root) -> list[dict]:
 
 def report_llm_judge(lm, judge, data_root, n_choose=140, n_report=280) -> list[dict]:
     """LLM judge (SmolLM2) on SEV replies: variant chosen on half A, reported on half B."""
-    from steering.judge_build import load_source
-    from steering.judges import cohen_kappa
-    from steering.llm_judge import LLMJudge
+    from steering.judges.build import load_source
+    from steering.judges.emotion import cohen_kappa
+    from steering.judges.llm import LLMJudge
 
     data = load_source("sev-replies", data_root)
     a = data.train.sample(n_choose, random_state=0)
@@ -241,8 +241,8 @@ def gate_sets(gens: list[dict], data_root, n_sev: int = 300) -> dict[str, tuple[
 
 def report_gate(lm, judge, gens, data_root) -> tuple[list[dict], float]:
     """Gate verdicts per set: lexical checks alone, then with perplexity."""
-    from steering.fluency import perplexity, reference_perplexity
-    from steering.gate import gate, text_signals
+    from steering.judges.fluency import perplexity, reference_perplexity
+    from steering.judges.gate import gate, text_signals
 
     rows, ref = [], None
     for name, (prompts, replies) in gate_sets(gens, data_root).items():
@@ -275,9 +275,9 @@ def _echoes(reply: str, emotion: str) -> bool:
 
 def report_expression(lm, judge, lexicon, gens, ref) -> list[dict]:
     """What the judges call unsteered replies; prompting baselines scored with the gate."""
-    from steering.fluency import fluency_signals
-    from steering.gate import gate, passed
-    from steering.judges import agreement, expression_scores
+    from steering.judges.emotion import agreement, expression_scores
+    from steering.judges.fluency import fluency_signals
+    from steering.judges.gate import gate, passed
 
     plain = [g["reply"] for g in _setting(gens, "unsteered", split="tune")]
     print(f"\nunsteered tune-half replies ({len(plain)}): classifier "
@@ -308,8 +308,8 @@ def report_expression(lm, judge, lexicon, gens, ref) -> list[dict]:
 
 def report_regimes(lm, judge, lexicon, gens, ref) -> list[dict]:
     """Regime of every setting, with the happiness expression of the steered ones."""
-    from steering.fluency import classify_regime, fluency_signals, relevance
-    from steering.gate import gate, passed
+    from steering.judges.fluency import classify_regime, fluency_signals, relevance
+    from steering.judges.gate import gate, passed
 
     settings = [("unsteered (tune)", _setting(gens, "unsteered", split="tune"))]
     settings += [(f"prompt-{s}", _setting(gens, f"prompt-{s}")) for s in PROMPTS]
@@ -338,7 +338,7 @@ def report_regimes(lm, judge, lexicon, gens, ref) -> list[dict]:
 
 def report_capability(lm) -> list[dict]:
     """Unsteered accuracy (both scorings) and under crude steering (text scoring)."""
-    from steering.capability import evaluate_capability
+    from steering.eval.capability import evaluate_capability
 
     rows = []
     for scoring in ("letter", "text"):
@@ -356,7 +356,7 @@ def report_capability(lm) -> list[dict]:
 
 
 def cmd_report(lm, out: Path, data_root=None, sections=SECTIONS) -> None:
-    from steering.judges import ClassifierJudge, LexiconJudge
+    from steering.judges.emotion import ClassifierJudge, LexiconJudge
 
     gens = load_generations(out)
     judge, lexicon = ClassifierJudge.load(), LexiconJudge.load()

@@ -8,10 +8,12 @@ Modules: :mod:`steering.directions` (directions from stores, probes, prompted re
 :mod:`steering.vector` (:class:`SteeringVector` values and files), :mod:`steering.inject`
 (add / ablate / clamp / scale as write hooks, per-row settings), :mod:`steering.monitor`
 (per-token readings while generating), :mod:`steering.gguf_export` (llama.cpp control
-vectors), :mod:`steering.figures`, :mod:`steering.operating_points`, :mod:`steering.evaluate`
-(``probe steer-eval``: the evaluation protocol, and :func:`~steering.evaluate.score_intervention`
-for any hook dict), :mod:`steering.geometry` (``probe geometry``: emotion vectors vs human
-valence / arousal ratings, with nulls and CIs; docs/geometry.md); docs/steering.md.
+vectors), :mod:`steering.figures`, :mod:`steering.operating_points`.
+Sub-packages: :mod:`steering.eval` (``probe steer-eval``: the evaluation protocol, and
+:func:`~steering.eval.scorer.score_intervention` for any hook dict), :mod:`steering.judges`
+(emotion judges, the fluency gate), :mod:`steering.flips` (``probe steer-flips``),
+:mod:`steering.train` (trained vectors), :mod:`steering.geometry` (``probe geometry``: emotion
+vectors vs human valence / arousal ratings, with nulls and CIs; docs/geometry.md); docs/steering.md.
 """
 
 # (not ``directions`` / ``monitor``: those names are also modules of this package)

@@ -64,8 +64,8 @@ def _is_directions(names: set) -> bool:
 def register(sub) -> dict:
     """Add steering's subcommands to the ``probe`` parser; returns ``{command: handler}``."""
     from probe.cli_args import model_args
-    from steering.eval_cli import add_parser as add_steer_eval
-    from steering.eval_cli import cmd_steer_eval
+    from steering.eval.cli import add_parser as add_steer_eval
+    from steering.eval.cli import cmd_steer_eval
 
     p = sub.add_parser("directions", help="emotion directions from a store, saved as vectors",
                        description="Compute one steering vector per emotion from pooled "
@@ -116,7 +116,7 @@ def register(sub) -> dict:
     p.add_argument("--quiet", action="store_true", help="no loading or progress output")
     add_steer_eval(sub)
     handlers = {"directions": cmd_directions, "steer": cmd_steer, "steer-eval": cmd_steer_eval}
-    from steering.flips_cli import add_parser as add_flips
+    from steering.flips.cli import add_parser as add_flips
     from steering.geometry.cli import add_parser as add_geometry
 
     report_kinds()
@@ -210,7 +210,7 @@ def cmd_directions(args) -> int:
     lm = None
     if method == "expression":   # the model's own replies, read over their tokens
         from steering.expression import model_expression_directions
-        from steering.judges import EMOTIONS
+        from steering.judges.emotion import EMOTIONS
 
         t0 = time.time()
         lm = load_model(args)
@@ -398,7 +398,7 @@ def _steer_vector(args, lm, point, layers):
         kw = {"pooling": pooling} if method not in ("prompted",) else {}
         if method == "expression":
             from steering.expression import model_expression_directions
-            from steering.judges import EMOTIONS
+            from steering.judges.emotion import EMOTIONS
 
             vecs = model_expression_directions(lm, layers=layers or list(range(lm.n_layers)),
                                                emotions=EMOTIONS)
@@ -431,7 +431,7 @@ def _steer_record(args, lm, vec, setting, point, gen_kwargs, plain, steered) -> 
 def report_kinds() -> None:
     """Tell ``probe report`` about every steering command's folders (entry point
     ``emoprobe.report_kinds``): directions, steer, steer-eval, steer-flips, geometry."""
-    from steering.flips_cli import report_kinds as flips_kinds
+    from steering.flips.cli import report_kinds as flips_kinds
     from steering.geometry.cli import report_kinds as geometry_kinds
 
     for kind, captions in REPORT_CAPTIONS.items():

@@ -21,6 +21,7 @@ The rules (docs/extending.md):
   there imports nothing placed on a higher one (modules the table does not name are skipped).
 * **(d) One error base.** Every class named ``*Error`` derives from
   :class:`probe.errors.EmoprobeError`, which the command line reports as ``error:`` + exit 2.
+* **(f) No module over 500 lines** (STYLE.md): split it where its concepts part.
 """
 
 from __future__ import annotations
@@ -273,6 +274,29 @@ def test_every_error_class_derives_from_emoprobe_error(code):
     assert len(classes) > 30 and not bad, f"not EmoprobeError subclasses: {bad}"
 
 
+#: The most lines a module of the three packages may have (STYLE.md: "rarely above 500").
+MAX_LINES = 500
+
+
+def long_modules(paths) -> list[str]:
+    """``"path: N lines"`` of every file over :data:`MAX_LINES`."""
+    out = []
+    for path in map(Path, paths):
+        n = len(path.read_text(encoding="utf-8").splitlines())
+        if n > MAX_LINES:
+            out.append(f"{path}: {n} lines")
+    return out
+
+
+def test_no_module_is_over_500_lines(code, tmp_path):
+    modules = code[0]
+    too_long = tmp_path / "long.py"
+    too_long.write_text("x = 1\n" * (MAX_LINES + 1))
+    assert long_modules([too_long]) == [f"{too_long}: {MAX_LINES + 1} lines"]
+    bad = long_modules(sorted(modules.values()))
+    assert len(modules) > 100 and not bad, "split these modules:\n" + "\n".join(bad)
+
+
 def floors_from_docs() -> dict[str, int]:
     """``{module or package prefix: floor}`` from the floors table of docs/extending.md."""
     import re
@@ -342,4 +366,4 @@ def test_the_core_report_names_no_plugin():
 
 def test_the_plugin_words_are_found_where_they_are():
     """The check above reads string constants: it finds a plugin's word in one."""
-    assert any("steer-flips" in text for _, text in code_strings(ROOT / "steering" / "flips_cli.py"))
+    assert any("steer-flips" in text for _, text in code_strings(ROOT / "steering" / "flips" / "cli.py"))

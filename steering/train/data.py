@@ -22,8 +22,8 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 from probe.io import atomic_write
-from steering.eval_grid import Arm, Decoding, generate_arms
-from steering.evaluate import prompt_arms
+from steering.eval.baselines import prompt_arms
+from steering.eval.grid import Arm, Decoding, generate_arms
 from steering.vector import SteeringError
 
 

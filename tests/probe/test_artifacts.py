@@ -59,7 +59,7 @@ def test_every_artifact_writer_gives_0644(tmp_path, umask022):
     from circuits.baselines import MeanBaseline
     from probe.saved import save_probes
     from probe.sites import Site
-    from steering.judge_build import save_artifact
+    from steering.judges.build import save_artifact
     from steering.vector import SteeringVector
 
     vec = SteeringVector({Site("hook_resid_post", 1): torch.ones(4)}, meta={"model": "x"})

@@ -44,14 +44,14 @@ def smollm():
 
 @pytest.fixture(scope="session")
 def judge():
-    from steering.judges import ClassifierJudge
+    from steering.judges.emotion import ClassifierJudge
 
     return ClassifierJudge.load()
 
 
 @pytest.fixture(scope="session")
 def lexicon(shared_data):
-    from steering.judges import LexiconJudge
+    from steering.judges.emotion import LexiconJudge
 
     return LexiconJudge.load(shared_data / "lexicons")
 

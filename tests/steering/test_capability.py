@@ -7,7 +7,7 @@ from collections import Counter
 import numpy as np
 import pytest
 
-from steering.capability import (
+from steering.eval.capability import (
     KINDS, CapabilityError, MCItem, evaluate_capability, load_items, option_scores)
 from steering.scoring import token_logprobs
 from tests.tolerance import assert_close

@@ -6,10 +6,10 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from steering.composite import (CollapseConfig, JudgeRoles, collapse_report, composite, concept_scores,
+from steering.eval.composite import (CollapseConfig, JudgeRoles, collapse_report, composite, concept_scores,
                                 cross_distinct, harmonic, judge_sources, opening_share, wrong_way_share)
 from steering.expression import contrast
-from steering.judges import JudgeError
+from steering.judges.emotion import JudgeError
 
 
 def test_harmonic_is_zero_when_any_part_is_zero():

@@ -1,12 +1,12 @@
-"""Selection and report tables of steering.eval_trained on hand-made judged frames."""
+"""Selection and report tables of steering.eval.trained on hand-made judged frames."""
 
 from __future__ import annotations
 
 import numpy as np
 import pandas as pd
 
-from steering.eval_trained import baseline_arms, paired, report_rows, select_scale
-from steering.gate import text_signals
+from steering.eval.trained import baseline_arms, paired, report_rows, select_scale
+from steering.judges.gate import text_signals
 
 WORDS = frozenset("the a fridge keeps food cold leaves turn red in autumn bees make honey from "
                   "nectar i am so angry about this we won".split())

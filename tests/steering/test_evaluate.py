@@ -14,10 +14,11 @@ import pandas as pd
 import pytest
 
 from probe.cli import main
-from steering.eval_grid import GridConfig, GridPoint, ladder_points
-from steering.eval_select import best_configs, select
-from steering.evaluate import EvalConfig, mean_rows, random_like, spread
-from steering.judges import EMOTIONS, JudgeError
+from steering.eval.baselines import random_like
+from steering.eval.grid import GridConfig, GridPoint, ladder_points
+from steering.eval.protocol import EvalConfig, mean_rows, spread
+from steering.eval.selection import best_configs, select
+from steering.judges.emotion import EMOTIONS, JudgeError
 from tests.steering.conftest import random_vector
 
 
@@ -107,7 +108,7 @@ def test_random_direction_keeps_norm_and_rms(tiny_llama):
 # ---------------------------------------------------------------------------- tiny models
 @pytest.fixture(scope="module")
 def tiny_setup(tiny_llama, shared_data):
-    from steering.evaluate import Scorer, load_judges
+    from steering.eval.scorer import Scorer, load_judges
 
     vecs = {"context-agnostic": {e: random_vector(tiny_llama, layers=(0, 1), seed=i, emotion=e)
                                  for i, e in enumerate(EMOTIONS)}}
@@ -116,10 +117,10 @@ def tiny_setup(tiny_llama, shared_data):
 
 
 def test_score_intervention_hook_dict_callable_and_setting_agree(tiny_llama, tiny_setup, one_thread):
-    from steering.eval_grid import Decoding
-    from steering.evaluate import score_intervention
+    from steering.eval.grid import Decoding
+    from steering.eval.prompts import load_prompts
+    from steering.eval.scorer import score_intervention
     from steering.inject import Setting, steering_hooks
-    from steering.prompts import load_prompts
 
     vecs, _, scorer = tiny_setup
     scorer.decoding = Decoding(max_new_tokens=6)
@@ -145,9 +146,9 @@ def test_score_intervention_hook_dict_callable_and_setting_agree(tiny_llama, tin
 
 
 def test_tiny_run_writes_a_complete_report(tiny_llama, tiny_setup, tmp_path, one_thread):
-    from steering.eval_grid import Decoding
-    from steering.eval_report import write_report
-    from steering.evaluate import run_evaluation
+    from steering.eval.grid import Decoding
+    from steering.eval.protocol import run_evaluation
+    from steering.eval.report import write_report
 
     vecs, judges, _ = tiny_setup
     config = EvalConfig(emotions=("anger", "fear"), grid=GridConfig(

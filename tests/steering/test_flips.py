@@ -11,7 +11,8 @@ import torch
 
 from probe.cli import main
 from probe.sites import Site
-from steering.flips import (
+from steering.flips.cli import parse_bands, parse_strengths
+from steering.flips.measure import (
     RANDOM,
     Asker,
     FlipsConfig,
@@ -20,7 +21,6 @@ from steering.flips import (
     random_like,
     split_groups,
 )
-from steering.flips_cli import parse_bands, parse_strengths
 from steering.vector import SteeringError, SteeringVector
 
 CLASSES = ["anger", "fear", "joy"]

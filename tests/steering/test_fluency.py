@@ -8,9 +8,9 @@ import math
 import numpy as np
 import pytest
 
-from steering.fluency import (
+from steering.judges.fluency import (
     RegimeConfig, classify_regime, fluency_signals, perplexity, reference_perplexity, relevance)
-from steering.gate import text_signals
+from steering.judges.gate import text_signals
 from steering.scoring import token_logprobs
 
 WORDS = frozenset("the a is of and to in it cat sat on mat dog ran park sun warm today".split())

@@ -8,7 +8,7 @@ from collections import Counter
 import numpy as np
 import pytest
 
-from steering.gate import (
+from steering.judges.gate import (
     GateConfig, GateError, distinct_n, gate, longest_repeat, passed, text_signals)
 from tests.steering.conftest import FIXTURES
 from tests.steering.degenerate import FAMILIES, synthetic
@@ -70,7 +70,7 @@ def test_real_steered_replies_are_rejected(judge, steered_fixtures):
 
 
 def test_fluent_text_passes(judge, shared_data):
-    from steering.judge_build import load_source
+    from steering.judges.build import load_source
 
     sev = list(load_source("sev-replies", shared_data).test["text"])  # held-out half B
     rejected = ~passed(gate(text_signals(sev, judge.words)))
@@ -83,7 +83,7 @@ def test_fluent_text_passes(judge, shared_data):
 
 @pytest.mark.slow
 def test_full_gate_with_perplexity(smollm, judge, steered_fixtures, one_thread):
-    from steering.fluency import fluency_signals
+    from steering.judges.fluency import fluency_signals
 
     salad = "Seven the quickly because green table of running the purple under idea sleeps."
     fluent = ["Bees collect nectar from flowers and turn it into honey inside the hive.",

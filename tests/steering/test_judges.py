@@ -7,9 +7,9 @@ import json
 import numpy as np
 import pytest
 
-from steering.judge_build import (
+from steering.judges.build import (
     JudgeConfig, _vectorizers, build_judge, content_hash, fit_judge, load_source)
-from steering.judges import (
+from steering.judges.emotion import (
     ARTIFACT_DIR, EMOTIONS, LABELS, ClassifierJudge, JudgeError, LexiconJudge, agreement,
     cohen_kappa, expressed, expression_scores)
 

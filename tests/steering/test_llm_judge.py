@@ -5,8 +5,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from steering.judges import LABELS, JudgeError
-from steering.llm_judge import CONTENT_FREE, JUDGE_PROMPT, JUDGE_SYSTEM, LLMJudge, parse_label
+from steering.judges.emotion import LABELS, JudgeError
+from steering.judges.llm import CONTENT_FREE, JUDGE_PROMPT, JUDGE_SYSTEM, LLMJudge, parse_label
 from steering.scoring import token_logprobs
 from tests.tolerance import assert_close
 

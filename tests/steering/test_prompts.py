@@ -6,7 +6,7 @@ from collections import Counter
 
 import pytest
 
-from steering.prompts import KINDS, PromptsError, load_prompts
+from steering.eval.prompts import KINDS, PromptsError, load_prompts
 
 
 def test_prompt_set_is_balanced_and_split_in_halves():

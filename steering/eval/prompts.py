@@ -19,7 +19,7 @@ from probe.errors import EmoprobeError
 
 Split = Literal["tune", "test"]
 KINDS = ("question", "request", "small_talk", "instruction")
-_PACKAGE_DIR = Path(__file__).resolve().parents[1]
+_PACKAGE_DIR = Path(__file__).resolve().parents[2]
 
 
 class PromptsError(EmoprobeError, ValueError):

@@ -1,22 +1,22 @@
 """The evaluation protocol of steering (``probe steer-eval``): tune, select, test, baselines.
 
-AxBench's protocol on emoprobe's shipped neutral prompts (:mod:`steering.prompts`, a fixed
+AxBench's protocol on emoprobe's shipped neutral prompts (:mod:`steering.eval.prompts`, a fixed
 ``tune`` / ``test`` split):
 
 1. **Tune** (``tune`` prompts only): a coarse grid over direction method x layer band x
    position mode x strength on a few tune prompts, then a strength ladder around the best
-   configurations on more tune prompts (:mod:`steering.eval_grid`, :mod:`steering.eval_select`).
+   configurations on more tune prompts (:mod:`steering.eval.grid`, :mod:`steering.eval.selection`).
 2. **Select** per emotion the ladder point with the highest *gated, echo-free* expression
    (mean over the judges) whose perplexity ratio is at most ``max_ppl_ratio`` and whose
-   capability drop (:mod:`steering.capability`) is at most ``max_capability_drop``.
+   capability drop (:mod:`steering.eval.capability`) is at most ``max_capability_drop``.
 3. **Test** (``test`` prompts, never seen by 1-2): the selected point and the baselines
    (unsteered; the system prompt "Always reply in {emotion}."; the designed prompt of
    docs/judges.md; designed prompt + the selected steering; a random direction of the same
    norm and settings), each judge separately with a bootstrap CI over prompts.
 
-:func:`score_intervention` scores any other intervention (a hook dict, a callable that opens
-hooks, a :class:`~steering.inject.Setting`) on the held-out prompts with the same judges, gate
-and table rows: what circuit modulation is compared with.
+Replies are generated and judged by :class:`steering.eval.scorer.Scorer`, which also scores any
+other intervention (:func:`steering.eval.scorer.score_intervention`); the prompting and random
+baselines are :mod:`steering.eval.baselines`.
 """
 
 from __future__ import annotations
@@ -30,16 +30,11 @@ from dataclasses import dataclass, field
 import numpy as np
 import pandas as pd
 
-from steering.eval_grid import Arm, Decoding, GridConfig, GridPoint, generate_arms
-from steering.judges import EMOTIONS, JudgeError
+from steering.eval.baselines import prompt_arms, random_like
+from steering.eval.grid import Arm, Decoding, GridConfig
+from steering.eval.scorer import Scorer, table_rows
+from steering.judges.emotion import EMOTIONS, JudgeError
 
-ADJECTIVES = {"anger": "angry", "sadness": "sad", "happiness": "happy", "fear": "scared",
-              "surprise": "surprised", "disgust": "disgusted"}
-#: The plain prompting baseline (system prompt), as Wang et al.
-SYSTEM_PROMPT = "Always reply in {emotion}."
-#: The better prompt (docs/judges.md section 7, chosen there on tune-half replies).
-DESIGNED_SYSTEM = "You are an assistant who is always {adjective}. You express {emotion} in every reply."
-DESIGNED_SUFFIX = " (Please answer, and sound {adjective}.)"
 #: Paired differences reported (first minus second), mean over emotions, CI over prompts.
 COMPARISONS = (("steered", "prompt-system"), ("steered", "prompt-designed"),
                ("prompt-designed+steered", "prompt-designed"), ("steered", "random"),
@@ -48,13 +43,14 @@ CONDITIONS = ("unsteered", "steered", "random", "prompt-system", "prompt-designe
               "prompt-designed+steered")
 
 
+
 @dataclass(frozen=True, kw_only=True)
 class EvalConfig:
     """What ``steer-eval`` searches and how it scores.
 
     Attributes:
         emotions: Target emotions.
-        grid: The coarse grid and the ladder (:class:`~steering.eval_grid.GridConfig`).
+        grid: The coarse grid and the ladder (:class:`~steering.eval.grid.GridConfig`).
         decoding: Generation settings of every reply.
         ladder_prompts: Tune prompts of the ladder and the selection (None: all).
         test_prompts: Test prompts scored (None: all).
@@ -116,193 +112,14 @@ def spread(items: Sequence, n: int | None) -> list:
     return [items[i] for i in dict.fromkeys(idx.tolist())]
 
 
-def load_judges(*, strong: str | None = None, lexicon: str | None = None) -> dict:
-    """``{"classifier": shipped, "lexicon": NRC, "strong-local": ...}`` (the last if ``strong``).
-
-    ``strong`` is an artifact built at run time with ``scripts/build_judge.py --sources
-    goemotions,dair,sev-replies --out PATH`` (never shipped: research-only data).
-    """
-    from steering.judges import ClassifierJudge, LexiconJudge
-
-    judges = {"classifier": ClassifierJudge.load(), "lexicon": LexiconJudge.load(lexicon)}
-    if strong:
-        judges["strong-local"] = ClassifierJudge.load(strong)
-    return judges
-
-
-def prompt_arms(emotion: str, setting=None, point=None) -> list[Arm]:
-    """The prompting baselines for ``emotion`` (and designed prompt + ``setting``, if given)."""
-    adj = ADJECTIVES[emotion]
-    designed = dict(system_prompt=DESIGNED_SYSTEM.format(adjective=adj, emotion=emotion),
-                    user_suffix=DESIGNED_SUFFIX.format(adjective=adj))
-    arms = [Arm(condition="prompt-system", emotion=emotion,
-                system_prompt=SYSTEM_PROMPT.format(emotion=emotion)),
-            Arm(condition="prompt-designed", emotion=emotion, **designed)]
-    if setting is not None:
-        arms.append(Arm(condition="prompt-designed+steered", emotion=emotion, setting=setting,
-                        point=point, **designed))
-    return arms
-
-
-def random_like(vector, seed: int):
-    """A random direction per site with the norm (and typical RMS) of ``vector``'s."""
-    import torch
-
-    from steering.vector import SteeringVector
-
-    g = torch.Generator().manual_seed(seed)
-    dirs = {}
-    for site, v in vector.directions.items():
-        r = torch.randn(v.numel(), generator=g)
-        dirs[site] = r / r.norm() * v.norm()
-    return SteeringVector(dirs, {**vector.meta, "method": "random"})
-
-
-# ---------------------------------------------------------------------------- scoring
-class Scorer:
-    """Generates and judges arms on a prompt set; keeps the unsteered reference perplexity.
-
-    Args:
-        lm: The model (no hooks open).
-        judges: ``{name: judge}`` (:func:`load_judges`).
-        decoding: Generation settings.
-        batch_size: Rows per ``generate`` call.
-        log: Progress lines (or None).
-    """
-
-    def __init__(self, lm, judges: Mapping[str, object], *, decoding: Decoding = Decoding(),
-                 batch_size: int = 64, log: Callable[[str], None] | None = None) -> None:
-        from steering.judges import ClassifierJudge
-
-        self.lm, self.judges, self.decoding, self.batch_size = lm, dict(judges), decoding, batch_size
-        self.words = ClassifierJudge.load().words
-        self.log = log
-        self._reference: dict[tuple, float] = {}
-
-    def frame(self, prompts, arms: Sequence[Arm], *, relevance: bool = False,
-              texts: Sequence[Sequence[str]] | None = None, targets: Sequence[str] | None = None
-              ) -> pd.DataFrame:
-        """Replies of every arm on every prompt, judged: one row per (arm, prompt[, target]).
-
-        ``prompts`` are :class:`~steering.prompts.NeutralPrompt` s. An arm without an emotion
-        (unsteered) is judged against each of ``targets``.
-        """
-        from steering.eval_score import judge_replies
-
-        texts = texts if texts is not None else generate_arms(
-            self.lm, [p.text for p in prompts], arms, decoding=self.decoding,
-            batch_size=self.batch_size, log=self.log)
-        rows = []
-        for a, arm in enumerate(arms):
-            for target in ([arm.emotion] if arm.emotion else list(targets or EMOTIONS)):
-                for p, reply in zip(prompts, texts[a]):
-                    rows.append((a, target, p, reply, arm.instruction))
-        frame = judge_replies(self.lm, [r[2].text for r in rows], [r[3] for r in rows],
-                              [r[1] for r in rows], judges=self.judges, words=self.words,
-                              instructions=[r[4] for r in rows], relevance=relevance)
-        frame.insert(0, "arm", [r[0] for r in rows])
-        frame.insert(1, "condition", [arms[r[0]].condition for r in rows])
-        frame.insert(2, "prompt_id", [r[2].id for r in rows])
-        return frame
-
-    def reference(self, prompts) -> float:
-        """Median perplexity of the unsteered replies to ``prompts`` (computed once)."""
-        from steering.inject import Setting
-
-        key = tuple(p.id for p in prompts)
-        if key not in self._reference:
-            unsteered = Arm(condition="unsteered", emotion=None, setting=Setting())
-            frame = self.frame(prompts, [unsteered], targets=[EMOTIONS[0]])
-            self._reference[key] = float(np.nanmedian(frame["perplexity"]))
-        return self._reference[key]
-
-
-def table_rows(frame: pd.DataFrame, *, reference: float, n_boot: int, seed: int,
-               extra: Mapping | None = None) -> list[dict]:
-    """:func:`steering.eval_score.summarize` per (condition, target): the results table rows."""
-    from steering.eval_score import kappas, summarize
-
-    out = []
-    for (cond, target), part in frame.groupby(["condition", "target"], sort=False):
-        kap = kappas(part) if len(part) > 1 else {}
-        for row in summarize(part, reference=reference, n_boot=n_boot, seed=seed):
-            out.append({"emotion": target, "condition": cond, **row,
-                        **{f"kappa:{k}": v for k, v in kap.items()}, **(extra or {})})
-    return out
-
-
-def score_intervention(lm, intervention, *, emotion: str, judges: Mapping[str, object] | None = None,
-                       prompts=None, condition: str = "intervention",
-                       decoding: Decoding = Decoding(), n_boot: int = 2000, seed: int = 0,
-                       scorer: Scorer | None = None, relevance: bool = True,
-                       return_frame: bool = False):
-    """Score any intervention towards ``emotion`` like ``steer-eval`` scores steering.
-
-    Args:
-        lm: The model, with no hooks open.
-        intervention: A hook dict ``{site: fn}`` (opened with ``lm.hooks``), a zero-argument
-            callable returning a context manager that opens hooks (e.g.
-            ``lambda: vec.apply(lm, scale=2)``), a :class:`~steering.inject.Setting`, or None
-            (unsteered).
-        emotion: The target emotion.
-        judges: ``{name: judge}`` (default: :func:`load_judges` without the strong judge).
-        prompts: :class:`~steering.prompts.NeutralPrompt` s (default: the 40 ``test`` prompts).
-        condition: The ``condition`` column of the rows.
-        decoding: Generation settings (default: ``steer-eval``'s).
-        n_boot, seed: Bootstrap over prompts.
-        scorer: Reuse a :class:`Scorer` (its judges, reference perplexity cache).
-        relevance: Also score relevance.
-        return_frame: Also return the per-reply frame.
-
-    Returns:
-        One row per judge (the columns of ``results.csv``: ``emotion, condition, judge, value,
-        ci_low, ci_high, with_echoes, judge_only, n, gate_pass, echo_share, ppl_ratio,
-        relevance, regime, loop_share, kappa:...``); with ``return_frame``, ``(rows, frame)``.
-    """
-    from steering.inject import Setting
-    from steering.prompts import load_prompts
-
-    if emotion not in EMOTIONS:
-        raise JudgeError(f"unknown emotion {emotion!r}; choose from {', '.join(EMOTIONS)}")
-    prompts = list(prompts) if prompts is not None else load_prompts("test")
-    scorer = scorer or Scorer(lm, judges if judges is not None else load_judges(), decoding=decoding)
-    ref = scorer.reference(prompts)
-    setting = intervention if isinstance(intervention, Setting) else Setting()
-    arm = Arm(condition=condition, emotion=emotion, setting=setting)
-    with _opened(lm, intervention):
-        texts = generate_arms(lm, [p.text for p in prompts], [arm], decoding=scorer.decoding,
-                              batch_size=scorer.batch_size)
-    frame = scorer.frame(prompts, [arm], texts=texts, relevance=relevance)
-    rows = table_rows(frame, reference=ref, n_boot=n_boot, seed=seed)
-    return (rows, frame) if return_frame else rows
-
-
-def _opened(lm, intervention):
-    from steering.inject import Setting
-
-    if intervention is None or isinstance(intervention, Setting):
-        return contextlib.nullcontext()
-    if isinstance(intervention, Mapping):
-        return lm.hooks(dict(intervention))
-    if callable(intervention):
-        ctx = intervention()
-        if not hasattr(ctx, "__enter__"):
-            raise JudgeError("an intervention callable must return a context manager that opens "
-                             f"hooks, got {type(ctx).__name__}")
-        return ctx
-    raise JudgeError(f"intervention must be a hook dict, a callable, a Setting or None; got "
-                     f"{type(intervention).__name__}")
-
-
-# ---------------------------------------------------------------------------- the protocol
 @dataclass(kw_only=True)
 class EvalResult:
-    """Everything ``steer-eval`` measured (written out by :mod:`steering.eval_report`).
+    """Everything ``steer-eval`` measured (written out by :mod:`steering.eval.report`).
 
     Attributes:
         config: The configuration.
         tune: One record per tune grid point (``stage`` coarse / ladder).
-        selections: ``{emotion: Selection}`` (:class:`steering.eval_select.Selection`).
+        selections: ``{emotion: Selection}`` (:class:`steering.eval.selection.Selection`).
         test: One row per test reply and target (judges' labels, gate, perplexity, echo).
         table: The results: one row per emotion x condition x judge (``emotion == "mean"``:
             mean over the emotions, CI over prompts).
@@ -326,10 +143,10 @@ class EvalResult:
 def run_evaluation(lm, config: EvalConfig, *, vectors: Mapping, judges: Mapping[str, object],
                    log: Callable[[str], None] | None = None) -> EvalResult:
     """Tune, select and test (see the module docstring); ``vectors[method][emotion]``."""
-    from steering.capability import load_items
-    from steering.eval_grid import ladder_points
-    from steering.eval_select import best_configs, score_points
-    from steering.prompts import load_prompts
+    from steering.eval.capability import load_items
+    from steering.eval.grid import ladder_points
+    from steering.eval.prompts import load_prompts
+    from steering.eval.selection import best_configs, score_points
 
     g = config.grid
     ladder_p = spread(load_prompts("tune"), config.ladder_prompts)
@@ -375,7 +192,7 @@ def _cap_record(res, base=None) -> dict:
 
 
 def _select_with_capability(lm, config, ladder: pd.DataFrame, vectors, items):
-    from steering.eval_select import capability_of, select
+    from steering.eval.selection import capability_of, select
 
     base = capability_of(lm, None, items)
     cap = {"unsteered": _cap_record(base)}
@@ -421,7 +238,7 @@ def _test_arms(config, selections, vectors) -> list[Arm]:
 
 
 def _test_phase(lm, config, scorer, prompts, selections, vectors, items, cap):
-    from steering.eval_select import capability_of
+    from steering.eval.selection import capability_of
 
     arms = _test_arms(config, selections, vectors)
     frame = scorer.frame(prompts, arms, relevance=True, targets=config.emotions)
@@ -448,7 +265,7 @@ def mean_rows(frame: pd.DataFrame, *, reference: float, n_boot: int, seed: int):
     """Per condition and judge: mean over target emotions (CI over prompts), and the paired
     differences steered minus each prompting condition."""
     from probe.stats import group_bootstrap_weights, percentile_ci
-    from steering.eval_score import hits, judge_names
+    from steering.eval.score import hits, judge_names
 
     rows, per_prompt = [], {}
     for cond, part in frame.groupby("condition", sort=False):
@@ -498,5 +315,5 @@ def timed(log, what: str):
     return _cm()
 
 
-__all__ = ["ADJECTIVES", "CONDITIONS", "EvalConfig", "GridPoint", "Scorer", "load_judges",
-           "prompt_arms", "random_like", "score_intervention", "spread", "table_rows"]
+__all__ = ["COMPARISONS", "CONDITIONS", "EvalConfig", "EvalResult", "mean_rows", "run_evaluation",
+           "spread"]

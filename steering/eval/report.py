@@ -85,7 +85,7 @@ def write_report(result, out: str | os.PathLike, *, run: dict, examples: int = 5
 
 def examples_html(result, *, per_condition: int = 5) -> str:
     """Prompt, condition, reply, each judge's label and the gate's verdict, per emotion."""
-    from steering.eval_score import judge_names
+    from steering.eval.score import judge_names
 
     frame = result.test
     judges = judge_names(frame)

@@ -5,7 +5,7 @@
 * :func:`relevance`: how much the prompt raises the reply's likelihood, in nats per token:
   ``mean log p(reply | prompt) - mean log p(reply | empty user turn)``. Near 0: the reply could
   answer anything; a fluent on-topic reply scores well above 0.
-* :func:`fluency_signals`: the gate's signals (:mod:`steering.gate`) with perplexity and its
+* :func:`fluency_signals`: the gate's signals (:mod:`steering.judges.gate`) with perplexity and its
   ratio to the unsteered replies' median perplexity filled in.
 * :func:`classify_regime`: one steering setting's replies -> ``works`` / ``repetitive collapse``
   / ``degraded`` from their perplexity ratio and repetition (thresholds: :class:`RegimeConfig`).
@@ -20,7 +20,14 @@ from typing import Literal
 
 import numpy as np
 
-from steering.gate import GateConfig, GateResult, TextSignals, failed_checks, gate, text_signals
+from steering.judges.gate import (
+    GateConfig,
+    GateResult,
+    TextSignals,
+    failed_checks,
+    gate,
+    text_signals,
+)
 from steering.scoring import token_logprobs
 
 Regime = Literal["works", "repetitive collapse", "degraded"]
@@ -53,7 +60,7 @@ def relevance(lm, prompts: Sequence[str], replies: Sequence[str], *, baseline_pr
 def fluency_signals(lm, prompts: Sequence[str], replies: Sequence[str], words, *,
                     reference_perplexity: float | None = None, batch_size: int = 16,
                     chat_template: bool | None = None) -> list[TextSignals]:
-    """:func:`steering.gate.text_signals` with each reply's perplexity (and ratio) filled in.
+    """:func:`steering.judges.gate.text_signals` with each reply's perplexity (and ratio) filled in.
 
     Args:
         lm: the **unsteered** model (remove steering hooks before calling this).

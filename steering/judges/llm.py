@@ -21,7 +21,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from steering.judges import LABELS, JudgeError
+from steering.judges.emotion import LABELS, JudgeError
 from steering.scoring import greedy_replies, option_logprobs
 
 JUDGE_SYSTEM = "You are a careful annotator of emotions in text."

@@ -5,7 +5,7 @@ per point (the ``tune.csv`` rows). :func:`best_configs` ranks configurations (me
 x positions) by their best feasible strength; :func:`select` chooses, per emotion, the ladder
 point with the highest selection score whose perplexity ratio and capability drop meet the
 constraints. The selection score is the mean over the judges of the gated, echo-free
-expression rate (:func:`steering.eval_score.hits`); nothing of the test half is read here.
+expression rate (:func:`steering.eval.score.hits`); nothing of the test half is read here.
 """
 
 from __future__ import annotations
@@ -17,13 +17,13 @@ from dataclasses import dataclass
 import numpy as np
 import pandas as pd
 
-from steering.eval_grid import Arm, GridPoint
+from steering.eval.grid import Arm, GridPoint
 
 
 def score_points(scorer, prompts, points: Sequence[GridPoint], vectors: Mapping, *, stage: str,
                  reference: float, n_boot: int = 100, seed: int = 0) -> tuple[pd.DataFrame, pd.DataFrame]:
     """Generate and judge ``points`` on ``prompts``; ``(records, replies frame)``."""
-    from steering.eval_score import summarize
+    from steering.eval.score import summarize
 
     arms = [Arm(condition="grid", emotion=p.emotion, setting=p.setting(vectors), point=p)
             for p in points]
@@ -126,7 +126,7 @@ def select(records: pd.DataFrame, *, max_ppl: float, max_drop: float, checks: in
 
 def capability_of(lm, point_setting, items, *, n_boot: int = 200):
     """Capability accuracy with ``point_setting`` held (None: unsteered); the result object."""
-    from steering.capability import evaluate_capability
+    from steering.eval.capability import evaluate_capability
     from steering.inject import steering_hooks
 
     if point_setting is None or not point_setting.steered:

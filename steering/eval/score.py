@@ -30,9 +30,9 @@ import numpy as np
 import pandas as pd
 import torch
 
-from steering.fluency import LOOP_REASONS, classify_regime
-from steering.gate import failed_checks, gate, text_signals
-from steering.judges import EMOTIONS, JudgeError, agreement
+from steering.judges.emotion import EMOTIONS, JudgeError, agreement
+from steering.judges.fluency import LOOP_REASONS, classify_regime
+from steering.judges.gate import failed_checks, gate, text_signals
 
 #: Words that name an emotion (what an echo says and little else besides).
 EMOTION_WORDS = {
@@ -155,7 +155,7 @@ def judge_replies(lm, prompts: Sequence[str], replies: Sequence[str], targets: S
 
     Returns:
         Columns ``prompt, reply, target, label:<judge>..., passed, reason, perplexity, echo,
-        relevance`` and ``signals`` (the gate's :class:`~steering.gate.TextSignals`).
+        relevance`` and ``signals`` (the gate's :class:`~steering.judges.gate.TextSignals`).
     """
     n = len(replies)
     if not len(prompts) == len(targets) == n:

@@ -1,10 +1,10 @@
 """Select and report steering with roles kept apart: a selection judge picks, others report.
 
-:func:`score_arms` generates and judges arms (:class:`~steering.eval_grid.Arm`) on prompts and
-adds the AxBench composite per reply (:mod:`steering.composite`) for each judge given.
+:func:`score_arms` generates and judges arms (:class:`~steering.eval.grid.Arm`) on prompts and
+adds the AxBench composite per reply (:mod:`steering.eval.composite`) for each judge given.
 :func:`select_scale` picks, per candidate vector, the scale with the best mean composite of the
 **selection** judge on the **tune** prompts among the scales whose replies do not collapse
-(:func:`steering.composite.collapse_report`) and whose median perplexity ratio is at most
+(:func:`steering.eval.composite.collapse_report`) and whose median perplexity ratio is at most
 ``max_ppl_ratio``. :func:`report_rows` summarises the **test** replies per condition and
 reporting judge (gated expression and composite, each with a 95% bootstrap CI over prompts,
 perplexity and relevance ratios to unsteered, collapse, wrong-way share), and
@@ -19,10 +19,11 @@ import numpy as np
 import pandas as pd
 
 from probe.stats import group_bootstrap_weights, percentile_ci
-from steering.composite import collapse_report, composite, concept_scores, wrong_way_share
-from steering.eval_score import hits
-from steering.evaluate import ADJECTIVES, Scorer, prompt_arms
-from steering.eval_grid import Arm
+from steering.eval.baselines import ADJECTIVES, prompt_arms
+from steering.eval.composite import collapse_report, composite, concept_scores, wrong_way_share
+from steering.eval.grid import Arm
+from steering.eval.score import hits
+from steering.eval.scorer import Scorer
 from steering.inject import Setting
 
 #: The user-turn prompt baseline of issue 17 ("Respond in a very angry way.").

@@ -3,13 +3,13 @@
 Two independent judges label a text with one of :data:`LABELS` (six emotions + ``"neutral"``):
 
 ``ClassifierJudge``  word + character n-gram TF-IDF and logistic regression, trained by
-                     :mod:`steering.judge_build` on GoEmotions (Apache-2.0) and shipped in
+                     :mod:`steering.judges.build` on GoEmotions (Apache-2.0) and shipped in
                      ``steering/artifacts/`` as safetensors + JSON (no pickle).
 ``LexiconJudge``     counts of NRC Emotion Lexicon words (research use only; never shipped: it is
                      read from the user's copy).
 
 An emotion counts as *expressed* only when a judge says so **and** the text passes the fluency
-gate (:mod:`steering.gate`): a judge alone rewards gibberish. Judges disagree, so evaluations
+gate (:mod:`steering.judges.gate`): a judge alone rewards gibberish. Judges disagree, so evaluations
 report every judge's expression accuracy (with a bootstrap CI over prompts) and Cohen's kappa
 between each pair (:func:`agreement`).
 
@@ -37,7 +37,7 @@ from probe.errors import EmoprobeError
 EMOTIONS = ("anger", "sadness", "happiness", "fear", "surprise", "disgust")
 NEUTRAL = "neutral"
 LABELS = (*EMOTIONS, NEUTRAL)
-ARTIFACT_DIR = Path(__file__).resolve().parent / "artifacts"
+ARTIFACT_DIR = Path(__file__).resolve().parents[1] / "artifacts"  # steering/artifacts
 ARTIFACT_NAME = "emotion_judge"
 NRC_FILE = "NRC-Emotion-Lexicon-Wordlevel-v0.92.txt"
 

@@ -1,6 +1,6 @@
 """Train, evaluate and save the text-classifier judge (safetensors + JSON, deterministic).
 
-Sources, each mapped to :data:`steering.judges.LABELS` and split into a training and a held-out
+Sources, each mapped to :data:`steering.judges.emotion.LABELS` and split into a training and a held-out
 part that never overlap:
 
 ``goemotions``   GoEmotions (Apache-2.0); train split / test split. The 27 labels are mapped to
@@ -33,7 +33,7 @@ import numpy as np
 import pandas as pd
 
 from probe.artifacts import save_safetensors
-from steering.judges import _WORD, ARTIFACT_DIR, ARTIFACT_NAME, EMOTIONS, LABELS, JudgeError
+from steering.judges.emotion import _WORD, ARTIFACT_DIR, ARTIFACT_NAME, EMOTIONS, LABELS, JudgeError
 
 SOURCE_FOLDERS = {"goemotions": "goemotions", "dair": "dair_emotion", "sev-replies": "sev"}
 SHIPPED_SOURCES = ("goemotions",)
@@ -203,7 +203,7 @@ def build_judge(sources: Sequence[str] = SHIPPED_SOURCES,
     """Train on ``sources``' training parts, score every held-out part, save; returns the meta."""
     from probe import __version__
     from probe.data.schema import DatasetError
-    from steering.judges import ClassifierJudge
+    from steering.judges.emotion import ClassifierJudge
 
     if not sources:
         raise JudgeError("no training source given; e.g. --sources goemotions")

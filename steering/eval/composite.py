@@ -6,7 +6,7 @@ any part is 0), each part in [0, 1]:
 * ``concept``: the *selection* judge's probability of the target emotion (its label's indicator
   for a judge without probabilities);
 * ``relevance``: the reply's relevance to its prompt (mean log-likelihood gain per token from
-  the prompt, :func:`steering.eval_score.judge_replies`) over the unsteered replies' median on
+  the prompt, :func:`steering.eval.score.judge_replies`) over the unsteered replies' median on
   the same prompts, clipped to [0, 1];
 * ``fluency``: 0 if the fluency gate fails, else ``min(1, max_ratio * ref / perplexity)``: full
   credit up to ``max_ratio`` x the unsteered median perplexity, decaying after.
@@ -33,8 +33,8 @@ from dataclasses import dataclass, field
 import numpy as np
 import pandas as pd
 
-from steering.eval_score import loop_failures
-from steering.judges import JudgeError
+from steering.eval.score import loop_failures
+from steering.judges.emotion import JudgeError
 
 _WORDS = re.compile(r"[a-z']+")
 
@@ -66,7 +66,7 @@ def composite(frame: pd.DataFrame, concept: np.ndarray, *, ref_perplexity: float
               ref_relevance: float, max_ratio: float = 2.0) -> pd.DataFrame:
     """Per-reply ``concept, relevance_part, fluency_part, composite`` for a judged frame.
 
-    ``frame`` comes from :func:`steering.eval_score.judge_replies` with ``relevance=True``;
+    ``frame`` comes from :func:`steering.eval.score.judge_replies` with ``relevance=True``;
     ``ref_perplexity`` / ``ref_relevance``: the unsteered replies' medians on the same prompts.
     """
     if not ref_relevance > 0:

@@ -8,7 +8,7 @@ from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
 from probe.figures import OKABE_ITO, RC, save_figure
-from steering.flips import RANDOM
+from steering.flips.measure import RANDOM
 
 METRICS = (("share", "answers naming the\nsteered emotion"),
            ("flip_to", "answers flipped TO\nthe steered emotion"),

@@ -2,7 +2,7 @@
 
 Signals per text (:func:`text_signals`, no model needed) plus, when given, the reply's perplexity
 under the unsteered model and its ratio to the unsteered replies' median perplexity
-(:mod:`steering.fluency`). A reply passes only if every check passes; the first failing check is
+(:mod:`steering.judges.fluency`). A reply passes only if every check passes; the first failing check is
 its ``reason``. Checks (thresholds in :class:`GateConfig`; where they come from: docs/judges.md):
 
 ``empty``           no word at all (empty, whitespace, only symbols, digits or emoji)
@@ -20,7 +20,7 @@ its ``reason``. Checks (thresholds in :class:`GateConfig`; where they come from:
                     by default: fluent emotional text is far less likely than the unsteered
                     model's own greedy replies; the ratio serves ``classify_regime``)
 
->>> from steering.judges import ClassifierJudge
+>>> from steering.judges.emotion import ClassifierJudge
 >>> words = ClassifierJudge.load().words
 >>> [r.reason for r in gate(text_signals(["Sure! Paris is the capital of France.",
 ...                                      "Mort,\\n\\n(\\n\\nganner\\n\\n roam"], words))]
@@ -133,7 +133,7 @@ def text_signals(texts: Sequence[str], words: frozenset[str] | set[str],
     Args:
         texts: the replies.
         words: lower-case English words.
-        perplexity: per reply, from :func:`steering.fluency.perplexity` (optional).
+        perplexity: per reply, from :func:`steering.judges.fluency.perplexity` (optional).
         reference_perplexity: median perplexity of the unsteered replies to the same prompts;
             gives ``ppl_ratio``.
     """
@@ -187,5 +187,5 @@ def gate(signals: Sequence[TextSignals], config: GateConfig = GateConfig()) -> l
 
 
 def passed(results: Sequence[GateResult]) -> np.ndarray:
-    """The gate's verdicts as a boolean array (for :func:`steering.judges.expression_scores`)."""
+    """The gate's verdicts as a boolean array (for :func:`steering.judges.emotion.expression_scores`)."""
     return np.array([r.passed for r in results], dtype=bool)

@@ -27,14 +27,13 @@ from typing import Literal
 
 import numpy as np
 
-from steering.scoring import continuation_ids, option_logprobs, option_logprobs_ids, prompt_ids
-
 from probe.errors import EmoprobeError
+from steering.scoring import continuation_ids, option_logprobs, option_logprobs_ids, prompt_ids
 
 Scoring = Literal["letter", "text"]
 KINDS = ("arithmetic", "common_sense", "reading")
 LETTERS = "ABCD"
-_PACKAGE_DIR = Path(__file__).resolve().parents[1]
+_PACKAGE_DIR = Path(__file__).resolve().parents[2]
 
 
 class CapabilityError(EmoprobeError, ValueError):

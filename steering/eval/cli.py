@@ -82,10 +82,10 @@ def _csv(text, cast=str):
 
 
 def eval_config(args):
-    """The :class:`~steering.evaluate.EvalConfig` the ``steer-eval`` arguments ask for."""
+    """The :class:`~steering.eval.protocol.EvalConfig` the ``steer-eval`` arguments ask for."""
     from dataclasses import replace
 
-    from steering.evaluate import EvalConfig
+    from steering.eval.protocol import EvalConfig
 
     emotions = _csv(args.emotions)
     base = EvalConfig.quick(**({"emotions": emotions} if emotions else {})) if args.quick \
@@ -112,13 +112,13 @@ def eval_config(args):
 def _eval_judges(args, log):
     from pathlib import Path as _P
 
-    from steering.evaluate import load_judges
+    from steering.eval.scorer import load_judges
 
     strong = args.strong_judge
     if strong:
         base = _P(strong).expanduser()
         if not base.with_suffix(".json").is_file():
-            from steering.judge_build import build_judge
+            from steering.judges.build import build_judge
 
             log(f"building the local strong judge at {base} (goemotions, dair, sev-replies)")
             build_judge(("goemotions", "dair", "sev-replies"), ("goemotions", "dair", "sev-replies"),
@@ -130,8 +130,8 @@ def _eval_judges(args, log):
 def cmd_steer_eval(args) -> int:
     from probe.cli_args import load_model
     from steering.directions import directions
-    from steering.eval_report import print_summary, write_report
-    from steering.evaluate import run_evaluation
+    from steering.eval.protocol import run_evaluation
+    from steering.eval.report import print_summary, write_report
     from steering.vector import SteeringError
 
     out = Path(args.out)

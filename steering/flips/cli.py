@@ -1,6 +1,6 @@
 """``probe steer-flips``: how often steering along an emotion direction flips zero-shot answers.
 
-Registered from :func:`steering.cli.register`. See :mod:`steering.flips` for what is measured.
+Registered from :func:`steering.cli.register`. See :mod:`steering.flips.measure` for what is measured.
 """
 
 from __future__ import annotations
@@ -100,8 +100,8 @@ def run(args, base) -> int:
     """Load, cache the store if needed, measure, write the folder, print a summary."""
     from probe.behaviour.templates import select_templates
     from probe.cache import cache_activations, default_store_path
-    from steering.flips import FlipsConfig, steering_flips
-    from steering.flips_figure import plot_flips
+    from steering.flips.figure import plot_flips
+    from steering.flips.measure import FlipsConfig, steering_flips
 
     t0 = time.time()
     config = FlipsConfig(
