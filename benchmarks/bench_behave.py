@@ -1,7 +1,7 @@
 """Where the time of ``probe behave``'s recognition goes, before and after the speed-ups.
 
 Recognition asks the model about every row with every template: per template it tokenizes the
-prompts, scores the candidate labels (:func:`probe.behaviour.scoring.score_candidates`), scores
+prompts, scores the candidate labels (:func:`probe.scoring.score_candidates`), scores
 them once more after a content-free input (contextual calibration), and for the ``generate``
 template generates a reply. This script times each of those stages per template, on the same
 rows, in two configurations measured in the same run, interleaved template by template (so both
@@ -38,7 +38,7 @@ import torch
 
 from probe.behaviour.generation import generate
 from probe.behaviour.recognition import CONTENT_FREE, encode_prompts
-from probe.behaviour.scoring import score_candidates, tokenize_candidates
+from probe.scoring import score_candidates, tokenize_candidates
 from probe.behaviour.templates import DEFAULT_TEMPLATES, select_templates, task_kind
 from probe.data import load_dataset
 from probe.models import load_model

@@ -1,10 +1,10 @@
 """Label scoring: batched prefixes + candidates on a copied KV cache vs one forward per label.
 
 Both sides score the same real items (our emotion-scenarios stimuli, or any dataset) with the
-same template and candidates on SmolLM2-135M: :func:`probe.behaviour.scoring.score_candidates`
+same template and candidates on SmolLM2-135M: :func:`probe.scoring.score_candidates`
 (prompts left-padded in batches, one forward with ``use_cache=True``, each prompt's cache copied
 once per candidate, all candidates in one second forward) against
-:func:`probe.behaviour.scoring.score_candidates_naive` (a full forward over prompt + label for
+:func:`probe.scoring.score_candidates_naive` (a full forward over prompt + label for
 every item and label). The script prints items/s of both, their ratio (measured in the same
 run, interleaved), and the largest difference between their log-likelihoods.
 
@@ -21,7 +21,7 @@ import numpy as np
 import torch
 
 from probe.behaviour.recognition import encode_prompts
-from probe.behaviour.scoring import score_candidates, score_candidates_naive, tokenize_candidates
+from probe.scoring import score_candidates, score_candidates_naive, tokenize_candidates
 from probe.behaviour.templates import select_templates
 from probe.data import load_dataset
 from probe.models import load_model

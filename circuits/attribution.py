@@ -39,16 +39,12 @@ from circuits.baselines import PairBaseline, Sources, take
 from circuits.components import Group, at_units, groups as make_groups, per_unit
 from circuits.metrics import Metric
 from circuits.runs import Compute, Timer, blocks_run, forward_metric, forward_with_leaves
-from probe.errors import EmoprobeError
+from probe.errors import AttributionError
 from probe.forward import Batch, run_with_cache
 from probe.sites import Site
 
 Estimator = Literal["atp", "atp*", "ig"]
 ESTIMATORS = ("atp", "atp*", "ig")
-
-
-class AttributionError(EmoprobeError, ValueError):
-    """Attribution cannot run as asked; the message says what to fix."""
 
 
 @dataclass

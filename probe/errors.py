@@ -16,8 +16,17 @@ True
 
 from __future__ import annotations
 
-__all__ = ["EmoprobeError"]
+__all__ = ["AttributionError", "EmoprobeError"]
 
 
 class EmoprobeError(Exception):
     """Bad input or setup, with a message that says what to fix (CLI: ``error:``, exit 2)."""
+
+
+# Errors that more than one package raises live here, once (a test fails on two classes of one
+# name): ``except AttributionError`` then means the same thing wherever it is written.
+
+
+class AttributionError(EmoprobeError, ValueError):
+    """Gradient attribution (``probe circuits``' attribution patching, ``probe conflict``'s
+    modality attribution) cannot run as asked; the message says what to fix."""

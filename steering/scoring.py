@@ -3,11 +3,12 @@
 Everything here is a plain forward of ``lm.model`` (no hooks): it is how the *unsteered* model
 sees a text. :func:`token_logprobs` scores each reply token given its prompt, the reply being
 the assistant turn of the chat template; :func:`option_logprobs` scores several short
-continuations of one prompt (answer letters, judge labels) running the prompt once and reusing
-its key/value cache for every option.
+continuations of one prompt (answer letters, judge labels) with the toolkit's label scorer,
+:func:`probe.scoring.score_candidates` (the prompt runs once, its key/value cache is reused for
+every option).
 
 Rows are batched longest first with left padding and position ids that follow the attention
-mask (:func:`probe.capture.pad_batch`), so a batched score equals the one-row score (tested).
+mask (:func:`probe.forward.pad_batch`), so a batched score equals the one-row score (tested).
 
 >>> lp = token_logprobs(lm, ["What is 2 + 2?"], ["2 + 2 = 4."])  # doctest: +SKIP
 >>> float(lp[0].mean().neg().exp())  # perplexity of the reply  # doctest: +SKIP
@@ -16,7 +17,6 @@ mask (:func:`probe.capture.pad_batch`), so a batched score equals the one-row sc
 
 from __future__ import annotations
 
-import copy
 from collections.abc import Sequence
 
 import numpy as np
@@ -24,13 +24,8 @@ import torch
 from jaxtyping import Float
 from torch import Tensor
 
-from probe.capture import pad_batch
-from probe.errors import EmoprobeError
-from probe.kvcache import cache_keyword, returned_cache
-
-
-class ScoringError(EmoprobeError, ValueError):
-    """Texts cannot be scored as asked."""
+from probe.forward import pad_batch
+from probe.scoring import ScoringError, score_candidates
 
 
 def prompt_ids(lm, prompts: Sequence[str], *, chat_template: bool | None = None,
@@ -131,8 +126,9 @@ def option_logprobs(lm, prompts: Sequence[str], options: Sequence[Sequence[str]]
                     batch_size: int = 16) -> list[np.ndarray]:
     """Total log-probability of each option as the start of the reply to its prompt.
 
-    Each prompt runs once; its key/value cache is reused for every option (one extra forward
-    per option index, none when every option is a single token, such as answer letters).
+    The toolkit's label scorer on text: :func:`probe.scoring.score_candidates` runs each prompt
+    once and reuses its key/value cache for every option (one extra forward for all options,
+    none when every option is a single token, such as answer letters).
 
     Returns:
         One array per prompt with one log-probability per option (sum over the option's tokens).
@@ -142,55 +138,11 @@ def option_logprobs(lm, prompts: Sequence[str], options: Sequence[Sequence[str]]
     empty = [(i, k) for i, opts in enumerate(options) for k, o in enumerate(opts) if not o]
     if empty:
         raise ScoringError(f"option {empty[0][1]} of prompt {empty[0][0]} is empty")
+    if not prompts:
+        return []
     prefixes = prompt_ids(lm, prompts, chat_template=chat_template, system_prompt=system_prompt)
     opt_ids = [continuation_ids(lm, opts) for opts in options]
-    return option_logprobs_ids(lm, prefixes, opt_ids, batch_size=batch_size)
-
-
-@torch.inference_mode()
-def option_logprobs_ids(lm, prefixes: Sequence[Sequence[int]],
-                        options: Sequence[Sequence[Sequence[int]]], *,
-                        batch_size: int = 16) -> list[np.ndarray]:
-    """:func:`option_logprobs` on token ids."""
-    out = [np.zeros(len(o)) for o in options]
-    order = sorted(range(len(prefixes)), key=lambda i: -len(prefixes[i]))
-    for b in range(0, len(order), batch_size):
-        rows = order[b:b + batch_size]
-        inputs = pad_batch([prefixes[i] for i in rows], _pad_id(lm), "left", lm.device)
-        res = lm.model(**inputs, use_cache=True, logits_to_keep=1)
-        first = torch.log_softmax(res.logits[:, -1].float(), dim=-1).cpu()
-        for k in range(max(len(options[i]) for i in rows)):
-            conts = [options[i][k] if k < len(options[i]) else [] for i in rows]
-            scores = _score_rest(lm, inputs, _returned_cache(res), conts) if any(
-                len(c) > 1 for c in conts) else [0.0] * len(rows)
-            for j, i in enumerate(rows):
-                if conts[j]:
-                    out[i][k] = float(first[j, conts[j][0]]) + scores[j]
-    return out
-
-
-def _score_rest(lm, inputs: dict, cache, conts: list[list[int]]) -> list[float]:
-    """Sum of log-probs of tokens 2.. of each continuation, after the cached prompt."""
-    width = max(len(c) for c in conts) - 1
-    ids = torch.full((len(conts), width), _pad_id(lm), dtype=torch.long)
-    mask = torch.zeros((len(conts), width), dtype=torch.long)
-    for j, c in enumerate(conts):
-        if len(c) > 1:
-            ids[j, :len(c) - 1] = torch.as_tensor(c[:-1], dtype=torch.long)
-            mask[j, :len(c) - 1] = 1
-    prompt_mask = inputs["attention_mask"].cpu()
-    start = prompt_mask.sum(-1, keepdim=True)
-    dev = lm.device
-    res = lm.model(input_ids=ids.to(dev), attention_mask=torch.cat([prompt_mask, mask], 1).to(dev),
-                   position_ids=(start + torch.arange(width)).to(dev),
-                   use_cache=True, **{_cache_kwarg(lm.model): copy.deepcopy(cache)})
-    logp = torch.log_softmax(res.logits.float(), dim=-1).cpu()
-    return [float(logp[j, torch.arange(len(c) - 1), torch.as_tensor(c[1:], dtype=torch.long)].sum())
-            if len(c) > 1 else 0.0 for j, c in enumerate(conts)]
-
-
-_cache_kwarg = cache_keyword  # old private names, kept for callers
-_returned_cache = returned_cache
+    return score_candidates(lm, prefixes, opt_ids, batch_size=batch_size).rows()
 
 
 @torch.inference_mode()

@@ -20,7 +20,8 @@ The rules (docs/extending.md):
 * **(e) No import runs back up** the floors of docs/extending.md: a module placed on a floor
   there imports nothing placed on a higher one (modules the table does not name are skipped).
 * **(d) One error base.** Every class named ``*Error`` derives from
-  :class:`probe.errors.EmoprobeError`, which the command line reports as ``error:`` + exit 2.
+  :class:`probe.errors.EmoprobeError`, which the command line reports as ``error:`` + exit 2,
+  and no two modules define an error class of the same name.
 * **(f) No module over 500 lines** (STYLE.md): split it where its concepts part.
 """
 
@@ -272,6 +273,24 @@ def test_every_error_class_derives_from_emoprobe_error(code):
         good |= more
     bad = sorted(q for q in classes if q.split(".")[-1] not in good)
     assert len(classes) > 30 and not bad, f"not EmoprobeError subclasses: {bad}"
+
+
+def shared_names(classes: dict[str, list[str]]) -> dict[str, list[str]]:
+    """``{class name: [modules]}`` of the names that more than one module defines."""
+    homes: dict[str, list[str]] = {}
+    for qualified in classes:
+        module, _, name = qualified.rpartition(".")
+        homes.setdefault(name, []).append(module)
+    return {n: sorted(m) for n, m in homes.items() if len(m) > 1}
+
+
+def test_no_two_error_classes_share_a_name(code):
+    """One class per error name: ``except ScoringError`` means the same thing everywhere."""
+    modules = code[0]
+    classes = error_classes(modules)
+    assert shared_names({"a.XError": [], "b.XError": [], "b.YError": []}) == {"XError": ["a", "b"]}
+    twins = shared_names(classes)
+    assert len(classes) > 30 and not twins, f"error classes defined twice: {twins}"
 
 
 #: The most lines a module of the three packages may have (STYLE.md: "rarely above 500").

@@ -28,7 +28,7 @@ import numpy as np
 import pandas as pd
 
 from probe.behaviour.paired import Bootstrap
-from probe.behaviour.scoring import score_candidates, tokenize_candidates
+from probe.scoring import score_candidates, tokenize_candidates
 from probe.behaviour.templates import RAW_ANSWER_CUE
 from probe.data.schema import DatasetError, EmotionDataset
 from probe.store import cached_layers, open_store

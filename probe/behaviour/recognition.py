@@ -31,7 +31,7 @@ import pandas as pd
 
 from probe.behaviour.generation import generate, parse_answer, parse_rating
 from probe.behaviour.paired import Bootstrap
-from probe.behaviour.scoring import score_candidates, tokenize_candidates
+from probe.scoring import score_candidates, tokenize_candidates
 from probe.behaviour.templates import (
     RATING_LEVELS,
     Template,

@@ -29,7 +29,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from probe.errors import EmoprobeError
+from probe.errors import AttributionError
 from probe.forward import Batch, make_batch
 from probe.interventions import replace_with
 from probe.sites import Site
@@ -40,10 +40,6 @@ Readout = Callable[[Tensor, Batch], Tensor]  # (logits, batch) -> [batch]
 
 POSITIVE_WORDS = ("happy", "joy", "joyful", "glad", "excited", "delighted", "pleased", "content")
 NEGATIVE_WORDS = ("sad", "angry", "afraid", "scared", "upset", "disgusted", "fear", "anxious")
-
-
-class AttributionError(EmoprobeError, ValueError):
-    """Modality attribution cannot run as asked."""
 
 
 def answer_tokens(tokenizer, words: Sequence[str]) -> list[int]:

@@ -28,7 +28,8 @@ from typing import Literal
 import numpy as np
 
 from probe.errors import EmoprobeError
-from steering.scoring import continuation_ids, option_logprobs, option_logprobs_ids, prompt_ids
+from probe.scoring import score_candidates
+from steering.scoring import continuation_ids, option_logprobs, prompt_ids
 
 Scoring = Literal["letter", "text"]
 KINDS = ("arithmetic", "common_sense", "reading")
@@ -115,8 +116,8 @@ def option_scores(lm, items: Sequence[MCItem], *, scoring: Scoring = "text",
     stems = continuation_ids(lm, [it.answer_stem for it in items])
     options = [continuation_ids(lm, [f" {o}" if it.answer_stem else o for o in it.options])
                for it in items]
-    return option_logprobs_ids(lm, [p + s for p, s in zip(ids, stems)], options,
-                               batch_size=batch_size)
+    return score_candidates(lm, [p + s for p, s in zip(ids, stems)], options,
+                            batch_size=batch_size).rows()
 
 
 @dataclass(frozen=True, kw_only=True)

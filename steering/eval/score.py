@@ -104,13 +104,14 @@ def reply_logprobs(lm, prompts: Sequence[str], replies: Sequence[str], *,
 
 
 def _prefix_logprobs(lm, prefix: list[int], conts: list[list[int]], batch_size: int):
-    from steering.scoring import _cache_kwarg, _pad_id, _returned_cache
+    from probe.kvcache import cache_keyword, returned_cache
+    from steering.scoring import _pad_id
 
     dev = lm.device
     res = lm.model(input_ids=torch.as_tensor([prefix], device=dev), use_cache=True,
                    logits_to_keep=1)
     first = torch.log_softmax(res.logits[0, -1].float(), -1).cpu()
-    cache = _returned_cache(res)
+    cache = returned_cache(res)
     out = []
     for b in range(0, len(conts), batch_size):
         part = [c for c in conts[b:b + batch_size]]
@@ -124,7 +125,7 @@ def _prefix_logprobs(lm, prefix: list[int], conts: list[list[int]], batch_size: 
         rows = copy.deepcopy(cache)
         rows.batch_repeat_interleave(len(part))
         logits = lm.model(input_ids=ids.to(dev), attention_mask=mask.to(dev), use_cache=True,
-                          **{_cache_kwarg(lm.model): rows}).logits.float()
+                          **{cache_keyword(lm.model): rows}).logits.float()
         logp = torch.log_softmax(logits, -1).cpu()
         for j, c in enumerate(part):
             rest = logp[j, torch.arange(len(c) - 1), torch.as_tensor(c[1:], dtype=torch.long)]

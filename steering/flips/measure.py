@@ -1,7 +1,7 @@
 """Steering flips: does steering along an emotion direction change the model's zero-shot answers?
 
 The model is asked which emotion a stimulus expresses (label scoring of
-:mod:`probe.behaviour.scoring` over a template of :mod:`probe.behaviour.templates`; the answer
+:mod:`probe.scoring` over a template of :mod:`probe.behaviour.templates`; the answer
 is the most likely class name, raw ``sum`` and contextually ``calibrated``), first unsteered,
 then with each emotion's direction added over a band of layers at several strengths. The
 directions are computed from the store's rows of the **training** scenarios only
@@ -100,7 +100,7 @@ class Asker:
     def __init__(self, lm, texts: Sequence[str], classes: Sequence[str], template: str,
                  batch_size: int = 16) -> None:
         from probe.behaviour.recognition import CONTENT_FREE, encode_prompts
-        from probe.behaviour.scoring import tokenize_candidates
+        from probe.scoring import tokenize_candidates
         from probe.behaviour.templates import select_templates
 
         (tpl,) = [t for t in select_templates("emotion", (template,))]
@@ -114,7 +114,7 @@ class Asker:
 
     def answers(self) -> dict[str, np.ndarray]:
         """``{"sum": [n] class index, "calibrated": [n] class index}``."""
-        from probe.behaviour.scoring import score_candidates
+        from probe.scoring import score_candidates
 
         with torch.no_grad():
             lp = score_candidates(self.lm, self.prompts, self.cands,

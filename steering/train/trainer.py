@@ -17,7 +17,6 @@ exactly what was trained and ``scale=s`` scales it.
 from __future__ import annotations
 
 import copy
-import inspect
 import math
 import time
 from collections.abc import Sequence
@@ -27,6 +26,7 @@ from typing import Literal
 import torch
 from torch import Tensor
 
+from probe.kvcache import cache_keyword, returned_cache
 from probe.sites import Site
 from steering.train.batching import PairBatch
 from steering.train.objectives import PairData
@@ -133,16 +133,10 @@ class SteeredModel:
             self._mask = torch.zeros_like(mask[:, : batch.width - 1])
             with torch.no_grad():
                 res = self.lm.model(**pre, use_cache=True, logits_to_keep=1)
-                cache = getattr(res, "cache", None)
-                self._prefixes[key] = cache if cache is not None else res.past_key_values
+                self._prefixes[key] = returned_cache(res)
         self._mask = mask[:, batch.width - 1:]
-        return self.lm.model(**suf, **{_cache_kwarg(self.lm.model): copy.deepcopy(self._prefixes[key])},
-                             use_cache=True).logits
-
-
-def _cache_kwarg(model) -> str:
-    """``cache`` (transformers >= 5.2x) or ``past_key_values`` (earlier)."""
-    return "cache" if "cache" in inspect.signature(model.forward).parameters else "past_key_values"
+        cache = copy.deepcopy(self._prefixes[key])
+        return self.lm.model(**suf, **{cache_keyword(self.lm.model): cache}, use_cache=True).logits
 
 
 def train_vector(lm, data: PairData, objective, config: TrainConfig = TrainConfig(), *,

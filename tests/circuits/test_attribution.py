@@ -12,11 +12,12 @@ import numpy as np
 import pytest
 import torch
 
-from circuits.attribution import AttributionError, attribute, bootstrap_ci
+from circuits.attribution import attribute, bootstrap_ci
 from circuits.baselines import MeanBaseline, PairBaseline, ZeroBaseline, take
 from circuits.components import Component, groups
 from circuits.metrics import Metric, direction
 from circuits.patching import patch
+from probe.errors import AttributionError
 from probe.forward import run_with_cache
 from probe.sites import Site
 from tests.circuits.conftest import TEXTS, direction_for

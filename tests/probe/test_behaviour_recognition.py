@@ -124,7 +124,7 @@ def test_dialogue_context_uses_the_full_dataset(tiny_llama):
 def test_calibration_removes_the_content_free_preference(tiny_llama, labelled):
     """``calibrated`` = softmax(log p(label | item) - log p(label | "N/A")), per template."""
     from probe.behaviour.recognition import CONTENT_FREE, encode_prompts
-    from probe.behaviour.scoring import score_candidates, tokenize_candidates
+    from probe.scoring import score_candidates, tokenize_candidates
     from probe.behaviour.templates import select_templates
 
     items = recognise(tiny_llama, labelled, config=RecognitionConfig(templates=("options",)))

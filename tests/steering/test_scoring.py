@@ -6,8 +6,10 @@ import numpy as np
 import pytest
 import torch
 
+from probe.scoring import ScoringError, score_candidates_naive
 from steering.scoring import (
-    ScoringError, continuation_ids, greedy_replies, option_logprobs, prompt_ids, token_logprobs)
+    continuation_ids, greedy_replies, option_logprobs, prompt_ids, token_logprobs)
+from tests.tolerance import assert_close
 
 PROMPTS = ["I lost my keys again today.", "We won the final!", "The meeting is at noon.", ""]
 REPLIES = ["The bus left without me.", "Everyone is cheering in the street.", "",
@@ -50,6 +52,22 @@ def test_option_logprobs_equal_summed_token_logprobs(tiny_llama, one_thread):
     for p, opts, g in zip(PROMPTS, options, got):
         ref = [float(token_logprobs(tiny_llama, [p], [o])[0].sum()) for o in opts]
         np.testing.assert_allclose(g, ref, atol=TOL * 10, rtol=0)
+
+
+def test_option_logprobs_are_the_label_scorer_of_probe(tiny_llama, one_thread):
+    """One label scorer: steering's options go through probe.scoring.score_candidates, whose
+    reference is one plain forward per (prompt, option); the chat template's shared system turn
+    is run once (shared prefix) and prompts have different numbers of options."""
+    prompts = ["I lost my keys again today.", "We won the final!", "Noon."]
+    options = [["Anger", "Sad", "A long and winding answer"], ["Joy"], ["x", "Someone stole it."]]
+    got = option_logprobs(tiny_llama, prompts, options, system_prompt="Name the emotion.",
+                          batch_size=2)
+    ids = prompt_ids(tiny_llama, prompts, system_prompt="Name the emotion.")
+    ref = score_candidates_naive(tiny_llama, ids, [continuation_ids(tiny_llama, o) for o in options])
+    assert [len(g) for g in got] == [3, 1, 2]
+    for g, r in zip(got, ref.rows()):
+        assert_close(g, r)
+    assert option_logprobs(tiny_llama, [], []) == []
 
 
 def test_prompt_uses_chat_template_and_system_prompt(tiny_llama):

@@ -1,5 +1,9 @@
 """Label scoring: the log-likelihood of every candidate answer as the continuation of a prompt.
 
+The one label scorer of the toolkit: ``probe behave``'s zero-shot answers, ``probe steer-flips``,
+steering's multiple-choice capability items and its LLM judge
+(:func:`steering.scoring.option_logprobs`) all score their options here.
+
 :func:`score_candidates` runs ONE forward over a batch of prompts (left-padded, position ids
 from the mask, ``use_cache=True``, logits of the last position only), then copies each prompt's
 KV cache once per candidate and runs all candidates of all prompts as one second forward
@@ -7,7 +11,7 @@ KV cache once per candidate and runs all candidates of all prompts as one second
 token; the result holds the summed log-probability and the token count, so both the ``sum``
 and the length-normalised ``mean`` variants are available. :func:`score_candidates_naive`
 is the reference: one full forward per (prompt, candidate), no padding, no cache; the two agree
-within float tolerance (``tests/probe/test_behaviour_scoring.py``, tiny models of several
+within float tolerance (``tests/probe/test_scoring.py``, tiny models of several
 families and SmolLM2) and ``benchmarks/bench_label_scoring.py`` measures the speed-up.
 
 >>> lm = load_model("smollm2-135m")  # doctest: +SKIP
@@ -19,23 +23,26 @@ from __future__ import annotations
 
 import copy
 from collections.abc import Sequence
-from numbers import Integral
 from dataclasses import dataclass
+from numbers import Integral
 
 import numpy as np
 import torch
 from jaxtyping import Float
 from torch import Tensor
 
-from probe.capture import pad_batch
 from probe.errors import EmoprobeError
+from probe.forward import pad_batch
 from probe.kvcache import cache_keyword, returned_cache
+
+__all__ = ["MIN_SHARED", "Scores", "ScoringError", "SharedPrefix", "score_candidates",
+           "score_candidates_naive", "tokenize_candidates"]
 
 Ids = Sequence[int]
 
 
 class ScoringError(EmoprobeError, ValueError):
-    """Prompts or candidates cannot be scored (empty, mismatched, ...)."""
+    """Prompts, candidates or replies cannot be scored as asked (empty, mismatched, ...)."""
 
 
 @dataclass(frozen=True)
@@ -55,6 +62,10 @@ class Scores:
         """Length-normalised log-likelihood (per token)."""
         with np.errstate(invalid="ignore", divide="ignore"):
             return self.logprob / self.n_tokens
+
+    def rows(self) -> list[np.ndarray]:
+        """Each prompt's candidate log-probabilities (sum), without the NaN of absent ones."""
+        return [lp[n > 0] for lp, n in zip(self.logprob, self.n_tokens)]
 
     def variant(self, name: str) -> np.ndarray:
         """``"sum"`` or ``"mean"``."""

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import torch
 
-from probe.behaviour.scoring import (
+from probe.scoring import (
     Scores,
     ScoringError,
     score_candidates,
@@ -108,7 +108,7 @@ def test_smollm2_real_items_batched_equals_naive(one_thread):
 def test_a_shared_prefix_is_run_once_and_changes_no_score(lm, one_thread):
     """Prompts that open alike (a system turn, a template's first words): the opening runs once,
     every batch continues a copy of its cache, and the scores equal the naive loop's."""
-    from probe.behaviour.scoring import SharedPrefix
+    from probe.scoring import SharedPrefix
 
     opening = lm.tokenizer("Read this and say the emotion.",
                            add_special_tokens=False)["input_ids"]
