@@ -23,7 +23,10 @@ from steering.errors import SteeringError
 Method = Literal["mean-diff", "mean-diff-neutral", "context-agnostic", "pca-diff", "pca-center",
                  "lda", "probe", "prompted"]
 METHODS: tuple[str, ...] = get_args(Method)
-STORE_METHODS = METHODS[:6]
+#: Methods computed from an activation store's rows, by name (``probe`` reads a sweep's saved
+#: probes, ``prompted`` the model's replies); each has a function in ``_METHODS``.
+STORE_METHODS: tuple[str, ...] = ("mean-diff", "mean-diff-neutral", "context-agnostic",
+                                  "pca-diff", "pca-center", "lda")
 
 
 @dataclass(frozen=True)
