@@ -395,3 +395,12 @@ def test_only_the_command_line_layer_reads_argparse(code):
     assert "probe.behaviour.run" in library and "probe.behaviour.cli" not in library
     bad = [f"{m}:{where}" for m, p in sorted(library.items()) for where in namespace_uses(p)]
     assert not bad, "argparse outside the command-line layer:\n" + "\n".join(bad)
+
+
+def test_steering_and_circuits_do_not_import_each_other(code):
+    """Plugins build on probe only: what both need (directions read from a store) is core."""
+    _, found = code
+    top = {"steering": "circuits", "circuits": "steering"}
+    bad = [f"{u.source}:{u.line} imports {u.target}" for u in found
+           if top.get(u.source.split(".")[0]) == u.target.split(".")[0]]
+    assert not bad, "one plugin imports another:\n" + "\n".join(bad)
