@@ -133,7 +133,7 @@ def _input_hooks(lm, fns: dict[str, callable]):
             mod = blocks[layer].input_layernorm if kind == "attn_in" else \
                 blocks[layer].post_attention_layernorm
             handles.append(mod.register_forward_pre_hook(
-                lambda m, args, fn=fn: (fn(args[0]), *args[1:])))
+                lambda m, inputs, fn=fn: (fn(inputs[0]), *inputs[1:])))
         yield
     finally:
         for h in handles:

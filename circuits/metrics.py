@@ -13,7 +13,8 @@ residual-stream values (``sites``; the forward stops after the deepest one) or t
 
 A direction is a tensor ``[d_model]`` or anything with ``.directions`` ``{Site: tensor}`` (a
 ``SteeringVector``); one that carries a model id or weight fingerprint is checked against the
-model. :func:`emotion_directions` computes mean-difference directions from an activation store.
+model. :func:`emotion_directions` computes directions from an activation store (the core's
+:mod:`probe.directions`; circuits imports nothing from steering).
 
 >>> m = direction(v, layer=24, name="direction:happiness@L24")  # doctest: +SKIP
 >>> m(values, batch)  # [batch] projections  # doctest: +SKIP
@@ -265,17 +266,18 @@ def parse_metric_spec(spec: str) -> tuple[str, list[str], int | None]:
 def emotion_directions(lm, dataset, *, layer: int, groups: Sequence[str] | None = None,
                        target: str | None = None, method: str = "context-agnostic",
                        progress: bool = False, cache_dir=None):
-    """``{emotion: SteeringVector}`` at ``blocks.{layer}.hook_resid_post`` (last token).
+    """``{emotion: Direction}`` at ``blocks.{layer}.hook_resid_post`` (last token).
 
-    Computed by :func:`steering.directions.directions` (Wang et al.'s context-agnostic method
-    by default) from the activation store of ``dataset`` (cached if missing), using only rows
-    whose group is in ``groups`` (the training scenarios): the circuit is then checked on
-    scenarios its direction never saw.
+    Computed by :func:`probe.directions.store_directions` (Wang et al.'s context-agnostic
+    method by default; the same directions ``steering.directions`` makes) from the activation
+    store of ``dataset`` (cached if missing), using only rows whose group is in ``groups`` (the
+    training scenarios): the circuit is then checked on scenarios its direction never saw.
+    ``.save(folder)`` writes them in the steering-vector file format.
     """
     from probe.cache import CacheConfig, cache_activations, default_store_path
+    from probe.direction_methods import DirectionError
+    from probe.directions import store_directions
     from probe.store import open_store
-    from steering.directions import directions
-    from steering.vector import SteeringError
 
     config = CacheConfig(sites=f"blocks.{layer}.hook_resid_post")
     out = default_store_path(lm, dataset, config, cache_dir)
@@ -285,9 +287,9 @@ def emotion_directions(lm, dataset, *, layer: int, groups: Sequence[str] | None 
     if groups is not None:
         rows = np.isin(np.array([str(g) for g in ds["group"].values]), list(groups))
     try:
-        return directions(ds, method=method, site="resid_post", layers=[layer], target=target,
-                          rows=rows)
-    except SteeringError as exc:
+        return store_directions(ds, method=method, site="resid_post", layers=[layer],
+                                target=target, rows=rows)
+    except DirectionError as exc:
         raise MetricError(str(exc)) from None
 
 

@@ -275,8 +275,8 @@ class HookManager:
         self._handles: list = []
 
     # ------------------------------------------------------------ forward state
-    def _begin(self, module, args, kwargs) -> None:
-        ids = kwargs.get("input_ids", args[0] if args else None)
+    def _begin(self, module, inputs, kwargs) -> None:
+        ids = kwargs.get("input_ids", inputs[0] if inputs else None)
         embeds = kwargs.get("inputs_embeds")
         ref = ids if ids is not None else embeds
         batch, cur = ref.shape[0], ref.shape[1]
@@ -299,11 +299,11 @@ class HookManager:
         self._forward = _Forward(cols, mask, width, self._steps, self.content, self.modality)
         self._steps += 1
 
-    def _outer(self, module, args, kwargs) -> None:
+    def _outer(self, module, inputs, kwargs) -> None:
         mask = kwargs.get("attention_mask")
         self._outer_mask = mask if isinstance(mask, Tensor) and mask.dim() == 2 else None
 
-    def _end(self, module, args, kwargs, output) -> None:
+    def _end(self, module, inputs, kwargs, output) -> None:
         self._forward = None
         self._outer_mask = None
 
@@ -419,19 +419,19 @@ def _run(funcs: list[HookFn], value: Tensor, ctx: HookContext) -> Tensor | None:
 
 
 def _pre(manager: HookManager, entries):
-    def hook(module, args, kwargs):
-        raw = args[0] if args else kwargs["hidden_states"]
+    def hook(module, inputs, kwargs):  # torch's positional inputs, not command-line args
+        raw = inputs[0] if inputs else kwargs["hidden_states"]
         new = manager._apply(entries, raw)
         if new is None:
             return None
-        if args:
-            return (new, *args[1:]), kwargs
-        return args, {**kwargs, "hidden_states": new}
+        if inputs:
+            return (new, *inputs[1:]), kwargs
+        return inputs, {**kwargs, "hidden_states": new}
     return hook
 
 
 def _post(manager: HookManager, entries):
-    def hook(module, args, output):
+    def hook(module, inputs, output):
         raw = output[0] if isinstance(output, tuple) else output
         new = manager._apply(entries, raw)
         if new is None:
@@ -440,7 +440,7 @@ def _post(manager: HookManager, entries):
     return hook
 
 
-def _stop(module, args, output):
+def _stop(module, inputs, output):
     raise StopForward
 
 

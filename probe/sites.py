@@ -61,9 +61,13 @@ SiteKind = Literal[
     "attn.hook_v",
 ]
 ALL_KINDS: tuple[str, ...] = get_args(SiteKind)
-LAYER_KINDS: tuple[str, ...] = ALL_KINDS[1:]
-#: Kinds an activation store can hold (pooled per sample); q/k/v are for interventions.
-STORE_KINDS: tuple[str, ...] = ALL_KINDS[:8]
+#: Kinds inside a block: every kind but the embedding.
+LAYER_KINDS: tuple[str, ...] = tuple(k for k in ALL_KINDS if k != "hook_embed")
+#: Kinds an activation store can hold (pooled per sample), by name: q/k/v are for
+#: interventions, and a kind added to :data:`SiteKind` is not stored until it is named here.
+STORE_KINDS: tuple[str, ...] = ("hook_embed", "hook_resid_pre", "hook_resid_mid",
+                                "hook_resid_post", "hook_attn_out", "hook_mlp_out",
+                                "attn.hook_z", "mlp.hook_post")
 #: Kinds whose sites may name one head (``head=``); k/v heads are key/value heads.
 HEAD_KINDS: tuple[str, ...] = ("attn.hook_z", "attn.hook_q", "attn.hook_k", "attn.hook_v")
 #: Kinds whose sites may name one neuron (``neuron=``).

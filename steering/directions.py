@@ -29,6 +29,10 @@ L2-normalised per site (``normalize=False`` keeps raw norms; they are in ``meta[
 either way), and carries the site's typical RMS over the rows it was computed from
 (``meta["rms"]``, the unit of ``strength="rms"``). :func:`heldout_auroc` checks that a
 direction separates its emotion on rows it was not computed from.
+
+The store methods and the reading of rows are the core's (:mod:`probe.direction_methods`,
+:mod:`probe.directions`; ``circuits`` uses them too); this module adds ``probe`` and ``prompted``
+and makes steering vectors.
 """
 
 from __future__ import annotations
@@ -38,112 +42,24 @@ from pathlib import Path
 
 import numpy as np
 
+from probe.directions import load_rows as _core_load_rows
+from probe.directions import store_directions
 from steering.methods import (  # noqa: F401 (re-exported: the methods' public names)
     METHODS,
     STORE_METHODS,
     Method,
     Rows,
     _emotion_list,
+    as_vectors,
     compute,
     site_kind,
+    steering_errors,
     to_vectors,
 )
 from steering.vector import SteeringError, VectorSet
 
-_PROV_KEYS = ("model", "model_id", "weight_fingerprint", "architecture", "n_layers", "d_model",
-              "dtype", "chat_template", "system_prompt", "dataset", "dataset_hash")
-
-
-def load_rows(store, *, site: str = "resid_post", layers: Iterable[int] | None = None,
-              pooling: str = "last", target: str | None = None,
-              context: Sequence[str] | None = None) -> Rows:
-    """Read pooled rows from a store (a path or an opened ``xarray.Dataset``).
-
-    Args:
-        store: Store path, or the dataset :func:`probe.store.open_store` returned.
-        site: Site kind (``resid_post``, ``attn_out``, ...).
-        layers: Layers to read (default: every layer the store holds completely).
-        pooling: One of the store's poolings.
-        target: Label coordinate (default: the dataset's default target).
-        context: Coordinates that define a context for context-agnostic directions and PCA
-            pairs (default: ``group``, plus ``valence`` when it varies within an emotion).
-    """
-    from probe.store import StoreError, open_store
-
-    path = None if not isinstance(store, (str, Path)) else Path(store)
-    try:
-        ds = open_store(path) if path is not None else store
-    except StoreError as exc:
-        raise SteeringError(str(exc)) from None
-    prov = dict(ds.attrs.get("emoprobe", {}))
-    kind = site_kind(site)
-    if kind not in ds.data_vars:
-        raise SteeringError(f"the store has no {kind} (it holds {', '.join(ds.data_vars)}); "
-                            f"cache it with probe cache --sites 'blocks.*.{kind}'")
-    poolings = list(prov.get("poolings", ds["pooling"].values.tolist()))
-    if pooling not in poolings:
-        raise SteeringError(f"pooling {pooling!r} is not in the store; it has {poolings}")
-    target = target or prov.get("default_target")
-    if target is None or target not in ds.coords:
-        labels = [c for c in prov.get("targets", {})]
-        raise SteeringError(f"target {target!r} is not a label of this store; it has {labels}")
-    layers = _store_layers(ds, kind, layers, prov)
-    var = ds[kind].sel(pooling=pooling)
-    if "layer" in var.dims:
-        var = var.sel(layer=layers).transpose("sample", "layer", ...)
-    X = np.asarray(var.values, dtype=np.float32)
-    X = X.reshape(X.shape[0], len(layers) if "layer" in var.dims else 1, -1)
-    if not np.isfinite(X).all():
-        raise SteeringError(f"{kind} has NaN/inf values at layers {layers} (an unfinished store?)")
-    labels = np.asarray(ds[target].values).astype(str)
-    ctx = _contexts(ds, labels, context)
-    meta = {k: prov[k] for k in _PROV_KEYS if k in prov}
-    meta["store"] = str(path) if path is not None else prov.get("store")
-    return Rows(X, labels, ctx, layers if "layer" in var.dims else [None], kind, pooling, target, meta)
-
-
-def _store_layers(ds, kind: str, layers, prov: dict) -> list[int]:
-    if "layer" not in ds[kind].dims:
-        return [None]
-    n = int(prov.get("n_samples", ds.sizes["sample"]))
-    progress = ds.attrs.get("progress", {})
-    have = sorted(int(k.split("/")[1]) for k, v in progress.items()
-                  if k.startswith(kind + "/") and v == n)
-    if layers is None:
-        if not have:
-            raise SteeringError(f"no layer of {kind} is fully cached in this store")
-        return have
-    layers = [int(x) for x in layers]
-    if not layers:
-        raise SteeringError("layers is empty; give e.g. range(10, 20)")
-    missing = [x for x in layers if x not in have]
-    if missing:
-        raise SteeringError(f"layers {missing} of {kind} are not cached in this store (cached: "
-                            f"{have[0] if have else '-'}..{have[-1] if have else '-'}, "
-                            f"{len(have)} layers); rerun probe cache with those layers")
-    return layers
-
-
-def _contexts(ds, labels: np.ndarray, context: Sequence[str] | None) -> np.ndarray:
-    if context is None:
-        # valence is part of the context when it belongs to the stimulus, not to the emotion:
-        # SEV replies give each (scenario, event valence) in all six emotions; in
-        # emotion-scenarios each emotion's event has one valence per scenario
-        context = ["group"]
-        if "valence" in ds.coords:
-            val = np.asarray(ds["valence"].values).astype(str)
-            grp = np.asarray(ds["group"].values).astype(str)
-            cells = {}
-            for g, e, v in zip(grp, labels, val):
-                cells.setdefault((g, e), set()).add(v)
-            if any(len(v) > 1 for v in cells.values()):
-                context.append("valence")
-    missing = [c for c in context if c not in ds.coords]
-    if missing:
-        raise SteeringError(f"context coordinates {missing} are not in the store; it has "
-                            f"{sorted(ds.coords)}")
-    parts = [np.asarray(ds[c].values).astype(str) for c in context]
-    return np.array(["|".join(p) for p in zip(*parts)]) if len(parts) > 1 else parts[0]
+#: Pooled rows from a store (:func:`probe.directions.load_rows`), raising SteeringError.
+load_rows = steering_errors(_core_load_rows)
 
 
 # ------------------------------------------------------------------------------ methods
@@ -191,12 +107,9 @@ def directions(source, *, method: Method, site: str = "resid_post",
                                 emotions=emotions, neutral=neutral, normalize=normalize)
     if hasattr(source, "model") and hasattr(source, "tokenizer"):
         source = cache_on_the_fly(source, dataset=dataset, site=site, pooling=pooling)
-    data = load_rows(source, site=site, layers=layers, pooling=pooling, target=target,
-                     context=context)
-    if rows is not None:
-        data = data.select(rows)
-    raw = compute(data, method, emotions=emotions, neutral=neutral)
-    return to_vectors(raw, data, method, normalize=normalize)
+    return as_vectors(steering_errors(store_directions)(
+        source, method=method, site=site, layers=layers, pooling=pooling, target=target,
+        neutral=neutral, emotions=emotions, context=context, rows=rows, normalize=normalize))
 
 
 def cache_on_the_fly(lm, *, dataset: str = "emotion-scenarios", site: str = "resid_post",

@@ -35,68 +35,46 @@ pickled. :func:`steering.gguf_export.export_gguf` writes llama.cpp control vecto
 
 from __future__ import annotations
 
-import hashlib
 import json
 import math
 import os
 from collections.abc import Iterable, Iterator, Mapping
 from contextlib import contextmanager
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
 
 import torch
 from torch import Tensor
 
-from probe.io import atomic_write
-from probe.artifacts import save_safetensors
+from probe.direction_methods import DirectionError
+from probe.directions import FORMAT, Direction, DirectionSet, file_base, site_tensors
 from probe.sites import Site, SiteError
 from steering.errors import SteeringError
 from steering.inject import Setting, Strength, steering_hooks
 
 Match = Literal["exact", "architecture", "none"]
-FORMAT = 1
 
 
 @dataclass(frozen=True, eq=False)
-class SteeringVector:
-    """One direction per site, plus provenance (see the module docstring for ``meta``).
+class SteeringVector(Direction):
+    """One direction per site, plus provenance (see the module docstring for ``meta``): a
+    :class:`probe.directions.Direction` (its files, sites and layers) that can steer.
 
     Attributes:
         directions: ``{Site: Tensor}``, one 1-D float32 CPU vector per site.
         meta: Provenance; arithmetic keeps what both operands agree on.
     """
 
-    directions: dict[Site, Tensor]
-    meta: dict = field(default_factory=dict)
-
     def __post_init__(self) -> None:
-        if not self.directions:
-            raise SteeringError("a steering vector needs at least one site")
-        clean: dict[Site, Tensor] = {}
-        for site, vec in self.directions.items():
-            site = Site.parse(site) if isinstance(site, str) else site
-            if not isinstance(site, Site):
-                raise SteeringError(f"keys must be Sites or site names, got {site!r}")
-            vec = torch.as_tensor(vec).detach().to("cpu", torch.float32).contiguous()
-            if vec.dim() != 1 or vec.numel() == 0:
-                raise SteeringError(f"the vector at {site} must be 1-D, got shape {tuple(vec.shape)}")
-            if not torch.isfinite(vec).all():
-                raise SteeringError(f"the vector at {site} has NaN or inf entries")
-            clean[site] = vec
-        object.__setattr__(self, "directions", dict(sorted(clean.items())))
+        try:
+            clean = site_tensors(self.directions)
+        except DirectionError as exc:
+            raise SteeringError(str(exc)) from None
+        object.__setattr__(self, "directions", clean)
         object.__setattr__(self, "meta", dict(self.meta))
 
     # ------------------------------------------------------------------ views
-    @property
-    def sites(self) -> list[Site]:
-        return list(self.directions)
-
-    @property
-    def layers(self) -> list[int]:
-        """Layers the vector touches, sorted (``hook_embed`` has none)."""
-        return sorted({s.layer for s in self.directions if s.layer is not None})
-
     @property
     def emotion(self) -> str:
         return str(self.meta.get("emotion", ""))
@@ -256,28 +234,7 @@ class SteeringVector:
             yield manager
 
     # ------------------------------------------------------------------ files
-    def checksum(self) -> str:
-        """SHA-256 over site names and float32 bytes, in site order."""
-        h = hashlib.sha256()
-        for site, vec in self.directions.items():
-            h.update(str(site).encode() + b"\0")
-            h.update(vec.numpy().astype("<f4").tobytes())
-        return h.hexdigest()
-
-    def save(self, path: str | os.PathLike) -> Path:
-        """Write ``path.safetensors`` and ``path.json`` (atomically); returns the tensor file."""
-        base = _base(path)
-        base.parent.mkdir(parents=True, exist_ok=True)
-        meta = {**self.meta, "format": FORMAT, "sites": [str(s) for s in self.directions],
-                "sha256": self.checksum()}
-        text = json.dumps(meta, indent=1, sort_keys=True, allow_nan=False, default=_plain)
-        tensors = {str(s): v for s, v in self.directions.items()}
-        st = base.with_name(base.name + ".safetensors")
-        side = base.with_name(base.name + ".json")
-        save_safetensors(tensors, st, metadata={"emoprobe": text})
-        atomic_write(side, text + "\n")
-        return st
-
+    # checksum() and save(path) are Direction's: the format of probe.directions.write_direction
     @classmethod
     def load(cls, path: str | os.PathLike, lm=None, *, match: Match = "exact") -> SteeringVector:
         """Read a vector :meth:`save` wrote; verify its checksum and, given ``lm``, its fit.
@@ -289,7 +246,7 @@ class SteeringVector:
         """
         from safetensors import safe_open
 
-        base = _base(path)
+        base = file_base(path)
         st = base.with_name(base.name + ".safetensors")
         if not st.is_file():
             raise SteeringError(f"no steering vector at {st} (save one with vector.save(...))")
@@ -315,15 +272,12 @@ class SteeringVector:
 
 
 # ---------------------------------------------------------------------- collections
-class VectorSet(dict):
-    """``{emotion: SteeringVector}`` whose missing keys raise an error listing the emotions."""
+class VectorSet(DirectionSet):
+    """``{emotion: SteeringVector}`` whose missing keys raise an error listing the emotions;
+    ``save(folder)`` writes one ``<emotion>.safetensors`` + ``.json`` per vector."""
 
     def __missing__(self, key):
         raise SteeringError(f"no direction for emotion {key!r}; this set has {sorted(self)}")
-
-    def save(self, folder: str | os.PathLike) -> list[Path]:
-        """One ``<emotion>.safetensors`` + ``.json`` per vector in ``folder``."""
-        return [vec.save(Path(folder) / _safe_name(name)) for name, vec in self.items()]
 
     @classmethod
     def load(cls, folder: str | os.PathLike, lm=None, *, match: Match = "exact") -> VectorSet:
@@ -421,27 +375,3 @@ def _ranges(values: list[int]) -> str:
         else:
             runs.append([v, v])
     return ",".join(f"{a}" if a == b else f"{a}-{b}" for a, b in runs)
-
-
-def _base(path: str | os.PathLike) -> Path:
-    p = Path(path)
-    if p.suffix in (".safetensors", ".json"):
-        p = p.with_suffix("")
-    return p
-
-
-def _safe_name(name: str) -> str:
-    keep = "".join(c if c.isalnum() or c in "-_." else "_" for c in name)
-    return keep or "vector"
-
-
-def _plain(obj):
-    if isinstance(obj, Tensor):
-        return obj.tolist()
-    if isinstance(obj, (Path, os.PathLike)):
-        return os.fspath(obj)
-    if isinstance(obj, range):
-        return list(obj)
-    if hasattr(obj, "item"):
-        return obj.item()
-    raise TypeError(f"{type(obj).__name__} is not JSON-serialisable")

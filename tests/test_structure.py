@@ -386,3 +386,64 @@ def test_the_core_report_names_no_plugin():
 def test_the_plugin_words_are_found_where_they_are():
     """The check above reads string constants: it finds a plugin's word in one."""
     assert any("steer-flips" in text for _, text in code_strings(ROOT / "steering" / "flips" / "cli.py"))
+
+
+# ------------------------------------------------------------------ library vs command line
+def is_cli_layer(path: Path) -> bool:
+    """The command-line layer: ``cli.py``, ``*_cli.py``, ``cli_*.py`` (``probe/cli_args.py``,
+    the public argument groups and loaders) and ``__main__.py``; only these may read an
+    ``argparse.Namespace``."""
+    name = path.name
+    return (name in ("cli.py", "__main__.py") or name.endswith("_cli.py")
+            or name.startswith("cli_"))
+
+
+def namespace_uses(path: Path) -> list[str]:
+    """Where a module imports ``argparse``, or a function takes a parameter named ``args``
+    (``*args`` is not one) or annotated ``argparse.Namespace``/``Namespace``."""
+    bad = []
+    for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+        if isinstance(node, ast.Import) and any(a.name.split(".")[0] == "argparse"
+                                                for a in node.names):
+            bad.append(f"{node.lineno}: imports argparse")
+        elif isinstance(node, ast.ImportFrom) and (node.module or "").split(".")[0] == "argparse":
+            bad.append(f"{node.lineno}: imports from argparse")
+        elif isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef, ast.Lambda)):
+            a = node.args
+            for arg in [*a.posonlyargs, *a.args, *a.kwonlyargs]:
+                note = ast.unparse(arg.annotation) if arg.annotation else ""
+                if arg.arg == "args" or note.split(".")[-1].strip("'\"") == "Namespace":
+                    bad.append(f"{node.lineno}: {getattr(node, 'name', 'lambda')}({arg.arg}"
+                               f"{': ' + note if note else ''})")
+    return bad
+
+
+def test_the_namespace_check_finds_what_it_looks_for(tmp_path):
+    path = tmp_path / "lib.py"
+    path.write_text("import argparse\n"
+                    "def run(args):\n    return args.x\n"
+                    "def go(ns: argparse.Namespace, *args):\n    pass\n"
+                    "f = lambda module, inputs: inputs\n")
+    assert namespace_uses(path) == ["1: imports argparse", "2: run(args)",
+                                    "4: go(ns: argparse.Namespace)"]
+    assert is_cli_layer(Path("probe/behaviour/cli.py")) and is_cli_layer(Path("probe/cli_args.py"))
+    assert not is_cli_layer(Path("probe/behaviour/run.py"))
+
+
+def test_only_the_command_line_layer_reads_argparse(code):
+    """Library functions take values (options dataclasses, keyword arguments); turning flags into
+    them is the command line's job."""
+    modules, _ = code
+    library = {m: p for m, p in modules.items() if not is_cli_layer(p)}
+    assert "probe.behaviour.run" in library and "probe.behaviour.cli" not in library
+    bad = [f"{m}:{where}" for m, p in sorted(library.items()) for where in namespace_uses(p)]
+    assert not bad, "argparse outside the command-line layer:\n" + "\n".join(bad)
+
+
+def test_steering_and_circuits_do_not_import_each_other(code):
+    """Plugins build on probe only: what both need (directions read from a store) is core."""
+    _, found = code
+    top = {"steering": "circuits", "circuits": "steering"}
+    bad = [f"{u.source}:{u.line} imports {u.target}" for u in found
+           if top.get(u.source.split(".")[0]) == u.target.split(".")[0]]
+    assert not bad, "one plugin imports another:\n" + "\n".join(bad)

@@ -14,7 +14,8 @@ Modules, one concept each:
 ``emotionprompt``  EmotionPrompt / NegativePrompt stimuli on a small task set we ship
 ``figures``        the figures of ``probe behave``
 ``runfiles``       the run folder (tidy results CSV/JSON, per-item answers, run.json)
-``cli``, ``run``   the ``probe behave`` subcommand and what it runs
+``options``        what each experiment is asked to do, as plain values
+``cli``, ``run``   the ``probe behave`` subcommand (flags -> options) and what it runs
 
 Nothing is imported here: ``import probe.behaviour`` has no side effects and loads no model.
 """

@@ -1,14 +1,15 @@
 """What ``probe behave`` runs: load, cache what is missing, ask, compare, write, summarise.
 
-Each experiment is one function taking the loaded pieces (:class:`Context`) and returning its
-tables, items and figures, so later experiments (persistence, steering flips, ``probe
-report``) can call the same pieces.
+Each experiment is one function taking the loaded pieces (:class:`Context`) and its options
+(:mod:`probe.behaviour.options`, plain values) and filling the context's tables, items and
+figures, so later experiments (persistence, steering flips, ``probe report``) can call the same
+pieces. Nothing here reads the command line: :mod:`probe.behaviour.cli` turns flags into options.
 """
 
 from __future__ import annotations
 
-import argparse
 import time
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
@@ -16,21 +17,31 @@ import numpy as np
 import pandas as pd
 
 from probe.behaviour.compare import CompareConfig, compare
-from probe.behaviour.experiments import parse_experiments
+from probe.behaviour.experiments import check_experiments
 from probe.behaviour.figures import plot_emotionprompt, plot_personas, plot_probe_vs_behaviour
+from probe.behaviour.options import (
+    BehaveOptions,
+    EmotionPromptOptions,
+    PersistenceOptions,
+    PersonaOptions,
+    RecognitionOptions,
+)
 from probe.behaviour.recognition import RecognitionConfig, recognise, summarise
 from probe.behaviour.runfiles import tidy, write_run
 from probe.behaviour.templates import TemplateError, select_templates, task_kind
 from probe.evaluate import EvalConfig
-from probe.io import command_line as typed_command
 from probe.io import run_folder
 
 
 @dataclass
 class Context:
-    """Everything an experiment needs, loaded once."""
+    """Everything an experiment needs, loaded once.
 
-    args: argparse.Namespace
+    ``cache_config`` also gives the batch size, system prompt and store dtype; ``eval`` the
+    folds, bootstrap resamples and seed; ``cache_dir`` is the root of the stores an experiment
+    adds (None: the default).
+    """
+
     lm: object
     dataset: object
     full: object
@@ -40,13 +51,11 @@ class Context:
     store: Path
     eval: EvalConfig
     out: Path
+    cache_dir: Path | None = None
+    progress: bool = True
     tables: dict = field(default_factory=dict)
     items: dict = field(default_factory=dict)
     run: dict = field(default_factory=dict)
-
-    @property
-    def progress(self) -> bool:
-        return not self.args.quiet
 
     def ensure_store(self) -> Path:
         from probe.cache import cache_activations
@@ -55,48 +64,47 @@ class Context:
                                  progress=self.progress)
 
 
-def command_line(args) -> str:
-    """The command as typed (``args.argv`` is set by ``probe.cli.main``)."""
-    return typed_command(getattr(args, "argv", []))
+def behave(options: BehaveOptions, *, full, cache_config, load_model: Callable[[], object]) -> int:
+    """Run ``options.experiments`` on ``full`` (the whole dataset, cut to ``options.limit``
+    here) and write the run folder; see :mod:`probe.behaviour.cli`.
 
-
-def _names(text: str | None) -> tuple[str, ...] | None:
-    return tuple(t.strip() for t in text.split(",") if t.strip()) if text else None
-
-
-def behave(args, *, load_data, load_model, cache_config) -> int:
-    """``probe behave``: see :mod:`probe.behaviour.cli`."""
+    Args:
+        options: What to run, the probing protocol and where files go.
+        full: The dataset, not yet cut to ``options.limit`` (dialogue context reads all rows).
+        cache_config: The :class:`probe.cache.CacheConfig` of the default store.
+        load_model: Loads the model; called after the cheap checks, so a mistake in the
+            options fails in seconds.
+    """
     from probe.cache import default_store_path
 
     t0 = time.time()
-    experiments = parse_experiments(args.experiments)
-    full = load_data(argparse.Namespace(**{**vars(args), "limit": None}))
-    dataset = full.limit(args.limit)
-    target = args.target or dataset.default_target
+    experiments = check_experiments(options.experiments)
+    dataset = full.limit(options.limit)
+    target = options.target or dataset.default_target
     kind = task_kind(target, dataset.target_kind(target))
-    select_templates(kind, _names(args.templates))  # fail before loading the model
-    _check_options(args, experiments, kind)
+    select_templates(kind, options.recognition.templates)  # fail before loading the model
+    _check_options(options, experiments, kind)
     if "persistence" in experiments and kind == "rating":
         raise TemplateError("--experiments persistence needs a classification target (it reads "
                             "P(true class)); pick one with --target")
     if {"recognition", "personas", "persistence"} & set(experiments):
-        _check_folds(dataset, target, kind, args.folds, getattr(args, "fold_fallback", "error"))
-    lm = load_model(args)
-    config = cache_config(args)
-    store = Path(args.store) if args.store else default_store_path(
-        lm, dataset, config, Path(args.cache_dir) if args.cache_dir else None)
-    out = run_folder(args.out, lm.spec.alias, f"behave-{dataset.name}-{target}")
-    ctx = Context(args=args, lm=lm, dataset=dataset, full=full, target=target, kind=kind,
-                  cache_config=config, store=store, out=out, eval=EvalConfig(
-                      n_folds=args.folds, C=args.C, alpha=args.alpha, n_bootstrap=args.bootstrap,
-                      seed=args.seed, control=False, lexical=False, device=str(lm.device),
-                      fold_fallback=getattr(args, "fold_fallback", "error")))
+        _check_folds(dataset, target, kind, options.folds, options.fold_fallback)
+    lm = load_model()
+    cache_dir = Path(options.cache_dir) if options.cache_dir else None
+    store = Path(options.store) if options.store else default_store_path(
+        lm, dataset, cache_config, cache_dir)
+    out = run_folder(options.out, lm.spec.alias, f"behave-{dataset.name}-{target}")
+    ctx = Context(lm=lm, dataset=dataset, full=full, target=target, kind=kind,
+                  cache_config=cache_config, store=store, out=out, cache_dir=cache_dir,
+                  progress=not options.quiet, eval=EvalConfig(
+                      n_folds=options.folds, C=options.C, alpha=options.alpha,
+                      n_bootstrap=options.bootstrap, seed=options.seed, control=False,
+                      lexical=False, device=str(lm.device), fold_fallback=options.fold_fallback))
     for name in experiments:
-        {"recognition": run_recognition, "personas": run_personas,
-         "emotionprompt": run_emotionprompt, "persistence": run_persistence}[name](ctx)
-    ctx.run.update(command=command_line(args), experiments=list(experiments),
-                   dataset=dataset.name, n_rows=len(dataset), limit=args.limit, target=target,
-                   task=kind, store=str(store), cache=asdict(config), eval=asdict(ctx.eval),
+        RUNNERS[name](ctx, options)
+    ctx.run.update(command=options.command, experiments=list(experiments),
+                   dataset=dataset.name, n_rows=len(dataset), limit=options.limit, target=target,
+                   task=kind, store=str(store), cache=asdict(cache_config), eval=asdict(ctx.eval),
                    provenance=lm.provenance(), seconds=round(time.time() - t0, 1))
     write_run(out, tidy(ctx.tables), ctx.items, ctx.run)
     print(f"\nresults: {out}  (results.csv/json, items_*.csv, run.json, *.png/svg)")
@@ -117,7 +125,7 @@ def _check_folds(dataset, target: str, kind: str, n_folds: int, fallback: str = 
                            fallback=fallback)
 
 
-def _check_options(args, experiments, kind) -> None:
+def _check_options(options: BehaveOptions, experiments, kind) -> None:
     from probe.behaviour.emotionprompt import conditions
     from probe.behaviour.sysprompt import PERSONAS
 
@@ -125,29 +133,27 @@ def _check_options(args, experiments, kind) -> None:
         if kind == "rating":
             raise TemplateError("--experiments personas needs a classification target (its "
                                 "directions are class directions); pick one with --target")
-        bad = [p for p in _names(args.personas) or () if p not in PERSONAS or p == "none"]
+        bad = [p for p in options.personas.personas or () if p not in PERSONAS or p == "none"]
         if bad:
             raise TemplateError(f"unknown persona {bad[0]!r}; choose from "
                                 f"{', '.join(p for p in PERSONAS if p != 'none')}")
-        select_templates(kind, _names(args.persona_templates))
+        select_templates(kind, options.personas.templates)
     if "emotionprompt" in experiments:
-        conditions(_names(args.stimuli))
+        conditions(options.emotionprompt.stimuli)
 
 
 # ----------------------------------------------------------------------------- recognition
 
 
-def run_recognition(ctx: Context) -> None:
+def run_recognition(ctx: Context, options: RecognitionOptions | None = None) -> None:
     """Zero-shot answers, their summary, and the probe comparison on the same store."""
-    args = ctx.args
+    options = options or RecognitionOptions()
     ctx.ensure_store()
-    templates = tuple(t.name for t in select_templates(ctx.kind, _names(args.templates)))
-    rc = RecognitionConfig(templates=templates, batch_size=args.batch_size,  # names, not "default"
-                           max_new_tokens=args.max_new_tokens, system_prompt=args.system_prompt,
-                           context=args.context, n_context=args.n_context)
+    templates = tuple(t.name for t in select_templates(ctx.kind, options.templates))
+    rc = _recognition_config(ctx, options, templates, ctx.cache_config.system_prompt)
     items = recognise(ctx.lm, ctx.dataset, target=ctx.target, config=rc, full=ctx.full,
                       progress=ctx.progress)
-    summary = summarise(items, n_boot=args.bootstrap, seed=args.seed)
+    summary = summarise(items, n_boot=ctx.eval.n_bootstrap, seed=ctx.eval.seed)
     table = compare(ctx.store, items, target=ctx.target, config=CompareConfig(eval=ctx.eval))
     ctx.tables["recognition"] = summary.assign(estimator="zero-shot")
     ctx.tables["compare"] = table[table["estimator"] != "zero-shot"]
@@ -161,6 +167,14 @@ def run_recognition(ctx: Context) -> None:
                                 title=f"{ctx.lm.spec.alias} · {ctx.dataset.name} · {ctx.target} · "
                                       f"{pooling} pooling · n={table.attrs['n']}")
     print(format_recognition(summary, table))
+
+
+def _recognition_config(ctx: Context, options: RecognitionOptions, templates,
+                        system_prompt: str | None) -> RecognitionConfig:
+    """How to ask: ``templates`` by name (not "default"), the store's batch size."""
+    return RecognitionConfig(templates=tuple(templates), batch_size=ctx.cache_config.batch_size,
+                             max_new_tokens=options.max_new_tokens, system_prompt=system_prompt,
+                             context=options.context, n_context=options.n_context)
 
 
 def _at(df: pd.DataFrame, **kw) -> pd.DataFrame:
@@ -217,26 +231,28 @@ def _layer(v) -> str:
 # ----------------------------------------------------------------------------- personas
 
 
-def run_personas(ctx: Context) -> None:
-    """Persona stores, the representation shift, and the zero-shot answer shift."""
+def run_personas(ctx: Context, options: PersonaOptions | None = None,
+                 *, asking: RecognitionOptions | None = None) -> None:
+    """Persona stores, the representation shift, and the zero-shot answer shift (each persona
+    asked as ``asking`` says, with ``options.templates``)."""
     from probe.behaviour.sysprompt import PERSONAS, ShiftConfig, answer_shift, representation_shift
     from probe.cache import cache_activations, default_store_path
     from probe.models import ModelError
 
-    args, lm = ctx.args, ctx.lm
+    lm, options, asking = ctx.lm, options or PersonaOptions(), asking or RecognitionOptions()
     if not lm.chat_template:
         raise ModelError(f"{lm.spec.alias} is used without a chat template, so it has no system "
                          "prompt to set; personas need an instruct model with one")
-    names = ["none", *(_names(args.personas) or ())]
-    prompts = {p: (PERSONAS[p] if p != "none" else args.system_prompt) for p in names}
-    root = Path(args.cache_dir) if args.cache_dir else None
+    names = ["none", *(options.personas or ())]
+    prompts = {p: (PERSONAS[p] if p != "none" else ctx.cache_config.system_prompt) for p in names}
+    root = ctx.cache_dir
     stores = {}
     for p, prompt in prompts.items():
         cfg = replace(ctx.cache_config, system_prompt=prompt)
         path = ctx.store if p == "none" else default_store_path(lm, ctx.dataset, cfg, root)
         stores[p] = cache_activations(lm, ctx.dataset, config=cfg, out=path, progress=ctx.progress)
     shift = representation_shift(stores, target=ctx.target, config=ShiftConfig(eval=ctx.eval))
-    templates = [t.name for t in select_templates(ctx.kind, _names(args.persona_templates))]
+    templates = [t.name for t in select_templates(ctx.kind, options.templates)]
     items = {}
     for p, prompt in prompts.items():
         done = ctx.items.get("recognition")
@@ -244,12 +260,10 @@ def run_personas(ctx: Context) -> None:
             items[p] = done[done["template"].isin(templates)].reset_index(drop=True)
             items[p].attrs = done.attrs  # asked already, with the same system prompt
             continue
-        rc = RecognitionConfig(templates=tuple(templates), batch_size=args.batch_size,
-                               max_new_tokens=args.max_new_tokens, system_prompt=prompt,
-                               context=args.context, n_context=args.n_context)
+        rc = _recognition_config(ctx, asking, templates, prompt)
         items[p] = recognise(lm, ctx.dataset, target=ctx.target, config=rc, full=ctx.full,
                              progress=ctx.progress)
-    answers = answer_shift(items, n_boot=args.bootstrap, seed=args.seed)
+    answers = answer_shift(items, n_boot=ctx.eval.n_bootstrap, seed=ctx.eval.seed)
     ctx.tables["personas"] = shift
     ctx.tables["persona-answers"] = answers
     ctx.items["personas"] = pd.concat([df.assign(persona=p) for p, df in items.items()],
@@ -295,21 +309,22 @@ def format_personas(shift: pd.DataFrame, answers: pd.DataFrame, n_layers: int) -
 # ----------------------------------------------------------------------------- emotionprompt
 
 
-def run_emotionprompt(ctx: Context) -> None:
+def run_emotionprompt(ctx: Context, options: EmotionPromptOptions | None = None) -> None:
     """Task accuracy with each stimulus and the answer-position representation shift."""
     from probe.behaviour import emotionprompt as ep
     from probe.cache import CacheConfig, cache_activations, default_store_path
     from probe.data import load_dataset
 
-    args, lm = ctx.args, ctx.lm
+    lm, n_boot, seed = ctx.lm, ctx.eval.n_bootstrap, ctx.eval.seed
+    options, batch_size = options or EmotionPromptOptions(), ctx.cache_config.batch_size
     tasks = ep.load_tasks()
-    conds = ep.conditions(_names(args.stimuli))
-    items = ep.task_accuracy(lm, tasks, conds, batch_size=args.batch_size, progress=ctx.progress)
-    accuracy = ep.accuracy_table(items, n_boot=args.bootstrap, seed=args.seed)
-    root = Path(args.cache_dir) if args.cache_dir else None
+    conds = ep.conditions(options.stimuli)
+    items = ep.task_accuracy(lm, tasks, conds, batch_size=batch_size, progress=ctx.progress)
+    accuracy = ep.accuracy_table(items, n_boot=n_boot, seed=seed)
+    root = ctx.cache_dir
     prompts = ep.prompt_dataset(tasks, conds, raw=not lm.chat_template)
     cfg = CacheConfig(sites="blocks.*.hook_resid_post", poolings=("last",),
-                      batch_size=args.batch_size, store_dtype=args.store_dtype)
+                      batch_size=batch_size, store_dtype=ctx.cache_config.store_dtype)
     prompt_store = cache_activations(lm, prompts, config=cfg, progress=ctx.progress,
                                      out=default_store_path(lm, prompts, cfg, root))
     scen = load_dataset("emotion-scenarios")
@@ -317,8 +332,7 @@ def run_emotionprompt(ctx: Context) -> None:
         ("last", *ctx.cache_config.poolings))))
     direction_store = cache_activations(lm, scen, config=dcfg, progress=ctx.progress,
                                         out=default_store_path(lm, scen, dcfg, root))
-    shift = ep.representation_shift(prompt_store, direction_store, n_boot=args.bootstrap,
-                                     seed=args.seed)
+    shift = ep.representation_shift(prompt_store, direction_store, n_boot=n_boot, seed=seed)
     ctx.tables["emotionprompt"] = accuracy
     ctx.tables["emotionprompt-shift"] = shift
     ctx.items["emotionprompt"] = items
@@ -350,26 +364,26 @@ def format_emotionprompt(accuracy: pd.DataFrame, shift: pd.DataFrame, n_layers: 
 # ----------------------------------------------------------------------------- persistence
 
 
-def run_persistence(ctx: Context) -> None:
+def run_persistence(ctx: Context, options: PersistenceOptions | None = None) -> None:
     """Fold probes on the store's ``last`` pooling read along a continuation of each stimulus."""
     from probe.behaviour import persistence as ps
     from probe.behaviour.figures import plot_persistence
     from probe.cache import cache_activations, default_store_path
 
-    args, lm = ctx.args, ctx.lm
-    store = ctx.store
+    lm, n_boot, seed = ctx.lm, ctx.eval.n_bootstrap, ctx.eval.seed
+    options, store = options or PersistenceOptions(), ctx.store
     if "last" not in ctx.cache_config.poolings:  # the probe must be trained on `last` pooling
         cfg = replace(ctx.cache_config, poolings=("last", *ctx.cache_config.poolings))
-        store = default_store_path(lm, ctx.dataset, cfg,
-                                   Path(args.cache_dir) if args.cache_dir else None)
+        store = default_store_path(lm, ctx.dataset, cfg, ctx.cache_dir)
         cache_activations(lm, ctx.dataset, config=cfg, out=store, progress=ctx.progress)
     else:
         ctx.ensure_store()
-    pc = ps.PersistenceConfig(mode=args.persistence_mode, max_distance=args.max_distance,
-                              passage=args.passage, batch_size=args.batch_size, eval=ctx.eval)
+    pc = ps.PersistenceConfig(mode=options.mode, max_distance=options.max_distance,
+                              passage=options.passage, batch_size=ctx.cache_config.batch_size,
+                              eval=ctx.eval)
     p = ps.read_persistence(lm, store, target=ctx.target, config=pc, progress=ctx.progress)
-    table = ps.persistence_table(p, n_boot=args.bootstrap, seed=args.seed)
-    ctx.tables["persistence"] = table.assign(site=pc.site, n_folds=args.folds)
+    table = ps.persistence_table(p, n_boot=n_boot, seed=seed)
+    ctx.tables["persistence"] = table.assign(site=pc.site, n_folds=ctx.eval.n_folds)
     ctx.items["persistence"] = ps.items_table(p)
     L = len(p.layers)
     shown = sorted({p.layers[i] for i in (0, L // 4, L // 2, (3 * L) // 4, L - 1)})
@@ -380,7 +394,7 @@ def run_persistence(ctx: Context) -> None:
         "continuation_example": p.continuations[0][:500],
         "pooling_read": "the residual at each single position = `last` pooling of the text cut "
                         "there (what the probe was trained on)"}
-    plot_persistence(ps.curves(p, shown, n_boot=args.bootstrap, seed=args.seed), table,
+    plot_persistence(ps.curves(p, shown, n_boot=n_boot, seed=seed), table,
                      out=ctx.out / "persistence",
                      title=f"{lm.spec.alias} · {ctx.dataset.name} · persistence "
                            f"({pc.mode} continuation) · n={len(p.ids)} held-out stimuli")
@@ -404,3 +418,13 @@ def format_persistence(table: pd.DataFrame, layers) -> str:
             lines.append(f"  L{layer:<3d} d={b:8s} {s['value']:.3f}  {c['value']:.3f}  "
                          f"{_ci(d, '+')}")
     return "\n".join(lines)
+
+
+#: Each experiment (:data:`probe.behaviour.experiments.EXPERIMENTS`) with its part of the
+#: options; personas ask as recognition does (tokens, dialogue context).
+RUNNERS: dict[str, Callable[[Context, BehaveOptions], None]] = {
+    "recognition": lambda ctx, o: run_recognition(ctx, o.recognition),
+    "personas": lambda ctx, o: run_personas(ctx, o.personas, asking=o.recognition),
+    "emotionprompt": lambda ctx, o: run_emotionprompt(ctx, o.emotionprompt),
+    "persistence": lambda ctx, o: run_persistence(ctx, o.persistence),
+}

@@ -2,7 +2,17 @@
 
 import pytest
 
-from probe.sites import ALL_KINDS, Site, SiteError, parse_sites
+from probe.sites import ALL_KINDS, LAYER_KINDS, STORE_KINDS, Site, SiteError, parse_sites
+
+
+def test_the_kind_subsets_are_named_not_sliced():
+    """A store holds these kinds by name: q/k/v (interventions only) are not among them, and a
+    kind added to the grammar joins LAYER_KINDS but not STORE_KINDS until named there."""
+    assert set(STORE_KINDS) < set(ALL_KINDS)
+    assert not {"attn.hook_q", "attn.hook_k", "attn.hook_v"} & set(STORE_KINDS)
+    assert {"hook_embed", "hook_resid_post", "attn.hook_z", "mlp.hook_post"} <= set(STORE_KINDS)
+    assert len(STORE_KINDS) == 8
+    assert set(ALL_KINDS) - set(LAYER_KINDS) == {"hook_embed"}
 
 
 def test_round_trip_every_kind():

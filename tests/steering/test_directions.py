@@ -109,6 +109,9 @@ def test_method_errors():
     with pytest.raises(SteeringError, match="unknown site"):
         site_kind("residual")
     assert set(STORE_METHODS) < set(METHODS)
+    # named, not a slice of METHODS: the two that read no store stay out of it
+    assert STORE_METHODS == ("mean-diff", "mean-diff-neutral", "context-agnostic", "pca-diff",
+                             "pca-center", "lda")
 
 
 # ------------------------------------------------------------------------------ stores
