@@ -302,7 +302,7 @@ def expression_scores(judgments: Mapping[str, Sequence[str]], targets: Sequence[
     Args:
         judgments: ``{judge name: label per reply}``.
         targets: the emotion each reply was steered (or prompted) towards.
-        passed: the fluency gate's verdict per reply (:func:`steering.gate.gate`).
+        passed: the fluency gate's verdict per reply (:func:`steering.judges.gate.gate`).
         prompts: the prompt id of each reply: replies to one prompt are resampled together.
         n_boot: bootstrap resamples.
         seed: bootstrap seed.
