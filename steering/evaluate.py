@@ -242,7 +242,7 @@ def score_intervention(lm, intervention, *, emotion: str, judges: Mapping[str, o
         lm: The model, with no hooks open.
         intervention: A hook dict ``{site: fn}`` (opened with ``lm.hooks``), a zero-argument
             callable returning a context manager that opens hooks (e.g.
-            ``lambda: vec.apply(lm, scale=2)``), a :class:`~steering.inject.Setting`, or None
+            ``lambda: vec.apply(lm, strength=2)``), a :class:`~steering.inject.Setting`, or None
             (unsteered).
         emotion: The target emotion.
         judges: ``{name: judge}`` (default: :func:`load_judges` without the strong judge).
@@ -412,7 +412,7 @@ def _test_arms(config, selections, vectors) -> list[Arm]:
     for i, e in enumerate(config.emotions):
         pt = selections[e].point
         st = pt.setting(vectors)
-        rnd = Setting(vector=random_like(st.vector, config.seed + 1 + i), scale=st.scale,
+        rnd = Setting(vector=random_like(st.vector, config.seed + 1 + i), strength=st.strength,
                       positions=st.positions, label=f"random like {pt.describe()}")
         arms += [Arm(condition="steered", emotion=e, setting=st, point=pt),
                  Arm(condition="random", emotion=e, setting=rnd, point=pt),
