@@ -142,14 +142,14 @@ def bench_steer(lm, ds, args) -> dict[str, float]:
             lm.logits(batch)
 
     def forward_steered():
-        with torch.inference_mode(), lm.hooks({layers: add(v, scale=4.0)}):
+        with torch.inference_mode(), lm.hooks({layers: add(v, strength=4.0)}):
             lm.logits(batch)
 
     def generate():
         lm.generate(batch, **gen)
 
     def generate_steered():
-        with lm.hooks({layers: add(v, scale=4.0, positions="last-prompt+generated")}):
+        with lm.hooks({layers: add(v, strength=4.0, positions="last-prompt+generated")}):
             lm.generate(batch, **gen)
 
     return alternate(lm, {"forward": forward, "forward_steered": forward_steered,

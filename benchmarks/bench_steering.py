@@ -68,7 +68,7 @@ def overhead(lm, vec, batch: int, new: int, repeats: int, scale: float) -> dict:
         lm.generate(prompts, **kw)
 
     def steered():
-        with vec.apply(lm, scale=scale, strength="absolute"):
+        with vec.apply(lm, strength=scale, unit="absolute"):
             lm.generate(prompts, **kw)
 
     plain(), steered()  # warm-up
@@ -101,7 +101,7 @@ def hook_share(lm, vec, batch: int, new: int, scale: float) -> dict:
                 inside[0] += time.perf_counter() - t
         return wrapper
 
-    hooks = steering_hooks(Setting(vector=vec, scale=scale, strength="absolute"), lm)
+    hooks = steering_hooks(Setting(vector=vec, strength=scale, unit="absolute"), lm)
     with lm.hooks({s: timed_hook(f) for s, f in hooks.items()}):
         lm.generate(prompts, max_new_tokens=new, min_new_tokens=new)  # warm-up
         inside[0] = 0.0
@@ -114,7 +114,7 @@ def sweep(lm, vec, n_prompts: int, new: int, repeats: int) -> dict:
     prompts = PROMPTS[:n_prompts]
     strengths = [0.5, 1.0, 2.0, 4.0, 8.0, 16.0]
     kw = dict(max_new_tokens=new, min_new_tokens=new)
-    settings = [Setting(vector=vec, scale=s, strength="absolute") for s in strengths]
+    settings = [Setting(vector=vec, strength=s, unit="absolute") for s in strengths]
 
     def batched():
         return generate_settings(lm, prompts, settings, batch_size=len(settings) * len(prompts), **kw)
@@ -126,7 +126,7 @@ def sweep(lm, vec, n_prompts: int, new: int, repeats: int) -> dict:
     def six_calls():
         out = []
         for s in strengths:
-            with vec.apply(lm, scale=s, strength="absolute"):
+            with vec.apply(lm, strength=s, unit="absolute"):
                 out.append(lm.generate(prompts, **kw))
         return out
 

@@ -6,7 +6,7 @@ neutral prompts (``datasets/steering_prompts``) under
 * ``none``       -- no intervention;
 * ``prompt``     -- the system prompt "Always reply in a {emotion} way.";
 * ``direction``  -- the context-agnostic direction added at layers 10-19 (``SteeringVector.apply``,
-  ``scale`` x the site's RMS, last prompt token and every generated token);
+  ``strength`` x the site's RMS, last prompt token and every generated token);
 * ``circuit``    -- :func:`circuits.modulate.modulation_hooks` ("add" the circuit components'
   emotion offsets, times ``strength``, same positions).
 
@@ -144,7 +144,7 @@ def _arm(lm, arm, prompts, s, vec, circuit, offsets):
 
     if arm == "circuit":
         return _replies(lm, prompts, modulation_hooks(lm, circuit, strength=s, offsets=offsets))
-    with vec.apply(lm, scale=s, positions="last-prompt+generated"):
+    with vec.apply(lm, strength=s, positions="last-prompt+generated"):
         return _replies(lm, prompts)
 
 

@@ -66,7 +66,7 @@ def main(argv=None) -> None:
     designed = [a for a in baseline_arms(e) if a.condition == "prompt-designed"][0]
     arms = [designed] + [Arm(condition=f"designed+{args.method}@{s}", emotion=e,
                              system_prompt=designed.system_prompt, user_suffix=designed.user_suffix,
-                             setting=Setting(vector=vec, scale=float(s)))
+                             setting=Setting(vector=vec, strength=float(s)))
                          for s in args.scales.split(",")]
     ref_ppl, ref_rel = refs["tune"]
     ft = score_arms(Scorer(lm, {"select": select}, decoding=decoding, log=log), tune, arms,
@@ -85,7 +85,7 @@ def main(argv=None) -> None:
     scale = float(best.split("@")[1])
     test_arms = [Arm(condition="unsteered", emotion=None), designed,
                  Arm(condition="prompt-designed+steered", emotion=e, system_prompt=designed.system_prompt,
-                     user_suffix=designed.user_suffix, setting=Setting(vector=vec, scale=scale))]
+                     user_suffix=designed.user_suffix, setting=Setting(vector=vec, strength=scale))]
     ref_ppl, ref_rel = refs["test"]
     fr = score_arms(Scorer(lm, report, decoding=decoding, log=log), test, test_arms, concept_judges=report,
                     ref_perplexity=ref_ppl, ref_relevance=ref_rel, targets=[e])

@@ -158,7 +158,7 @@ def train_all(lm, emotion, teach, expr, layers, args, out):
         else:
             data = PairData(teach.prompts, teach.replies[emotion])
             obj = objective("lm")
-        cfg = TrainConfig(layers=layers, steps=args.steps, batch_size=8, lr=0.02, init_scale=1.0,
+        cfg = TrainConfig(layers=layers, steps=args.steps, batch_size=8, lr=0.02, init_strength=1.0,
                           max_norm=4.0)
         log(f"{emotion}: training {name}")
         vec, tl = train_vector(lm, data, obj, cfg, init=expr[emotion], emotion=emotion, log=log)
@@ -183,15 +183,15 @@ def run_emotion(lm, emotion, teach, expr, layers, args, out, tune, test, sel_sco
     vecs["expression"] = expr[emotion]
     candidates["expression"] = [float(s) for s in args.expression_scales.split(",")]
     arms = [Arm(condition=f"{m}@{s:g}", emotion=emotion,
-                setting=Setting(vector=vecs[m], scale=s, label=f"{m}@{s:g}"))
+                setting=Setting(vector=vecs[m], strength=s, label=f"{m}@{s:g}"))
             for m, ss in candidates.items() for s in ss]
     designed = [a for a in baseline_arms(emotion) if a.condition == "prompt-designed"][0]
     arms += [Arm(condition=f"designed+{m}@{s:g}", emotion=emotion, system_prompt=designed.system_prompt,
-                 user_suffix=designed.user_suffix, setting=Setting(vector=vecs[m], scale=s))
+                 user_suffix=designed.user_suffix, setting=Setting(vector=vecs[m], strength=s))
              for m in ("distill", "expression") if m in vecs for s in (candidates[m][0], candidates[m][1])]
     arms.append(designed)
     arms += [Arm(condition=f"designed+{m}@{s:g}", emotion=emotion, system_prompt=designed.system_prompt,
-                 user_suffix=designed.user_suffix, setting=Setting(vector=vecs[m], scale=s))
+                 user_suffix=designed.user_suffix, setting=Setting(vector=vecs[m], strength=s))
              for m, s in ((x.split(":")[0], float(x.split(":")[1]))
                           for x in args.combo_scales.split(",") if x)]
     ref_ppl, ref_rel = refs["tune"]
@@ -228,16 +228,16 @@ def run_emotion(lm, emotion, teach, expr, layers, args, out, tune, test, sel_sco
     test_arms = [Arm(condition="unsteered", emotion=None)]
     for m, label in per_method.items():
         v, s = setting_of(label)
-        test_arms.append(Arm(condition=f"steered:{m}", emotion=emotion, setting=Setting(vector=v, scale=s)))
+        test_arms.append(Arm(condition=f"steered:{m}", emotion=emotion, setting=Setting(vector=v, strength=s)))
     combo = None
     if best_combo:
         v, s = setting_of(best_combo)
-        combo = Setting(vector=v, scale=s)
+        combo = Setting(vector=v, strength=s)
     test_arms += baseline_arms(emotion, combo)
     if best:
         v, s = setting_of(best)
         test_arms.append(Arm(condition="random", emotion=emotion,
-                             setting=Setting(vector=random_like(v, seed=1), scale=s)))
+                             setting=Setting(vector=random_like(v, seed=1), strength=s)))
     ref_ppl, ref_rel = refs["test"]
     log(f"{emotion}: test, {len(test_arms)} arms x {len(test)} test prompts")
     fr = score_arms(rep_scorer, test, test_arms, concept_judges=report, ref_perplexity=ref_ppl,

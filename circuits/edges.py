@@ -24,7 +24,6 @@ Scope: Llama-like decoder blocks (``input_layernorm``, ``post_attention_layernor
 from __future__ import annotations
 
 from collections.abc import Sequence
-from contextlib import contextmanager
 from dataclasses import dataclass
 
 import numpy as np
@@ -34,9 +33,10 @@ from torch import Tensor
 
 from circuits.baselines import take
 from circuits.metrics import Metric
-from probe.errors import EmoprobeError
 from circuits.runs import forward_metric, forward_with_leaves
+from probe.errors import EmoprobeError
 from probe.forward import Batch, run_with_cache
+from probe.hooks import module_input_hooks
 from probe.sites import Site
 
 
@@ -123,21 +123,16 @@ def _deltas(lm, batch: Batch, baseline, last: int):
     return out
 
 
-@contextmanager
 def _input_hooks(lm, fns: dict[str, callable]):
-    """Forward pre-hooks on ``{"blocks.L.attn_in" | "blocks.L.mlp_in": fn(x) -> x}``."""
-    blocks, handles = _blocks(lm), []
-    try:
-        for name, fn in fns.items():
-            layer, kind = int(name.split(".")[1]), name.split(".")[2]
-            mod = blocks[layer].input_layernorm if kind == "attn_in" else \
-                blocks[layer].post_attention_layernorm
-            handles.append(mod.register_forward_pre_hook(
-                lambda m, inputs, fn=fn: (fn(inputs[0]), *inputs[1:])))
-        yield
-    finally:
-        for h in handles:
-            h.remove()
+    """``{"blocks.L.attn_in" | "blocks.L.mlp_in": fn(x) -> x}`` on the hook layer: each rewrites
+    the input of that block's attention norm or MLP norm only."""
+    blocks = _blocks(lm)
+    pairs = []
+    for name, fn in fns.items():
+        layer, kind = int(name.split(".")[1]), name.split(".")[2]
+        block = blocks[layer]
+        pairs.append((block.input_layernorm if kind == "attn_in" else block.post_attention_layernorm, fn))
+    return module_input_hooks(pairs)
 
 
 # --------------------------------------------------------------------------- attribution

@@ -1,11 +1,15 @@
 """Circuit modulation: steer by acting on a circuit's components only (Wang et al. 2025).
 
-Two modes, both hooks for :func:`probe.hooks.hooks` at the circuit's sites:
+Two modes, both operators of :mod:`probe.interventions` on the circuit's units (heads of
+``attn.hook_z``, neurons of ``mlp.hook_post``; a sublayer is its whole value), with that
+module's words:
 
 * ``"add"`` -- add ``strength`` times each component's *emotion offset* (its mean value at the
   last token of the emotion's prompts minus its mean over reference prompts; see
-  :func:`component_offsets`) to the component;
-* ``"scale"`` -- multiply each component's value by ``1 + strength``.
+  :func:`component_offsets`) to the component (:func:`probe.interventions.add`, the offsets
+  being the unit of strength);
+* ``"scale"`` -- multiply each component's value by ``factor`` (1 = no change;
+  :func:`probe.interventions.scale`).
 
 Only the circuit's heads and neurons change; every other unit passes untouched.
 
@@ -25,7 +29,8 @@ from torch import Tensor
 from circuits.components import Component, group_of
 from probe.errors import EmoprobeError
 from probe.forward import Batch, run_with_cache
-from probe.hooks import HookContext, PositionMode
+from probe.hooks import PositionMode
+from probe.interventions import add, scale
 from probe.sites import Site
 
 Mode = Literal["add", "scale"]
@@ -64,43 +69,41 @@ def component_offsets(lm, circuit, emotion: Batch, reference: Batch) -> dict[Com
     return out
 
 
-def modulation_hooks(lm, circuit, *, strength: float, mode: Mode = "add",
-                     offsets: dict[Component, Tensor] | None = None,
+def modulation_hooks(lm, circuit, *, mode: Mode = "add", strength: float | None = None,
+                     factor: float | None = None, offsets: dict[Component, Tensor] | None = None,
                      positions: PositionMode | range = "last-prompt+generated") -> dict:
-    """``{site: hook}`` that modulates the circuit's components (module docstring)."""
+    """``{site: hook}`` that modulates the circuit's components (module docstring).
+
+    Args:
+        mode: ``"add"`` (``strength`` x the offsets) or ``"scale"`` (x ``factor``).
+        strength: For ``"add"``: how many offsets are added.
+        factor: For ``"scale"``: the multiplier of each component's value.
+        offsets: For ``"add"``: :func:`component_offsets`.
+        positions: Which tokens (:meth:`probe.hooks.HookContext.positions`).
+    """
     comps = list(circuit.components if hasattr(circuit, "components") else circuit)
     if not comps:
         raise ModulationError("the circuit is empty")
-    if mode == "add" and offsets is None:
-        raise ModulationError("mode 'add' needs offsets (component_offsets(lm, circuit, ...))")
     if mode not in ("add", "scale"):
         raise ModulationError(f"mode must be 'add' or 'scale', not {mode!r}")
+    if mode == "add" and (strength is None or factor is not None):
+        raise ModulationError("mode 'add' takes a strength (how many offsets are added), not a "
+                              "factor")
+    if mode == "scale" and (factor is None or strength is not None):
+        raise ModulationError("mode 'scale' takes a factor (the multiplier; 1 = no change), not "
+                              "a strength")
+    if mode == "add" and offsets is None:
+        raise ModulationError("mode 'add' needs offsets (component_offsets(lm, circuit, ...))")
     fns = {}
     for site, mine in _by_site(comps).items():
-        delta = None
-        if mode == "add":
-            missing = [str(c) for c in mine if c not in offsets]
-            if missing:
-                raise ModulationError(f"no offset for {missing[0]}")
-            delta = torch.stack([offsets[c] for c in mine])  # [units, ...]
-        units = torch.tensor([c.unit for c in mine])
-        fns[site] = _hook(mine[0].type, units, delta, strength, mode, positions)
-    return fns
-
-
-def _hook(kind: str, units: Tensor, delta: Tensor | None, strength: float, mode: Mode, positions):
-    def fn(value: Tensor, ctx: HookContext) -> Tensor:
-        m = ctx.mask(positions, value)  # [b, pos, 1...]
-        out = value.clone()
-        if kind == "sublayers":
-            sel = value
-            new = sel * (1 + strength) if mode == "scale" else sel + strength * delta[0].to(value.dtype)
-            return value + (new - value) * m
-        sel = out[:, :, units]
+        units = None if mine[0].type == "sublayers" else [c.unit for c in mine]
         if mode == "scale":
-            new = sel * (1 + strength)
-        else:
-            new = sel + strength * delta.to(value.dtype)
-        out[:, :, units] = sel + (new - sel) * m.reshape(*m.shape[:2], *([1] * (sel.dim() - 2)))
-        return out
-    return fn
+            fns[site] = scale(factor=factor, units=units, positions=positions)
+            continue
+        missing = [str(c) for c in mine if c not in offsets]
+        if missing:
+            raise ModulationError(f"no offset for {missing[0]}")
+        delta = torch.stack([offsets[c] for c in mine])  # [units, ...]
+        fns[site] = add(delta if units is not None else delta[0], strength=strength, units=units,
+                        positions=positions)
+    return fns

@@ -2,10 +2,10 @@
 
 Everything here runs on :mod:`probe.hooks`. Two helpers serve attribution and patching:
 
-* :func:`forward_with_leaves` -- one forward where each tapped site's value ``a`` becomes
-  ``a + 0`` with the ``0`` a leaf that requires grad (as :func:`probe.forward.run_with_grads`
-  does), returning the leaves so that callers can run one *or several* backward passes
-  (GradDrop needs one per layer) and the per-row metric;
+* :func:`forward_with_leaves` -- :func:`probe.forward.run_with_leaves` with a circuit
+  :class:`~circuits.metrics.Metric`: one forward where each tapped site's value ``a`` becomes
+  ``a + 0`` with the ``0`` a leaf that requires grad, returning the leaves so that callers can
+  run one *or several* backward passes (GradDrop needs one per layer) and the per-row metric;
 * :func:`forward_metric` -- a no-grad forward under extra hooks returning the per-row metric,
   optionally starting at block ``start`` from cached residual streams (patching a component of
   block 12 does not need blocks 0-11 again).
@@ -18,19 +18,15 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable, Mapping, Sequence
-from contextlib import contextmanager
 from dataclasses import dataclass
 
 import torch
-from torch import Tensor, nn
+from torch import Tensor
 
 from circuits.metrics import Metric
-from probe.arch import SKIPPABLE_FAMILIES
-from probe.forward import Batch
+from probe.forward import Batch, run_with_leaves
 from probe.hooks import HookContext, StopForward, hooks
 from probe.sites import Site
-
-_SKIPPABLE = SKIPPABLE_FAMILIES  # probe.arch holds the architecture facts
 
 
 @dataclass
@@ -96,7 +92,7 @@ def _call(lm, batch: Batch, metric: Metric, fns: Mapping, *, embeds: Tensor | No
         inputs.pop("input_ids")
         inputs["inputs_embeds"] = embeds
     out = None
-    with hooks(lm, all_fns, stop_after=metric.layer), _from_block(lm, start):
+    with hooks(lm, all_fns, stop_after=metric.layer), lm.arch.from_block(lm.model, start):
         try:
             out = lm.model(**inputs, use_cache=False)
         except StopForward:
@@ -107,7 +103,7 @@ def _call(lm, batch: Batch, metric: Metric, fns: Mapping, *, embeds: Tensor | No
 def forward_with_leaves(lm, batch: Batch, metric: Metric, taps: Sequence[Site], *,
                         before: Mapping[Site, Callable] | None = None,
                         after: Mapping[Site, Callable] | None = None):
-    """One forward with a gradient leaf at each tapped site.
+    """One forward with a gradient leaf at each tapped site (:func:`probe.forward.run_with_leaves`).
 
     Args:
         before: ``{site: fn}`` hooks that run before the tap at that site (e.g. interpolation).
@@ -117,28 +113,8 @@ def forward_with_leaves(lm, batch: Batch, metric: Metric, taps: Sequence[Site], 
         ``(values, leaves, metric_rows)``: detached values at ``taps``, the leaves, and the
         per-row metric (with its graph, for ``torch.autograd.grad``).
     """
-    values: dict[Site, Tensor] = {}
-    leaves: dict[Site, Tensor] = {}
-
-    def tap(value: Tensor, ctx: HookContext) -> Tensor:
-        values[ctx.site] = value.detach()
-        leaf = torch.zeros_like(value, requires_grad=True)
-        leaves[ctx.site] = leaf
-        return value + leaf
-
-    fns: dict = {}
-    for s, fn in (before or {}).items():
-        fns.setdefault(s, []).append(fn)
-    for s in taps:
-        fns.setdefault(s, []).append(tap)
-    for s, fn in (after or {}).items():
-        fns.setdefault(s, []).append(fn)
-    with torch.enable_grad():
-        m = _call(lm, batch, metric, fns)
-    missing = [str(s) for s in taps if s not in leaves]
-    if missing:
-        raise ValueError(f"sites {missing[:3]} were not reached before the metric")
-    return values, leaves, m
+    return run_with_leaves(lm, batch, metric, list(taps), metric_sites=list(metric.sites) or None,
+                           before=before, after=after)
 
 
 @torch.no_grad()
@@ -151,23 +127,5 @@ def forward_metric(lm, batch: Batch, metric: Metric, fns: Mapping | None = None,
 
 
 def can_skip(lm) -> bool:
-    """Whether forwards may start at a later block (see :data:`_SKIPPABLE`)."""
-    cfg = getattr(lm.model.config, "text_config", None) or lm.model.config
-    types = set(getattr(cfg, "layer_types", None) or ["full"])
-    return lm.arch.family in _SKIPPABLE and len(types) == 1
-
-
-@contextmanager
-def _from_block(lm, start: int):
-    """Temporarily drop blocks ``< start`` from the block list (hooks stay on their modules)."""
-    if not start:
-        yield
-        return
-    base = lm.arch.base(lm.model)
-    name = lm.arch.layers_path.rsplit(".", 1)[1]
-    full = getattr(base, name)
-    setattr(base, name, nn.ModuleList(list(full)[start:]))
-    try:
-        yield
-    finally:
-        setattr(base, name, full)
+    """Whether forwards may start at a later block (:meth:`probe.arch.Architecture.can_start_at`)."""
+    return lm.arch.can_start_at(lm.model)

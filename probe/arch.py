@@ -20,7 +20,8 @@ Unknown decoder models fall back to :func:`guess_architecture`; users can overri
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
 from dataclasses import dataclass
 
 from torch import nn
@@ -133,6 +134,33 @@ class Architecture:
     def skippable(self) -> bool:
         """Whether a forward may start at any block from a cached residual stream."""
         return self.family in SKIPPABLE_FAMILIES
+
+    def can_start_at(self, model: nn.Module) -> bool:
+        """Whether a forward of this model may start at a later block from a cached residual
+        stream (:meth:`from_block`): a skippable family whose layers are all of one type (no
+        sliding-window / full-attention mix, whose masks are built per type)."""
+        types = set(getattr(_text_config(model.config), "layer_types", None) or ["full"])
+        return self.skippable and len(types) == 1
+
+    @contextmanager
+    def from_block(self, model: nn.Module, start: int) -> Iterator[None]:
+        """Run only blocks ``>= start`` inside the ``with`` block: the block list is swapped for
+        its tail (hooks stay on their modules) and restored on exit, whatever happens. Feed the
+        base model block ``start``'s input as ``inputs_embeds``; see :meth:`can_start_at`."""
+        if not start:
+            yield
+            return
+        if not self.skippable:
+            raise ArchitectureError(f"family {self.family!r} changes the embeddings before block 0 "
+                                    "(scaling, positions): a forward cannot start at a later block")
+        owner = self.base(model)
+        name = self.layers_path.rsplit(".", 1)[1]
+        full = getattr(owner, name)
+        setattr(owner, name, nn.ModuleList(list(full)[start:]))
+        try:
+            yield
+        finally:
+            setattr(owner, name, full)
 
     @property
     def rotary(self) -> bool:

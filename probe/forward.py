@@ -8,7 +8,10 @@ and runs whatever hooks are open on the model (``with lm.hooks(...)``):
   which positions are prompt and which generated (``ctx.positions(...)``);
 * :func:`run_with_cache` -- logits and the values at chosen sites (TransformerLens' name);
 * :func:`run_with_grads` -- one forward and one backward: values at chosen sites and the
-  gradient of a scalar metric with respect to each, keeping no graph before the first site.
+  gradient of a scalar metric with respect to each, keeping no graph before the first site;
+* :func:`run_with_leaves` -- the forward half of it: the gradient leaves
+  (:func:`probe.interventions.grad_tap`) and the metric with its graph, for callers that run
+  one *or several* backward passes themselves (attribution patching, GradDrop).
 
 >>> lm = load_model("smollm2-135m")  # doctest: +SKIP
 >>> with lm.hooks({"blocks.12.hook_resid_post": lambda t, ctx: t + 4.0 * v}):  # doctest: +SKIP
@@ -18,7 +21,6 @@ and runs whatever hooks are open on the model (``with lm.hooks(...)``):
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping, Sequence
-from contextlib import ExitStack
 from dataclasses import dataclass, field
 
 import torch
@@ -26,6 +28,7 @@ from jaxtyping import Float
 from torch import Tensor
 
 from probe.hooks import HookContext, HookError, StopForward, active_managers, hooks, resolve
+from probe.interventions import grad_tap
 from probe.sites import Site
 from probe.tokens import Encoded, encode
 
@@ -256,47 +259,71 @@ def run_with_grads(lm, batch: Batch | Sequence[str], metric: Metric, sites, *,
     Returns:
         ``(values, grads, metric_value)``: detached ``{site: tensor}`` dicts and the metric.
     """
-    batch = _as_batch(lm, batch)
-    wanted = [s for s, _ in resolve(lm, {s: _noop for s in _site_list(sites)})]
-    leaves: dict[Site, Tensor] = {}
-    values: dict[Site, Tensor] = {}
-    read: dict[Site, Tensor] = {}
+    wanted = _resolved(lm, sites)
+    values, leaves, m = run_with_leaves(lm, batch, metric, wanted, metric_sites=metric_sites)
+    _check_metric(m, leaves, wanted)
+    grads = torch.autograd.grad(m, [leaves[s] for s in wanted], allow_unused=True)
+    return values, {s: (g if g is not None else torch.zeros_like(leaves[s])).detach()
+                    for s, g in zip(wanted, grads)}, m.detach()
 
-    def tap(value: Tensor, ctx: HookContext) -> Tensor:
-        values[ctx.site] = value.detach().clone()
-        leaf = torch.zeros_like(value, requires_grad=True)
-        leaves[ctx.site] = leaf
-        return value + leaf
+
+def run_with_leaves(lm, batch: Batch | Sequence[str], metric: Metric, sites, *,
+                    metric_sites=None, before: Mapping | None = None,
+                    after: Mapping | None = None) -> tuple[dict[Site, Tensor], dict[Site, Tensor], Tensor]:
+    """One forward with a gradient leaf at each of ``sites`` (see :func:`run_with_grads`).
+
+    Args:
+        metric, metric_sites: as for :func:`run_with_grads`; the metric may return any shape
+            (one number per row, say).
+        before: ``{site: fn}`` hooks that run before the tap at that site (e.g. interpolation).
+        after: hooks that run after it (e.g. a GradDrop gate).
+
+    Returns:
+        ``(values, leaves, metric_value)``: detached values at ``sites``, the leaves, and the
+        metric with its graph (for one or several ``torch.autograd.grad`` calls).
+    """
+    batch = _as_batch(lm, batch)
+    wanted = _resolved(lm, sites)
+    values: dict[Site, Tensor] = {}
+    leaves: dict[Site, Tensor] = {}
+    read: dict[Site, Tensor] = {}
 
     def grab(value: Tensor, ctx: HookContext) -> None:
         read[ctx.site] = value
 
-    fns: dict = {s: [tap] for s in wanted}
+    fns: dict = {}
+    for s, fn in (before or {}).items():
+        fns.setdefault(s, []).append(fn)
+    tap = grad_tap(values, leaves)
+    for s in wanted:
+        fns.setdefault(s, []).append(tap)
+    for s, fn in (after or {}).items():
+        fns.setdefault(s, []).append(fn)
     stop = None
     if metric_sites is not None:
-        msites = [s for s, _ in resolve(lm, {s: _noop for s in _site_list(metric_sites)})]
+        msites = _resolved(lm, metric_sites)
         for s in msites:
             fns.setdefault(s, []).append(grab)
         stop = max((s.layer or 0) for s in msites)
-    with torch.enable_grad(), ExitStack() as stack:
-        stack.enter_context(hooks(lm, fns, stop_after=stop))
-        stack.enter_context(_BatchInfo(lm, batch, batch.input_ids.shape[1]))
+    with torch.enable_grad(), hooks(lm, fns, stop_after=stop), \
+            _BatchInfo(lm, batch, batch.input_ids.shape[1]):
         try:
             out = lm.model(**batch.inputs, use_cache=False)
         except StopForward:
             out = None
         m = metric(read, batch) if metric_sites is not None else metric(out.logits, batch)
-        _check_metric(m, leaves, wanted)
-        grads = torch.autograd.grad(m, [leaves[s] for s in wanted], allow_unused=True)
-    return values, {s: (g if g is not None else torch.zeros_like(leaves[s])).detach()
-                    for s, g in zip(wanted, grads)}, m.detach()
-
-
-def _check_metric(m, leaves, wanted) -> None:
     missing = [str(s) for s in wanted if s not in leaves]
     if missing:
         raise HookError(f"sites {missing} were not reached before the metric (a metric site "
                         "earlier than them stops the forward)")
+    return values, leaves, m
+
+
+def _resolved(lm, sites) -> list[Site]:
+    return [s for s, _ in resolve(lm, {s: _noop for s in _site_list(sites)})]
+
+
+def _check_metric(m, leaves, wanted) -> None:
     if not isinstance(m, Tensor) or m.numel() != 1:
         raise HookError(f"the metric must return a scalar tensor, got {getattr(m, 'shape', m)!r}")
     if not m.requires_grad:

@@ -463,6 +463,33 @@ def hooks(lm, fns: Hooks, *, stop_after: int | None = None) -> Iterator[HookMana
         yield manager
 
 
+@contextmanager
+def module_input_hooks(fns: Sequence[tuple[nn.Module, Callable[[Tensor], Tensor]]]) -> Iterator[None]:
+    """Rewrite the first input of given modules inside the ``with`` block: ``fn(x) -> x'``.
+
+    For points that are no :class:`Site`, e.g. one sublayer's own copy of the residual stream
+    (edge attribution writes to what ``input_layernorm`` reads without changing the stream the
+    skip connection carries). A forward pre-hook each, removed on exit whatever happens (also
+    when placing a later one fails).
+    """
+    handles = []
+    try:
+        for module, fn in fns:
+            handles.append(module.register_forward_pre_hook(_rewrite_input(fn), with_kwargs=True))
+        yield
+    finally:
+        for h in handles:
+            h.remove()
+
+
+def _rewrite_input(fn: Callable[[Tensor], Tensor]):
+    def hook(module, args, kwargs):
+        if args:
+            return (fn(args[0]), *args[1:]), kwargs
+        return args, {**kwargs, "hidden_states": fn(kwargs["hidden_states"])}
+    return hook
+
+
 def active_managers(model: nn.Module) -> list[HookManager]:
     """Hook contexts currently open on ``model`` (innermost last)."""
     return list(_ACTIVE.get(model, []))

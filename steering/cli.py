@@ -89,8 +89,10 @@ def register(sub) -> dict:
     p.add_argument("prompts", nargs="*", metavar="PROMPT", help="user messages")
     p.add_argument("--emotion", required=True, help="e.g. happiness, sadness, anger, fear, ...")
     p.add_argument("--strength", type=float, default=None,
-                   help="scale, in units of the site's typical RMS (default: the shipped "
-                        "operating point for this model and emotion)")
+                   help="the amount added (--mode add) or the projection set (clamp), in --unit "
+                        "(default: the shipped operating point for this model and emotion)")
+    p.add_argument("--factor", type=float, default=None,
+                   help="with --mode scale: the multiplier of the projection (1 = no change)")
     _direction_args(p, steer=True)
     p.add_argument("--vectors", default=None, help="folder written by `probe directions`")
     p.add_argument("--vector", default=None, help="one saved vector (.safetensors)")
@@ -318,17 +320,25 @@ def cmd_steer(args) -> int:
     if not args.prompts:
         raise SteeringError('give at least one prompt, e.g. probe steer --emotion fear "How was your day?"')
     check_strength(args.strength)
+    check_strength(args.factor, "--factor")
+    if args.factor is not None and args.mode != "scale":
+        raise SteeringError("--factor multiplies the projection with --mode scale; --mode "
+                            f"{args.mode or 'add'} takes --strength (an amount added)")
+    if args.mode == "scale" and args.strength is not None:
+        raise SteeringError("--mode scale multiplies the projection by --factor; --strength is an "
+                            "amount added (--mode add or clamp)")
+    given = args.factor if args.mode == "scale" else args.strength
     check_out_path(args.out, args.prompts, args.json)
     if args.max_new_tokens < 1:
         raise SteeringError(f"--max-new-tokens must be >= 1, got {args.max_new_tokens}")
     lm = load_model(args)
     point = None
     explicit = args.vector or args.vectors
-    if args.strength is None or args.layers is None:
+    if given is None or args.layers is None:
         try:
             point = operating_point(lm.spec.alias, args.emotion)
         except SteeringError:
-            if args.strength is None or not explicit:
+            if given is None or not explicit:
                 raise
         if point is not None:
             _say(args, f"operating point ({point.origin}): {point.describe()}")
@@ -337,7 +347,7 @@ def cmd_steer(args) -> int:
                 print(f"warning: {mismatch}", file=sys.stderr)
     layers = parse_layers(args.layers, lm.n_layers) if args.layers else (
         list(point.layers) if point else None)
-    unit = args.unit or (point.strength if point else "rms")
+    unit = args.unit or (point.unit if point else "rms")
     warning = strength_warning(args.strength, unit, lm.spec.alias)
     if warning:  # before any directions are computed or cached
         print(f"warning: {warning}", file=sys.stderr)
@@ -345,21 +355,20 @@ def cmd_steer(args) -> int:
     if layers is None and len(vec.layers) > 1:
         _say(args, f"steering every layer of the vector ({vec.layers[0]}-{vec.layers[-1]}); "
                    "--layers chooses fewer")
-    setting = Setting(vector=vec, scale=args.strength if args.strength is not None else point.scale,
-                      mode=args.mode or (point.mode if point else "add"),
-                      positions=args.positions or (point.positions if point else "last-prompt+generated"),
-                      strength=unit, label=args.emotion)
+    setting = _steer_setting(args, vec, point, unit)
     gen_kwargs = dict(point.generate) if point else {"repetition_penalty": 1.05, "no_repeat_ngram_size": 3}
     prompts, system = args.prompts, args.system_prompt
     if getattr(args, "with_prompt", False):   # prompt + steering: the prompt alone is the baseline
-        prompts, system, scale = prompt_mode(point, args.emotion, prompts)
-        setting = dataclasses.replace(setting, scale=scale if args.strength is None else setting.scale)
-        _say(args, f"prompt + steering: system prompt {system!r}, scale {setting.scale:g}")
+        prompts, system, strength = prompt_mode(point, args.emotion, prompts)
+        setting = dataclasses.replace(setting, strength=strength if args.strength is None else setting.strength)
+        _say(args, f"prompt + steering: system prompt {system!r}, strength {setting.strength:g}")
     _say(args, f"generating {len(prompts)} x 2 replies of up to {args.max_new_tokens} tokens")
     (plain, steered), (cut_plain, cut_steered) = generate_settings(
         lm, prompts, [Setting(vector=None), setting], max_new_tokens=args.max_new_tokens,
         system_prompt=system, progress=not args.quiet, details=True, **gen_kwargs)
-    desc = (f"{args.emotion} {setting.mode} x{setting.scale:g} {setting.strength.upper()} at "
+    amount = (f"x{setting.factor:g}" if setting.mode == "scale" else
+              f"x{setting.strength:g} {setting.unit.upper()}")
+    desc = (f"{args.emotion} {setting.mode} {amount} at "
             f"{vec.sites[0].kind} layers {vec.layers[0]}-{vec.layers[-1]} ({vec.meta.get('method')})")
     if not args.json:
         print(side_by_side(prompts, [mark(t, c) for t, c in zip(plain, cut_plain)],
@@ -410,6 +419,21 @@ def _steer_vector(args, lm, point, layers):
     return vec
 
 
+def _steer_setting(args, vec, point, unit: str):
+    """The :class:`Setting` of ``probe steer``: each flag's value under its own name, the
+    operating point filling what the flags leave out."""
+    from steering.inject import Setting
+
+    mode = args.mode or (point.mode if point else "add")
+    if mode == "scale":
+        factor = args.factor if args.factor is not None else (point.factor if point else None)
+        return Setting(vector=vec, factor=factor, mode=mode, unit=unit, label=args.emotion,
+                       positions=args.positions or (point.positions if point else "last-prompt+generated"))
+    return Setting(vector=vec, strength=args.strength if args.strength is not None else point.strength,
+                   mode=mode, unit=unit, label=args.emotion,
+                   positions=args.positions or (point.positions if point else "last-prompt+generated"))
+
+
 def _steer_record(args, lm, vec, setting, point, gen_kwargs, plain, steered) -> dict:
     from dataclasses import asdict
 
@@ -420,8 +444,9 @@ def _steer_record(args, lm, vec, setting, point, gen_kwargs, plain, steered) -> 
         "vector": {k: vec.meta.get(k) for k in ("method", "emotion", "site", "pooling", "store",
                                                  "dataset", "dataset_hash", "weight_fingerprint")}
         | {"layers": vec.layers, "sha256": vec.checksum()},
-        "setting": {"scale": setting.scale, "mode": setting.mode, "strength": setting.strength,
-                    "positions": str(setting.positions), "spread": setting.spread},
+        "setting": {"strength": setting.strength, "unit": setting.unit, "factor": setting.factor,
+                    "mode": setting.mode, "positions": str(setting.positions),
+                    "spread": setting.spread},
         "operating_point": asdict(point) if point else None,
         "generate": {"max_new_tokens": args.max_new_tokens, "do_sample": False, **gen_kwargs},
         "prompts": args.prompts, "unsteered": plain, "steered": steered,

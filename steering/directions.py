@@ -27,7 +27,7 @@ Every direction points so that +1 means "more of the emotion" (PCA signs are fix
 does: the sign under which most pairs project higher on their emotional member), is
 L2-normalised per site (``normalize=False`` keeps raw norms; they are in ``meta["norms"]``
 either way), and carries the site's typical RMS over the rows it was computed from
-(``meta["rms"]``, the unit of ``strength="rms"``). :func:`heldout_auroc` checks that a
+(``meta["rms"]``, the size of ``unit="rms"``). :func:`heldout_auroc` checks that a
 direction separates its emotion on rows it was not computed from.
 
 The store methods and the reading of rows are the core's (:mod:`probe.direction_methods`,

@@ -153,11 +153,21 @@ def trace_figure(trace, stem: str | os.PathLike, *, row: int = 0, reader: str | 
     top.set_xticks(range(len(tokens)), [_show(t) for t in tokens], rotation=90, fontsize=7)
     fig.colorbar(im, ax=[ax, top], shrink=0.8, label=cbar_label, pad=0.01)
     steer = trace.steer
-    what = (f"steered: {steer['emotion']} x{steer['scale']:g} {steer['strength']}, layers "
+    what = (f"steered: {steer['emotion']} {_amount(steer)}, layers "
             f"{steer['layers'][0]}-{steer['layers'][-1]}" if steer else "unsteered")
     ax.set_title(title or f"{reader}, {what}: reading at each token (red line: first generated "
                  "token)", fontsize=9)
     return _save(fig, stem)
+
+
+def _amount(steer: dict) -> str:
+    """``x2 rms`` / ``x0.5`` (scale) from a trace's steering record; traces written before the
+    one vocabulary named the strength ``scale`` and its unit ``strength``."""
+    if "unit" not in steer:
+        return f"x{steer['scale']:g} {steer['strength']}"
+    if steer.get("mode") == "scale":
+        return f"x{steer['factor']:g}"
+    return f"x{steer['strength']:g} {steer['unit']}"
 
 
 def _show(token: str) -> str:
@@ -213,7 +223,7 @@ def dose_response_figure(tune, selections: Mapping, stem: str | os.PathLike, *,
         ax.set_ylim(-0.03, 1.03)
         ax.set_xlabel("strength per layer (x typical RMS)", fontsize=8)
         ax.set_ylabel("gated expression (tune)", fontsize=8)
-        ax.axvline(pt.scale, color="k", lw=0.8, ls=":")
+        ax.axvline(pt.strength, color="k", lw=0.8, ls=":")
         right = ax.twinx()
         rights.append(right)
         right.plot(part["strength"], part["ppl_ratio"], color="0.3", ls="--", marker="x", ms=3,

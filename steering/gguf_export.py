@@ -19,7 +19,7 @@ So only additive steering of the residual stream after a block carries over:
 Positions and modes do not carry over: llama.cpp steers every token (our ``positions="all"``)
 and only adds (no ablate/clamp/scale). By default each tensor is ``rms * v`` (the site's
 typical RMS recorded with the vector), so llama.cpp's ``SCALE`` has the meaning of our
-``scale`` with ``strength="rms"``; ``strength="absolute"`` writes ``v`` as it is.
+``strength`` with ``unit="rms"``; ``unit="absolute"`` writes ``v`` as it is.
 
 >>> export_gguf(vecs["happiness"], "happiness.gguf")  # doctest: +SKIP
 >>> # llama-cli -m SmolLM2-135M-Instruct.Q4_1.gguf --control-vector-scaled happiness.gguf 2.0
@@ -54,24 +54,24 @@ def gguf_layer(site: Site) -> int:
 
 
 def export_gguf(vector: SteeringVector, path: str | os.PathLike, *,
-                strength: Literal["rms", "absolute"] = "rms", scale: float = 1.0) -> Path:
+                unit: Literal["rms", "absolute"] = "rms", strength: float = 1.0) -> Path:
     """Write ``vector`` as a llama.cpp control vector; returns the path.
 
     Args:
         vector: A vector at residual-stream sites (see the module docstring).
         path: Output file (``.gguf`` is added if missing).
-        strength: ``"rms"``: each tensor is ``scale * rms * v``; ``"absolute"``: ``scale * v``.
-        scale: Baked into the tensors (llama.cpp's own scale multiplies on top).
+        unit: ``"rms"``: each tensor is ``strength * rms * v``; ``"absolute"``: ``strength * v``.
+        strength: Baked into the tensors (llama.cpp's own scale multiplies on top).
     """
     import gguf
 
-    if strength not in ("rms", "absolute"):
-        raise SteeringError(f"strength must be 'rms' or 'absolute' for a GGUF file, not {strength!r}")
+    if unit not in ("rms", "absolute"):
+        raise SteeringError(f"unit must be 'rms' or 'absolute' for a GGUF file, not {unit!r}")
     tensors: dict[int, np.ndarray] = {}
     for site, vec in vector.directions.items():
         layer = gguf_layer(site)
-        c = vector.rms(site) if strength == "rms" else 1.0
-        data = (float(scale) * c * vec.double()).float().numpy()
+        c = vector.rms(site) if unit == "rms" else 1.0
+        data = (float(strength) * c * vec.double()).float().numpy()
         tensors[layer] = tensors[layer] + data if layer in tensors else data
     path = Path(path)
     if path.suffix != ".gguf":
@@ -86,7 +86,7 @@ def export_gguf(vector: SteeringVector, path: str | os.PathLike, *,
         for key in ("model_id", "weight_fingerprint", "emotion", "method"):
             if vector.meta.get(key) is not None:
                 writer.add_string(f"emoprobe.{key}", str(vector.meta[key]))
-        writer.add_string("emoprobe.strength", f"{strength} x {float(scale):g}")
+        writer.add_string("emoprobe.strength", f"{unit} x {float(strength):g}")
         for layer in sorted(tensors):
             writer.add_tensor(f"direction.{layer}", np.ascontiguousarray(tensors[layer], np.float32))
         writer.write_header_to_file()

@@ -1,7 +1,7 @@
 """Injection: steering vectors as write hooks, one setting or a whole grid per batch.
 
-Every operator is one formula on a site's value ``h`` (per position) with a unit direction
-``u`` (the vector normalised at that site):
+A :class:`Setting` names one operator of :mod:`probe.interventions` (``mode``) with that
+module's words, on the vector's direction ``u`` at each of its sites:
 
 =========== ===================================== =================================
 ``mode``    ``h' =``                               meaning
@@ -9,17 +9,19 @@ Every operator is one formula on a site's value ``h`` (per position) with a unit
 ``add``     ``h + s * c * v``                      push along the vector
 ``ablate``  ``h - (h.u) u``                        remove the component (directional ablation)
 ``clamp``   ``h + (s * c - h.u) u``                set the projection to ``s * c``
-``scale``   ``h + (s - 1) (h.u) u``                multiply the projection by ``s``
+``scale``   ``h + (f - 1) (h.u) u``                multiply the projection by ``f``
 =========== ===================================== =================================
 
-``s`` is the setting's ``scale``; ``c`` is 1 (``strength="absolute"``), the site's typical RMS
-recorded in the vector (``"rms"``), or each position's own RMS at run time (``"token-rms"``, as
-Wang et al.'s code). All four are ``h + (a + b * h.u) u`` with per-row numbers ``a, b``, so a
-batch can carry a *different* (vector, scale, mode, positions) in every row: a ``[batch, d]``
-table of directions per site, indexed by row. A strength sweep is one batched ``generate``.
+``s`` is the setting's ``strength`` (an amount added), ``f`` its ``factor`` (a multiplier);
+``c`` is its ``unit``: 1 (``"absolute"``), the site's typical RMS recorded in the vector
+(``"rms"``), or each position's own RMS at run time (``"token-rms"``, as Wang et al.'s code).
+Each is a :class:`probe.interventions.Shift` ``h + (a + b * h.u) u`` with per-row numbers
+``a, b``, so a batch can carry a *different* (vector, strength, mode, positions) in every row:
+a ``[batch, d]`` table of directions per site, indexed by row. A strength sweep is one batched
+``generate``.
 
 >>> settings = [Setting(vector=None, label="unsteered")] + [
-...     Setting(vector=joy, scale=s, label=f"joy x{s}") for s in (2, 4, 6)]  # doctest: +SKIP
+...     Setting(vector=joy, strength=s, label=f"joy x{s}") for s in (2, 4, 6)]  # doctest: +SKIP
 >>> texts = generate_settings(lm, ["How was your day?"], settings, max_new_tokens=48)  # doctest: +SKIP
 >>> texts[2][0]  # setting 2 (joy x4), prompt 0  # doctest: +SKIP
 
@@ -43,12 +45,22 @@ import torch
 from torch import Tensor
 
 from probe.hooks import HookContext, HookFn
+from probe.interventions import (
+    Shift,
+    Unit,
+    ablate,
+    add,
+    clamp,
+    safe_limit,
+    scale,
+    shift,
+    shift_amounts,
+)
 from probe.kvcache import cache_keyword, returned_cache
 from probe.sites import Site
 from steering.errors import SteeringError
 
 Mode = Literal["add", "ablate", "clamp", "scale"]
-Strength = Literal["absolute", "rms", "token-rms"]
 
 
 @runtime_checkable
@@ -74,37 +86,48 @@ class Setting:
 
     Attributes:
         vector: The steering vector, or None for an unsteered row.
-        scale: Strength (``add``/``clamp``, in units set by ``strength``) or factor (``scale``).
+        strength: The amount added (``add``) or the projection set (``clamp``), in ``unit``.
+        unit: ``"rms"`` (x the site's typical RMS), ``"absolute"`` or ``"token-rms"``.
+        factor: For ``scale``: the multiplier of the projection (1 = no change).
         mode: ``"add"``, ``"ablate"``, ``"clamp"`` or ``"scale"`` (see the module docstring).
         positions: Which tokens: ``"last-prompt+generated"`` (default, Wang et al.'s
             ``last_k=1``), ``"all"``, ``"prompt"``, ``"generated"``, ``"last-prompt"``, or a
             ``range`` of token indices within each row (a text span).
-        strength: ``"rms"`` (x the site's typical RMS), ``"absolute"`` or ``"token-rms"``.
         spread: For ``add``: divide the strength evenly across the vector's layers.
         label: Free text carried into results.
     """
 
     vector: Directions | None = None
-    scale: float = 0.0
+    strength: float = 0.0
+    unit: Unit = "rms"
+    factor: float | None = None
     mode: Mode = "add"
     positions: str | range = "last-prompt+generated"
-    strength: Strength = "rms"
     spread: bool = False
     label: str = ""
 
     def __post_init__(self) -> None:
         if self.mode not in get_args(Mode):
             raise SteeringError(f"unknown mode {self.mode!r}; choose add, ablate, clamp or scale")
-        if self.strength not in get_args(Strength):
-            raise SteeringError(f"unknown strength {self.strength!r}; choose rms, absolute or "
-                                "token-rms")
+        if self.unit not in get_args(Unit):
+            raise SteeringError(f"unknown unit {self.unit!r}; choose rms, absolute or token-rms")
         if not isinstance(self.positions, range) and self.positions not in POSITION_MODES:
             raise SteeringError(f"unknown positions {self.positions!r}; choose one of "
                                 f"{', '.join(POSITION_MODES)} or a range of token indices")
         if isinstance(self.positions, range) and len(self.positions) == 0:
             raise SteeringError(f"positions {self.positions} selects no token")
-        if not isinstance(self.scale, (int, float)) or not math.isfinite(self.scale):
-            raise SteeringError(f"scale must be a finite number, got {self.scale!r}")
+        if not isinstance(self.strength, (int, float)) or not math.isfinite(self.strength):
+            raise SteeringError(f"strength must be a finite number, got {self.strength!r}")
+        if self.mode == "scale":
+            if not isinstance(self.factor, (int, float)) or not math.isfinite(self.factor):
+                raise SteeringError(f"mode='scale' multiplies the projection by factor; give a "
+                                    f"finite factor (1 = no change), got {self.factor!r}")
+            if self.strength:
+                raise SteeringError("mode='scale' takes a factor (a multiplier), not a strength "
+                                    "(an amount added)")
+        elif self.factor is not None:
+            raise SteeringError(f"factor multiplies with mode='scale'; mode={self.mode!r} takes a "
+                                "strength")
         if self.spread and self.mode != "add":
             raise SteeringError("spread=True divides an added strength across layers; it has no "
                                 f"meaning for mode={self.mode!r}")
@@ -114,28 +137,33 @@ class Setting:
 
     @property
     def steered(self) -> bool:
-        return self.vector is not None and not (self.mode == "add" and self.scale == 0)
+        return self.vector is not None and not (self.mode == "add" and self.strength == 0)
 
-    def coefficients(self, site: Site) -> tuple[Tensor, float, float, bool] | None:
-        """``(u, a, b, per_token_rms)`` at ``site`` (None when the setting leaves it alone)."""
+    def describe(self) -> str:
+        """``"add 2 rms"``, ``"scale x0.5"``, ``"ablate"``: the mode and its number."""
+        if self.mode == "scale":
+            return f"scale x{self.factor:g}"
+        if self.mode == "ablate":
+            return "ablate"
+        return f"{self.mode} {self.strength:g} {self.unit}"
+
+    def operator(self, site: Site) -> Shift | None:
+        """The :mod:`probe.interventions` operator at ``site`` (None when the setting leaves it
+        alone)."""
         if self.vector is None or site not in self.vector.directions:
             return None
         v = self.vector.directions[site]
-        norm = float(v.norm())
-        if norm == 0.0:
+        if float(v.norm()) == 0.0:
             return None
-        u = v / norm
         if self.mode == "ablate":
-            return u, 0.0, -1.0, False
-        s = float(self.scale)
+            return ablate(v, positions=self.positions)
         if self.mode == "scale":
-            return u, 0.0, s - 1.0, False
-        c = self.vector.rms(site) if self.strength == "rms" else 1.0
-        tok = self.strength == "token-rms"
+            return scale(v, factor=self.factor, positions=self.positions)
+        rms = self.vector.rms(site) if self.unit == "rms" else None
         if self.mode == "add":
             n = max(1, len(self.vector.layers)) if self.spread else 1
-            return u, s * c * norm / n, 0.0, tok
-        return u, s * c, -1.0, tok  # clamp
+            return add(v, strength=self.strength / n, unit=self.unit, rms=rms, positions=self.positions)
+        return clamp(v, strength=self.strength, unit=self.unit, rms=rms, positions=self.positions)
 
 
 # ------------------------------------------------------------------------------ tables
@@ -174,9 +202,9 @@ class SettingTable:
         u, a, b = torch.zeros(n, width.pop()), torch.zeros(n), torch.zeros(n)
         tok = torch.zeros(n, dtype=torch.bool)
         for i, st in enumerate(self.settings):
-            coef = st.coefficients(site)
-            if coef is not None:
-                u[i], a[i], b[i], tok[i] = coef
+            op = st.operator(site)
+            if op is not None:
+                u[i], a[i], b[i], tok[i] = op.direction, op.offset, op.gain, op.token_rms
         return {"u": u, "a": a, "b": b, "tok": tok, "any_b": bool((b != 0).any()),
                 "any_tok": bool(tok.any()), "cache": {}}
 
@@ -215,16 +243,12 @@ class SettingTable:
                 raise SteeringError(f"the vector at {site} has {u.shape[-1]} dims; the model's "
                                     f"value there has {flat.shape[-1]}")
             mask = self._mask(ctx, rows, flat)
-            coef = a[:, None] * mask  # [batch, pos]: what each position moves along u
-            if table["any_tok"]:
-                rms = flat.float().pow(2).mean(-1).sqrt().to(flat.dtype)
-                coef = torch.where(tok[:, None], coef * rms, coef)
-            if table["any_b"]:
-                coef = coef + (b[:, None] * mask) * torch.einsum("btd,bd->bt", flat, u)
+            coef = shift_amounts(flat, u, offset=a, gain=b if table["any_b"] else 0.0,
+                                 token_rms=tok if table["any_tok"] else False, mask=mask)
             # |u| = 1, so |h'| <= |h| + |coef|: checking the [batch, pos] coefficients is enough
-            if not bool(coef.abs().amax() <= _limit(flat)):  # NaN compares False
+            if not bool(coef.abs().amax() <= safe_limit(flat)):  # NaN compares False
                 raise SteeringError(_nonfinite_message(site, self.settings, rows, value))
-            new = torch.addcmul(flat, coef[..., None], u[:, None, :])
+            new = shift(flat, u, coef)
             return new.reshape(value.shape)
         return fn
 
@@ -262,7 +286,7 @@ def steering_hooks(setting_or_settings: Setting | Sequence[Setting], lm, *,
         lm: The loaded model (each vector is checked against it: sites in range, widths).
         rows_per_setting: Rows per setting when several are given.
 
-    >>> with lm.hooks(steering_hooks([Setting(vector=joy, scale=s) for s in (2, 4)], lm)):
+    >>> with lm.hooks(steering_hooks([Setting(vector=joy, strength=s) for s in (2, 4)], lm)):
     ...     lm.generate(["Hi!", "Hi!"])  # row 0 at x2, row 1 at x4  # doctest: +SKIP
     """
     settings = [setting_or_settings] if isinstance(setting_or_settings, Setting) else list(setting_or_settings)
@@ -289,21 +313,13 @@ def prefix_reusable(settings: Sequence[Setting]) -> bool:
                for st in settings)
 
 
-def _limit(value: Tensor) -> float:
-    """Largest shift that keeps the value finite in its dtype and its square inside the float32
-    sum of squares the next RMS/LayerNorm computes (with room for the value itself); beyond it
-    the model silently computes garbage."""
-    norm_max = max(torch.finfo(torch.float32).max, torch.finfo(value.dtype).max)
-    return min(math.sqrt(norm_max), torch.finfo(value.dtype).max) / 2
-
-
 def _nonfinite_message(site: Site, settings: Sequence[Setting], rows: Tensor, value: Tensor) -> str:
     used = sorted({int(r) for r in rows.tolist()})
-    desc = ", ".join(f"{settings[i].label or settings[i].mode} scale={settings[i].scale:g}"
+    desc = ", ".join(f"{settings[i].label or settings[i].mode} ({settings[i].describe()})"
                      for i in used if settings[i].steered)
     return (f"steering at {site} produced NaN/inf values, or values so large that the next "
             f"layer norm overflows ({value.dtype}; settings: {desc or 'none'}); lower the "
-            "scale, or use strength='rms' so the scale is relative to the site's typical norm")
+            "strength, or use unit='rms' so the strength is relative to the site's typical norm")
 
 
 # ------------------------------------------------------------------------------ generation

@@ -4,7 +4,7 @@ model generates (steered or not), from the same forward passes -- no second pass
 >>> vecs = directions(store, method="context-agnostic", layers=range(10, 20))  # doctest: +SKIP
 >>> probe = load_probe(run_dir, "blocks.16.hook_resid_post", pooling="last")  # doctest: +SKIP
 >>> trace = monitor(lm, ["Tell me about your day."], [probe, vecs], max_new_tokens=40,
-...                 steer=Setting(vector=vecs["fear"], scale=2.0))  # doctest: +SKIP
+...                 steer=Setting(vector=vecs["fear"], strength=2.0))  # doctest: +SKIP
 >>> trace.top(0, "probe")[:3]  # doctest: +SKIP
 [('The', 'neutral', 0.61), (' lights', 'fear', 0.48), ...]
 >>> trace_figure(trace, "runs/trace")  # doctest: +SKIP
@@ -267,8 +267,8 @@ def monitor(lm, prompts: Sequence[str], readers, *, max_new_tokens: int = 48, st
             values[name].append(grid[i, keep])
     desc = None
     if steer is not None and steer.vector is not None:
-        desc = {"emotion": steer.vector.emotion, "scale": steer.scale, "mode": steer.mode,
-                "strength": steer.strength, "positions": str(steer.positions),
+        desc = {"emotion": steer.vector.emotion, "strength": steer.strength, "unit": steer.unit,
+                "factor": steer.factor, "mode": steer.mode, "positions": str(steer.positions),
                 "layers": steer.vector.layers, "method": steer.vector.meta.get("method")}
     return Trace(texts=gen.texts, tokens=tokens, prompt_lengths=lengths,
                  readers=[r.name for r in reader.readers],

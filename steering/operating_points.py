@@ -8,12 +8,12 @@ read-only defaults ``steering/operating_points.json``:
 
 .. code-block:: json
 
-    {"format": 1,
+    {"format": 2,
      "models": {"smollm2-135m": {
          "weight_fingerprint": "...",
          "emotions": {"fear": {
              "method": "context-agnostic", "site": "resid_post", "layers": [10, ..., 19],
-             "pooling": "last", "scale": 2.0, "strength": "rms", "mode": "add",
+             "pooling": "last", "strength": 2.0, "unit": "rms", "mode": "add",
              "positions": "last-prompt+generated",
              "generate": {"repetition_penalty": 1.05, "no_repeat_ngram_size": 3},
              "provisional": true, "source": "how it was chosen"}}}}}
@@ -23,6 +23,11 @@ protocol; ``steer-eval`` records what it selects in the user's table (``write_op
 never in the installed package. An emotion's record may carry its own ``weight_fingerprint``
 (the weights it was tuned on), which wins over the model's; :func:`fingerprint_warning` says
 when it differs from the loaded model's.
+
+``strength``, ``unit`` and ``factor`` mean what they mean in :mod:`probe.interventions` (and on
+``probe steer``'s command line). Tables of format 1, written by older versions, named the
+strength ``scale`` and the unit ``strength`` (and the prompt mode's strength ``scale``); they
+are still read (:func:`upgrade`), and a user table is written back in format 2.
 """
 
 from __future__ import annotations
@@ -36,8 +41,8 @@ from pathlib import Path
 from probe.io import atomic_write, emoprobe_home
 from steering.vector import SteeringError, SteeringVector
 
-FORMAT = 1
-_REQUIRED = ("method", "site", "layers", "scale", "strength", "mode", "positions")
+FORMAT = 2
+_REQUIRED = ("method", "site", "layers", "strength", "unit", "mode", "positions")
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -49,8 +54,9 @@ class OperatingPoint:
     method: str
     site: str
     layers: tuple[int, ...]
-    scale: float
-    strength: str = "rms"
+    strength: float = 0.0
+    unit: str = "rms"
+    factor: float | None = None
     mode: str = "add"
     positions: str = "last-prompt+generated"
     pooling: str = "last"
@@ -61,7 +67,7 @@ class OperatingPoint:
     #: whose directions cannot be recomputed from a store; None: compute ``method`` directions.
     vector: str | None = None
     #: The prompt + steering mode (``probe steer --with-prompt``): ``{"system_prompt",
-    #: "user_suffix", "scale"}``, the scale selected *with* the prompt; None: not offered.
+    #: "user_suffix", "strength"}``, the strength selected *with* the prompt; None: not offered.
     prompt: dict | None = None
     #: The weights it was tuned on (``LoadedModel.fingerprint``); None: not recorded.
     weight_fingerprint: str | None = field(default=None, compare=False)
@@ -71,8 +77,9 @@ class OperatingPoint:
     def describe(self) -> str:
         lo, hi = min(self.layers), max(self.layers)
         tag = " (provisional)" if self.provisional else ""
-        return (f"{self.emotion}: {self.method} direction, {self.mode} x{self.scale:g} "
-                f"{'RMS' if self.strength == 'rms' else self.strength} at {self.site} layers "
+        amount = (f"x{self.factor:g}" if self.mode == "scale" else
+                  f"x{self.strength:g} {'RMS' if self.unit == 'rms' else self.unit}")
+        return (f"{self.emotion}: {self.method} direction, {self.mode} {amount} at {self.site} layers "
                 f"{lo}-{hi}, positions {self.positions}{tag}")
 
 
@@ -96,11 +103,11 @@ def point_vector(point: OperatingPoint, lm=None, *, folder: str | os.PathLike | 
 
 def prompt_mode(point: OperatingPoint | None, emotion: str, prompts: list[str]
                 ) -> tuple[list[str], str | None, float]:
-    """``(prompts with the user suffix, system prompt, scale)`` of the prompt + steering mode."""
+    """``(prompts with the user suffix, system prompt, strength)`` of the prompt + steering mode."""
     if point is None or not point.prompt:
         raise SteeringError(f"no prompt + steering mode is shipped for {emotion}; drop --with-prompt")
     suffix = point.prompt.get("user_suffix", "")
-    return [p + suffix for p in prompts], point.prompt.get("system_prompt"), float(point.prompt["scale"])
+    return [p + suffix for p in prompts], point.prompt.get("system_prompt"), float(point.prompt["strength"])
 
 
 def shipped_path() -> Path:
@@ -116,8 +123,31 @@ def user_path() -> Path:
     return emoprobe_home() / "operating_points.json"
 
 
+def upgrade(point: dict) -> dict:
+    """One emotion's record of a format-1 table in format 2's words (a new dict).
+
+    Format 1 named the strength ``scale`` and its unit ``strength``; with ``mode="scale"`` its
+    ``scale`` was the factor.
+    """
+    out = {}
+    for key, value in point.items():
+        if key == "scale":
+            out["factor" if point.get("mode") == "scale" else "strength"] = value
+        elif key == "strength":
+            out["unit"] = value
+        elif key == "prompt" and isinstance(value, dict):
+            out["prompt"] = {("strength" if k == "scale" else k): v for k, v in value.items()}
+        else:
+            out[key] = value
+    out.setdefault("strength", 0.0)
+    out.setdefault("unit", "rms")
+    return out
+
+
 def load_operating_points(path: str | os.PathLike | None = None) -> dict:
-    """The whole table (checked): ``{"format": 1, "models": {alias: {...}}}``."""
+    """The whole table (checked), in format 2: ``{"format": 2, "models": {alias: {...}}}``.
+
+    A format-1 table (older versions' user tables) is read and returned upgraded."""
     path = Path(path) if path is not None else shipped_path()
     try:
         table = json.loads(path.read_text())
@@ -125,8 +155,13 @@ def load_operating_points(path: str | os.PathLike | None = None) -> dict:
         raise SteeringError(f"no operating-point table at {path}") from None
     except json.JSONDecodeError as exc:
         raise SteeringError(f"{path} is not valid JSON: {exc}") from None
-    if table.get("format") != FORMAT or not isinstance(table.get("models"), dict):
+    if table.get("format") not in (1, FORMAT) or not isinstance(table.get("models"), dict):
         raise SteeringError(f"{path}: expected {{'format': {FORMAT}, 'models': {{...}}}}")
+    if table["format"] == 1:
+        for entry in table["models"].values():
+            if isinstance(entry.get("emotions"), dict):
+                entry["emotions"] = {e: upgrade(p) for e, p in entry["emotions"].items()}
+        table["format"] = FORMAT
     for model, entry in table["models"].items():
         for emotion, point in entry.get("emotions", {}).items():
             missing = [k for k in _REQUIRED if k not in point]

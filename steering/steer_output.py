@@ -27,9 +27,12 @@ FAR_PAST = 2.0
 BROKEN_RMS = 4.0
 
 
-def check_strength(strength: float | None) -> None:
-    """``--strength`` must be a finite number (nan/inf would steer every reply into NaNs)."""
+def check_strength(strength: float | None, flag: str = "--strength") -> None:
+    """``--strength`` (or ``--factor``) must be a finite number (nan/inf would steer every reply
+    into NaNs)."""
     if strength is not None and not math.isfinite(strength):
+        if flag != "--strength":
+            raise SteeringError(f"{flag} must be a finite number, got {strength}; e.g. {flag} 0.5")
         raise SteeringError(f"--strength must be a finite number, got {strength}; e.g. "
                             "--strength 2 (in units of the site's RMS), or leave it out for the "
                             "shipped operating point")
@@ -56,12 +59,13 @@ def fluent_range(alias: str, path=None) -> tuple[float, str] | None:
     from steering.operating_points import load_operating_points
 
     entry = load_operating_points(path)["models"].get(alias) or {}
-    scales = [p["scale"] for p in entry.get("emotions", {}).values()
-              if p.get("strength", "rms") == "rms" and not p.get("provisional", True)]
-    if not scales:
+    strengths = [p["strength"] for p in entry.get("emotions", {}).values()
+                 if p.get("mode", "add") == "add" and p.get("unit", "rms") == "rms"
+                 and not p.get("provisional", True)]
+    if not strengths:
         return None
-    return max(scales), (f"the operating points of {alias} in steering/operating_points.json, "
-                         f"{min(scales):g}-{max(scales):g} x RMS, selected by probe steer-eval "
+    return max(strengths), (f"the operating points of {alias} in steering/operating_points.json, "
+                            f"{min(strengths):g}-{max(strengths):g} x RMS, selected by probe steer-eval "
                          "under a perplexity-ratio limit")
 
 

@@ -17,14 +17,15 @@ Apply one with :meth:`SteeringVector.apply` (a context manager over :mod:`steeri
 
 >>> vecs = directions(store, method="context-agnostic", layers=range(10, 20))  # doctest: +SKIP
 >>> joy = vecs["happiness"]  # doctest: +SKIP
->>> with joy.apply(lm, scale=4.0, positions="last-prompt+generated"):  # doctest: +SKIP
+>>> with joy.apply(lm, strength=4.0, positions="last-prompt+generated"):  # doctest: +SKIP
 ...     print(lm.generate(["Tell me about your day."], max_new_tokens=60))
 >>> (joy - vecs["sadness"]).save("joy-minus-sad")  # doctest: +SKIP
 
-Strength: with ``strength="rms"`` (default) ``scale`` is in units of the site's typical RMS
-(``sqrt(mean(h**2))`` over the store's rows and dimensions, per site), so ``scale=4`` adds a
-vector of norm ``4 * rms * |v|``; ``"absolute"`` adds ``scale * v`` as it is; ``"token-rms"``
-uses each position's own RMS at run time, as Wang et al.'s code does.
+Strength (the words of :mod:`probe.interventions`): with ``unit="rms"`` (default) ``strength``
+is in units of the site's typical RMS (``sqrt(mean(h**2))`` over the store's rows and
+dimensions, per site), so ``strength=4`` adds a vector of norm ``4 * rms * |v|``;
+``"absolute"`` adds ``strength * v`` as it is; ``"token-rms"`` uses each position's own RMS at
+run time, as Wang et al.'s code does. ``mode="scale"`` takes a ``factor`` instead.
 
 Files: :meth:`save` writes ``NAME.safetensors`` (tensors named by site, the metadata in its
 header) and ``NAME.json`` (the same metadata, readable), both atomically, with a SHA-256 of
@@ -51,7 +52,8 @@ from probe.direction_methods import DirectionError
 from probe.directions import FORMAT, Direction, DirectionSet, file_base, site_tensors
 from probe.sites import Site, SiteError
 from steering.errors import SteeringError
-from steering.inject import Setting, Strength, steering_hooks
+from probe.interventions import Unit
+from steering.inject import Setting, steering_hooks
 
 Match = Literal["exact", "architecture", "none"]
 
@@ -105,8 +107,8 @@ class SteeringVector(Direction):
         table = self.meta.get("rms") or {}
         if str(site) not in table:
             raise SteeringError(
-                f"this vector has no typical RMS for {site}, so strength='rms' has no unit; "
-                "use strength='absolute' (or 'token-rms'), or make the vector with "
+                f"this vector has no typical RMS for {site}, so unit='rms' has no size; "
+                "use unit='absolute' (or 'token-rms'), or make the vector with "
                 "steering.directions (which records it)")
         return float(table[str(site)])
 
@@ -207,19 +209,20 @@ class SteeringVector(Direction):
                                     f"model's {site.kind} has {width} (a vector for another model?)")
 
     @contextmanager
-    def apply(self, lm, *, scale: float = 1.0, mode: str = "add",
-              positions: str | range = "last-prompt+generated", strength: Strength = "rms",
+    def apply(self, lm, *, strength: float = 1.0, unit: Unit = "rms", factor: float | None = None,
+              mode: str = "add", positions: str | range = "last-prompt+generated",
               spread: bool = False, match: Match = "exact"):
         """Steer ``lm`` inside a ``with`` block (hooks removed on exit, whatever happens).
 
         Args:
             lm: A :class:`probe.models.LoadedModel`.
-            scale: Strength (see ``strength``); for ``mode="scale"`` the factor on the projection.
+            strength: The amount added (``"add"``) or the projection set (``"clamp"``), in ``unit``.
+            unit: ``"rms"`` (x the site's typical RMS), ``"absolute"`` or ``"token-rms"``.
+            factor: For ``mode="scale"``: the multiplier of the projection.
             mode: ``"add"`` the vector, ``"ablate"`` (project it out), ``"clamp"`` the
-                projection to ``scale`` (x RMS), or ``"scale"`` the projection by ``scale``.
+                projection to ``strength``, or ``"scale"`` the projection by ``factor``.
             positions: ``"all"``, ``"prompt"``, ``"generated"``, ``"last-prompt+generated"``
                 (Wang et al.'s ``last_k=1``), ``"last-prompt"`` or a ``range`` of token indices.
-            strength: ``"rms"`` (x the site's typical RMS), ``"absolute"`` or ``"token-rms"``.
             spread: Divide the strength of ``"add"`` evenly over the vector's layers.
             match: How closely the model must match the vector's (see :meth:`check`); a vector
                 without a weight fingerprint (made by hand) is checked for shapes only.
@@ -228,8 +231,10 @@ class SteeringVector(Direction):
             The :class:`probe.hooks.HookManager`.
         """
         self.check(lm, match=match)
-        setting = Setting(vector=self, scale=scale, mode=mode, positions=positions,
-                          strength=strength, spread=spread)
+        if mode == "scale" and factor is None:
+            raise SteeringError("mode='scale' multiplies the projection by factor; pass factor=")
+        setting = Setting(vector=self, strength=0.0 if mode in ("scale", "ablate") else strength,
+                          unit=unit, factor=factor, mode=mode, positions=positions, spread=spread)
         with lm.hooks(steering_hooks(setting, lm)) as manager:
             yield manager
 

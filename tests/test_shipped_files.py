@@ -49,7 +49,7 @@ def test_operating_points_writer_keeps_no_paths(tmp_path):
     assert portable("layers 6-11, ratio 1.96 <= 2 and 0.1/2, --out runs/x") == \
         "layers 6-11, ratio 1.96 <= 2 and 0.1/2, --out runs/x"
     path = write_operating_point(OperatingPoint(
-        model="m", emotion="joy", method="mean-diff", site="resid_post", layers=(1, 2), scale=1.0,
+        model="m", emotion="joy", method="mean-diff", site="resid_post", layers=(1, 2), strength=1.0,
         source="probe steer-eval run r: `probe steer-eval --out /home/me/runs/se`"),
         path=tmp_path / "points.json")
     source = json.loads(path.read_text())["models"]["m"]["emotions"]["joy"]["source"]

@@ -19,10 +19,13 @@ The rules (docs/extending.md):
 * **(c) ``probe`` imports neither ``steering`` nor ``circuits``** (its plugins included).
 * **(e) No import runs back up** the floors of docs/extending.md: a module placed on a floor
   there imports nothing placed on a higher one (modules the table does not name are skipped).
+* **(f) One module registers torch hooks**: only ``probe/hooks.py`` calls
+  ``register_forward_hook`` / ``register_forward_pre_hook`` / ``register_full_backward_hook`` /
+  ``register_hook`` (and their kin); everything else goes through the hook layer.
 * **(d) One error base.** Every class named ``*Error`` derives from
   :class:`probe.errors.EmoprobeError`, which the command line reports as ``error:`` + exit 2,
   and no two modules define an error class of the same name.
-* **(f) No module over 500 lines** (STYLE.md): split it where its concepts part.
+* **(g) No module over 500 lines** (STYLE.md): split it where its concepts part.
 """
 
 from __future__ import annotations
@@ -447,3 +450,40 @@ def test_steering_and_circuits_do_not_import_each_other(code):
     bad = [f"{u.source}:{u.line} imports {u.target}" for u in found
            if top.get(u.source.split(".")[0]) == u.target.split(".")[0]]
     assert not bad, "one plugin imports another:\n" + "\n".join(bad)
+
+
+#: Torch's ways of placing a hook; only the hook layer (probe/hooks.py) calls them.
+TORCH_HOOK_CALLS = ("register_forward_hook", "register_forward_pre_hook",
+                    "register_full_backward_hook", "register_full_backward_pre_hook",
+                    "register_backward_hook", "register_hook", "register_module_forward_hook",
+                    "register_module_forward_pre_hook")
+HOOK_LAYER = "probe.hooks"
+
+
+def torch_hook_calls(modules: dict[str, Path]) -> list[str]:
+    """``module:line name`` of every call of a torch hook registration outside the hook layer
+    (as an attribute, ``m.register_forward_hook(...)``, or a bare name)."""
+    bad = []
+    for name, path in modules.items():
+        if name == HOOK_LAYER:
+            continue
+        for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+            if not isinstance(node, ast.Call):
+                continue
+            f = node.func
+            called = f.attr if isinstance(f, ast.Attribute) else getattr(f, "id", None)
+            if called in TORCH_HOOK_CALLS:
+                bad.append(f"{name}:{node.lineno} {called}")
+    return bad
+
+
+def test_only_the_hook_layer_registers_torch_hooks(code, tmp_path):
+    modules, _ = code
+    bad = torch_hook_calls(modules)
+    assert not bad, "torch hooks registered outside probe/hooks.py:\n" + "\n".join(bad)
+    # the scan finds them (the test can fail), and leaves the hook layer alone
+    other = tmp_path / "other.py"
+    other.write_text("def f(m, t):\n    m.register_forward_pre_hook(print)\n"
+                     "    return t.register_hook(print)\n")
+    assert torch_hook_calls({"circuits.other": other, HOOK_LAYER: modules[HOOK_LAYER]}) == [
+        "circuits.other:2 register_forward_pre_hook", "circuits.other:3 register_hook"]

@@ -31,7 +31,7 @@ from torch import Tensor
 
 from probe.errors import AttributionError
 from probe.forward import Batch, make_batch
-from probe.interventions import replace_with
+from probe.interventions import replace
 from probe.sites import Site
 from probe.tokens import Encoded
 
@@ -195,7 +195,7 @@ def _ablate(lm, batch: Batch, readout: Readout, site: Site, means: dict,
     for k, g in enumerate(GROUPS):
         if g not in modes:
             continue
-        with lm.hooks({site: replace_with(means[site, g], positions=modes[g])}):
+        with lm.hooks({site: replace(means[site, g], positions=modes[g])}):
             m = readout(lm.logits(batch), batch).cpu().double().numpy()
         out[:, k] = clean - m
     return out

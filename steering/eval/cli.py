@@ -178,7 +178,7 @@ def _write_points(result, lm, run_id: str, command: str) -> None:
         held = ", ".join(f"{r.judge} {r.value:.2f}" for r in test.itertuples())
         path = write_operating_point(OperatingPoint(
             model=lm.spec.alias, emotion=emotion, method=pt.method, site=pt.site,
-            layers=tuple(pt.layers), scale=pt.scale, positions=pt.positions,
+            layers=tuple(pt.layers), strength=pt.strength, positions=pt.positions,
             generate=result.config.decoding.kwargs(), provisional=not sel.constraints_met,
             source=f"probe steer-eval run {run_id}: `{command}`. {sel.note}. Held-out gated "
                    f"expression: {held}."), weight_fingerprint=lm.fingerprint)

@@ -39,13 +39,13 @@ class Decoding:
 
 @dataclass(frozen=True, kw_only=True)
 class GridPoint:
-    """One steering setting for one emotion; ``scale`` is per layer, x the layer's typical RMS."""
+    """One steering setting for one emotion; ``strength`` is per layer, x the layer's typical RMS."""
 
     emotion: str
     method: str
     layers: tuple[int, ...]
     positions: str
-    scale: float
+    strength: float
     site: str = "resid_post"
 
     @property
@@ -57,7 +57,7 @@ class GridPoint:
     @property
     def total(self) -> float:
         """Strength summed over the layers (x RMS): comparable across bands."""
-        return self.scale * len(self.layers)
+        return self.strength * len(self.layers)
 
     @property
     def config(self) -> tuple[str, str, tuple[int, ...], str]:
@@ -70,16 +70,16 @@ class GridPoint:
         return vectors[self.method][self.emotion].at(self.layers)
 
     def setting(self, vectors: Mapping[str, Mapping[str, SteeringVector]]) -> Setting:
-        return Setting(vector=self.vector(vectors), scale=self.scale, positions=self.positions,
+        return Setting(vector=self.vector(vectors), strength=self.strength, positions=self.positions,
                        label=self.describe())
 
     def describe(self) -> str:
         return (f"{self.emotion}: {self.method} L{self.band} {self.positions} "
-                f"x{self.scale:.3g} RMS/layer")
+                f"x{self.strength:.3g} RMS/layer")
 
     def record(self) -> dict:
         return {"method": self.method, "layers": self.band, "positions": self.positions,
-                "strength": self.scale, "total_strength": self.total}
+                "strength": self.strength, "total_strength": self.total}
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -119,7 +119,7 @@ class GridConfig:
 
     def coarse_points(self, emotions: Sequence[str]) -> list[GridPoint]:
         return [GridPoint(emotion=e, method=m, layers=tuple(range(lo, hi + 1)), positions=p,
-                          scale=t / (hi - lo + 1))
+                          strength=t / (hi - lo + 1))
                 for e in emotions for m in self.methods for lo, hi in self.bands
                 for p in self.positions for t in sorted(self.totals)]
 
@@ -138,7 +138,7 @@ def ladder_points(best: GridPoint, coarse_totals: Sequence[float], steps: int) -
         ladder.add(totals[0] / 2)
     n = len(best.layers)
     return [GridPoint(emotion=best.emotion, method=best.method, layers=best.layers,
-                      positions=best.positions, scale=round(t / n, 4), site=best.site)
+                      positions=best.positions, strength=round(t / n, 4), site=best.site)
             for t in sorted(ladder)]
 
 

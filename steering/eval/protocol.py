@@ -229,7 +229,7 @@ def _test_arms(config, selections, vectors) -> list[Arm]:
     for i, e in enumerate(config.emotions):
         pt = selections[e].point
         st = pt.setting(vectors)
-        rnd = Setting(vector=random_like(st.vector, config.seed + 1 + i), scale=st.scale,
+        rnd = Setting(vector=random_like(st.vector, config.seed + 1 + i), strength=st.strength,
                       positions=st.positions, label=f"random like {pt.describe()}")
         arms += [Arm(condition="steered", emotion=e, setting=st, point=pt),
                  Arm(condition="random", emotion=e, setting=rnd, point=pt),

@@ -119,7 +119,7 @@ def score_intervention(lm, intervention, *, emotion: str, judges: Mapping[str, o
         lm: The model, with no hooks open.
         intervention: A hook dict ``{site: fn}`` (opened with ``lm.hooks``), a zero-argument
             callable returning a context manager that opens hooks (e.g.
-            ``lambda: vec.apply(lm, scale=2)``), a :class:`~steering.inject.Setting`, or None
+            ``lambda: vec.apply(lm, strength=2)``), a :class:`~steering.inject.Setting`, or None
             (unsteered).
         emotion: The target emotion.
         judges: ``{name: judge}`` (default: :func:`load_judges` without the strong judge).

@@ -143,7 +143,7 @@ def measure(asker: Asker, vectors: dict[str, SteeringVector], config: FlipsConfi
         grid = tqdm(grid, desc="steering", unit="setting")
     for name, (lo, hi), s in grid:
         vec = vectors[name].at(range(lo, hi + 1))
-        with vec.apply(asker.lm, scale=s, positions=config.positions, match="architecture"):
+        with vec.apply(asker.lm, strength=s, positions=config.positions, match="architecture"):
             got = asker.answers()
         for variant, a in got.items():
             rows.append(pd.DataFrame({"direction": name, "band": f"{lo}-{hi}", "strength": s,

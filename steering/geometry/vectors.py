@@ -6,7 +6,7 @@ with its raw norms in ``meta["norms"]`` and the typical RMS of the pooled residu
 :func:`steering.monitor.monitor` take it as it is:
 
 >>> vec = SteeringVector.load("runs/geo/vectors/goemotions/joy")  # doctest: +SKIP
->>> with vec.at(range(10, 20)).apply(lm, scale=2.0): ...  # doctest: +SKIP
+>>> with vec.at(range(10, 20)).apply(lm, strength=2.0): ...  # doctest: +SKIP
 """
 
 from __future__ import annotations

@@ -8,8 +8,10 @@ are removed in ``finally``. After each Adam step every ``w_l`` is projected back
 radius ``max_norm`` (x RMS): the fluency constraint of the fit.
 
 The result is a :class:`~steering.vector.SteeringVector` whose per-site tensor is ``w_l`` and
-whose ``meta["rms"]`` holds the RMS, so ``vec.apply(lm, scale=1.0)`` (strength ``rms``) adds
-exactly what was trained and ``scale=s`` scales it.
+whose ``meta["rms"]`` holds the RMS, so ``vec.apply(lm, strength=1.0)`` (unit ``rms``) adds
+exactly what was trained and ``strength=s`` scales it. ``meta["train"]`` records the
+:class:`TrainConfig`; :meth:`TrainConfig.from_record` reads it back, also from files written
+before ``init_scale`` was renamed ``init_strength``.
 
 >>> vec, log = train_vector(lm, data, objective("distill"), TrainConfig(layers=(8, 10, 12)))  # doctest: +SKIP
 """
@@ -43,7 +45,7 @@ class TrainConfig:
         steps: Adam steps.
         batch_size: Training rows per step.
         lr: Adam learning rate (the vector is in units of RMS per layer).
-        init_scale: Length of the initial vector per layer (x RMS) along the init direction.
+        init_strength: Length of the initial vector per layer (x RMS) along the init direction.
         max_norm: Radius (x RMS per layer) the vector is projected into after each step.
         seed: Row order.
     """
@@ -53,7 +55,7 @@ class TrainConfig:
     steps: int = 40
     batch_size: int = 8
     lr: float = 0.01
-    init_scale: float = 0.5
+    init_strength: float = 0.5
     max_norm: float = 4.0
     seed: int = 0
 
@@ -62,6 +64,16 @@ class TrainConfig:
             raise SteeringError(f"layers must be non-negative and not empty, got {self.layers}")
         if self.steps < 1 or self.batch_size < 1 or not self.lr > 0 or not self.max_norm > 0:
             raise SteeringError("steps, batch_size, lr and max_norm must be positive")
+
+    @classmethod
+    def from_record(cls, record: dict) -> TrainConfig:
+        """The config a vector's ``meta["train"]`` records (older files: ``init_scale``)."""
+        names = set(cls.__dataclass_fields__)
+        fields = {("init_strength" if k == "init_scale" else k): v for k, v in record.items()}
+        fields = {k: v for k, v in fields.items() if k in names}
+        if "layers" in fields:
+            fields["layers"] = tuple(fields["layers"])
+        return cls(**fields)
 
 
 @dataclass
@@ -208,4 +220,4 @@ def _init(lm, init: SteeringVector | None, site: Site, config: TrainConfig) -> T
         v = torch.randn(d, generator=torch.Generator().manual_seed(config.seed + site.layer))
     if v.numel() != d or not math.isfinite(float(v.norm())) or float(v.norm()) == 0:
         raise SteeringError(f"the initial direction at {site} is not a non-zero {d}-vector")
-    return (v / v.norm() * config.init_scale).to(torch.float32)
+    return (v / v.norm() * config.init_strength).to(torch.float32)

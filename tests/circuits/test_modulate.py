@@ -22,7 +22,7 @@ def test_scale_changes_only_the_circuits_units(llama):
     site = Site("mlp.hook_post", 2)
     _, clean = run_with_cache(llama, batch, [site])
     seen = {}
-    hooks = modulation_hooks(llama, CIRCUIT, strength=1.5, mode="scale", positions="all")
+    hooks = modulation_hooks(llama, CIRCUIT, factor=2.5, mode="scale", positions="all")
     with torch.no_grad(), llama.hooks({site: [hooks[site], lambda v, ctx: seen.setdefault("v", v)]}):
         llama.logits(batch)
     real = batch.attention_mask.bool()
@@ -50,13 +50,13 @@ def test_add_moves_a_linear_metric_by_exactly_the_offsets(llama64):
                                expect.expand(2).to(torch.float64), rtol=1e-9, atol=1e-9)
 
 
-def test_zero_strength_and_removal_leave_no_trace(llama):
+def test_unit_factor_and_removal_leave_no_trace(llama):
     batch = llama.batch(TEXTS[:2])
     with torch.no_grad():
         ref = llama.logits(batch)
-        with llama.hooks(modulation_hooks(llama, CIRCUIT, strength=0.0, mode="scale")):
+        with llama.hooks(modulation_hooks(llama, CIRCUIT, factor=1.0, mode="scale")):
             same = llama.logits(batch)
-        with llama.hooks(modulation_hooks(llama, CIRCUIT, strength=2.0, mode="scale")):
+        with llama.hooks(modulation_hooks(llama, CIRCUIT, factor=3.0, mode="scale")):
             moved = llama.logits(batch)
         after = llama.logits(batch)
     assert torch.equal(ref, same) and torch.equal(ref, after) and not torch.equal(ref, moved)
@@ -66,7 +66,11 @@ def test_bad_requests(llama):
     with pytest.raises(ModulationError, match="needs offsets"):
         modulation_hooks(llama, CIRCUIT, strength=1.0)
     with pytest.raises(ModulationError, match="only heads, neurons"):
-        modulation_hooks(llama, [Component.parse("blocks.0.hook_resid_pre@-1")], strength=1.0,
+        modulation_hooks(llama, [Component.parse("blocks.0.hook_resid_pre@-1")], factor=2.0,
                          mode="scale")
+    with pytest.raises(ModulationError, match="takes a factor"):
+        modulation_hooks(llama, CIRCUIT, strength=1.0, mode="scale")  # the old spelling of x2
+    with pytest.raises(ModulationError, match="takes a strength"):
+        modulation_hooks(llama, CIRCUIT, factor=2.0, offsets={})
     with pytest.raises(ModulationError, match="empty"):
-        modulation_hooks(llama, [], strength=1.0, mode="scale")
+        modulation_hooks(llama, [], factor=2.0, mode="scale")

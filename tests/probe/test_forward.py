@@ -194,7 +194,7 @@ def test_intervention_recipes(tiny_llama):
     with hooks(lm, {site: project_out(u)}):
         _, got = run_with_cache(lm, clean, [site])
     assert (got[site] @ (u / u.norm())).abs().max() < 1e-3
-    with hooks(lm, {site: [zero(), add(u, scale=2.0, positions="last")]}):
+    with hooks(lm, {site: [zero(), add(u, strength=2.0, positions="last")]}):
         _, got = run_with_cache(lm, clean, [site])
     last = got[site][:, -1]
     torch.testing.assert_close(last, (2.0 * u).expand_as(last))

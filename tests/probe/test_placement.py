@@ -46,7 +46,7 @@ def test_split_model_captures_the_same_activations(split, one_thread):
 def test_hooks_write_and_leave_no_trace_on_a_split_model(split):
     whole, spread = split
     v = torch.randn(64, generator=torch.Generator().manual_seed(0))
-    steer = {"blocks.1-3.hook_resid_mid": add(v, scale=3.0, positions="last")}
+    steer = {"blocks.1-3.hook_resid_mid": add(v, strength=3.0, positions="last")}
     with torch.no_grad():
         before = spread.logits(CORPUS[:3])
         with no_hooks_left(spread.model):

@@ -3,7 +3,7 @@
 import pytest
 import torch
 
-from probe.interventions import add, replace_with
+from probe.interventions import add, replace
 from probe.sites import Site
 from probe.multimodal.encode import encode_multimodal
 from tests.probe.test_vlm import TEXTS, media
@@ -45,7 +45,7 @@ def test_steering_image_positions_is_causal_and_leaves_no_trace(tiny_vlm, family
     with torch.no_grad():
         before = lm.logits(batch)
         v = torch.randn(lm.arch.d_model(lm.model), generator=torch.Generator().manual_seed(0))
-        with lm.hooks({"blocks.1.hook_resid_post": add(v, scale=8.0, positions="image")}):
+        with lm.hooks({"blocks.1.hook_resid_post": add(v, strength=8.0, positions="image")}):
             steered = lm.logits(batch)
         after = lm.logits(batch)
     first_image = int(torch.nonzero(batch.modality[0] == 1)[0])
@@ -59,7 +59,7 @@ def test_steered_generation_same_with_and_without_kv_cache(tiny_vlm, family, one
     lm = tiny_vlm(family)
     batch = batch_of(lm, family)
     v = torch.randn(lm.arch.d_model(lm.model), generator=torch.Generator().manual_seed(1))
-    hook = {"blocks.0-1.hook_resid_post": add(v, scale=4.0, positions="last-prompt+generated")}
+    hook = {"blocks.0-1.hook_resid_post": add(v, strength=4.0, positions="last-prompt+generated")}
     plain = lm.generate(batch, max_new_tokens=6)
     with lm.hooks(hook):
         cached = lm.generate(batch, max_new_tokens=6)
@@ -84,6 +84,6 @@ def test_gradients_and_ablation_reach_image_tokens(tiny_vlm):
     assert grads[embed][image].abs().sum() > 0 and grads[embed][padding].abs().sum() == 0
     # first-order check of the gradient against ablating the image tokens (mean embedding)
     mean = values[embed][image].mean(0)
-    with torch.no_grad(), lm.hooks({embed: replace_with(mean, positions="image")}):
+    with torch.no_grad(), lm.hooks({embed: replace(mean, positions="image")}):
         ablated = metric(lm.logits(batch), batch)
     assert torch.isfinite(ablated) and ablated != m

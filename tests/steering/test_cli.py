@@ -69,9 +69,17 @@ def test_directions_then_steer(capsys, tiny_dir, toy_store):
     assert out.count("prompt:") == 2 and "unsteered" in out and "steered: joy add x8 RMS" in out
     rec = json.loads(js.read_text())
     assert rec["prompts"] == ["We won the final!", "Someone stole my bike."]
-    assert rec["setting"]["scale"] == 8 and rec["vector"]["method"] == "mean-diff"
+    assert rec["setting"]["strength"] == 8 and rec["vector"]["method"] == "mean-diff"
     assert len(rec["steered"]) == len(rec["unsteered"]) == 2
     assert rec["steered"] != rec["unsteered"]
+    # --mode scale takes --factor (a multiplier), the value under its own name to the hook
+    code, out, err = _run(capsys, "steer", "--model", model, "--vectors", out_dir, "--emotion", "joy",
+                          "--mode", "scale", "--factor", "0", "--layers", "1-2", "--max-new-tokens",
+                          "3", "--out", root / "scaled.json", "--quiet", "We won the final!")
+    assert code == 0, err
+    assert "steered: joy scale x0 at" in out
+    rec = json.loads((root / "scaled.json").read_text())
+    assert rec["setting"]["factor"] == 0 and rec["setting"]["mode"] == "scale"
 
 
 @pytest.mark.parametrize("extra, message", [
@@ -80,6 +88,10 @@ def test_directions_then_steer(capsys, tiny_dir, toy_store):
     (["--emotion", "joy", "--strength", "2", "--layers", "1-7"], "out of range"),
     (["--emotion", "joy"], "no operating point for model"),
     (["--emotion", "joy", "--strength", "2"], "pass --strength and --layers"),
+    (["--emotion", "joy", "--mode", "scale", "--strength", "2", "--layers", "1-2"],
+     "--mode scale multiplies the projection by --factor"),
+    (["--emotion", "joy", "--factor", "0.5", "--layers", "1-2"], "--factor multiplies the projection"),
+    (["--emotion", "joy", "--mode", "scale", "--factor", "inf", "--layers", "1-2"], "--factor must be"),
 ])
 def test_steer_errors_are_clear(capsys, tiny_dir, toy_store, extra, message):
     root, store = toy_store
@@ -126,7 +138,7 @@ def test_real_model_steer_uses_the_shipped_operating_point(capsys, tmp_path):
     assert code == 0, err
     assert f"operating point ({point.origin}): fear" in err and f"layers {lo}-{hi}" in err
     rec = json.loads(js.read_text())
-    assert rec["operating_point"]["scale"] == point.scale and rec["vector"]["layers"] == list(point.layers)
+    assert rec["operating_point"]["strength"] == point.strength and rec["vector"]["layers"] == list(point.layers)
     assert rec["steered"][0] != rec["unsteered"][0]
 
 
@@ -147,11 +159,11 @@ def test_shipped_operating_points_load_and_can_be_replaced(tmp_path):
         # either a provisional quick-look point or one `probe steer-eval` selected (and says so)
         assert point.provisional or "probe steer-eval run" in point.source
         assert point.layers and 0 <= min(point.layers) <= max(point.layers) < 30
-        assert 0 < point.scale <= 4 and point.positions in ("last-prompt+generated", "all")
+        assert 0 < point.strength <= 4 and point.positions in ("last-prompt+generated", "all")
         assert ("provisional" in point.describe()) == point.provisional
     path = tmp_path / "points.json"
     new = OperatingPoint(model="m", emotion="joy", method="mean-diff", site="resid_post",
-                         layers=(3, 4), scale=1.5, provisional=False, source="steer-eval run x")
+                         layers=(3, 4), strength=1.5, provisional=False, source="steer-eval run x")
     write_operating_point(new, weight_fingerprint="abc", path=path)
     assert operating_point("m", "joy", path=path) == new
     with pytest.raises(SteeringError, match="known: \\['joy'\\]"):

@@ -141,7 +141,7 @@ def test_directions_from_a_store_fit_its_model(tiny_store):
     joy.check(lm, match="exact")  # provenance came from the store
     assert joy.meta["store"] == str(path) and joy.meta["dataset"] == "toy3"
     assert joy.layers == [1, 2] and joy.meta["pooling"] == "last"
-    with joy.apply(lm, scale=2.0):
+    with joy.apply(lm, strength=2.0):
         assert len(lm.generate(["We won the final!"], max_new_tokens=3)) == 1
     some = directions(path, method="mean-diff", rows=np.arange(9))
     assert some["joy"].meta["n_rows"] == 9

@@ -24,7 +24,7 @@ from tests.steering.conftest import random_vector
 
 def _rec(emotion, total, score, ppl, *, method="m", layers=(1, 2), positions="all", with_echoes=None):
     pt = GridPoint(emotion=emotion, method=method, layers=layers, positions=positions,
-                   scale=total / len(layers))
+                   strength=total / len(layers))
     return {"emotion": emotion, **pt.record(), "score": score, "ppl_ratio": ppl,
             "with_echoes": score if with_echoes is None else with_echoes, "point": pt}
 
@@ -64,7 +64,7 @@ def test_select_respects_both_constraints_and_says_why():
 
 
 def test_ladder_refines_around_the_best_strength():
-    best = GridPoint(emotion="fear", method="m", layers=(0, 1, 2, 3), positions="all", scale=2.5)
+    best = GridPoint(emotion="fear", method="m", layers=(0, 1, 2, 3), positions="all", strength=2.5)
     totals = sorted(p.total for p in ladder_points(best, (5.0, 10.0, 20.0), steps=1))
     assert totals == pytest.approx([5.0, 10.0 / 2 ** 0.5, 10.0, 10.0 * 2 ** 0.5, 20.0], rel=1e-3)
 
@@ -126,10 +126,10 @@ def test_score_intervention_hook_dict_callable_and_setting_agree(tiny_llama, tin
     scorer.decoding = Decoding(max_new_tokens=6)
     vec = vecs["context-agnostic"]["fear"]
     prompts = load_prompts("test")[:3]
-    setting = Setting(vector=vec, scale=2.0, positions="all")
+    setting = Setting(vector=vec, strength=2.0, positions="all")
     got = {}
     for name, iv in {"setting": setting, "hooks": steering_hooks(setting, tiny_llama),
-                     "callable": lambda: vec.apply(tiny_llama, scale=2.0, positions="all")}.items():
+                     "callable": lambda: vec.apply(tiny_llama, strength=2.0, positions="all")}.items():
         rows, frame = score_intervention(tiny_llama, iv, emotion="fear", prompts=prompts,
                                          scorer=scorer, n_boot=50, condition=name, return_frame=True)
         got[name] = list(frame["reply"])

@@ -41,7 +41,7 @@ def test_removal_restores_logits_bit_exactly(tiny_llama):
     batch = make_batch(lm, PROMPTS)
     with torch.no_grad():
         before = lm.logits(batch)
-        with vec.apply(lm, scale=4.0, positions="all"):
+        with vec.apply(lm, strength=4.0, positions="all"):
             during = lm.logits(batch)
         after = lm.logits(batch)
     assert torch.equal(before, after)
@@ -54,7 +54,8 @@ def test_operators_do_what_they_say(tiny_llama, mode):
     vec = random_vector(lm, layers=(1,), rms=2.0)
     u = vec.directions[SITE]
     h, batch = _read(lm, PROMPTS)
-    h2, _ = _read(lm, PROMPTS, steer=vec.apply(lm, scale=3.0, mode=mode, positions="all"))
+    amount = {"factor": 3.0} if mode == "scale" else {"strength": 3.0}
+    h2, _ = _read(lm, PROMPTS, steer=vec.apply(lm, **amount, mode=mode, positions="all"))
     real = batch.attention_mask.bool()
     p, p2 = h @ u, h2 @ u
     tol = 64 * F32 * h.abs().max()
@@ -73,9 +74,9 @@ def test_positions_generated_leaves_the_prompt_alone(tiny_llama):
     batch = make_batch(lm, PROMPTS)
     with torch.no_grad():
         plain = lm.logits(batch)
-        with vec.apply(lm, scale=5.0, positions="generated"):
+        with vec.apply(lm, strength=5.0, positions="generated"):
             gen_only = lm.logits(batch)
-        with vec.apply(lm, scale=5.0, positions="last-prompt+generated"):
+        with vec.apply(lm, strength=5.0, positions="last-prompt+generated"):
             last = lm.logits(batch)
     assert torch.equal(plain, gen_only)  # a prompt forward has no generated positions
     assert torch.equal(plain[:, :-1], last[:, :-1]) and not torch.allclose(plain[:, -1], last[:, -1])
@@ -85,7 +86,7 @@ def test_token_range_steers_only_that_span(tiny_llama):
     lm = tiny_llama
     vec = random_vector(lm, layers=(1,))
     h, batch = _read(lm, PROMPTS)
-    h2, _ = _read(lm, PROMPTS, steer=vec.apply(lm, scale=2.0, positions=range(2, 4)))
+    h2, _ = _read(lm, PROMPTS, steer=vec.apply(lm, strength=2.0, positions=range(2, 4)))
     changed = (h2 - h).norm(dim=-1) > 1e-4
     first = batch.attention_mask.float().argmax(1)
     for i in range(len(PROMPTS)):
@@ -98,7 +99,7 @@ def test_token_rms_uses_each_positions_own_norm(tiny_llama):
     vec = random_vector(lm, layers=(1,), rms=None)
     u = vec.directions[SITE]
     h, batch = _read(lm, PROMPTS)
-    h2, _ = _read(lm, PROMPTS, steer=vec.apply(lm, scale=0.5, strength="token-rms", positions="all"))
+    h2, _ = _read(lm, PROMPTS, steer=vec.apply(lm, strength=0.5, unit="token-rms", positions="all"))
     rms = h.pow(2).mean(-1).sqrt()
     real = batch.attention_mask.bool()
     want = h + 0.5 * rms[..., None] * u
@@ -108,15 +109,14 @@ def test_token_rms_uses_each_positions_own_norm(tiny_llama):
 def test_spread_divides_the_strength_over_layers(tiny_llama):
     lm = tiny_llama
     vec = random_vector(lm, layers=(0, 1, 2), rms=1.0)
-    (u0, _, _, _) = Setting(vector=vec, scale=6.0).coefficients(Site("hook_resid_post", 0))
-    _, a_full, _, _ = Setting(vector=vec, scale=6.0).coefficients(SITE)
-    _, a_spread, _, _ = Setting(vector=vec, scale=6.0, spread=True).coefficients(SITE)
+    a_full = Setting(vector=vec, strength=6.0).operator(SITE).offset
+    a_spread = Setting(vector=vec, strength=6.0, spread=True).operator(SITE).offset
     assert a_full == pytest.approx(6.0) and a_spread == pytest.approx(2.0)
     batch = make_batch(lm, PROMPTS)
     with torch.no_grad():
-        with vec.apply(lm, scale=6.0, spread=True, positions="all"):
+        with vec.apply(lm, strength=6.0, spread=True, positions="all"):
             spread = lm.logits(batch)
-        with (vec * (1 / 3)).apply(lm, scale=6.0, positions="all"):
+        with (vec * (1 / 3)).apply(lm, strength=6.0, positions="all"):
             thirds = lm.logits(batch)
     assert_close(spread, thirds)  # the same steering as two different float computations
 
@@ -124,8 +124,8 @@ def test_spread_divides_the_strength_over_layers(tiny_llama):
 def test_per_row_settings_equal_separate_runs(tiny_llama):
     lm = tiny_llama
     vec, other = random_vector(lm, layers=(0, 1), seed=1), random_vector(lm, layers=(1, 2), seed=2)
-    settings = [Setting(vector=None), Setting(vector=vec, scale=2.0),
-                Setting(vector=other, scale=-3.0, mode="clamp", positions="all"),
+    settings = [Setting(vector=None), Setting(vector=vec, strength=2.0),
+                Setting(vector=other, strength=-3.0, mode="clamp", positions="all"),
                 Setting(vector=vec, mode="ablate")]
     batch_texts = [p for _ in settings for p in PROMPTS]
     with torch.no_grad():
@@ -145,7 +145,7 @@ def test_generate_settings_matches_one_setting_at_a_time(tiny_dir, family):
 
     lm = load_model(str(tiny_dir / family), device="cpu", dtype="float32")
     vec = random_vector(lm, layers=(0, 1, 2), seed=3)
-    settings = [Setting(vector=None)] + [Setting(vector=vec, scale=s) for s in (0.5, 1.0, 2.0)]
+    settings = [Setting(vector=None)] + [Setting(vector=vec, strength=s) for s in (0.5, 1.0, 2.0)]
     kw = dict(max_new_tokens=6, min_new_tokens=6)
     grid = generate_settings(lm, PROMPTS, settings, batch_size=5, **kw)
     assert len(grid) == 4 and all(len(row) == len(PROMPTS) for row in grid)
@@ -158,7 +158,7 @@ def test_generate_settings_matches_one_setting_at_a_time(tiny_dir, family):
 def test_kv_cache_and_prefix_reuse_give_the_same_tokens(tiny_qwen):
     lm = tiny_qwen
     vec = random_vector(lm, layers=(0, 1, 2), seed=4)
-    settings = [Setting(vector=vec, scale=s) for s in (0.0, 1.0, 3.0)]
+    settings = [Setting(vector=vec, strength=s) for s in (0.0, 1.0, 3.0)]
     assert prefix_reusable(settings)
     kw = dict(max_new_tokens=6, min_new_tokens=6)
     shared = generate_settings(lm, PROMPTS, settings, reuse_prefix=True, **kw)
@@ -167,7 +167,7 @@ def test_kv_cache_and_prefix_reuse_give_the_same_tokens(tiny_qwen):
     for a, b, c in zip(shared, alone, recomputed):  # per setting: reuse, plain, no KV cache
         assert_same_generations(a, b)
         assert_same_generations(a, c)
-    with vec.apply(lm, scale=3.0), torch.no_grad():
+    with vec.apply(lm, strength=3.0), torch.no_grad():
         cached = generate_batch(lm, PROMPTS, **kw).new_ids
         full = generate_batch(lm, PROMPTS, use_cache=False, **kw).new_ids
     assert_same_generations(cached, full)
@@ -176,7 +176,7 @@ def test_kv_cache_and_prefix_reuse_give_the_same_tokens(tiny_qwen):
 def test_prefix_reuse_is_refused_when_the_prompt_is_steered(tiny_qwen):
     lm = tiny_qwen
     vec = random_vector(lm)
-    settings = [Setting(vector=vec, scale=1.0, positions="all")]
+    settings = [Setting(vector=vec, strength=1.0, positions="all")]
     assert not prefix_reusable(settings)
     with pytest.raises(SteeringError, match="reuse_prefix"):
         generate_settings(lm, PROMPTS, settings, reuse_prefix=True, max_new_tokens=2)
@@ -189,7 +189,7 @@ def test_bad_input_gets_clear_errors(tiny_llama, tiny_dir):
     lm = tiny_llama
     vec = random_vector(lm)
     with pytest.raises(SteeringError, match="finite"):
-        Setting(vector=vec, scale=float("nan"))
+        Setting(vector=vec, strength=float("nan"))
     with pytest.raises(SteeringError, match="unknown mode"):
         Setting(vector=vec, mode="multiply")
     with pytest.raises(SteeringError, match="unknown positions"):
@@ -197,28 +197,28 @@ def test_bad_input_gets_clear_errors(tiny_llama, tiny_dir):
     with pytest.raises(SteeringError, match="spread"):
         Setting(vector=vec, mode="clamp", spread=True)
     with pytest.raises(SteeringError, match="no prompts"):
-        generate_settings(lm, [], [Setting(vector=vec, scale=1.0)])
+        generate_settings(lm, [], [Setting(vector=vec, strength=1.0)])
     with pytest.raises(SteeringError, match="list"):
-        generate_settings(lm, "hello", [Setting(vector=vec, scale=1.0)])
+        generate_settings(lm, "hello", [Setting(vector=vec, strength=1.0)])
     with pytest.raises(SteeringError, match="NaN/inf"), torch.no_grad():
-        with vec.apply(lm, scale=1e38, strength="absolute"):
+        with vec.apply(lm, strength=1e38, unit="absolute"):
             lm.generate(PROMPTS, max_new_tokens=2)
     far = SteeringVector({Site("hook_resid_post", 7): torch.ones(64)}, {"d_model": 64})
     with pytest.raises(SteeringError, match="out of range"):
-        with far.apply(lm, scale=1.0, strength="absolute"):
+        with far.apply(lm, strength=1.0, unit="absolute"):
             pass
     gpt2 = load_model(str(tiny_dir / "gpt2"), device="cpu", dtype="float32")
     wide = random_vector(gpt2)  # d_model 64 too, but another family
     with pytest.raises(SteeringError, match="architecture"):
-        with wide.apply(lm, scale=1.0):
+        with wide.apply(lm, strength=1.0):
             pass
     narrow = SteeringVector({SITE: torch.ones(32)}, {})
     with pytest.raises(SteeringError, match="32 dims"):
-        with narrow.apply(lm, scale=1.0, strength="absolute"):
+        with narrow.apply(lm, strength=1.0, unit="absolute"):
             pass
     no_rms = random_vector(lm, rms=None)
     with pytest.raises(SteeringError, match="typical RMS"):
-        with no_rms.apply(lm, scale=1.0):
+        with no_rms.apply(lm, strength=1.0):
             pass
 
 
@@ -231,14 +231,14 @@ def test_smollm2_grid_equals_one_setting_at_a_time():
     lm = load_model("smollm2-135m", device="cpu", dtype="float32")
     vec = random_vector(lm, layers=range(10, 20), seed=5, rms=None)
     prompts = ["Tell me about your day.", "What is a good name for a cat?"]
-    settings = [Setting(vector=vec, scale=s, strength="absolute") for s in (0.0, 4.0, 12.0)]
+    settings = [Setting(vector=vec, strength=s, unit="absolute") for s in (0.0, 4.0, 12.0)]
     kw = dict(max_new_tokens=10, min_new_tokens=10)
     grid = generate_settings(lm, prompts, settings, **kw)
     for st, texts in zip(settings, grid):
-        with vec.apply(lm, scale=st.scale, strength="absolute"), torch.no_grad():
+        with vec.apply(lm, strength=st.strength, unit="absolute"), torch.no_grad():
             cached = generate_batch(lm, prompts, **kw)
             assert_same_generations(cached.texts, texts)
-            if st.scale == 12.0:
+            if st.strength == 12.0:
                 full = generate_batch(lm, prompts, use_cache=False, **kw)
                 assert_same_generations(cached.new_ids, full.new_ids)
     assert grid[2] != grid[0]

@@ -72,9 +72,9 @@ def test_steering_shows_up_in_the_readings(tiny_llama):
     vec = random_vector(lm, layers=(1,), rms=1.0)
     kw = dict(max_new_tokens=3, min_new_tokens=3)
     plain = monitor(lm, PROMPTS, [vec], **kw)
-    steered = monitor(lm, PROMPTS, [vec], steer=Setting(vector=vec, scale=3.0, positions="all"), **kw)
+    steered = monitor(lm, PROMPTS, [vec], steer=Setting(vector=vec, strength=3.0, positions="all"), **kw)
     name = plain.readers[0]
-    assert steered.steer["scale"] == 3.0 and plain.steer is None
+    assert steered.steer["strength"] == 3.0 and steered.steer["unit"] == "rms" and plain.steer is None
     for i in range(len(PROMPTS)):
         n = plain.prompt_lengths[i]
         a, b = plain.values[name][i][:n, 0], steered.values[name][i][:n, 0]
@@ -111,3 +111,13 @@ def test_token_reader_on_a_plain_forward_and_errors(tiny_llama, tmp_path):
 
     back = json.loads(saved.read_text())
     assert back["readers"] == trace.readers and len(back["values"][trace.readers[0]]) == 2
+
+
+def test_trace_figures_read_old_and_new_steering_records():
+    """Traces written before the one vocabulary named the strength "scale" and its unit
+    "strength"; the figure titles read both."""
+    from steering.figures import _amount
+
+    assert _amount({"scale": 2.0, "strength": "rms", "mode": "add"}) == "x2 rms"
+    assert _amount({"strength": 2.0, "unit": "rms", "factor": None, "mode": "add"}) == "x2 rms"
+    assert _amount({"strength": 0.0, "unit": "rms", "factor": 0.5, "mode": "scale"}) == "x0.5"

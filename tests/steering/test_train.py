@@ -27,7 +27,7 @@ def _data(**kw):
 
 def _fast(**kw):
     return TrainConfig(**{"layers": (0, 1), "steps": 20, "batch_size": 4, "lr": 0.2,
-                          "init_scale": 0.0 + 1e-3, "max_norm": 50.0, **kw})
+                          "init_strength": 0.0 + 1e-3, "max_norm": 50.0, **kw})
 
 
 # a random tiny model barely listens to its prompt: distillation's toy target is amplified
@@ -59,7 +59,7 @@ def test_saved_vector_adds_what_was_trained(tiny_qwen):
     batch = pair_batch(lm, PROMPTS, REPLIES)
     with torch.no_grad():
         plain = lm.model(**batch.inputs).logits
-        with vec.apply(lm, scale=1.0, positions="all"):
+        with vec.apply(lm, strength=1.0, positions="all"):
             steered = lm.model(**batch.inputs).logits
         # the same additions written by hand at each layer's output
         deltas = {s.layer: vec.rms(s) * vec.directions[s] for s in vec.sites}
@@ -173,7 +173,8 @@ def test_operating_point_with_a_shipped_vector(tiny_qwen, tmp_path):
                                               "scale": 0.5}}}}}}
     (tmp_path / "points.json").write_text(json.dumps(table))
     point = operating_point("tiny", "anger", path=tmp_path / "points.json")
-    assert point.vector == "anger-distill" and point.prompt["scale"] == 0.5
+    assert point.vector == "anger-distill" and point.prompt["strength"] == 0.5  # format 1, renamed
+    assert point.strength == 1.0 and point.unit == "rms"
     loaded = point_vector(point, tiny_qwen, folder=tmp_path)
     for s in vec.sites:
         assert torch.equal(loaded[s], vec[s])
@@ -186,8 +187,21 @@ def test_prompt_mode():
     from steering.operating_points import OperatingPoint, prompt_mode
 
     point = OperatingPoint(model="m", emotion="anger", method="trained-distill", site="resid_post",
-                           layers=(1,), scale=1.0,
-                           prompt={"system_prompt": "Be angry.", "user_suffix": " (angrily)", "scale": 0.5})
+                           layers=(1,), strength=1.0,
+                           prompt={"system_prompt": "Be angry.", "user_suffix": " (angrily)", "strength": 0.5})
     assert prompt_mode(point, "anger", ["Hi."]) == (["Hi. (angrily)"], "Be angry.", 0.5)
     with pytest.raises(SteeringError, match="--with-prompt"):
         prompt_mode(None, "anger", ["Hi."])
+
+
+def test_train_config_reads_its_record_back_also_from_old_files(tiny_qwen, tmp_path):
+    """meta["train"] records the config; files written before init_scale was renamed
+    init_strength (one word for an amount added, x RMS) still load and read back."""
+    config = _fast(steps=1)
+    vec, _ = train_vector(tiny_qwen, _data(), objective("lm"), config)
+    assert TrainConfig.from_record(vec.meta["train"]) == config
+    old = {("init_scale" if k == "init_strength" else k): v for k, v in vec.meta["train"].items()}
+    SteeringVector(vec.directions, {**vec.meta, "train": old}).save(tmp_path / "old")
+    loaded = SteeringVector.load(tmp_path / "old", tiny_qwen)
+    assert "init_scale" in loaded.meta["train"]
+    assert TrainConfig.from_record(loaded.meta["train"]) == config

@@ -144,7 +144,7 @@ def test_gguf_export_reads_back_the_same_tensors(tmp_path, tiny_llama):
     for site in vec.sites:  # float32 rms * v, written and read back unchanged
         want = (2.5 * vec[site].double()).float()
         assert torch.equal(got[f"direction.{site.layer}"], want)
-    raw = export_gguf(vec, tmp_path / "raw.gguf", strength="absolute")
+    raw = export_gguf(vec, tmp_path / "raw.gguf", unit="absolute")
     back = {t.name: t.data for t in gguf.GGUFReader(str(raw)).tensors}
     assert torch.equal(torch.from_numpy(back["direction.1"].copy()), vec[vec.sites[0]])
     # what llama.cpp cannot express is refused, with the reason
