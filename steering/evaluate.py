@@ -30,7 +30,7 @@ from dataclasses import dataclass, field
 import numpy as np
 import pandas as pd
 
-from steering.eval_grid import Arm, Decoding, GridConfig, GridPoint, generate_arms
+from steering.eval_grid import Arm, Decoding, GridConfig, GridPoint, generate_arms, open_hooks
 from steering.judges import EMOTIONS, JudgeError
 
 ADJECTIVES = {"anger": "angry", "sadness": "sad", "happiness": "happy", "fear": "scared",
@@ -280,18 +280,7 @@ def score_intervention(lm, intervention, *, emotion: str, judges: Mapping[str, o
 def _opened(lm, intervention):
     from steering.inject import Setting
 
-    if intervention is None or isinstance(intervention, Setting):
-        return contextlib.nullcontext()
-    if isinstance(intervention, Mapping):
-        return lm.hooks(dict(intervention))
-    if callable(intervention):
-        ctx = intervention()
-        if not hasattr(ctx, "__enter__"):
-            raise JudgeError("an intervention callable must return a context manager that opens "
-                             f"hooks, got {type(ctx).__name__}")
-        return ctx
-    raise JudgeError(f"intervention must be a hook dict, a callable, a Setting or None; got "
-                     f"{type(intervention).__name__}")
+    return open_hooks(lm, None if isinstance(intervention, Setting) else intervention)
 
 
 # ---------------------------------------------------------------------------- the protocol
