@@ -50,7 +50,14 @@ from probe.models import load_model
 from steering.composite import JudgeRoles, judge_sources
 from steering.directions import directions
 from steering.eval_grid import Arm, Decoding
-from steering.eval_trained import baseline_arms, paired, report_rows, score_arms, select_scale
+from steering.eval_trained import (
+    add_composites,
+    baseline_arms,
+    paired,
+    report_rows,
+    score_arms,
+    select_scale,
+)
 from steering.evaluate import Scorer, spread
 from steering.inject import Setting
 from steering.judges import ClassifierJudge, LexiconJudge
@@ -109,7 +116,8 @@ def circuit_arm(lm, label: str, emotion: str, comps, offsets, strength: float) -
                hooks=modulation_hooks(lm, comps, strength=strength, offsets=offsets))
 
 
-def run_emotion(lm, emotion, args, tune, test, sel_scorer, rep_scorer, select, report, refs, out):
+def run_emotion(lm, emotion, args, tune, test, sel_scorer, rep_scorer, select, report, refs,
+                unsteered, out):
     t0 = time.perf_counter()
     circuit, offs, rand, roffs = circuit_inputs(lm, Path(args.run), emotion, args.seed)
     steer, steer_info = steering_setting(lm, emotion)
@@ -127,13 +135,15 @@ def run_emotion(lm, emotion, args, tune, test, sel_scorer, rep_scorer, select, r
     s = float(best.split("@")[1]) if eligible else min(strengths)
     log(f"{emotion}: selected strength {s:g}" + ("" if eligible else " (none passed the gates: "
                                                  "the weakest is reported, marked not eligible)"))
-    test_arms = [Arm(condition="unsteered", emotion=None), *baseline_arms(emotion),
-                 Arm(condition="steering", emotion=emotion, setting=steer),
+    test_arms = [*baseline_arms(emotion), Arm(condition="steering", emotion=emotion, setting=steer),
                  circuit_arm(lm, "circuit", emotion, circuit.components, offs, s),
                  circuit_arm(lm, "random-circuit", emotion, rand, roffs, s)]
-    test_arms = [a for a in test_arms if a.condition != "prompt-designed+steered"]
     fr = score_arms(rep_scorer, test, test_arms, concept_judges=report, ref_perplexity=refs["test"][0],
                     ref_relevance=refs["test"][1], targets=[emotion])
+    plain = unsteered[unsteered["target"] == emotion]     # judged once, in main
+    plain = add_composites(plain.copy(), concept_judges=report, ref_perplexity=refs["test"][0],
+                           ref_relevance=refs["test"][1])
+    fr = pd.concat([plain, fr], ignore_index=True)
     fr.drop(columns=["signals"]).to_csv(out / f"{emotion}-test-replies.csv", index=False)
     rows = report_rows(fr, judges=list(report), unsteered=fr[fr["condition"] == "unsteered"],
                        ref_perplexity=refs["test"][0], ref_relevance=refs["test"][1])
@@ -195,15 +205,18 @@ def main(argv=None) -> None:
     test = spread(load_prompts("test"), args.test_prompts)
     sel_scorer = Scorer(lm, {"select": select}, decoding=decoding, batch_size=64, log=log)
     rep_scorer = Scorer(lm, report, decoding=decoding, batch_size=64, log=log)
-    refs = {}
+    refs, frames = {}, {}
     for name, scorer, prompts in (("tune", sel_scorer, tune), ("test", rep_scorer, test)):
         f = scorer.frame(prompts, [Arm(condition="unsteered", emotion=None)], relevance=True,
                          targets=emotions)
         refs[name] = (float(np.nanmedian(f["perplexity"])), float(np.nanmedian(f["relevance"])))
+        frames[name] = f
         log(f"{name}: {len(prompts)} prompts, unsteered median perplexity {refs[name][0]:.2f}, "
             f"relevance {refs[name][1]:.3f}")
+    dump(out / "refs.json", refs)
     t0 = time.perf_counter()
-    results = {e: run_emotion(lm, e, args, tune, test, sel_scorer, rep_scorer, select, report, refs, out)
+    results = {e: run_emotion(lm, e, args, tune, test, sel_scorer, rep_scorer, select, report, refs,
+                              frames["test"], out)
                for e in emotions}
     dump(out / f"summary-{'-'.join(emotions)}.json",
          {"config": vars(args), "refs": refs, "emotions": results,
