@@ -175,6 +175,37 @@ def show(emotion, rows, pairs) -> None:
             f"{p['diff']:+.2f} [{p['ci_low']:+.2f}, {p['ci_high']:+.2f}]")
 
 
+def tables(out: Path, emotions) -> str:
+    """The docs' markdown tables from the ``<emotion>-results.json`` files in ``out``."""
+    lines = [("| emotion | condition | expression, classifier | expression, lexicon | composite, "
+              "classifier | composite, lexicon | ppl ratio | relevance ratio | wrong way (clf / lex) |"),
+             "|---|---|---|---|---|---|---|---|---|"]
+    diffs = ["| difference | classifier | lexicon | composite, classifier | composite, lexicon |",
+             "|---|---|---|---|---|"]
+    fmt = "{:.2f} [{:.2f}, {:.2f}]".format
+    sgn = "{:+.2f} [{:+.2f}, {:+.2f}]".format
+    for e in emotions:
+        res = json.loads((out / f"{e}-results.json").read_text())
+        by = {}
+        for r in res["rows"]:
+            by.setdefault(r["condition"], {})[r["judge"]] = r
+        for cond, js in by.items():
+            c, x = js["classifier"], js["lexicon"]
+            name = f"circuit x{res['strength']:g}" if cond == "circuit" else cond
+            ww = "" if cond == "unsteered" else f"{c['wrong_way']:.2f} / {x['wrong_way']:.2f}"
+            lines.append(f"| {e} | {name} | {fmt(c['expression'], c['ci_low'], c['ci_high'])} | "
+                         f"{fmt(x['expression'], x['ci_low'], x['ci_high'])} | "
+                         f"{fmt(c['composite'], c['composite_low'], c['composite_high'])} | "
+                         f"{fmt(x['composite'], x['composite_low'], x['composite_high'])} | "
+                         f"{c['ppl_ratio']:.2f} | {c['relevance_ratio']:.2f} | {ww} |")
+        pp = {(p["a"], p["b"], p["judge"], p["metric"]): p for p in res["paired"]}
+        for a, b in COMPARISONS:
+            cells = [sgn(q["diff"], q["ci_low"], q["ci_high"]) for m in ("expression", "composite")
+                     for j in ("classifier", "lexicon") for q in [pp[(a, b, j, m)]]]
+            diffs.append(f"| {e}: {a} - {b} | " + " | ".join(cells) + " |")
+    return "\n".join(lines + [""] + diffs)
+
+
 def main(argv=None) -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("run", help="a probe circuits output folder (circuit_<emotion>.json)")
@@ -188,7 +219,11 @@ def main(argv=None) -> None:
     ap.add_argument("--max-new-tokens", type=int, default=60)
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--seed", type=int, default=1, help="the random circuit's draw")
+    ap.add_argument("--tables", action="store_true", help="print the markdown tables of --out")
     args = ap.parse_args(argv)
+    if args.tables:
+        print(tables(Path(args.out), args.emotions.split(",")))
+        return
     torch.set_num_threads(args.threads)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
