@@ -23,6 +23,7 @@ prompts, perplexity and relevance ratios, collapse, wrong-way share, and paired 
 
     python benchmarks/eval_modulation_judged.py runs/circuits-hs --emotions happiness,sadness \\
         --out runs/modjudge
+    python benchmarks/eval_modulation_judged.py --tables --out runs/modjudge   # the docs' tables
 """
 
 from __future__ import annotations
@@ -208,7 +209,7 @@ def tables(out: Path, emotions) -> str:
 
 def main(argv=None) -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("run", help="a probe circuits output folder (circuit_<emotion>.json)")
+    ap.add_argument("run", nargs="?", help="a probe circuits output folder (circuit_<emotion>.json)")
     ap.add_argument("--emotions", default="happiness,sadness")
     ap.add_argument("--out", required=True)
     ap.add_argument("--data", default="../shared/data")
@@ -224,6 +225,8 @@ def main(argv=None) -> None:
     if args.tables:
         print(tables(Path(args.out), args.emotions.split(",")))
         return
+    if not args.run:
+        ap.error("give the probe circuits folder that holds circuit_<emotion>.json")
     torch.set_num_threads(args.threads)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
