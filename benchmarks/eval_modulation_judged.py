@@ -104,7 +104,9 @@ def circuit_inputs(lm, run: Path, emotion: str, seed: int):
         log(f"note: {len(candidates)} candidates rebuilt, the circuit file says {circuit.n_candidates}")
     rand = matched_random(circuit.components, candidates, n=1, seed=seed)[0]
     ds = load_dataset("emotion-scenarios")
-    train, _ = split_groups(ds, seed=0)             # the split `probe circuits` found it on
+    info = json.loads((run / "run.json").read_text()) if (run / "run.json").is_file() else {}
+    # the scenarios `probe circuits` found the circuit on (its run.json), else its default split
+    train = info.get("dataset", {}).get("train_groups") or split_groups(ds, seed=0)[0]
     f = ds.frame[ds.frame.group.isin(train)].sort_values("group")
     emo = lm.batch(list(f[f.emotion == emotion].text)[:16])
     ref = lm.batch(list(f.text)[::7])
