@@ -1,5 +1,8 @@
 """Circuit modulation next to direction steering and prompting, judged like steering is.
 
+(The earlier protocol: one judge selects and reports. ``benchmarks/eval_modulation_judged.py``
+keeps the roles apart, as steering's evaluation now does, and adds a random circuit.)
+
 For each emotion with a circuit file (from ``probe circuits``): replies of SmolLM2 to the shipped
 neutral prompts (``datasets/steering_prompts``) under
 

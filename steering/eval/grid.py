@@ -3,7 +3,8 @@
 A :class:`GridPoint` is one way to steer towards one emotion: direction method, layers,
 positions and strength (per layer, in units of each layer's typical RMS). An :class:`Arm` is
 anything that produces replies to the neutral prompts: a grid point, no steering, a system
-prompt, a prompt plus steering, a random direction. :func:`generate_arms` generates every arm
+prompt, a prompt plus steering, a random direction, or any other intervention that opens hooks
+(``Arm.hooks``: a circuit modulation, say). :func:`generate_arms` generates every arm
 on every prompt with as few batched ``generate`` calls as the arms allow (one per distinct
 system prompt / user suffix / prefix reuse; all settings of a prompt share its prefix KV cache
 where the positions leave the prompt alone, :func:`steering.inject.generate_settings`).
@@ -15,9 +16,11 @@ best configurations on every tune prompt (:func:`ladder_points`).
 
 from __future__ import annotations
 
+import contextlib
 import math
 import time
 from collections.abc import Callable, Mapping, Sequence
+from contextlib import AbstractContextManager
 from dataclasses import dataclass, field
 
 from steering.inject import Setting, prefix_reusable
@@ -155,6 +158,11 @@ class Arm:
         point: The grid point the setting comes from (None for unsteered / prompting).
         system_prompt: Replaces the chat template's system prompt (None: the template's).
         user_suffix: Appended to each neutral prompt in the user turn.
+        hooks: Another intervention, held open while this arm generates: a hook dict
+            ``{site: fn}`` (opened with ``lm.hooks``) or a zero-argument callable that returns
+            a context manager opening hooks (e.g. a circuit modulation,
+            ``lambda: lm.hooks(modulation_hooks(lm, circuit, strength=2, offsets=offsets))``).
+            None: only ``setting`` steers.
     """
 
     condition: str
@@ -163,6 +171,7 @@ class Arm:
     point: GridPoint | None = None
     system_prompt: str | None = None
     user_suffix: str = ""
+    hooks: Mapping | Callable[[], AbstractContextManager] | None = field(default=None, compare=False)
 
     @property
     def instruction(self) -> str | None:
@@ -182,13 +191,16 @@ def generate_arms(lm, prompts: Sequence[str], arms: Sequence[Arm], *, decoding: 
     groups: dict[tuple, list[int]] = {}
     for i, arm in enumerate(arms):
         safe = prefix_reusable([arm.setting])
-        groups.setdefault((arm.system_prompt, arm.user_suffix, safe), []).append(i)
+        own = None if arm.hooks is None else i   # an arm with hooks generates on its own
+        groups.setdefault((arm.system_prompt, arm.user_suffix, safe, own), []).append(i)
     out: list[list[str]] = [[] for _ in arms]
-    for (system, suffix, _), idx in groups.items():
+    for (system, suffix, _, _), idx in groups.items():
         t0 = time.perf_counter()
-        texts = generate_settings(lm, [p + suffix for p in prompts], [arms[i].setting for i in idx],
-                                  max_new_tokens=decoding.max_new_tokens, batch_size=batch_size,
-                                  system_prompt=system, **decoding.kwargs())
+        with open_hooks(lm, arms[idx[0]].hooks):
+            texts = generate_settings(lm, [p + suffix for p in prompts],
+                                      [arms[i].setting for i in idx],
+                                      max_new_tokens=decoding.max_new_tokens, batch_size=batch_size,
+                                      system_prompt=system, **decoding.kwargs())
         for i, t in zip(idx, texts):
             out[i] = t
         if log:
@@ -196,6 +208,25 @@ def generate_arms(lm, prompts: Sequence[str], arms: Sequence[Arm], *, decoding: 
             log(f"  generated {rows} replies ({len(idx)} arms x {len(prompts)} prompts) in "
                 f"{time.perf_counter() - t0:.0f} s")
     return out
+
+
+def open_hooks(lm, hooks) -> AbstractContextManager:
+    """The context that holds ``hooks`` open: a hook dict ``{site: fn}`` (``lm.hooks``), a
+    zero-argument callable returning a context manager, or None (nothing opened)."""
+    from steering.judges.emotion import JudgeError
+
+    if hooks is None:
+        return contextlib.nullcontext()
+    if isinstance(hooks, Mapping):
+        return lm.hooks(dict(hooks))
+    if callable(hooks):
+        ctx = hooks()
+        if not hasattr(ctx, "__enter__"):
+            raise JudgeError("an intervention callable must return a context manager that opens "
+                             f"hooks, got {type(ctx).__name__}")
+        return ctx
+    raise JudgeError(f"intervention must be a hook dict, a callable, a Setting (score_intervention "
+                     f"only) or None; got {type(hooks).__name__}")
 
 
 def fmt_strength(x: float) -> str:

@@ -12,13 +12,12 @@ and table rows: what circuit modulation is compared with. :func:`load_judges` lo
 
 from __future__ import annotations
 
-import contextlib
 from collections.abc import Callable, Mapping, Sequence
 
 import numpy as np
 import pandas as pd
 
-from steering.eval.grid import Arm, Decoding, generate_arms
+from steering.eval.grid import Arm, Decoding, generate_arms, open_hooks
 from steering.judges.emotion import EMOTIONS, JudgeError
 
 
@@ -157,18 +156,7 @@ def score_intervention(lm, intervention, *, emotion: str, judges: Mapping[str, o
 def _opened(lm, intervention):
     from steering.inject import Setting
 
-    if intervention is None or isinstance(intervention, Setting):
-        return contextlib.nullcontext()
-    if isinstance(intervention, Mapping):
-        return lm.hooks(dict(intervention))
-    if callable(intervention):
-        ctx = intervention()
-        if not hasattr(ctx, "__enter__"):
-            raise JudgeError("an intervention callable must return a context manager that opens "
-                             f"hooks, got {type(ctx).__name__}")
-        return ctx
-    raise JudgeError(f"intervention must be a hook dict, a callable, a Setting or None; got "
-                     f"{type(intervention).__name__}")
+    return open_hooks(lm, None if isinstance(intervention, Setting) else intervention)
 
 
 __all__ = ["Scorer", "load_judges", "score_intervention", "table_rows"]

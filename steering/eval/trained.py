@@ -1,7 +1,8 @@
 """Select and report steering with roles kept apart: a selection judge picks, others report.
 
 :func:`score_arms` generates and judges arms (:class:`~steering.eval.grid.Arm`) on prompts and
-adds the AxBench composite per reply (:mod:`steering.eval.composite`) for each judge given.
+adds the AxBench composite per reply (:mod:`steering.eval.composite`) for each judge given
+(:func:`add_composites` adds it to a frame judged earlier).
 :func:`select_scale` picks, per candidate vector, the scale with the best mean composite of the
 **selection** judge on the **tune** prompts among the scales whose replies do not collapse
 (:func:`steering.eval.composite.collapse_report`) and whose median perplexity ratio is at most
@@ -43,6 +44,14 @@ def score_arms(scorer: Scorer, prompts, arms: Sequence[Arm], *, concept_judges: 
                ) -> pd.DataFrame:
     """Judged replies of ``arms`` (relevance on) with ``composite:<judge>`` per judge."""
     frame = scorer.frame(prompts, arms, relevance=True, targets=targets)
+    return add_composites(frame, concept_judges=concept_judges, ref_perplexity=ref_perplexity,
+                          ref_relevance=ref_relevance)
+
+
+def add_composites(frame: pd.DataFrame, *, concept_judges: Mapping[str, object],
+                   ref_perplexity: float, ref_relevance: float) -> pd.DataFrame:
+    """``concept:<judge>`` and ``composite:<judge>`` columns on a judged frame (relevance on),
+    e.g. one judged before the unsteered reference values were known."""
     for name, judge in concept_judges.items():
         c = concept_scores(judge, list(frame["reply"]), list(frame["target"]))
         part = composite(frame, c, ref_perplexity=ref_perplexity, ref_relevance=ref_relevance)

@@ -64,3 +64,20 @@ def test_baseline_arms():
     assert arms["prompt-user"].user_suffix == " Respond in a very angry way."
     assert "angry" in arms["prompt-designed"].system_prompt
     assert "prompt-designed+steered" not in arms
+
+
+def test_add_composites_scores_a_frame_judged_earlier():
+    from steering.eval.trained import add_composites
+    from tests.tolerance import assert_close
+
+    class Judge:   # a judge without probabilities: its label's indicator is the concept
+        def predict(self, texts):
+            return ["anger" if "angry" in t else "neutral" for t in texts]
+
+    f = _frame("unsteered", VARIED, ppl=[10.0, 10.0, 40.0, 10.0, 10.0]).drop(
+        columns=["concept:judge", "composite:judge"])
+    f.loc[1, "passed"] = False
+    out = add_composites(f, concept_judges={"j": Judge()}, ref_perplexity=10.0, ref_relevance=1.0)
+    assert list(out["concept:j"]) == [0, 0, 0, 0, 1]
+    assert list(out["composite:j"]) == [0, 0, 0, 0, 1]           # harmonic mean: 0 if any part is 0
+    assert_close(out["fluency_part"], [1, 0, 0.5, 1, 1])       # gate failed; 2 x ref / perplexity

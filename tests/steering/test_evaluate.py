@@ -215,3 +215,28 @@ def test_real_model_quick_slice(capsys, tmp_path, shared_data, real_cache):
     assert len(res) == 2 * 6 * 2  # (happiness, mean) x 6 conditions x 2 judges
     sel = json.loads((out / "results.json").read_text())["selected"]["happiness"]
     assert sel["method"] == "context-agnostic" and sel["layers"] == "10-19"
+
+
+def test_an_arm_with_hooks_generates_under_them_and_removes_them(tiny_llama, one_thread):
+    import torch
+
+    from steering.eval.grid import Arm, Decoding, generate_arms
+    from steering.inject import Setting, steering_hooks
+
+    vec = random_vector(tiny_llama, layers=(0, 1), seed=3, emotion="fear")
+    setting = Setting(vector=vec, strength=4.0, positions="all")
+    prompts = ["How was your day?", "Tell me about trains.", "What is on your mind?"]
+    batch = tiny_llama.batch(prompts)
+    before = tiny_llama.model(**batch.inputs).logits
+    arms = [Arm(condition="unsteered", emotion=None),
+            Arm(condition="setting", emotion="fear", setting=setting),
+            Arm(condition="hook dict", emotion="fear", hooks=steering_hooks(setting, tiny_llama)),
+            Arm(condition="callable", emotion="fear",
+                hooks=lambda: vec.apply(tiny_llama, strength=4.0, positions="all"))]
+    texts = generate_arms(tiny_llama, prompts, arms, decoding=Decoding(max_new_tokens=6))
+    assert texts[1] == texts[2] == texts[3] != texts[0]
+    after = tiny_llama.model(**batch.inputs).logits
+    assert torch.equal(before, after)   # every hook removed
+    with pytest.raises(JudgeError, match="context manager"):
+        generate_arms(tiny_llama, prompts, [Arm(condition="x", emotion="fear", hooks=lambda: 3)],
+                      decoding=Decoding(max_new_tokens=2))
