@@ -483,10 +483,10 @@ def module_input_hooks(fns: Sequence[tuple[nn.Module, Callable[[Tensor], Tensor]
 
 
 def _rewrite_input(fn: Callable[[Tensor], Tensor]):
-    def hook(module, args, kwargs):
-        if args:
-            return (fn(args[0]), *args[1:]), kwargs
-        return args, {**kwargs, "hidden_states": fn(kwargs["hidden_states"])}
+    def hook(module, inputs, kwargs):
+        if inputs:
+            return (fn(inputs[0]), *inputs[1:]), kwargs
+        return inputs, {**kwargs, "hidden_states": fn(kwargs["hidden_states"])}
     return hook
 
 
