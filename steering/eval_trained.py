@@ -19,10 +19,16 @@ import numpy as np
 import pandas as pd
 
 from probe.stats import group_bootstrap_weights, percentile_ci
-from steering.composite import collapse_report, composite, concept_scores, wrong_way_share
+from steering.composite import (
+    collapse_report,
+    composite,
+    concept_scores,
+    suppression_scores,
+    wrong_way_share,
+)
+from steering.eval_grid import Arm
 from steering.eval_score import hits
 from steering.evaluate import ADJECTIVES, Scorer, prompt_arms
-from steering.eval_grid import Arm
 from steering.inject import Setting
 
 #: The user-turn prompt baseline of issue 17 ("Respond in a very angry way.").
@@ -38,12 +44,19 @@ def baseline_arms(emotion: str, steer: Setting | None = None) -> list[Arm]:
 
 
 def score_arms(scorer: Scorer, prompts, arms: Sequence[Arm], *, concept_judges: Mapping[str, object],
-               ref_perplexity: float, ref_relevance: float, targets: Sequence[str] | None = None
-               ) -> pd.DataFrame:
-    """Judged replies of ``arms`` (relevance on) with ``composite:<judge>`` per judge."""
+               ref_perplexity: float, ref_relevance: float, targets: Sequence[str] | None = None,
+               away: bool = False) -> pd.DataFrame:
+    """Judged replies of ``arms`` (relevance on) with ``composite:<judge>`` per judge.
+
+    ``away``: the arms steer *away* from the target (suppression): ``concept:<judge>`` is 1 - the
+    judge's probability of the target (:func:`steering.composite.suppression_scores`), so the
+    composite, selection and wrong-way share reward less of the emotion; ``label:<judge>`` and
+    the expression rates (:func:`steering.eval_score.hits`) still count the target expressed.
+    """
     frame = scorer.frame(prompts, arms, relevance=True, targets=targets)
+    score = suppression_scores if away else concept_scores
     for name, judge in concept_judges.items():
-        c = concept_scores(judge, list(frame["reply"]), list(frame["target"]))
+        c = score(judge, list(frame["reply"]), list(frame["target"]))
         part = composite(frame, c, ref_perplexity=ref_perplexity, ref_relevance=ref_relevance)
         frame[f"concept:{name}"] = part["concept"]
         frame[f"composite:{name}"] = part["composite"]
