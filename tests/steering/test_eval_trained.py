@@ -70,7 +70,7 @@ def test_baseline_arms():
 class _Judge:
     """P(anger) is 0.9 for a reply with "angry" in it, else 0.1."""
 
-    classes = ["anger", "neutral"]
+    classes = ("anger", "neutral")
 
     def predict_proba(self, replies):
         p = np.array([0.9 if "angry" in r else 0.1 for r in replies])
