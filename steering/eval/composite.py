@@ -11,6 +11,12 @@ any part is 0), each part in [0, 1]:
 * ``fluency``: 0 if the fluency gate fails, else ``min(1, max_ratio * ref / perplexity)``: full
   credit up to ``max_ratio`` x the unsteered median perplexity, decaying after.
 
+**Suppression** (steering *away* from an emotion): the same composite with ``concept`` = 1 -
+the judge's probability of the emotion (:func:`suppression_scores`), so it is still 0 whenever
+fluency or relevance is 0: gibberish and off-topic replies are not calm, they are broken. The
+wrong-way share of such concept scores is then the share of prompts the steering made *more*
+emotional.
+
 **Collapse gates** over a set of replies to *different* prompts: the share of replies opening
 with the most common first ``k`` words (template collapse: "I'm not sure what to say" x16),
 distinct bigrams across all replies (``cross_distinct``), and the share of replies that loop
@@ -60,6 +66,15 @@ def concept_scores(judge, replies: Sequence[str], targets: Sequence[str]) -> np.
         return proba[np.arange(len(replies)), [col[t] for t in targets]]
     return (np.asarray(judge.predict(replies), dtype=object) == np.asarray(targets, dtype=object)
             ).astype(float)
+
+
+def suppression_scores(judge, replies: Sequence[str], targets: Sequence[str]) -> np.ndarray:
+    """1 - :func:`concept_scores`: how far each reply is from its target emotion (for steering away).
+
+    >>> suppression_scores(judge, ["I am furious!"], ["anger"])  # doctest: +SKIP
+    array([0.08])
+    """
+    return 1.0 - concept_scores(judge, replies, targets)
 
 
 def composite(frame: pd.DataFrame, concept: np.ndarray, *, ref_perplexity: float,

@@ -21,7 +21,13 @@ import pandas as pd
 
 from probe.stats import group_bootstrap_weights, percentile_ci
 from steering.eval.baselines import ADJECTIVES, prompt_arms
-from steering.eval.composite import collapse_report, composite, concept_scores, wrong_way_share
+from steering.eval.composite import (
+    collapse_report,
+    composite,
+    concept_scores,
+    suppression_scores,
+    wrong_way_share,
+)
 from steering.eval.grid import Arm
 from steering.eval.score import hits
 from steering.eval.scorer import Scorer
@@ -40,20 +46,28 @@ def baseline_arms(emotion: str, steer: Setting | None = None) -> list[Arm]:
 
 
 def score_arms(scorer: Scorer, prompts, arms: Sequence[Arm], *, concept_judges: Mapping[str, object],
-               ref_perplexity: float, ref_relevance: float, targets: Sequence[str] | None = None
-               ) -> pd.DataFrame:
-    """Judged replies of ``arms`` (relevance on) with ``composite:<judge>`` per judge."""
+               ref_perplexity: float, ref_relevance: float, targets: Sequence[str] | None = None,
+               away: bool = False) -> pd.DataFrame:
+    """Judged replies of ``arms`` (relevance on) with ``composite:<judge>`` per judge.
+
+    ``away``: the arms steer *away* from the target (suppression): ``concept:<judge>`` is 1 - the
+    judge's probability of the target (:func:`steering.eval.composite.suppression_scores`), so the
+    composite, selection and wrong-way share reward less of the emotion; ``label:<judge>`` and
+    the expression rates (:func:`steering.eval.score.hits`) still count the target expressed.
+    """
     frame = scorer.frame(prompts, arms, relevance=True, targets=targets)
     return add_composites(frame, concept_judges=concept_judges, ref_perplexity=ref_perplexity,
-                          ref_relevance=ref_relevance)
+                          ref_relevance=ref_relevance, away=away)
 
 
 def add_composites(frame: pd.DataFrame, *, concept_judges: Mapping[str, object],
-                   ref_perplexity: float, ref_relevance: float) -> pd.DataFrame:
+                   ref_perplexity: float, ref_relevance: float, away: bool = False) -> pd.DataFrame:
     """``concept:<judge>`` and ``composite:<judge>`` columns on a judged frame (relevance on),
-    e.g. one judged before the unsteered reference values were known."""
+    e.g. one judged before the unsteered reference values were known (``away``: as
+    :func:`score_arms`)."""
+    score = suppression_scores if away else concept_scores
     for name, judge in concept_judges.items():
-        c = concept_scores(judge, list(frame["reply"]), list(frame["target"]))
+        c = score(judge, list(frame["reply"]), list(frame["target"]))
         part = composite(frame, c, ref_perplexity=ref_perplexity, ref_relevance=ref_relevance)
         frame[f"concept:{name}"] = part["concept"]
         frame[f"composite:{name}"] = part["composite"]

@@ -6,10 +6,22 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from steering.eval.composite import (CollapseConfig, JudgeRoles, collapse_report, composite, concept_scores,
-                                cross_distinct, harmonic, judge_sources, opening_share, wrong_way_share)
+from steering.eval.composite import (
+    CollapseConfig,
+    JudgeRoles,
+    collapse_report,
+    composite,
+    concept_scores,
+    cross_distinct,
+    harmonic,
+    judge_sources,
+    opening_share,
+    suppression_scores,
+    wrong_way_share,
+)
 from steering.expression import contrast
 from steering.judges.emotion import JudgeError
+from tests.tolerance import assert_close
 
 
 def test_harmonic_is_zero_when_any_part_is_zero():
@@ -64,6 +76,26 @@ def test_concept_scores_are_target_probabilities(judge):
     texts = ["I am furious, this is outrageous and I hate it!", "What a lovely, happy day!"]
     p = concept_scores(judge, texts, ["anger", "anger"])
     assert p[0] > p[1] and ((p >= 0) & (p <= 1)).all()
+
+
+def test_suppression_composite_rewards_calm_but_not_broken_replies(judge):
+    texts = ["I am furious, this is outrageous and I hate it!", "Here is how to reset the router."]
+    away = suppression_scores(judge, texts, ["anger", "anger"])
+    assert_close(away, 1.0 - concept_scores(judge, texts, ["anger", "anger"]))
+    assert away[1] > away[0] and ((away >= 0) & (away <= 1)).all()
+
+    class Labels:   # a judge without probabilities (e.g. the lexicon): 1 - the indicator
+        def predict(self, replies):
+            return ["anger", "neutral", "neutral", "neutral"]
+
+    c = suppression_scores(Labels(), ["a", "b", "c", "d"], ["anger"] * 4)
+    np.testing.assert_array_equal(c, [0.0, 1.0, 1.0, 1.0])
+    # still 0 when fluency (gate failed) or relevance (0) is 0: broken text is not calm
+    frame = pd.DataFrame({"relevance": [1.0, 1.0, 0.0, 1.0], "perplexity": [10.0] * 4,
+                          "passed": [True, False, True, True]})
+    out = composite(frame, c, ref_perplexity=10.0, ref_relevance=1.0)
+    np.testing.assert_array_equal(out["composite"].to_numpy() > 0, [False, False, False, True])
+    assert_close(out["composite"].iloc[3], 1.0)
 
 
 def test_contrast_recovers_planted_directions_and_cancels_groups():

@@ -5,8 +5,9 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 
-from steering.eval.trained import baseline_arms, paired, report_rows, select_scale
+from steering.eval.trained import baseline_arms, paired, report_rows, score_arms, select_scale
 from steering.judges.gate import text_signals
+from tests.tolerance import assert_close
 
 WORDS = frozenset("the a fridge keeps food cold leaves turn red in autumn bees make honey from "
                   "nectar i am so angry about this we won".split())
@@ -81,3 +82,40 @@ def test_add_composites_scores_a_frame_judged_earlier():
     assert list(out["concept:j"]) == [0, 0, 0, 0, 1]
     assert list(out["composite:j"]) == [0, 0, 0, 0, 1]           # harmonic mean: 0 if any part is 0
     assert_close(out["fluency_part"], [1, 0, 0.5, 1, 1])       # gate failed; 2 x ref / perplexity
+
+
+class _Judge:
+    """P(anger) is 0.9 for a reply with "angry" in it, else 0.1."""
+
+    classes = ("anger", "neutral")
+
+    def predict_proba(self, replies):
+        p = np.array([0.9 if "angry" in r else 0.1 for r in replies])
+        return np.stack([p, 1 - p], axis=1)
+
+
+class _Scorer:
+    def __init__(self, frames):
+        self.frames = frames
+
+    def frame(self, prompts, arms, *, relevance, targets=None):
+        return pd.concat([self.frames[a] for a in arms], ignore_index=True)
+
+
+def test_score_arms_away_scores_one_minus_the_target_and_counts_angrier_prompts_as_wrong_way():
+    base = _frame("unsteered", VARIED)                     # one angry reply of five
+    calmer = _frame("steered", VARIED[:4] + ["we won the final again"])
+    angrier = _frame("worse", ["i am so angry now"] + VARIED[1:])
+    scorer = _Scorer({"unsteered": base, "steered": calmer, "worse": angrier})
+    f = score_arms(scorer, None, ["unsteered", "steered", "worse"], concept_judges={"judge": _Judge()},
+                   ref_perplexity=10.0, ref_relevance=1.0, away=True)
+    towards = score_arms(scorer, None, ["unsteered"], concept_judges={"judge": _Judge()},
+                         ref_perplexity=10.0, ref_relevance=1.0)
+    assert_close(f.loc[f["condition"] == "unsteered", "concept:judge"].to_numpy(),
+                 1.0 - towards["concept:judge"].to_numpy())
+    assert_close(f.loc[f["condition"] == "steered", "concept:judge"].to_numpy(), [0.9] * 5)
+    rows = report_rows(f, judges=["judge"], unsteered=f[f["condition"] == "unsteered"],
+                       ref_perplexity=10.0, ref_relevance=1.0, n_boot=200)
+    r = {x["condition"]: x for x in rows}
+    assert r["steered"]["wrong_way"] == 0.0 and r["worse"]["wrong_way"] == 0.2
+    assert r["steered"]["composite"] > r["unsteered"]["composite"]
