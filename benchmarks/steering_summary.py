@@ -1,0 +1,122 @@
+"""Summarise ``eval_trained_steering.py`` runs over emotions: one table, means with prompt CIs.
+
+Reads ``<dir>/<emotion>-test-replies.csv`` and ``<dir>/<emotion>-results.json`` from every run
+folder given, maps each emotion's conditions onto the same roles (unsteered, user-turn prompt,
+designed prompt, the selected steering point, designed prompt + its selected steering, a random
+vector of the selected point's norm; each trained method's own selected point as ``steered:M``) and prints, per reporting judge:
+
+* per emotion and role: gated, echo-free expression with a 95% bootstrap CI over test prompts;
+* the mean over the emotions read, with a CI from resampling the test prompts (the same prompts
+  serve every emotion, so a prompt's replies for all emotions move together);
+* paired differences (steered - user-turn prompt, steered - random, prompt + steering - designed
+  prompt), each the per-prompt mean over emotions, with the same CI;
+* median perplexity and relevance ratios to unsteered.
+
+    python benchmarks/steering_summary.py runs/t4 runs/t4-fear runs/t4-surprise runs/t4-disgust
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from probe.stats import group_bootstrap_weights, percentile_ci
+from steering.eval.score import hits
+
+ROLES = ("unsteered", "prompt-user", "prompt-designed", "steered", "prompt-designed+steered", "random")
+PAIRS = (("steered", "prompt-user"), ("steered", "random"), ("steered", "unsteered"),
+         ("prompt-designed+steered", "prompt-designed"), ("prompt-designed+steered", "prompt-user"))
+
+
+def load(dirs: list[Path]) -> tuple[pd.DataFrame, dict]:
+    frames, chosen = [], {}
+    for d in dirs:
+        for res in sorted(d.glob("*-results.json")):
+            emotion = res.name.removesuffix("-results.json")
+            info = json.loads(res.read_text())
+            f = pd.read_csv(d / f"{emotion}-test-replies.csv")
+            f = f[f["target"] == emotion].copy()
+            role = {c: c for c in ROLES}
+            role.update({c: c for c in f["condition"].unique() if c.startswith("steered:")})
+            if info.get("winner"):
+                role[info["winner"]] = "steered"
+            f["role"] = f["condition"].map(role)
+            f["emotion"] = emotion
+            chosen[emotion] = {"steered": info["selected"]["best"], "combo": info["selected"]["combo"]}
+            frames.append(f[f["role"].notna()])
+    if not frames:
+        raise SystemExit("no <emotion>-results.json in the folders given")
+    return pd.concat(frames, ignore_index=True), chosen
+
+
+def ci_over_prompts(per_prompt: pd.Series, n_boot: int = 2000, seed: int = 0) -> tuple[float, float, float]:
+    ids = per_prompt.index.to_numpy()
+    w = group_bootstrap_weights(ids, n_boot, seed)
+    lo, hi = percentile_ci((w @ per_prompt.to_numpy(float)) / w.sum(axis=1))
+    return float(per_prompt.mean()), float(lo), float(hi)
+
+
+def fmt(t) -> str:
+    return f"{t[0]:.2f} [{t[1]:.2f}, {t[2]:.2f}]"
+
+
+def fmt_diff(t) -> str:
+    return f"{t[0]:+.2f} [{t[1]:+.2f}, {t[2]:+.2f}]"
+
+
+def main(argv=None) -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("dirs", nargs="+", type=Path)
+    ap.add_argument("--judges", default="classifier,lexicon")
+    args = ap.parse_args(argv)
+    frame, chosen = load(args.dirs)
+    emotions = list(dict.fromkeys(frame["emotion"]))
+    judges = args.judges.split(",")
+    for j in judges:
+        frame[f"hit:{j}"] = hits(frame, j).astype(float)
+    ref = frame[frame["role"] == "unsteered"].groupby("emotion")[["perplexity", "relevance"]].median()
+
+    print("selected:", ", ".join(f"{e}: {c['steered']} / prompt+{c['combo']}" for e, c in chosen.items()))
+    head = "| role | " + " | ".join(emotions) + f" | mean of {len(emotions)} | ppl ratio | relevance ratio |"
+    for j in judges:
+        print(f"\nexpression, {j} (gated, echo-free; 95% CI over test prompts)\n")
+        print(head)
+        print("|" + "---|" * (len(emotions) + 4))
+        methods = sorted(r for r in frame["role"].unique() if r.startswith("steered:"))
+        for role in (*ROLES, *methods):
+            part = frame[frame["role"] == role]
+            if part.empty:
+                continue
+            cells = []
+            for e in emotions:
+                pe = part[part["emotion"] == e]
+                cells.append(fmt(ci_over_prompts(pe.groupby("prompt_id")[f"hit:{j}"].mean())) if len(pe) else "-")
+            per_prompt = part.groupby(["prompt_id", "emotion"])[f"hit:{j}"].mean().groupby("prompt_id").mean()
+            ratios = part.groupby("emotion")[["perplexity", "relevance"]].median() / ref
+            k = part["emotion"].nunique()
+            note = f" (of {k})" if k < len(emotions) else ""
+            print(f"| {role} | " + " | ".join(cells) + f" | {fmt(ci_over_prompts(per_prompt))}{note} | "
+                  f"{ratios['perplexity'].median():.2f} | {ratios['relevance'].median():.2f} |")
+        print(f"\npaired differences, {j} (per prompt, mean over emotions present in both)\n")
+        print("| difference | " + " | ".join(emotions) + " | mean |")
+        print("|" + "---|" * (len(emotions) + 2))
+        for a, b in (*PAIRS, *((m, "prompt-user") for m in methods)):
+            cells, per_e = [], []
+            for e in emotions:
+                pe = frame[frame["emotion"] == e]
+                pa = pe[pe["role"] == a].groupby("prompt_id")[f"hit:{j}"].mean()
+                pb = pe[pe["role"] == b].groupby("prompt_id")[f"hit:{j}"].mean()
+                d = (pa - pb).dropna()
+                cells.append(fmt_diff(ci_over_prompts(d)) if len(d) else "-")
+                if len(d):
+                    per_e.append(d.rename(e))
+            mean = fmt_diff(ci_over_prompts(pd.concat(per_e, axis=1).mean(axis=1))) if per_e else "-"
+            print(f"| {a} - {b} | " + " | ".join(cells) + f" | {mean} |")
+
+
+if __name__ == "__main__":
+    main()
