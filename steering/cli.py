@@ -306,7 +306,13 @@ def _print_summary(vecs, auroc, out: Path) -> None:
 def cmd_steer(args) -> int:
     from probe.cli_args import load_model
     from steering.inject import Setting, generate_settings
-    from steering.operating_points import fingerprint_warning, operating_point, prompt_mode
+    from steering.operating_points import (
+        fingerprint_warning,
+        operating_point,
+        point_vector,
+        prompt_mode,
+        prompt_vector,
+    )
     from steering.steer_output import (
         check_out_path,
         check_strength,
@@ -345,17 +351,24 @@ def cmd_steer(args) -> int:
             mismatch = fingerprint_warning(point, lm.fingerprint)
             if mismatch:  # a default tuned on other weights: said, never used silently
                 print(f"warning: {mismatch}", file=sys.stderr)
+    # --with-prompt whose shipped mode names its own vector: that vector at its own layers
+    own = (getattr(args, "with_prompt", False) and prompt_vector(point) is not None
+           and not (explicit or args.method))
     layers = parse_layers(args.layers, lm.n_layers) if args.layers else (
-        list(point.layers) if point else None)
+        list(point.layers) if point and not own else None)
     unit = args.unit or (point.unit if point else "rms")
     warning = strength_warning(args.strength, unit, lm.spec.alias)
     if warning:  # before any directions are computed or cached
         print(f"warning: {warning}", file=sys.stderr)
-    vec = _steer_vector(args, lm, point, layers)
+    vec = point_vector(point, lm, with_prompt=True) if own else _steer_vector(args, lm, point, layers)
+    if own and layers is not None and set(vec.layers) != set(layers):
+        vec = vec.at(layers)
     if layers is None and len(vec.layers) > 1:
         _say(args, f"steering every layer of the vector ({vec.layers[0]}-{vec.layers[-1]}); "
                    "--layers chooses fewer")
     setting = _steer_setting(args, vec, point, unit)
+    if own and args.positions is None and point.prompt.get("positions"):
+        setting = dataclasses.replace(setting, positions=point.prompt["positions"])
     gen_kwargs = dict(point.generate) if point else {"repetition_penalty": 1.05, "no_repeat_ngram_size": 3}
     prompts, system = args.prompts, args.system_prompt
     if getattr(args, "with_prompt", False):   # prompt + steering: the prompt alone is the baseline
@@ -375,16 +388,16 @@ def cmd_steer(args) -> int:
                            [mark(t, c) for t, c in zip(steered, cut_steered)], desc))
     if args.json or args.out:
         record = _steer_record(args, lm, vec, setting, point, gen_kwargs, plain, steered)
-        record.update(unsteered_hit_limit=cut_plain, steered_hit_limit=cut_steered)
+        record.update(unsteered_hit_limit=cut_plain, steered_hit_limit=cut_steered,
+                      sent=prompts, system_prompt=system)   # what the model read (--with-prompt)
         emit_record(record, args.out, args.json)
     return 0
 
 
 def _steer_vector(args, lm, point, layers):
     from steering.directions import directions
-    from steering.vector import SteeringError, SteeringVector, VectorSet
-
     from steering.operating_points import point_vector
+    from steering.vector import SteeringError, SteeringVector, VectorSet
 
     if args.vector:
         vec = SteeringVector.load(args.vector, lm, match=args.match)

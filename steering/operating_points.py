@@ -63,11 +63,14 @@ class OperatingPoint:
     generate: dict = field(default_factory=dict)
     provisional: bool = True
     source: str = ""
-    #: A shipped vector file (stem under ``steering/artifacts/vectors/``) for trained vectors,
-    #: whose directions cannot be recomputed from a store; None: compute ``method`` directions.
+    #: A vector file (stem under ``<EMOPROBE_HOME>/vectors/`` or ``steering/artifacts/vectors/``)
+    #: for trained vectors, whose directions cannot be recomputed from a store; None: compute
+    #: ``method`` directions.
     vector: str | None = None
     #: The prompt + steering mode (``probe steer --with-prompt``): ``{"system_prompt",
     #: "user_suffix", "strength"}``, the strength selected *with* the prompt; None: not offered.
+    #: With ``"vector"`` (a stem under ``steering/artifacts/vectors/``) the mode steers that
+    #: vector at all of its layers (``"positions"``, default the point's), not the point's own.
     prompt: dict | None = None
     #: The weights it was tuned on (``LoadedModel.fingerprint``); None: not recorded.
     weight_fingerprint: str | None = field(default=None, compare=False)
@@ -86,19 +89,30 @@ class OperatingPoint:
 VECTOR_DIR = Path(__file__).with_name("artifacts") / "vectors"
 
 
-def point_vector(point: OperatingPoint, lm=None, *, folder: str | os.PathLike | None = None):
+def point_vector(point: OperatingPoint, lm=None, *, folder: str | os.PathLike | None = None,
+                 with_prompt: bool = False):
     """The shipped :class:`~steering.vector.SteeringVector` of ``point`` (None if it has none).
 
+    ``with_prompt``: the prompt + steering mode's own vector (``prompt["vector"]``) instead.
     Checked against ``lm`` (same weights) when given.
     """
-    if point.vector is None:
+    stem = prompt_vector(point) if with_prompt else point.vector
+    if stem is None:
         return None
-    base = Path(folder) if folder is not None else VECTOR_DIR
-    path = base / f"{point.vector}.safetensors"
+    if folder is not None:
+        path = Path(folder) / f"{stem}.safetensors"
+    else:   # the user's own vectors (next to their operating points) before the shipped ones
+        path = next((p for p in (user_vector_dir() / f"{stem}.safetensors", VECTOR_DIR / f"{stem}.safetensors")
+                     if p.is_file()), VECTOR_DIR / f"{stem}.safetensors")
     if not path.is_file():
         raise SteeringError(f"the operating point of {point.emotion} names the vector file {path}, "
                             "which is missing: reinstall emoprobe, or pass --vector/--method")
     return SteeringVector.load(path, lm, match="exact" if lm is not None else "none")
+
+
+def prompt_vector(point: OperatingPoint | None) -> str | None:
+    """The vector file stem the prompt + steering mode steers with (None: the point's own)."""
+    return (point.prompt or {}).get("vector") if point is not None else None
 
 
 def prompt_mode(point: OperatingPoint | None, emotion: str, prompts: list[str]
@@ -116,6 +130,11 @@ def shipped_path() -> Path:
 
 
 default_path = shipped_path  # the old name
+
+
+def user_vector_dir() -> Path:
+    """Where a user's operating points may keep vector files (``<EMOPROBE_HOME>/vectors``)."""
+    return emoprobe_home() / "vectors"
 
 
 def user_path() -> Path:

@@ -299,3 +299,36 @@ def test_directions_expression_from_the_models_own_replies(tiny_dir, tmp_path, m
     vecs = VectorSet.load(out)
     assert len(vecs) == 6 and all(v.layers == [1] for v in vecs.values())
     assert all(abs(float(v[v.sites[0]].norm()) - 1) < 1e-4 for v in vecs.values())
+
+
+def test_with_prompt_steers_the_modes_own_vector(capsys, tiny_dir, toy_store, tmp_path, monkeypatch):
+    """A prompt + steering mode that names its own vector file steers that vector at its own
+    layers and strength (no store needed), from the user's <EMOPROBE_HOME>/vectors."""
+    from steering.vector import VectorSet
+
+    root, store = toy_store
+    model = str(tiny_dir / "llama")
+    home = tmp_path / "home"
+    monkeypatch.setenv("EMOPROBE_HOME", str(home))
+    assert main(["directions", "--model", model, "--store", str(store), "--method", "mean-diff",
+                 "--folds", "0", "--out", str(tmp_path / "dirs"), "--quiet"]) == 0
+    VectorSet.load(tmp_path / "dirs")["joy"].at([1]).save(home / "vectors" / "joy-own")
+    table = {"format": 2, "models": {"llama": {"emotions": {"joy": {
+        "method": "mean-diff", "site": "resid_post", "layers": [2], "strength": 1.0, "unit": "rms",
+        "mode": "add", "positions": "last-prompt+generated",
+        "prompt": {"system_prompt": "Be joyful.", "user_suffix": " (joyfully)", "strength": 4.0,
+                   "vector": "joy-own"}}}}}}
+    (home / "operating_points.json").write_text(json.dumps(table))
+    js = tmp_path / "wp.json"
+    code, out, err = _run(capsys, "steer", "--model", model, "--emotion", "joy", "--with-prompt",
+                          "--max-new-tokens", "3", "--out", js, "--quiet", "We won the final!")
+    assert code == 0, err
+    rec = json.loads(js.read_text())
+    assert rec["vector"]["layers"] == [1] and rec["setting"]["strength"] == 4.0
+    assert rec["prompts"] == ["We won the final!"] and rec["sent"] == ["We won the final! (joyfully)"]
+    assert rec["system_prompt"] == "Be joyful."
+    # without --with-prompt the point's own method and layers are used (it needs a store)
+    code, _, err = _run(capsys, "steer", "--model", model, "--emotion", "joy", "--store", store,
+                        "--max-new-tokens", "3", "--out", tmp_path / "plain.json", "--quiet", "Hi")
+    assert code == 0, err
+    assert json.loads((tmp_path / "plain.json").read_text())["vector"]["layers"] == [2]
