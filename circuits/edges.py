@@ -13,8 +13,8 @@ residual skip around ``v`` carries no gradient to it). One forward and one backw
 edge. **Edge patching** (the ground truth, :func:`edge_patch`) adds ``out_u' - out_u`` to
 ``v``'s input alone and reruns the model: only that edge changes.
 
-Scope: Llama-like decoder blocks (``input_layernorm``, ``post_attention_layernorm``,
-``self_attn.o_proj``, ``mlp.down_proj``); other families raise :class:`EdgeError`.
+Scope: pre-norm Llama-like blocks, whose parts ``probe.arch.BLOCK_PARTS`` names; other families
+raise :class:`EdgeError`.
 
 >>> ea = edge_attribution(lm, batch, metric, means)            # doctest: +SKIP
 >>> top = ea.table().head(20)                                  # doctest: +SKIP
@@ -34,6 +34,7 @@ from torch import Tensor
 from circuits.baselines import take
 from circuits.metrics import Metric
 from circuits.runs import forward_metric, forward_with_leaves
+from probe.arch import ArchitectureError
 from probe.errors import EmoprobeError
 from probe.forward import Batch, run_with_cache
 from probe.hooks import module_input_hooks
@@ -70,14 +71,13 @@ class EdgeAttribution:
 
 # ----------------------------------------------------------------------------- the nodes
 def _blocks(lm):
-    blocks = lm.arch.layers(lm.model)
-    need = ("input_layernorm", "post_attention_layernorm")
-    for b in blocks[:1]:
-        if not all(hasattr(b, n) for n in need) or not hasattr(b.self_attn, "o_proj") \
-                or not hasattr(b.mlp, "down_proj"):
-            raise EdgeError(f"edge attribution needs Llama-like blocks ({', '.join(need)}, "
-                            f"self_attn.o_proj, mlp.down_proj); family {lm.arch.family!r} differs")
-    return blocks
+    """The block list, checked to have the parts edge attribution uses (probe.arch.BLOCK_PARTS)."""
+    try:
+        for name in ("attn_in", "mlp_in", "attn_out", "mlp_out"):
+            lm.arch.part(lm.model, 0, name)
+    except ArchitectureError as e:
+        raise EdgeError(f"edge attribution needs Llama-like pre-norm blocks: {e}") from e
+    return lm.arch.layers(lm.model)
 
 
 def nodes(lm, last: int) -> tuple[list[str], list[str], list[tuple[str, int, int]]]:
@@ -109,29 +109,28 @@ def _deltas(lm, batch: Batch, baseline, last: int):
     _, cache = run_with_cache(lm, batch, sites, stop=True)
     sources = baseline.bind(lm, batch, sites)
     rows = torch.arange(len(batch))
-    blocks = _blocks(lm)
+    _blocks(lm)
     out = {}
     for layer in range(last + 1):
         z = cache[Site("attn.hook_z", layer)]
         dz = sources(Site("attn.hook_z", layer), z, rows) - z  # [B, pos, H, dh]
-        w_o = blocks[layer].self_attn.o_proj.weight.to(dz.dtype)  # [d_model, H * dh]
+        w_o = lm.arch.part(lm.model, layer, "attn_out").weight.to(dz.dtype)  # [d_model, H * dh]
         h, dh = dz.shape[-2:]
         out[("head", layer)] = torch.einsum("bphk,dhk->bphd", dz, w_o.reshape(-1, h, dh))
         post = cache[Site("mlp.hook_post", layer)]
         dpost = sources(Site("mlp.hook_post", layer), post, rows) - post
-        out[("mlp", layer)] = dpost @ blocks[layer].mlp.down_proj.weight.to(dpost.dtype).T
+        out[("mlp", layer)] = dpost @ lm.arch.part(lm.model, layer, "mlp_out").weight.to(dpost.dtype).T
     return out
 
 
 def _input_hooks(lm, fns: dict[str, callable]):
     """``{"blocks.L.attn_in" | "blocks.L.mlp_in": fn(x) -> x}`` on the hook layer: each rewrites
     the input of that block's attention norm or MLP norm only."""
-    blocks = _blocks(lm)
+    _blocks(lm)
     pairs = []
     for name, fn in fns.items():
         layer, kind = int(name.split(".")[1]), name.split(".")[2]
-        block = blocks[layer]
-        pairs.append((block.input_layernorm if kind == "attn_in" else block.post_attention_layernorm, fn))
+        pairs.append((lm.arch.part(lm.model, layer, kind), fn))
     return module_input_hooks(pairs)
 
 

@@ -82,6 +82,14 @@ SKIPPABLE_FAMILIES = ("llama", "mistral", "qwen2", "qwen3")
 #: Families with rotary Llama-like attention: q/k/v projections in each block's attention module
 #: and one ``rotary_emb`` on the base model (what recomputing attention patterns needs).
 ROTARY_FAMILIES = ("llama", "mistral", "qwen2", "qwen3")
+#: Modules inside a pre-norm block that edge attribution reads and writes: the norm whose input
+#: is the attention's input (``attn_in``), the norm whose input is the MLP's (``mlp_in``), and the
+#: projections that write each sublayer's output (``attn_out``, ``mlp_out``).
+_PRE_NORM_PARTS = {"attn_in": "input_layernorm", "mlp_in": "post_attention_layernorm",
+                   "attn_out": "self_attn.o_proj", "mlp_out": "mlp.down_proj"}
+BLOCK_PARTS: dict[str, Mapping[str, str]] = {
+    f: _PRE_NORM_PARTS for f in ("llama", "mistral", "qwen2", "qwen3", "gemma", "qwen2_vl_text",
+                                 "qwen2_5_vl_text")}
 #: Where the block list sits, tried in order (VLM language backbones included).
 LAYER_PATHS = (
     "model.layers",
@@ -170,6 +178,19 @@ class Architecture:
     def attention(self, model: nn.Module, layer: int) -> nn.Module:
         """Block ``layer``'s attention module (the module whose output is ``hook_attn_out``)."""
         return self.layers(model)[layer].get_submodule(self.where("hook_attn_out")[0])
+
+    def part(self, model: nn.Module, layer: int, name: str) -> nn.Module:
+        """Block ``layer``'s module ``name`` of :data:`BLOCK_PARTS` (``attn_in``, ``mlp_in``,
+        ``attn_out``, ``mlp_out``)."""
+        parts = BLOCK_PARTS.get(self.family)
+        if parts is None or name not in parts:
+            raise ArchitectureError(f"family {self.family!r} has no block part {name!r} (known for "
+                                    f"pre-norm Llama-like families: {', '.join(BLOCK_PARTS)})")
+        try:
+            return self.layers(model)[layer].get_submodule(parts[name])
+        except AttributeError as e:
+            raise ArchitectureError(f"block {layer} of this {self.family!r} model has no "
+                                    f"{parts[name]} ({name})") from e
 
     def rotary_embedding(self, model: nn.Module) -> nn.Module:
         """The base model's rotary embedding (``cos, sin = it(x, position_ids)``)."""

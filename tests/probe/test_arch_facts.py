@@ -26,3 +26,12 @@ def test_gpt2_is_neither_skippable_nor_rotary(tiny_dir):
     assert lm.arch.attention(lm.model, 0) is lm.model.transformer.h[0].attn
     with pytest.raises(ArchitectureError, match="no rotary"):
         lm.arch.rotary_embedding(lm.model)
+
+
+def test_block_parts_come_from_the_table(tiny_llama, tiny_dir):
+    block = tiny_llama.arch.layers(tiny_llama.model)[1]
+    assert tiny_llama.arch.part(tiny_llama.model, 1, "attn_in") is block.input_layernorm
+    assert tiny_llama.arch.part(tiny_llama.model, 1, "mlp_out") is block.mlp.down_proj
+    lm = _load(tiny_dir, "gpt2")
+    with pytest.raises(ArchitectureError, match="no block part"):
+        lm.arch.part(lm.model, 0, "attn_in")
