@@ -147,6 +147,7 @@ def test_shipped_operating_points_load_and_can_be_replaced(tmp_path):
         OperatingPoint,
         load_operating_points,
         operating_point,
+        point_vector,
         write_operating_point,
     )
     from steering.vector import SteeringError
@@ -156,8 +157,14 @@ def test_shipped_operating_points_load_and_can_be_replaced(tmp_path):
     assert sorted(shipped) == ["anger", "disgust", "fear", "happiness", "sadness", "surprise"]
     for e in shipped:
         point = operating_point("smollm2-135m", e)
-        # either a provisional quick-look point or one `probe steer-eval` selected (and says so)
-        assert point.provisional or "probe steer-eval run" in point.source
+        # a provisional quick-look point, or one `probe steer-eval` or the trained-steering
+        # benchmark selected (and says so); a point naming a vector file ships that file
+        assert point.provisional or "probe steer-eval run" in point.source \
+            or "benchmarks/eval_trained_steering.py" in point.source
+        if point.vector is not None:
+            assert point_vector(point).layers == list(point.layers)
+        if point.prompt and point.prompt.get("vector"):
+            assert point_vector(point, with_prompt=True).layers
         assert point.layers and 0 <= min(point.layers) <= max(point.layers) < 30
         assert 0 < point.strength <= 4 and point.positions in ("last-prompt+generated", "all")
         assert ("provisional" in point.describe()) == point.provisional

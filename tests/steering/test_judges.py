@@ -23,9 +23,13 @@ def go_slice(shared_data):
 
 
 def test_shipped_artifact_is_small_safe_and_complete(judge):
-    files = sorted(p.name for p in ARTIFACT_DIR.iterdir())
+    files = sorted(p.name for p in ARTIFACT_DIR.iterdir() if p.is_file())
     assert files == ["emotion_judge.json", "emotion_judge.safetensors"]
-    assert sum(p.stat().st_size for p in ARTIFACT_DIR.iterdir()) < 5e6
+    assert sum(p.stat().st_size for p in ARTIFACT_DIR.rglob("*") if p.is_file()) < 5e6
+    vectors = sorted(p.name for p in (ARTIFACT_DIR / "vectors").iterdir())  # shipped steering vectors
+    assert all(n.endswith((".json", ".safetensors")) for n in vectors)
+    assert {n.rsplit(".", 1)[0] for n in vectors if n.endswith(".json")} == \
+        {n.rsplit(".", 1)[0] for n in vectors if n.endswith(".safetensors")}
     assert judge.classes == LABELS
     assert judge.meta["training"]["sources"] == ["goemotions"]
     assert set(judge.meta["heldout"]) == {"goemotions", "dair", "sev-replies"}
