@@ -275,12 +275,29 @@ def guess_architecture(model: nn.Module) -> Architecture:
     )
 
 
-def register_family(model_type: str, table: Mapping[str, Where]) -> None:
-    """Add or override the site table of a ``config.model_type``."""
+def register_family(model_type: str, table: Mapping[str, Where], *,
+                    like: str | None = None) -> None:
+    """Add or override the site table of a ``config.model_type``.
+
+    ``like``: a known family whose other facts the new one shares (starting a forward at a
+    later block, rotary attention, the block parts edge attribution uses), e.g. ``like="llama"``
+    for a Llama-like family: one call registers everything the toolkit knows about it.
+    """
     missing = set(_LLAMA_LIKE) - {"attn.hook_q", "attn.hook_k", "attn.hook_v"} - set(table)
     if missing:
         raise ArchitectureError(f"table for {model_type!r} lacks {sorted(missing)}")
+    if like is not None and like not in FAMILIES:
+        raise ArchitectureError(f"like={like!r} is not a known family; known: "
+                                f"{', '.join(FAMILIES)}")
+    global SKIPPABLE_FAMILIES, ROTARY_FAMILIES
     FAMILIES[model_type] = dict(table)
+    if like is not None:
+        if like in SKIPPABLE_FAMILIES and model_type not in SKIPPABLE_FAMILIES:
+            SKIPPABLE_FAMILIES = (*SKIPPABLE_FAMILIES, model_type)
+        if like in ROTARY_FAMILIES and model_type not in ROTARY_FAMILIES:
+            ROTARY_FAMILIES = (*ROTARY_FAMILIES, model_type)
+        if like in BLOCK_PARTS:
+            BLOCK_PARTS[model_type] = BLOCK_PARTS[like]
 
 
 def architecture_for(model: nn.Module) -> Architecture:

@@ -35,3 +35,22 @@ def test_block_parts_come_from_the_table(tiny_llama, tiny_dir):
     lm = _load(tiny_dir, "gpt2")
     with pytest.raises(ArchitectureError, match="no block part"):
         lm.arch.part(lm.model, 0, "attn_in")
+
+
+def test_a_family_registered_like_llama_gets_every_llama_fact(tiny_llama, monkeypatch):
+    from probe import arch
+
+    for name in ("FAMILIES", "BLOCK_PARTS"):   # registration writes module tables: restore them
+        monkeypatch.setattr(arch, name, dict(getattr(arch, name)))
+    for name in ("SKIPPABLE_FAMILIES", "ROTARY_FAMILIES"):
+        monkeypatch.setattr(arch, name, getattr(arch, name))
+    arch.register_family("llama_copy", arch.FAMILIES["llama"], like="llama")
+    a = arch.Architecture("llama_copy", arch.FAMILIES["llama_copy"], tiny_llama.arch.layers_path)
+    assert a.skippable and a.rotary
+    block = tiny_llama.arch.layers(tiny_llama.model)[0]
+    assert a.part(tiny_llama.model, 0, "mlp_in") is block.post_attention_layernorm
+    arch.register_family("gpt2_copy", arch.FAMILIES["gpt2"], like="gpt2")
+    b = arch.Architecture("gpt2_copy", arch.FAMILIES["gpt2_copy"], "transformer.h")
+    assert not b.skippable and not b.rotary
+    with pytest.raises(ArchitectureError, match="not a known family"):
+        arch.register_family("x", arch.FAMILIES["llama"], like="nope")
