@@ -271,6 +271,14 @@ def plot_edges(table: pd.DataFrame, *, n_layers: int, n_heads: int, k: int = 40,
         ax.set_yticks([n_heads + 1] + [n_heads - h for h in range(n_heads)] + [-0.5],
                       ["attn in"] + [f"head {h}" for h in range(n_heads)] + ["MLP"])
         ax.set_xlabel("layer (metric at the right)")
-        ax.set_title(title or f"top {len(top)} edges by EAP (width ∝ |score|; blue +, red -)",
-                     fontsize=7)
+        if "metric" in names:
+            x, y = pos("metric", "")
+            ax.annotate("metric", (x, y), xytext=(0, 6), textcoords="offset points", ha="center",
+                        fontsize=6)
+        ax.legend(handles=[mpl.lines.Line2D([], [], color=OKABE_ITO[0], lw=1.5,
+                                            label="edge raises the metric"),
+                           mpl.lines.Line2D([], [], color=OKABE_ITO[1], lw=1.5,
+                                            label="edge lowers it")],
+                  loc="upper right", fontsize=6, frameon=False)
+        ax.set_title(title or f"top {len(top)} edges by EAP (width ∝ |score|)", fontsize=7)
     return _done(fig, out)

@@ -44,7 +44,11 @@ def test_every_figure_writes_png_and_svg(tmp_path):
                           "downstream": ["blocks.1.mlp_in", "metric", "blocks.2.attn_in"],
                           "value": [0.5, -1.0, 0.2]})
     fig = figures.plot_edges(edges, n_layers=4, n_heads=3, k=2, out=tmp_path / "e")
-    assert len(fig.axes[0].texts) == 2  # the two largest edges are drawn as arrows
+    arrows = [t for t in fig.axes[0].texts if t.arrow_patch is not None]
+    assert len(arrows) == 2  # the two largest edges are drawn as arrows
+    assert [t.get_text() for t in fig.axes[0].texts if t.arrow_patch is None] == ["metric"]
+    assert [t.get_text() for t in fig.axes[0].get_legend().get_texts()] == [
+        "edge raises the metric", "edge lowers it"]
     for stem in "hsnifce":
         assert (tmp_path / f"{stem}.png").stat().st_size > 1000
         assert (tmp_path / f"{stem}.svg").read_text().startswith("<?xml")
