@@ -42,7 +42,7 @@ from pathlib import Path
 
 import numpy as np
 
-from probe.directions import load_rows as _core_load_rows
+from probe.directions import load_rows as core_load_rows
 from probe.directions import store_directions
 from steering.methods import (  # noqa: F401 (re-exported: the methods' public names)
     METHODS,
@@ -59,7 +59,7 @@ from steering.methods import (  # noqa: F401 (re-exported: the methods' public n
 from steering.vector import SteeringError, VectorSet
 
 #: Pooled rows from a store (:func:`probe.directions.load_rows`), raising SteeringError.
-load_rows = steering_errors(_core_load_rows)
+load_rows = steering_errors(core_load_rows)
 
 
 # ------------------------------------------------------------------------------ methods
