@@ -61,10 +61,11 @@ def main(argv=None) -> None:
     test = spread(load_prompts("test"), None)
     scorer = Scorer(lm, report, decoding=Decoding(max_new_tokens=60), batch_size=64)
     frame = scorer.frame(test, arms, relevance=True, targets=[args.emotion])
-    base = frame[frame["condition"] == "unsteered"]
-    ref_ppl, ref_rel = float(np.nanmedian(base["perplexity"])), float(np.nanmedian(base["relevance"]))
+    unsteered = frame["condition"] == "unsteered"
+    ref_ppl = float(np.nanmedian(frame.loc[unsteered, "perplexity"]))
+    ref_rel = float(np.nanmedian(frame.loc[unsteered, "relevance"]))
     frame = add_composites(frame, concept_judges=report, ref_perplexity=ref_ppl, ref_relevance=ref_rel)
-    base = frame[frame["condition"] == "unsteered"]
+    base = frame[unsteered]
     rows = report_rows(frame, judges=list(report), unsteered=base, ref_perplexity=ref_ppl,
                        ref_relevance=ref_rel)
     pairs = [paired(frame, a, b, judge=j) for j in report

@@ -24,8 +24,6 @@ from probe.arch import ROTARY_FAMILIES
 from probe.errors import EmoprobeError
 from probe.sites import Site
 
-FAMILIES = ROTARY_FAMILIES  # probe.arch holds the architecture facts
-
 
 class QKFixError(EmoprobeError, ValueError):
     """The QK fix cannot be computed for this model."""
@@ -33,8 +31,9 @@ class QKFixError(EmoprobeError, ValueError):
 
 def qk_sites(lm, layers: Sequence[int]) -> list[Site]:
     """Sites whose values (q, k, v) and gradients (z) the fix needs."""
-    if lm.arch.family not in FAMILIES:
-        raise QKFixError(f"the QK fix supports rotary Llama-like attention ({', '.join(FAMILIES)}); "
+    if not lm.arch.rotary:
+        raise QKFixError(f"the QK fix supports rotary Llama-like attention "
+                         f"({', '.join(sorted(ROTARY_FAMILIES))}); "
                          f"{lm.arch.family!r} is not covered: use estimator 'atp' for queries/keys")
     return [Site(k, layer) for layer in layers
             for k in ("attn.hook_q", "attn.hook_k", "attn.hook_v", "attn.hook_z")]

@@ -78,10 +78,10 @@ FAMILIES: dict[str, Mapping[str, Where]] = {
 }
 #: Families whose base model feeds ``inputs_embeds`` to block 0 unchanged (no scaling, no
 #: position embedding added), so a forward can start at any block from a cached residual.
-SKIPPABLE_FAMILIES = ("llama", "mistral", "qwen2", "qwen3")
+SKIPPABLE_FAMILIES = {"llama", "mistral", "qwen2", "qwen3"}
 #: Families with rotary Llama-like attention: q/k/v projections in each block's attention module
 #: and one ``rotary_emb`` on the base model (what recomputing attention patterns needs).
-ROTARY_FAMILIES = ("llama", "mistral", "qwen2", "qwen3")
+ROTARY_FAMILIES = {"llama", "mistral", "qwen2", "qwen3"}
 #: Modules inside a pre-norm block that edge attribution reads and writes: the norm whose input
 #: is the attention's input (``attn_in``), the norm whose input is the MLP's (``mlp_in``), and the
 #: projections that write each sublayer's output (``attn_out``, ``mlp_out``).
@@ -289,13 +289,11 @@ def register_family(model_type: str, table: Mapping[str, Where], *,
     if like is not None and like not in FAMILIES:
         raise ArchitectureError(f"like={like!r} is not a known family; known: "
                                 f"{', '.join(FAMILIES)}")
-    global SKIPPABLE_FAMILIES, ROTARY_FAMILIES
     FAMILIES[model_type] = dict(table)
     if like is not None:
-        if like in SKIPPABLE_FAMILIES and model_type not in SKIPPABLE_FAMILIES:
-            SKIPPABLE_FAMILIES = (*SKIPPABLE_FAMILIES, model_type)
-        if like in ROTARY_FAMILIES and model_type not in ROTARY_FAMILIES:
-            ROTARY_FAMILIES = (*ROTARY_FAMILIES, model_type)
+        for known in (SKIPPABLE_FAMILIES, ROTARY_FAMILIES):
+            if like in known:
+                known.add(model_type)
         if like in BLOCK_PARTS:
             BLOCK_PARTS[model_type] = BLOCK_PARTS[like]
 

@@ -40,10 +40,9 @@ def test_block_parts_come_from_the_table(tiny_llama, tiny_dir):
 def test_a_family_registered_like_llama_gets_every_llama_fact(tiny_llama, monkeypatch):
     from probe import arch
 
-    for name in ("FAMILIES", "BLOCK_PARTS"):   # registration writes module tables: restore them
-        monkeypatch.setattr(arch, name, dict(getattr(arch, name)))
-    for name in ("SKIPPABLE_FAMILIES", "ROTARY_FAMILIES"):
-        monkeypatch.setattr(arch, name, getattr(arch, name))
+    for name in ("FAMILIES", "BLOCK_PARTS", "SKIPPABLE_FAMILIES", "ROTARY_FAMILIES"):
+        # registration writes these module tables: the test works on copies
+        monkeypatch.setattr(arch, name, type(getattr(arch, name))(getattr(arch, name)))
     arch.register_family("llama_copy", arch.FAMILIES["llama"], like="llama")
     a = arch.Architecture("llama_copy", arch.FAMILIES["llama_copy"], tiny_llama.arch.layers_path)
     assert a.skippable and a.rotary
