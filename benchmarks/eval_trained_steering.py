@@ -69,6 +69,9 @@ def main(argv=None) -> None:
     ap.add_argument("--layers", default="6,9,12,15")
     ap.add_argument("--steps", type=int, default=30)
     ap.add_argument("--amplify", type=float, default=2.0)
+    ap.add_argument("--plausible", type=float, default=0.1,
+                    help="distill-cd: amplified distillation whose target keeps only tokens with "
+                         "p_prompted >= PLAUSIBLE x max p_prompted (contrastive decoding's constraint)")
     ap.add_argument("--objectives", default="distill,distill-amp,preference,lm")
     ap.add_argument("--scales", default="0.5,1,1.5,2")
     ap.add_argument("--expression-scales", default="1,2,3")
@@ -78,7 +81,8 @@ def main(argv=None) -> None:
     ap.add_argument("--max-new-tokens", type=int, default=60)
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--reuse", action="store_true",
-                    help="load the vectors and tune table an earlier run wrote to --out; score new arms only")
+                    help="load the vectors and tune table an earlier run wrote to --out (training only "
+                         "the objectives it has no vector for); score new arms only")
     ap.add_argument("--combo-scales", default="",
                     help="extra designed prompt + vector arms, e.g. distill:0.5,distill-amp:0.25")
     args = ap.parse_args(argv)
@@ -141,16 +145,17 @@ def main(argv=None) -> None:
                     select, report, refs)
 
 
-def train_all(lm, emotion, teach, expr, layers, args, out):
+def train_all(lm, emotion, teach, expr, layers, args, out, names=None):
     vecs, logs = {}, {}
     n = len(teach.prompts)
     others = [e for e in EMOTIONS if e != emotion]
-    for name in args.objectives.split(","):
+    for name in names if names is not None else args.objectives.split(","):
         if name.startswith("distill"):
             data = PairData(teach.prompts, teach.replies[emotion],
                             system_prompt=teach.system_prompts[emotion],
                             user_suffix=teach.user_suffixes[emotion])
-            obj = objective("distill", amplify=args.amplify if name == "distill-amp" else 0.0)
+            obj = objective("distill", amplify=args.amplify if name in ("distill-amp", "distill-cd") else 0.0,
+                            plausible=args.plausible if name == "distill-cd" else 0.0)
         elif name == "preference":
             neg = [teach.replies[others[i % len(others)]][i] for i in range(n)]
             data = PairData(teach.prompts, teach.replies[emotion], negatives=neg)
@@ -172,9 +177,16 @@ def train_all(lm, emotion, teach, expr, layers, args, out):
 def run_emotion(lm, emotion, teach, expr, layers, args, out, tune, test, sel_scorer, rep_scorer,
                 select, report, refs):
     if args.reuse:   # vectors trained by an earlier run of this script into the same --out
-        vecs = {n: SteeringVector.load(out / "vectors" / f"{emotion}-{n}", lm)
-                for n in args.objectives.split(",")}
+        names = args.objectives.split(",")
+        have = [n for n in names if (out / "vectors" / f"{emotion}-{n}.safetensors").is_file()]
+        vecs = {n: SteeringVector.load(out / "vectors" / f"{emotion}-{n}", lm) for n in have}
         logs = json.loads((out / f"{emotion}-train.json").read_text())
+        missing = [n for n in names if n not in have]
+        if missing:
+            new, new_logs = train_all(lm, emotion, teach, expr, layers, args, out, names=missing)
+            vecs.update(new)
+            logs.update(new_logs)
+            dump(out / f"{emotion}-train.json", logs)
     else:
         vecs, logs = train_all(lm, emotion, teach, expr, layers, args, out)
         dump(out / f"{emotion}-train.json", logs)

@@ -107,6 +107,9 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--fold-fallback", default="error", choices=["error", "reduce"],
                    help="when the groups (or a class's groups) are fewer than --folds: stop "
                         "with an error (default) or use fewer folds and report it")
+    g.add_argument("--probe", default=None, metavar="KIND",
+                   help="probe kind (probe.probe_kinds): logistic (categorical targets, the "
+                        "default) or ridge (continuous, the default); a plugin may register more")
     g.add_argument("--C", type=float, default=None, help="inverse L2 strength of logistic probes on standardised features (default: 0.05)")
     g.add_argument("--alpha", type=float, default=None, help="L2 strength of ridge probes (default: 10)")
     g.add_argument("--bootstrap", type=int, default=1000, help="cluster-bootstrap resamples for 95%% CIs (default: %(default)s)")

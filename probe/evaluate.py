@@ -35,7 +35,7 @@ from probe.baselines import (
     prior_predictions,
     same_labelling,
 )
-from probe.engine import fit_logistic_cv, fit_ridge_cv
+from probe.probe_kinds import probe_kind
 from probe.stats import (
     FoldList,
     ProbeError,
@@ -74,6 +74,8 @@ class EvalConfig:
         tol: Solver tolerance (scikit-learn's criterion; sklearn's default is 1e-4).
         max_iter: Solver iteration cap.
         site_batch: Sites solved at a time (None: all); bounds peak memory.
+        probe: The probe kind (:mod:`probe.probe_kinds`; None: ``logistic`` for categorical
+            targets, ``ridge`` for continuous ones).
     """
 
     n_folds: int = 5
@@ -89,6 +91,7 @@ class EvalConfig:
     tol: float = 1e-5
     max_iter: int = 300
     site_batch: int | None = None
+    probe: str | None = None
 
 
 # ---------------------------------------------------------------------------- building blocks
@@ -105,12 +108,7 @@ def cross_val_predict(X, y: Sequence, folds: FoldList, *, task: Task, config: Ev
     """Out-of-fold predictions at every site: ``[S, n, K]`` probabilities (classes in sorted
     order) or ``[S, n]`` predicted values; NaN for rows in no test fold. ``site_labels`` name
     the sites in the solver's convergence warnings."""
-    if task == "classification":
-        return fit_logistic_cv(X, y, folds, C=config.C, tol=config.tol, device=config.device,
-                               max_iter=config.max_iter, site_batch=config.site_batch,
-                               site_labels=site_labels).predictions
-    return fit_ridge_cv(X, np.asarray(y, float), folds, alpha=config.alpha, device=config.device,
-                        site_batch=config.site_batch).predictions[..., 0]
+    return probe_kind(config.probe, task).cross_val(X, y, folds, config, site_labels)
 
 
 def score_with_ci(task: Task, y: Sequence, pred: np.ndarray, groups: Sequence,

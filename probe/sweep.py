@@ -23,10 +23,10 @@ import xarray as xr
 from tqdm.auto import tqdm
 
 from probe.baselines import control_keys, key_coverage
-from probe.engine import fit_probes
 from probe.evaluate import EvalConfig, evaluate, make_folds, text_baselines
 from probe.heldout import check_label_sets, check_pair, split_rows, warn_overlap
 from probe.lazy import open_lazy, parse_memory, read_sites, sites_per_read
+from probe.probe_kinds import probe_kind
 from probe.results import validate_results
 from probe.sites import Site, parse_sites
 from probe.stats import ProbeError, ProbeWarning, Task
@@ -191,6 +191,7 @@ def probe_store(
     if isinstance(sites, str):
         sites = parse_sites(sites, n_layers=int(ds.attrs["emoprobe"]["n_layers"]))
     tt = probe_targets(ds, target, task)
+    probe_kind(config.probe, tt.task)  # an unknown kind, or one for the other task, fails here
     poolings = _poolings(ds, poolings)
     train = _side(ds, tt, target_words)
     held, split = None, None
@@ -346,7 +347,7 @@ def _attrs(ds, tt: TargetTask, train: _Side, held: _Side | None, split, keys: di
     """What a run records next to its table: target, task, counts, folds, control keys."""
     n = len(train.rows)
     attrs = {"target": tt.target, "task": tt.task, "task_reason": tt.reason,
-             "n_used": n, "n_dropped": int(ds.sizes["sample"] - len(tt.rows))}
+             "probe": probe_kind(config.probe, tt.task).name, "n_used": n, "n_dropped": int(ds.sizes["sample"] - len(tt.rows))}
     folds = make_folds(train.y, train.groups, tt.task, config) if split is None else None
     if folds is not None:
         attrs["n_folds"] = len(folds)
@@ -385,9 +386,8 @@ class _Fitted:
         labels = [f"{_name(name, layer)} ({pooling}, all training rows)"
                   for layer in (chunk or [None])]
         cfg = self.config
-        fit = fit_probes(X[:, self.rows], self.tt.y[self.rows], task=self.tt.task, C=cfg.C,
-                         alpha=cfg.alpha, tol=cfg.tol, max_iter=cfg.max_iter, device=cfg.device,
-                         site_batch=cfg.site_batch, site_labels=labels)
+        fit = probe_kind(cfg.probe, self.tt.task).fit(X[:, self.rows], self.tt.y[self.rows], cfg,
+                                                      labels)
         self.classes = None if fit.classes is None else [str(c) for c in fit.classes]
         chunks = self.parts.setdefault(name, {}).setdefault(pooling, [])
         chunks.append({k: np.asarray(getattr(fit, k)) for k in ("coef", "intercept", "mean",

@@ -53,6 +53,10 @@ def sweep_from_args(args, *, load_data, load_model, cache_config) -> int:
                                                        "limit": args.eval_limit}))
         check_heldout_target(eval_dataset, tt)
     print(tt.describe())
+    if getattr(args, "probe", None):
+        from probe.probe_kinds import probe_kind
+
+        probe_kind(args.probe, tt.task)  # an unknown kind, or one for the other task: before caching
     config = cache_config(args)
     for data in (dataset, eval_dataset):  # too-long texts: from the tokenizer, before the model
         if data is not None:
@@ -70,7 +74,8 @@ def sweep_from_args(args, *, load_data, load_model, cache_config) -> int:
     eval_config = EvalConfig(**{k: v for k, v in dict(
         n_folds=args.folds, C=args.C, alpha=args.alpha, n_bootstrap=args.bootstrap, seed=args.seed,
         control=args.control, lexical=args.lexical, device=str(lm.device),
-        fold_fallback=args.fold_fallback, max_iter=args.max_iter).items() if v is not None})
+        fold_fallback=args.fold_fallback, max_iter=args.max_iter,
+        probe=getattr(args, "probe", None)).items() if v is not None})
     out = run_folder(args.out, lm.spec.alias, f"{dataset.name}-{target}")
     results = probe_store(store, target=target, task=tt.task,
                           sites=parse_sites(config.sites, n_layers=lm.n_layers),

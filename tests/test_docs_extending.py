@@ -23,31 +23,37 @@ def run(codes: list[str], monkeypatch, tmp_path) -> dict:
 
 
 def test_the_page_has_its_examples():
-    assert len(blocks()) == 7
+    assert len(blocks()) == 8
 
 
 @pytest.fixture(autouse=True)
 def _registries(monkeypatch):
-    """The examples register a pooling, a family and a run kind: gone after each test."""
+    """The examples register a pooling, a probe kind, a family and a run kind: gone after each
+    test."""
     from probe.arch import FAMILIES
     from probe.modality import POOLING_MODALITY
     from probe.pooling import POOLING_FUNCTIONS
+    from probe.probe_kinds import PROBE_KINDS
     from probe.report_kinds import _KINDS
 
     for table, key in ((POOLING_FUNCTIONS, "content-first"), (POOLING_MODALITY, "content-first"),
-                       (FAMILIES, "my_llama_variant"), (_KINDS, "count")):
+                       (FAMILIES, "my_llama_variant"), (_KINDS, "count"),
+                       (PROBE_KINDS, "nearest-mean")):
         monkeypatch.setitem(table, key, None)
         monkeypatch.delitem(table, key)
 
 
 def test_the_examples_without_a_model_run(monkeypatch, tmp_path):
-    """The first four blocks need no model: a plugin command, registered and run; its run kind
-    in the report; a pooling."""
+    """The first five blocks need no model: a plugin command, registered and run; its run kind
+    in the report; a pooling; a probe kind."""
     from probe.errors import EmoprobeError
     from probe.pooling import POOLING_FUNCTIONS
+    from probe.probe_kinds import PROBE_KINDS
 
-    ns = run(blocks()[:4], monkeypatch, tmp_path)
+    ns = run(blocks()[:5], monkeypatch, tmp_path)
     assert POOLING_FUNCTIONS["content-first"] is ns["content_first"]
+    assert PROBE_KINDS["nearest-mean"].cross_val is ns["nearest_mean_cv"]
+    assert ns["table"]["nearest-mean"][1] > ns["table"]["nearest-mean"][0]
     assert set(ns["handlers"]) == {"count"}
     assert '<span class="kind">count</span>' in ns["page"]
     assert sorted(p.name for p in ns["out"].iterdir()) == ["counts.json", "run.json"]

@@ -10,7 +10,11 @@ data, where ``forward(batch)`` runs the *steered* model and returns its logits):
                 ``KL(p_target || p_steered)`` averaged over reply tokens. ``amplify = a > 0``
                 sharpens the target away from the plain model, ``p_target ~ p_prompted^(1+a) /
                 p_plain^a`` (classifier-free guidance on the prompt), so the vector can do more
-                than the prompt.
+                than the prompt. ``plausible = alpha > 0`` keeps the amplified target on the
+                tokens the prompted model itself finds plausible, ``p_prompted >= alpha x max
+                p_prompted`` (the adaptive plausibility constraint of contrastive decoding, Li
+                et al. 2023): amplification then re-weights what the prompted model would write
+                instead of promoting rare tokens the prompt merely raised.
 ``preference``  BiPO / RePS-style: the target emotion's reply over the same prompt's reply in
                 another emotion, ``-log sigmoid(beta * (dlogp(y+) - dlogp(y-)))`` with ``dlogp``
                 the steered minus unsteered mean token log-probability; what both replies share
@@ -77,15 +81,34 @@ def _token_logp(logits: Tensor, batch: PairBatch) -> Tensor:
     return (tok * m).sum(1) / m.sum(1)
 
 
+def amplified_target(lt: Tensor, ls: Tensor, amplify: float, plausible: float = 0.0) -> Tensor:
+    """Log of ``p_t ~ p_prompted^(1+a) / p_plain^a`` over the last axis, restricted (when
+    ``plausible`` > 0) to the tokens with ``p_prompted >= plausible x max p_prompted``.
+
+    ``lt``, ``ls``: log-probabilities of the prompted and the plain model. Tokens outside the
+    plausible set get a log-probability of -1e4 (probability 0, finite so that ``0 x log``
+    terms stay 0 in the KL).
+    """
+    z = (1 + amplify) * lt - amplify * ls
+    if plausible > 0:
+        keep = lt >= lt.max(-1, keepdim=True).values + torch.log(torch.tensor(plausible))
+        z = z.masked_fill(~keep, float("-inf"))
+    return torch.log_softmax(z, -1).clamp_min(-1e4)
+
+
 @dataclass
 class Distill:
-    """Prompt distillation (see the module docstring); ``amplify`` >= 0."""
+    """Prompt distillation (see the module docstring); ``amplify`` >= 0, ``plausible`` in [0, 1)."""
 
     amplify: float = 0.0
+    plausible: float = 0.0
     name: str = "distill"
     _target: list[Tensor] = field(default_factory=list, repr=False)
 
     def prepare(self, lm, data: PairData) -> None:
+        if not 0.0 <= self.plausible < 1.0 or self.amplify < 0:
+            raise SteeringError(f"distillation needs amplify >= 0 and 0 <= plausible < 1; got "
+                                f"amplify={self.amplify}, plausible={self.plausible}")
         if data.system_prompt is None and not data.user_suffix:
             raise SteeringError("distillation needs the teacher's instruction (system_prompt "
                                 "and/or user_suffix)")
@@ -98,7 +121,7 @@ class Distill:
                 if self.amplify:
                     s = data.batch(lm, rows)
                     ls = torch.log_softmax(s.reply_logits(lm.model(**s.inputs).logits).float(), -1)
-                    lt = torch.log_softmax((1 + self.amplify) * lt - self.amplify * ls, -1)
+                    lt = amplified_target(lt, ls, self.amplify, self.plausible)
                 for j in range(len(rows)):
                     n = int(t.reply_mask[j].sum())
                     self._target.append(lt[j, :n].to(torch.bfloat16))
@@ -157,7 +180,7 @@ class LanguageModel:
 
 
 def objective(name: str, **kwargs):
-    """``"distill"`` (``amplify``), ``"preference"`` (``beta``) or ``"lm"``."""
+    """``"distill"`` (``amplify``, ``plausible``), ``"preference"`` (``beta``) or ``"lm"``."""
     table = {"distill": Distill, "preference": Preference, "lm": LanguageModel}
     if name not in table:
         raise SteeringError(f"unknown objective {name!r}; choose {', '.join(table)}")

@@ -205,3 +205,28 @@ def test_train_config_reads_its_record_back_also_from_old_files(tiny_qwen, tmp_p
     loaded = SteeringVector.load(tmp_path / "old", tiny_qwen)
     assert "init_scale" in loaded.meta["train"]
     assert TrainConfig.from_record(loaded.meta["train"]) == config
+
+
+def test_amplified_target_keeps_plausible_tokens_only():
+    from steering.train.objectives import amplified_target
+
+    lt = torch.log(torch.tensor([[0.60, 0.30, 0.08, 0.02]]))   # prompted
+    ls = torch.log(torch.tensor([[0.70, 0.10, 0.02, 0.18]]))   # plain
+    full = amplified_target(lt, ls, 2.0)
+    # classifier-free guidance by hand: p^3 / q^2, normalised
+    raw = torch.exp(3 * lt - 2 * ls)
+    torch.testing.assert_close(full.exp(), raw / raw.sum())
+    cut = amplified_target(lt, ls, 2.0, plausible=0.1)          # keeps p >= 0.06: tokens 0-2
+    p = cut.exp()
+    assert p[0, 3] == 0 and torch.isfinite(cut).all()
+    torch.testing.assert_close(p[0, :3], raw[0, :3] / raw[0, :3].sum())
+    # amplification moves mass to the token the prompt raised most among the plausible ones
+    assert p[0, 2] > torch.exp(lt[0, 2])
+    with pytest.raises(SteeringError, match="plausible < 1"):
+        objective("distill", amplify=2.0, plausible=1.5).prepare(None, _data())
+
+
+def test_plausible_distillation_goes_down(tiny_qwen):
+    _, log = train_vector(tiny_qwen, _data(), objective("distill", amplify=10.0, plausible=0.05),
+                            _fast(lr=0.01), emotion="anger")
+    assert max(log.losses[-3:]) < log.losses[0] - 0.02 * abs(log.losses[0]), log.losses
