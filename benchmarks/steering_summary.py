@@ -13,6 +13,10 @@ vector of the selected point's norm; each trained method's own selected point as
 * median perplexity and relevance ratios to unsteered.
 
     python benchmarks/steering_summary.py runs/t4 runs/t4-fear runs/t4-surprise runs/t4-disgust
+
+``--tune distill-amp,distill-cd`` also prints those methods' selection rows side by side (the
+selection judge's composite, gated expression and perplexity ratio on the tune prompts, per
+emotion and scale): what one objective buys over another where it is chosen.
 """
 
 from __future__ import annotations
@@ -72,7 +76,10 @@ def main(argv=None) -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("dirs", nargs="+", type=Path)
     ap.add_argument("--judges", default="classifier,lexicon")
+    ap.add_argument("--tune", default="", help="methods whose tune rows to compare, e.g. distill-amp,distill-cd")
     args = ap.parse_args(argv)
+    if args.tune:
+        tune_table(args.dirs, args.tune.split(","))
     frame, chosen = load(args.dirs)
     emotions = list(dict.fromkeys(frame["emotion"]))
     judges = args.judges.split(",")
@@ -116,6 +123,19 @@ def main(argv=None) -> None:
                     per_e.append(d.rename(e))
             mean = fmt_diff(ci_over_prompts(pd.concat(per_e, axis=1).mean(axis=1))) if per_e else "-"
             print(f"| {a} - {b} | " + " | ".join(cells) + f" | {mean} |")
+
+
+def tune_table(dirs: list[Path], methods: list[str]) -> None:
+    """Selection rows (tune prompts, selection judge) of ``methods``, alone and with the prompt."""
+    print("| emotion | arm | composite | expression | ppl ratio | eligible |\n|---|---|---|---|---|---|")
+    for d in dirs:
+        for f in sorted(d.glob("*-tune.csv")):
+            t = pd.read_csv(f)
+            keep = t["condition"].str.removeprefix("designed+").str.split("@").str[0].isin(methods)
+            for _, r in t[keep].sort_values("condition").iterrows():
+                print(f"| {f.name.removesuffix('-tune.csv')} | {r['condition']} | {r['composite']:.2f} | "
+                      f"{r['expression']:.2f} | {r['ppl_ratio']:.2f} | {'yes' if r['eligible'] else 'no'} |")
+    print()
 
 
 if __name__ == "__main__":
