@@ -17,7 +17,7 @@ from .test_sweep import FAST, store  # noqa: F401  (the fixture)
 def test_defaults_and_clear_errors():
     assert probe_kind(None, "classification").name == "logistic"
     assert probe_kind(None, "regression").name == "ridge"
-    with pytest.raises(ProbeError, match="unknown probe kind 'svm'.*logistic, ridge"):
+    with pytest.raises(ProbeError, match="unknown probe kind 'svm'; choose from .*logistic.*ridge"):
         probe_kind("svm", "classification")
     with pytest.raises(ProbeError, match="fits regression targets.*choose from logistic"):
         probe_kind("ridge", "classification")
