@@ -64,7 +64,7 @@ from steering.eval.protocol import spread
 from steering.eval.scorer import Scorer
 from steering.inject import Setting
 from steering.judges.emotion import ClassifierJudge, LexiconJudge
-from steering.operating_points import operating_point
+from steering.operating_points import operating_point, point_vector
 
 COMPARISONS = (("circuit", "steering"), ("circuit", "random-circuit"), ("circuit", "prompt-user"),
                ("circuit", "unsteered"), ("steering", "prompt-user"))
@@ -79,10 +79,14 @@ def dump(path: Path, obj) -> None:
 
 
 def steering_setting(lm, emotion: str) -> tuple[Setting, dict]:
-    """The shipped operating point as ``probe steer --emotion E`` applies it (store directions)."""
+    """The shipped operating point as ``probe steer --emotion E`` applies it (its vector file, or
+    directions from the emotion-scenarios store)."""
     point = operating_point(lm.spec.alias, emotion)
     if point.vector is not None:
-        raise SystemExit(f"{emotion}'s operating point names a vector file; not handled here")
+        vec = point_vector(point, lm)
+        setting = Setting(vector=vec, strength=point.strength, unit=point.unit, factor=point.factor,
+                          mode=point.mode, positions=point.positions, label=f"{emotion} operating point")
+        return setting, {"describe": point.describe(), "origin": point.origin}
     kind = f"hook_{point.site}"
     config = CacheConfig(sites=f"blocks.{','.join(map(str, point.layers))}.{kind}",
                          poolings=DEFAULT_POOLINGS if point.pooling in DEFAULT_POOLINGS
