@@ -120,9 +120,10 @@ def register(sub) -> dict:
     handlers = {"directions": cmd_directions, "steer": cmd_steer, "steer-eval": cmd_steer_eval}
     from steering.flips.cli import add_parser as add_flips
     from steering.geometry.cli import add_parser as add_geometry
+    from steering.train.cli import add_parser as add_train
 
     report_kinds()
-    return {**handlers, **add_flips(sub), **add_geometry(sub)}
+    return {**handlers, **add_train(sub), **add_flips(sub), **add_geometry(sub)}
 
 
 def _direction_args(p, *, steer: bool = False) -> None:
@@ -354,8 +355,9 @@ def cmd_steer(args) -> int:
     # --with-prompt whose shipped mode names its own vector: that vector at its own layers
     own = (getattr(args, "with_prompt", False) and prompt_vector(point) is not None
            and not (explicit or args.method))
+    # a single --vector file steers at its own layers unless --layers says otherwise
     layers = parse_layers(args.layers, lm.n_layers) if args.layers else (
-        list(point.layers) if point and not own else None)
+        list(point.layers) if point and not own and not args.vector else None)
     unit = args.unit or (point.unit if point else "rms")
     warning = strength_warning(args.strength, unit, lm.spec.alias)
     if warning:  # before any directions are computed or cached

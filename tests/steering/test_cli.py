@@ -339,3 +339,36 @@ def test_with_prompt_steers_the_modes_own_vector(capsys, tiny_dir, toy_store, tm
                         "--max-new-tokens", "3", "--out", tmp_path / "plain.json", "--quiet", "Hi")
     assert code == 0, err
     assert json.loads((tmp_path / "plain.json").read_text())["vector"]["layers"] == [2]
+
+
+def test_steer_train_writes_a_vector_that_steer_applies_at_its_own_layers(capsys, tiny_dir, tmp_path,
+                                                                        monkeypatch):
+    """``probe steer-train``: the model's own designed-prompt replies, a vector trained from the
+    expression direction, saved; ``probe steer --vector`` then steers at the vector's layers
+    (not the operating point's), and bad input is refused before anything is generated."""
+    from steering.vector import SteeringVector
+
+    monkeypatch.setenv("EMOPROBE_CACHE", str(tmp_path / "cache"))
+    model = str(tiny_dir / "llama")
+    out = tmp_path / "vec" / "anger-cd"
+    code, text, err = _run(capsys, "steer-train", "--model", model, "--emotion", "anger",
+                           "--layers", "0,1", "--steps", "3", "--prompts", "4", "--out", out)
+    assert code == 0, err
+    assert "distill-cd loss" in text and "probe steer --emotion anger --vector" in text
+    vec = SteeringVector.load(out)
+    assert vec.layers == [0, 1] and vec.meta["method"] == "trained-distill-cd"
+    assert "plausible=0.1" in vec.meta["train"]["objective"]
+    js = tmp_path / "s.json"
+    code, _, err = _run(capsys, "steer", "--model", model, "--emotion", "anger", "--vector", out,
+                        "--strength", "1", "--max-new-tokens", "3", "--out", js, "--quiet", "Hi")
+    assert code == 0, err
+    assert json.loads(js.read_text())["vector"]["layers"] == [0, 1]
+    for bad, msg in ((["--emotion", "joy"], "unknown emotion"), (["--layers", "0,x"], "comma-separated"),
+                     (["--emotion", "anger", "--layers", "9"], "out of range")):
+        argv = ["steer-train", "--model", model, "--out", tmp_path / "x", *bad]
+        if "--emotion" not in bad:
+            argv += ["--emotion", "anger"]
+        code, _, err = _run(capsys, *argv)
+        assert code == 2 and msg in err, err
+    code, _, err = _run(capsys, "steer-train", "--model", model, "--emotion", "anger", "--out", out)
+    assert code == 2 and "exists" in err

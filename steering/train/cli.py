@@ -1,0 +1,112 @@
+"""``probe steer-train``: train one emotion's steering vector on the model's own replies.
+
+The data are the 64 neutral emotion-scenarios items (or the first ``--prompts`` of them) and the
+model's greedy replies to them under each emotion's designed prompt (generated once, cached under
+``cache/<model>/``, shared with ``probe directions --method expression``); the vector starts at
+the expression direction and is trained through the hook layer with the model frozen
+(:func:`steering.train.trainer.train_vector`). The result is a ``SteeringVector`` file that
+``probe steer --vector`` applies. What each objective bought on SmolLM2: docs/steering.md
+("Expression directions and trained vectors", "Plausibility-constrained distillation").
+"""
+
+from __future__ import annotations
+
+import argparse
+
+OBJECTIVES = ("distill-cd", "distill", "distill-amp", "preference", "lm")
+
+EPILOG = """\
+examples:
+  probe steer-train --emotion anger --out runs/anger-cd            # distill-cd, layers 6,9,12,15
+  probe steer --emotion anger --vector runs/anger-cd --strength 0.75 "How do bees make honey?"
+  probe steer-train --emotion fear --objective lm --steps 10 --layers 10,14 --out runs/fear-lm
+
+objectives: distill (the steered model, given the plain prompt, matches the model given the
+designed prompt), distill-amp (that target sharpened away from the plain model, --amplify),
+distill-cd (distill-amp restricted to tokens the prompted model finds plausible, --plausible),
+preference (the emotion's reply over another emotion's reply to the same prompt), lm (the
+replies' language-model loss)."""
+
+
+def add_parser(sub) -> dict:
+    """Add ``probe steer-train``; returns ``{"steer-train": handler}``."""
+    from probe.cli_args import model_args
+
+    p = sub.add_parser("steer-train", help="train a steering vector on the model's own replies",
+                       description="Train one emotion's steering vector (prompt distillation, "
+                                   "preference or language-model loss) through the hook layer, "
+                                   "model frozen, and save it for `probe steer --vector`.",
+                       epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
+    model_args(p)
+    p.add_argument("--emotion", required=True, help="anger, disgust, fear, happiness, sadness or surprise")
+    p.add_argument("--objective", default="distill-cd", choices=OBJECTIVES,
+                   help="what the vector is trained for (default: %(default)s)")
+    p.add_argument("--layers", default="6,9,12,15", help="residual-stream layers steered (default: %(default)s)")
+    p.add_argument("--steps", type=int, default=20, help="Adam steps (default: %(default)s)")
+    p.add_argument("--prompts", type=int, default=40,
+                   help="training prompts, of the 64 neutral emotion-scenarios items (default: %(default)s)")
+    p.add_argument("--amplify", type=float, default=2.0, help="distill-amp/-cd sharpening (default: %(default)s)")
+    p.add_argument("--plausible", type=float, default=0.1,
+                   help="distill-cd: keep tokens with p >= this x max p (default: %(default)s)")
+    p.add_argument("--max-norm", type=float, default=4.0,
+                   help="each layer's vector stays within this x the layer's RMS (default: %(default)s)")
+    p.add_argument("--out", required=True, help="the vector file to write (path without suffix)")
+    return {"steer-train": cmd_steer_train}
+
+
+def cmd_steer_train(args) -> int:
+    from pathlib import Path
+
+    from probe.cli_args import load_model
+    from probe.paths import cache_root
+    from steering.expression import model_expression_directions
+    from steering.judges.emotion import EMOTIONS
+    from steering.prompted import default_prompts
+    from steering.train.data import teacher_replies
+    from steering.train.objectives import PairData, objective
+    from steering.train.trainer import TrainConfig, train_vector
+    from steering.vector import SteeringError
+
+    if args.emotion not in EMOTIONS:
+        raise SteeringError(f"unknown emotion {args.emotion!r}; choose from {', '.join(EMOTIONS)}")
+    try:
+        layers = tuple(int(x) for x in args.layers.split(","))
+    except ValueError:
+        raise SteeringError(f"--layers takes comma-separated integers, e.g. 6,9,12,15; got {args.layers!r}") from None
+    if args.steps < 1 or args.prompts < 2:
+        raise SteeringError("--steps must be >= 1 and --prompts >= 2")
+    out = Path(args.out)
+    if out.with_suffix(".safetensors").exists():
+        raise SteeringError(f"{out.with_suffix('.safetensors')} exists; choose another --out")
+    lm = load_model(args)
+    bad = [L for L in layers if not 0 <= L < lm.n_layers]
+    if bad:
+        raise SteeringError(f"--layers {bad} out of range: {lm.spec.alias} has layers 0-{lm.n_layers - 1}")
+    prompts = default_prompts()[:args.prompts]
+    log = print if not getattr(args, "quiet", False) else None
+    teach = teacher_replies(lm, prompts, EMOTIONS, max_new_tokens=40,
+                            cache=cache_root() / lm.spec.alias, log=log)
+    init = model_expression_directions(lm, layers=layers, emotions=EMOTIONS, prompts=prompts, log=log)
+    e, name = args.emotion, args.objective
+    if name.startswith("distill"):
+        data = PairData(teach.prompts, teach.replies[e], system_prompt=teach.system_prompts[e],
+                        user_suffix=teach.user_suffixes[e])
+        obj = objective("distill", amplify=args.amplify if name != "distill" else 0.0,
+                        plausible=args.plausible if name == "distill-cd" else 0.0)
+    elif name == "preference":
+        others = [x for x in EMOTIONS if x != e]
+        neg = [teach.replies[others[i % len(others)]][i] for i in range(len(teach.prompts))]
+        data, obj = PairData(teach.prompts, teach.replies[e], negatives=neg), objective("preference")
+    else:
+        data, obj = PairData(teach.prompts, teach.replies[e]), objective("lm")
+    cfg = TrainConfig(layers=layers, steps=args.steps, batch_size=8, lr=0.02, init_strength=1.0,
+                      max_norm=args.max_norm)
+    vec, tl = train_vector(lm, data, obj, cfg, init=init[e], emotion=e, log=log)
+    vec.meta["method"] = f"trained-{name}"
+    out.parent.mkdir(parents=True, exist_ok=True)
+    vec.save(out)
+    print(f"{e}: {name} loss {tl.losses[0]:.4f} -> {tl.losses[-1]:.4f} in {tl.seconds:.0f} s; "
+          f"wrote {out}.safetensors/.json\n"
+          f"use it: probe steer --emotion {e} --vector {out} --strength 0.5 PROMPT "
+          "(choose the strength on prompts you will not report on)")
+    return 0
