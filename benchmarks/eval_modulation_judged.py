@@ -51,6 +51,9 @@ from probe.models import load_model
 from steering.directions import directions
 from steering.eval.composite import JudgeRoles, judge_sources
 from steering.eval.grid import Arm, Decoding
+from steering.eval.prompts import load_prompts
+from steering.eval.protocol import spread
+from steering.eval.scorer import Scorer
 from steering.eval.trained import (
     add_composites,
     baseline_arms,
@@ -59,9 +62,6 @@ from steering.eval.trained import (
     score_arms,
     select_scale,
 )
-from steering.eval.prompts import load_prompts
-from steering.eval.protocol import spread
-from steering.eval.scorer import Scorer
 from steering.inject import Setting
 from steering.judges.emotion import ClassifierJudge, LexiconJudge
 from steering.operating_points import operating_point, point_vector
@@ -84,16 +84,13 @@ def steering_setting(lm, emotion: str) -> tuple[Setting, dict]:
     point = operating_point(lm.spec.alias, emotion)
     if point.vector is not None:
         vec = point_vector(point, lm)
-        setting = Setting(vector=vec, strength=point.strength, unit=point.unit, factor=point.factor,
-                          mode=point.mode, positions=point.positions, label=f"{emotion} operating point")
-        return setting, {"describe": point.describe(), "origin": point.origin}
-    kind = f"hook_{point.site}"
-    config = CacheConfig(sites=f"blocks.{','.join(map(str, point.layers))}.{kind}",
-                         poolings=DEFAULT_POOLINGS if point.pooling in DEFAULT_POOLINGS
-                         else (point.pooling,))
-    store = cache_activations(lm, load_dataset("emotion-scenarios"), config=config, progress=False)
-    vec = directions(store, method=point.method, site=point.site, layers=list(point.layers),
-                     pooling=point.pooling)[emotion]
+    else:
+        config = CacheConfig(sites=f"blocks.{','.join(map(str, point.layers))}.hook_{point.site}",
+                             poolings=DEFAULT_POOLINGS if point.pooling in DEFAULT_POOLINGS
+                             else (point.pooling,))
+        store = cache_activations(lm, load_dataset("emotion-scenarios"), config=config, progress=False)
+        vec = directions(store, method=point.method, site=point.site, layers=list(point.layers),
+                         pooling=point.pooling)[emotion]
     setting = Setting(vector=vec, strength=point.strength, unit=point.unit, factor=point.factor,
                       mode=point.mode, positions=point.positions, label=f"{emotion} operating point")
     return setting, {"describe": point.describe(), "origin": point.origin}

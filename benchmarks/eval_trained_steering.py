@@ -45,8 +45,7 @@ from steering.eval.trained import baseline_arms, paired, report_rows, score_arms
 from steering.expression import expression_vectors, reply_activations
 from steering.inject import Setting
 from steering.judges.emotion import EMOTIONS, ClassifierJudge, LexiconJudge
-from steering.train.data import sev_prompts, teacher_replies
-from steering.train.objectives import PairData, objective
+from steering.train.data import objective_data, sev_prompts, teacher_replies
 from steering.train.trainer import TrainConfig, train_vector
 from steering.vector import SteeringVector, VectorSet
 
@@ -147,22 +146,8 @@ def main(argv=None) -> None:
 
 def train_all(lm, emotion, teach, expr, layers, args, out, names=None):
     vecs, logs = {}, {}
-    n = len(teach.prompts)
-    others = [e for e in EMOTIONS if e != emotion]
     for name in names if names is not None else args.objectives.split(","):
-        if name.startswith("distill"):
-            data = PairData(teach.prompts, teach.replies[emotion],
-                            system_prompt=teach.system_prompts[emotion],
-                            user_suffix=teach.user_suffixes[emotion])
-            obj = objective("distill", amplify=args.amplify if name in ("distill-amp", "distill-cd") else 0.0,
-                            plausible=args.plausible if name == "distill-cd" else 0.0)
-        elif name == "preference":
-            neg = [teach.replies[others[i % len(others)]][i] for i in range(n)]
-            data = PairData(teach.prompts, teach.replies[emotion], negatives=neg)
-            obj = objective("preference")
-        else:
-            data = PairData(teach.prompts, teach.replies[emotion])
-            obj = objective("lm")
+        data, obj = objective_data(name, emotion, teach, amplify=args.amplify, plausible=args.plausible)
         cfg = TrainConfig(layers=layers, steps=args.steps, batch_size=8, lr=0.02, init_strength=1.0,
                           max_norm=4.0)
         log(f"{emotion}: training {name}")

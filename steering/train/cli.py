@@ -13,6 +13,8 @@ from __future__ import annotations
 
 import argparse
 
+#: ``steering.train.data.OBJECTIVES``, repeated so that ``--help`` imports no torch (a test keeps
+#: them equal).
 OBJECTIVES = ("distill-cd", "distill", "distill-amp", "preference", "lm")
 
 EPILOG = """\
@@ -62,8 +64,7 @@ def cmd_steer_train(args) -> int:
     from steering.expression import model_expression_directions
     from steering.judges.emotion import EMOTIONS
     from steering.prompted import default_prompts
-    from steering.train.data import teacher_replies
-    from steering.train.objectives import PairData, objective
+    from steering.train.data import objective_data, teacher_replies
     from steering.train.trainer import TrainConfig, train_vector
     from steering.vector import SteeringError
 
@@ -88,17 +89,7 @@ def cmd_steer_train(args) -> int:
                             cache=cache_root() / lm.spec.alias, log=log)
     init = model_expression_directions(lm, layers=layers, emotions=EMOTIONS, prompts=prompts, log=log)
     e, name = args.emotion, args.objective
-    if name.startswith("distill"):
-        data = PairData(teach.prompts, teach.replies[e], system_prompt=teach.system_prompts[e],
-                        user_suffix=teach.user_suffixes[e])
-        obj = objective("distill", amplify=args.amplify if name != "distill" else 0.0,
-                        plausible=args.plausible if name == "distill-cd" else 0.0)
-    elif name == "preference":
-        others = [x for x in EMOTIONS if x != e]
-        neg = [teach.replies[others[i % len(others)]][i] for i in range(len(teach.prompts))]
-        data, obj = PairData(teach.prompts, teach.replies[e], negatives=neg), objective("preference")
-    else:
-        data, obj = PairData(teach.prompts, teach.replies[e]), objective("lm")
+    data, obj = objective_data(name, e, teach, amplify=args.amplify, plausible=args.plausible)
     cfg = TrainConfig(layers=layers, steps=args.steps, batch_size=8, lr=0.02, init_strength=1.0,
                       max_norm=args.max_norm)
     vec, tl = train_vector(lm, data, obj, cfg, init=init[e], emotion=e, log=log)

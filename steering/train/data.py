@@ -24,7 +24,12 @@ from pathlib import Path
 from probe.io import atomic_write
 from steering.eval.baselines import prompt_arms
 from steering.eval.grid import Arm, Decoding, generate_arms
+from steering.train.objectives import PairData, objective
 from steering.vector import SteeringError
+
+#: Objective names of the command line and the benchmarks: the three distillations differ only
+#: in ``amplify`` (0 for ``distill``) and ``plausible`` (``distill-cd`` only).
+OBJECTIVES = ("distill-cd", "distill", "distill-amp", "preference", "lm")
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -99,3 +104,26 @@ def teacher_replies(lm, prompts: Sequence[str], emotions: Sequence[str], *,
     if cache is not None:
         out.save(path)
     return out
+
+
+def objective_data(name: str, emotion: str, teach: TeacherSet, *, amplify: float = 2.0,
+                   plausible: float = 0.1):
+    """``(PairData, objective)`` of one objective ``name`` (:data:`OBJECTIVES`) for ``emotion``.
+
+    Distillations learn the designed prompt's replies with its instruction as the teacher;
+    ``preference`` contrasts them with another emotion's reply to the same prompt (the other
+    emotions in turn); ``lm`` is the replies' language-model loss.
+    """
+    if name not in OBJECTIVES:
+        raise SteeringError(f"unknown objective {name!r}; choose from {', '.join(OBJECTIVES)}")
+    replies = teach.replies[emotion]
+    if name.startswith("distill"):
+        data = PairData(teach.prompts, replies, system_prompt=teach.system_prompts[emotion],
+                        user_suffix=teach.user_suffixes[emotion])
+        return data, objective("distill", amplify=0.0 if name == "distill" else amplify,
+                               plausible=plausible if name == "distill-cd" else 0.0)
+    if name == "preference":
+        others = [e for e in teach.system_prompts if e != emotion]
+        neg = [teach.replies[others[i % len(others)]][i] for i in range(len(teach.prompts))]
+        return PairData(teach.prompts, replies, negatives=neg), objective("preference")
+    return PairData(teach.prompts, replies), objective("lm")

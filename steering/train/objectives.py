@@ -24,6 +24,7 @@ data, where ``forward(batch)`` runs the *steered* model and returns its logits):
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
@@ -91,7 +92,7 @@ def amplified_target(lt: Tensor, ls: Tensor, amplify: float, plausible: float = 
     """
     z = (1 + amplify) * lt - amplify * ls
     if plausible > 0:
-        keep = lt >= lt.max(-1, keepdim=True).values + torch.log(torch.tensor(plausible))
+        keep = lt >= lt.max(-1, keepdim=True).values + math.log(plausible)
         z = z.masked_fill(~keep, float("-inf"))
     return torch.log_softmax(z, -1).clamp_min(-1e4)
 

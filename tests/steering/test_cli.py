@@ -346,8 +346,11 @@ def test_steer_train_writes_a_vector_that_steer_applies_at_its_own_layers(capsys
     """``probe steer-train``: the model's own designed-prompt replies, a vector trained from the
     expression direction, saved; ``probe steer --vector`` then steers at the vector's layers
     (not the operating point's), and bad input is refused before anything is generated."""
+    from steering.train import cli as train_cli
+    from steering.train.data import OBJECTIVES
     from steering.vector import SteeringVector
 
+    assert train_cli.OBJECTIVES == OBJECTIVES
     monkeypatch.setenv("EMOPROBE_CACHE", str(tmp_path / "cache"))
     model = str(tiny_dir / "llama")
     out = tmp_path / "vec" / "anger-cd"

@@ -230,3 +230,22 @@ def test_plausible_distillation_goes_down(tiny_qwen):
     _, log = train_vector(tiny_qwen, _data(), objective("distill", amplify=10.0, plausible=0.05),
                             _fast(lr=0.01), emotion="anger")
     assert max(log.losses[-3:]) < log.losses[0] - 0.02 * abs(log.losses[0]), log.losses
+
+
+def test_objective_data_maps_each_name_to_its_objective_and_rows():
+    from steering.train.data import OBJECTIVES, TeacherSet, objective_data
+
+    teach = TeacherSet(prompts=["p0", "p1", "p2"],
+                       replies={e: [f"{e}{i}" for i in range(3)] for e in ("anger", "joy", "fear")},
+                       system_prompts={"anger": "Be angry.", "joy": "Be glad.", "fear": "Be afraid."},
+                       user_suffixes={e: "" for e in ("anger", "joy", "fear")}, meta={})
+    got = {n: objective_data(n, "anger", teach, amplify=3.0, plausible=0.2) for n in OBJECTIVES}
+    assert [(o.amplify, o.plausible) for n, (_, o) in got.items() if n.startswith("distill")] == \
+        [(3.0, 0.2), (0.0, 0.0), (3.0, 0.0)]          # distill-cd, distill, distill-amp
+    data, _ = got["distill-cd"]
+    assert data.system_prompt == "Be angry." and data.replies == ["anger0", "anger1", "anger2"]
+    data, obj = got["preference"]
+    assert obj.name == "preference" and data.negatives == ["joy0", "fear1", "joy2"]  # same prompt
+    assert got["lm"][1].name == "lm" and got["lm"][0].negatives is None
+    with pytest.raises(SteeringError, match="unknown objective 'x'"):
+        objective_data("x", "anger", teach)
