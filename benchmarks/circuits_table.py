@@ -14,6 +14,8 @@ import json
 import math
 from pathlib import Path
 
+from circuits.verdict import error_reach
+
 
 def _f(x, d=2) -> str:
     return "n/a" if x is None or (isinstance(x, float) and math.isnan(x)) else f"{x:.{d}f}"
@@ -24,10 +26,10 @@ def _ci(v, lo, hi) -> str:
 
 
 def circuits(folder: Path) -> list[str]:
-    out = ["| emotion | size (heads + neurons) | share | error, held out | error, train | "
-           "random circuits: median (closest 5%) | as close | CMD area | split-half Jaccard | "
-           "missed |",
-           "|---|---|---|---|---|---|---|---|---|---|"]
+    out = ["| emotion | size (heads + neurons) | share | error, held out | signed error, held out | "
+           "error, train | random circuits: median (closest 5%) | as close | CMD area | "
+           "split-half Jaccard | missed |",
+           "|---|---|---|---|---|---|---|---|---|---|---|"]
     abl = ["| emotion | mean | zero | resample | says: (behaviour) | says:, random median |",
            "|---|---|---|---|---|---|"]
     for p in sorted(folder.glob("circuit_*.json")):
@@ -43,7 +45,7 @@ def circuits(folder: Path) -> list[str]:
             missed.append("small")
         if f["error"] > f["max_error"]:
             missed.append("close")
-        elif not f["error_ci"][1] <= f["max_error"]:
+        elif not error_reach(f) <= f["max_error"]:
             missed.append("close by upper CI")
         if not r or r["share_as_close"] > 0.05:
             missed.append("far from random")
@@ -52,6 +54,7 @@ def circuits(folder: Path) -> list[str]:
         out.append(
             f"| {c['name']} | {c['size']} ({comp['heads']} + {comp['neurons']}) | "
             f"{100 * c['fraction']:.2f}% | {_ci(f['error'], *f['error_ci'])} | "
+            f"{_ci(f['signed_error'], *f['signed_error_ci']) if 'signed_error' in f else 'n/a'} | "
             f"{_ci(f['error_train'], *f['error_train_ci'])} ({f['chosen_by']}) | "
             f"{_f(r.get('median'))} ({_f(r.get('p05'))}) | "
             f"{_f(100 * r['share_as_close'], 0) + '%' if r else 'n/a'} | {_f(f['area_error'], 3)} | "

@@ -45,7 +45,7 @@ from steering.eval.trained import baseline_arms, paired, report_rows, score_arms
 from steering.expression import expression_vectors, reply_activations
 from steering.inject import Setting
 from steering.judges.emotion import EMOTIONS, ClassifierJudge, LexiconJudge
-from steering.train.data import objective_data, sev_prompts, teacher_replies
+from steering.train.data import objective_data, sev_prompts, steered_teacher, teacher_replies
 from steering.train.trainer import TrainConfig, train_vector
 from steering.vector import SteeringVector, VectorSet
 
@@ -72,6 +72,11 @@ def main(argv=None) -> None:
                     help="distill-cd: amplified distillation whose target keeps only tokens with "
                          "p_prompted >= PLAUSIBLE x max p_prompted (contrastive decoding's constraint)")
     ap.add_argument("--objectives", default="distill,distill-amp,preference,lm")
+    ap.add_argument("--more-scales", default="",
+                    help="extra steering-alone scales for named vectors, e.g. distill-boot:1.25,distill-boot:1.5")
+    ap.add_argument("--boot-from", default="distill-cd:0.25",
+                    help="distill-boot's teacher: the designed prompt plus this objective's vector "
+                         "at this strength, OBJECTIVE:STRENGTH (the objective listed before it)")
     ap.add_argument("--scales", default="0.5,1,1.5,2")
     ap.add_argument("--expression-scales", default="1,2,3")
     ap.add_argument("--tune-prompts", type=int, default=10)
@@ -144,14 +149,24 @@ def main(argv=None) -> None:
                     select, report, refs)
 
 
-def train_all(lm, emotion, teach, expr, layers, args, out, names=None):
+def train_all(lm, emotion, teach, expr, layers, args, out, names=None, have=None):
     vecs, logs = {}, {}
     for name in names if names is not None else args.objectives.split(","):
-        data, obj = objective_data(name, emotion, teach, amplify=args.amplify, plausible=args.plausible)
+        init, extra, t = expr[emotion], {}, teach
+        if name == "distill-boot":   # teacher: designed prompt + a first vector; start from it
+            src, strength = args.boot_from.split(":")
+            first = {**(have or {}), **vecs}.get(src)
+            if first is None:
+                raise SystemExit(f"distill-boot needs the {src} vector: list {src} before it in --objectives")
+            t = steered_teacher(lm, teach, emotion, first, float(strength), cache="runs/teacher",
+                                batch_size=40, log=log)
+            init, extra = first, {"teacher_vector": first, "teacher_strength": float(strength)}
+        data, obj = objective_data(name, emotion, t, amplify=args.amplify, plausible=args.plausible,
+                                   **extra)
         cfg = TrainConfig(layers=layers, steps=args.steps, batch_size=8, lr=0.02, init_strength=1.0,
                           max_norm=4.0)
         log(f"{emotion}: training {name}")
-        vec, tl = train_vector(lm, data, obj, cfg, init=expr[emotion], emotion=emotion, log=log)
+        vec, tl = train_vector(lm, data, obj, cfg, init=init, emotion=emotion, log=log)
         vec.meta["method"] = f"trained-{name}"
         vec.save(out / "vectors" / f"{emotion}-{name}")
         vecs[name], logs[name] = vec, tl.record()
@@ -168,7 +183,8 @@ def run_emotion(lm, emotion, teach, expr, layers, args, out, tune, test, sel_sco
         logs = json.loads((out / f"{emotion}-train.json").read_text())
         missing = [n for n in names if n not in have]
         if missing:
-            new, new_logs = train_all(lm, emotion, teach, expr, layers, args, out, names=missing)
+            new, new_logs = train_all(lm, emotion, teach, expr, layers, args, out, names=missing,
+                                      have=vecs)
             vecs.update(new)
             logs.update(new_logs)
             dump(out / f"{emotion}-train.json", logs)
@@ -176,9 +192,12 @@ def run_emotion(lm, emotion, teach, expr, layers, args, out, tune, test, sel_sco
         vecs, logs = train_all(lm, emotion, teach, expr, layers, args, out)
         dump(out / f"{emotion}-train.json", logs)
     scales = [float(s) for s in args.scales.split(",")]
-    candidates = {name: scales for name in vecs}
+    candidates = {name: list(scales) for name in vecs}
     vecs["expression"] = expr[emotion]
     candidates["expression"] = [float(s) for s in args.expression_scales.split(",")]
+    for m, sc in (x.split(":") for x in args.more_scales.split(",") if x):
+        if m in candidates and float(sc) not in candidates[m]:
+            candidates[m].append(float(sc))
     arms = [Arm(condition=f"{m}@{s:g}", emotion=emotion,
                 setting=Setting(vector=vecs[m], strength=s, label=f"{m}@{s:g}"))
             for m, ss in candidates.items() for s in ss]

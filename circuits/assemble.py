@@ -45,6 +45,7 @@ from circuits.closeness import (
     matched_random,
     normalised_error,
     random_summary,
+    signed_error_ci,
 )
 from circuits.components import Component, Group
 from circuits.metrics import Metric
@@ -69,7 +70,8 @@ class CircuitConfig:
         max_error: Normalised error a circuit must stay within (upper CI bound on training
             prompts).
         max_fraction: Size budget as a fraction of the candidate components (reported).
-        sizes: Circuit sizes to evaluate (default: a geometric grid up to every candidate).
+        sizes: Circuit sizes to evaluate (default: a geometric grid up to every candidate);
+            the size budget (``max_fraction`` of the candidates) is always one of them.
         order: ``"signed"`` keeps the components whose ablation lowers the metric most;
             ``"abs"`` ranks by ``|effect|``; ``"auto"`` keeps whichever has the smaller error
             area on training prompts.
@@ -201,7 +203,9 @@ def curves(lm, batch: Batch, metric: Metric, ranked: Sequence[Component], groups
         mk = kept.get(k, m0)
         f, flo, fhi = _ratio(mk - m0, m - m0, row_groups, n_boot)
         e, lo, hi = error_ci(m, mk, m0, row_groups, n_boot=n_boot)
+        se, slo, shi = signed_error_ci(m, mk, m0, row_groups, n_boot=n_boot)
         row = {"size": k, "error": e, "error_low": lo, "error_high": hi,
+               "signed_error": se, "signed_low": slo, "signed_high": shi,
                "faithfulness": f, "faithfulness_low": flo, "faithfulness_high": fhi,
                "M": m.mean(), "M_0": m0.mean(), "M_k": mk.mean(), "n": len(m),
                "effect": effect.mean(), "effect_low": elo, "effect_high": ehi}
@@ -244,7 +248,9 @@ def find_circuit(lm, attr: Attribution, metric: Metric, train: Batch, test: Batc
     """
     ranked0, _, gs = ranking(attr, config.types)
     n_all = len(ranked0)
-    sizes = tuple(sorted(set(config.sizes or default_sizes(n_all)) | {0, n_all}))
+    budget = int(config.max_fraction * n_all)   # the largest size the target allows is tried too
+    sizes = tuple(sorted(set(config.sizes or default_sizes(n_all)) | {0, n_all}
+                         | ({budget} if 0 < budget < n_all else set())))
     sizes = tuple(s for s in sizes if 0 <= s <= n_all)
     compute = Compute()
     kw = dict(rows_per_forward=config.rows_per_forward, compute=compute)
@@ -260,7 +266,8 @@ def find_circuit(lm, attr: Attribution, metric: Metric, train: Batch, test: Batc
                         scores, tr)
     order = min(tried, key=lambda o: tried[o][0])
     _, ranked, scores, tr = tried[order]
-    k, how = choose_size(tr["size"], tr["error"], tr["error_high"], max_error=config.max_error,
+    reach = np.fmax(tr["signed_low"].abs(), tr["signed_high"].abs())   # the signed CI's far end
+    k, how = choose_size(tr["size"], tr["error"], reach, max_error=config.max_error,
                          n_all=n_all, budget=int(config.max_fraction * n_all))
     te = curves(lm, test, metric, ranked, gs, means, sizes, completeness=True,
                 row_groups=test_groups, n_boot=config.n_boot, **kw)
@@ -276,6 +283,8 @@ def find_circuit(lm, attr: Attribution, metric: Metric, train: Batch, test: Batc
         name, metric.name, chosen, [float(s) for s in scores[:k]], n_all,
         faithfulness={"error": float(at["error"]), "error_ci": [float(at["error_low"]),
                                                                  float(at["error_high"])],
+                      "signed_error": float(at["signed_error"]),
+                      "signed_error_ci": [float(at["signed_low"]), float(at["signed_high"])],
                       "error_train": float(at_tr["error"]),
                       "error_train_ci": [float(at_tr["error_low"]), float(at_tr["error_high"])],
                       "max_error": config.max_error, "chosen_by": how,

@@ -9,7 +9,11 @@ then, ``M`` the intact model's, ``M_0`` the empty circuit's (every candidate abl
 is 0 when the circuit reproduces the model, 1 when it does no better than the empty circuit,
 and above 1 when it is further from the model than nothing at all -- *overshoot* (driving the
 metric past the model's value) counts as error, never as success. ``E = |1 - F|`` for the
-faithfulness ratio ``F = (M_C - M_0) / (M - M_0)``. The **area** of ``E`` over circuit sizes
+faithfulness ratio ``F = (M_C - M_0) / (M - M_0)``. Its **signed** form
+``S = (mean M_C - mean M) / (mean M - mean M_0) = F - 1`` says which way a circuit misses:
+``S > 0`` overshoots (past the model, away from the empty circuit), ``S < 0`` falls short; its
+bootstrap interval (:func:`signed_error_ci`) brackets the estimate even when ``E`` is near 0,
+where the percentile interval of an absolute value need not. The **area** of ``E`` over circuit sizes
 (as a fraction of the candidates, trapezoids) is MIB's CMD; the area of ``F`` is its CPR.
 
 :func:`evaluate_sets` measures any number of component sets in shared forwards;
@@ -124,6 +128,29 @@ def error_ci(m: np.ndarray, m_set: np.ndarray, m_empty: np.ndarray, groups=None,
     with np.errstate(divide="ignore", invalid="ignore"):
         boot = np.abs(w @ (m_set - m)) / np.abs(w @ (m_empty - m))
     lo, hi = np.quantile(boot, [0.025, 0.975])
+    return value, float(lo), float(hi)
+
+
+def signed_error(m: np.ndarray, m_set: np.ndarray, m_empty: np.ndarray) -> float:
+    """``(mean M_C - mean M) / (mean M - mean M_0)``: > 0 overshoots, < 0 falls short, -1 is
+    the empty circuit (nan when the empty circuit equals the model)."""
+    den = float(np.mean(m) - np.mean(m_empty))
+    return float(np.mean(m_set) - np.mean(m)) / den if den != 0 else float("nan")
+
+
+def signed_error_ci(m: np.ndarray, m_set: np.ndarray, m_empty: np.ndarray, groups=None, *,
+                    n_boot: int = 1000, seed: int = 0) -> tuple[float, float, float]:
+    """:func:`signed_error` and its 95% bootstrap CI over scenario groups (the same resamples
+    as :func:`error_ci` with the same seed). A circuit is close at the CI level when the whole
+    interval lies within ``[-max_error, max_error]``."""
+    value = signed_error(m, m_set, m_empty)
+    w = _weights(groups, len(m), n_boot, seed)
+    if w is None:
+        return value, float("nan"), float("nan")
+    with np.errstate(divide="ignore", invalid="ignore"):
+        boot = (w @ (m_set - m)) / (w @ (m - m_empty))
+    lo, hi = np.quantile(boot[np.isfinite(boot)], [0.025, 0.975]) if np.isfinite(boot).any() \
+        else (float("nan"), float("nan"))
     return value, float(lo), float(hi)
 
 

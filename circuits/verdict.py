@@ -31,7 +31,7 @@ def _ci(pair) -> str:
 def verdict(circuit) -> dict:
     """``{check: bool}`` for each target, plus ``all``."""
     f, info = circuit.faithfulness, circuit.info
-    hi = f.get("error_ci", [math.nan, math.nan])[1]
+    hi = error_reach(f)
     checks = {
         "small": circuit.fraction <= info.get("max_fraction", 0.05),
         "close": f["error"] <= f["max_error"],
@@ -63,6 +63,8 @@ def describe(circuit, types: Sequence[str]) -> list[str]:
         f"  held-out normalised error |M_k - M| / |M_0 - M| on {f['n_test']} prompts: "
         f"{_f(f['error'])} {_ci(f['error_ci'])} (train {_f(f['error_train'])}); "
         f"M {f['M']:.3g}, circuit {f['M_k']:.3g}, empty {f['M_0']:.3g}"
+        + (f"; signed (M_k - M) / (M - M_0) {_s(f['signed_error'])} {_sci(f['signed_error_ci'])} "
+           "(> 0 overshoots, < 0 falls short)" if "signed_error" in f else "")
         + ("; the circuit OVERSHOOTS the model (further past it than it should be)"
            if _overshoots(f) else ""),
         f"  faithfulness ratio {_f(f['test'])} {_ci([f['ci_low'], f['ci_high']])}, completeness "
@@ -93,11 +95,28 @@ def describe(circuit, types: Sequence[str]) -> list[str]:
                      f"{_ci([s['ci_low'], s['ci_high']])}"
                      + ("" if s["stable"] else f" (NOT stable: below {MIN_JACCARD})"))
     missed = [k for k in ("small", "close", "far_from_random", "stable") if not v[k]]
-    soft = (f"; close by the point estimate only (upper CI {_f(f['error_ci'][1])} > "
+    soft = (f"; close by the point estimate only (CI reaches {_f(error_reach(f))} > "
             f"{f['max_error']:g})" if v["close"] and not v["close_upper_ci"] else "")
     lines.append("  targets: " + ("all met" if not missed else "missed: " + ", ".join(missed))
                  + soft)
     return lines
+
+
+def _s(x) -> str:
+    return "n/a" if x is None or (isinstance(x, float) and math.isnan(x)) else f"{x:+.2f}"
+
+
+def _sci(pair) -> str:
+    return f"[{_s(pair[0])}, {_s(pair[1])}]"
+
+
+def error_reach(f) -> float:
+    """How far from the model the error's 95% CI reaches: the signed interval's farther end
+    when the run has it (its interval brackets the estimate), else the upper bound of ``|E|``."""
+    if "signed_error_ci" in f:
+        lo, hi = f["signed_error_ci"]
+        return max(abs(lo), abs(hi)) if not (math.isnan(lo) or math.isnan(hi)) else math.nan
+    return f.get("error_ci", [math.nan, math.nan])[1]
 
 
 def _overshoots(f) -> bool:

@@ -176,11 +176,11 @@ def run_worker(lm, dataset, *, config, out: str | Path, rank: Rank, wait_s: floa
         Whether the store is complete after this worker (False: others still run, or a
         block is missing).
     """
-    from probe.cache import plan_cache, prepare_store
+    from probe.cache import plan_cache
 
     job = plan_cache(lm, dataset, config, out)
     if rank.rank == 0:
-        prepare_store(job, dataset)
+        _prepare(job, dataset, wait_s)
     _wait_ready(job, wait_s)
     if isinstance(job.path, str):  # an object store: no lock; finalize is lock-free
         _work(lm, job, rank, progress)
@@ -191,6 +191,24 @@ def run_worker(lm, dataset, *, config, out: str | Path, rank: Rank, wait_s: floa
     finally:
         lock.close()
     return finalize(job.path, wait=False) is True
+
+
+def _prepare(job, dataset, wait_s: float) -> None:
+    """Rank 0 makes (or reopens) the store under its exclusive lock. On a rerun the arrays are
+    already there, so other ranks may have started and hold their shared locks: then wait for
+    them (their blocks are theirs; nothing is lost) instead of failing."""
+    from probe.cache import prepare_store
+    from probe.store import StoreLockedError
+
+    deadline = time.monotonic() + wait_s
+    while True:
+        try:
+            prepare_store(job, dataset)
+            return
+        except StoreLockedError:
+            if time.monotonic() > deadline:
+                raise
+            time.sleep(0.2)
 
 
 def _wait_ready(job, wait_s: float) -> None:

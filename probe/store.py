@@ -298,6 +298,10 @@ def _runs(todo: list[int], layers: Sequence[int]) -> list[tuple[int, int]]:
 
 
 # ---------------------------------------------------------------------- helpers
+class StoreLockedError(StoreError):
+    """Another process holds the store's lock (a writer, or :mod:`probe.distributed` workers)."""
+
+
 class _DirLock:
     """An exclusive advisory lock on the store directory itself (released on close or death)."""
 
@@ -307,7 +311,7 @@ class _DirLock:
             fcntl.flock(self.fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
             os.close(self.fd)
-            raise StoreError(f"another process is writing {path}, and this run has sites or layers "
+            raise StoreLockedError(f"another process is writing {path}, and this run has sites or layers "
                              "to add to it; wait for that process to finish (a run that only "
                              "reads cached layers needs no wait), or use another store path "
                              "(--out for probe cache, --store for probe sweep)")

@@ -15,18 +15,21 @@ import argparse
 
 #: ``steering.train.data.OBJECTIVES``, repeated so that ``--help`` imports no torch (a test keeps
 #: them equal).
-OBJECTIVES = ("distill-cd", "distill", "distill-amp", "preference", "lm")
+OBJECTIVES = ("distill-cd", "distill", "distill-amp", "distill-boot", "preference", "lm")
 
 EPILOG = """\
 examples:
   probe steer-train --emotion anger --out runs/anger-cd            # distill-cd, layers 6,9,12,15
   probe steer --emotion anger --vector runs/anger-cd --strength 0.75 "How do bees make honey?"
   probe steer-train --emotion fear --objective lm --steps 10 --layers 10,14 --out runs/fear-lm
+  probe steer-train --emotion anger --objective distill-boot --teacher-vector runs/anger-cd \
+      --teacher-strength 0.25 --out runs/anger-boot   # the prompt + that vector, distilled
 
 objectives: distill (the steered model, given the plain prompt, matches the model given the
 designed prompt), distill-amp (that target sharpened away from the plain model, --amplify),
 distill-cd (distill-amp restricted to tokens the prompted model finds plausible, --plausible),
-preference (the emotion's reply over another emotion's reply to the same prompt), lm (the
+distill-boot (the designed prompt plus a first vector, --teacher-vector at --teacher-strength,
+distilled into a vector that needs no prompt; it starts from the first vector), preference (the emotion's reply over another emotion's reply to the same prompt), lm (the
 replies' language-model loss)."""
 
 
@@ -52,6 +55,10 @@ def add_parser(sub) -> dict:
                    help="distill-cd: keep tokens with p >= this x max p (default: %(default)s)")
     p.add_argument("--max-norm", type=float, default=4.0,
                    help="each layer's vector stays within this x the layer's RMS (default: %(default)s)")
+    p.add_argument("--teacher-vector", default=None,
+                   help="distill-boot: the first vector the teacher adds to the designed prompt")
+    p.add_argument("--teacher-strength", type=float, default=None,
+                   help="distill-boot: the teacher's strength for --teacher-vector (x RMS)")
     p.add_argument("--out", required=True, help="the vector file to write (path without suffix)")
     return {"steer-train": cmd_steer_train}
 
@@ -64,9 +71,9 @@ def cmd_steer_train(args) -> int:
     from steering.expression import model_expression_directions
     from steering.judges.emotion import EMOTIONS
     from steering.prompted import default_prompts
-    from steering.train.data import objective_data, teacher_replies
+    from steering.train.data import objective_data, steered_teacher, teacher_replies
     from steering.train.trainer import TrainConfig, train_vector
-    from steering.vector import SteeringError
+    from steering.vector import SteeringError, SteeringVector
 
     if args.emotion not in EMOTIONS:
         raise SteeringError(f"unknown emotion {args.emotion!r}; choose from {', '.join(EMOTIONS)}")
@@ -76,6 +83,10 @@ def cmd_steer_train(args) -> int:
         raise SteeringError(f"--layers takes comma-separated integers, e.g. 6,9,12,15; got {args.layers!r}") from None
     if args.steps < 1 or args.prompts < 2:
         raise SteeringError("--steps must be >= 1 and --prompts >= 2")
+    boot = args.objective == "distill-boot"
+    if boot != (args.teacher_vector is not None) or boot != (args.teacher_strength is not None):
+        raise SteeringError("--objective distill-boot takes --teacher-vector FILE and --teacher-strength S "
+                            "(a vector trained first, e.g. with distill-cd); the other objectives take neither")
     out = Path(args.out)
     if out.with_suffix(".safetensors").exists():
         raise SteeringError(f"{out.with_suffix('.safetensors')} exists; choose another --out")
@@ -87,12 +98,21 @@ def cmd_steer_train(args) -> int:
     log = print if not getattr(args, "quiet", False) else None
     teach = teacher_replies(lm, prompts, EMOTIONS, max_new_tokens=40,
                             cache=cache_root() / lm.spec.alias, log=log)
-    init = model_expression_directions(lm, layers=layers, emotions=EMOTIONS, prompts=prompts, log=log)
     e, name = args.emotion, args.objective
-    data, obj = objective_data(name, e, teach, amplify=args.amplify, plausible=args.plausible)
+    extra = {}
+    if boot:
+        first = SteeringVector.load(args.teacher_vector, lm)
+        teach = steered_teacher(lm, teach, e, first, args.teacher_strength,
+                                cache=cache_root() / lm.spec.alias, log=log)
+        extra = {"teacher_vector": first, "teacher_strength": args.teacher_strength}
+        start = first
+    else:
+        start = model_expression_directions(lm, layers=layers, emotions=EMOTIONS, prompts=prompts,
+                                            log=log)[e]
+    data, obj = objective_data(name, e, teach, amplify=args.amplify, plausible=args.plausible, **extra)
     cfg = TrainConfig(layers=layers, steps=args.steps, batch_size=8, lr=0.02, init_strength=1.0,
                       max_norm=args.max_norm)
-    vec, tl = train_vector(lm, data, obj, cfg, init=init[e], emotion=e, log=log)
+    vec, tl = train_vector(lm, data, obj, cfg, init=start, emotion=e, log=log)
     vec.meta["method"] = f"trained-{name}"
     out.parent.mkdir(parents=True, exist_ok=True)
     vec.save(out)

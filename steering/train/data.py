@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -24,12 +25,15 @@ from pathlib import Path
 from probe.io import atomic_write
 from steering.eval.baselines import prompt_arms
 from steering.eval.grid import Arm, Decoding, generate_arms
+from steering.inject import Setting
 from steering.train.objectives import PairData, objective
-from steering.vector import SteeringError
+from steering.vector import SteeringError, SteeringVector
 
 #: Objective names of the command line and the benchmarks: the three distillations differ only
-#: in ``amplify`` (0 for ``distill``) and ``plausible`` (``distill-cd`` only).
-OBJECTIVES = ("distill-cd", "distill", "distill-amp", "preference", "lm")
+#: in ``amplify`` (0 for ``distill``) and ``plausible`` (``distill-cd`` only); ``distill-boot``
+#: distils the designed prompt *plus a first vector* (:func:`steered_teacher`) into a vector
+#: that works without the prompt (no amplification, ``plausible`` kept).
+OBJECTIVES = ("distill-cd", "distill", "distill-amp", "distill-boot", "preference", "lm")
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -106,22 +110,72 @@ def teacher_replies(lm, prompts: Sequence[str], emotions: Sequence[str], *,
     return out
 
 
+def vector_sha(vector: SteeringVector) -> str:
+    """A short hash of a vector's values (which steered teacher a reply set came from)."""
+    return hashlib.sha256(b"".join(vector.directions[s].float().cpu().numpy().tobytes()
+                                   for s in sorted(vector.directions, key=str))).hexdigest()[:12]
+
+
+def steered_teacher(lm, teach: TeacherSet, emotion: str, vector: SteeringVector, strength: float,
+                    *, max_new_tokens: int = 40, batch_size: int = 16,
+                    cache: str | Path | None = None, log=None) -> TeacherSet:
+    """``teach`` with ``emotion``'s replies regenerated under its designed prompt *plus*
+    ``vector`` at ``strength`` (the teacher of ``distill-boot``); cached like
+    :func:`teacher_replies`, keyed by the vector's values too."""
+    if not strength or not math.isfinite(strength):
+        raise SteeringError(f"a steered teacher needs a finite, non-zero strength, got {strength!r}")
+    decoding = Decoding(max_new_tokens=max_new_tokens)
+    digest = vector_sha(vector)
+    key = hashlib.sha256(json.dumps([lm.fingerprint, teach.prompts, emotion, digest, strength,
+                                     asdict(decoding)]).encode()).hexdigest()[:12]
+    path = Path(cache) / f"teacher-steered-{key}.json" if cache is not None else None
+    if path is not None and path.is_file():
+        return TeacherSet.load(path)
+    arm = Arm(condition="prompt-designed+steered", emotion=emotion,
+              system_prompt=teach.system_prompts[emotion], user_suffix=teach.user_suffixes[emotion],
+              setting=Setting(vector=vector, strength=strength))
+    texts = generate_arms(lm, teach.prompts, [arm], decoding=decoding, batch_size=batch_size, log=log)[0]
+    out = TeacherSet(prompts=list(teach.prompts), replies={**teach.replies, emotion: texts},
+                     system_prompts=dict(teach.system_prompts), user_suffixes=dict(teach.user_suffixes),
+                     meta={**teach.meta, "steered": {emotion: {
+                         "vector": vector.meta.get("method"), "vector_sha": digest,
+                         "strength": strength, "unit": "rms", "positions": "last-prompt+generated"}}})
+    if path is not None:
+        out.save(path)
+    return out
+
+
 def objective_data(name: str, emotion: str, teach: TeacherSet, *, amplify: float = 2.0,
-                   plausible: float = 0.1):
+                   plausible: float = 0.1, teacher_vector: SteeringVector | None = None,
+                   teacher_strength: float = 0.0):
     """``(PairData, objective)`` of one objective ``name`` (:data:`OBJECTIVES`) for ``emotion``.
 
     Distillations learn the designed prompt's replies with its instruction as the teacher;
+    ``distill-boot`` needs ``teacher_vector`` / ``teacher_strength`` (the teacher is the prompt
+    plus that vector, and ``teach`` must hold that teacher's replies: :func:`steered_teacher`);
     ``preference`` contrasts them with another emotion's reply to the same prompt (the other
     emotions in turn); ``lm`` is the replies' language-model loss.
     """
     if name not in OBJECTIVES:
         raise SteeringError(f"unknown objective {name!r}; choose from {', '.join(OBJECTIVES)}")
     replies = teach.replies[emotion]
+    if name == "distill-boot":
+        if teacher_vector is None or not teacher_strength:
+            raise SteeringError("distill-boot distils the designed prompt plus a first vector: give "
+                                "teacher_vector and a non-zero teacher_strength")
+        made = (teach.meta.get("steered") or {}).get(emotion, {})
+        if (made.get("strength"), made.get("vector_sha")) != (teacher_strength,
+                                                               vector_sha(teacher_vector)):
+            raise SteeringError(f"the teacher replies for {emotion} were not generated with this "
+                                "steered teacher; make them with steered_teacher(...) first")
+    elif teacher_vector is not None:
+        raise SteeringError(f"only distill-boot takes a teacher vector, not {name!r}")
     if name.startswith("distill"):
         data = PairData(teach.prompts, replies, system_prompt=teach.system_prompts[emotion],
-                        user_suffix=teach.user_suffixes[emotion])
-        return data, objective("distill", amplify=0.0 if name == "distill" else amplify,
-                               plausible=plausible if name == "distill-cd" else 0.0)
+                        user_suffix=teach.user_suffixes[emotion], teacher_vector=teacher_vector,
+                        teacher_strength=teacher_strength)
+        return data, objective("distill", amplify=amplify if name in ("distill-amp", "distill-cd") else 0.0,
+                               plausible=plausible if name in ("distill-cd", "distill-boot") else 0.0)
     if name == "preference":
         others = [e for e in teach.system_prompts if e != emotion]
         neg = [teach.replies[others[i % len(others)]][i] for i in range(len(teach.prompts))]

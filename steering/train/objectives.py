@@ -10,7 +10,9 @@ data, where ``forward(batch)`` runs the *steered* model and returns its logits):
                 ``KL(p_target || p_steered)`` averaged over reply tokens. ``amplify = a > 0``
                 sharpens the target away from the plain model, ``p_target ~ p_prompted^(1+a) /
                 p_plain^a`` (classifier-free guidance on the prompt), so the vector can do more
-                than the prompt. ``plausible = alpha > 0`` keeps the amplified target on the
+                than the prompt; the teacher may also be steered (``PairData.teacher_vector``:
+                the prompt + a first vector, distilled into a second vector alone, which is
+                ``distill-boot`` in :mod:`steering.train.data`). ``plausible = alpha > 0`` keeps the amplified target on the
                 tokens the prompted model itself finds plausible, ``p_prompted >= alpha x max
                 p_prompted`` (the adaptive plausibility constraint of contrastive decoding, Li
                 et al. 2023): amplification then re-weights what the prompted model would write
@@ -26,6 +28,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable, Sequence
+from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass, field
 
 import torch
@@ -33,7 +36,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from steering.train.batching import PairBatch, pair_batch
-from steering.vector import SteeringError
+from steering.vector import SteeringError, SteeringVector
 
 Forward = Callable[[PairBatch], Tensor]
 
@@ -43,6 +46,9 @@ class PairData:
     """Training rows: a neutral prompt, the target reply, optionally a contrast reply.
 
     ``system_prompt`` / ``user_suffix``: the instruction the teacher saw (distillation only).
+    ``teacher_vector`` / ``teacher_strength``: steering the teacher had on top of its
+    instruction (added at ``last-prompt+generated`` in ``rms`` units, as ``probe steer``),
+    for distilling an instruction + steering teacher into a vector alone.
     """
 
     prompts: list[str]
@@ -51,6 +57,8 @@ class PairData:
     system_prompt: str | None = None
     user_suffix: str = ""
     max_reply_tokens: int = 40
+    teacher_vector: SteeringVector | None = None
+    teacher_strength: float = 0.0
 
     def __post_init__(self) -> None:
         keep = [i for i, r in enumerate(self.replies) if r.strip()
@@ -64,6 +72,20 @@ class PairData:
 
     def __len__(self) -> int:
         return len(self.prompts)
+
+    def teacher_hooks(self, lm, batch: PairBatch) -> AbstractContextManager:
+        """The teacher's steering on ``batch`` (a teacher batch), or nothing."""
+        v = self.teacher_vector
+        if v is None or not self.teacher_strength:
+            return nullcontext()
+        mask = batch.steer_mask("last-prompt+generated").unsqueeze(-1)
+
+        def adder(delta: Tensor):
+            def fn(value: Tensor, ctx) -> Tensor:
+                return value + mask.to(value.dtype) * delta.to(value.device, value.dtype)
+            return fn
+        return lm.hooks({s: adder(self.teacher_strength * v.rms(s) * d.float().flatten())
+                         for s, d in v.directions.items()})
 
     def batch(self, lm, rows: Sequence[int], *, negative: bool = False,
               teacher: bool = False) -> PairBatch:
@@ -110,15 +132,18 @@ class Distill:
         if not 0.0 <= self.plausible < 1.0 or self.amplify < 0:
             raise SteeringError(f"distillation needs amplify >= 0 and 0 <= plausible < 1; got "
                                 f"amplify={self.amplify}, plausible={self.plausible}")
-        if data.system_prompt is None and not data.user_suffix:
-            raise SteeringError("distillation needs the teacher's instruction (system_prompt "
-                                "and/or user_suffix)")
+        if data.system_prompt is None and not data.user_suffix and data.teacher_vector is None:
+            raise SteeringError("distillation needs a teacher that differs from the plain model: "
+                                "an instruction (system_prompt and/or user_suffix) or a "
+                                "teacher_vector")
         self._target = []
         with torch.no_grad():
             for c in range(0, len(data), 8):
                 rows = list(range(c, min(c + 8, len(data))))
                 t = data.batch(lm, rows, teacher=True)
-                lt = torch.log_softmax(t.reply_logits(lm.model(**t.inputs).logits).float(), -1)
+                with data.teacher_hooks(lm, t):
+                    logits = lm.model(**t.inputs).logits
+                lt = torch.log_softmax(t.reply_logits(logits).float(), -1)
                 if self.amplify:
                     s = data.batch(lm, rows)
                     ls = torch.log_softmax(s.reply_logits(lm.model(**s.inputs).logits).float(), -1)

@@ -60,12 +60,21 @@ def test_the_size_is_the_smallest_close_to_the_model_on_training_prompts(setup, 
                                train_groups=tg, test_groups=tg)
     tr = cv[cv["split"] == "train"].set_index("size")
     how = circuit.faithfulness["chosen_by"]
-    col = "error_high" if how == "upper CI" else "error"
+    # "upper CI": how far the signed error's CI reaches from 0 (it brackets the estimate)
+    reach = np.fmax(tr["signed_low"].abs(), tr["signed_high"].abs())
+    err = reach if how == "upper CI" else tr["error"]
     if how != "not reached":
-        assert circuit.size == min(k for k, e in tr[col].items() if e <= 0.4)
-        assert all(e > 0.4 for k, e in tr[col].items() if k < circuit.size)
+        assert circuit.size == min(k for k, e in err.items() if e <= 0.4)
+        assert all(e > 0.4 for k, e in err.items() if k < circuit.size)
     te = cv[cv["split"] == "test"].set_index("size")
     assert circuit.faithfulness["error"] == pytest.approx(te.loc[circuit.size, "error"])
+    # the signed error is E with its sign, (M_k - M) / (M - M_0) = F - 1
+    assert np.allclose(te["signed_error"].abs(), te["error"], rtol=1e-6, atol=1e-9)
+    assert np.allclose(te["signed_error"], te["faithfulness"] - 1, rtol=1e-6, atol=1e-6)
+    f = circuit.faithfulness
+    assert f["signed_error"] == pytest.approx(te.loc[circuit.size, "signed_error"])
+    lo, hi = f["signed_error_ci"]
+    assert lo <= f["signed_error"] <= hi
     # E = |1 - F| on the same forwards
     assert np.allclose(te["error"], (1 - te["faithfulness"]).abs(), rtol=1e-6, atol=1e-6)
     assert set(cv["split"]) == {"train", "test"} and te["completeness"].notna().all()

@@ -47,6 +47,29 @@ def test_error_ci_resamples_groups_and_brackets_the_value():
     assert np.isnan(error_ci(m, mk, m0, ["a"] * 12)[1])  # one group: no CI
 
 
+def test_signed_error_says_which_way_and_its_ci_brackets_it_near_zero():
+    from circuits.closeness import signed_error, signed_error_ci
+
+    m, m0 = np.full(4, 10.0), np.zeros(4)
+    assert signed_error(m, np.full(4, 12.0), m0) == pytest.approx(0.2)     # past the model
+    assert signed_error(m, np.full(4, 8.0), m0) == pytest.approx(-0.2)     # short of it
+    assert signed_error(m, m0, m0) == -1 and np.isnan(signed_error(m, m, m))
+    # a circuit whose mean lands on the model's: |E|'s percentile CI excludes its estimate,
+    # the signed CI brackets it, and its far end is what |E|'s upper bound was
+    rng = np.random.default_rng(1)
+    m = 10 + rng.normal(size=20)
+    m0 = rng.normal(size=20)
+    mk = m + rng.normal(size=20)
+    mk += m.mean() - mk.mean()                     # exactly on the model, on average
+    groups = [str(i) for i in range(20)]
+    e, lo, hi = error_ci(m, mk, m0, groups, n_boot=500)
+    assert e == pytest.approx(0, abs=1e-12) and lo > e       # the issue with |E|
+    s, slo, shi = signed_error_ci(m, mk, m0, groups, n_boot=500)
+    assert slo < s < shi and slo < 0 < shi
+    assert max(-slo, shi) == pytest.approx(hi, rel=0.15)
+    assert np.isnan(signed_error_ci(m, mk, m0, ["a"] * 20)[1])
+
+
 def test_overshoot_is_rejected_where_faithfulness_above_target_accepted_it():
     # issue 18: F = 2.79 at size 100 passed "faithfulness >= 0.8"; its error |1 - F| = 1.79
     sizes = [0, 10, 100, 1000, 5000]

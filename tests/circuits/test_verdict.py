@@ -42,4 +42,18 @@ def test_overshoot_instability_and_random_closeness_are_named():
 
 def test_close_by_the_point_estimate_only_is_said():
     text = "\n".join(describe(_circuit(0.1, (0.01, 2.2), 9.0), ("heads",)))
-    assert "close by the point estimate only (upper CI 2.20 > 0.2)" in text
+    assert "close by the point estimate only (CI reaches 2.20 > 0.2)" in text
+
+
+def test_the_signed_interval_decides_how_far_the_error_reaches_and_is_printed():
+    """Near 0 the percentile CI of |E| can exclude the estimate; the signed one brackets it."""
+    c = _circuit(0.05, (0.08, 0.15), 10.5)      # |E| CI above its own estimate, within 0.2
+    assert verdict(c)["close_upper_ci"]           # without a signed interval: |E|'s upper bound
+    c.faithfulness.update(signed_error=0.05, signed_error_ci=[-0.3, 0.12])
+    v = verdict(c)
+    assert v["close"] and not v["close_upper_ci"]   # the signed CI reaches 0.3 below the model
+    text = "\n".join(describe(c, ("heads",)))
+    assert "signed (M_k - M) / (M - M_0) +0.05 [-0.30, +0.12] (> 0 overshoots, < 0 falls short)" in text
+    assert "CI reaches 0.30 > 0.2" in text
+    c.faithfulness["signed_error_ci"] = [-0.1, 0.15]
+    assert verdict(c)["close_upper_ci"]

@@ -104,6 +104,37 @@ def test_a_killed_worker_is_redone_on_resume(tiny_dir, tmp_path, reference, monk
     assert_same_store(one, out)
 
 
+def test_rank_0_waits_for_ranks_already_writing_a_rerun_store(tiny_dir, tmp_path, reference):
+    """On a rerun the arrays exist, so rank 1 may take its shared lock before rank 0 reopens the
+    store under the exclusive one: rank 0 then waits for it (it used to fail with "another
+    process is writing", a race seen on a loaded machine), and gives up after ``wait_s``."""
+    import shutil
+    import threading
+
+    from probe.cache import plan_cache
+    from probe.store import StoreLockedError
+
+    ds, one = reference
+    out = tmp_path / "again.zarr"
+    shutil.copytree(one, out)
+    lm = load_model(str(tiny_dir / "llama"), device="cpu", dtype="float32")
+    job = plan_cache(lm, ds, CONFIG, out)
+    held = distributed._Lock(out, exclusive=False)          # rank 1, mid-work
+    try:
+        with pytest.raises(StoreLockedError, match="another process is writing"):
+            distributed._prepare(job, ds, wait_s=0.5)
+        done = []
+        t = threading.Thread(target=lambda: done.append(distributed._prepare(job, ds, wait_s=60)))
+        t.start()
+        time.sleep(1.0)
+        assert t.is_alive() and not done                      # waiting, not failing
+    finally:
+        held.close()                                          # rank 1 finishes
+    t.join(timeout=60)
+    assert done == [None]
+    assert_same_store(one, out)
+
+
 def test_a_worker_error_is_reported_and_stops_the_others(tiny_dir, tmp_path):
     from probe.data.schema import EmotionDataset
 

@@ -115,12 +115,14 @@ def test_steer_needs_prompts_and_a_matching_vector(capsys, tiny_dir, toy_store):
 
 @pytest.mark.slow
 def test_real_model_steer_uses_the_shipped_operating_point(capsys, tmp_path):
-    """SmolLM2 with no --strength/--layers: the operating point picks method, layers, strength."""
+    """SmolLM2 with no --strength/--layers: the operating point picks method, layers, strength
+    (disgust's is a steer-eval point: its directions are computed from the store)."""
     from steering.operating_points import operating_point
 
     from probe.data.loaders import bundled_scenarios_path
 
-    point = operating_point("smollm2-135m", "fear")
+    point = operating_point("smollm2-135m", "disgust")
+    assert point.vector is None
     cache = tmp_path / "cache"
     lo, hi = min(point.layers), max(point.layers)
     # the first 10 scenarios, whole (context-agnostic directions need every emotion per scenario)
@@ -132,11 +134,11 @@ def test_real_model_steer_uses_the_shipped_operating_point(capsys, tmp_path):
                           f"blocks.{lo}-{hi}.hook_resid_post", "--quiet")
     assert code == 0, err
     store = out.split("store: ")[1].split()[0]
-    js = tmp_path / "fear.json"
-    code, out, err = _run(capsys, "steer", "--emotion", "fear", "--store", store, "--max-new-tokens",
+    js = tmp_path / "disgust.json"
+    code, out, err = _run(capsys, "steer", "--emotion", "disgust", "--store", store, "--max-new-tokens",
                           "12", "--out", js, "How was your day?")
     assert code == 0, err
-    assert f"operating point ({point.origin}): fear" in err and f"layers {lo}-{hi}" in err
+    assert f"operating point ({point.origin}): disgust" in err and f"layers {lo}-{hi}" in err
     rec = json.loads(js.read_text())
     assert rec["operating_point"]["strength"] == point.strength and rec["vector"]["layers"] == list(point.layers)
     assert rec["steered"][0] != rec["unsteered"][0]
@@ -375,3 +377,16 @@ def test_steer_train_writes_a_vector_that_steer_applies_at_its_own_layers(capsys
         assert code == 2 and msg in err, err
     code, _, err = _run(capsys, "steer-train", "--model", model, "--emotion", "anger", "--out", out)
     assert code == 2 and "exists" in err
+    # distill-boot: the designed prompt + the vector just trained, distilled into a second vector
+    for bad in (["--objective", "distill-boot"], ["--teacher-vector", out, "--teacher-strength", "0.5"]):
+        code, _, err = _run(capsys, "steer-train", "--model", model, "--emotion", "anger",
+                            "--out", tmp_path / "y", *bad)
+        assert code == 2 and "--teacher-vector FILE and --teacher-strength" in err, err
+    boot = tmp_path / "vec" / "anger-boot"
+    code, text, err = _run(capsys, "steer-train", "--model", model, "--emotion", "anger",
+                           "--objective", "distill-boot", "--teacher-vector", out, "--teacher-strength",
+                           "0.5", "--layers", "0,1", "--steps", "2", "--prompts", "4", "--out", boot)
+    assert code == 0, err
+    b = SteeringVector.load(boot)
+    assert b.meta["method"] == "trained-distill-boot" and b.meta["train"]["init"] == "trained-distill-cd"
+    assert "amplify=0.0" in b.meta["train"]["objective"]

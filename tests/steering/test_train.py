@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+
 import pytest
 import torch
 
@@ -239,7 +241,8 @@ def test_objective_data_maps_each_name_to_its_objective_and_rows():
                        replies={e: [f"{e}{i}" for i in range(3)] for e in ("anger", "joy", "fear")},
                        system_prompts={"anger": "Be angry.", "joy": "Be glad.", "fear": "Be afraid."},
                        user_suffixes={e: "" for e in ("anger", "joy", "fear")}, meta={})
-    got = {n: objective_data(n, "anger", teach, amplify=3.0, plausible=0.2) for n in OBJECTIVES}
+    got = {n: objective_data(n, "anger", teach, amplify=3.0, plausible=0.2) for n in OBJECTIVES
+           if n != "distill-boot"}                  # that one needs a steered teacher (below)
     assert [(o.amplify, o.plausible) for n, (_, o) in got.items() if n.startswith("distill")] == \
         [(3.0, 0.2), (0.0, 0.0), (3.0, 0.0)]          # distill-cd, distill, distill-amp
     data, _ = got["distill-cd"]
@@ -249,3 +252,100 @@ def test_objective_data_maps_each_name_to_its_objective_and_rows():
     assert got["lm"][1].name == "lm" and got["lm"][0].negatives is None
     with pytest.raises(SteeringError, match="unknown objective 'x'"):
         objective_data("x", "anger", teach)
+
+
+def _teach():
+    from steering.train.data import TeacherSet
+
+    return TeacherSet(prompts=list(PROMPTS), replies={"anger": list(REPLIES), "joy": list(NEGATIVES)},
+                      system_prompts={"anger": "Be angry.", "joy": "Be glad."},
+                      user_suffixes={"anger": " (angry)", "joy": ""}, meta={})
+
+
+def _vector(lm, layers=(0, 1), seed=0):
+    g = torch.Generator().manual_seed(seed)
+    from probe.hooks import Site
+
+    d = lm.model.config.hidden_size
+    return SteeringVector({Site("hook_resid_post", L): torch.randn(d, generator=g) for L in layers},
+                          {"method": "trained-distill-cd", "rms": {f"blocks.{L}.hook_resid_post": 1.5
+                                                                   for L in layers}})
+
+
+def test_distill_boot_needs_the_steered_teacher_it_names(tiny_qwen):
+    from steering.train.data import objective_data, vector_sha
+
+    teach, vec = _teach(), _vector(tiny_qwen)
+    with pytest.raises(SteeringError, match="teacher_vector"):
+        objective_data("distill-boot", "anger", teach)
+    with pytest.raises(SteeringError, match="were not generated with this steered teacher"):
+        objective_data("distill-boot", "anger", teach, teacher_vector=vec, teacher_strength=0.5)
+    with pytest.raises(SteeringError, match="only distill-boot takes a teacher vector"):
+        objective_data("distill-cd", "anger", teach, teacher_vector=vec, teacher_strength=0.5)
+    teach.meta["steered"] = {"anger": {"strength": 0.5, "vector_sha": vector_sha(vec)}}
+    with pytest.raises(SteeringError, match="were not generated"):   # another vector's replies
+        objective_data("distill-boot", "anger", teach, teacher_vector=_vector(tiny_qwen, seed=1),
+                       teacher_strength=0.5)
+    data, obj = objective_data("distill-boot", "anger", teach, teacher_vector=vec,
+                               teacher_strength=0.5, amplify=3.0, plausible=0.2)
+    assert (obj.amplify, obj.plausible) == (0.0, 0.2)       # no amplification, plausibility kept
+    assert data.teacher_vector is vec and data.teacher_strength == 0.5
+    assert data.system_prompt == "Be angry." and data.user_suffix == " (angry)"
+
+
+def test_steered_teacher_adds_the_vector_at_the_steered_positions(tiny_qwen):
+    """The teacher's logits under ``teacher_hooks`` equal the same additions written by hand."""
+    lm, vec = tiny_qwen, _vector(tiny_qwen)
+    data = PairData(list(PROMPTS), list(REPLIES), system_prompt="Be angry.", teacher_vector=vec,
+                    teacher_strength=0.7)
+    b = data.batch(lm, range(4), teacher=True)
+    mask = b.steer_mask("last-prompt+generated")
+    with torch.no_grad():
+        plain = lm.model(**b.inputs).logits
+        with data.teacher_hooks(lm, b):
+            steered = lm.model(**b.inputs).logits
+
+        def add(d):
+            def hook(module, args, out):
+                delta = mask.unsqueeze(-1) * d
+                return (out[0] + delta,) + tuple(out[1:]) if isinstance(out, tuple) else out + delta
+            return hook
+
+        handles = [lm.model.model.layers[s.layer].register_forward_hook(add(0.7 * 1.5 * v))
+                   for s, v in vec.directions.items()]
+        try:
+            by_hand = lm.model(**b.inputs).logits
+        finally:
+            for h in handles:
+                h.remove()
+    m = b.attention_mask.bool()
+    torch.testing.assert_close(steered[m], by_hand[m], rtol=1e-4, atol=1e-5 * float(by_hand[m].abs().max()))
+    # the prompt before its last token is not steered; the reply is
+    first = (~mask.bool()) & m
+    torch.testing.assert_close(steered[first], plain[first])
+    assert not torch.allclose(steered[mask.bool()], plain[mask.bool()])
+    # strength 0: no hooks at all, the plain forward
+    zero = PairData(list(PROMPTS), list(REPLIES), system_prompt="Be angry.", teacher_vector=vec,
+                    teacher_strength=0.0)
+    with torch.no_grad(), zero.teacher_hooks(lm, b):
+        assert torch.equal(lm.model(**b.inputs).logits, plain)
+
+
+def test_steered_teacher_replies_are_generated_once_and_recorded(tiny_qwen, tmp_path, monkeypatch):
+    import steering.train.data as D
+
+    teach, vec = _teach(), _vector(tiny_qwen)
+    out = D.steered_teacher(tiny_qwen, teach, "anger", vec, 0.5, max_new_tokens=4, cache=tmp_path)
+    assert out.replies["joy"] == teach.replies["joy"] and out.prompts == teach.prompts
+    assert len(out.replies["anger"]) == len(PROMPTS) and out.replies["anger"] != teach.replies["anger"]
+    assert out.meta["steered"]["anger"] == {"vector": "trained-distill-cd", "vector_sha": D.vector_sha(vec),
+                                            "strength": 0.5, "unit": "rms",
+                                            "positions": "last-prompt+generated"}
+    monkeypatch.setattr(D, "generate_arms", lambda *a, **k: pytest.fail("regenerated"))
+    again = D.steered_teacher(tiny_qwen, teach, "anger", vec, 0.5, max_new_tokens=4, cache=tmp_path)
+    assert again.replies == out.replies
+    data, _ = D.objective_data("distill-boot", "anger", again, teacher_vector=vec, teacher_strength=0.5)
+    _, log = train_vector(tiny_qwen, data, D.objective("distill", plausible=0.1), _fast(steps=3, lr=0.01))
+    assert all(map(math.isfinite, log.losses))
+    with pytest.raises(SteeringError, match="non-zero strength"):
+        D.steered_teacher(tiny_qwen, teach, "anger", vec, 0.0)
