@@ -39,6 +39,25 @@ def test_no_machine_paths(path):
     assert not hits, f"{path.name} records machine paths (use ~/, relative or <name>): {hits[:3]}"
 
 
+def _safetensors() -> list[Path]:
+    return sorted(p for p in (ROOT / "steering" / "artifacts").rglob("*.safetensors"))
+
+
+def test_there_are_shipped_vectors_to_check():
+    assert len(_safetensors()) >= 5
+
+
+@pytest.mark.parametrize("path", _safetensors(), ids=lambda p: p.name)
+def test_no_machine_paths_in_safetensors_headers(path):
+    """A vector's meta is also written into its safetensors header: no machine folders there."""
+    from safetensors import safe_open
+
+    with safe_open(str(path), "np") as f:
+        meta = f.metadata() or {}
+    hits = [k for k, v in meta.items() if MACHINE_PATH.search(v)]
+    assert not hits, f"{path.name}: header entries {hits} record machine paths (use ~/ or <name>)"
+
+
 def test_operating_points_writer_keeps_no_paths(tmp_path):
     import json
 
