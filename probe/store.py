@@ -8,10 +8,8 @@ Layout of a store (a Zarr v3 group on disk):
 * coordinates: ``sample`` (the dataset's ids), ``text``, ``text_hash``, ``split``, ``group``, one per target
   column (multi-label targets as ``|``-joined names), ``layer``, ``pooling``;
 * chunks of ``block_size`` samples x one layer x one pooling, so one layer reads fast;
-* root attributes ``emoprobe`` (provenance), ``progress`` (rows committed per array and
-  layer) and ``complete``;
-* consolidated metadata in the root ``zarr.json``, so ``xarray.open_zarr(path)`` opens it
-  without a warning (it is rewritten whenever an array is added).
+* root attributes ``emoprobe`` (provenance), ``progress`` (rows per array and layer), ``complete``;
+* consolidated metadata in the root ``zarr.json`` (``xarray.open_zarr`` opens it without warning).
 
 Rows are written a block at a time, in order; after every array of a block is on disk,
 ``progress`` and ``complete`` are rewritten together in one write of the root ``zarr.json``,
@@ -66,6 +64,10 @@ MARKERS = ".emoprobe-blocks"
 
 class StoreError(EmoprobeError, RuntimeError):
     """A store is missing, incomplete, locked, or does not match the run."""
+
+
+class StoreLockedError(StoreError):
+    """Another process holds the store's lock (a writer, or :mod:`probe.distributed` workers)."""
 
 
 @dataclass(frozen=True)
@@ -298,10 +300,6 @@ def _runs(todo: list[int], layers: Sequence[int]) -> list[tuple[int, int]]:
 
 
 # ---------------------------------------------------------------------- helpers
-class StoreLockedError(StoreError):
-    """Another process holds the store's lock (a writer, or :mod:`probe.distributed` workers)."""
-
-
 class _DirLock:
     """An exclusive advisory lock on the store directory itself (released on close or death)."""
 
@@ -311,10 +309,10 @@ class _DirLock:
             fcntl.flock(self.fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
             os.close(self.fd)
-            raise StoreLockedError(f"another process is writing {path}, and this run has sites or layers "
-                             "to add to it; wait for that process to finish (a run that only "
-                             "reads cached layers needs no wait), or use another store path "
-                             "(--out for probe cache, --store for probe sweep)")
+            raise StoreLockedError(
+                f"another process is writing {path}, and this run has sites or layers to add to "
+                "it; wait for that process to finish (a run that only reads cached layers needs no "
+                "wait), or use another store path (--out for probe cache, --store for probe sweep)")
 
     def close(self) -> None:
         os.close(self.fd)
