@@ -163,7 +163,7 @@ class LoadedModel:
         return {
             "model": self.spec.alias,
             "model_id": self.spec.hf_id,
-            "model_source": self.source,
+            "model_source": _home_relative(self.source),   # records no machine's home folder
             "revision": self.revision,
             "weight_fingerprint": self.fingerprint,
             "architecture": self.arch.family,
@@ -478,3 +478,9 @@ def _embedded_checkpoint() -> Path:
         hf_logging.set_verbosity(verbosity)
         shutil.rmtree(tmp, ignore_errors=True)
     return final
+
+
+def _home_relative(source: str) -> str:
+    """A local path under the user's home as ``~/...`` (a hub id or other path as it is)."""
+    home = str(Path.home())
+    return "~" + source[len(home):] if source.startswith(home + "/") else source

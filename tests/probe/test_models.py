@@ -1,5 +1,7 @@
 """Model registry and loading: aliases, local dirs, missing weights, the embedded model."""
 
+from pathlib import Path
+
 import pytest
 
 from probe.models import (
@@ -64,6 +66,16 @@ def test_local_directory_load_has_provenance(tiny_dir):
     assert not lm.model.training
     no_template = load_model(str(tiny_dir / "qwen2"), chat_template=False)
     assert not no_template.chat_template
+
+
+def test_provenance_records_no_home_folder(tiny_dir, monkeypatch):
+    """What run files, stores and shared vectors record: ``~/...`` for a model under the home
+    folder, any other path as it is."""
+    lm = load_model(str(tiny_dir / "qwen2"), device="cpu")
+    monkeypatch.setattr(Path, "home", classmethod(lambda cls: tiny_dir.parent))
+    assert lm.provenance()["model_source"] == f"~/{tiny_dir.name}/qwen2"
+    monkeypatch.setattr(Path, "home", classmethod(lambda cls: Path("/nowhere")))
+    assert lm.provenance()["model_source"] == str(tiny_dir / "qwen2")
 
 
 def test_layers_are_known_before_the_weights_load(tiny_dir, tmp_path, monkeypatch):
