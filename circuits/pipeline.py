@@ -112,8 +112,13 @@ def _metrics(lm, dataset, cfg: CircuitsConfig, train, out: Path):
     return {cfg.label: m}, None
 
 
-def _prompts(dataset, label, groups, n, target) -> tuple[list[str], list[str]]:
-    rows = rows_of(dataset, label, target=target, groups=groups).sort_values("group").head(n)
+def prompts_of(dataset, label, groups, n, target) -> tuple[list[str], list[str]]:
+    """``n`` rows of ``label``, spread over the scenario groups: each group's first row, then
+    each group's second, ... (a set with several rows per scenario, e.g. SEV replies, gives ``n``
+    scenarios, not ``n / 3``, so CIs over scenarios have as many as there can be)."""
+    rows = rows_of(dataset, label, target=target, groups=groups).sort_values("group", kind="stable")
+    rows = rows.assign(_k=rows.groupby("group").cumcount()).sort_values(["_k", "group"], kind="stable")
+    rows = rows.head(n).sort_values(["group", "_k"], kind="stable")
     return list(rows["text"]), list(rows["group"])
 
 
@@ -198,7 +203,7 @@ def _one(lm, dataset, cfg, label, metric, types, ctypes, train, test, target, me
             + (f"; {len(pairs.dropped)} scenario(s) had no partner of equal length"
                if cfg.align == "length" else ""))
     else:
-        texts, groups = _prompts(dataset, label, train, cfg.prompts, target)
+        texts, groups = prompts_of(dataset, label, train, cfg.prompts, target)
         batch = lm.batch(texts)
         base = means if cfg.baseline == "mean" else ZeroBaseline()
     shared = (cfg.baseline == "mean" and cfg.circuit_estimator == cfg.estimator
@@ -358,8 +363,8 @@ def _choose(cfg, attr, vtypes, log):
 def _circuit(lm, dataset, cfg, label, metric, ctypes, attr: Attribution, means, train, test,
              target, out, log, rows, res, resample=None):
     n = cfg.circuit_prompts
-    tr_texts, tr_groups = _prompts(dataset, label, train, n, target)
-    te_texts, te_groups = _prompts(dataset, label, test, n, target)
+    tr_texts, tr_groups = prompts_of(dataset, label, train, n, target)
+    te_texts, te_groups = prompts_of(dataset, label, test, n, target)
     if not (cfg.baseline == "mean" and cfg.circuit_estimator == cfg.estimator
             and (cfg.estimator != "ig" or set(attr.groups) == {g for g in attr.groups
                                                                   if g.type in ctypes})):

@@ -48,3 +48,20 @@ def test_split_is_deterministic_and_disjoint(scenarios):
     a, b = split_groups(scenarios, seed=3)
     assert (a, b) == split_groups(scenarios, seed=3) and not set(a) & set(b)
     assert len(a) == len(b) == 32 and split_groups(scenarios, seed=4) != (a, b)
+
+
+def test_prompts_are_spread_over_scenarios_first():
+    """Several rows per scenario (SEV replies): n prompts come from n scenarios, not n / 3; one
+    row per scenario (emotion-scenarios): the first n scenarios, as before."""
+    from circuits.pipeline import prompts_of
+    from probe.data.schema import EmotionDataset
+
+    recs = [{"id": f"{g}-{k}", "text": f"{g} reply {k}", "label": "joy", "group": g}
+            for g in ("a", "b", "c", "d") for k in range(3)]
+    recs += [{"id": f"{g}-n", "text": f"{g} plain", "label": "neutral", "group": g} for g in "abcd"]
+    ds = EmotionDataset.from_records("toy", recs)
+    texts, groups = prompts_of(ds, "joy", ["a", "b", "c", "d"], 6, "label")
+    assert groups == ["a", "a", "b", "b", "c", "d"]
+    assert texts == ["a reply 0", "a reply 1", "b reply 0", "b reply 1", "c reply 0", "d reply 0"]
+    texts, groups = prompts_of(ds, "neutral", ["b", "c", "d"], 2, "label")
+    assert groups == ["b", "c"] and texts == ["b plain", "c plain"]
