@@ -45,6 +45,7 @@ from circuits.closeness import (
     matched_random,
     normalised_error,
     random_summary,
+    reach,
     signed_error_ci,
 )
 from circuits.components import Component, Group
@@ -266,8 +267,8 @@ def find_circuit(lm, attr: Attribution, metric: Metric, train: Batch, test: Batc
                         scores, tr)
     order = min(tried, key=lambda o: tried[o][0])
     _, ranked, scores, tr = tried[order]
-    reach = np.fmax(tr["signed_low"].abs(), tr["signed_high"].abs())   # the signed CI's far end
-    k, how = choose_size(tr["size"], tr["error"], reach, max_error=config.max_error,
+    k, how = choose_size(tr["size"], tr["error"], reach(tr["signed_low"], tr["signed_high"]),
+                         max_error=config.max_error,
                          n_all=n_all, budget=int(config.max_fraction * n_all))
     te = curves(lm, test, metric, ranked, gs, means, sizes, completeness=True,
                 row_groups=test_groups, n_boot=config.n_boot, **kw)

@@ -154,6 +154,12 @@ def signed_error_ci(m: np.ndarray, m_set: np.ndarray, m_empty: np.ndarray, group
     return value, float(lo), float(hi)
 
 
+def reach(low, high):
+    """How far a signed error's interval reaches from 0: its farther end's magnitude (nan where
+    an end is nan). Works on numbers and on arrays (a curve's rows)."""
+    return np.maximum(np.abs(low), np.abs(high))
+
+
 def area(sizes: Sequence[int], values: Sequence[float], n_all: int) -> float:
     """Trapezoid area of ``values`` over ``size / n_all`` (MIB's CMD for errors, CPR for F)."""
     x = np.asarray(sizes, float) / n_all

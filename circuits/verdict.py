@@ -14,6 +14,7 @@ from __future__ import annotations
 import math
 from collections.abc import Sequence
 
+from circuits.closeness import reach
 from circuits.stability import MIN_JACCARD
 
 #: A circuit is far from random when at most this share of random circuits is as close.
@@ -114,8 +115,7 @@ def error_reach(f) -> float:
     """How far from the model the error's 95% CI reaches: the signed interval's farther end
     when the run has it (its interval brackets the estimate), else the upper bound of ``|E|``."""
     if "signed_error_ci" in f:
-        lo, hi = f["signed_error_ci"]
-        return max(abs(lo), abs(hi)) if not (math.isnan(lo) or math.isnan(hi)) else math.nan
+        return float(reach(*f["signed_error_ci"]))
     return f.get("error_ci", [math.nan, math.nan])[1]
 
 

@@ -29,8 +29,9 @@ objectives: distill (the steered model, given the plain prompt, matches the mode
 designed prompt), distill-amp (that target sharpened away from the plain model, --amplify),
 distill-cd (distill-amp restricted to tokens the prompted model finds plausible, --plausible),
 distill-boot (the designed prompt plus a first vector, --teacher-vector at --teacher-strength,
-distilled into a vector that needs no prompt; it starts from the first vector), preference (the emotion's reply over another emotion's reply to the same prompt), lm (the
-replies' language-model loss)."""
+distilled into a vector that needs no prompt; it starts from the first vector), preference (the
+emotion's reply over another emotion's reply to the same prompt), lm (the replies'
+language-model loss)."""
 
 
 def add_parser(sub) -> dict:

@@ -86,12 +86,10 @@ def teacher_replies(lm, prompts: Sequence[str], emotions: Sequence[str], *,
                     log=None) -> TeacherSet:
     """Greedy replies to ``prompts`` unprompted and under each emotion's designed prompt."""
     decoding = Decoding(max_new_tokens=max_new_tokens)
-    key = hashlib.sha256(json.dumps([lm.fingerprint, list(prompts), list(emotions),
-                                     asdict(decoding)]).encode()).hexdigest()[:12]
-    if cache is not None:
-        path = Path(cache) / f"teacher-{key}.json"
-        if path.is_file():
-            return TeacherSet.load(path)
+    path = _cache_file(cache, "teacher", [lm.fingerprint, list(prompts), list(emotions),
+                                          asdict(decoding)])
+    if path is not None and path.is_file():
+        return TeacherSet.load(path)
     arms = [Arm(condition="unsteered", emotion=None)]
     designed = {}
     for e in emotions:
@@ -105,15 +103,17 @@ def teacher_replies(lm, prompts: Sequence[str], emotions: Sequence[str], *,
                      user_suffixes={e: a.user_suffix for e, a in designed.items()},
                      meta={"model": lm.spec.alias, "weight_fingerprint": lm.fingerprint,
                            "decoding": asdict(decoding), "prompts": "SEV neutral scenarios"})
-    if cache is not None:
+    if path is not None:
         out.save(path)
     return out
 
 
-def vector_sha(vector: SteeringVector) -> str:
-    """A short hash of a vector's values (which steered teacher a reply set came from)."""
-    return hashlib.sha256(b"".join(vector.directions[s].float().cpu().numpy().tobytes()
-                                   for s in sorted(vector.directions, key=str))).hexdigest()[:12]
+def _cache_file(cache: str | Path | None, stem: str, parts: list) -> Path | None:
+    """``<cache>/<stem>-<hash of parts>.json`` (None without a cache folder)."""
+    if cache is None:
+        return None
+    key = hashlib.sha256(json.dumps(parts).encode()).hexdigest()[:12]
+    return Path(cache) / f"{stem}-{key}.json"
 
 
 def steered_teacher(lm, teach: TeacherSet, emotion: str, vector: SteeringVector, strength: float,
@@ -121,14 +121,13 @@ def steered_teacher(lm, teach: TeacherSet, emotion: str, vector: SteeringVector,
                     cache: str | Path | None = None, log=None) -> TeacherSet:
     """``teach`` with ``emotion``'s replies regenerated under its designed prompt *plus*
     ``vector`` at ``strength`` (the teacher of ``distill-boot``); cached like
-    :func:`teacher_replies`, keyed by the vector's values too."""
+    :func:`teacher_replies`, keyed by the vector's checksum too."""
     if not strength or not math.isfinite(strength):
         raise SteeringError(f"a steered teacher needs a finite, non-zero strength, got {strength!r}")
     decoding = Decoding(max_new_tokens=max_new_tokens)
-    digest = vector_sha(vector)
-    key = hashlib.sha256(json.dumps([lm.fingerprint, teach.prompts, emotion, digest, strength,
-                                     asdict(decoding)]).encode()).hexdigest()[:12]
-    path = Path(cache) / f"teacher-steered-{key}.json" if cache is not None else None
+    digest = vector.checksum()
+    path = _cache_file(cache, "teacher-steered", [lm.fingerprint, teach.prompts, emotion, digest,
+                                                  strength, asdict(decoding)])
     if path is not None and path.is_file():
         return TeacherSet.load(path)
     arm = Arm(condition="prompt-designed+steered", emotion=emotion,
@@ -138,7 +137,7 @@ def steered_teacher(lm, teach: TeacherSet, emotion: str, vector: SteeringVector,
     out = TeacherSet(prompts=list(teach.prompts), replies={**teach.replies, emotion: texts},
                      system_prompts=dict(teach.system_prompts), user_suffixes=dict(teach.user_suffixes),
                      meta={**teach.meta, "steered": {emotion: {
-                         "vector": vector.meta.get("method"), "vector_sha": digest,
+                         "vector": vector.meta.get("method"), "vector_checksum": digest,
                          "strength": strength, "unit": "rms", "positions": "last-prompt+generated"}}})
     if path is not None:
         out.save(path)
@@ -164,8 +163,8 @@ def objective_data(name: str, emotion: str, teach: TeacherSet, *, amplify: float
             raise SteeringError("distill-boot distils the designed prompt plus a first vector: give "
                                 "teacher_vector and a non-zero teacher_strength")
         made = (teach.meta.get("steered") or {}).get(emotion, {})
-        if (made.get("strength"), made.get("vector_sha")) != (teacher_strength,
-                                                               vector_sha(teacher_vector)):
+        if (made.get("strength"), made.get("vector_checksum")) != (teacher_strength,
+                                                                    teacher_vector.checksum()):
             raise SteeringError(f"the teacher replies for {emotion} were not generated with this "
                                 "steered teacher; make them with steered_teacher(...) first")
     elif teacher_vector is not None:

@@ -12,10 +12,10 @@ data, where ``forward(batch)`` runs the *steered* model and returns its logits):
                 p_plain^a`` (classifier-free guidance on the prompt), so the vector can do more
                 than the prompt; the teacher may also be steered (``PairData.teacher_vector``:
                 the prompt + a first vector, distilled into a second vector alone, which is
-                ``distill-boot`` in :mod:`steering.train.data`). ``plausible = alpha > 0`` keeps the amplified target on the
-                tokens the prompted model itself finds plausible, ``p_prompted >= alpha x max
-                p_prompted`` (the adaptive plausibility constraint of contrastive decoding, Li
-                et al. 2023): amplification then re-weights what the prompted model would write
+                ``distill-boot`` in :mod:`steering.train.data`). ``plausible = alpha > 0``
+                keeps the amplified target on the tokens the prompted model itself finds
+                plausible, ``p_prompted >= alpha x max p_prompted`` (the adaptive plausibility
+                constraint of contrastive decoding, Li et al. 2023): amplification then re-weights what the prompted model would write
                 instead of promoting rare tokens the prompt merely raised.
 ``preference``  BiPO / RePS-style: the target emotion's reply over the same prompt's reply in
                 another emotion, ``-log sigmoid(beta * (dlogp(y+) - dlogp(y-)))`` with ``dlogp``

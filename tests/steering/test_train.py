@@ -55,6 +55,23 @@ def test_objective_goes_down_and_model_is_untouched(tiny_qwen, name, kw, lr):
     assert vec.meta["method"] == f"trained-{name}" and set(vec.meta["rms"]) == {str(s) for s in vec.sites}
 
 
+def _by_hand(lm, batch, deltas, mask=None):
+    """Logits with ``deltas[layer]`` added to each decoder layer's output (at ``mask`` only, if
+    given) by plain torch forward hooks, independent of the hook layer under test."""
+    def add(d):
+        d = d if mask is None else mask.unsqueeze(-1) * d
+        def hook(module, args, out):
+            return (out[0] + d,) + tuple(out[1:]) if isinstance(out, tuple) else out + d
+        return hook
+
+    handles = [lm.model.model.layers[L].register_forward_hook(add(d)) for L, d in deltas.items()]
+    try:
+        return lm.model(**batch.inputs).logits
+    finally:
+        for h in handles:
+            h.remove()
+
+
 def test_saved_vector_adds_what_was_trained(tiny_qwen):
     lm = tiny_qwen
     vec, _ = train_vector(lm, _data(), objective("lm"), _fast(positions="all", steps=5))
@@ -64,19 +81,7 @@ def test_saved_vector_adds_what_was_trained(tiny_qwen):
         with vec.apply(lm, strength=1.0, positions="all"):
             steered = lm.model(**batch.inputs).logits
         # the same additions written by hand at each layer's output
-        deltas = {s.layer: vec.rms(s) * vec.directions[s] for s in vec.sites}
-        def add(d):
-            def hook(module, args, out):
-                return (out[0] + d,) + tuple(out[1:]) if isinstance(out, tuple) else out + d
-            return hook
-
-        handles = [lm.model.model.layers[L].register_forward_hook(add(d))
-                   for L, d in deltas.items()]
-        try:
-            by_hand = lm.model(**batch.inputs).logits
-        finally:
-            for h in handles:
-                h.remove()
+        by_hand = _by_hand(lm, batch, {s.layer: vec.rms(s) * vec.directions[s] for s in vec.sites})
     m = batch.attention_mask.bool()
     assert not torch.allclose(steered[m], plain[m])
     scale = by_hand[m].abs().max()
@@ -273,7 +278,7 @@ def _vector(lm, layers=(0, 1), seed=0):
 
 
 def test_distill_boot_needs_the_steered_teacher_it_names(tiny_qwen):
-    from steering.train.data import objective_data, vector_sha
+    from steering.train.data import objective_data
 
     teach, vec = _teach(), _vector(tiny_qwen)
     with pytest.raises(SteeringError, match="teacher_vector"):
@@ -282,7 +287,7 @@ def test_distill_boot_needs_the_steered_teacher_it_names(tiny_qwen):
         objective_data("distill-boot", "anger", teach, teacher_vector=vec, teacher_strength=0.5)
     with pytest.raises(SteeringError, match="only distill-boot takes a teacher vector"):
         objective_data("distill-cd", "anger", teach, teacher_vector=vec, teacher_strength=0.5)
-    teach.meta["steered"] = {"anger": {"strength": 0.5, "vector_sha": vector_sha(vec)}}
+    teach.meta["steered"] = {"anger": {"strength": 0.5, "vector_checksum": vec.checksum()}}
     with pytest.raises(SteeringError, match="were not generated"):   # another vector's replies
         objective_data("distill-boot", "anger", teach, teacher_vector=_vector(tiny_qwen, seed=1),
                        teacher_strength=0.5)
@@ -304,20 +309,8 @@ def test_steered_teacher_adds_the_vector_at_the_steered_positions(tiny_qwen):
         plain = lm.model(**b.inputs).logits
         with data.teacher_hooks(lm, b):
             steered = lm.model(**b.inputs).logits
-
-        def add(d):
-            def hook(module, args, out):
-                delta = mask.unsqueeze(-1) * d
-                return (out[0] + delta,) + tuple(out[1:]) if isinstance(out, tuple) else out + delta
-            return hook
-
-        handles = [lm.model.model.layers[s.layer].register_forward_hook(add(0.7 * 1.5 * v))
-                   for s, v in vec.directions.items()]
-        try:
-            by_hand = lm.model(**b.inputs).logits
-        finally:
-            for h in handles:
-                h.remove()
+        by_hand = _by_hand(lm, b, {s.layer: 0.7 * 1.5 * v for s, v in vec.directions.items()},
+                           mask=mask)
     m = b.attention_mask.bool()
     torch.testing.assert_close(steered[m], by_hand[m], rtol=1e-4, atol=1e-5 * float(by_hand[m].abs().max()))
     # the prompt before its last token is not steered; the reply is
@@ -338,7 +331,7 @@ def test_steered_teacher_replies_are_generated_once_and_recorded(tiny_qwen, tmp_
     out = D.steered_teacher(tiny_qwen, teach, "anger", vec, 0.5, max_new_tokens=4, cache=tmp_path)
     assert out.replies["joy"] == teach.replies["joy"] and out.prompts == teach.prompts
     assert len(out.replies["anger"]) == len(PROMPTS) and out.replies["anger"] != teach.replies["anger"]
-    assert out.meta["steered"]["anger"] == {"vector": "trained-distill-cd", "vector_sha": D.vector_sha(vec),
+    assert out.meta["steered"]["anger"] == {"vector": "trained-distill-cd", "vector_checksum": vec.checksum(),
                                             "strength": 0.5, "unit": "rms",
                                             "positions": "last-prompt+generated"}
     monkeypatch.setattr(D, "generate_arms", lambda *a, **k: pytest.fail("regenerated"))
