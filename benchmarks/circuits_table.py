@@ -26,10 +26,10 @@ def _ci(v, lo, hi) -> str:
 
 
 def circuits(folder: Path) -> list[str]:
-    out = ["| emotion | size (heads + neurons) | share | error, held out | signed error, held out | "
-           "error, train | random circuits: median (closest 5%) | as close | CMD area | "
-           "split-half Jaccard | missed |",
-           "|---|---|---|---|---|---|---|---|---|---|---|"]
+    out = ["| emotion | found by | size (heads + neurons) | share | error, held out | "
+           "signed error, held out | error, train | random circuits: median (closest 5%) | "
+           "as close | CMD area (ranking) | split-half Jaccard | missed |",
+           "|---|---|---|---|---|---|---|---|---|---|---|---|"]
     abl = ["| emotion | mean | zero | resample | says: (behaviour) | says:, random median |",
            "|---|---|---|---|---|---|"]
     for p in sorted(folder.glob("circuit_*.json")):
@@ -51,15 +51,25 @@ def circuits(folder: Path) -> list[str]:
             missed.append("far from random")
         if not s.get("stable"):
             missed.append("stable")
+        sr = info.get("search") or {}
+        found = "ranking"
+        if sr.get("chosen"):
+            t = next(t for t in sr["tried"] if t["size"] == c["size"])
+            found = f"search ({100 * t['changed']:.0f}% swapped)"
+        if s.get("of") == "search":
+            rs = info.get("ranking_stability", {})
+            stab = (f"{_f(s.get('jaccard'))} (rank + search, {s['n_splits']} split; ranking "
+                    f"{_f(rs.get('jaccard'))})")
+        else:
+            stab = _ci(s.get('jaccard'), s.get('ci_low'), s.get('ci_high'))
         out.append(
-            f"| {c['name']} | {c['size']} ({comp['heads']} + {comp['neurons']}) | "
+            f"| {c['name']} | {found} | {c['size']} ({comp['heads']} + {comp['neurons']}) | "
             f"{100 * c['fraction']:.2f}% | {_ci(f['error'], *f['error_ci'])} | "
             f"{_ci(f['signed_error'], *f['signed_error_ci']) if 'signed_error' in f else 'n/a'} | "
             f"{_ci(f['error_train'], *f['error_train_ci'])} ({f['chosen_by']}) | "
             f"{_f(r.get('median'))} ({_f(r.get('p05'))}) | "
             f"{_f(100 * r['share_as_close'], 0) + '%' if r else 'n/a'} | {_f(f['area_error'], 3)} | "
-            f"{_ci(s.get('jaccard'), s.get('ci_low'), s.get('ci_high'))} | "
-            f"{', '.join(missed) or 'none'} |")
+            f"{stab} | {', '.join(missed) or 'none'} |")
         a = f.get("ablations", {})
         b = f.get("behaviour", {})
         cell = lambda d: _ci(d["error"], *d["error_ci"]) if d else "n/a"  # noqa: E731

@@ -34,7 +34,7 @@ import numpy as np
 import pandas as pd
 
 from circuits.attribution import Attribution
-from circuits.baselines import MeanBaseline
+from circuits.baselines import MeanBaseline, take
 from circuits.closeness import (
     MAX_ERROR,
     area,
@@ -52,7 +52,8 @@ from circuits.components import Component, Group
 from circuits.metrics import Metric
 from circuits.runs import Compute
 from probe.errors import EmoprobeError
-from circuits.stability import split_half
+from circuits.search import search
+from circuits.stability import MIN_JACCARD, jaccard, split_half
 from probe.forward import Batch
 
 FORMAT = "emoprobe.circuit/1"
@@ -81,6 +82,12 @@ class CircuitConfig:
         n_random_behaviour: Of those, how many are also judged on the behavioural metric.
         n_splits: Random half splits for the split-half stability.
         seed: Random circuits.
+        search_rounds: When the ranking reaches no circuit close at the CI level within the
+            budget, refine its top ``budget`` by the closeness search (:mod:`circuits.search`)
+            for at most this many rounds on training prompts, then halve the size while the
+            searched circuit stays close (``search_halvings`` times at most); 0: no search.
+        search_splits: Split-half checks of a searched circuit (rank and search on each half
+            of the training scenarios, Jaccard of the two circuits).
     """
 
     types: tuple[str, ...] = ("heads", "neurons")
@@ -94,6 +101,9 @@ class CircuitConfig:
     n_splits: int = 200
     seed: int = 0
     rows_per_forward: int = 48
+    search_rounds: int = 0
+    search_halvings: int = 3
+    search_splits: int = 1
 
 
 @dataclass
@@ -128,7 +138,7 @@ class Circuit:
     def save(self, path: str | Path) -> Path:
         path = Path(path)
         path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_text(json.dumps(self.to_dict(), indent=1, allow_nan=False,
+        path.write_text(json.dumps(_finite(self.to_dict()), indent=1, allow_nan=False,
                                    default=_json_default) + "\n")
         return path
 
@@ -142,6 +152,18 @@ class Circuit:
         return cls(data["name"], data["metric"], comps, [c["score"] for c in data["components"]],
                    data["n_candidates"], data.get("faithfulness", {}),
                    data.get("completeness", {}), data.get("info", {}))
+
+
+def _finite(obj):
+    """NaN and infinite floats as None, recursively (JSON has neither; e.g. a split-half check
+    with too few scenarios, an error whose empty circuit equals the model)."""
+    if isinstance(obj, dict):
+        return {k: _finite(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [_finite(v) for v in obj]
+    if isinstance(obj, (float, np.floating)) and not np.isfinite(obj):
+        return None
+    return obj
 
 
 def _json_default(obj):
@@ -274,14 +296,41 @@ def find_circuit(lm, attr: Attribution, metric: Metric, train: Batch, test: Batc
                 row_groups=test_groups, n_boot=config.n_boot, **kw)
     at, at_tr = te[te["size"] == k].iloc[0], tr[tr["size"] == k].iloc[0]
     chosen = ranked[:k]
+    searched, stab = None, None
+    if config.search_rounds and 0 < budget < n_all and not (how == "upper CI" and k <= budget):
+        found = _search_sizes(lm, train, metric, ranked, gs, means, config, train_groups, budget,
+                              compute)
+        pick = _pick([(r["size"], r["error"], reach(r["signed_low"], r["signed_high"]), i)
+                      for i, (_, r) in enumerate(tr.iterrows()) if 0 < r["size"] < n_all]
+                     + [(len(res.components), row["error"], reach(row["signed_low"],
+                                                                    row["signed_high"]), -1 - j)
+                        for j, (res, row) in enumerate(found)], config.max_error, budget)
+        searched = {"tried": [{"size": len(res.components), **res.as_dict(),
+                               "error_train": float(row["error"]),
+                               "signed_error_train": float(row["signed_error"]),
+                               "signed_train_ci": [float(row["signed_low"]), float(row["signed_high"])]}
+                              for res, row in found], "chosen": pick[0] < 0}
+        if pick[0] < 0:
+            res, at_tr = found[-1 - pick[0]]
+            chosen, k, how = res.components, len(res.components), pick[1]
+            at = curves(lm, test, metric, _first(chosen, ranked), gs, means, (0, k), completeness=True,
+                        row_groups=test_groups, n_boot=config.n_boot, **kw).iloc[1]
+            stab = _search_stability(lm, attr, train, metric, gs, means, config, train_groups,
+                                     k, order, sign, compute)
+        else:
+            k, how = int(tr["size"].iloc[pick[0]]), pick[1]
+            at, at_tr = te[te["size"] == k].iloc[0], tr[tr["size"] == k].iloc[0]
+            chosen = ranked[:k]
     judged = _judge(lm, chosen, ranked0, gs, metric, test, means, config, test_groups,
                     ablation_baselines, behaviour, test_texts, compute)
     per_row, comps = _per_row(attr, gs)
     idx = {c: i for i, c in enumerate(comps)}
-    stab = split_half(per_row[:, [idx[c] for c in ranked]], _row_groups(attr, train_groups),
-                      k=k, order=order, sign=sign, n_splits=config.n_splits)
+    ranking_stab = split_half(per_row[:, [idx[c] for c in ranked]], _row_groups(attr, train_groups),
+                              k=k, order=order, sign=sign, n_splits=config.n_splits)
+    stab = stab or {**ranking_stab, "of": "ranking"}
+    score = dict(zip(ranked, scores))
     circuit = Circuit(
-        name, metric.name, chosen, [float(s) for s in scores[:k]], n_all,
+        name, metric.name, chosen, [float(score[c]) for c in chosen], n_all,
         faithfulness={"error": float(at["error"]), "error_ci": [float(at["error_low"]),
                                                                  float(at["error_high"])],
                       "signed_error": float(at["signed_error"]),
@@ -304,9 +353,81 @@ def find_circuit(lm, attr: Attribution, metric: Metric, train: Batch, test: Batc
               "orders_tried": {o: v[0] for o, v in tried.items()},
               "types": list(config.types), "composition": composition(chosen),
               "close_on_train": how != "not reached", "stability": stab,
+              "ranking_stability": ranking_stab, "search": searched,
               "within_budget": k <= config.max_fraction * n_all, "max_fraction": config.max_fraction,
               "compute": compute.as_dict()})
     return circuit, pd.concat([tr.assign(split="train"), te.assign(split="test")], ignore_index=True)
+
+
+def _pick(cands: list[tuple], max_error: float, budget: int) -> tuple[int, str]:
+    """``(key, how)`` of the circuit chosen among ``(size, error, reach, key)`` candidates: the
+    smallest whose error's CI reaches no further than ``max_error``, else the smallest whose
+    point estimate is within it, else the closest within ``budget`` (:func:`choose_size`'s rule;
+    at equal size the smaller error)."""
+    cands = sorted(cands, key=lambda c: (c[0], c[1]))
+    for test, how in ((lambda c: np.isfinite(c[2]) and c[2] <= max_error, "upper CI"),
+                      (lambda c: c[1] <= max_error, "point estimate")):
+        ok = [c for c in cands if test(c)]
+        if ok:
+            return ok[0][3], how
+    pool = [c for c in cands if c[0] <= budget] or cands
+    return min(pool, key=lambda c: (c[1] if np.isfinite(c[1]) else np.inf, c[0]))[3], "not reached"
+
+
+def _first(chosen, ranked) -> list:
+    """Every candidate, ``chosen`` first (its top ``len(chosen)`` is the circuit)."""
+    inside = set(chosen)
+    return list(chosen) + [c for c in ranked if c not in inside]
+
+
+def _search_sizes(lm, train, metric, ranked, gs, means, config, train_groups, budget, compute):
+    """Search at the budget, then at half the size while the searched circuit stays close on
+    training prompts (its signed CI within ``max_error``); ``[(SearchResult, train row)]``."""
+    out, size = [], budget
+    for _ in range(config.search_halvings + 1):
+        res = search(lm, train, metric, gs, means, ranked[:size], rounds=config.search_rounds)
+        compute.add(res.compute)
+        row = curves(lm, train, metric, _first(res.components, ranked), gs, means, (0, size), completeness=False,
+                     row_groups=train_groups, n_boot=config.n_boot,
+                     rows_per_forward=config.rows_per_forward, compute=compute).iloc[1]
+        out.append((res, row))
+        if reach(row["signed_low"], row["signed_high"]) > config.max_error or size < 2:
+            break
+        size //= 2
+    return out
+
+
+def _search_stability(lm, attr, train, metric, gs, means, config, train_groups, k, order, sign,
+                      compute) -> dict:
+    """Rank and search on each half of the training scenarios; the Jaccard of the two circuits
+    (``config.search_splits`` random splits; each half ranks with its own attribution rows and
+    searches on its own training prompts)."""
+    per_row, comps = _per_row(attr, gs)
+    rgroups = np.asarray(_row_groups(attr, None) or [], dtype=str)
+    tgroups = np.asarray(train_groups if train_groups is not None else range(len(train)), dtype=str)
+    uniq = np.unique(tgroups)
+    base = {"k": k, "n_splits": 0, "groups": len(uniq), "of": "search", "stable": False,
+            "jaccard": float("nan"), "ci_low": float("nan"), "ci_high": float("nan")}
+    if len(uniq) < 4:
+        return {**base, "note": "fewer than 4 training scenarios: no split"}
+    rng = np.random.default_rng(config.seed)
+    vals = []
+    for _ in range(config.search_splits):
+        perm = rng.permutation(uniq)
+        found = []
+        for half in (perm[:len(uniq) // 2], perm[len(uniq) // 2:]):
+            rows = np.isin(rgroups, half) if len(rgroups) == len(per_row) else np.ones(0, bool)
+            mean = per_row[rows].mean(0) if rows.any() else per_row.mean(0)
+            key = -np.abs(mean) if order == "abs" else sign * mean
+            ranked = [comps[i] for i in np.argsort(key, kind="stable")]
+            sub = take(train, np.flatnonzero(np.isin(tgroups, half)))
+            res = search(lm, sub, metric, gs, means, ranked[:k], rounds=config.search_rounds)
+            compute.add(res.compute)
+            found.append(set(res.components))
+        vals.append(jaccard(*found))
+    j = float(np.median(vals))
+    return {**base, "n_splits": len(vals), "jaccard": j, "ci_low": float(min(vals)),
+            "ci_high": float(max(vals)), "stable": bool(j >= MIN_JACCARD)}
 
 
 #: Errors above this are drawn and integrated as this (an overshooting circuit can reach 100s).

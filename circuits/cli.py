@@ -121,6 +121,18 @@ def register(sub) -> dict:
                         "within (upper CI bound on training prompts; default: %(default)s)")
     g.add_argument("--max-fraction", type=float, default=0.05,
                    help="size budget as a share of the candidates (default: %(default)s)")
+    g.add_argument("--search-rounds", type=int, default=20,
+                   help="when the ranking's top 5%% is not close to the model at the CI level, "
+                        "refine it by swaps measured on training prompts (circuits.search) for "
+                        "at most N rounds, then try half the size while it stays close; 0: take "
+                        "the ranking's top k as it is (default: %(default)s)")
+    g.add_argument("--search-halvings", type=int, default=3,
+                   help="after a search at the budget, halve the size and search again while "
+                        "the circuit stays close on training prompts, at most N times; 0: the "
+                        "budget size only (default: %(default)s)")
+    g.add_argument("--search-splits", type=int, default=1,
+                   help="split-half checks of a searched circuit: rank and search on each half "
+                        "of the training scenarios (default: %(default)s)")
     g.add_argument("--random-circuits", type=int, default=20,
                    help="random circuits of the same composition judged beside each circuit "
                         "(default: %(default)s)")
@@ -148,8 +160,9 @@ def check_args(args, dataset=None) -> None:
     for name in ("prompts", "validate_prompts", "circuit_prompts", "batch_size", "ig_steps"):
         if getattr(args, name) < 1:
             raise UsageError(f"--{name.replace('_', '-')} must be >= 1")
-    if args.random_circuits < 0:
-        raise UsageError("--random-circuits must be >= 0")
+    for name in ("random_circuits", "search_rounds", "search_halvings", "search_splits"):
+        if getattr(args, name) < 0:
+            raise UsageError(f"--{name.replace('_', '-')} must be >= 0")
     if args.edges < 0:
         raise UsageError("--edges must be >= 0")
     for name in ("max_error", "max_fraction", "test_fraction"):
@@ -201,7 +214,9 @@ def cmd_circuits(args) -> int:
         max_fraction=args.max_fraction, random_circuits=args.random_circuits,
         ablations=args.ablations, behaviour=args.behaviour,
         influence_prompts=args.influence_prompts, test_fraction=args.test_fraction,
-        seed=args.seed, batch_size=args.batch_size, ig_steps=args.ig_steps, edges=args.edges)
+        seed=args.seed, batch_size=args.batch_size, ig_steps=args.ig_steps, edges=args.edges,
+        search_rounds=args.search_rounds, search_halvings=args.search_halvings,
+        search_splits=args.search_splits)
     dataset = load_data(args)
     check_args(args, dataset)
     lm = load_model(args)

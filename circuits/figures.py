@@ -151,7 +151,8 @@ def plot_faithfulness(curves: pd.DataFrame, *, max_error: float = 0.2, budget: i
     ``curves`` has columns ``name`` (emotion), ``size``, ``error[_low/_high]``; only held-out
     rows are drawn when ``split`` exists. 0 = the circuit reproduces the model, 1 = no better
     than the empty circuit; errors above 2 (overshoot) are drawn at 2. ``budget``: a size to
-    mark; ``chosen``: ``{name: size}`` (stars); ``random``: ``{name: (median, p05)}`` errors of
+    mark; ``chosen``: ``{name: size}`` or ``{name: (size, error)}`` (stars; the error where the
+    circuit is not the curve's top k, e.g. a searched one); ``random``: ``{name: (median, p05)}`` errors of
     random circuits of the chosen size and composition (a bar from p05 to the median).
     """
     if "split" in curves:
@@ -169,10 +170,11 @@ def plot_faithfulness(curves: pd.DataFrame, *, max_error: float = 0.2, budget: i
             ax.fill_between(x, d["error_low"].clip(upper=cap), d["error_high"].clip(upper=cap),
                             color=color, alpha=0.15, lw=0)
             if chosen and name in chosen:
-                k = chosen[name]
+                k, err = chosen[name] if isinstance(chosen[name], tuple) else (chosen[name], None)
                 y = d.loc[d["size"] == k, "error"]
+                y = [err] if err is not None else list(y)
                 if len(y):
-                    ax.plot([max(k, 0.5)], [min(cap, float(y.iloc[0]))], marker="*", ms=7,
+                    ax.plot([max(k, 0.5)], [min(cap, float(y[0]))], marker="*", ms=7,
                             color=color, markeredgecolor="k", markeredgewidth=0.4, zorder=5)
                 if random and name in random:
                     med, p05 = random[name]
@@ -189,7 +191,8 @@ def plot_faithfulness(curves: pd.DataFrame, *, max_error: float = 0.2, budget: i
         ax.set_xlabel("circuit size (components; 0 drawn at 0.5)")
         ax.set_ylabel("normalised error (0 = the model)")
         ax.set_title(title or "held-out prompts: error of the top-k circuit\n"
-                              "(star: chosen; bar: random circuits, p05-median; >2 drawn at 2)",
+                              "(star: the circuit judged, off the curve when searched;\n"
+                              "bar: random circuits, p05-median; >2 drawn at 2)",
                      fontsize=7)
         ax.legend(frameon=False, fontsize=6, loc="lower left")
     return _done(fig, out)
@@ -207,23 +210,29 @@ def plot_circuit(circuit, *, n_layers: int, n_heads: int, title: str | None = No
         fig = _figure((6.0, 3.0))
         ax = fig.subplots()
         per_layer: dict[int, int] = {}
-        xs, ys, sizes, colors = [], [], [], []
+        xs, ys, sizes, colors, depth = [], [], [], [], []
         for c, s in zip(comps, scores):
             if c.type == "heads":
-                y = n_heads - c.unit
+                ys.append(n_heads - c.unit)
+                depth.append(0)
             else:
                 per_layer[c.layer] = per_layer.get(c.layer, 0) + 1
-                y = -per_layer[c.layer] * 0.5
+                ys.append(0.0)
+                depth.append(per_layer[c.layer])
             xs.append(c.layer)
-            ys.append(y)
             sizes.append(max(2.0, s * scale))
             colors.append(TYPE_COLORS.get(c.type, "k"))
+        # the neuron band takes as much height as the heads' whatever its depth (a layer can
+        # hold hundreds): the i-th neuron of a layer sits i / deepest of the way down
+        deepest = max(per_layer.values(), default=1)
+        ys = [y if d == 0 else -n_heads * d / deepest for y, d in zip(ys, depth)]
         ax.scatter(xs, ys, s=sizes, c=colors, alpha=0.8, linewidths=0)  # one call: 1000s of units
         ax.axhline(0.25, color="#CCCCCC", lw=0.5)
-        deepest = max(per_layer.values(), default=1)
-        ax.set_yticks([n_heads - h for h in range(n_heads)] + [-(deepest + 1) * 0.25],
-                      [f"head {h}" for h in range(n_heads)] + ["neurons"])
-        ax.set_ylim(-(deepest + 1) * 0.5, n_heads + 0.7)
+        ax.set_yticks([n_heads - h for h in range(n_heads)] + [-n_heads / 2],
+                      [f"head {h}" for h in range(n_heads)]
+                      + [f"neurons\n(best first,\nup to {deepest}\nper layer)"])
+        ax.tick_params(axis="y", labelsize=max(3.5, min(6.0, 60 / max(n_heads, 1))))
+        ax.set_ylim(-n_heads - 0.7, n_heads + 0.7)
         ax.set_xlim(-0.5, n_layers - 0.5)
         ax.set_xlabel("layer")
         n_h = sum(c.type == "heads" for c in comps)

@@ -85,6 +85,9 @@ class CircuitsConfig:
     ig_steps: int = 8
     resid_positions: int = 8
     edges: int = 0  # EAP on every edge + edge patching of the top N and N random ones
+    search_rounds: int = 20  # closeness search when the ranking's top 5% is not close (0: off)
+    search_halvings: int = 3
+    search_splits: int = 1
 
 
 def _metrics(lm, dataset, cfg: CircuitsConfig, train, out: Path):
@@ -165,7 +168,8 @@ def run_circuits(lm, dataset, cfg: CircuitsConfig, out: str | Path, *,
         curves = pd.concat(curves_all, ignore_index=True)
         figures.plot_faithfulness(curves, max_error=cfg.max_error,
                                   budget=int(cfg.max_fraction * circuits[0].n_candidates),
-                                  chosen={c.name: c.size for c in circuits},
+                                  chosen={c.name: (c.size, c.faithfulness["error"])
+                                          for c in circuits},
                                   random={c.name: (c.faithfulness["random"]["median"],
                                                    c.faithfulness["random"]["p05"])
                                           for c in circuits if "random" in c.faithfulness},
@@ -375,7 +379,8 @@ def _circuit(lm, dataset, cfg, label, metric, ctypes, attr: Attribution, means, 
             f"{len(tr_texts)} training prompts ({attr.compute.seconds:.0f} s)")
     config = CircuitConfig(types=ctypes, max_error=cfg.max_error, max_fraction=cfg.max_fraction,
                            rows_per_forward=cfg.rows_per_forward, n_random=cfg.random_circuits,
-                           seed=cfg.seed)
+                           seed=cfg.seed, search_rounds=cfg.search_rounds,
+                           search_halvings=cfg.search_halvings, search_splits=cfg.search_splits)
     abl = {"mean": means, "zero": ZeroBaseline(), "resample": resample} if resample else None
     behaviour = says(lm, label) if cfg.behaviour and label in EMOTION_WORDS and \
         not metric.name.startswith("says:") else None

@@ -117,6 +117,11 @@ def forward_with_leaves(lm, batch: Batch, metric: Metric, taps: Sequence[Site], 
                            before=before, after=after)
 
 
+def metric_under(lm, batch: Batch, metric: Metric, fns: Mapping) -> Tensor:
+    """The per-row metric under hooks ``fns``, with gradients (hooks may carry parameters)."""
+    return _call(lm, batch, metric, fns)
+
+
 @torch.no_grad()
 def forward_metric(lm, batch: Batch, metric: Metric, fns: Mapping | None = None, *,
                    start: int = 0, resid: Tensor | None = None) -> Tensor:

@@ -58,7 +58,9 @@ def describe(circuit, types: Sequence[str]) -> list[str]:
            "not reached": "no size short of every candidate reached an error"}[f["chosen_by"]]
     lines = [
         f"circuit: {circuit.size} of {circuit.n_candidates} {'+'.join(types)} "
-        f"({100 * circuit.fraction:.2f}%; ranked {info['order']}), chosen as {how} "
+        f"({100 * circuit.fraction:.2f}%; ranked {info['order']}"
+        + (", then searched" if (info.get("search") or {}).get("chosen") else "")
+        + f"), chosen as {how} "
         f"<= {f['max_error']:g}" + (" on training prompts; the closest size within the budget "
                                     "is judged" if f["chosen_by"] == "not reached" else ""),
         f"  held-out normalised error |M_k - M| / |M_0 - M| on {f['n_test']} prompts: "
@@ -72,6 +74,15 @@ def describe(circuit, types: Sequence[str]) -> list[str]:
         f"{_f(c['test'])} {_ci([c['ci_low'], c['ci_high']])}; area over sizes: error (CMD) "
         f"{_f(f['area_error'])}, faithfulness (CPR) {_f(f['area_faithfulness'])}",
     ]
+    sr = info.get("search")
+    if sr:
+        parts = [f"{t['size']}: error {_f(t['error_train'])} (signed {_s(t['signed_error_train'])} "
+                 f"{_sci(t['signed_train_ci'])}), loss {t['loss_start']:.2f} -> {t['loss']:.2f}, "
+                 f"{100 * t['changed']:.0f}% swapped in {t['rounds']} rounds"
+                 for t in sr["tried"]]
+        lines.insert(1, "  closeness search on training prompts at size " + "; ".join(parts)
+                     + (" -- the searched circuit is judged" if sr["chosen"] else
+                        " -- the ranking's circuit is judged"))
     if "random" in f:
         r = f["random"]
         lines.append(f"  {r['n']} random circuits of the same composition: error median "
@@ -90,7 +101,16 @@ def describe(circuit, types: Sequence[str]) -> list[str]:
                      f"{b['M_k']:.3g}, empty {b['M_0']:.3g}): error {_f(b['error'])} "
                      f"{_ci(b['error_ci'])}{rnd}")
     s = info.get("stability", {})
-    if s.get("n_splits"):
+    if s.get("n_splits") and s.get("of") == "search":
+        rs = info.get("ranking_stability", {})
+        lines.append(f"  split-half stability of the searched circuit (each half of {s['groups']} "
+                     f"training scenarios ranks and searches; {s['n_splits']} split(s)): Jaccard "
+                     f"{_f(s['jaccard'])}" + (f" [{_f(s['ci_low'])}, {_f(s['ci_high'])}]"
+                                              if s["n_splits"] > 1 else "")
+                     + ("" if s["stable"] else f" (NOT stable: below {MIN_JACCARD})")
+                     + (f"; of the ranking's top {rs['k']}: {_f(rs['jaccard'])} "
+                        f"{_ci([rs['ci_low'], rs['ci_high']])}" if rs.get("n_splits") else ""))
+    elif s.get("n_splits"):
         lines.append(f"  split-half stability of the ranking (top {s['k']}, {s['n_splits']} splits "
                      f"of {s['groups']} scenarios): Jaccard {_f(s['jaccard'])} "
                      f"{_ci([s['ci_low'], s['ci_high']])}"

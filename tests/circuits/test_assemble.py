@@ -93,6 +93,12 @@ def test_overlap_and_bad_inputs(setup, tmp_path):
     ov = overlap([a, b])
     assert ov.loc["a", "b"] == 0.5 and ov.loc["a", "a"] == 1
     (tmp_path / "x.json").write_text(json.dumps({"format": "other"}))
+    # what JSON cannot hold (a split-half check with too few scenarios, an infinite error) is
+    # written as null, and the file still loads
+    c = Circuit("c", "m", [], [], 10, faithfulness={"error": float("inf")},
+                info={"stability": {"jaccard": float("nan")}})
+    back = Circuit.load(c.save(tmp_path / "nan.json"))
+    assert back.faithfulness["error"] is None and back.info["stability"]["jaccard"] is None
     with pytest.raises(CircuitError, match="not a circuit file"):
         Circuit.load(tmp_path / "x.json")
     with pytest.raises(CircuitError, match="no sublayers"):

@@ -96,6 +96,7 @@ def test_a_whole_run_on_a_tiny_model(capsys, tiny_dir, tmp_path, cache, small):
     (["--max-error", "0"], "--max-error must be > 0"),
     (["--test-fraction", "1"], "--test-fraction must be > 0 and < 1"),
     (["--random-circuits", "-1"], "--random-circuits must be >= 0"),
+    (["--search-rounds", "-2"], "--search-rounds must be >= 0"),
     (["--circuit-types", "heads,bananas"], "unknown component type"),
 ])
 def test_bad_input_is_explained_before_the_model_loads(capsys, tiny_dir, tmp_path, cache, small,

@@ -36,6 +36,10 @@ def test_every_figure_writes_png_and_svg(tmp_path):
     fig = figures.plot_faithfulness(cv, chosen={"joy": 10}, random={"joy": (0.9, 0.6)},
                                     budget=6, out=tmp_path / "f")
     assert fig.axes[0].lines[0].get_ydata().max() == 2.0  # overshoot (3.5) drawn at the cap
+    # a searched circuit is not the curve's top k: its star sits at its own error
+    fig = figures.plot_faithfulness(cv, chosen={"joy": (10, 0.05)}, budget=6)
+    stars = [ln for ln in fig.axes[0].lines if ln.get_marker() == "*"]
+    assert len(stars) == 1 and list(stars[0].get_ydata()) == [0.05]
     c = Circuit("joy", "m", [Component.parse("blocks.1.attn.hook_z[2]"),
                              Component.parse("blocks.3.mlp.hook_post[7]")], [2.0, -1.0], 132)
     figures.plot_circuit(c, n_layers=4, n_heads=3, out=tmp_path / "c")
