@@ -50,10 +50,11 @@ from circuits.closeness import (
 )
 from circuits.components import Component, Group
 from circuits.metrics import Metric
+from circuits.report import clean_json
 from circuits.runs import Compute
 from probe.errors import EmoprobeError
 from circuits.search import search
-from circuits.stability import MIN_JACCARD, jaccard, split_half
+from circuits.stability import MIN_JACCARD, jaccard, split_half, top_k
 from probe.forward import Batch
 
 FORMAT = "emoprobe.circuit/1"
@@ -138,7 +139,7 @@ class Circuit:
     def save(self, path: str | Path) -> Path:
         path = Path(path)
         path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_text(json.dumps(_finite(self.to_dict()), indent=1, allow_nan=False,
+        path.write_text(json.dumps(clean_json(self.to_dict()), indent=1, allow_nan=False,
                                    default=_json_default) + "\n")
         return path
 
@@ -152,18 +153,6 @@ class Circuit:
         return cls(data["name"], data["metric"], comps, [c["score"] for c in data["components"]],
                    data["n_candidates"], data.get("faithfulness", {}),
                    data.get("completeness", {}), data.get("info", {}))
-
-
-def _finite(obj):
-    """NaN and infinite floats as None, recursively (JSON has neither; e.g. a split-half check
-    with too few scenarios, an error whose empty circuit equals the model)."""
-    if isinstance(obj, dict):
-        return {k: _finite(v) for k, v in obj.items()}
-    if isinstance(obj, (list, tuple)):
-        return [_finite(v) for v in obj]
-    if isinstance(obj, (float, np.floating)) and not np.isfinite(obj):
-        return None
-    return obj
 
 
 def _json_default(obj):
@@ -418,10 +407,9 @@ def _search_stability(lm, attr, train, metric, gs, means, config, train_groups, 
         for half in (perm[:len(uniq) // 2], perm[len(uniq) // 2:]):
             rows = np.isin(rgroups, half) if len(rgroups) == len(per_row) else np.ones(0, bool)
             mean = per_row[rows].mean(0) if rows.any() else per_row.mean(0)
-            key = -np.abs(mean) if order == "abs" else sign * mean
-            ranked = [comps[i] for i in np.argsort(key, kind="stable")]
+            start = [comps[i] for i in top_k(mean, k, order=order, sign=sign)]
             sub = take(train, np.flatnonzero(np.isin(tgroups, half)))
-            res = search(lm, sub, metric, gs, means, ranked[:k], rounds=config.search_rounds)
+            res = search(lm, sub, metric, gs, means, start, rounds=config.search_rounds)
             compute.add(res.compute)
             found.append(set(res.components))
         vals.append(jaccard(*found))

@@ -122,7 +122,7 @@ def register(sub) -> dict:
     g.add_argument("--max-fraction", type=float, default=0.05,
                    help="size budget as a share of the candidates (default: %(default)s)")
     g.add_argument("--search-rounds", type=int, default=20,
-                   help="when the ranking's top 5%% is not close to the model at the CI level, "
+                   help="when no ranked circuit within the size budget is close to the model at the CI level, "
                         "refine it by swaps measured on training prompts (circuits.search) for "
                         "at most N rounds, then try half the size while it stays close; 0: take "
                         "the ranking's top k as it is (default: %(default)s)")

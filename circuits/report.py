@@ -106,11 +106,12 @@ def _default(obj):
 
 
 def clean_json(obj):
-    """Replace NaN floats by None recursively (JSON has no NaN)."""
+    """Replace NaN and infinite floats by None recursively (JSON has neither; e.g. a split-half
+    check with too few scenarios, an error whose empty circuit equals the model)."""
     if isinstance(obj, dict):
         return {k: clean_json(v) for k, v in obj.items()}
     if isinstance(obj, (list, tuple)):
         return [clean_json(v) for v in obj]
-    if isinstance(obj, (float, np.floating)) and np.isnan(obj):
+    if isinstance(obj, (float, np.floating)) and not np.isfinite(obj):
         return None
     return obj
