@@ -45,7 +45,14 @@ from steering.eval.trained import baseline_arms, paired, report_rows, score_arms
 from steering.expression import expression_vectors, reply_activations
 from steering.inject import Setting
 from steering.judges.emotion import EMOTIONS, ClassifierJudge, LexiconJudge
-from steering.train.data import objective_data, sev_prompts, steered_teacher, teacher_replies
+from steering.train.data import (
+    SEV_OBJECTIVES,
+    objective_data,
+    sev_prompts,
+    sev_reply_data,
+    steered_teacher,
+    teacher_replies,
+)
 from steering.train.trainer import TrainConfig, train_vector
 from steering.vector import SteeringVector, VectorSet
 
@@ -77,6 +84,10 @@ def main(argv=None) -> None:
     ap.add_argument("--boot-from", default="distill-cd:0.25",
                     help="distill-boot's teacher: the designed prompt plus this objective's vector "
                          "at this strength, OBJECTIVE:STRENGTH (the objective listed before it)")
+    ap.add_argument("--sev-skeletons", type=int, default=120,
+                    help="SEV skeletons (x3 events) the sev-* objectives train on; the tune prompts "
+                         "use skeletons 140-147 of the same order")
+    ap.add_argument("--lm-weight", type=float, default=1.0, help="LM anchor of sev-pref-lm")
     ap.add_argument("--scales", default="0.5,1,1.5,2")
     ap.add_argument("--expression-scales", default="1,2,3")
     ap.add_argument("--tune-prompts", type=int, default=10)
@@ -101,7 +112,9 @@ def main(argv=None) -> None:
     report = {"classifier": ClassifierJudge.load(), "lexicon": LexiconJudge.load(data / "lexicons")}
     JudgeRoles(selection=("select", select), report=report,
                fitted_on={n: judge_sources(j) for n, j in report.items()},
-               trained_on={"sev-scenarios", "smollm2-own-replies"})
+               trained_on={"sev-scenarios", "smollm2-own-replies"}
+               | ({"sev-replies"} if any(o.partition("-skip")[0] in SEV_OBJECTIVES
+                                         for o in args.objectives.split(",")) else set()))
     lm = load_model("smollm2-135m")
     decoding = Decoding(max_new_tokens=args.max_new_tokens)
     t0 = time.perf_counter()
@@ -161,8 +174,13 @@ def train_all(lm, emotion, teach, expr, layers, args, out, names=None, have=None
             t = steered_teacher(lm, teach, emotion, first, float(strength), cache="runs/teacher",
                                 batch_size=40, log=log)
             init, extra = first, {"teacher_vector": first, "teacher_strength": float(strength)}
-        data, obj = objective_data(name, emotion, t, amplify=args.amplify, plausible=args.plausible,
-                                   **extra)
+        base, _, skip = name.partition("-skip")   # e.g. sev-lm-skip6: its replies' openings skipped
+        if base in SEV_OBJECTIVES:   # SEV's own replies (skeletons 0..n-1; tune uses 140..)
+            data, obj = sev_reply_data(base, emotion, Path(args.data) / "sev", n=args.sev_skeletons,
+                                       lm_weight=args.lm_weight, skip_opening=int(skip or 0))
+        else:
+            data, obj = objective_data(name, emotion, t, amplify=args.amplify, plausible=args.plausible,
+                                       **extra)
         cfg = TrainConfig(layers=layers, steps=args.steps, batch_size=8, lr=0.02, init_strength=1.0,
                           max_norm=4.0)
         log(f"{emotion}: training {name}")
@@ -201,7 +219,7 @@ def run_emotion(lm, emotion, teach, expr, layers, args, out, tune, test, sel_sco
     arms = [Arm(condition=f"{m}@{s:g}", emotion=emotion,
                 setting=Setting(vector=vecs[m], strength=s, label=f"{m}@{s:g}"))
             for m, ss in candidates.items() for s in ss]
-    designed = [a for a in baseline_arms(emotion) if a.condition == "prompt-designed"][0]
+    designed = next(a for a in baseline_arms(emotion) if a.condition == "prompt-designed")
     arms += [Arm(condition=f"designed+{m}@{s:g}", emotion=emotion, system_prompt=designed.system_prompt,
                  user_suffix=designed.user_suffix, setting=Setting(vector=vecs[m], strength=s))
              for m in ("distill", "expression") if m in vecs for s in (candidates[m][0], candidates[m][1])]

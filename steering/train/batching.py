@@ -28,7 +28,8 @@ class PairBatch:
     Attributes:
         input_ids, attention_mask, position_ids: ``[batch, W + R]``.
         width: ``W``, the padded prompt width.
-        reply_mask: ``[batch, R]`` bool, real reply tokens.
+        reply_mask: ``[batch, R]`` bool, the reply tokens the objectives score (every real
+            one, or all but the first ``skip_reply_tokens`` of :func:`pair_batch`).
         reply_ids: ``[batch, R]`` the reply tokens (pad where ``reply_mask`` is False).
     """
 
@@ -75,8 +76,15 @@ class PairBatch:
 
 def pair_batch(lm, prompts: Sequence[str], replies: Sequence[str], *,
                system_prompt: str | None = None, user_suffix: str = "",
-               max_reply_tokens: int | None = None) -> PairBatch:
-    """Encode ``prompts`` (chat template, optional system prompt / suffix) + ``replies``."""
+               max_reply_tokens: int | None = None, skip_reply_tokens: int = 0) -> PairBatch:
+    """Encode ``prompts`` (chat template, optional system prompt / suffix) + ``replies``.
+
+    ``skip_reply_tokens = k``: the first ``k`` tokens of each reply stay in the input but out of
+    ``reply_mask`` (at least a reply's last token is kept), so objectives score the reply after
+    its opening (a corpus whose replies open alike would otherwise teach the opening).
+    """
+    if skip_reply_tokens < 0:
+        raise SteeringError(f"skip_reply_tokens must be >= 0, got {skip_reply_tokens}")
     if len(prompts) != len(replies) or not prompts:
         raise SteeringError(f"need as many replies as prompts (>0), got {len(prompts)} and "
                             f"{len(replies)}")
@@ -95,7 +103,7 @@ def pair_batch(lm, prompts: Sequence[str], replies: Sequence[str], *,
         ids[i, w - len(h): w] = torch.as_tensor(h)
         ids[i, w: w + len(t)] = torch.as_tensor(t)
         att[i, w - len(h): w + len(t)] = 1
-        rmask[i, : len(t)] = True
+        rmask[i, min(skip_reply_tokens, len(t) - 1): len(t)] = True
     pos = (att.cumsum(1) - 1).clamp(min=0)
     dev = lm.device
     return PairBatch(ids.to(dev), att.to(dev), pos.to(dev), w, rmask.to(dev),

@@ -16,6 +16,8 @@ import argparse
 #: ``steering.train.data.OBJECTIVES``, repeated so that ``--help`` imports no torch (a test keeps
 #: them equal).
 OBJECTIVES = ("distill-cd", "distill", "distill-amp", "distill-boot", "preference", "lm")
+#: ``steering.train.data.SEV_OBJECTIVES`` (trained on SEV's replies; need ``--sev``).
+SEV_OBJECTIVES = ("sev-preference", "sev-pref-lm", "sev-lm")
 
 EPILOG = """\
 examples:
@@ -24,6 +26,7 @@ examples:
   probe steer-train --emotion fear --objective lm --steps 10 --layers 10,14 --out runs/fear-lm
   probe steer-train --emotion anger --objective distill-boot --teacher-vector runs/anger-cd \
       --teacher-strength 0.25 --out runs/anger-boot   # the prompt + that vector, distilled
+  probe steer-train --emotion anger --objective sev-pref-lm --sev ../shared/data/sev --out runs/anger-sev
 
 objectives: distill (the steered model, given the plain prompt, matches the model given the
 designed prompt), distill-amp (that target sharpened away from the plain model, --amplify),
@@ -31,7 +34,10 @@ distill-cd (distill-amp restricted to tokens the prompted model finds plausible,
 distill-boot (the designed prompt plus a first vector, --teacher-vector at --teacher-strength,
 distilled into a vector that needs no prompt; it starts from the first vector), preference (the
 emotion's reply over another emotion's reply to the same prompt), lm (the replies'
-language-model loss)."""
+language-model loss); sev-preference, sev-pref-lm (the same plus the target reply's LM loss,
+--lm-weight) and sev-lm learn from SEV's replies (Llama-3.2-3B answering a scenario + event in
+each emotion; --sev is the folder with sev.jsonl and sev_accepted.jsonl) instead of the model's
+own."""
 
 
 def add_parser(sub) -> dict:
@@ -45,7 +51,7 @@ def add_parser(sub) -> dict:
                        epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
     model_args(p)
     p.add_argument("--emotion", required=True, help="anger, disgust, fear, happiness, sadness or surprise")
-    p.add_argument("--objective", default="distill-cd", choices=OBJECTIVES,
+    p.add_argument("--objective", default="distill-cd", choices=OBJECTIVES + SEV_OBJECTIVES,
                    help="what the vector is trained for (default: %(default)s)")
     p.add_argument("--layers", default="6,9,12,15", help="residual-stream layers steered (default: %(default)s)")
     p.add_argument("--steps", type=int, default=20, help="Adam steps (default: %(default)s)")
@@ -60,6 +66,15 @@ def add_parser(sub) -> dict:
                    help="distill-boot: the first vector the teacher adds to the designed prompt")
     p.add_argument("--teacher-strength", type=float, default=None,
                    help="distill-boot: the teacher's strength for --teacher-vector (x RMS)")
+    p.add_argument("--sev", default=None,
+                   help="sev-* objectives: the SEV folder (sev.jsonl, sev_accepted.jsonl)")
+    p.add_argument("--sev-skeletons", type=int, default=60,
+                   help="sev-*: SEV skeletons trained on, x3 events (default: %(default)s)")
+    p.add_argument("--lm-weight", type=float, default=1.0,
+                   help="sev-pref-lm: weight of the target replies' LM loss (default: %(default)s)")
+    p.add_argument("--skip-opening", type=int, default=0,
+                   help="sev-*: leave each reply's first N tokens out of the loss, so the vector does "
+                        "not learn SEV's stock openings (default: %(default)s)")
     p.add_argument("--out", required=True, help="the vector file to write (path without suffix)")
     return {"steer-train": cmd_steer_train}
 
@@ -72,7 +87,7 @@ def cmd_steer_train(args) -> int:
     from steering.expression import model_expression_directions
     from steering.judges.emotion import EMOTIONS
     from steering.prompted import default_prompts
-    from steering.train.data import objective_data, steered_teacher, teacher_replies
+    from steering.train.data import objective_data, sev_reply_data, steered_teacher, teacher_replies
     from steering.train.trainer import TrainConfig, train_vector
     from steering.vector import SteeringError, SteeringVector
 
@@ -88,9 +103,21 @@ def cmd_steer_train(args) -> int:
     if boot != (args.teacher_vector is not None) or boot != (args.teacher_strength is not None):
         raise SteeringError("--objective distill-boot takes --teacher-vector FILE and --teacher-strength S "
                             "(a vector trained first, e.g. with distill-cd); the other objectives take neither")
+    sev = args.objective in SEV_OBJECTIVES
+    if sev != (args.sev is not None):
+        raise SteeringError("--objective sev-preference/sev-pref-lm/sev-lm trains on SEV's replies and "
+                            "takes --sev FOLDER (with sev.jsonl and sev_accepted.jsonl); the other "
+                            "objectives train on the model's own replies and take no --sev")
+    if sev and (args.sev_skeletons < 1 or not args.lm_weight >= 0 or args.skip_opening < 0):
+        raise SteeringError("--sev-skeletons must be >= 1, --lm-weight >= 0 and --skip-opening >= 0")
+    if not sev and args.skip_opening:
+        raise SteeringError("--skip-opening is for the sev-* objectives")
     out = Path(args.out)
     if out.with_suffix(".safetensors").exists():
         raise SteeringError(f"{out.with_suffix('.safetensors')} exists; choose another --out")
+    if sev:   # read (and check) SEV's replies before the model loads
+        data, obj = sev_reply_data(args.objective, args.emotion, args.sev, n=args.sev_skeletons,
+                                   lm_weight=args.lm_weight, skip_opening=args.skip_opening)
     lm = load_model(args)
     bad = [L for L in layers if not 0 <= L < lm.n_layers]
     if bad:
@@ -110,7 +137,9 @@ def cmd_steer_train(args) -> int:
     else:
         start = model_expression_directions(lm, layers=layers, emotions=EMOTIONS, prompts=prompts,
                                             log=log)[e]
-    data, obj = objective_data(name, e, teach, amplify=args.amplify, plausible=args.plausible, **extra)
+    if not sev:
+        data, obj = objective_data(name, e, teach, amplify=args.amplify, plausible=args.plausible,
+                                   **extra)
     cfg = TrainConfig(layers=layers, steps=args.steps, batch_size=8, lr=0.02, init_strength=1.0,
                       max_norm=args.max_norm)
     vec, tl = train_vector(lm, data, obj, cfg, init=start, emotion=e, log=log)

@@ -62,8 +62,10 @@ class TeacherSet:
         return cls(**json.loads(Path(path).read_text()))
 
 
-def sev_prompts(path: str | Path, *, n: int | None = None, offset: int = 0) -> list[str]:
-    """``n`` SEV neutral scenarios, spread over the themes (round-robin), from ``sev.jsonl``."""
+def _sev_skeletons(path: str | Path) -> list[dict]:
+    """SEV's skeletons from ``sev.jsonl``, ordered round-robin over the themes (the order
+    :func:`sev_prompts` and :func:`sev_reply_data` take slices of, so disjoint slices never
+    share a skeleton)."""
     path = Path(path)
     if path.is_dir():
         path = path / "sev.jsonl"
@@ -71,14 +73,85 @@ def sev_prompts(path: str | Path, *, n: int | None = None, offset: int = 0) -> l
         raise SteeringError(f"no SEV skeleton file at {path}: pass the path of sev.jsonl "
                             "(shared/data/sev/sev.jsonl)")
     rows = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
-    by_theme: dict[str, list[str]] = {}
+    by_theme: dict[str, list[dict]] = {}
     for r in sorted(rows, key=lambda r: r["skeleton_id"]):
-        text = f"{r['scenario'].rstrip('.')}. {r['event']['neutral']}"
-        by_theme.setdefault(r["theme"], []).append(text)
-    order = [t for i in range(max(map(len, by_theme.values())))
-             for t in (v[i] for v in by_theme.values() if i < len(v))]
-    order = order[offset:]
+        by_theme.setdefault(r["theme"], []).append(r)
+    return [v[i] for i in range(max(map(len, by_theme.values())))
+            for v in by_theme.values() if i < len(v)]
+
+
+def _sev_prompt(row: dict, valence: str) -> str:
+    return f"{row['scenario'].rstrip('.')}. {row['event'][valence]}"
+
+
+def sev_prompts(path: str | Path, *, n: int | None = None, offset: int = 0) -> list[str]:
+    """``n`` SEV neutral scenarios, spread over the themes (round-robin), from ``sev.jsonl``."""
+    order = [_sev_prompt(r, "neutral") for r in _sev_skeletons(path)][offset:]
     return order if n is None else order[:n]
+
+
+#: Objectives learnt from SEV's *replies* (Llama-3.2-3B-Instruct answering each scenario + event
+#: in one emotion, accepted by SEV's judge) instead of the model's own prompted replies:
+#: ``sev-preference`` (the target emotion's reply over another emotion's reply to the same
+#: scenario + event), ``sev-pref-lm`` (the same plus the target reply's language-model loss) and
+#: ``sev-lm`` (the target replies' language-model loss alone).
+SEV_OBJECTIVES = ("sev-preference", "sev-pref-lm", "sev-lm")
+
+
+def sev_reply_data(name: str, emotion: str, path: str | Path, *, n: int | None = 120,
+                   offset: int = 0, lm_weight: float = 1.0, beta: float = 5.0,
+                   skip_opening: int = 0):
+    """``(PairData, objective)`` of one of :data:`SEV_OBJECTIVES` for ``emotion``.
+
+    Rows: the skeletons ``offset .. offset + n`` of the round-robin order (the same order as
+    :func:`sev_prompts`, so a slice of tune prompts taken from it elsewhere is kept out by
+    choosing disjoint ranges), each with its positive, neutral and negative event as the plain
+    prompt ``"{scenario}. {event}"`` and SEV's accepted ``emotion`` reply to it as the target;
+    the contrast reply of the preference objectives is another emotion's accepted reply to the
+    same prompt, the other emotions in turn. ``path``: the SEV folder (``sev.jsonl`` and
+    ``sev_accepted.jsonl``). ``skip_opening = k``: the first ``k`` tokens of every reply are left
+    out of the loss (SEV's replies open alike: 71% of its anger replies with "Are you kidding",
+    81% of fear's with "Oh no, what"; a vector trained on them learns the opening).
+    """
+    if name not in SEV_OBJECTIVES:
+        raise SteeringError(f"unknown SEV objective {name!r}; choose from {', '.join(SEV_OBJECTIVES)}")
+    folder = Path(path)
+    folder = folder if folder.is_dir() else folder.parent
+    accepted = folder / "sev_accepted.jsonl"
+    if not accepted.is_file():
+        raise SteeringError(f"no SEV replies at {accepted}: pass the SEV folder "
+                            "(shared/data/sev, with sev.jsonl and sev_accepted.jsonl)")
+    reply: dict[tuple[str, str, str], str] = {}
+    for line in accepted.read_text().splitlines():
+        if line.strip():
+            r = json.loads(line)
+            if r.get("gen_text", "").strip():
+                reply[(r["skeleton_id"], r["valence"], r["emotion"])] = r["gen_text"].strip()
+    emotions = sorted({k[2] for k in reply})
+    if emotion not in emotions:
+        raise SteeringError(f"SEV has no {emotion!r} replies; it has {', '.join(emotions)}")
+    others = [e for e in emotions if e != emotion]
+    skeletons = _sev_skeletons(folder)[offset:]
+    skeletons = skeletons if n is None else skeletons[:n]
+    prompts, targets, negatives = [], [], []
+    for row in skeletons:
+        for valence in ("positive", "neutral", "negative"):
+            key = (row["skeleton_id"], valence)
+            if (*key, emotion) not in reply:
+                continue
+            contrast = [reply[(*key, o)] for o in others[len(prompts) % len(others):] + others
+                        if (*key, o) in reply]
+            if not contrast:
+                continue
+            prompts.append(_sev_prompt(row, valence))
+            targets.append(reply[(*key, emotion)])
+            negatives.append(contrast[0])
+    if not prompts:
+        raise SteeringError(f"no SEV {emotion} replies among skeletons {offset}..{offset + (n or 0)}")
+    if name == "sev-lm":
+        return PairData(prompts, targets, skip_reply_tokens=skip_opening), objective("lm")
+    return (PairData(prompts, targets, negatives=negatives, skip_reply_tokens=skip_opening),
+            objective("preference", beta=beta, lm_weight=lm_weight if name == "sev-pref-lm" else 0.0))
 
 
 def teacher_replies(lm, prompts: Sequence[str], emotions: Sequence[str], *,
@@ -93,7 +166,7 @@ def teacher_replies(lm, prompts: Sequence[str], emotions: Sequence[str], *,
     arms = [Arm(condition="unsteered", emotion=None)]
     designed = {}
     for e in emotions:
-        arm = [a for a in prompt_arms(e) if a.condition == "prompt-designed"][0]
+        arm = next(a for a in prompt_arms(e) if a.condition == "prompt-designed")
         designed[e] = arm
         arms.append(arm)
     texts = generate_arms(lm, list(prompts), arms, decoding=decoding, batch_size=batch_size, log=log)

@@ -21,6 +21,9 @@ data, where ``forward(batch)`` runs the *steered* model and returns its logits):
                 another emotion, ``-log sigmoid(beta * (dlogp(y+) - dlogp(y-)))`` with ``dlogp``
                 the steered minus unsteered mean token log-probability; what both replies share
                 (the prompt's topic, the model's style) cancels.
+                ``lm_weight = w > 0`` adds ``w`` x the target replies' language-model loss
+                under steering (the SFT anchor of DPO-style training), so the preferred
+                reply gains likelihood instead of both replies losing it.
 ``lm``          the language-model loss of the target replies (AxBench's ReFT-r1): the baseline.
 """
 
@@ -49,6 +52,8 @@ class PairData:
     ``teacher_vector`` / ``teacher_strength``: steering the teacher had on top of its
     instruction (added at ``last-prompt+generated`` in ``rms`` units, as ``probe steer``),
     for distilling an instruction + steering teacher into a vector alone.
+    ``skip_reply_tokens``: reply tokens at the start of each reply (and contrast reply) left
+    out of the loss (:func:`~steering.train.batching.pair_batch`); preference and LM only.
     """
 
     prompts: list[str]
@@ -59,6 +64,7 @@ class PairData:
     max_reply_tokens: int = 40
     teacher_vector: SteeringVector | None = None
     teacher_strength: float = 0.0
+    skip_reply_tokens: int = 0
 
     def __post_init__(self) -> None:
         keep = [i for i, r in enumerate(self.replies) if r.strip()
@@ -93,7 +99,8 @@ class PairData:
         return pair_batch(lm, [self.prompts[i] for i in rows], [texts[i] for i in rows],
                           system_prompt=self.system_prompt if teacher else None,
                           user_suffix=self.user_suffix if teacher else "",
-                          max_reply_tokens=self.max_reply_tokens)
+                          max_reply_tokens=self.max_reply_tokens,
+                          skip_reply_tokens=self.skip_reply_tokens)
 
 
 def _token_logp(logits: Tensor, batch: PairBatch) -> Tensor:
@@ -132,6 +139,9 @@ class Distill:
         if not 0.0 <= self.plausible < 1.0 or self.amplify < 0:
             raise SteeringError(f"distillation needs amplify >= 0 and 0 <= plausible < 1; got "
                                 f"amplify={self.amplify}, plausible={self.plausible}")
+        if data.skip_reply_tokens:
+            raise SteeringError("distillation scores every reply token; skip_reply_tokens is for the "
+                                "preference and LM objectives")
         if data.system_prompt is None and not data.user_suffix and data.teacher_vector is None:
             raise SteeringError("distillation needs a teacher that differs from the plain model: "
                                 "an instruction (system_prompt and/or user_suffix) or a "
@@ -166,13 +176,18 @@ class Distill:
 
 @dataclass
 class Preference:
-    """BiPO / RePS-style preference of the target reply over the contrast reply."""
+    """BiPO / RePS-style preference of the target reply over the contrast reply (plus
+    ``lm_weight`` x the target reply's language-model loss)."""
 
     beta: float = 5.0
+    lm_weight: float = 0.0
     name: str = "preference"
     _ref: Tensor | None = field(default=None, repr=False)
 
     def prepare(self, lm, data: PairData) -> None:
+        if not self.lm_weight >= 0 or not self.beta > 0:
+            raise SteeringError(f"preference needs beta > 0 and lm_weight >= 0; got beta={self.beta}, "
+                                f"lm_weight={self.lm_weight}")
         if data.negatives is None:
             raise SteeringError("the preference objective needs contrast replies (negatives)")
         pos, neg = [], []
@@ -187,8 +202,10 @@ class Preference:
     def loss(self, lm, forward: Forward, data: PairData, rows: Sequence[int]) -> Tensor:
         bp, bn = data.batch(lm, rows), data.batch(lm, rows, negative=True)
         ref = self._ref[list(rows)]
-        gain = (_token_logp(forward(bp), bp) - ref[:, 0]) - (_token_logp(forward(bn), bn) - ref[:, 1])
-        return -F.logsigmoid(self.beta * gain).mean()
+        pos = _token_logp(forward(bp), bp)
+        gain = (pos - ref[:, 0]) - (_token_logp(forward(bn), bn) - ref[:, 1])
+        loss = -F.logsigmoid(self.beta * gain).mean()
+        return loss - self.lm_weight * pos.mean() if self.lm_weight else loss
 
 
 @dataclass
@@ -206,7 +223,8 @@ class LanguageModel:
 
 
 def objective(name: str, **kwargs):
-    """``"distill"`` (``amplify``, ``plausible``), ``"preference"`` (``beta``) or ``"lm"``."""
+    """``"distill"`` (``amplify``, ``plausible``), ``"preference"`` (``beta``, ``lm_weight``) or
+    ``"lm"``."""
     table = {"distill": Distill, "preference": Preference, "lm": LanguageModel}
     if name not in table:
         raise SteeringError(f"unknown objective {name!r}; choose {', '.join(table)}")

@@ -117,9 +117,8 @@ def test_steer_needs_prompts_and_a_matching_vector(capsys, tiny_dir, toy_store):
 def test_real_model_steer_uses_the_shipped_operating_point(capsys, tmp_path):
     """SmolLM2 with no --strength/--layers: the operating point picks method, layers, strength
     (disgust's is a steer-eval point: its directions are computed from the store)."""
-    from steering.operating_points import operating_point
-
     from probe.data.loaders import bundled_scenarios_path
+    from steering.operating_points import operating_point
 
     point = operating_point("smollm2-135m", "disgust")
     assert point.vector is None
@@ -188,7 +187,7 @@ def test_shipped_operating_points_load_and_can_be_replaced(tmp_path):
 @pytest.mark.parametrize("strength", ["nan", "inf", "-inf"])
 def test_steer_rejects_a_non_finite_strength_before_loading_anything(capsys, tmp_path, strength):
     # a model that does not exist: the strength must be refused before any load is tried
-    code, out, err = _run(capsys, "steer", "--model", tmp_path / "no-such-model", "--emotion",
+    code, _out, err = _run(capsys, "steer", "--model", tmp_path / "no-such-model", "--emotion",
                           "joy", f"--strength={strength}", "--layers", "1", "Hi there")
     assert code == 2 and "finite" in err and "no-such-model" not in err, err
     assert "Traceback" not in err and not list(tmp_path.iterdir())
@@ -267,12 +266,12 @@ def test_steer_header_stands_above_the_replies(capsys, tiny_dir, joy_vectors, mo
 
 
 def test_steer_warns_far_past_the_fluent_strengths(capsys, tiny_dir, joy_vectors):
-    code, out, err = _run(capsys, "steer", "--model", tiny_dir / "llama", "--vectors", joy_vectors,
+    code, _out, err = _run(capsys, "steer", "--model", tiny_dir / "llama", "--vectors", joy_vectors,
                           "--emotion", "joy", "--strength", "1e9", "--max-new-tokens", "2",
                           "--quiet", "Hi there")
     assert code == 0, err
     assert "warning: --strength 1e+09 is far past the strengths measured as fluent" in err
-    code, out, err = _run(capsys, "steer", "--model", tiny_dir / "llama", "--vectors", joy_vectors,
+    code, _out, err = _run(capsys, "steer", "--model", tiny_dir / "llama", "--vectors", joy_vectors,
                           "--emotion", "joy", "--strength", "2", "--max-new-tokens", "2",
                           "--quiet", "Hi there")
     assert "far past" not in err
@@ -315,7 +314,7 @@ def test_with_prompt_steers_the_modes_own_vector(capsys, tiny_dir, toy_store, tm
     layers and strength (no store needed), from the user's <EMOPROBE_HOME>/vectors."""
     from steering.vector import VectorSet
 
-    root, store = toy_store
+    _root, store = toy_store
     model = str(tiny_dir / "llama")
     home = tmp_path / "home"
     monkeypatch.setenv("EMOPROBE_HOME", str(home))
@@ -329,7 +328,7 @@ def test_with_prompt_steers_the_modes_own_vector(capsys, tiny_dir, toy_store, tm
                    "vector": "joy-own"}}}}}}
     (home / "operating_points.json").write_text(json.dumps(table))
     js = tmp_path / "wp.json"
-    code, out, err = _run(capsys, "steer", "--model", model, "--emotion", "joy", "--with-prompt",
+    code, _out, err = _run(capsys, "steer", "--model", model, "--emotion", "joy", "--with-prompt",
                           "--max-new-tokens", "3", "--out", js, "--quiet", "We won the final!")
     assert code == 0, err
     rec = json.loads(js.read_text())
@@ -349,10 +348,10 @@ def test_steer_train_writes_a_vector_that_steer_applies_at_its_own_layers(capsys
     expression direction, saved; ``probe steer --vector`` then steers at the vector's layers
     (not the operating point's), and bad input is refused before anything is generated."""
     from steering.train import cli as train_cli
-    from steering.train.data import OBJECTIVES
+    from steering.train.data import OBJECTIVES, SEV_OBJECTIVES
     from steering.vector import SteeringVector
 
-    assert train_cli.OBJECTIVES == OBJECTIVES
+    assert train_cli.OBJECTIVES == OBJECTIVES and train_cli.SEV_OBJECTIVES == SEV_OBJECTIVES
     monkeypatch.setenv("EMOPROBE_CACHE", str(tmp_path / "cache"))
     model = str(tiny_dir / "llama")
     out = tmp_path / "vec" / "anger-cd"
@@ -390,3 +389,25 @@ def test_steer_train_writes_a_vector_that_steer_applies_at_its_own_layers(capsys
     b = SteeringVector.load(boot)
     assert b.meta["method"] == "trained-distill-boot" and b.meta["train"]["init"] == "trained-distill-cd"
     assert "amplify=0.0" in b.meta["train"]["objective"]
+    # sev-*: SEV's replies instead of the model's own; --sev is required by them, refused by others
+    from tests.steering.sev_fake import fake_sev
+    sev = fake_sev(tmp_path / "sev")
+    for bad, msg in ((["--objective", "sev-pref-lm"], "takes --sev FOLDER"), (["--sev", sev], "take no --sev"),
+                     (["--objective", "sev-lm", "--sev", sev, "--lm-weight", "-1"], "--lm-weight >= 0")):
+        code, _, err = _run(capsys, "steer-train", "--model", model, "--emotion", "anger",
+                            "--out", tmp_path / "z", *bad)
+        assert code == 2 and msg in err, err
+    code, _, err = _run(capsys, "steer-train", "--model", model, "--emotion", "happiness", "--objective",
+                        "sev-lm", "--sev", sev, "--layers", "0,1", "--prompts", "4", "--out", tmp_path / "z")
+    assert code == 2 and "SEV has no 'happiness' replies" in err, err
+    pref = tmp_path / "vec" / "anger-sev"
+    code, text, err = _run(capsys, "steer-train", "--model", model, "--emotion", "anger", "--objective",
+                           "sev-pref-lm", "--sev", sev, "--lm-weight", "0.5", "--skip-opening", "2", "--layers", "0,1",
+                           "--steps", "2", "--prompts", "4", "--out", pref)
+    assert code == 0, err
+    p = SteeringVector.load(pref)
+    assert p.meta["method"] == "trained-sev-pref-lm" and "lm_weight=0.5" in p.meta["train"]["objective"]
+    assert p.meta["train"]["rows"] == 12
+    code, _, err = _run(capsys, "steer-train", "--model", model, "--emotion", "anger", "--skip-opening", "2",
+                        "--out", tmp_path / "z")
+    assert code == 2 and "--skip-opening is for the sev-* objectives" in err, err

@@ -11,6 +11,7 @@ from steering.train.batching import pair_batch
 from steering.train.objectives import PairData, objective
 from steering.train.trainer import TrainConfig, train_vector
 from steering.vector import SteeringError, SteeringVector
+from tests.steering.sev_fake import fake_sev
 
 PROMPTS = ["The meeting is at noon.", "I lost my keys again today.", "The letter arrived.",
            "We won the final!"]
@@ -89,7 +90,7 @@ def test_saved_vector_adds_what_was_trained(tiny_qwen):
 
 
 def test_norm_constraint_holds(tiny_qwen):
-    vec, log = train_vector(tiny_qwen, _data(), objective("lm"), _fast(max_norm=0.05, steps=4))
+    _vec, log = train_vector(tiny_qwen, _data(), objective("lm"), _fast(max_norm=0.05, steps=4))
     assert all(n <= 0.05 * (1 + 1e-5) for n in log.norms.values())
 
 
@@ -342,3 +343,89 @@ def test_steered_teacher_replies_are_generated_once_and_recorded(tiny_qwen, tmp_
     assert all(map(math.isfinite, log.losses))
     with pytest.raises(SteeringError, match="non-zero strength"):
         D.steered_teacher(tiny_qwen, teach, "anger", vec, 0.0)
+
+
+def test_sev_reply_data_contrasts_replies_to_the_same_prompt(tmp_path):
+    from steering.train.data import SEV_OBJECTIVES, sev_prompts, sev_reply_data
+    from steering.train.objectives import LanguageModel, Preference
+    sev = fake_sev(tmp_path / "sev", missing={("work_00", "neutral", "anger"),
+                                               ("home_01", "positive", "sadness"),
+                                               ("home_01", "positive", "fear")})
+    data, obj = sev_reply_data("sev-pref-lm", "anger", sev, n=None, lm_weight=0.5)
+    assert isinstance(obj, Preference) and obj.lm_weight == 0.5
+    # round-robin over themes (in sorted order): home_01, work_00, home_03, work_02; work_00's
+    # neutral anger reply is missing, and home_01 positive has no contrast reply: both rows dropped
+    assert len(data) == 12 - 2
+    for p, t, n in zip(data.prompts, data.replies, data.negatives):
+        sid, v = t.split(" reply to ")[1].split()
+        assert t.startswith("anger ") and not n.startswith("anger ")
+        assert n.endswith(f"reply to {sid} {v}")        # the contrast answers the same prompt
+        assert p == f"I did task {int(sid[-2:])}. {v} event {int(sid[-2:])}"
+    assert {n.split()[0] for n in data.negatives} == {"sadness", "fear"}   # other emotions in turn
+    assert [p.split(".")[0][-1] for p in data.prompts] == list("1100333222")
+    # slices follow sev_prompts' order, so disjoint ranges share no skeleton
+    first, _ = sev_reply_data("sev-lm", "fear", sev, n=2)
+    rest, obj = sev_reply_data("sev-lm", "fear", sev, n=None, offset=2)
+    assert isinstance(obj, LanguageModel) and rest.negatives is None
+    key = lambda d: {p.split(".")[0] for p in d.prompts}
+    assert not key(first) & key(rest)
+    assert key(rest) == {p.split(".")[0] for p in sev_prompts(sev, offset=2)}
+    assert sev_reply_data("sev-preference", "fear", sev, n=None)[1].lm_weight == 0.0
+    assert set(SEV_OBJECTIVES) == {"sev-preference", "sev-pref-lm", "sev-lm"}
+    with pytest.raises(SteeringError, match="unknown SEV objective"):
+        sev_reply_data("preference", "fear", sev)
+    with pytest.raises(SteeringError, match="has anger, fear, sadness"):
+        sev_reply_data("sev-lm", "joy", sev)
+    with pytest.raises(SteeringError, match="sev_accepted.jsonl"):
+        sev_reply_data("sev-lm", "fear", tmp_path)
+
+
+def test_preference_lm_weight_adds_the_target_replies_lm_loss(tiny_qwen):
+    lm, data = tiny_qwen, _data()
+    rows = [0, 1, 2, 3]
+
+    def forward(b):
+        return lm.model(**b.inputs).logits
+
+    with torch.no_grad():
+        plain, anchored = objective("preference"), objective("preference", lm_weight=0.7)
+        plain.prepare(lm, data)
+        anchored.prepare(lm, data)
+        nll = float(objective("lm").loss(lm, forward, data, rows))
+        got = float(anchored.loss(lm, forward, data, rows)) - float(plain.loss(lm, forward, data, rows))
+    assert got == pytest.approx(0.7 * nll, rel=1e-4)
+    assert nll > 1.0                                       # a real LM loss, not a zero term
+    with pytest.raises(SteeringError, match="lm_weight >= 0"):
+        objective("preference", lm_weight=-1.0).prepare(lm, data)
+
+
+def test_skipped_opening_tokens_stay_in_the_input_but_out_of_the_loss(tiny_qwen, tmp_path):
+    from steering.train.data import sev_reply_data
+    lm = tiny_qwen
+    full = pair_batch(lm, PROMPTS, REPLIES)
+    skip = pair_batch(lm, PROMPTS, REPLIES, skip_reply_tokens=3)
+    assert torch.equal(full.input_ids, skip.input_ids) and torch.equal(full.reply_ids, skip.reply_ids)
+    n = full.reply_mask.sum(1)
+    assert torch.equal(skip.reply_mask.sum(1), n - 3) and not skip.reply_mask[:, :3].any()
+    # a reply no longer than the skip keeps its last token
+    short = pair_batch(lm, PROMPTS[:1], ["Hi"], skip_reply_tokens=50)
+    assert int(short.reply_mask.sum()) == 1 and bool(short.reply_mask[0, -1])
+    # the LM objective then scores only the rest of each reply
+    data = PairData(list(PROMPTS), list(REPLIES), skip_reply_tokens=3)
+    def forward(b):
+        return lm.model(**b.inputs).logits
+    with torch.no_grad():
+        logits = forward(full)
+        lp = torch.log_softmax(full.reply_logits(logits).float(), -1)
+        tok = lp.gather(-1, full.reply_ids.unsqueeze(-1)).squeeze(-1)
+        want = -torch.stack([tok[i, 3:int(n[i])].mean() for i in range(len(PROMPTS))]).mean()
+        got = objective("lm").loss(lm, forward, data, [0, 1, 2, 3])
+    assert float(got) == pytest.approx(float(want), rel=1e-5)
+    with pytest.raises(SteeringError, match="skip_reply_tokens is for the preference and LM"):
+        objective("distill").prepare(lm, PairData(list(PROMPTS), list(REPLIES), system_prompt="Be angry.",
+                                                  skip_reply_tokens=2))
+    with pytest.raises(SteeringError, match=">= 0"):
+        pair_batch(lm, PROMPTS, REPLIES, skip_reply_tokens=-1)
+    assert data.skip_reply_tokens == 3
+    d, _ = sev_reply_data("sev-lm", "fear", fake_sev(tmp_path / "sev"), skip_opening=4)
+    assert d.skip_reply_tokens == 4
