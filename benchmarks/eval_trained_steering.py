@@ -84,7 +84,7 @@ def main(argv=None) -> None:
     ap.add_argument("--boot-from", default="distill-cd:0.25",
                     help="distill-boot's teacher: the designed prompt plus this objective's vector "
                          "at this strength, OBJECTIVE:STRENGTH (the objective listed before it)")
-    ap.add_argument("--sev-skeletons", type=int, default=120,
+    ap.add_argument("--sev-skeletons", type=int, default=60,
                     help="SEV skeletons (x3 events) the sev-* objectives train on; the tune prompts "
                          "use skeletons 140-147 of the same order")
     ap.add_argument("--lm-weight", type=float, default=1.0, help="LM anchor of sev-pref-lm")
@@ -105,6 +105,8 @@ def main(argv=None) -> None:
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     emotions = args.emotions.split(",")
+    if not 1 <= args.sev_skeletons <= 140:   # skeletons 140.. of the same order are tune prompts
+        raise SystemExit("--sev-skeletons must be 1-140: SEV skeletons 140-147 are tune prompts")
     layers = tuple(int(x) for x in args.layers.split(","))
     data = Path(args.data)
 

@@ -52,9 +52,9 @@ from circuits.components import Component, Group
 from circuits.metrics import Metric
 from circuits.report import clean_json
 from circuits.runs import Compute
-from probe.errors import EmoprobeError
 from circuits.search import search
 from circuits.stability import MIN_JACCARD, jaccard, split_half, top_k
+from probe.errors import EmoprobeError
 from probe.forward import Batch
 
 FORMAT = "emoprobe.circuit/1"
@@ -265,7 +265,7 @@ def find_circuit(lm, attr: Attribution, metric: Metric, train: Batch, test: Batc
                          | ({budget} if 0 < budget < n_all else set())))
     sizes = tuple(s for s in sizes if 0 <= s <= n_all)
     compute = Compute()
-    kw = dict(rows_per_forward=config.rows_per_forward, compute=compute)
+    kw = {"rows_per_forward": config.rows_per_forward, "compute": compute}
     m, m0, _ = evaluate_sets(lm, train, metric, [], gs, means, **kw)
     sign = 1.0 if m.mean() >= m0.mean() else -1.0
     orders = ("signed", "abs") if config.order == "auto" else (config.order,)
@@ -390,21 +390,24 @@ def _search_stability(lm, attr, train, metric, gs, means, config, train_groups, 
                       compute) -> dict:
     """Rank and search on each half of the training scenarios; the Jaccard of the two circuits
     (``config.search_splits`` random splits; each half ranks with its own attribution rows and
-    searches on its own training prompts)."""
+    searches on its own training prompts). The split is stratified (:func:`halves`): the
+    circuit's training prompts' scenarios and the scenarios only the ranking saw are each halved,
+    so a half ranks with half of *all* the attribution rows, as the ranking's own split-half
+    check does."""
     per_row, comps = _per_row(attr, gs)
     rgroups = np.asarray(_row_groups(attr, None) or [], dtype=str)
     tgroups = np.asarray(train_groups if train_groups is not None else range(len(train)), dtype=str)
     uniq = np.unique(tgroups)
-    base = {"k": k, "n_splits": 0, "groups": len(uniq), "of": "search", "stable": False,
-            "jaccard": float("nan"), "ci_low": float("nan"), "ci_high": float("nan")}
+    others = np.setdiff1d(np.unique(rgroups), uniq) if len(rgroups) == len(per_row) else np.array([], str)
+    base = {"k": k, "n_splits": 0, "groups": len(uniq) + len(others), "of": "search",
+            "stable": False, "jaccard": float("nan"), "ci_low": float("nan"), "ci_high": float("nan")}
     if len(uniq) < 4:
         return {**base, "note": "fewer than 4 training scenarios: no split"}
     rng = np.random.default_rng(config.seed)
     vals = []
     for _ in range(config.search_splits):
-        perm = rng.permutation(uniq)
         found = []
-        for half in (perm[:len(uniq) // 2], perm[len(uniq) // 2:]):
+        for half in halves(uniq, others, rng=rng):
             rows = np.isin(rgroups, half) if len(rgroups) == len(per_row) else np.ones(0, bool)
             mean = per_row[rows].mean(0) if rows.any() else per_row.mean(0)
             start = [comps[i] for i in top_k(mean, k, order=order, sign=sign)]
@@ -418,6 +421,17 @@ def _search_stability(lm, attr, train, metric, gs, means, config, train_groups, 
             "ci_high": float(max(vals)), "stable": bool(j >= MIN_JACCARD)}
 
 
+def halves(*strata: np.ndarray, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
+    """Two disjoint halves of the groups in ``strata``, each stratum split in half at random
+    (the first half gets the smaller share of an odd stratum)."""
+    parts: tuple[list, list] = ([], [])
+    for groups in strata:
+        perm = rng.permutation(np.asarray(groups))
+        parts[0].extend(perm[: len(perm) // 2])
+        parts[1].extend(perm[len(perm) // 2:])
+    return np.asarray(parts[0], dtype=str), np.asarray(parts[1], dtype=str)
+
+
 #: Errors above this are drawn and integrated as this (an overshooting circuit can reach 100s).
 ERROR_CAP = 2.0
 
@@ -425,7 +439,7 @@ ERROR_CAP = 2.0
 def _judge(lm, chosen, candidates, gs, metric, test, means, config, test_groups, ablation_baselines,
            behaviour, test_texts, compute) -> dict:
     """Random circuits of the same composition, other ablations, the behavioural metric."""
-    kw = dict(rows_per_forward=config.rows_per_forward, compute=compute)
+    kw = {"rows_per_forward": config.rows_per_forward, "compute": compute}
     k, out = len(chosen), {}
     randoms = (matched_random(chosen, candidates, n=config.n_random, seed=config.seed)
                if 0 < k < len(candidates) and config.n_random else [])

@@ -98,7 +98,7 @@ def sev_prompts(path: str | Path, *, n: int | None = None, offset: int = 0) -> l
 SEV_OBJECTIVES = ("sev-preference", "sev-pref-lm", "sev-lm")
 
 
-def sev_reply_data(name: str, emotion: str, path: str | Path, *, n: int | None = 120,
+def sev_reply_data(name: str, emotion: str, path: str | Path, *, n: int | None = 60,
                    offset: int = 0, lm_weight: float = 1.0, beta: float = 5.0,
                    skip_opening: int = 0):
     """``(PairData, objective)`` of one of :data:`SEV_OBJECTIVES` for ``emotion``.

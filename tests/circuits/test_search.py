@@ -101,3 +101,17 @@ def test_find_circuit_searches_when_the_ranking_is_not_close_and_judges_what_it_
                             config=CircuitConfig(**{**config.__dict__, "search_rounds": 0}),
                             train_groups=tg, test_groups=te)
     assert plain.info["search"] is None and plain.info["stability"]["of"] == "ranking"
+
+
+def test_halves_split_every_stratum_in_half():
+    from circuits.assemble import halves
+    train = np.array([f"t{i}" for i in range(9)])
+    others = np.array([f"o{i}" for i in range(20)])
+    a, b = halves(train, others, rng=np.random.default_rng(0))
+    assert not set(a) & set(b) and set(a) | set(b) == set(train) | set(others)
+    for stratum in (train, others):
+        na, nb = np.isin(a, stratum).sum(), np.isin(b, stratum).sum()
+        assert na == len(stratum) // 2 and nb == len(stratum) - na
+    # random: another draw puts the groups elsewhere
+    c, _ = halves(train, others, rng=np.random.default_rng(1))
+    assert set(c) != set(a)
