@@ -55,6 +55,14 @@ REPORT_CAPTIONS = {"directions": (
 ), "steer": ()}
 
 
+
+def _layer_list(layers) -> str:
+    """``"10-19"`` for a contiguous run, else ``"6,9,12,15"`` (a span would claim layers not steered)."""
+    layers = sorted(layers)
+    if layers == list(range(layers[0], layers[-1] + 1)) and len(layers) > 1:
+        return f"{layers[0]}-{layers[-1]}"
+    return ",".join(map(str, layers))
+
 def _is_directions(names: set) -> bool:
     """A folder of saved directions: the cosine figure, or vectors without a results table."""
     vectors = any(n.endswith(".safetensors") for n in names) and "results.csv" not in names
@@ -384,7 +392,7 @@ def cmd_steer(args) -> int:
     amount = (f"x{setting.factor:g}" if setting.mode == "scale" else
               f"x{setting.strength:g} {setting.unit.upper()}")
     desc = (f"{args.emotion} {setting.mode} {amount} at "
-            f"{vec.sites[0].kind} layers {vec.layers[0]}-{vec.layers[-1]} ({vec.meta.get('method')})")
+            f"{vec.sites[0].kind} layers {_layer_list(vec.layers)} ({vec.meta.get('method')})")
     if not args.json:
         print(side_by_side(prompts, [mark(t, c) for t, c in zip(plain, cut_plain)],
                            [mark(t, c) for t, c in zip(steered, cut_steered)], desc))

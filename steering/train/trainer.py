@@ -169,6 +169,8 @@ def train_vector(lm, data: PairData, objective, config: TrainConfig = TrainConfi
     if max(config.layers) >= n_layers:
         raise SteeringError(f"layer {max(config.layers)} out of range: the model has {n_layers}")
     t0 = time.perf_counter()
+    if log:
+        log(f"preparing {objective.name} on {len(data)} rows (the unsteered model's targets; no gradients)")
     objective.prepare(lm, data)
     rms = site_rms(lm, data, config.layers)
     sites = [Site("hook_resid_post", L) for L in config.layers]

@@ -411,3 +411,10 @@ def test_steer_train_writes_a_vector_that_steer_applies_at_its_own_layers(capsys
     code, _, err = _run(capsys, "steer-train", "--model", model, "--emotion", "anger", "--skip-opening", "2",
                         "--out", tmp_path / "z")
     assert code == 2 and "--skip-opening is for the sev-* objectives" in err, err
+
+
+def test_steer_header_names_the_layers_a_vector_steers():
+    from steering.cli import _layer_list
+    assert _layer_list([10, 11, 12]) == "10-12"
+    assert _layer_list([15, 6, 9, 12]) == "6,9,12,15"   # not "6-15": layers 7, 8, ... are not steered
+    assert _layer_list([4]) == "4"
