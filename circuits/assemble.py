@@ -53,7 +53,7 @@ from circuits.metrics import Metric
 from circuits.report import clean_json
 from circuits.runs import Compute
 from circuits.search import search
-from circuits.stability import MIN_JACCARD, jaccard, split_half, top_k
+from circuits.stability import MIN_JACCARD, halves, jaccard, split_half, top_k
 from probe.errors import EmoprobeError
 from probe.forward import Batch
 
@@ -390,7 +390,8 @@ def _search_stability(lm, attr, train, metric, gs, means, config, train_groups, 
                       compute) -> dict:
     """Rank and search on each half of the training scenarios; the Jaccard of the two circuits
     (``config.search_splits`` random splits; each half ranks with its own attribution rows and
-    searches on its own training prompts). The split is stratified (:func:`halves`): the
+    searches on its own training prompts). The split is stratified
+    (:func:`circuits.stability.halves`): the
     circuit's training prompts' scenarios and the scenarios only the ranking saw are each halved,
     so a half ranks with half of *all* the attribution rows, as the ranking's own split-half
     check does."""
@@ -419,17 +420,6 @@ def _search_stability(lm, attr, train, metric, gs, means, config, train_groups, 
     j = float(np.median(vals))
     return {**base, "n_splits": len(vals), "jaccard": j, "ci_low": float(min(vals)),
             "ci_high": float(max(vals)), "stable": bool(j >= MIN_JACCARD)}
-
-
-def halves(*strata: np.ndarray, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
-    """Two disjoint halves of the groups in ``strata``, each stratum split in half at random
-    (the first half gets the smaller share of an odd stratum)."""
-    parts: tuple[list, list] = ([], [])
-    for groups in strata:
-        perm = rng.permutation(np.asarray(groups))
-        parts[0].extend(perm[: len(perm) // 2])
-        parts[1].extend(perm[len(perm) // 2:])
-    return np.asarray(parts[0], dtype=str), np.asarray(parts[1], dtype=str)
 
 
 #: Errors above this are drawn and integrated as this (an overshooting circuit can reach 100s).

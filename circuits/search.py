@@ -89,10 +89,10 @@ class MaskedForward:
         with torch.no_grad():
             return torch.cat([self._chunk(mask, r) for r in self._chunks()]).double()
 
-    def loss_grad(self, mask: Tensor, target: Tensor, den: float) -> tuple[float, np.ndarray, Tensor]:
-        """Loss, its gradient with respect to ``mask``, and the per-row metric."""
+    def loss_grad(self, mask: Tensor, target: Tensor, den: float) -> tuple[float, np.ndarray]:
+        """Loss and its gradient with respect to ``mask``."""
         leaf = mask.clone().requires_grad_(True)
-        total, out = 0.0, []
+        total = 0.0
         for r in self._chunks():
             m = self._chunk(leaf, r).double()
             loss = ((m - target[r]) ** 2).sum() / den
@@ -100,8 +100,7 @@ class MaskedForward:
             self.compute.backward_passes += 1
             self.compute.backward_row_blocks += len(r) * self.n_blocks
             total += float(loss.detach())
-            out.append(m.detach())
-        return total, leaf.grad.double().numpy(), torch.cat(out)
+        return total, leaf.grad.double().numpy()
 
     def _chunks(self):
         n = len(self.batch)
@@ -147,7 +146,7 @@ def search(lm, batch: Batch, metric: Metric, groups: Sequence[Group], baseline,
     den = float(((m0 - m) ** 2).sum())
     if not den > 0:
         raise ValueError("the empty circuit equals the model on these prompts: nothing to search")
-    loss, grad, _ = net.loss_grad(torch.from_numpy(inside).float(), m, den)
+    loss, grad = net.loss_grad(torch.from_numpy(inside).float(), m, den)
     loss_start, history = loss, []
     for r in range(rounds):
         t = time.perf_counter()
@@ -172,7 +171,7 @@ def search(lm, batch: Batch, metric: Metric, groups: Sequence[Group], baseline,
                             "seconds": round(time.perf_counter() - t, 2)})
             break
         inside = best[1]
-        loss, grad, _ = net.loss_grad(torch.from_numpy(inside).float(), m, den)
+        loss, grad = net.loss_grad(torch.from_numpy(inside).float(), m, den)
         history.append({"round": r, "swapped": best[2], "loss": loss,
                         "seconds": round(time.perf_counter() - t, 2)})
         if log:

@@ -57,9 +57,7 @@ def split_half(per_row: np.ndarray, groups: Sequence[str] | None, *, k: int, ord
     rng = np.random.default_rng(seed)
     vals = []
     for _ in range(n_splits):
-        perm = rng.permutation(uniq)
-        half = set(perm[: len(uniq) // 2])
-        a = np.array([g in half for g in keys])
+        a = np.isin(keys, halves(uniq, rng=rng)[0])
         ta = top_k(per_row[a].mean(0), k, order=order, sign=sign)
         tb = top_k(per_row[~a].mean(0), k, order=order, sign=sign)
         vals.append(jaccard(ta.tolist(), tb.tolist()))
@@ -68,3 +66,14 @@ def split_half(per_row: np.ndarray, groups: Sequence[str] | None, *, k: int, ord
     lo, hi = np.quantile(v, [0.025, 0.975])
     return {"k": k, "jaccard": med, "ci_low": float(lo), "ci_high": float(hi),
             "n_splits": n_splits, "groups": len(uniq), "stable": bool(med >= MIN_JACCARD)}
+
+
+def halves(*strata: np.ndarray, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
+    """Two disjoint halves of the groups in ``strata``, each stratum split in half at random
+    (the first half gets the smaller share of an odd stratum)."""
+    parts: tuple[list, list] = ([], [])
+    for groups in strata:
+        perm = rng.permutation(np.asarray(groups))
+        parts[0].extend(perm[: len(perm) // 2])
+        parts[1].extend(perm[len(perm) // 2:])
+    return np.asarray(parts[0], dtype=str), np.asarray(parts[1], dtype=str)

@@ -55,13 +55,13 @@ REPORT_CAPTIONS = {"directions": (
 ), "steer": ()}
 
 
-
 def _layer_list(layers) -> str:
     """``"10-19"`` for a contiguous run, else ``"6,9,12,15"`` (a span would claim layers not steered)."""
     layers = sorted(layers)
     if layers == list(range(layers[0], layers[-1] + 1)) and len(layers) > 1:
         return f"{layers[0]}-{layers[-1]}"
     return ",".join(map(str, layers))
+
 
 def _is_directions(names: set) -> bool:
     """A folder of saved directions: the cosine figure, or vectors without a results table."""

@@ -139,13 +139,13 @@ def sev_reply_data(name: str, emotion: str, path: str | Path, *, n: int | None =
             key = (row["skeleton_id"], valence)
             if (*key, emotion) not in reply:
                 continue
-            contrast = [reply[(*key, o)] for o in others[len(prompts) % len(others):] + others
-                        if (*key, o) in reply]
-            if not contrast:
+            turn = others[len(prompts) % len(others):] + others
+            contrast = next((reply[(*key, o)] for o in turn if (*key, o) in reply), None)
+            if contrast is None:
                 continue
             prompts.append(_sev_prompt(row, valence))
             targets.append(reply[(*key, emotion)])
-            negatives.append(contrast[0])
+            negatives.append(contrast)
     if not prompts:
         raise SteeringError(f"no SEV {emotion} replies among skeletons {offset}..{offset + (n or 0)}")
     if name == "sev-lm":

@@ -104,7 +104,7 @@ def test_find_circuit_searches_when_the_ranking_is_not_close_and_judges_what_it_
 
 
 def test_halves_split_every_stratum_in_half():
-    from circuits.assemble import halves
+    from circuits.stability import halves
     train = np.array([f"t{i}" for i in range(9)])
     others = np.array([f"o{i}" for i in range(20)])
     a, b = halves(train, others, rng=np.random.default_rng(0))
