@@ -56,22 +56,33 @@ def parse_memory(text: str | int | None) -> int | None:
     return int(value * scale)
 
 
+def is_chunked(var: xr.DataArray) -> bool:
+    """Whether ``var`` is Dask-backed, asked without touching its data.
+
+    ``var.data`` of a lazily opened variable reads the whole variable into memory (and xarray
+    keeps it cached there), so it must never be how this is asked.
+    """
+    return var.chunks is not None
+
+
 def open_lazy(store) -> xr.Dataset:
-    """A store (path or opened dataset) with its data variables as Dask arrays over its chunks."""
+    """A store (path or opened dataset) with its data variables as Dask arrays over its chunks.
+
+    Nothing is read: each variable is chunked as stored, without loading it first.
+    """
     from probe.store import open_store
 
     require_dask()
     ds = store if isinstance(store, xr.Dataset) else open_store(store, require_complete=False)
     out = {}
     for name, var in ds.data_vars.items():
+        if is_chunked(var):
+            continue
         chunks = var.encoding.get("chunks") or var.encoding.get("preferred_chunks")
         if isinstance(chunks, dict):
             chunks = tuple(chunks[d] for d in var.dims)
-        if chunks is None or hasattr(var.data, "dask"):
-            out[name] = var if hasattr(var.data, "dask") else var.chunk()
-        else:
-            out[name] = var.chunk(dict(zip(var.dims, chunks)))
-    return ds.assign(out)
+        out[name] = var.chunk() if chunks is None else var.chunk(dict(zip(var.dims, chunks)))
+    return ds.assign(out) if out else ds
 
 
 def read_sites(var: xr.DataArray, pooling: str, layers: Sequence[int] | None,
@@ -89,7 +100,7 @@ def read_sites(var: xr.DataArray, pooling: str, layers: Sequence[int] | None,
     sel = var.sel(pooling=pooling)
     if layers is not None:
         sel = sel.sel(layer=list(layers))
-    data = sel.data if hasattr(sel.data, "dask") else da.from_array(np.asarray(sel.data))
+    data = sel.data if is_chunked(sel) else da.from_array(np.asarray(sel.values))
     if layers is None:
         data = data[:, None]
     data = data.reshape(data.shape[0], data.shape[1], -1)

@@ -25,7 +25,7 @@ from tqdm.auto import tqdm
 from probe.baselines import control_keys, key_coverage
 from probe.evaluate import EvalConfig, evaluate, make_folds, text_baselines
 from probe.heldout import check_label_sets, check_pair, split_rows, warn_overlap
-from probe.lazy import open_lazy, parse_memory, read_sites, sites_per_read
+from probe.lazy import is_chunked, open_lazy, parse_memory, read_sites, sites_per_read
 from probe.probe_kinds import probe_kind
 from probe.results import validate_results
 from probe.sites import Site, parse_sites
@@ -98,7 +98,7 @@ def _compact(layers: list[int]) -> str:
 
 
 def _read(var: xr.DataArray, pooling: str, layers: list[int] | None, rows: np.ndarray) -> np.ndarray:
-    if hasattr(var.data, "dask"):  # out of core: chunk by chunk (probe.lazy)
+    if is_chunked(var):  # out of core: chunk by chunk (probe.lazy)
         return read_sites(var, pooling, layers, rows)
     return _read_eager(var, pooling, layers, rows)
 
