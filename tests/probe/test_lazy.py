@@ -62,8 +62,8 @@ def test_out_of_core_sweep_under_a_ram_cap_equals_the_in_memory_sweep(tmp_path, 
            "MALLOC_MMAP_THRESHOLD_": "131072", "PYTHONPATH": str(REPO_ROOT)}
     out = tmp_path / "ooc.csv"
     child = subprocess.run([sys.executable, "-m", "tests.probe._capped_sweep", str(path), "16",
-                            "6MiB", str(out)], cwd=REPO_ROOT, env=env, capture_output=True, check=False,
-                           text=True, timeout=300)
+                            "6MiB", str(out)], cwd=REPO_ROOT, env=env, capture_output=True,
+                           check=False, text=True, timeout=300)
     assert "out-of-core ok" in child.stdout, (child.returncode, child.stderr[-2000:])
     assert child.returncode == 0 or child.returncode < 0, "in-memory sweep fit under the cap"
     config = EvalConfig(n_bootstrap=0, control=False, lexical=False)
