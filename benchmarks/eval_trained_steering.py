@@ -19,6 +19,12 @@ perplexity ratio <= 2 is the ``steered`` condition, reported with the other cand
 selected points, unsteered, the user-turn prompt, the designed prompt, designed prompt +
 steering (its scale selected separately) and a random vector of the winner's norm.
 
+``--confirm-top K`` adds a second selection stage: the K best eligible steering points and the K
+best prompt + steering points are generated again on the first stage's 18 tune prompts plus 42
+more (the 30 shipped tune prompts the first stage left out, SEV skeletons 148-159), and each
+kind's point is chosen by the selection composite over all 60, gates applied to all 60. Test
+prompts are still touched only by the chosen points.
+
     python benchmarks/eval_trained_steering.py --emotions anger,sadness --out runs/trained
 """
 
@@ -92,6 +98,11 @@ def main(argv=None) -> None:
     ap.add_argument("--expression-scales", default="1,2,3")
     ap.add_argument("--tune-prompts", type=int, default=10)
     ap.add_argument("--tune-sev", type=int, default=8)
+    ap.add_argument("--confirm-top", type=int, default=0,
+                    help="second selection stage: rescore the K best eligible steering points (and "
+                         "K best prompt + steering points) on the confirm prompts (the shipped tune "
+                         "prompts the first stage left out + SEV skeletons 148-159) and choose by the "
+                         "composite over both stages' prompts; 0 = one stage")
     ap.add_argument("--test-prompts", type=int, default=None)
     ap.add_argument("--max-new-tokens", type=int, default=60)
     ap.add_argument("--threads", type=int, default=1)
@@ -141,6 +152,9 @@ def main(argv=None) -> None:
     tune = spread(load_prompts("tune"), args.tune_prompts) + [
         NeutralPrompt(id=f"sev-{i}", text=t, kind="narrative", split="tune")
         for i, t in enumerate(sev_prompts(data / "sev", n=args.tune_sev, offset=140))]
+    confirm = [p for p in load_prompts("tune") if p.id not in {t.id for t in tune}] + [
+        NeutralPrompt(id=f"sev-{148 + i}", text=t, kind="narrative", split="tune")
+        for i, t in enumerate(sev_prompts(data / "sev", n=12, offset=148))]
     test = spread(load_prompts("test"), args.test_prompts)
     sel_scorer = Scorer(lm, {"select": select}, decoding=decoding, batch_size=64, log=log)
     rep_scorer = Scorer(lm, report, decoding=decoding, batch_size=64, log=log)
@@ -148,8 +162,9 @@ def main(argv=None) -> None:
     if args.reuse and (out / "refs.json").is_file():
         refs = json.loads((out / "refs.json").read_text())
     for name, scorer, prompts, cj in (("tune", sel_scorer, tune, {"select": select}),
-                                      ("test", rep_scorer, test, report)):
-        if name in refs:
+                                      ("test", rep_scorer, test, report),
+                                      ("confirm", sel_scorer, tune + confirm, {"select": select})):
+        if name in refs or (name == "confirm" and not args.confirm_top):
             continue
         f = scorer.frame(prompts, [Arm(condition="unsteered", emotion=None)], relevance=True,
                          targets=emotions)
@@ -161,7 +176,7 @@ def main(argv=None) -> None:
 
     for emotion in emotions:
         run_emotion(lm, emotion, teach, expr, layers, args, out, tune, test, sel_scorer, rep_scorer,
-                    select, report, refs)
+                    select, report, refs, confirm)
 
 
 def train_all(lm, emotion, teach, expr, layers, args, out, names=None, have=None):
@@ -195,7 +210,7 @@ def train_all(lm, emotion, teach, expr, layers, args, out, names=None, have=None
 
 
 def run_emotion(lm, emotion, teach, expr, layers, args, out, tune, test, sel_scorer, rep_scorer,
-                select, report, refs):
+                select, report, refs, confirm):
     if args.reuse:   # vectors trained by an earlier run of this script into the same --out
         names = args.objectives.split(",")
         have = [n for n in names if (out / "vectors" / f"{emotion}-{n}.safetensors").is_file()]
@@ -236,13 +251,15 @@ def run_emotion(lm, emotion, teach, expr, layers, args, out, tune, test, sel_sco
         old = pd.read_csv(out / f"{emotion}-tune.csv")
         arms = [a for a in arms if a.condition not in set(old["condition"])]
     log(f"{emotion}: selection, {len(arms)} arms x {len(tune)} tune prompts")
-    ft = score_arms(sel_scorer, tune, arms, concept_judges={"select": select},
-                    ref_perplexity=ref_ppl, ref_relevance=ref_rel)
-    tag = "-more" if old is not None else ""
-    ft.drop(columns=["signals"]).to_csv(out / f"{emotion}-tune-replies{tag}.csv", index=False)
-    _, table = select_scale(ft, judge="select", ref_perplexity=ref_ppl)
-    if old is not None:
-        table = pd.concat([old, table], ignore_index=True)
+    table = old
+    if arms:
+        ft = score_arms(sel_scorer, tune, arms, concept_judges={"select": select},
+                        ref_perplexity=ref_ppl, ref_relevance=ref_rel)
+        tag = "-more" if old is not None else ""
+        ft.drop(columns=["signals"]).to_csv(out / f"{emotion}-tune-replies{tag}.csv", index=False)
+        _, table = select_scale(ft, judge="select", ref_perplexity=ref_ppl)
+        if old is not None:
+            table = pd.concat([old, table], ignore_index=True)
     table.to_csv(out / f"{emotion}-tune.csv", index=False)
     per_method = {}
     for m in candidates:
@@ -254,12 +271,21 @@ def run_emotion(lm, emotion, teach, expr, layers, args, out, tune, test, sel_sco
     # the steered condition: the best steering candidate alone (prompting is not a candidate)
     best = max(per_method.values(), key=lambda c: float(table.set_index("condition").loc[c, "composite"]),
                default=None)
-    log(f"{emotion}: selected {best} (per method {per_method}); prompt+steering {best_combo}")
-    dump(out / f"{emotion}-selection.json", {"best": best, "per_method": per_method, "combo": best_combo})
 
     def setting_of(label):
         m, s = label.removeprefix("designed+").split("@")
         return vecs[m], float(s)
+
+    stage1 = {"best": best, "per_method": dict(per_method), "combo": best_combo}
+    if args.confirm_top:
+        best, best_combo = confirm_choice(emotion, table, args.confirm_top, confirm, tune, out,
+                                          sel_scorer, select, *refs["confirm"], setting_of,
+                                          designed) or (best, best_combo)
+        if best:   # the confirmed point is its method's point on the test prompts
+            per_method[best.split("@")[0]] = best
+    log(f"{emotion}: selected {best} (per method {per_method}); prompt+steering {best_combo}")
+    dump(out / f"{emotion}-selection.json", {"best": best, "per_method": per_method, "combo": best_combo,
+                                            "stage1": stage1, "confirm_top": args.confirm_top})
 
     test_arms = [Arm(condition="unsteered", emotion=None)]
     for m, label in per_method.items():
@@ -294,6 +320,40 @@ def run_emotion(lm, emotion, teach, expr, layers, args, out, tune, test, sel_sco
                                                         "combo": best_combo}, "train": logs})
     pd.DataFrame(rows).to_csv(out / f"{emotion}-results.csv", index=False)
     log(f"{emotion}: done")
+
+
+def confirm_choice(emotion, table, k, confirm, tune, out, sel_scorer, select, ref_ppl, ref_rel,
+                   setting_of, designed):
+    """Second selection stage: the ``k`` best eligible steering points and the ``k`` best
+    prompt + steering points of the first stage, scored again on the first stage's tune prompts
+    and on the ``confirm`` prompts; each kind's point is chosen by the composite over all of
+    them, the gates applied to all of them. Returns ``(best, best_combo)``, or None when the
+    first stage left nothing eligible."""
+    ok = table[table["eligible"]].sort_values("composite", ascending=False)["condition"]
+    ok = list(dict.fromkeys(ok))   # a reused run's table may list a condition twice
+    alone = [c for c in ok if "@" in c and not c.startswith("designed+")][:k]
+    combos = [c for c in ok if c.startswith("designed+")][:k]
+    if not alone and not combos:
+        return None
+    arms = []
+    for label in alone + combos:
+        v, s = setting_of(label)
+        extra = ({"system_prompt": designed.system_prompt, "user_suffix": designed.user_suffix}
+                 if label.startswith("designed+") else {})
+        arms.append(Arm(condition=label, emotion=emotion, setting=Setting(vector=v, strength=s),
+                        **extra))
+    prompts = list(tune) + list(confirm)
+    log(f"{emotion}: confirmation, {len(arms)} arms x {len(prompts)} tune prompts "
+        f"({len(confirm)} new)")
+    fc = score_arms(sel_scorer, prompts, arms, concept_judges={"select": select},
+                    ref_perplexity=ref_ppl, ref_relevance=ref_rel)
+    fc.drop(columns=["signals"]).to_csv(out / f"{emotion}-confirm-replies.csv", index=False)
+    _, pooled = select_scale(fc, judge="select", ref_perplexity=ref_ppl)
+    first = table.drop_duplicates("condition", keep="last").set_index("condition")
+    pooled["composite_stage1"] = pooled["condition"].map(first["composite"])
+    pooled.to_csv(out / f"{emotion}-confirm.csv", index=False)
+    pick = pooled[pooled["eligible"]].sort_values("composite", ascending=False)["condition"]
+    return next((c for c in pick if c in alone), None), next((c for c in pick if c in combos), None)
 
 
 if __name__ == "__main__":
