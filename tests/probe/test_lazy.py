@@ -32,6 +32,24 @@ def test_lazy_reads_equal_eager_reads_over_the_zarr_chunks(tmp_path):
         assert b.dtype == np.float32 and np.array_equal(a, b)
 
 
+def test_opening_lazily_reads_nothing(tmp_path):
+    """``open_lazy`` chunks each variable as stored without loading it (it once asked
+    ``var.data``, which reads a lazily opened variable whole and keeps it cached)."""
+    import tracemalloc
+
+    path = make_store(tmp_path / "s.zarr", n=600, layers=16, d=256, block=200)
+    size = 600 * 16 * 2 * 256 * 4
+    open_lazy(path)  # imports and first-use caches outside the measurement
+    tracemalloc.start()
+    try:
+        ds = open_lazy(open_store(path, require_complete=False))
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert ds["hook_resid_post"].chunks is not None
+    assert peak < size / 10, f"opening lazily allocated {peak / 2**20:.1f} MiB"
+
+
 def test_budget_sizes_jobs_and_refuses_an_impossible_one():
     assert parse_memory("1.5GiB") == 3 * 2**29 and parse_memory("20MB") == 20_000_000
     kw = {"n": 1000, "width": 256, "task": "classification", "n_classes": 4, "n_folds": 5}
