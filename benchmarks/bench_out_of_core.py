@@ -1,8 +1,9 @@
 """The smallest address-space cap each probe sweep runs under, for stores of growing size.
 
 For each store size (600 rows x L layers x 2 poolings x 256 float32 features, synthetic), a
-child process warms up on one site, caps its address space (``RLIMIT_AS``) at ``cap`` MiB above
-what it then uses, and runs the whole sweep: out of core (``memory=--budget``) or in memory.
+child process (``tests/probe/_capped_sweep.py --only``) warms up on one site, caps its address
+space (``RLIMIT_AS``) at ``cap`` MiB above what it then uses, and runs the whole sweep: out of
+core (``memory=--budget``) or in memory.
 Caps are tried in increasing order; the first that the sweep completes under is printed. glibc
 runs with one arena and a fixed mmap threshold, so the address space grows with what is
 allocated (see ``tests/probe/test_lazy.py``).
@@ -22,32 +23,14 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 
-CHILD = """
-import resource, sys, dask, torch
-from probe.evaluate import EvalConfig
-from probe.sweep import probe_store
-store, mode, cap, budget = sys.argv[1], sys.argv[2], int(sys.argv[3]), sys.argv[4]
-torch.set_num_threads(1)
-dask.config.set(scheduler="synchronous")
-config = EvalConfig(n_bootstrap=0, control=False, lexical=False)
-site = "blocks.0.hook_resid_post"
-probe_store(store, config=config, progress=False, sites=site, poolings=["last"], memory=budget)
-probe_store(store, config=config, progress=False, sites=site, poolings=["last"])
-with open("/proc/self/status") as fh:
-    vm = next(int(line.split()[1]) * 1024 for line in fh if line.startswith("VmSize"))
-resource.setrlimit(resource.RLIMIT_AS, (vm + cap * 2**20, resource.RLIM_INFINITY))
-try:
-    probe_store(store, config=config, progress=False, **({"memory": budget} if mode == "ooc" else {}))
-except MemoryError:
-    sys.exit(3)
-"""
-
 
 def smallest_cap(store: Path, mode: str, caps: list[int], budget: str) -> int | None:
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "MALLOC_ARENA_MAX": "1",
-           "MALLOC_MMAP_THRESHOLD_": "131072", "PYTHONPATH": str(ROOT)}
+    from tests.probe._capped_sweep import CHILD_ENV
+
+    env = {**os.environ, **CHILD_ENV, "PYTHONPATH": str(ROOT)}
     for cap in caps:
-        rc = subprocess.run([sys.executable, "-c", CHILD, str(store), mode, str(cap), budget],
+        rc = subprocess.run([sys.executable, "-m", "tests.probe._capped_sweep", "--only", mode,
+                             str(store), str(cap), budget],
                             cwd=ROOT, env=env, capture_output=True, check=False).returncode
         if rc == 0:
             return cap

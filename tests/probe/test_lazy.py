@@ -15,6 +15,7 @@ from probe.lazy import MemoryBudgetError, open_lazy, parse_memory, read_sites, s
 from probe.store import open_store
 from probe.sweep import _read, probe_store
 from tests.conftest import REPO_ROOT
+from tests.probe._capped_sweep import CHILD_ENV
 from tests.probe._synthetic_store import make_store
 
 KEY = ["site", "layer", "pooling", "estimator", "metric"]
@@ -77,8 +78,7 @@ def test_out_of_core_sweep_under_a_ram_cap_equals_the_in_memory_sweep(tmp_path, 
     path = make_store(tmp_path / "big.zarr", n=600, layers=64, d=256, block=200)
     per_pooling = 600 * 64 * 256 * 4
     assert per_pooling > 24 * 2**20  # and the store holds two poolings
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "MALLOC_ARENA_MAX": "1",
-           "MALLOC_MMAP_THRESHOLD_": "131072", "PYTHONPATH": str(REPO_ROOT)}
+    env = {**os.environ, **CHILD_ENV, "PYTHONPATH": str(REPO_ROOT)}
     out = tmp_path / "ooc.csv"
     child = subprocess.run([sys.executable, "-m", "tests.probe._capped_sweep", str(path), "24",
                             "6MiB", str(out)], cwd=REPO_ROOT, env=env, capture_output=True,
