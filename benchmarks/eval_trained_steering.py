@@ -152,7 +152,8 @@ def main(argv=None) -> None:
     tune = spread(load_prompts("tune"), args.tune_prompts) + [
         NeutralPrompt(id=f"sev-{i}", text=t, kind="narrative", split="tune")
         for i, t in enumerate(sev_prompts(data / "sev", n=args.tune_sev, offset=140))]
-    confirm = [p for p in load_prompts("tune") if p.id not in {t.id for t in tune}] + [
+    first_ids = {t.id for t in tune}
+    confirm = [p for p in load_prompts("tune") if p.id not in first_ids] + [
         NeutralPrompt(id=f"sev-{148 + i}", text=t, kind="narrative", split="tune")
         for i, t in enumerate(sev_prompts(data / "sev", n=12, offset=148))]
     test = spread(load_prompts("test"), args.test_prompts)
