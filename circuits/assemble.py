@@ -42,9 +42,7 @@ from circuits.closeness import (
     composition,
     error_ci,
     evaluate_sets,
-    matched_random,
-    normalised_error,
-    random_summary,
+    judge,
     reach,
     signed_error_ci,
 )
@@ -89,6 +87,9 @@ class CircuitConfig:
             searched circuit stays close (``search_halvings`` times at most); 0: no search.
         search_splits: Split-half checks of a searched circuit (rank and search on each half
             of the training scenarios, Jaccard of the two circuits).
+        search_stable: When the searched circuit chosen by closeness is not stable, take the
+            next larger searched circuit that is as close and stable (a halving is kept only
+            while it stays stable).
     """
 
     types: tuple[str, ...] = ("heads", "neurons")
@@ -105,6 +106,7 @@ class CircuitConfig:
     search_rounds: int = 0
     search_halvings: int = 3
     search_splits: int = 1
+    search_stable: bool = True
 
 
 @dataclass
@@ -300,17 +302,19 @@ def find_circuit(lm, attr: Attribution, metric: Metric, train: Batch, test: Batc
                                "signed_train_ci": [float(row["signed_low"]), float(row["signed_high"])]}
                               for res, row in found], "chosen": pick[0] < 0}
         if pick[0] < 0:
-            res, at_tr = found[-1 - pick[0]]
+            j, stab, searched["stability_checked"] = _stable_choice(
+                found, -1 - pick[0], pick[1], config,
+                lambda size: _search_stability(lm, attr, train, metric, gs, means, config,
+                                               train_groups, size, order, sign, compute))
+            res, at_tr = found[j]
             chosen, k, how = res.components, len(res.components), pick[1]
             at = curves(lm, test, metric, _first(chosen, ranked), gs, means, (0, k), completeness=True,
                         row_groups=test_groups, n_boot=config.n_boot, **kw).iloc[1]
-            stab = _search_stability(lm, attr, train, metric, gs, means, config, train_groups,
-                                     k, order, sign, compute)
         else:
             k, how = int(tr["size"].iloc[pick[0]]), pick[1]
             at, at_tr = te[te["size"] == k].iloc[0], tr[tr["size"] == k].iloc[0]
             chosen = ranked[:k]
-    judged = _judge(lm, chosen, ranked0, gs, metric, test, means, config, test_groups,
+    judged = judge(lm, chosen, ranked0, gs, metric, test, means, config, test_groups,
                     ablation_baselines, behaviour, test_texts, compute)
     per_row, comps = _per_row(attr, gs)
     idx = {c: i for i, c in enumerate(comps)}
@@ -386,6 +390,28 @@ def _search_sizes(lm, train, metric, ranked, gs, means, config, train_groups, bu
     return out
 
 
+def _stable_choice(found, j: int, how: str, config, stability) -> tuple[int, dict, list[dict]]:
+    """Which searched circuit ``found[j]`` (largest first) to judge: the one chosen by closeness
+    when its split-half check (``stability(size)``) is stable; else, with
+    ``config.search_stable``, the next larger one that is as close on training prompts by the
+    same rule (``how``) and stable; when none is, the first choice. ``(j, stability, checked)``."""
+    checked, first = [], None
+    while True:
+        stab = stability(len(found[j][0].components))
+        checked.append({"size": len(found[j][0].components), "jaccard": stab["jaccard"],
+                        "stable": stab["stable"]})
+        first = first or (j, stab)
+        if stab["stable"] or not config.search_stable or j == 0:
+            break
+        row = found[j - 1][1]
+        close = {"upper CI": reach(row["signed_low"], row["signed_high"]) <= config.max_error,
+                 "point estimate": row["error"] <= config.max_error}.get(how, False)
+        if not close:
+            break
+        j -= 1
+    return (j, stab, checked) if stab["stable"] else (*first, checked)
+
+
 def _search_stability(lm, attr, train, metric, gs, means, config, train_groups, k, order, sign,
                       compute) -> dict:
     """Rank and search on each half of the training scenarios; the Jaccard of the two circuits
@@ -424,39 +450,6 @@ def _search_stability(lm, attr, train, metric, gs, means, config, train_groups, 
 
 #: Errors above this are drawn and integrated as this (an overshooting circuit can reach 100s).
 ERROR_CAP = 2.0
-
-
-def _judge(lm, chosen, candidates, gs, metric, test, means, config, test_groups, ablation_baselines,
-           behaviour, test_texts, compute) -> dict:
-    """Random circuits of the same composition, other ablations, the behavioural metric."""
-    kw = {"rows_per_forward": config.rows_per_forward, "compute": compute}
-    k, out = len(chosen), {}
-    randoms = (matched_random(chosen, candidates, n=config.n_random, seed=config.seed)
-               if 0 < k < len(candidates) and config.n_random else [])
-    m, m0, ms = evaluate_sets(lm, test, metric, [chosen] + randoms, gs, means, **kw)
-    err = normalised_error(m, ms[0], m0)
-    if randoms:
-        out["random"] = random_summary(m, m0, ms[1:], err)
-    abl = {"mean": (m, m0, ms[0])}
-    for name, base in (ablation_baselines or {}).items():
-        if name != "mean":
-            a, a0, am = evaluate_sets(lm, test, metric, [chosen], gs, base, texts=test_texts, **kw)
-            abl[name] = (a, a0, am[0])
-    out["ablations"] = {}
-    for name, (a, a0, ak) in abl.items():
-        e, lo, hi = error_ci(a, ak, a0, test_groups, n_boot=config.n_boot)
-        out["ablations"][name] = {"error": e, "error_ci": [lo, hi], "M": float(a.mean()),
-                                  "M_0": float(a0.mean()), "M_k": float(ak.mean())}
-    if behaviour is not None:
-        rb = randoms[:config.n_random_behaviour]
-        b, b0, bs = evaluate_sets(lm, test, behaviour, [chosen] + rb, gs, means, **kw)
-        e, lo, hi = error_ci(b, bs[0], b0, test_groups, n_boot=config.n_boot)
-        beh = {"metric": behaviour.name, "error": e, "error_ci": [lo, hi], "M": float(b.mean()),
-               "M_0": float(b0.mean()), "M_k": float(bs[0].mean())}
-        if rb:
-            beh["random"] = random_summary(b, b0, bs[1:], e)
-        out["behaviour"] = beh
-    return out
 
 
 def _per_row(attr: Attribution, gs: list[Group]) -> tuple[np.ndarray, list[Component]]:

@@ -104,6 +104,11 @@ def register(sub) -> dict:
                    help="edge attribution (EAP) between heads, MLPs and the metric on the "
                         "validation prompts, checked by patching its top N and N random edges "
                         "(direction metrics; default: off)")
+    g.add_argument("--edge-estimator", default="eap-sublayer", choices=["eap", "eap-norm", "eap-sublayer"],
+                   help="what scores the edges: eap (gradient x change at the edge's input), "
+                        "eap-norm (the downstream norm taken exactly, linear after it) or "
+                        "eap-sublayer (the downstream norm + attention or MLP run on each edge's "
+                        "change, linear after it; default: %(default)s)")
     g = p.add_argument_group("circuits")
     g.add_argument("--no-circuit", dest="circuit", action="store_false",
                    help="attribute (and validate) only")
@@ -130,6 +135,10 @@ def register(sub) -> dict:
                    help="after a search at the budget, halve the size and search again while "
                         "the circuit stays close on training prompts, at most N times; 0: the "
                         "budget size only (default: %(default)s)")
+    g.add_argument("--no-search-stable", dest="search_stable", action="store_false",
+                   help="judge the smallest searched circuit that is close even when its "
+                        "split-half check is not stable (default: a halving is kept only while "
+                        "the halved circuit is stable; else the next larger close one is judged)")
     g.add_argument("--search-splits", type=int, default=1,
                    help="split-half checks of a searched circuit: rank and search on each half "
                         "of the training scenarios (default: %(default)s)")
@@ -215,8 +224,9 @@ def cmd_circuits(args) -> int:
         ablations=args.ablations, behaviour=args.behaviour,
         influence_prompts=args.influence_prompts, test_fraction=args.test_fraction,
         seed=args.seed, batch_size=args.batch_size, ig_steps=args.ig_steps, edges=args.edges,
+        edge_estimator=args.edge_estimator,
         search_rounds=args.search_rounds, search_halvings=args.search_halvings,
-        search_splits=args.search_splits)
+        search_splits=args.search_splits, search_stable=args.search_stable)
     dataset = load_data(args)
     check_args(args, dataset)
     lm = load_model(args)

@@ -240,3 +240,37 @@ def random_summary(m: np.ndarray, m_empty: np.ndarray, m_random: np.ndarray, cir
     return {"n": len(errs), "median": float(np.median(errs)),
             "p05": float(np.quantile(errs, 0.05)), "p95": float(np.quantile(errs, 0.95)),
             "share_as_close": float(np.mean(errs <= circuit_error))}
+
+
+def judge(lm, chosen, candidates, gs, metric, test, means, config, test_groups, ablation_baselines,
+           behaviour, test_texts, compute) -> dict:
+    """The circuit ``chosen`` on held-out prompts: random circuits of the same composition,
+    other ablations, the behavioural metric (``config``: a :class:`circuits.assemble.CircuitConfig`)."""
+    kw = {"rows_per_forward": config.rows_per_forward, "compute": compute}
+    k, out = len(chosen), {}
+    randoms = (matched_random(chosen, candidates, n=config.n_random, seed=config.seed)
+               if 0 < k < len(candidates) and config.n_random else [])
+    m, m0, ms = evaluate_sets(lm, test, metric, [chosen] + randoms, gs, means, **kw)
+    err = normalised_error(m, ms[0], m0)
+    if randoms:
+        out["random"] = random_summary(m, m0, ms[1:], err)
+    abl = {"mean": (m, m0, ms[0])}
+    for name, base in (ablation_baselines or {}).items():
+        if name != "mean":
+            a, a0, am = evaluate_sets(lm, test, metric, [chosen], gs, base, texts=test_texts, **kw)
+            abl[name] = (a, a0, am[0])
+    out["ablations"] = {}
+    for name, (a, a0, ak) in abl.items():
+        e, lo, hi = error_ci(a, ak, a0, test_groups, n_boot=config.n_boot)
+        out["ablations"][name] = {"error": e, "error_ci": [lo, hi], "M": float(a.mean()),
+                                  "M_0": float(a0.mean()), "M_k": float(ak.mean())}
+    if behaviour is not None:
+        rb = randoms[:config.n_random_behaviour]
+        b, b0, bs = evaluate_sets(lm, test, behaviour, [chosen] + rb, gs, means, **kw)
+        e, lo, hi = error_ci(b, bs[0], b0, test_groups, n_boot=config.n_boot)
+        beh = {"metric": behaviour.name, "error": e, "error_ci": [lo, hi], "M": float(b.mean()),
+               "M_0": float(b0.mean()), "M_k": float(bs[0].mean())}
+        if rb:
+            beh["random"] = random_summary(b, b0, bs[1:], e)
+        out["behaviour"] = beh
+    return out

@@ -14,17 +14,18 @@ import numpy as np
 import pandas as pd
 
 from circuits import figures
-from circuits.edges import edge_attribution, edge_patch
+from circuits.edges import ESTIMATORS, edge_attribution, edge_patch
 from circuits.runs import Compute, Timer
 from circuits.validate import compare, compare_ci, summary
 
 
 def run_edges(lm, batch, metric, baseline, groups, *, n: int, label: str, out: Path, log,
-              seed: int = 0, rows_per_forward: int = 48) -> dict:
-    """EAP + edge patching of the top ``n`` and ``n`` random other edges; returns a summary."""
+              seed: int = 0, rows_per_forward: int = 48, estimator: str = "eap-sublayer") -> dict:
+    """Edge attribution (``estimator``: :data:`circuits.edges.ESTIMATORS`) + edge patching of
+    its top ``n`` and ``n`` random other edges; returns a summary."""
     c_attr, c_truth = Compute(), Compute()
     with Timer(c_attr):
-        ea = edge_attribution(lm, batch, metric, baseline)
+        ea = edge_attribution(lm, batch, metric, baseline, estimator=estimator)
     table = ea.table()
     rng = np.random.default_rng(seed)
     rest = np.arange(n, len(table))
@@ -49,10 +50,16 @@ def run_edges(lm, batch, metric, baseline, groups, *, n: int, label: str, out: P
     rows, blocks, e = len(batch), metric.layer + 1, len(chosen)
     c_attr.forward_passes, c_attr.backward_passes = 2 * -(-rows // 8), -(-rows // 8)
     c_attr.forward_row_blocks, c_attr.backward_row_blocks = 2 * rows * blocks, rows * blocks
+    if estimator == "eap-sublayer":  # one sublayer (half a block) per edge into a sublayer, and row
+        c_attr.forward_row_blocks += -(-int((table["downstream"] != "metric").sum()) * rows // 2)
     c_truth.forward_passes = 2 + -(-e // max(1, rows_per_forward // rows))
     c_truth.forward_row_blocks = (2 + e) * rows * blocks
-    text = summary(cmp, "EAP", c_attr, c_truth, n_truth_components=len(chosen),
-                   n_all_components=len(table))
+    name = {"eap": "EAP", "eap-norm": "EAP-norm", "eap-sublayer": "EAP-sublayer"}[estimator]
+    advice = ("trust the patched edges (--edges N patches N candidates), or try --edge-estimator "
+              f"{ESTIMATORS[-1]} and validate it too" if estimator != ESTIMATORS[-1] else
+              "trust the patched edges (--edges N patches N candidates; raise N)")
+    text = summary(cmp, name, c_attr, c_truth, n_truth_components=len(chosen),
+                   n_all_components=len(table), alternative=advice)
     text = "edges (patching = edge patching: only that edge carries its patched value)\n" + text
     log(text)
     (out / f"edges_{label}.txt").write_text(text + "\n")
@@ -61,8 +68,8 @@ def run_edges(lm, batch, metric, baseline, groups, *, n: int, label: str, out: P
     full.to_csv(out / f"edges_{label}.csv", index=False)
     n_layers = metric.layer + 1
     figures.plot_edges(table, n_layers=n_layers, n_heads=lm.arch.head_shape(lm.model)[0],
-                       title=f"{metric.name}: top 40 edges by EAP ({baseline.name} baseline)",
+                       title=f"{metric.name}: top 40 edges by {name} ({baseline.name} baseline)",
                        out=out / f"edges_{label}")
-    return {"edges": len(table), "patched": len(chosen), "prompts": len(batch),
+    return {"edges": len(table), "patched": len(chosen), "prompts": len(batch), "estimator": estimator,
             "table": cmp.to_dict("records"),
             "compute": {"eap": c_attr.as_dict(), "patching": c_truth.as_dict()}}

@@ -1,4 +1,5 @@
-"""Edge attribution (EAP) between heads, MLPs and the metric, and edge patching to check it.
+"""Edge attribution (EAP and two sharper variants) between heads, MLPs and the metric, and edge
+patching to check it.
 
 Nodes. *Upstream*: each attention head (its output ``z_h W_O,h``) and each MLP (its output) of
 the layers the metric can see. *Downstream*: the input of each layer's attention (``attn_in``:
@@ -13,6 +14,16 @@ residual skip around ``v`` carries no gradient to it). One forward and one backw
 edge. **Edge patching** (the ground truth, :func:`edge_patch`) adds ``out_u' - out_u`` to
 ``v``'s input alone and reruns the model: only that edge changes.
 
+Two estimators between the two (``estimator=``, :data:`ESTIMATORS`) take the nonlinearity right
+behind the edge exactly and the rest linearly: ``eap-norm`` the norm ``v`` reads,
+``eap-sublayer`` the norm and the attention or MLP it feeds (one sublayer call per edge, stacked;
+exact where nothing nonlinear follows ``v``, e.g. the last MLP before the metric). On SmolLM2 the
+largest edges leave layer 0's and layer 2's MLPs, whose mean-ablated change is large enough to
+rescale the norm and move attention patterns, and EAP gets some of them with the wrong sign.
+``eap-sublayer`` is the default: on held-out prompts it agrees with edge patching better than
+EAP for every emotion (docs/circuits.md), at about 30x EAP's cost (one sublayer per edge and
+prompt; patching every edge costs about 45x more again). ``estimator="eap"`` for speed.
+
 Scope: pre-norm Llama-like blocks, whose parts ``probe.arch.BLOCK_PARTS`` names; other families
 raise :class:`EdgeError`.
 
@@ -24,6 +35,7 @@ raise :class:`EdgeError`.
 from __future__ import annotations
 
 from collections.abc import Sequence
+from contextlib import ExitStack
 from dataclasses import dataclass
 
 import numpy as np
@@ -37,7 +49,7 @@ from circuits.runs import forward_metric, forward_with_leaves
 from probe.arch import ArchitectureError
 from probe.errors import EmoprobeError
 from probe.forward import Batch, run_with_cache
-from probe.hooks import module_input_hooks
+from probe.hooks import module_input_hooks, module_output_hooks
 from probe.sites import Site
 
 
@@ -135,40 +147,140 @@ def _input_hooks(lm, fns: dict[str, callable]):
 
 
 # --------------------------------------------------------------------------- attribution
-def edge_attribution(lm, batch: Batch, metric: Metric, baseline, *, batch_size: int = 8
-                     ) -> EdgeAttribution:
-    """EAP scores of every edge (module docstring) against ``baseline`` (mean, zero, pairs)."""
+#: ``eap``: linear in ``v``'s input. ``eap-norm``: the norm ``v`` reads taken exactly, linear after
+#: it. ``eap-sublayer``: ``v``'s norm and attention or MLP taken exactly, linear after its output.
+ESTIMATORS = ("eap", "eap-norm", "eap-sublayer")
+
+
+def edge_attribution(lm, batch: Batch, metric: Metric, baseline, *, batch_size: int = 8,
+                     estimator: str = "eap-sublayer", edges_per_call: int = 16) -> EdgeAttribution:
+    """Edge scores of every edge (module docstring) against ``baseline`` (mean, zero, pairs).
+
+    ``estimator`` (:data:`ESTIMATORS`): EAP scores ``delta_u . dM/d in_v``. The other two take
+    the known nonlinearity right after the edge exactly and linearise only behind it (AtP*'s
+    idea, applied to the edge's own sublayer): ``eap-norm`` scores
+    ``(norm_v(x_v + delta_u) - norm_v(x_v)) . dM/d norm_v``, ``eap-sublayer``
+    ``(f_v(x_v + delta_u) - f_v(x_v)) . dM/d f_v`` with ``f_v`` the norm and the attention or MLP
+    behind it, run once per edge (``edges_per_call`` edges stacked into one call): a large
+    upstream change, e.g. mean-ablating an early MLP that writes the residual's largest
+    directions, rescales the norm and moves the attention pattern, which a gradient at the
+    clean input does not see.
+    """
+    if estimator not in ESTIMATORS:
+        raise EdgeError(f"unknown edge estimator {estimator!r}: use one of {', '.join(ESTIMATORS)}")
     if metric.layer is None or len(metric.sites) != 1:
         raise EdgeError("edge attribution needs a metric that reads one residual site "
                         "(a direction metric, e.g. direction:happiness@L24)")
     last = metric.layer
     up, down, info = nodes(lm, last)
+    names = [d for d in down if d != "metric"]
     per_row = []
     for i in range(0, len(batch), batch_size):
         sub = take(batch, slice(i, i + batch_size))
         deltas = _deltas(lm, sub, baseline, last)
-        leaves: dict[str, Tensor] = {}
-
-        def tap(name):
-            def fn(x):
-                leaf = torch.zeros_like(x, requires_grad=True)
-                leaves[name] = leaf
-                return x + leaf
-            return fn
-
-        with _input_hooks(lm, {d: tap(d) for d in down if d != "metric"}):
-            _, mleaf, m = forward_with_leaves(lm, sub, metric, list(metric.sites))
-        names = [d for d in down if d != "metric"]
-        grads = torch.autograd.grad(m.sum(), [leaves[d] for d in names] + [mleaf[metric.sites[0]]])
-        g = dict(zip(names + ["metric"], grads))
+        g, moves = _downstream(lm, sub, metric, names, estimator)
         s = np.full((len(sub), len(up), len(down)), np.nan)
         for j, d in enumerate(down):
-            for k, (kind, lu, h) in enumerate(info):
-                if _exists(kind, lu, d):
-                    delta = deltas[(kind, lu)][:, :, h] if kind == "head" else deltas[(kind, lu)]
-                    s[:, k, j] = (delta * g[d].to(delta.dtype)).sum((1, 2)).double().numpy()
+            ks = [k for k, (kind, lu, _) in enumerate(info) if _exists(kind, lu, d)]
+            for c in range(0, len(ks), edges_per_call):
+                chunk = ks[c:c + edges_per_call]
+                delta = torch.stack([deltas[info[k][:2]][:, :, info[k][2]] if info[k][0] == "head"
+                                     else deltas[info[k][:2]] for k in chunk])  # [E, B, pos, d]
+                with torch.no_grad():
+                    moved = moves[d](delta) if d in moves else delta
+                est = (moved * g[d].to(moved.dtype)[None]).sum((2, 3))  # [E, B]
+                s[:, chunk, j] = est.double().T.numpy()
         per_row.append(s)
     return EdgeAttribution(up, down, np.concatenate(per_row), getattr(baseline, "name", ""))
+
+
+def _part(lm, down: str, which: str = "norm"):
+    """Of downstream node ``blocks.L.attn_in`` / ``mlp_in``: its ``norm``, its sublayer
+    (``module``: the attention or the MLP) or the sublayer's output projection (``out``)."""
+    layer, kind = int(down.split(".")[1]), down.split(".")[2]
+    name = {"norm": kind, "module": kind[:-3], "out": kind[:-3] + "_out"}[which]
+    return lm.arch.part(lm.model, layer, name)
+
+
+def _downstream(lm, batch: Batch, metric: Metric, names: Sequence[str], estimator: str):
+    """``(g, moves)``: ``dM/d`` the point each downstream node is linearised at (its input, its
+    norm's output, or its sublayer's output) and, for the exact estimators, ``moves[v](delta)``:
+    how that point moves when ``delta`` [edges, B, pos, d_model] is added to ``v``'s input."""
+    leaves: dict[str, Tensor] = {}
+    xs: dict[str, Tensor] = {}
+    kwargs: dict[str, dict] = {}
+
+    def tap(name):
+        def fn(x):
+            leaf = torch.zeros_like(x, requires_grad=True)
+            leaves[name] = leaf
+            return x + leaf
+        return fn
+
+    def keep(name):
+        def fn(x):
+            xs[name] = x.detach()
+            return x
+        return fn
+
+    def keep_kwargs(name):
+        def hook(module, args, kw):
+            kwargs[name] = {k: v for k, v in kw.items() if k != "hidden_states"}
+        return hook
+
+    if estimator == "eap":
+        ctx = _input_hooks(lm, {d: tap(d) for d in names})
+    else:
+        where = "norm" if estimator == "eap-norm" else "out"  # the norm, or o_proj / down_proj
+        ctx = ExitStack()
+        ctx.enter_context(module_output_hooks([(_part(lm, d, where), tap(d)) for d in names]))
+        ctx.enter_context(_input_hooks(lm, {d: keep(d) for d in names}))
+        if estimator == "eap-sublayer":
+            for d in names:
+                if d.endswith("attn_in"):
+                    h = _part(lm, d, "module").register_forward_pre_hook(keep_kwargs(d), with_kwargs=True)
+                    ctx.callback(h.remove)
+    with ctx:
+        _, mleaf, m = forward_with_leaves(lm, batch, metric, list(metric.sites))
+    grads = torch.autograd.grad(m.sum(), [leaves[d] for d in names] + [mleaf[metric.sites[0]]])
+    g = dict(zip([*names, "metric"], grads))
+    if estimator == "eap":
+        return g, {}
+    return g, {d: _mover(lm, d, xs[d], kwargs.get(d), estimator) for d in names}
+
+
+def _mover(lm, down: str, x: Tensor, kw: dict | None, estimator: str):
+    norm = _part(lm, down)
+    if estimator == "eap-norm":
+        f = norm
+    elif down.endswith("mlp_in"):
+        mlp = _part(lm, down, "module")
+        f = lambda h: mlp(norm(h))
+    else:
+        attn = _part(lm, down, "module")
+
+        def f(h):
+            reps = h.shape[0] // x.shape[0]
+            return attn(hidden_states=norm(h), **_repeat(kw, x.shape[0], reps))[0]
+    with torch.no_grad():
+        y0 = f(x)
+
+    def move(delta: Tensor) -> Tensor:
+        e = delta.shape[0]
+        h = (x[None] + delta.to(x.dtype)).flatten(0, 1)  # [E * B, pos, d]
+        return f(h).unflatten(0, (e, x.shape[0])) - y0[None]
+    return move
+
+
+def _repeat(obj, rows: int, reps: int):
+    """Tile every tensor of ``obj`` whose first dimension is the batch ``reps`` times along it."""
+    if isinstance(obj, Tensor):
+        return obj.repeat(reps, *[1] * (obj.dim() - 1)) if obj.dim() >= 2 and obj.shape[0] == rows else obj
+    if isinstance(obj, dict):
+        return {k: _repeat(v, rows, reps) for k, v in obj.items()}
+    if isinstance(obj, (tuple, list)):
+        return type(obj)(_repeat(v, rows, reps) for v in obj)
+    return obj
 
 
 # ----------------------------------------------------------------------------- patching

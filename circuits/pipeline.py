@@ -85,9 +85,11 @@ class CircuitsConfig:
     ig_steps: int = 8
     resid_positions: int = 8
     edges: int = 0  # EAP on every edge + edge patching of the top N and N random ones
+    edge_estimator: str = "eap-sublayer"  # circuits.edges.ESTIMATORS
     search_rounds: int = 20  # closeness search when the ranking's top 5% is not close (0: off)
     search_halvings: int = 3
     search_splits: int = 1
+    search_stable: bool = True
 
 
 def _metrics(lm, dataset, cfg: CircuitsConfig, train, out: Path):
@@ -238,7 +240,8 @@ def _one(lm, dataset, cfg, label, metric, types, ctypes, train, test, target, me
         res["edges"] = run_edges(lm, take(batch, range(k_e)), metric,
                                  means if means is not None else base, groups[:k_e], n=cfg.edges,
                                  label=label, out=out, log=log, seed=cfg.seed,
-                                 rows_per_forward=cfg.rows_per_forward)
+                                 rows_per_forward=cfg.rows_per_forward,
+                                 estimator=cfg.edge_estimator)
     if "heads" in types:
         figures.plot_head_heatmaps(shown, truth_table, n_layers=n_layers, n_heads=n_heads,
                                    labels=(f"{vest} ({k} prompts)",
@@ -380,7 +383,8 @@ def _circuit(lm, dataset, cfg, label, metric, ctypes, attr: Attribution, means, 
     config = CircuitConfig(types=ctypes, max_error=cfg.max_error, max_fraction=cfg.max_fraction,
                            rows_per_forward=cfg.rows_per_forward, n_random=cfg.random_circuits,
                            seed=cfg.seed, search_rounds=cfg.search_rounds,
-                           search_halvings=cfg.search_halvings, search_splits=cfg.search_splits)
+                           search_halvings=cfg.search_halvings, search_splits=cfg.search_splits,
+                           search_stable=cfg.search_stable)
     abl = {"mean": means, "zero": ZeroBaseline(), "resample": resample} if resample else None
     behaviour = says(lm, label) if cfg.behaviour and label in EMOTION_WORDS and \
         not metric.name.startswith("says:") else None

@@ -77,8 +77,10 @@ def compute_row(name: str, compute: Compute, n_components: int | None = None) ->
     return {"method": name, **compute.as_dict(), "components": n_components}
 
 
-def verdicts(table: pd.DataFrame, estimator: str, th: Thresholds = Thresholds()) -> list[str]:
-    """Sentences per type: passes, or fails with the estimator to use instead."""
+def verdicts(table: pd.DataFrame, estimator: str, th: Thresholds = Thresholds(), *,
+             alternative: str | None = None) -> list[str]:
+    """Sentences per type: passes, or fails with what to do instead (``alternative``: advice in
+    place of the node estimators')."""
     out = []
     for _, r in table.iterrows():
         key = f"recall@{th.recall_k}"
@@ -96,8 +98,9 @@ def verdicts(table: pd.DataFrame, estimator: str, th: Thresholds = Thresholds())
         if fails:
             alt = (", or try --estimator ig and validate it too (on SmolLM2's sublayers it "
                    "helped in one case of four)") if estimator != "ig" else ""
-            out.append(f"{estimator} FAILS for {r['type']} here ({stats}): rank {r['type']} by "
-                       f"activation patching itself (--validate all patches every one){alt}")
+            advice = alternative or (f"rank {r['type']} by activation patching itself "
+                                     f"(--validate all patches every one){alt}")
+            out.append(f"{estimator} FAILS for {r['type']} here ({stats}): {advice}")
         else:
             out.append(f"{estimator} agrees with patching for {r['type']} ({stats})")
     return out
@@ -108,7 +111,8 @@ def _fmt(x) -> str:
 
 
 def summary(table: pd.DataFrame, estimator: str, attr: Compute, truth: Compute, *,
-            n_truth_components: int, n_all_components: int | None = None) -> str:
+            n_truth_components: int, n_all_components: int | None = None,
+            alternative: str | None = None) -> str:
     """A printable report: the table, the compute of both sides, and the verdicts."""
     cols = ["type", "n", "spearman", "pearson", "spearman_abs",
             *[c for c in table if c.startswith("recall@") and c[7:].isdigit()], "sign_agreement"]
@@ -135,7 +139,7 @@ def summary(table: pd.DataFrame, estimator: str, attr: Compute, truth: Compute, 
         scale = n_all_components / n_truth_components
         lines.append(f"patching all {n_all_components} components would cost about "
                      f"{ratio_c * scale:.0f}x the attribution (extrapolated from the sample)")
-    lines += [f"- {v}" for v in verdicts(table, estimator)]
+    lines += [f"- {v}" for v in verdicts(table, estimator, alternative=alternative)]
     return "\n".join(lines)
 
 

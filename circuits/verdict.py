@@ -110,6 +110,12 @@ def describe(circuit, types: Sequence[str]) -> list[str]:
                      + ("" if s["stable"] else f" (NOT stable: below {MIN_JACCARD})")
                      + (f"; of the ranking's top {rs['k']}: {_f(rs['jaccard'])} "
                         f"{_ci([rs['ci_low'], rs['ci_high']])}" if rs.get("n_splits") else ""))
+        checked = (info.get("search") or {}).get("stability_checked") or []
+        if len(checked) > 1:
+            lines.append("  stability checked from the smallest close size up: " + ", ".join(
+                f"{c['size']}: Jaccard {_f(c['jaccard'])}" + ("" if c["stable"] else " (not stable)")
+                for c in checked) + (f"; the stable {circuit.size} is judged" if s["stable"] else
+                                     "; none stable, the smallest close one is judged"))
     elif s.get("n_splits"):
         lines.append(f"  split-half stability of the ranking (top {s['k']}, {s['n_splits']} splits "
                      f"of {s['groups']} scenarios): Jaccard {_f(s['jaccard'])} "

@@ -86,7 +86,8 @@ ROTARY_FAMILIES = {"llama", "mistral", "qwen2", "qwen3"}
 #: is the attention's input (``attn_in``), the norm whose input is the MLP's (``mlp_in``), and the
 #: projections that write each sublayer's output (``attn_out``, ``mlp_out``).
 _PRE_NORM_PARTS = {"attn_in": "input_layernorm", "mlp_in": "post_attention_layernorm",
-                   "attn_out": "self_attn.o_proj", "mlp_out": "mlp.down_proj"}
+                   "attn_out": "self_attn.o_proj", "mlp_out": "mlp.down_proj",
+                   "attn": "self_attn", "mlp": "mlp"}
 BLOCK_PARTS: dict[str, Mapping[str, str]] = {
     f: _PRE_NORM_PARTS for f in ("llama", "mistral", "qwen2", "qwen3", "gemma", "qwen2_vl_text",
                                  "qwen2_5_vl_text")}
@@ -180,8 +181,9 @@ class Architecture:
         return self.layers(model)[layer].get_submodule(self.where("hook_attn_out")[0])
 
     def part(self, model: nn.Module, layer: int, name: str) -> nn.Module:
-        """Block ``layer``'s module ``name`` of :data:`BLOCK_PARTS` (``attn_in``, ``mlp_in``,
-        ``attn_out``, ``mlp_out``)."""
+        """Block ``layer``'s module ``name`` of :data:`BLOCK_PARTS` (``attn_in``, ``mlp_in``: the
+        norms; ``attn_out``, ``mlp_out``: the output projections; ``attn``, ``mlp``: the
+        sublayers the norms feed)."""
         parts = BLOCK_PARTS.get(self.family)
         if parts is None or name not in parts:
             raise ArchitectureError(f"family {self.family!r} has no block part {name!r} (known for "

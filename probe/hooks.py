@@ -482,6 +482,33 @@ def module_input_hooks(fns: Sequence[tuple[nn.Module, Callable[[Tensor], Tensor]
             h.remove()
 
 
+@contextmanager
+def module_output_hooks(fns: Sequence[tuple[nn.Module, Callable[[Tensor], Tensor]]]) -> Iterator[None]:
+    """Rewrite the output of given modules inside the ``with`` block: ``fn(y) -> y'``.
+
+    The counterpart of :func:`module_input_hooks` for points that are no :class:`Site`, e.g. what
+    a sublayer's norm hands its attention or MLP (edge attribution takes gradients there). A
+    forward hook each, removed on exit whatever happens. The module must return one tensor.
+    """
+    handles = []
+    try:
+        for module, fn in fns:
+            handles.append(module.register_forward_hook(_rewrite_output(fn)))
+        yield
+    finally:
+        for h in handles:
+            h.remove()
+
+
+def _rewrite_output(fn: Callable[[Tensor], Tensor]):
+    def hook(module, inputs, output):
+        if not isinstance(output, Tensor):
+            raise HookError(f"{type(module).__name__} returns {type(output).__name__}, not one "
+                            "tensor: rewrite its output at a Site instead")
+        return fn(output)
+    return hook
+
+
 def _rewrite_input(fn: Callable[[Tensor], Tensor]):
     def hook(module, inputs, kwargs):
         if inputs:

@@ -151,12 +151,19 @@ def test_edges_are_attributed_and_checked_by_edge_patching(capsys, tiny_dir, tmp
                            "--no-circuit", "--prompts", "4", "--validate-prompts", "4",
                            "--influence-prompts", "0", "--edges", "5", "--out", str(out), "--quiet")
     assert code == 0, err
-    assert "validation of EAP against activation patching" in text and "edge patching" in text
+    assert "validation of EAP-sublayer against activation patching" in text  # the default
+    assert "edge patching" in text
     edges = pd.read_csv(out / "edges_sadness.csv")
     assert edges["patched"].notna().sum() == 10 and edges["patched"].iloc[:5].notna().all()
     e = json.loads((out / "run.json").read_text())["emotions"]["sadness"]["edges"]
     assert e["patched"] == 10 and e["table"][0]["type"] == "edges"
-    assert (out / "edges_sadness.png").exists()
+    assert (out / "edges_sadness.png").exists() and e["estimator"] == "eap-sublayer"
+    code, text, _ = _run(capsys, "circuits", "--model", str(tiny_dir / "llama"), *small,
+                         "--metric", "direction:sadness@L2", "--components", "heads", "--no-circuit",
+                         "--prompts", "4", "--validate-prompts", "4", "--influence-prompts", "0",
+                         "--edges", "5", "--edge-estimator", "eap", "--out", str(tmp_path / "f"),
+                         "--quiet")
+    assert code == 0 and "validation of EAP against activation patching" in text
     code, _, err = _run(capsys, "circuits", "--metric", "logprob:happy", "--label", "happiness",
                         "--edges", "5", "--out", str(tmp_path / "x"))
     assert code == 2 and "--edges needs a direction metric" in err

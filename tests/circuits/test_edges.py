@@ -4,12 +4,15 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+import torch
 from scipy.stats import spearmanr
 
 from circuits.baselines import MeanBaseline
 from circuits.components import groups
 from circuits.edges import EdgeError, edge_attribution, edge_patch, nodes
 from circuits.metrics import direction
+from circuits.runs import forward_metric
+from probe.hooks import module_input_hooks, module_output_hooks
 from tests.circuits.conftest import direction_for
 from tests.tiny import CORPUS
 
@@ -21,7 +24,8 @@ def setup(llama64):
     means = MeanBaseline.fit(lm, CORPUS[:12], [g.site for g in groups(lm, ("heads", "neurons"),
                                                                           range(3))])
     batch = lm.batch(CORPUS[:4])
-    return lm, metric, means, batch, edge_attribution(lm, batch, metric, means, batch_size=2)
+    return lm, metric, means, batch, edge_attribution(lm, batch, metric, means, batch_size=2,
+                                                      estimator="eap")
 
 
 def test_the_graph_has_the_edges_the_residual_stream_allows(setup):
@@ -49,6 +53,118 @@ def test_edges_into_the_metric_are_exact_and_the_rest_track_patching(setup):
     truth = edge_patch(lm, batch, metric, means, list(inner["edge"]), rows_per_forward=16).mean(0)
     assert spearmanr(inner["value"], truth)[0] > 0.8
     assert np.sign(inner["value"].iloc[0]) == np.sign(truth[0])
+
+
+def _through_the_norm(lm, batch, metric, means, edge, eps=1e-2):
+    """What ``eap-norm`` claims for ``edge``, computed another way: patch the edge, read what
+    the downstream norm hands on, and take the metric's finite difference along that change."""
+    u, d = edge.split("->")
+    layer, kind = int(d.split(".")[1]), d.split(".")[2]
+    norm = lm.arch.part(lm.model, layer, kind)
+    seen = {}
+    keep = lambda name: (lambda y: seen.__setitem__(name, y.detach()) or y)
+    with module_output_hooks([(norm, keep("clean"))]):
+        forward_metric(lm, batch, metric)
+    # the edge's change at v's input, recovered from edge patching's own hook
+    from circuits import edges as E
+    deltas = E._deltas(lm, batch, means, metric.layer)
+    up, _, info = nodes(lm, metric.layer)
+    k, lu, h = info[up.index(u)]
+    delta = deltas[(k, lu)][:, :, h] if k == "head" else deltas[(k, lu)]
+    with module_input_hooks([(norm, lambda x: x + delta)]), module_output_hooks([(norm, keep("patched"))]):
+        forward_metric(lm, batch, metric)
+    step = seen["patched"] - seen["clean"]
+    m = []
+    for sign in (1, -1):  # a central difference: the metric is not computed in float64 throughout
+        with module_output_hooks([(norm, lambda y, s=sign: y + s * eps * step)]):
+            m.append(forward_metric(lm, batch, metric).numpy())
+    return (m[0] - m[1]) / (2 * eps)
+
+
+def test_eap_norm_takes_the_norm_exactly_and_tracks_patching_at_least_as_well(setup):
+    lm, metric, means, batch, ea = setup
+    en = edge_attribution(lm, batch, metric, means, batch_size=3, estimator="eap-norm")
+    t = en.table()
+    # an edge from a head other than 0 (heads are scored a layer at a time) and from an MLP
+    for edge in ("blocks.0.attn.hook_z[2]->blocks.1.attn_in", "blocks.0.hook_mlp_out->blocks.2.mlp_in"):
+        want = _through_the_norm(lm, batch, metric, means, edge)
+        i, j = en.upstream.index(edge.split("->")[0]), en.downstream.index(edge.split("->")[1])
+        got = en.per_row[:, i, j]
+        np.testing.assert_allclose(got, want, rtol=2e-3, atol=1e-4 * np.abs(want).max())
+        assert not np.allclose(got, ea.per_row[:, i, j], rtol=1e-3)  # not EAP under another name
+    direct = t["downstream"] == "metric"  # nothing between the edge and a linear metric: EAP's value
+    np.testing.assert_allclose(t[direct].set_index("edge")["value"],
+                               ea.table().set_index("edge").loc[t[direct]["edge"], "value"], rtol=1e-9)
+    inner = ea.table().query("downstream != 'metric'").head(60)
+    truth = edge_patch(lm, batch, metric, means, list(inner["edge"]), rows_per_forward=16).mean(0)
+    norm = t.set_index("edge").loc[inner["edge"], "value"].to_numpy()
+    assert np.abs(norm - truth).mean() < np.abs(inner["value"].to_numpy() - truth).mean()
+    with pytest.raises(EdgeError, match="unknown edge estimator"):
+        edge_attribution(lm, batch, metric, means, estimator="eap-ig")
+
+
+def test_eap_sublayer_is_edge_patching_where_nothing_nonlinear_follows(setup):
+    lm, metric, means, batch, ea = setup
+    es = edge_attribution(lm, batch, metric, means, batch_size=3, estimator="eap-sublayer",
+                          edges_per_call=4)
+    t = es.table()
+    # the metric reads the residual after block 2: behind block 2's MLP everything is linear
+    last = t[t["downstream"] == "blocks.2.mlp_in"]
+    truth = edge_patch(lm, batch, metric, means, list(last["edge"]))
+    j = es.downstream.index("blocks.2.mlp_in")
+    i = [es.upstream.index(u) for u in last["upstream"]]
+    np.testing.assert_allclose(es.per_row[:, i, j], truth, rtol=1e-5, atol=1e-6 * np.abs(truth).max())
+    assert not np.allclose(ea.per_row[:, i, j], truth, rtol=1e-3)
+    # with block 2's MLP silenced, block 2's attention is all that follows its edges: exact too
+    # (the attention runs on padded rows with rotary positions, several edges stacked per call)
+    w = lm.arch.part(lm.model, 2, "mlp_out").weight
+    saved = w.detach().clone()
+    try:
+        with torch.no_grad():
+            w.zero_()
+        es2 = edge_attribution(lm, batch, metric, means, batch_size=3, estimator="eap-sublayer",
+                               edges_per_call=4)
+        into = es2.table().query("downstream == 'blocks.2.attn_in'")
+        truth2 = edge_patch(lm, batch, metric, means, list(into["edge"]))
+    finally:
+        with torch.no_grad():
+            w.copy_(saved)
+    j2, i2 = es2.downstream.index("blocks.2.attn_in"), [es2.upstream.index(u) for u in into["upstream"]]
+    np.testing.assert_allclose(es2.per_row[:, i2, j2], truth2, rtol=1e-5,
+                               atol=1e-6 * np.abs(truth2).max())
+    assert lm.batch(CORPUS[:4]).attention_mask.float().mean() < 1  # the rows are padded
+    # elsewhere it is an estimate, closer to edge patching than EAP on the top 60 inner edges
+    inner = ea.table().query("downstream != 'metric'").head(60)
+    truth = edge_patch(lm, batch, metric, means, list(inner["edge"]), rows_per_forward=16).mean(0)
+    sub = t.set_index("edge").loc[inner["edge"], "value"].to_numpy()
+    assert np.abs(sub - truth).mean() < 0.6 * np.abs(inner["value"].to_numpy() - truth).mean()
+    assert spearmanr(sub, truth)[0] > 0.95
+
+
+@pytest.mark.parametrize("family", ["mistral", "qwen3", "gemma"])
+def test_eap_sublayer_runs_each_llama_like_family_exactly_where_nothing_follows(family, tiny_dir):
+    """The sublayer calls replay each family's own attention arguments (Qwen3's q/k norms,
+    Gemma's scaled embeddings, Mistral's sliding window), checked where the estimate is exact
+    (in float64, as the Llama fixture, so that patching's differences are not rounding)."""
+    from tests.circuits.conftest import _load
+
+    lm = _load(tiny_dir, family)
+    lm.model.double()
+    lm.dtype = torch.float64
+    with torch.no_grad():
+        for block in lm.arch.layers(lm.model):
+            block.self_attn.o_proj.weight.mul_(20)
+            block.mlp.down_proj.weight.mul_(20)
+    metric = direction(direction_for(lm, 1), layer=2, lm=lm)
+    means = MeanBaseline.fit(lm, CORPUS[:8], [g.site for g in groups(lm, ("heads", "neurons"),
+                                                                         range(3))])
+    batch = lm.batch(CORPUS[4:7])
+    es = edge_attribution(lm, batch, metric, means, batch_size=2, edges_per_call=5)
+    last = es.table().query("downstream == 'blocks.2.mlp_in'")
+    truth = edge_patch(lm, batch, metric, means, list(last["edge"]))
+    j, i = es.downstream.index("blocks.2.mlp_in"), [es.upstream.index(u) for u in last["upstream"]]
+    np.testing.assert_allclose(es.per_row[:, i, j], truth, rtol=1e-3, atol=1e-4 * np.abs(truth).max())
+    assert np.isfinite(es.scores[np.isfinite(es.scores)]).all() and len(es.table()) > len(last)
 
 
 def test_bad_edges_and_metrics_are_refused(setup):

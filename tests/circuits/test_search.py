@@ -115,3 +115,45 @@ def test_halves_split_every_stratum_in_half():
     # random: another draw puts the groups elsewhere
     c, _ = halves(train, others, rng=np.random.default_rng(1))
     assert set(c) != set(a)
+
+
+def test_a_halving_is_kept_only_while_the_halved_circuit_is_stable():
+    from types import SimpleNamespace
+
+    from circuits.assemble import CircuitConfig, _stable_choice
+
+    def found(*closes):  # largest first, as the search halves
+        return [(SimpleNamespace(components=list(range(40 >> i))),
+                 {"signed_low": -0.05, "signed_high": 0.05 if ok else 0.5, "error": 0.02})
+                for i, ok in enumerate(closes)]
+
+    def stability(stable_sizes):
+        seen = []
+
+        def fn(size):
+            seen.append(size)
+            return {"jaccard": 0.7 if size in stable_sizes else 0.4, "stable": size in stable_sizes}
+        return fn, seen
+
+    cfg = CircuitConfig(max_error=0.2)
+    fn, seen = stability({40})
+    j, stab, checked = _stable_choice(found(True, True, True), 2, "upper CI", cfg, fn)
+    assert (j, stab["stable"], seen) == (0, True, [10, 20, 40])
+    assert [c["stable"] for c in checked] == [False, False, True]
+    # the next larger circuit is not close by the rule that chose: keep the first choice
+    fn, seen = stability({40})
+    j, stab, _ = _stable_choice(found(True, False, True), 2, "upper CI", cfg, fn)
+    assert (j, stab["stable"], seen) == (2, False, [10])
+    # ... but it is by the point estimate, when that is the rule that chose
+    fn, seen = stability({20})
+    j, stab, _ = _stable_choice(found(True, False, True), 2, "point estimate", cfg, fn)
+    assert (j, stab["stable"], seen) == (1, True, [10, 20])
+    # none stable: the smallest close one, with its own check
+    fn, seen = stability(set())
+    j, stab, checked = _stable_choice(found(True, True, True), 2, "upper CI", cfg, fn)
+    assert (j, stab["jaccard"], len(checked)) == (2, 0.4, 3)
+    # switched off: one check, as before
+    fn, seen = stability({40})
+    j, _, _ = _stable_choice(found(True, True, True), 2, "upper CI",
+                             CircuitConfig(max_error=0.2, search_stable=False), fn)
+    assert (j, seen) == (2, [10])
