@@ -224,9 +224,9 @@ def _downstream(lm, batch: Batch, metric: Metric, names: Sequence[str], estimato
         return fn
 
     def keep_kwargs(name):
-        def hook(module, args, kw):
+        def fn(kw):
             kwargs[name] = {k: v for k, v in kw.items() if k != "hidden_states"}
-        return hook
+        return fn
 
     if estimator == "eap":
         ctx = _input_hooks(lm, {d: tap(d) for d in names})
@@ -235,11 +235,10 @@ def _downstream(lm, batch: Batch, metric: Metric, names: Sequence[str], estimato
         ctx = ExitStack()
         ctx.enter_context(module_output_hooks([(_part(lm, d, where), tap(d)) for d in names]))
         ctx.enter_context(_input_hooks(lm, {d: keep(d) for d in names}))
-        if estimator == "eap-sublayer":
-            for d in names:
-                if d.endswith("attn_in"):
-                    h = _part(lm, d, "module").register_forward_pre_hook(keep_kwargs(d), with_kwargs=True)
-                    ctx.callback(h.remove)
+        if estimator == "eap-sublayer":  # what each attention is called with, to call it again
+            ctx.enter_context(module_input_hooks([(_part(lm, d, "module"), keep_kwargs(d))
+                                                  for d in names if d.endswith("attn_in")],
+                                                 kwargs=True))
     with ctx:
         _, mleaf, m = forward_with_leaves(lm, batch, metric, list(metric.sites))
     grads = torch.autograd.grad(m.sum(), [leaves[d] for d in names] + [mleaf[metric.sites[0]]])
