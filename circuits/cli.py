@@ -101,7 +101,7 @@ def register(sub) -> dict:
     g.add_argument("--validate-prompts", type=int, default=8,
                    help="prompts the validation patches on (default: %(default)s)")
     g.add_argument("--edges", type=int, default=0, metavar="N",
-                   help="edge attribution (EAP) between heads, MLPs and the metric on the "
+                   help="edge attribution (--edge-estimator) between heads, MLPs and the metric on the "
                         "validation prompts, checked by patching its top N and N random edges "
                         "(direction metrics; default: off)")
     g.add_argument("--edge-estimator", default="eap-sublayer", choices=["eap", "eap-norm", "eap-sublayer"],
