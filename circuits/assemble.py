@@ -315,7 +315,7 @@ def find_circuit(lm, attr: Attribution, metric: Metric, train: Batch, test: Batc
             at, at_tr = te[te["size"] == k].iloc[0], tr[tr["size"] == k].iloc[0]
             chosen = ranked[:k]
     judged = judge(lm, chosen, ranked0, gs, metric, test, means, config, test_groups,
-                    ablation_baselines, behaviour, test_texts, compute)
+                   ablation_baselines, behaviour, test_texts, compute)
     per_row, comps = _per_row(attr, gs)
     idx = {c: i for i, c in enumerate(comps)}
     ranking_stab = split_half(per_row[:, [idx[c] for c in ranked]], _row_groups(attr, train_groups),
