@@ -143,8 +143,8 @@ def test_eap_sublayer_is_edge_patching_where_nothing_nonlinear_follows(setup):
 
 @pytest.mark.parametrize("family", ["mistral", "qwen3", "gemma"])
 def test_eap_sublayer_runs_each_llama_like_family_exactly_where_nothing_follows(family, tiny_dir):
-    """The sublayer calls replay each family's own attention arguments (Qwen3's q/k norms,
-    Gemma's scaled embeddings, Mistral's sliding window), checked where the estimate is exact
+    """The sublayer calls replay each family's own attention with the arguments it was called
+    with (Qwen3's attention has q/k norms), checked where the estimate is exact
     (in float64, as the Llama fixture, so that patching's differences are not rounding)."""
     from tests.circuits.conftest import _load
 
