@@ -228,18 +228,17 @@ def _downstream(lm, batch: Batch, metric: Metric, names: Sequence[str], estimato
             kwargs[name] = {k: v for k, v in kw.items() if k != "hidden_states"}
         return fn
 
-    if estimator == "eap":
-        ctx = _input_hooks(lm, {d: tap(d) for d in names})
-    else:
-        where = "norm" if estimator == "eap-norm" else "out"  # the norm, or o_proj / down_proj
-        ctx = ExitStack()
-        ctx.enter_context(module_output_hooks([(_part(lm, d, where), tap(d)) for d in names]))
-        ctx.enter_context(_input_hooks(lm, {d: keep(d) for d in names}))
+    with ExitStack() as ctx:  # every hook placed here is removed, also when placing one fails
+        if estimator == "eap":
+            ctx.enter_context(_input_hooks(lm, {d: tap(d) for d in names}))
+        else:
+            where = "norm" if estimator == "eap-norm" else "out"  # the norm, or o_proj / down_proj
+            ctx.enter_context(module_output_hooks([(_part(lm, d, where), tap(d)) for d in names]))
+            ctx.enter_context(_input_hooks(lm, {d: keep(d) for d in names}))
         if estimator == "eap-sublayer":  # what each attention is called with, to call it again
             ctx.enter_context(module_input_hooks([(_part(lm, d, "module"), keep_kwargs(d))
                                                   for d in names if d.endswith("attn_in")],
                                                  kwargs=True))
-    with ctx:
         _, mleaf, m = forward_with_leaves(lm, batch, metric, list(metric.sites))
     grads = torch.autograd.grad(m.sum(), [leaves[d] for d in names] + [mleaf[metric.sites[0]]])
     g = dict(zip([*names, "metric"], grads))

@@ -32,10 +32,9 @@ def llama(tiny_dir):
     return _load(tiny_dir, "llama")
 
 
-@pytest.fixture(scope="session")
-def llama64(tiny_dir):
+def load64(tiny_dir, family: str = "llama"):
     """float64: linear identities hold to ~1e-12, so AtP and patching can be compared exactly."""
-    lm = _load(tiny_dir, "llama")
+    lm = _load(tiny_dir, family)
     lm.model.double()
     with torch.no_grad():  # random init writes little into the residual: make sublayers matter
         for block in lm.arch.layers(lm.model):
@@ -43,6 +42,11 @@ def llama64(tiny_dir):
             block.mlp.down_proj.weight.mul_(20)
     lm.dtype = torch.float64
     return lm
+
+
+@pytest.fixture(scope="session")
+def llama64(tiny_dir):
+    return load64(tiny_dir)
 
 
 @pytest.fixture(scope="session")

@@ -13,7 +13,7 @@ from circuits.edges import EdgeError, edge_attribution, edge_patch, nodes
 from circuits.metrics import direction
 from circuits.runs import forward_metric
 from probe.hooks import module_input_hooks, module_output_hooks
-from tests.circuits.conftest import direction_for
+from tests.circuits.conftest import direction_for, load64
 from tests.tiny import CORPUS
 
 
@@ -146,15 +146,7 @@ def test_eap_sublayer_runs_each_llama_like_family_exactly_where_nothing_follows(
     """The sublayer calls replay each family's own attention with the arguments it was called
     with (Qwen3's attention has q/k norms), checked where the estimate is exact
     (in float64, as the Llama fixture, so that patching's differences are not rounding)."""
-    from tests.circuits.conftest import _load
-
-    lm = _load(tiny_dir, family)
-    lm.model.double()
-    lm.dtype = torch.float64
-    with torch.no_grad():
-        for block in lm.arch.layers(lm.model):
-            block.self_attn.o_proj.weight.mul_(20)
-            block.mlp.down_proj.weight.mul_(20)
+    lm = load64(tiny_dir, family)
     metric = direction(direction_for(lm, 1), layer=2, lm=lm)
     means = MeanBaseline.fit(lm, CORPUS[:8], [g.site for g in groups(lm, ("heads", "neurons"),
                                                                          range(3))])
@@ -175,3 +167,14 @@ def test_bad_edges_and_metrics_are_refused(setup):
 
     with pytest.raises(EdgeError, match="reads one residual site"):
         edge_attribution(lm, batch, label_logprob(lm, "a"), means)
+
+
+def test_the_command_line_offers_exactly_the_estimators_there_are():
+    """``circuits/cli.py`` names them without importing torch (start-up): kept equal here."""
+    from circuits.edges import ESTIMATORS
+    from probe.cli import build_parser
+
+    sub = next(a for a in build_parser()._actions if a.choices and "circuits" in a.choices)
+    opt = next(a for a in sub.choices["circuits"]._actions if "--edge-estimator" in a.option_strings)
+    assert tuple(opt.choices) == ESTIMATORS and opt.default in ESTIMATORS
+
