@@ -25,6 +25,13 @@ more (the 30 shipped tune prompts the first stage left out, SEV skeletons 148-15
 kind's point is chosen by the selection composite over all 60, gates applied to all 60. Test
 prompts are still touched only by the chosen points.
 
+``--rule expression`` ranks eligible points by the selection judge's gated expression rate
+(composite breaking ties) instead of the composite; ``--rule both`` selects with both rules in
+the same run (the composite's choice is ``steered``, the expression rule's ``rule:expression``
+with its own random vector and prompt + steering point; ``steering_summary.py --rule``).
+``--sev-offset`` / ``--seed`` train on other SEV skeletons / in another row order, so a new
+selection rule can be judged on candidates whose test rows nobody has seen.
+
     python benchmarks/eval_trained_steering.py --emotions anger,sadness --out runs/trained
 """
 
@@ -47,7 +54,15 @@ from steering.eval.grid import Arm, Decoding
 from steering.eval.prompts import NeutralPrompt, load_prompts
 from steering.eval.protocol import spread
 from steering.eval.scorer import Scorer
-from steering.eval.trained import baseline_arms, paired, report_rows, score_arms, select_scale
+from steering.eval.trained import (
+    RULES,
+    baseline_arms,
+    paired,
+    rank_table,
+    report_rows,
+    score_arms,
+    select_scale,
+)
 from steering.expression import expression_vectors, reply_activations
 from steering.inject import Setting
 from steering.judges.emotion import EMOTIONS, ClassifierJudge, LexiconJudge
@@ -93,7 +108,15 @@ def main(argv=None) -> None:
     ap.add_argument("--sev-skeletons", type=int, default=60,
                     help="SEV skeletons (x3 events) the sev-* objectives train on; the tune prompts "
                          "use skeletons 140-147 of the same order")
-    ap.add_argument("--lm-weight", type=float, default=1.0, help="LM anchor of sev-pref-lm")
+    ap.add_argument("--sev-offset", type=int, default=0,
+                    help="the sev-* objectives train on skeletons OFFSET .. OFFSET + --sev-skeletons")
+    ap.add_argument("--lm-weight", type=float, default=1.0, help="LM anchor of sev-pref-lm(-kl)")
+    ap.add_argument("--kl-weight", type=float, default=1.0,
+                    help="sev-pref-lm-kl: weight of KL(steered || unsteered) over the target reply")
+    ap.add_argument("--seed", type=int, default=0, help="training row order (TrainConfig.seed)")
+    ap.add_argument("--rule", choices=(*RULES, "both"), default="composite",
+                    help="selection rule: the composite (AxBench), the gated expression rate "
+                         "(composite breaking ties), or both side by side")
     ap.add_argument("--scales", default="0.5,1,1.5,2")
     ap.add_argument("--expression-scales", default="1,2,3")
     ap.add_argument("--tune-prompts", type=int, default=10)
@@ -116,8 +139,10 @@ def main(argv=None) -> None:
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     emotions = args.emotions.split(",")
-    if not 1 <= args.sev_skeletons <= 140:   # skeletons 140.. of the same order are tune prompts
-        raise SystemExit("--sev-skeletons must be 1-140: SEV skeletons 140-147 are tune prompts")
+    if not (args.sev_skeletons >= 1 and args.sev_offset >= 0
+            and args.sev_offset + args.sev_skeletons <= 140):   # skeletons 140.. are tune prompts
+        raise SystemExit("--sev-offset + --sev-skeletons must be <= 140: SEV skeletons 140-159 are "
+                         "tune and confirmation prompts")
     layers = tuple(int(x) for x in args.layers.split(","))
     data = Path(args.data)
 
@@ -195,12 +220,13 @@ def train_all(lm, emotion, teach, expr, layers, args, out, names=None, have=None
         base, _, skip = name.partition("-skip")   # e.g. sev-lm-skip6: its replies' openings skipped
         if base in SEV_OBJECTIVES:   # SEV's own replies (skeletons 0..n-1; tune uses 140..)
             data, obj = sev_reply_data(base, emotion, Path(args.data) / "sev", n=args.sev_skeletons,
-                                       lm_weight=args.lm_weight, skip_opening=int(skip or 0))
+                                       offset=args.sev_offset, lm_weight=args.lm_weight,
+                                       kl_weight=args.kl_weight, skip_opening=int(skip or 0))
         else:
             data, obj = objective_data(name, emotion, t, amplify=args.amplify, plausible=args.plausible,
                                        **extra)
         cfg = TrainConfig(layers=layers, steps=args.steps, batch_size=8, lr=0.02, init_strength=1.0,
-                          max_norm=4.0)
+                          max_norm=4.0, seed=args.seed)
         log(f"{emotion}: training {name}")
         vec, tl = train_vector(lm, data, obj, cfg, init=init, emotion=emotion, log=log)
         vec.meta["method"] = f"trained-{name}"
@@ -229,8 +255,9 @@ def run_emotion(lm, emotion, teach, expr, layers, args, out, tune, test, sel_sco
         dump(out / f"{emotion}-train.json", logs)
     scales = [float(s) for s in args.scales.split(",")]
     candidates = {name: list(scales) for name in vecs}
-    vecs["expression"] = expr[emotion]
-    candidates["expression"] = [float(s) for s in args.expression_scales.split(",")]
+    if args.expression_scales:   # "" leaves the expression direction out of the candidates
+        vecs["expression"] = expr[emotion]
+        candidates["expression"] = [float(s) for s in args.expression_scales.split(",")]
     for m, sc in (x.split(":") for x in args.more_scales.split(",") if x):
         if m in candidates and float(sc) not in candidates[m]:
             candidates[m].append(float(sc))
@@ -240,7 +267,7 @@ def run_emotion(lm, emotion, teach, expr, layers, args, out, tune, test, sel_sco
     designed = next(a for a in baseline_arms(emotion) if a.condition == "prompt-designed")
     arms += [Arm(condition=f"designed+{m}@{s:g}", emotion=emotion, system_prompt=designed.system_prompt,
                  user_suffix=designed.user_suffix, setting=Setting(vector=vecs[m], strength=s))
-             for m in ("distill", "expression") if m in vecs for s in (candidates[m][0], candidates[m][1])]
+             for m in ("distill", "expression") if m in vecs for s in candidates[m][:2]]
     arms.append(designed)
     arms += [Arm(condition=f"designed+{m}@{s:g}", emotion=emotion, system_prompt=designed.system_prompt,
                  user_suffix=designed.user_suffix, setting=Setting(vector=vecs[m], strength=s))
@@ -267,26 +294,25 @@ def run_emotion(lm, emotion, teach, expr, layers, args, out, tune, test, sel_sco
         t = table[table["condition"].str.startswith(f"{m}@") & table["eligible"]]
         if not t.empty:
             per_method[m] = str(t.sort_values("composite", ascending=False).iloc[0]["condition"])
-    tc = table[table["condition"].str.startswith("designed+") & table["eligible"]]
-    best_combo = None if tc.empty else str(tc.sort_values("composite", ascending=False).iloc[0]["condition"])
-    # the steered condition: the best steering candidate alone (prompting is not a candidate)
-    best = max(per_method.values(), key=lambda c: float(table.set_index("condition").loc[c, "composite"]),
-               default=None)
+    rules = list(RULES) if args.rule == "both" else [args.rule]
+    picks = {r: first_picks(table, r) for r in rules}   # rule -> (steering alone, prompt + steering)
 
     def setting_of(label):
         m, s = label.removeprefix("designed+").split("@")
         return vecs[m], float(s)
 
-    stage1 = {"best": best, "per_method": dict(per_method), "combo": best_combo}
+    stage1 = {"best": picks[rules[0]][0], "per_method": dict(per_method), "combo": picks[rules[0]][1],
+              "rules": dict(picks)}
     if args.confirm_top:
-        best, best_combo = confirm_choice(emotion, table, args.confirm_top, confirm, tune, out,
-                                          sel_scorer, select, *refs["confirm"], setting_of,
-                                          designed) or (best, best_combo)
-        if best:   # the confirmed point is its method's point on the test prompts
-            per_method[best.split("@")[0]] = best
-    log(f"{emotion}: selected {best} (per method {per_method}); prompt+steering {best_combo}")
+        picks = confirm_choice(emotion, table, args.confirm_top, confirm, tune, out, sel_scorer,
+                               select, *refs["confirm"], setting_of, designed, rules) or picks
+        if picks[rules[0]][0]:   # the confirmed point is its method's point on the test prompts
+            per_method[picks[rules[0]][0].split("@")[0]] = picks[rules[0]][0]
+    best, best_combo = picks[rules[0]]
+    log(f"{emotion}: selected {picks} (per method {per_method})")
     dump(out / f"{emotion}-selection.json", {"best": best, "per_method": per_method, "combo": best_combo,
-                                            "stage1": stage1, "confirm_top": args.confirm_top})
+                                            "rules": dict(picks), "stage1": stage1,
+                                            "confirm_top": args.confirm_top})
 
     test_arms = [Arm(condition="unsteered", emotion=None)]
     for m, label in per_method.items():
@@ -301,6 +327,24 @@ def run_emotion(lm, emotion, teach, expr, layers, args, out, tune, test, sel_sco
         v, s = setting_of(best)
         test_arms.append(Arm(condition="random", emotion=emotion,
                              setting=Setting(vector=random_like(v, seed=1), strength=s)))
+    # the other rules' choices, under their own names where they differ from the first rule's
+    winners = {rules[0]: f"steered:{best.split('@')[0]}" if best else None}
+    randoms, combos = {rules[0]: "random" if best else None}, {rules[0]: "prompt-designed+steered"
+                                                                 if best_combo else None}
+    for r in rules[1:]:
+        b, c = picks[r]
+        winners[r], randoms[r], combos[r] = winners[rules[0]], randoms[rules[0]], combos[rules[0]]
+        if b and b != best:
+            v, s = setting_of(b)
+            winners[r], randoms[r] = f"rule:{r}", f"random:{r}"
+            test_arms += [Arm(condition=f"rule:{r}", emotion=emotion, setting=Setting(vector=v, strength=s)),
+                          Arm(condition=f"random:{r}", emotion=emotion,
+                              setting=Setting(vector=random_like(v, seed=1), strength=s))]
+        if c and c != best_combo:
+            v, s = setting_of(c)
+            combos[r] = f"prompt-designed+steered:{r}"
+            test_arms.append(Arm(condition=combos[r], emotion=emotion, system_prompt=designed.system_prompt,
+                                 user_suffix=designed.user_suffix, setting=Setting(vector=v, strength=s)))
     ref_ppl, ref_rel = refs["test"]
     log(f"{emotion}: test, {len(test_arms)} arms x {len(test)} test prompts")
     fr = score_arms(rep_scorer, test, test_arms, concept_judges=report, ref_perplexity=ref_ppl,
@@ -308,32 +352,46 @@ def run_emotion(lm, emotion, teach, expr, layers, args, out, tune, test, sel_sco
     fr.drop(columns=["signals"]).to_csv(out / f"{emotion}-test-replies.csv", index=False)
     rows = report_rows(fr, judges=list(report), unsteered=fr[fr["condition"] == "unsteered"],
                        ref_perplexity=ref_ppl, ref_relevance=ref_rel)
-    win = f"steered:{best.split('@')[0]}" if best else None
+    win = winners[rules[0]]
     pairs = []
     for j in report:
         for a, b in ((win, "prompt-user"), (win, "prompt-designed"), (win, "random"), (win, "unsteered"),
-                     ("prompt-designed+steered", "prompt-designed")):
+                     ("prompt-designed+steered", "prompt-designed"),
+                     *((w, x) for r in rules[1:] if winners[r] != win for w in [winners[r]]
+                       for x in ("prompt-user", randoms[r], "unsteered", win))):
             if a and a in set(fr["condition"]) and b in set(fr["condition"]):
                 for metric in ("expression", "composite"):
                     pairs.append(paired(fr, a, b, judge=j, metric=metric))
     dump(out / f"{emotion}-results.json", {"rows": rows, "paired": pairs, "winner": win,
+                                           "winners": winners, "randoms": randoms, "combos": combos,
                                            "selected": {"best": best, "per_method": per_method,
-                                                        "combo": best_combo}, "train": logs})
+                                                        "combo": best_combo, "rules": dict(picks)},
+                                           "train": logs})
     pd.DataFrame(rows).to_csv(out / f"{emotion}-results.csv", index=False)
     log(f"{emotion}: done")
 
 
+def first_picks(table, rule):
+    """``(steering alone, prompt + steering)``: the best eligible point of each kind by ``rule``."""
+    ok = list(dict.fromkeys(rank_table(table[table["eligible"]], rule)["condition"]))
+    alone = [c for c in ok if "@" in c and not c.startswith("designed+")]
+    combos = [c for c in ok if c.startswith("designed+")]
+    return (alone[0] if alone else None, combos[0] if combos else None)
+
+
 def confirm_choice(emotion, table, k, confirm, tune, out, sel_scorer, select, ref_ppl, ref_rel,
-                   setting_of, designed):
+                   setting_of, designed, rules=("composite",)):
     """Second selection stage: the ``k`` best eligible steering points and the ``k`` best
-    prompt + steering points of the first stage, scored again on the first stage's tune prompts
-    and on the ``confirm`` prompts; each kind's point is chosen by the composite over all of
-    them, the gates applied to all of them. Returns ``(best, best_combo)``, or None when the
-    first stage left nothing eligible."""
-    ok = table[table["eligible"]].sort_values("composite", ascending=False)["condition"]
-    ok = list(dict.fromkeys(ok))   # a reused run's table may list a condition twice
-    alone = [c for c in ok if "@" in c and not c.startswith("designed+")][:k]
-    combos = [c for c in ok if c.startswith("designed+")][:k]
+    prompt + steering points of the first stage by each of ``rules``, scored again on the first
+    stage's tune prompts and on the ``confirm`` prompts; each kind's point is chosen by each rule
+    over all of them, the gates applied to all of them. Returns ``{rule: (best, best_combo)}``,
+    or None when the first stage left nothing eligible."""
+    alone, combos = [], []
+    for r in rules:   # (dict.fromkeys: a reused run's table may list a condition twice)
+        ok = list(dict.fromkeys(rank_table(table[table["eligible"]], r)["condition"]))
+        alone += [c for c in ok if "@" in c and not c.startswith("designed+")][:k]
+        combos += [c for c in ok if c.startswith("designed+")][:k]
+    alone, combos = list(dict.fromkeys(alone)), list(dict.fromkeys(combos))
     if not alone and not combos:
         return None
     arms = []
@@ -353,8 +411,11 @@ def confirm_choice(emotion, table, k, confirm, tune, out, sel_scorer, select, re
     first = table.drop_duplicates("condition", keep="last").set_index("condition")
     pooled["composite_stage1"] = pooled["condition"].map(first["composite"])
     pooled.to_csv(out / f"{emotion}-confirm.csv", index=False)
-    pick = pooled[pooled["eligible"]].sort_values("composite", ascending=False)["condition"]
-    return next((c for c in pick if c in alone), None), next((c for c in pick if c in combos), None)
+    out_picks = {}
+    for r in rules:
+        pick = list(rank_table(pooled[pooled["eligible"]], r)["condition"])
+        out_picks[r] = (next((c for c in pick if c in alone), None), next((c for c in pick if c in combos), None))
+    return out_picks
 
 
 if __name__ == "__main__":

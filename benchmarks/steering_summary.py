@@ -25,7 +25,6 @@ import argparse
 import json
 from pathlib import Path
 
-import numpy as np
 import pandas as pd
 
 from probe.stats import group_bootstrap_weights, percentile_ci
@@ -36,7 +35,10 @@ PAIRS = (("steered", "prompt-user"), ("steered", "random"), ("steered", "unsteer
          ("prompt-designed+steered", "prompt-designed"), ("prompt-designed+steered", "prompt-user"))
 
 
-def load(dirs: list[Path]) -> tuple[pd.DataFrame, dict]:
+def load(dirs: list[Path], rule: str | None = None) -> tuple[pd.DataFrame, dict]:
+    """Test replies of every run, each condition mapped onto its role. ``rule``: read the roles
+    ``steered`` / ``random`` / ``prompt-designed+steered`` from that selection rule's choices
+    (runs made with ``eval_trained_steering.py --rule both``)."""
     frames, chosen = [], {}
     for d in dirs:
         for res in sorted(d.glob("*-results.json")):
@@ -46,11 +48,21 @@ def load(dirs: list[Path]) -> tuple[pd.DataFrame, dict]:
             f = f[f["target"] == emotion].copy()
             role = {c: c for c in ROLES}
             role.update({c: c for c in f["condition"].unique() if c.startswith("steered:")})
-            if info.get("winner"):
+            best, combo = info["selected"]["best"], info["selected"]["combo"]
+            if rule:
+                if rule not in info.get("winners", {}):
+                    raise SystemExit(f"{res} has no choices of the {rule!r} rule (run with --rule both)")
+                role.pop("random"), role.pop("prompt-designed+steered")
+                for key, name in (("randoms", "random"), ("combos", "prompt-designed+steered"),
+                                  ("winners", "steered")):
+                    if info[key][rule]:
+                        role[info[key][rule]] = name
+                best, combo = info["selected"]["rules"][rule]
+            elif info.get("winner"):
                 role[info["winner"]] = "steered"
             f["role"] = f["condition"].map(role)
             f["emotion"] = emotion
-            chosen[emotion] = {"steered": info["selected"]["best"], "combo": info["selected"]["combo"]}
+            chosen[emotion] = {"steered": best, "combo": combo}
             frames.append(f[f["role"].notna()])
     if not frames:
         raise SystemExit("no <emotion>-results.json in the folders given")
@@ -77,10 +89,12 @@ def main(argv=None) -> None:
     ap.add_argument("dirs", nargs="+", type=Path)
     ap.add_argument("--judges", default="classifier,lexicon")
     ap.add_argument("--tune", default="", help="methods whose tune rows to compare, e.g. distill-amp,distill-cd")
+    ap.add_argument("--rule", default=None, choices=("composite", "expression"),
+                    help="runs made with --rule both: the roles from this selection rule's choices")
     args = ap.parse_args(argv)
     if args.tune:
         tune_table(args.dirs, args.tune.split(","))
-    frame, chosen = load(args.dirs)
+    frame, chosen = load(args.dirs, args.rule)
     emotions = list(dict.fromkeys(frame["emotion"]))
     judges = args.judges.split(",")
     for j in judges:

@@ -76,8 +76,10 @@ def add_composites(frame: pd.DataFrame, *, concept_judges: Mapping[str, object],
 
 
 def select_scale(frame: pd.DataFrame, *, judge: str, ref_perplexity: float,
-                 max_ppl_ratio: float = 2.0) -> tuple[str | None, pd.DataFrame]:
-    """The arm label (condition) with the best mean selection composite that passes the gates."""
+                 max_ppl_ratio: float = 2.0, rank: str = "composite") -> tuple[str | None, pd.DataFrame]:
+    """The arm label (condition) that passes the gates with the best mean selection composite
+    (``rank="composite"``, AxBench's rule) or the highest gated expression rate, ties broken by
+    the composite (``rank="expression"``: a hard concept term, see :func:`rank_table`)."""
     rows = []
     for cond, part in frame.groupby("condition", sort=False):
         rep = collapse_report(list(part["reply"]), part)
@@ -88,9 +90,26 @@ def select_scale(frame: pd.DataFrame, *, judge: str, ref_perplexity: float,
                      "ppl_ratio": ratio, **rep,
                      "eligible": (not rep["collapsed"]) and ratio <= max_ppl_ratio})
     table = pd.DataFrame(rows)
-    ok = table[table["eligible"]]
-    best = None if ok.empty else str(ok.sort_values("composite", ascending=False).iloc[0]["condition"])
+    ok = rank_table(table[table["eligible"]], rank)
+    best = None if ok.empty else str(ok.iloc[0]["condition"])
     return best, table
+
+
+RULES = ("composite", "expression")
+
+
+def rank_table(table: pd.DataFrame, rank: str = "composite") -> pd.DataFrame:
+    """``table``'s rows best first: by the mean selection composite (``"composite"``) or by the
+    gated expression rate with the composite breaking ties (``"expression"``).
+
+    AxBench's composite is a harmonic mean of a *soft* concept score with relevance and fluency,
+    so a point that answers well and moves the judge's probability a little can outrank one that
+    expresses the emotion in most replies; the expression rule asks first how many replies the
+    selection judge calls the target (within the same gates), which is what is reported."""
+    if rank not in RULES:
+        raise ValueError(f"unknown selection rule {rank!r}; choose from {', '.join(RULES)}")
+    keys = ["composite"] if rank == "composite" else ["expression", "composite"]
+    return table.sort_values(keys, ascending=False, kind="stable")
 
 
 def _ci(frame: pd.DataFrame, values: np.ndarray, n_boot: int, seed: int) -> tuple[float, float, float]:

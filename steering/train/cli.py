@@ -17,7 +17,7 @@ import argparse
 #: them equal).
 OBJECTIVES = ("distill-cd", "distill", "distill-amp", "distill-boot", "preference", "lm")
 #: ``steering.train.data.SEV_OBJECTIVES`` (trained on SEV's replies; need ``--sev``).
-SEV_OBJECTIVES = ("sev-preference", "sev-pref-lm", "sev-lm")
+SEV_OBJECTIVES = ("sev-preference", "sev-pref-lm", "sev-pref-lm-kl", "sev-lm")
 
 EPILOG = """\
 examples:
@@ -35,7 +35,8 @@ distill-boot (the designed prompt plus a first vector, --teacher-vector at --tea
 distilled into a vector that needs no prompt; it starts from the first vector), preference (the
 emotion's reply over another emotion's reply to the same prompt), lm (the replies'
 language-model loss); sev-preference, sev-pref-lm (the same plus the target reply's LM loss,
---lm-weight) and sev-lm learn from SEV's replies (Llama-3.2-3B answering a scenario + event in
+--lm-weight), sev-pref-lm-kl (sev-pref-lm plus --kl-weight x KL(steered || unsteered) over the
+reply, a fluency term) and sev-lm learn from SEV's replies (Llama-3.2-3B answering a scenario + event in
 each emotion; --sev is the folder with sev.jsonl and sev_accepted.jsonl) instead of the model's
 own."""
 
@@ -72,6 +73,9 @@ def add_parser(sub) -> dict:
                    help="sev-*: SEV skeletons trained on, x3 events (default: %(default)s)")
     p.add_argument("--lm-weight", type=float, default=1.0,
                    help="sev-pref-lm: weight of the target replies' LM loss (default: %(default)s)")
+    p.add_argument("--kl-weight", type=float, default=1.0,
+                   help="sev-pref-lm-kl: weight of KL(steered || unsteered) over the target reply's "
+                        "tokens (default: %(default)s)")
     p.add_argument("--skip-opening", type=int, default=0,
                    help="sev-*: leave each reply's first N tokens out of the loss, so the vector does "
                         "not learn SEV's stock openings (default: %(default)s)")
@@ -105,11 +109,16 @@ def cmd_steer_train(args) -> int:
                             "(a vector trained first, e.g. with distill-cd); the other objectives take neither")
     sev = args.objective in SEV_OBJECTIVES
     if sev != (args.sev is not None):
-        raise SteeringError("--objective sev-preference/sev-pref-lm/sev-lm trains on SEV's replies and "
+        raise SteeringError("the sev-* objectives train on SEV's replies and "
                             "takes --sev FOLDER (with sev.jsonl and sev_accepted.jsonl); the other "
                             "objectives train on the model's own replies and take no --sev")
-    if sev and (args.sev_skeletons < 1 or not args.lm_weight >= 0 or args.skip_opening < 0):
-        raise SteeringError("--sev-skeletons must be >= 1, --lm-weight >= 0 and --skip-opening >= 0")
+    if sev:
+        bad = [f"{flag} {floor} (got {v})" for flag, v, floor in (
+            ("--sev-skeletons", args.sev_skeletons, ">= 1"), ("--lm-weight", args.lm_weight, ">= 0"),
+            ("--kl-weight", args.kl_weight, ">= 0"), ("--skip-opening", args.skip_opening, ">= 0"))
+            if not (v >= 1 if flag == "--sev-skeletons" else v >= 0)]
+        if bad:
+            raise SteeringError("these must be: " + "; ".join(bad))
     if not sev and args.skip_opening:
         raise SteeringError("--skip-opening is for the sev-* objectives")
     out = Path(args.out)
@@ -117,7 +126,8 @@ def cmd_steer_train(args) -> int:
         raise SteeringError(f"{out.with_suffix('.safetensors')} exists; choose another --out")
     if sev:   # read (and check) SEV's replies before the model loads
         data, obj = sev_reply_data(args.objective, args.emotion, args.sev, n=args.sev_skeletons,
-                                   lm_weight=args.lm_weight, skip_opening=args.skip_opening)
+                                   lm_weight=args.lm_weight, skip_opening=args.skip_opening,
+                                   kl_weight=args.kl_weight)
     lm = load_model(args)
     bad = [L for L in layers if not 0 <= L < lm.n_layers]
     if bad:

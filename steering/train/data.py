@@ -95,12 +95,12 @@ def sev_prompts(path: str | Path, *, n: int | None = None, offset: int = 0) -> l
 #: ``sev-preference`` (the target emotion's reply over another emotion's reply to the same
 #: scenario + event), ``sev-pref-lm`` (the same plus the target reply's language-model loss) and
 #: ``sev-lm`` (the target replies' language-model loss alone).
-SEV_OBJECTIVES = ("sev-preference", "sev-pref-lm", "sev-lm")
+SEV_OBJECTIVES = ("sev-preference", "sev-pref-lm", "sev-pref-lm-kl", "sev-lm")
 
 
 def sev_reply_data(name: str, emotion: str, path: str | Path, *, n: int | None = 60,
                    offset: int = 0, lm_weight: float = 1.0, beta: float = 5.0,
-                   skip_opening: int = 0):
+                   skip_opening: int = 0, kl_weight: float = 1.0):
     """``(PairData, objective)`` of one of :data:`SEV_OBJECTIVES` for ``emotion``.
 
     Rows: the skeletons ``offset .. offset + n`` of the round-robin order (the same order as
@@ -112,6 +112,8 @@ def sev_reply_data(name: str, emotion: str, path: str | Path, *, n: int | None =
     ``sev_accepted.jsonl``). ``skip_opening = k``: the first ``k`` tokens of every reply are left
     out of the loss (SEV's replies open alike: 71% of its anger replies with "Are you kidding",
     81% of fear's with "Oh no, what"; a vector trained on them learns the opening).
+    ``sev-pref-lm-kl``: ``sev-pref-lm`` plus ``kl_weight`` x ``KL(p_steered || p_unsteered)``
+    over the target reply's tokens (a fluency term inside the objective).
     """
     if name not in SEV_OBJECTIVES:
         raise SteeringError(f"unknown SEV objective {name!r}; choose from {', '.join(SEV_OBJECTIVES)}")
@@ -151,7 +153,9 @@ def sev_reply_data(name: str, emotion: str, path: str | Path, *, n: int | None =
     if name == "sev-lm":
         return PairData(prompts, targets, skip_reply_tokens=skip_opening), objective("lm")
     return (PairData(prompts, targets, negatives=negatives, skip_reply_tokens=skip_opening),
-            objective("preference", beta=beta, lm_weight=lm_weight if name == "sev-pref-lm" else 0.0))
+            objective("preference", beta=beta,
+                      lm_weight=lm_weight if name.startswith("sev-pref-lm") else 0.0,
+                      kl_weight=kl_weight if name == "sev-pref-lm-kl" else 0.0))
 
 
 def teacher_replies(lm, prompts: Sequence[str], emotions: Sequence[str], *,

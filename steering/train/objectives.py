@@ -24,6 +24,11 @@ data, where ``forward(batch)`` runs the *steered* model and returns its logits):
                 ``lm_weight = w > 0`` adds ``w`` x the target replies' language-model loss
                 under steering (the SFT anchor of DPO-style training), so the preferred
                 reply gains likelihood instead of both replies losing it.
+                ``kl_weight = k > 0`` adds ``k`` x ``KL(p_steered || p_unsteered)`` over the
+                target reply's tokens (the unsteered model run on the same batch, no
+                gradients): a fluency term inside the objective, which penalises moving
+                probability onto tokens the unsteered model finds implausible (what the
+                perplexity bound of the evaluation measures on generated text).
 ``lm``          the language-model loss of the target replies (AxBench's ReFT-r1): the baseline.
 """
 
@@ -181,13 +186,15 @@ class Preference:
 
     beta: float = 5.0
     lm_weight: float = 0.0
+    kl_weight: float = 0.0
     name: str = "preference"
     _ref: Tensor | None = field(default=None, repr=False)
 
     def prepare(self, lm, data: PairData) -> None:
-        if not self.lm_weight >= 0 or not self.beta > 0:
-            raise SteeringError(f"preference needs beta > 0 and lm_weight >= 0; got beta={self.beta}, "
-                                f"lm_weight={self.lm_weight}")
+        if not self.lm_weight >= 0 or not self.beta > 0 or not self.kl_weight >= 0:
+            raise SteeringError(f"preference needs beta > 0, lm_weight >= 0 and kl_weight >= 0; got "
+                                f"beta={self.beta}, lm_weight={self.lm_weight}, "
+                                f"kl_weight={self.kl_weight}")
         if data.negatives is None:
             raise SteeringError("the preference objective needs contrast replies (negatives)")
         pos, neg = [], []
@@ -202,10 +209,31 @@ class Preference:
     def loss(self, lm, forward: Forward, data: PairData, rows: Sequence[int]) -> Tensor:
         bp, bn = data.batch(lm, rows), data.batch(lm, rows, negative=True)
         ref = self._ref[list(rows)]
-        pos = _token_logp(forward(bp), bp)
+        logits = forward(bp)
+        pos = _token_logp(logits, bp)
         gain = (pos - ref[:, 0]) - (_token_logp(forward(bn), bn) - ref[:, 1])
         loss = -F.logsigmoid(self.beta * gain).mean()
-        return loss - self.lm_weight * pos.mean() if self.lm_weight else loss
+        if self.lm_weight:
+            loss = loss - self.lm_weight * pos.mean()
+        if self.kl_weight:
+            unsteered = getattr(forward, "unsteered", None)
+            if unsteered is None:
+                raise SteeringError("kl_weight needs a forward with an .unsteered(batch) method "
+                                    "(steering.train.trainer.SteeredModel)")
+            with torch.no_grad():
+                lu = torch.log_softmax(bp.reply_logits(unsteered(bp)).float(), -1)
+            loss = loss + self.kl_weight * reverse_kl(
+                torch.log_softmax(bp.reply_logits(logits).float(), -1), lu, bp.reply_mask)
+        return loss
+
+
+def reverse_kl(ls: Tensor, lu: Tensor, mask: Tensor) -> Tensor:
+    """Mean over the ``mask``'s tokens of ``KL(p_s || p_u)`` (log-probabilities over the last
+    axis): how far the steered distribution moved from the unsteered one, weighted by where the
+    steered model puts its mass."""
+    per_token = (ls.exp() * (ls - lu)).sum(-1)
+    m = mask.float()
+    return (per_token * m).sum() / m.sum().clamp_min(1.0)
 
 
 @dataclass

@@ -119,6 +119,7 @@ class SteeredModel:
         self.lm, self.sites, self.weights, self.positions = lm, list(sites), list(weights), positions
         self.scales = [float(r) for r in rms]
         self._mask: Tensor | None = None
+        self._zero = False
         self._prefixes: dict[bytes, object] = {}
 
     def _adder(self, k: int):
@@ -133,8 +134,22 @@ class SteeredModel:
     def hooks(self):
         return self.lm.hooks({s: self._adder(k) for k, s in enumerate(self.sites)})
 
+    def __call__(self, batch: PairBatch) -> Tensor:
+        return self.forward(batch)
+
+    def unsteered(self, batch: PairBatch) -> Tensor:
+        """The same logits as :meth:`forward` with nothing added (the steering mask zeroed;
+        the prompt caches are shared), for objectives that compare with the plain model."""
+        self._zero = True
+        try:
+            return self.forward(batch)
+        finally:
+            self._zero = False
+
     def forward(self, batch: PairBatch) -> Tensor:
         mask = batch.steer_mask(self.positions)
+        if self._zero:
+            mask = torch.zeros_like(mask)
         if self.positions == "all" or batch.width < 2:
             self._mask = mask
             return self.lm.model(**batch.inputs).logits
@@ -177,7 +192,7 @@ def train_vector(lm, data: PairData, objective, config: TrainConfig = TrainConfi
     weights = torch.nn.ParameterList([torch.nn.Parameter(_init(lm, init, s, config))
                                       for s in sites])
     steered = SteeredModel(lm, sites, weights, [rms[L] for L in config.layers], config.positions)
-    forward = steered.forward
+    forward = steered   # callable; objectives that need the plain model use forward.unsteered
 
     opt = torch.optim.Adam(weights, lr=config.lr)
     gen = torch.Generator().manual_seed(config.seed)

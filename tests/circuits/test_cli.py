@@ -158,6 +158,7 @@ def test_edges_are_attributed_and_checked_by_edge_patching(capsys, tiny_dir, tmp
     e = json.loads((out / "run.json").read_text())["emotions"]["sadness"]["edges"]
     assert e["patched"] == 10 and e["table"][0]["type"] == "edges"
     assert (out / "edges_sadness.png").exists() and e["estimator"] == "eap-sublayer"
+    assert e["compute"]["attribution"] == e["compute"]["eap"] and e["compute"]["attribution"]["forward_passes"] > 0
     code, text, _ = _run(capsys, "circuits", "--model", str(tiny_dir / "llama"), *small,
                          "--metric", "direction:sadness@L2", "--components", "heads", "--no-circuit",
                          "--prompts", "4", "--validate-prompts", "4", "--influence-prompts", "0",

@@ -393,7 +393,9 @@ def test_steer_train_writes_a_vector_that_steer_applies_at_its_own_layers(capsys
     from tests.steering.sev_fake import fake_sev
     sev = fake_sev(tmp_path / "sev")
     for bad, msg in ((["--objective", "sev-pref-lm"], "takes --sev FOLDER"), (["--sev", sev], "take no --sev"),
-                     (["--objective", "sev-lm", "--sev", sev, "--lm-weight", "-1"], "--lm-weight >= 0")):
+                     (["--objective", "sev-lm", "--sev", sev, "--lm-weight", "-1"], "--lm-weight >= 0"),
+                     (["--objective", "sev-pref-lm-kl", "--sev", sev, "--kl-weight", "-0.5"],
+                      "--kl-weight >= 0 (got -0.5)")):
         code, _, err = _run(capsys, "steer-train", "--model", model, "--emotion", "anger",
                             "--out", tmp_path / "z", *bad)
         assert code == 2 and msg in err, err

@@ -45,6 +45,26 @@ def test_selection_skips_collapse_and_perplexity_and_takes_the_best_composite():
     assert not t.loc["b@1", "eligible"] and t.loc["b@1", "ppl_ratio"] == 3.0
 
 
+def test_expression_rule_takes_the_most_expressive_eligible_point():
+    import pytest
+
+    from steering.eval.trained import rank_table
+    angry = ["anger"] * 4 + ["neutral"]
+    frame = pd.concat([
+        _frame("faint@0.5", VARIED, concept=[0.8] * 5),                     # best composite
+        _frame("strong@1", VARIED, labels=angry, concept=[0.9, 0.9, 0.9, 0.9, 0.0]),
+        _frame("tie@1", VARIED, labels=angry, concept=[0.4] * 5),            # same rate, lower composite
+        _frame("louder@2", VARIED, labels=["anger"] * 5, concept=[1.0] * 5, ppl=30.0)],  # ratio 3
+        ignore_index=True)
+    best, table = select_scale(frame, judge="judge", ref_perplexity=10.0)
+    assert best == "faint@0.5"
+    best, _ = select_scale(frame, judge="judge", ref_perplexity=10.0, rank="expression")
+    assert best == "strong@1"                      # 0.8 expressed; the tie goes to the composite
+    assert list(rank_table(table, "expression")["condition"])[:3] == ["louder@2", "strong@1", "tie@1"]
+    with pytest.raises(ValueError, match="selection rule"):
+        rank_table(table, "judge")
+
+
 def test_report_rows_and_paired_differences():
     base = _frame("unsteered", VARIED, concept=[0.2] * 5)
     steered = _frame("steered", VARIED, labels=["anger"] * 4 + ["neutral"],

@@ -371,7 +371,7 @@ def test_sev_reply_data_contrasts_replies_to_the_same_prompt(tmp_path):
     assert not key(first) & key(rest)
     assert key(rest) == {p.split(".")[0] for p in sev_prompts(sev, offset=2)}
     assert sev_reply_data("sev-preference", "fear", sev, n=None)[1].lm_weight == 0.0
-    assert set(SEV_OBJECTIVES) == {"sev-preference", "sev-pref-lm", "sev-lm"}
+    assert set(SEV_OBJECTIVES) == {"sev-preference", "sev-pref-lm", "sev-pref-lm-kl", "sev-lm"}
     with pytest.raises(SteeringError, match="unknown SEV objective"):
         sev_reply_data("preference", "fear", sev)
     with pytest.raises(SteeringError, match="has anger, fear, sadness"):
@@ -429,3 +429,61 @@ def test_skipped_opening_tokens_stay_in_the_input_but_out_of_the_loss(tiny_qwen,
     assert data.skip_reply_tokens == 3
     d, _ = sev_reply_data("sev-lm", "fear", fake_sev(tmp_path / "sev"), skip_opening=4)
     assert d.skip_reply_tokens == 4
+
+
+def test_kl_weight_adds_the_reverse_kl_to_the_unsteered_model(tiny_qwen):
+    from probe.sites import Site
+    from steering.train.objectives import reverse_kl
+    from steering.train.trainer import SteeredModel
+
+    lm, data, rows = tiny_qwen, _data(), [0, 1, 2, 3]
+    g = torch.Generator().manual_seed(1)
+    sites = [Site("hook_resid_post", 0), Site("hook_resid_post", 1)]
+    steered = SteeredModel(lm, sites, [torch.randn(64, generator=g) for _ in sites], [3.0, 3.0],
+                           "last-prompt+generated")
+    b = data.batch(lm, rows)
+    m = b.reply_mask
+    plain, kl = objective("preference"), objective("preference", kl_weight=0.3)
+    plain.prepare(lm, data)            # the unsteered references, before any hook is placed
+    kl.prepare(lm, data)
+    with torch.no_grad():
+        plain_logits = b.reply_logits(lm.model(**b.inputs).logits)
+        with steered.hooks():
+            off = b.reply_logits(steered.unsteered(b))
+            on = b.reply_logits(steered(b))
+            # .unsteered is the plain model (through the same prefix cache), .__call__ steers
+            scale = float(plain_logits[m].abs().max())
+            torch.testing.assert_close(off[m], plain_logits[m], rtol=1e-4, atol=1e-5 * scale)
+            assert float((on[m] - plain_logits[m]).abs().max()) > 1e-2 * scale
+            got = float(kl.loss(lm, steered, data, rows)) - float(plain.loss(lm, steered, data, rows))
+        ls, lu = torch.log_softmax(on.float(), -1), torch.log_softmax(plain_logits.float(), -1)
+        # the KL computed here by hand, token by token
+        want = sum(float((ls[i, t].exp() * (ls[i, t] - lu[i, t])).sum())
+                   for i in range(len(rows)) for t in range(ls.shape[1]) if m[i, t]) / int(m.sum())
+    assert want > 1e-3                                     # steering moved the distribution
+    assert got == pytest.approx(0.3 * want, rel=1e-3)
+    assert float(reverse_kl(lu, lu, m)) == pytest.approx(0.0, abs=1e-6)
+    with pytest.raises(SteeringError, match="unsteered"):      # a plain function has no .unsteered
+        kl.loss(lm, lambda batch: lm.model(**batch.inputs).logits, data, rows)
+    with pytest.raises(SteeringError, match="kl_weight >= 0"):
+        objective("preference", kl_weight=-1.0).prepare(lm, data)
+
+
+def test_kl_weight_keeps_the_trained_vector_closer_to_the_unsteered_model(tiny_qwen):
+    from steering.train.objectives import reverse_kl
+    from steering.train.trainer import SteeredModel
+
+    lm, data = tiny_qwen, _data()
+    cfg = _fast(steps=15, lr=0.05)
+    kls = {}
+    for w in (0.0, 100.0):   # the tiny model's KLs are ~1e-2: a weight that makes the term count
+        vec, _ = train_vector(lm, data, objective("preference", beta=20.0, kl_weight=w), cfg)
+        sites = list(vec.directions)
+        steered = SteeredModel(lm, sites, [vec.directions[s].float() for s in sites],
+                               [vec.rms(s) for s in sites], "last-prompt+generated")
+        b = data.batch(lm, [0, 1, 2, 3])
+        with torch.no_grad(), steered.hooks():
+            ls = torch.log_softmax(b.reply_logits(steered(b)).float(), -1)
+            lu = torch.log_softmax(b.reply_logits(steered.unsteered(b)).float(), -1)
+        kls[w] = float(reverse_kl(ls, lu, b.reply_mask))
+    assert kls[100.0] < 0.5 * kls[0.0]
