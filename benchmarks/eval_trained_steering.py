@@ -49,7 +49,7 @@ import torch
 from probe.io import atomic_write
 from probe.models import load_model
 from steering.eval.baselines import random_like
-from steering.eval.composite import JudgeRoles, judge_sources
+from steering.eval.composite import CollapseConfig, JudgeRoles, judge_sources
 from steering.eval.grid import Arm, Decoding
 from steering.eval.prompts import NeutralPrompt, load_prompts
 from steering.eval.protocol import spread
@@ -76,6 +76,9 @@ from steering.train.data import (
 )
 from steering.train.trainer import TrainConfig, train_vector
 from steering.vector import SteeringVector, VectorSet
+
+#: where every steering arm of this run adds its vector (``--positions``); set once in main()
+POSITIONS = ["last-prompt+generated"]
 
 
 def log(msg: str) -> None:
@@ -126,6 +129,13 @@ def main(argv=None) -> None:
                          "K best prompt + steering points) on the confirm prompts (the shipped tune "
                          "prompts the first stage left out + SEV skeletons 148-159) and choose by the "
                          "composite over both stages' prompts; 0 = one stage")
+    ap.add_argument("--positions", default="last-prompt+generated",
+                    help="where the steering arms add their vector: last-prompt+generated (as the "
+                         "vectors were trained) or e.g. generated:5 (from the 6th reply token on, so "
+                         "the reply opens as the unsteered model would)")
+    ap.add_argument("--max-phrase-share", type=float, default=None,
+                    help="also gate selection on the share of replies containing the most common "
+                         "word 4-gram anywhere (a template past the opening); default: reported only")
     ap.add_argument("--test-prompts", type=int, default=None)
     ap.add_argument("--max-new-tokens", type=int, default=60)
     ap.add_argument("--threads", type=int, default=1)
@@ -135,6 +145,8 @@ def main(argv=None) -> None:
     ap.add_argument("--combo-scales", default="",
                     help="extra designed prompt + vector arms, e.g. distill:0.5,distill-amp:0.25")
     args = ap.parse_args(argv)
+    Setting(positions=args.positions)   # a bad --positions fails here, before anything loads
+    POSITIONS[0] = args.positions
     torch.set_num_threads(args.threads)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
@@ -262,15 +274,15 @@ def run_emotion(lm, emotion, teach, expr, layers, args, out, tune, test, sel_sco
         if m in candidates and float(sc) not in candidates[m]:
             candidates[m].append(float(sc))
     arms = [Arm(condition=f"{m}@{s:g}", emotion=emotion,
-                setting=Setting(vector=vecs[m], strength=s, label=f"{m}@{s:g}"))
+                setting=Setting(positions=POSITIONS[0], vector=vecs[m], strength=s, label=f"{m}@{s:g}"))
             for m, ss in candidates.items() for s in ss]
     designed = next(a for a in baseline_arms(emotion) if a.condition == "prompt-designed")
     arms += [Arm(condition=f"designed+{m}@{s:g}", emotion=emotion, system_prompt=designed.system_prompt,
-                 user_suffix=designed.user_suffix, setting=Setting(vector=vecs[m], strength=s))
+                 user_suffix=designed.user_suffix, setting=Setting(positions=POSITIONS[0], vector=vecs[m], strength=s))
              for m in ("distill", "expression") if m in vecs for s in candidates[m][:2]]
     arms.append(designed)
     arms += [Arm(condition=f"designed+{m}@{s:g}", emotion=emotion, system_prompt=designed.system_prompt,
-                 user_suffix=designed.user_suffix, setting=Setting(vector=vecs[m], strength=s))
+                 user_suffix=designed.user_suffix, setting=Setting(positions=POSITIONS[0], vector=vecs[m], strength=s))
              for m, s in ((x.split(":")[0], float(x.split(":")[1]))
                           for x in args.combo_scales.split(",") if x)]
     ref_ppl, ref_rel = refs["tune"]
@@ -285,7 +297,8 @@ def run_emotion(lm, emotion, teach, expr, layers, args, out, tune, test, sel_sco
                         ref_perplexity=ref_ppl, ref_relevance=ref_rel)
         tag = "-more" if old is not None else ""
         ft.drop(columns=["signals"]).to_csv(out / f"{emotion}-tune-replies{tag}.csv", index=False)
-        _, table = select_scale(ft, judge="select", ref_perplexity=ref_ppl)
+        _, table = select_scale(ft, judge="select", ref_perplexity=ref_ppl,
+                                collapse=CollapseConfig(max_phrase_share=args.max_phrase_share))
         if old is not None:
             table = pd.concat([old, table], ignore_index=True)
     table.to_csv(out / f"{emotion}-tune.csv", index=False)
@@ -305,7 +318,8 @@ def run_emotion(lm, emotion, teach, expr, layers, args, out, tune, test, sel_sco
               "rules": dict(picks)}
     if args.confirm_top:
         picks = confirm_choice(emotion, table, args.confirm_top, confirm, tune, out, sel_scorer,
-                               select, *refs["confirm"], setting_of, designed, rules) or picks
+                               select, *refs["confirm"], setting_of, designed, rules,
+                               CollapseConfig(max_phrase_share=args.max_phrase_share)) or picks
         if picks[rules[0]][0]:   # the confirmed point is its method's point on the test prompts
             per_method[picks[rules[0]][0].split("@")[0]] = picks[rules[0]][0]
     best, best_combo = picks[rules[0]]
@@ -317,16 +331,16 @@ def run_emotion(lm, emotion, teach, expr, layers, args, out, tune, test, sel_sco
     test_arms = [Arm(condition="unsteered", emotion=None)]
     for m, label in per_method.items():
         v, s = setting_of(label)
-        test_arms.append(Arm(condition=f"steered:{m}", emotion=emotion, setting=Setting(vector=v, strength=s)))
+        test_arms.append(Arm(condition=f"steered:{m}", emotion=emotion, setting=Setting(positions=POSITIONS[0], vector=v, strength=s)))
     combo = None
     if best_combo:
         v, s = setting_of(best_combo)
-        combo = Setting(vector=v, strength=s)
+        combo = Setting(positions=POSITIONS[0], vector=v, strength=s)
     test_arms += baseline_arms(emotion, combo)
     if best:
         v, s = setting_of(best)
         test_arms.append(Arm(condition="random", emotion=emotion,
-                             setting=Setting(vector=random_like(v, seed=1), strength=s)))
+                             setting=Setting(positions=POSITIONS[0], vector=random_like(v, seed=1), strength=s)))
     # the other rules' choices, under their own names where they differ from the first rule's
     winners = {rules[0]: f"steered:{best.split('@')[0]}" if best else None}
     randoms, combos = {rules[0]: "random" if best else None}, {rules[0]: "prompt-designed+steered"
@@ -337,14 +351,14 @@ def run_emotion(lm, emotion, teach, expr, layers, args, out, tune, test, sel_sco
         if b and b != best:
             v, s = setting_of(b)
             winners[r], randoms[r] = f"rule:{r}", f"random:{r}"
-            test_arms += [Arm(condition=f"rule:{r}", emotion=emotion, setting=Setting(vector=v, strength=s)),
+            test_arms += [Arm(condition=f"rule:{r}", emotion=emotion, setting=Setting(positions=POSITIONS[0], vector=v, strength=s)),
                           Arm(condition=f"random:{r}", emotion=emotion,
-                              setting=Setting(vector=random_like(v, seed=1), strength=s))]
+                              setting=Setting(positions=POSITIONS[0], vector=random_like(v, seed=1), strength=s))]
         if c and c != best_combo:
             v, s = setting_of(c)
             combos[r] = f"prompt-designed+steered:{r}"
             test_arms.append(Arm(condition=combos[r], emotion=emotion, system_prompt=designed.system_prompt,
-                                 user_suffix=designed.user_suffix, setting=Setting(vector=v, strength=s)))
+                                 user_suffix=designed.user_suffix, setting=Setting(positions=POSITIONS[0], vector=v, strength=s)))
     ref_ppl, ref_rel = refs["test"]
     log(f"{emotion}: test, {len(test_arms)} arms x {len(test)} test prompts")
     fr = score_arms(rep_scorer, test, test_arms, concept_judges=report, ref_perplexity=ref_ppl,
@@ -380,7 +394,7 @@ def first_picks(table, rule):
 
 
 def confirm_choice(emotion, table, k, confirm, tune, out, sel_scorer, select, ref_ppl, ref_rel,
-                   setting_of, designed, rules=("composite",)):
+                   setting_of, designed, rules=("composite",), collapse=None):
     """Second selection stage: the ``k`` best eligible steering points and the ``k`` best
     prompt + steering points of the first stage by each of ``rules``, scored again on the first
     stage's tune prompts and on the ``confirm`` prompts; each kind's point is chosen by each rule
@@ -399,7 +413,7 @@ def confirm_choice(emotion, table, k, confirm, tune, out, sel_scorer, select, re
         v, s = setting_of(label)
         extra = ({"system_prompt": designed.system_prompt, "user_suffix": designed.user_suffix}
                  if label.startswith("designed+") else {})
-        arms.append(Arm(condition=label, emotion=emotion, setting=Setting(vector=v, strength=s),
+        arms.append(Arm(condition=label, emotion=emotion, setting=Setting(positions=POSITIONS[0], vector=v, strength=s),
                         **extra))
     prompts = list(tune) + list(confirm)
     log(f"{emotion}: confirmation, {len(arms)} arms x {len(prompts)} tune prompts "
@@ -407,7 +421,8 @@ def confirm_choice(emotion, table, k, confirm, tune, out, sel_scorer, select, re
     fc = score_arms(sel_scorer, prompts, arms, concept_judges={"select": select},
                     ref_perplexity=ref_ppl, ref_relevance=ref_rel)
     fc.drop(columns=["signals"]).to_csv(out / f"{emotion}-confirm-replies.csv", index=False)
-    _, pooled = select_scale(fc, judge="select", ref_perplexity=ref_ppl)
+    _, pooled = select_scale(fc, judge="select", ref_perplexity=ref_ppl,
+                             **({"collapse": collapse} if collapse else {}))
     first = table.drop_duplicates("condition", keep="last").set_index("condition")
     pooled["composite_stage1"] = pooled["condition"].map(first["composite"])
     pooled.to_csv(out / f"{emotion}-confirm.csv", index=False)

@@ -27,6 +27,15 @@ class HookError(EmoprobeError, ValueError):
     """A hook cannot be placed or applied as asked; the message says what to fix."""
 
 
+def generated_delay(mode: str) -> int:
+    """``K`` of the position mode ``"generated:K"`` (generated tokens from the K-th on)."""
+    head, _, k = mode.partition(":")
+    if head != "generated" or not k.isdigit():
+        raise HookError(f"positions {mode!r}: write generated:K with K a whole number >= 0 "
+                        "(generated tokens from the K-th on, 0-based)")
+    return int(k)
+
+
 # ------------------------------------------------------------------------------ positions
 @dataclass
 class _Forward:
@@ -70,7 +79,8 @@ class HookContext:
 
         Modes: ``all``; ``prompt``; ``generated``; ``last`` (each row's last real token so far);
         ``last-prompt`` (the last prompt token); ``last-prompt+generated`` (Wang et al.'s
-        ``last_k=1``); ``content`` (the row's stimulus text, template excluded; needs a batch
+        ``last_k=1``); ``generated:K`` (generated tokens from the K-th on, 0-based, so the
+        first K + 1 reply tokens are predicted from untouched states); ``content`` (the row's stimulus text, template excluded; needs a batch
         made by :func:`probe.forward.make_batch`); ``image`` / ``audio`` (the tokens the
         processor filled with image / audio features) and ``text`` (every other token,
         generated ones included) of a multimodal batch; or a ``range`` of row-relative token
@@ -101,6 +111,8 @@ class HookContext:
             return real & ~generated
         if mode == "generated":
             return real & generated
+        if isinstance(mode, str) and mode.startswith("generated:"):
+            return real & (cols >= f.prompt_width + generated_delay(mode))[None, :]
         if mode == "last-prompt":
             return real & (cols == f.prompt_width - 1)[None, :]
         if mode == "last-prompt+generated":
@@ -118,9 +130,9 @@ class HookContext:
             inside = cols < f.content.shape[1]
             out[:, inside] = f.content[:, cols[inside]]
             return out & real
-        raise HookError(f"unknown positions {mode!r}; choose all, prompt, generated, last, "
-                        "last-prompt, last-prompt+generated, content, text, image, audio, or a "
-                        "range")
+        raise HookError(f"unknown positions {mode!r}; choose all, prompt, generated, generated:K, "
+                        "last, last-prompt, last-prompt+generated, content, text, image, audio, or "
+                        "a range")
 
     def _modality(self, mode: str) -> Tensor:
         f, cols = self._f, self._f.columns

@@ -108,7 +108,9 @@ def register(sub) -> dict:
                    help="how closely a saved vector's model must match (default: %(default)s)")
     p.add_argument("--mode", default=None, choices=["add", "ablate", "clamp", "scale"])
     p.add_argument("--positions", default=None,
-                   help="all, prompt, generated, last-prompt+generated (default), last-prompt")
+                   help="all, prompt, generated, generated:K (from the K-th generated token on, so "
+                        "the reply opens as the model would), last-prompt+generated (default), "
+                        "last-prompt")
     p.add_argument("--unit", dest="unit", default=None, choices=["rms", "absolute", "token-rms"],
                    help="unit of --strength (default: rms)")
     p.add_argument("--with-prompt", action="store_true",

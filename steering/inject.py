@@ -44,7 +44,7 @@ from typing import Literal, Protocol, get_args, runtime_checkable
 import torch
 from torch import Tensor
 
-from probe.hooks import HookContext, HookFn
+from probe.hooks import HookContext, HookError, HookFn, generated_delay
 from probe.interventions import (
     Shift,
     Unit,
@@ -91,8 +91,10 @@ class Setting:
         factor: For ``scale``: the multiplier of the projection (1 = no change).
         mode: ``"add"``, ``"ablate"``, ``"clamp"`` or ``"scale"`` (see the module docstring).
         positions: Which tokens: ``"last-prompt+generated"`` (default, Wang et al.'s
-            ``last_k=1``), ``"all"``, ``"prompt"``, ``"generated"``, ``"last-prompt"``, or a
-            ``range`` of token indices within each row (a text span).
+            ``last_k=1``), ``"all"``, ``"prompt"``, ``"generated"``, ``"generated:K"`` (the
+            generated tokens from the K-th on: the reply's first K + 1 tokens are the
+            unsteered model's choice given the prompt, so its opening stays its own),
+            ``"last-prompt"``, or a ``range`` of token indices within each row (a text span).
         spread: For ``add``: divide the strength evenly across the vector's layers.
         label: Free text carried into results.
     """
@@ -112,8 +114,14 @@ class Setting:
         if self.unit not in get_args(Unit):
             raise SteeringError(f"unknown unit {self.unit!r}; choose rms, absolute or token-rms")
         if not isinstance(self.positions, range) and self.positions not in POSITION_MODES:
-            raise SteeringError(f"unknown positions {self.positions!r}; choose one of "
-                                f"{', '.join(POSITION_MODES)} or a range of token indices")
+            if not (isinstance(self.positions, str) and self.positions.startswith("generated:")):
+                raise SteeringError(f"unknown positions {self.positions!r}; choose one of "
+                                    f"{', '.join(POSITION_MODES)}, generated:K or a range of "
+                                    "token indices")
+            try:
+                generated_delay(self.positions)
+            except HookError as e:
+                raise SteeringError(str(e)) from None
         if isinstance(self.positions, range) and len(self.positions) == 0:
             raise SteeringError(f"positions {self.positions} selects no token")
         if not isinstance(self.strength, (int, float)) or not math.isfinite(self.strength):
@@ -309,8 +317,8 @@ def _pos_mode(key):
 
 def prefix_reusable(settings: Sequence[Setting]) -> bool:
     """True when no setting changes a prompt token before the last one (prefix cache shareable)."""
-    return all(not st.steered or (isinstance(st.positions, str) and st.positions in _PREFIX_SAFE)
-               for st in settings)
+    return all(not st.steered or (isinstance(st.positions, str) and (
+        st.positions in _PREFIX_SAFE or st.positions.startswith("generated:"))) for st in settings)
 
 
 def _nonfinite_message(site: Site, settings: Sequence[Setting], rows: Tensor, value: Tensor) -> str:

@@ -104,6 +104,10 @@ class CollapseConfig:
     max_opening_share: float = 0.25
     min_cross_distinct: float = 0.5
     max_loop_share: float = 0.2
+    #: Share of replies that contain the most common word ``opening_words``-gram *anywhere*
+    #: (a template moved past the opening, e.g. by steering that starts a few tokens in);
+    #: None: reported, not gated.
+    max_phrase_share: float | None = None
 
 
 def opening_share(replies: Sequence[str], k: int = 4) -> float:
@@ -116,6 +120,19 @@ def opening_share(replies: Sequence[str], k: int = 4) -> float:
     return count / len(replies) if count > 1 else 0.0
 
 
+def phrase_share(replies: Sequence[str], n: int = 4) -> float:
+    """Share of replies containing the most common word ``n``-gram anywhere (each reply counted
+    once; 0 if no ``n``-gram is shared by two replies)."""
+    seen: Counter = Counter()
+    for r in replies:
+        w = _WORDS.findall(r.lower())
+        seen.update({tuple(w[i:i + n]) for i in range(len(w) - n + 1)})
+    if not seen or not replies:
+        return 0.0
+    count = seen.most_common(1)[0][1]
+    return count / len(replies) if count > 1 else 0.0
+
+
 def cross_distinct(replies: Sequence[str], n: int = 2) -> float:
     """Distinct word ``n``-grams over all replies together / all ``n``-grams (1.0: none shared)."""
     grams = [tuple(w[i:i + n]) for r in replies for w in [_WORDS.findall(r.lower())]
@@ -125,8 +142,10 @@ def cross_distinct(replies: Sequence[str], n: int = 2) -> float:
 
 def collapse_report(replies: Sequence[str], frame: pd.DataFrame | None = None,
                     config: CollapseConfig = CollapseConfig()) -> dict:
-    """``opening_share``, ``cross_distinct``, ``loop_share`` and ``collapsed`` for one setting."""
+    """``opening_share``, ``phrase_share``, ``cross_distinct``, ``loop_share`` and ``collapsed``
+    for one setting."""
     rep = {"opening_share": opening_share(replies, config.opening_words),
+           "phrase_share": phrase_share(replies, config.opening_words),
            "cross_distinct": cross_distinct(replies),
            "loop_share": float(loop_failures(frame).mean()) if frame is not None and len(frame) else 0.0}
     rep["collapsed"] = collapsed(rep, config)
@@ -137,7 +156,9 @@ def collapsed(report: Mapping[str, float], config: CollapseConfig = CollapseConf
     """True when replies share openings, repeat each other's n-grams, or loop too often."""
     return bool(report["opening_share"] > config.max_opening_share
                 or report["cross_distinct"] < config.min_cross_distinct
-                or report["loop_share"] > config.max_loop_share)
+                or report["loop_share"] > config.max_loop_share
+                or (config.max_phrase_share is not None
+                    and report.get("phrase_share", 0.0) > config.max_phrase_share))
 
 
 def wrong_way_share(steered: np.ndarray, unsteered: np.ndarray) -> float:

@@ -22,6 +22,7 @@ import pandas as pd
 from probe.stats import group_bootstrap_weights, percentile_ci
 from steering.eval.baselines import ADJECTIVES, prompt_arms
 from steering.eval.composite import (
+    CollapseConfig,
     collapse_report,
     composite,
     concept_scores,
@@ -76,13 +77,14 @@ def add_composites(frame: pd.DataFrame, *, concept_judges: Mapping[str, object],
 
 
 def select_scale(frame: pd.DataFrame, *, judge: str, ref_perplexity: float,
-                 max_ppl_ratio: float = 2.0, rank: str = "composite") -> tuple[str | None, pd.DataFrame]:
+                 max_ppl_ratio: float = 2.0, rank: str = "composite",
+                 collapse: CollapseConfig | None = None) -> tuple[str | None, pd.DataFrame]:
     """The arm label (condition) that passes the gates with the best mean selection composite
     (``rank="composite"``, AxBench's rule) or the highest gated expression rate, ties broken by
     the composite (``rank="expression"``: a hard concept term, see :func:`rank_table`)."""
     rows = []
     for cond, part in frame.groupby("condition", sort=False):
-        rep = collapse_report(list(part["reply"]), part)
+        rep = collapse_report(list(part["reply"]), part, collapse or CollapseConfig())
         ratio = float(np.nanmedian(part["perplexity"]) / ref_perplexity)
         rows.append({"condition": cond, "composite": float(part[f"composite:{judge}"].mean()),
                      "concept": float(part[f"concept:{judge}"].mean()),

@@ -34,7 +34,7 @@ def _same_tokens(a: torch.Tensor, b: torch.Tensor) -> None:
     assert_same_generations(a, b)
 
 
-@pytest.mark.parametrize("mode", ["all", "last-prompt+generated", "generated"])
+@pytest.mark.parametrize("mode", ["all", "last-prompt+generated", "generated", "generated:2"])
 def test_kv_cache_equals_recomputing_the_sequence(lm, mode):
     """Greedy, hooked: with the KV cache (one new column per step) == without (all columns)."""
     kw = dict(max_new_tokens=8, min_new_tokens=8)
@@ -64,14 +64,23 @@ def test_positions_follow_prompt_and_generation(tiny_llama):
     def record(t, ctx):
         seen.append({m: ctx.positions(m).clone() for m in
                      ("all", "prompt", "generated", "last-prompt", "last-prompt+generated",
-                      "content", "last")} | {"cols": ctx.columns.clone(), "w": ctx.prompt_width})
+                      "content", "last", "generated:0", "generated:2")}
+                    | {"cols": ctx.columns.clone(), "w": ctx.prompt_width})
 
     batch = make_batch(lm, PROMPTS)
     width = batch.input_ids.shape[1]
     with hooks(lm, {"blocks.0.hook_resid_post": record}), torch.no_grad():
-        generate_batch(lm, batch, max_new_tokens=3, min_new_tokens=3)
+        generate_batch(lm, batch, max_new_tokens=4, min_new_tokens=4)
     first, later = seen[0], seen[1:]
-    assert len(later) == 2 and all(s["w"] == width for s in seen)
+    assert len(later) == 3 and all(s["w"] == width for s in seen)
+    # generated:K: the generated tokens from the K-th (0-based) on; generated:0 is generated
+    assert [bool(s["generated:2"].all()) for s in later] == [False, False, True]
+    assert not first["generated:2"].any() and not later[0]["generated:2"].any()
+    assert all(torch.equal(s["generated:0"], s["generated"]) for s in seen)
+    for bad in ("generated:", "generated:-1", "generated:x"):
+        with pytest.raises(HookError, match="generated:K"), \
+                hooks(lm, {"blocks.0.hook_resid_post": lambda t, ctx, b=bad: ctx.positions(b)}):
+            lm.logits(batch)
     assert torch.equal(first["all"], batch.attention_mask.bool())
     assert torch.equal(first["content"], batch.content) and not first["generated"].any()
     assert first["last-prompt"][:, -1].all() and first["last-prompt"].sum() == len(PROMPTS)

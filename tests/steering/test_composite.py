@@ -16,6 +16,7 @@ from steering.eval.composite import (
     harmonic,
     judge_sources,
     opening_share,
+    phrase_share,
     suppression_scores,
     wrong_way_share,
 )
@@ -51,6 +52,21 @@ def test_template_collapse_and_loops_are_caught():
     same = ["wonderful wonderful fabulous day"] * 4
     assert cross_distinct(same) < cross_distinct(varied) == 1.0
     assert collapse_report(same, config=CollapseConfig(max_opening_share=1.0))["collapsed"]
+
+
+def test_a_template_past_the_opening_is_caught_by_the_phrase_gate():
+    varied = ["The fridge pumps heat out of the box.", "Leaves lose chlorophyll in autumn.",
+              "A leap year has 366 days.", "Librarians sort and lend books."]
+    # openings differ, the same four words follow: what steering from the third token on can do
+    late = ["The fridge, oh no, what if it breaks?", "Leaves fall. Oh no, what if winter",
+            "A leap year: oh no, what if I forget", "Librarians sort and lend books."]
+    assert opening_share(late) == 0.0 and phrase_share(late) == 0.75
+    assert phrase_share(varied) == 0.0 and phrase_share([]) == 0.0
+    assert not collapse_report(late)["collapsed"]                    # off by default: reported
+    assert collapse_report(late)["phrase_share"] == 0.75
+    gate = CollapseConfig(max_phrase_share=0.5)
+    assert collapse_report(late, config=gate)["collapsed"]
+    assert not collapse_report(varied, config=gate)["collapsed"]
 
 
 def test_wrong_way_share():

@@ -82,6 +82,32 @@ def test_positions_generated_leaves_the_prompt_alone(tiny_llama):
     assert torch.equal(plain[:, :-1], last[:, :-1]) and not torch.allclose(plain[:, -1], last[:, -1])
 
 
+def test_delayed_positions_leave_the_replys_opening_to_the_model(tiny_qwen):
+    lm = tiny_qwen
+    vec = random_vector(lm, layers=(0, 1, 2), seed=4)
+    kw = {"max_new_tokens": 6, "min_new_tokens": 6}
+    with torch.no_grad():
+        plain = generate_batch(lm, PROMPTS, **kw).new_ids
+        with vec.apply(lm, strength=8.0, positions="generated:2"):
+            late = generate_batch(lm, PROMPTS, **kw).new_ids
+        with vec.apply(lm, strength=8.0, positions="generated:2"):
+            full = generate_batch(lm, PROMPTS, use_cache=False, **kw).new_ids
+    # tokens 0-2 are predicted from untouched states (the steering starts on token 2's state,
+    # which predicts token 3); after that the reply follows the vector
+    assert torch.equal(late[:, :3], plain[:, :3])
+    assert not torch.equal(late[:, 3:], plain[:, 3:])
+    assert_same_generations(late, full)
+    settings = [Setting(vector=vec, strength=s, positions="generated:2") for s in (0.0, 4.0)]
+    assert prefix_reusable(settings)
+    shared = generate_settings(lm, PROMPTS, settings, reuse_prefix=True, **kw)
+    alone = generate_settings(lm, PROMPTS, settings, reuse_prefix=False, **kw)
+    for a, b in zip(shared, alone):
+        assert_same_generations(a, b)
+    for bad in ("generated:", "generated:-2", "generated:two", "later:3"):
+        with pytest.raises(SteeringError, match="generated:K"):
+            Setting(vector=vec, strength=1.0, positions=bad)
+
+
 def test_token_range_steers_only_that_span(tiny_llama):
     lm = tiny_llama
     vec = random_vector(lm, layers=(1,))
