@@ -338,6 +338,8 @@ def cmd_steer(args) -> int:
         raise SteeringError('give at least one prompt, e.g. probe steer --emotion fear "How was your day?"')
     check_strength(args.strength)
     check_strength(args.factor, "--factor")
+    if args.positions is not None:   # checked before any model or store is touched
+        Setting(positions=args.positions)
     if args.factor is not None and args.mode != "scale":
         raise SteeringError("--factor multiplies the projection with --mode scale; --mode "
                             f"{args.mode or 'add'} takes --strength (an amount added)")

@@ -92,6 +92,10 @@ def test_directions_then_steer(capsys, tiny_dir, toy_store):
      "--mode scale multiplies the projection by --factor"),
     (["--emotion", "joy", "--factor", "0.5", "--layers", "1-2"], "--factor multiplies the projection"),
     (["--emotion", "joy", "--mode", "scale", "--factor", "inf", "--layers", "1-2"], "--factor must be"),
+    (["--emotion", "joy", "--strength", "2", "--layers", "1-2", "--positions", "generated:-1"],
+     "write generated:K"),
+    (["--emotion", "joy", "--strength", "2", "--layers", "1-2", "--positions", "later"],
+     "unknown positions 'later'"),
 ])
 def test_steer_errors_are_clear(capsys, tiny_dir, toy_store, extra, message):
     root, store = toy_store
