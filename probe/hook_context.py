@@ -80,8 +80,9 @@ class HookContext:
         Modes: ``all``; ``prompt``; ``generated``; ``last`` (each row's last real token so far);
         ``last-prompt`` (the last prompt token); ``last-prompt+generated`` (Wang et al.'s
         ``last_k=1``); ``generated:K`` (generated tokens from the K-th on, 0-based, so the
-        first K + 1 reply tokens are predicted from untouched states); ``content`` (the row's stimulus text, template excluded; needs a batch
-        made by :func:`probe.forward.make_batch`); ``image`` / ``audio`` (the tokens the
+        first K + 1 reply tokens are predicted from untouched states); ``content`` (the row's
+        stimulus text, template excluded; needs a batch made by
+        :func:`probe.forward.make_batch`); ``image`` / ``audio`` (the tokens the
         processor filled with image / audio features) and ``text`` (every other token,
         generated ones included) of a multimodal batch; or a ``range`` of row-relative token
         indices (0 = the row's first real token).
