@@ -40,6 +40,7 @@ from __future__ import annotations
 import argparse
 import json
 import time
+from functools import partial
 from pathlib import Path
 
 import numpy as np
@@ -76,9 +77,6 @@ from steering.train.data import (
 )
 from steering.train.trainer import TrainConfig, train_vector
 from steering.vector import SteeringVector, VectorSet
-
-#: where every steering arm of this run adds its vector (``--positions``); set once in main()
-POSITIONS = ["last-prompt+generated"]
 
 
 def log(msg: str) -> None:
@@ -146,7 +144,6 @@ def main(argv=None) -> None:
                     help="extra designed prompt + vector arms, e.g. distill:0.5,distill-amp:0.25")
     args = ap.parse_args(argv)
     Setting(positions=args.positions)   # a bad --positions fails here, before anything loads
-    POSITIONS[0] = args.positions
     torch.set_num_threads(args.threads)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
@@ -250,6 +247,7 @@ def train_all(lm, emotion, teach, expr, layers, args, out, names=None, have=None
 
 def run_emotion(lm, emotion, teach, expr, layers, args, out, tune, test, sel_scorer, rep_scorer,
                 select, report, refs, confirm):
+    steer = partial(Setting, positions=args.positions)   # every steering arm of this run
     if args.reuse:   # vectors trained by an earlier run of this script into the same --out
         names = args.objectives.split(",")
         have = [n for n in names if (out / "vectors" / f"{emotion}-{n}.safetensors").is_file()]
@@ -274,15 +272,15 @@ def run_emotion(lm, emotion, teach, expr, layers, args, out, tune, test, sel_sco
         if m in candidates and float(sc) not in candidates[m]:
             candidates[m].append(float(sc))
     arms = [Arm(condition=f"{m}@{s:g}", emotion=emotion,
-                setting=Setting(positions=POSITIONS[0], vector=vecs[m], strength=s, label=f"{m}@{s:g}"))
+                setting=steer(vector=vecs[m], strength=s, label=f"{m}@{s:g}"))
             for m, ss in candidates.items() for s in ss]
     designed = next(a for a in baseline_arms(emotion) if a.condition == "prompt-designed")
     arms += [Arm(condition=f"designed+{m}@{s:g}", emotion=emotion, system_prompt=designed.system_prompt,
-                 user_suffix=designed.user_suffix, setting=Setting(positions=POSITIONS[0], vector=vecs[m], strength=s))
+                 user_suffix=designed.user_suffix, setting=steer(vector=vecs[m], strength=s))
              for m in ("distill", "expression") if m in vecs for s in candidates[m][:2]]
     arms.append(designed)
     arms += [Arm(condition=f"designed+{m}@{s:g}", emotion=emotion, system_prompt=designed.system_prompt,
-                 user_suffix=designed.user_suffix, setting=Setting(positions=POSITIONS[0], vector=vecs[m], strength=s))
+                 user_suffix=designed.user_suffix, setting=steer(vector=vecs[m], strength=s))
              for m, s in ((x.split(":")[0], float(x.split(":")[1]))
                           for x in args.combo_scales.split(",") if x)]
     ref_ppl, ref_rel = refs["tune"]
@@ -318,7 +316,7 @@ def run_emotion(lm, emotion, teach, expr, layers, args, out, tune, test, sel_sco
               "rules": dict(picks)}
     if args.confirm_top:
         picks = confirm_choice(emotion, table, args.confirm_top, confirm, tune, out, sel_scorer,
-                               select, *refs["confirm"], setting_of, designed, rules,
+                               select, *refs["confirm"], setting_of, designed, steer, rules,
                                CollapseConfig(max_phrase_share=args.max_phrase_share)) or picks
         if picks[rules[0]][0]:   # the confirmed point is its method's point on the test prompts
             per_method[picks[rules[0]][0].split("@")[0]] = picks[rules[0]][0]
@@ -331,16 +329,16 @@ def run_emotion(lm, emotion, teach, expr, layers, args, out, tune, test, sel_sco
     test_arms = [Arm(condition="unsteered", emotion=None)]
     for m, label in per_method.items():
         v, s = setting_of(label)
-        test_arms.append(Arm(condition=f"steered:{m}", emotion=emotion, setting=Setting(positions=POSITIONS[0], vector=v, strength=s)))
+        test_arms.append(Arm(condition=f"steered:{m}", emotion=emotion, setting=steer(vector=v, strength=s)))
     combo = None
     if best_combo:
         v, s = setting_of(best_combo)
-        combo = Setting(positions=POSITIONS[0], vector=v, strength=s)
+        combo = steer(vector=v, strength=s)
     test_arms += baseline_arms(emotion, combo)
     if best:
         v, s = setting_of(best)
         test_arms.append(Arm(condition="random", emotion=emotion,
-                             setting=Setting(positions=POSITIONS[0], vector=random_like(v, seed=1), strength=s)))
+                             setting=steer(vector=random_like(v, seed=1), strength=s)))
     # the other rules' choices, under their own names where they differ from the first rule's
     winners = {rules[0]: f"steered:{best.split('@')[0]}" if best else None}
     randoms, combos = {rules[0]: "random" if best else None}, {rules[0]: "prompt-designed+steered"
@@ -351,14 +349,14 @@ def run_emotion(lm, emotion, teach, expr, layers, args, out, tune, test, sel_sco
         if b and b != best:
             v, s = setting_of(b)
             winners[r], randoms[r] = f"rule:{r}", f"random:{r}"
-            test_arms += [Arm(condition=f"rule:{r}", emotion=emotion, setting=Setting(positions=POSITIONS[0], vector=v, strength=s)),
+            test_arms += [Arm(condition=f"rule:{r}", emotion=emotion, setting=steer(vector=v, strength=s)),
                           Arm(condition=f"random:{r}", emotion=emotion,
-                              setting=Setting(positions=POSITIONS[0], vector=random_like(v, seed=1), strength=s))]
+                              setting=steer(vector=random_like(v, seed=1), strength=s))]
         if c and c != best_combo:
             v, s = setting_of(c)
             combos[r] = f"prompt-designed+steered:{r}"
             test_arms.append(Arm(condition=combos[r], emotion=emotion, system_prompt=designed.system_prompt,
-                                 user_suffix=designed.user_suffix, setting=Setting(positions=POSITIONS[0], vector=v, strength=s)))
+                                 user_suffix=designed.user_suffix, setting=steer(vector=v, strength=s)))
     ref_ppl, ref_rel = refs["test"]
     log(f"{emotion}: test, {len(test_arms)} arms x {len(test)} test prompts")
     fr = score_arms(rep_scorer, test, test_arms, concept_judges=report, ref_perplexity=ref_ppl,
@@ -394,7 +392,7 @@ def first_picks(table, rule):
 
 
 def confirm_choice(emotion, table, k, confirm, tune, out, sel_scorer, select, ref_ppl, ref_rel,
-                   setting_of, designed, rules=("composite",), collapse=None):
+                   setting_of, designed, steer=Setting, rules=("composite",), collapse=None):
     """Second selection stage: the ``k`` best eligible steering points and the ``k`` best
     prompt + steering points of the first stage by each of ``rules``, scored again on the first
     stage's tune prompts and on the ``confirm`` prompts; each kind's point is chosen by each rule
@@ -413,7 +411,7 @@ def confirm_choice(emotion, table, k, confirm, tune, out, sel_scorer, select, re
         v, s = setting_of(label)
         extra = ({"system_prompt": designed.system_prompt, "user_suffix": designed.user_suffix}
                  if label.startswith("designed+") else {})
-        arms.append(Arm(condition=label, emotion=emotion, setting=Setting(positions=POSITIONS[0], vector=v, strength=s),
+        arms.append(Arm(condition=label, emotion=emotion, setting=steer(vector=v, strength=s),
                         **extra))
     prompts = list(tune) + list(confirm)
     log(f"{emotion}: confirmation, {len(arms)} arms x {len(prompts)} tune prompts "

@@ -113,15 +113,15 @@ class Setting:
             raise SteeringError(f"unknown mode {self.mode!r}; choose add, ablate, clamp or scale")
         if self.unit not in get_args(Unit):
             raise SteeringError(f"unknown unit {self.unit!r}; choose rms, absolute or token-rms")
-        if not isinstance(self.positions, range) and self.positions not in POSITION_MODES:
-            if not (isinstance(self.positions, str) and self.positions.startswith("generated:")):
-                raise SteeringError(f"unknown positions {self.positions!r}; choose one of "
-                                    f"{', '.join(POSITION_MODES)}, generated:K or a range of "
-                                    "token indices")
+        if _delayed(self.positions):
             try:
                 generated_delay(self.positions)
             except HookError as e:
                 raise SteeringError(str(e)) from None
+        elif not isinstance(self.positions, range) and self.positions not in POSITION_MODES:
+            raise SteeringError(f"unknown positions {self.positions!r}; choose one of "
+                                f"{', '.join(POSITION_MODES)}, generated:K or a range of token "
+                                "indices")
         if isinstance(self.positions, range) and len(self.positions) == 0:
             raise SteeringError(f"positions {self.positions} selects no token")
         if not isinstance(self.strength, (int, float)) or not math.isfinite(self.strength):
@@ -317,8 +317,13 @@ def _pos_mode(key):
 
 def prefix_reusable(settings: Sequence[Setting]) -> bool:
     """True when no setting changes a prompt token before the last one (prefix cache shareable)."""
-    return all(not st.steered or (isinstance(st.positions, str) and (
-        st.positions in _PREFIX_SAFE or st.positions.startswith("generated:"))) for st in settings)
+    return all(not st.steered or st.positions in _PREFIX_SAFE or _delayed(st.positions)
+               for st in settings)
+
+
+def _delayed(positions) -> bool:
+    """``generated:K`` (any K; :func:`probe.hooks.generated_delay` checks K): prefix-safe."""
+    return isinstance(positions, str) and positions.startswith("generated:")
 
 
 def _nonfinite_message(site: Site, settings: Sequence[Setting], rows: Tensor, value: Tensor) -> str:

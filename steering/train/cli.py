@@ -113,10 +113,10 @@ def cmd_steer_train(args) -> int:
                             "takes --sev FOLDER (with sev.jsonl and sev_accepted.jsonl); the other "
                             "objectives train on the model's own replies and take no --sev")
     if sev:
-        bad = [f"{flag} {floor} (got {v})" for flag, v, floor in (
-            ("--sev-skeletons", args.sev_skeletons, ">= 1"), ("--lm-weight", args.lm_weight, ">= 0"),
-            ("--kl-weight", args.kl_weight, ">= 0"), ("--skip-opening", args.skip_opening, ">= 0"))
-            if not (v >= 1 if flag == "--sev-skeletons" else v >= 0)]
+        bad = [f"{flag} >= {low} (got {v})" for flag, v, low in (
+            ("--sev-skeletons", args.sev_skeletons, 1), ("--lm-weight", args.lm_weight, 0),
+            ("--kl-weight", args.kl_weight, 0), ("--skip-opening", args.skip_opening, 0))
+            if not v >= low]
         if bad:
             raise SteeringError("these must be: " + "; ".join(bad))
     if not sev and args.skip_opening:

@@ -108,9 +108,15 @@ class PairData:
                           skip_reply_tokens=self.skip_reply_tokens)
 
 
-def _token_logp(logits: Tensor, batch: PairBatch) -> Tensor:
-    """``[batch]`` mean log-probability of the reply tokens."""
-    lp = torch.log_softmax(batch.reply_logits(logits).float(), -1)
+def _reply_logprobs(logits: Tensor, batch: PairBatch) -> Tensor:
+    """``[batch, reply, vocab]`` log-probabilities at the reply tokens."""
+    return torch.log_softmax(batch.reply_logits(logits).float(), -1)
+
+
+def _token_logp(logits: Tensor, batch: PairBatch, lp: Tensor | None = None) -> Tensor:
+    """``[batch]`` mean log-probability of the reply tokens (``lp``: their
+    :func:`_reply_logprobs`, when already computed)."""
+    lp = _reply_logprobs(logits, batch) if lp is None else lp
     tok = lp.gather(-1, batch.reply_ids.unsqueeze(-1)).squeeze(-1)
     m = batch.reply_mask.float()
     return (tok * m).sum(1) / m.sum(1)
@@ -209,8 +215,8 @@ class Preference:
     def loss(self, lm, forward: Forward, data: PairData, rows: Sequence[int]) -> Tensor:
         bp, bn = data.batch(lm, rows), data.batch(lm, rows, negative=True)
         ref = self._ref[list(rows)]
-        logits = forward(bp)
-        pos = _token_logp(logits, bp)
+        lp = _reply_logprobs(forward(bp), bp)
+        pos = _token_logp(None, bp, lp)
         gain = (pos - ref[:, 0]) - (_token_logp(forward(bn), bn) - ref[:, 1])
         loss = -F.logsigmoid(self.beta * gain).mean()
         if self.lm_weight:
@@ -221,9 +227,8 @@ class Preference:
                 raise SteeringError("kl_weight needs a forward with an .unsteered(batch) method "
                                     "(steering.train.trainer.SteeredModel)")
             with torch.no_grad():
-                lu = torch.log_softmax(bp.reply_logits(unsteered(bp)).float(), -1)
-            loss = loss + self.kl_weight * reverse_kl(
-                torch.log_softmax(bp.reply_logits(logits).float(), -1), lu, bp.reply_mask)
+                lu = _reply_logprobs(unsteered(bp), bp)
+            loss = loss + self.kl_weight * reverse_kl(lp, lu, bp.reply_mask)
         return loss
 
 

@@ -119,7 +119,6 @@ class SteeredModel:
         self.lm, self.sites, self.weights, self.positions = lm, list(sites), list(weights), positions
         self.scales = [float(r) for r in rms]
         self._mask: Tensor | None = None
-        self._zero = False
         self._prefixes: dict[bytes, object] = {}
 
     def _adder(self, k: int):
@@ -140,15 +139,11 @@ class SteeredModel:
     def unsteered(self, batch: PairBatch) -> Tensor:
         """The same logits as :meth:`forward` with nothing added (the steering mask zeroed;
         the prompt caches are shared), for objectives that compare with the plain model."""
-        self._zero = True
-        try:
-            return self.forward(batch)
-        finally:
-            self._zero = False
+        return self.forward(batch, steer=False)
 
-    def forward(self, batch: PairBatch) -> Tensor:
+    def forward(self, batch: PairBatch, *, steer: bool = True) -> Tensor:
         mask = batch.steer_mask(self.positions)
-        if self._zero:
+        if not steer:
             mask = torch.zeros_like(mask)
         if self.positions == "all" or batch.width < 2:
             self._mask = mask

@@ -76,7 +76,7 @@ def test_positions_follow_prompt_and_generation(tiny_llama):
     # generated:K: the generated tokens from the K-th (0-based) on; generated:0 is generated
     assert [bool(s["generated:2"].all()) for s in later] == [False, False, True]
     assert not first["generated:2"].any() and not later[0]["generated:2"].any()
-    assert all(torch.equal(s["generated:0"], s["generated"]) for s in seen)
+    assert all(torch.equal(s["generated:0"], s["generated"]) for s in seen)   # boolean masks
     for bad in ("generated:", "generated:-1", "generated:x"):
         with pytest.raises(HookError, match="generated:K"), \
                 hooks(lm, {"blocks.0.hook_resid_post": lambda t, ctx, b=bad: ctx.positions(b)}):

@@ -93,7 +93,8 @@ def test_delayed_positions_leave_the_replys_opening_to_the_model(tiny_qwen):
         with vec.apply(lm, strength=8.0, positions="generated:2"):
             full = generate_batch(lm, PROMPTS, use_cache=False, **kw).new_ids
     # tokens 0-2 are predicted from untouched states (the steering starts on token 2's state,
-    # which predicts token 3); after that the reply follows the vector
+    # which predicts token 3); after that the reply follows the vector. Before token 2 the hook
+    # adds exact zeros (the position mask), so those states are the plain computation bit for bit
     assert torch.equal(late[:, :3], plain[:, :3])
     assert not torch.equal(late[:, 3:], plain[:, 3:])
     assert_same_generations(late, full)
