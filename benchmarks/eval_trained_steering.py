@@ -30,7 +30,10 @@ prompts are still touched only by the chosen points.
 the same run (the composite's choice is ``steered``, the expression rule's ``rule:expression``
 with its own random vector and prompt + steering point; ``steering_summary.py --rule``).
 ``--sev-offset`` / ``--seed`` train on other SEV skeletons / in another row order, so a new
-selection rule can be judged on candidates whose test rows nobody has seen.
+selection rule can be judged on candidates whose test rows nobody has seen. An objective name
+ending in ``-r<R>`` (``sev-lm-r4``) trains a LoReFT low-rank intervention of rank ``R``
+(``TrainConfig(rank=R)``, :class:`steering.lowrank.LowRankIntervention`) instead of a vector;
+``-skip<N>`` before it leaves the replies' first ``N`` tokens out of the loss.
 
     python benchmarks/eval_trained_steering.py --emotions anger,sadness --out runs/trained
 """
@@ -39,6 +42,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import re
 import time
 from functools import partial
 from pathlib import Path
@@ -67,6 +71,7 @@ from steering.eval.trained import (
 from steering.expression import expression_vectors, reply_activations
 from steering.inject import Setting
 from steering.judges.emotion import EMOTIONS, ClassifierJudge, LexiconJudge
+from steering.lowrank import load_steering
 from steering.train.data import (
     SEV_OBJECTIVES,
     objective_data,
@@ -76,7 +81,7 @@ from steering.train.data import (
     teacher_replies,
 )
 from steering.train.trainer import TrainConfig, train_vector
-from steering.vector import SteeringVector, VectorSet
+from steering.vector import VectorSet
 
 
 def log(msg: str) -> None:
@@ -160,7 +165,7 @@ def main(argv=None) -> None:
     JudgeRoles(selection=("select", select), report=report,
                fitted_on={n: judge_sources(j) for n, j in report.items()},
                trained_on={"sev-scenarios", "smollm2-own-replies"}
-               | ({"sev-replies"} if any(o.partition("-skip")[0] in SEV_OBJECTIVES
+               | ({"sev-replies"} if any(parse_name(o)[0] in SEV_OBJECTIVES
                                          for o in args.objectives.split(",")) else set()))
     lm = load_model("smollm2-135m")
     decoding = Decoding(max_new_tokens=args.max_new_tokens)
@@ -226,16 +231,16 @@ def train_all(lm, emotion, teach, expr, layers, args, out, names=None, have=None
             t = steered_teacher(lm, teach, emotion, first, float(strength), cache="runs/teacher",
                                 batch_size=40, log=log)
             init, extra = first, {"teacher_vector": first, "teacher_strength": float(strength)}
-        base, _, skip = name.partition("-skip")   # e.g. sev-lm-skip6: its replies' openings skipped
+        base, skip, rank = parse_name(name)
         if base in SEV_OBJECTIVES:   # SEV's own replies (skeletons 0..n-1; tune uses 140..)
             data, obj = sev_reply_data(base, emotion, Path(args.data) / "sev", n=args.sev_skeletons,
                                        offset=args.sev_offset, lm_weight=args.lm_weight,
-                                       kl_weight=args.kl_weight, skip_opening=int(skip or 0))
+                                       kl_weight=args.kl_weight, skip_opening=skip)
         else:
-            data, obj = objective_data(name, emotion, t, amplify=args.amplify, plausible=args.plausible,
+            data, obj = objective_data(base, emotion, t, amplify=args.amplify, plausible=args.plausible,
                                        **extra)
         cfg = TrainConfig(layers=layers, steps=args.steps, batch_size=8, lr=0.02, init_strength=1.0,
-                          max_norm=4.0, seed=args.seed)
+                          max_norm=4.0, seed=args.seed, rank=rank)
         log(f"{emotion}: training {name}")
         vec, tl = train_vector(lm, data, obj, cfg, init=init, emotion=emotion, log=log)
         vec.meta["method"] = f"trained-{name}"
@@ -251,7 +256,7 @@ def run_emotion(lm, emotion, teach, expr, layers, args, out, tune, test, sel_sco
     if args.reuse:   # vectors trained by an earlier run of this script into the same --out
         names = args.objectives.split(",")
         have = [n for n in names if (out / "vectors" / f"{emotion}-{n}.safetensors").is_file()]
-        vecs = {n: SteeringVector.load(out / "vectors" / f"{emotion}-{n}", lm) for n in have}
+        vecs = {n: load_steering(out / "vectors" / f"{emotion}-{n}", lm) for n in have}
         logs = json.loads((out / f"{emotion}-train.json").read_text())
         missing = [n for n in names if n not in have]
         if missing:
@@ -381,6 +386,13 @@ def run_emotion(lm, emotion, teach, expr, layers, args, out, tune, test, sel_sco
                                            "train": logs})
     pd.DataFrame(rows).to_csv(out / f"{emotion}-results.csv", index=False)
     log(f"{emotion}: done")
+
+
+def parse_name(name: str) -> tuple[str, int, int]:
+    """``(objective, skipped opening tokens, LoReFT rank)`` of a candidate's name:
+    ``sev-lm-skip6-r4`` -> ``("sev-lm", 6, 4)``; ``distill`` -> ``("distill", 0, 0)``."""
+    m = re.fullmatch(r"(.+?)(?:-skip(\d+))?(?:-r(\d+))?", name)
+    return m.group(1), int(m.group(2) or 0), int(m.group(3) or 0)
 
 
 def first_picks(table, rule):

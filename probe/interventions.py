@@ -27,7 +27,10 @@ operator    on a direction ``u``     on ``units``           on the whole value
 ``s`` = strength, ``c`` = its unit, ``f`` = factor. Every operator on a direction is one
 :class:`Shift`, ``h' = h + (offset * r + gain * h.u) u`` with ``r`` 1 or the position's RMS:
 :func:`shift_amounts` and :func:`shift` apply it, with numbers that may differ per batch row
-(steering's grids run many settings in one batch that way). :func:`zero` and
+(steering's grids run many settings in one batch that way). :func:`loreft` is the low-rank
+representation edit of LoReFT (Wu et al. 2024): ``R`` (``[r, d]``, orthonormal rows) spans a
+subspace whose coordinates ``R h`` are replaced by ``W h + b``; it is a :class:`LowRankEdit`,
+applied with :func:`lowrank_edit` (also with one ``R, W, b`` per batch row). :func:`zero` and
 :func:`project_out` are :func:`ablate` of units / of a direction; ``replace_with`` is the old
 name of :func:`replace`. :func:`grad_tap` is the gradient tap (``h + 0`` with the ``0`` a leaf
 that requires grad) that :func:`probe.forward.run_with_grads` and circuits' attribution place.
@@ -58,7 +61,8 @@ from probe.hooks import HookContext, HookError, PositionMode
 Unit = Literal["absolute", "rms", "token-rms"]
 Units = Sequence[int] | Tensor | None
 
-__all__ = ["InterventionError", "Shift", "Unit", "ablate", "add", "clamp", "grad_tap", "on_units", "patch",
+__all__ = ["InterventionError", "LowRankEdit", "Shift", "Unit", "ablate", "add", "clamp", "grad_tap",
+           "loreft", "lowrank_edit", "on_units", "patch",
            "project_out", "replace", "replace_with", "safe_limit", "scale", "shift",
            "shift_amounts", "unit_size", "zero"]
 
@@ -155,6 +159,69 @@ def safe_limit(value: Tensor) -> float:
 
 def _per_row(x):
     return x[:, None] if isinstance(x, Tensor) and x.dim() == 1 else x
+
+
+# ------------------------------------------------------------------------------ subspaces
+@dataclass(frozen=True, eq=False)
+class LowRankEdit:
+    """``h' = h + s R^T((W - R) h + b)`` at ``positions`` (LoReFT): the coordinates of ``h`` in
+    the subspace of ``R``'s rows are set to ``W h + b``; ``s`` scales the edit (1 = as given).
+
+    ``rotation`` is ``R`` ``[r, d]``, ``delta`` is ``W - R`` ``[r, d]``, ``bias`` is ``b`` ``[r]``.
+    """
+
+    rotation: Tensor
+    delta: Tensor
+    bias: Tensor
+    strength: float = 1.0
+    positions: PositionMode | range = "all"
+
+    @property
+    def width(self) -> int:
+        return int(self.rotation.shape[-1])
+
+    def __call__(self, value: Tensor, ctx: HookContext) -> Tensor:
+        flat = value.reshape(value.shape[0], value.shape[1], -1) if value.dim() != 3 else value
+        if flat.shape[-1] != self.width:
+            raise InterventionError(f"the subspace at {ctx.site} has {self.width} dims; the "
+                                    f"value there has {flat.shape[-1]}")
+        mask = ctx.positions(self.positions).to(flat.dtype)
+        cast = {"device": value.device, "dtype": value.dtype}
+        edit = lowrank_edit(flat, self.rotation.to(**cast), self.delta.to(**cast),
+                            self.bias.to(**cast), self.strength * mask)
+        return (flat + edit).reshape(value.shape)
+
+
+def lowrank_edit(value: Tensor, rotation: Tensor, delta: Tensor, bias: Tensor, amounts) -> Tensor:
+    """``[batch, pos, d]``: the edit ``amounts * R^T((W - R) h + b)`` of :class:`LowRankEdit`.
+
+    ``rotation`` / ``delta`` are ``[r, d]`` (one for all rows) or ``[batch, r, d]`` (one per
+    row), ``bias`` ``[r]`` or ``[batch, r]``; ``amounts`` ``[batch, pos]`` (strength x the
+    position mask) or a number.
+    """
+    if rotation.dim() == 2:
+        coords = value @ delta.T + bias                                  # [b, pos, r]
+        edit = coords @ rotation
+    else:
+        coords = torch.einsum("btd,brd->btr", value, delta) + bias[:, None, :]
+        edit = torch.einsum("btr,brd->btd", coords, rotation)
+    return edit * (amounts[..., None] if isinstance(amounts, Tensor) else amounts)
+
+
+def loreft(rotation: Tensor, source: Tensor, bias: Tensor, *, strength: float = 1.0,
+           positions: PositionMode | range = "all") -> LowRankEdit:
+    """LoReFT's edit ``h + s R^T(W h + b - R h)``: ``rotation`` ``R`` ``[r, d]`` with
+    orthonormal rows, ``source`` ``W`` ``[r, d]``, ``bias`` ``b`` ``[r]``, ``strength`` ``s``."""
+    s = _number("strength", strength)
+    R, W, b = (torch.as_tensor(x).detach().float() for x in (rotation, source, bias))
+    if R.dim() != 2 or W.shape != R.shape or b.shape != R.shape[:1]:
+        raise InterventionError(f"loreft needs rotation and source of one shape [r, d] and a bias "
+                                f"[r]; got {tuple(R.shape)}, {tuple(W.shape)}, {tuple(b.shape)}")
+    gram = R @ R.T
+    if not torch.allclose(gram, torch.eye(len(R)), atol=1e-3):
+        raise InterventionError("loreft's rotation must have orthonormal rows (R R^T = I); "
+                                "orthonormalise it, e.g. with torch.linalg.qr(R.T).Q.T")
+    return LowRankEdit(R, W - R, b, strength=s, positions=positions)
 
 
 # ------------------------------------------------------------------------------ units

@@ -393,8 +393,8 @@ def cmd_steer(args) -> int:
     (plain, steered), (cut_plain, cut_steered) = generate_settings(
         lm, prompts, [Setting(vector=None), setting], max_new_tokens=args.max_new_tokens,
         system_prompt=system, progress=not args.quiet, details=True, **gen_kwargs)
-    amount = (f"x{setting.factor:g}" if setting.mode == "scale" else
-              f"x{setting.strength:g} {setting.unit.upper()}")
+    amount = (f"x{setting.factor:g}" if setting.mode == "scale" else f"x{setting.strength:g}"
+              if hasattr(vec, "params") else f"x{setting.strength:g} {setting.unit.upper()}")
     desc = (f"{args.emotion} {setting.mode} {amount} at "
             f"{vec.sites[0].kind} layers {_layer_list(vec.layers)} ({vec.meta.get('method')})")
     if not args.json:
@@ -410,11 +410,12 @@ def cmd_steer(args) -> int:
 
 def _steer_vector(args, lm, point, layers):
     from steering.directions import directions
+    from steering.lowrank import load_steering
     from steering.operating_points import point_vector
-    from steering.vector import SteeringError, SteeringVector, VectorSet
+    from steering.vector import SteeringError, VectorSet
 
-    if args.vector:
-        vec = SteeringVector.load(args.vector, lm, match=args.match)
+    if args.vector:   # a steering vector or a low-rank (LoReFT) intervention
+        vec = load_steering(args.vector, lm, match=args.match)
     elif point is not None and point.vector and not args.method:   # a shipped trained vector
         vec = point_vector(point, lm)
     elif args.vectors:

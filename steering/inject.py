@@ -18,7 +18,8 @@ module's words, on the vector's direction ``u`` at each of its sites:
 Each is a :class:`probe.interventions.Shift` ``h + (a + b * h.u) u`` with per-row numbers
 ``a, b``, so a batch can carry a *different* (vector, strength, mode, positions) in every row:
 a ``[batch, d]`` table of directions per site, indexed by row. A strength sweep is one batched
-``generate``.
+``generate``. A :class:`steering.lowrank.LowRankIntervention` (LoReFT, ``h + s R^T((W - R) h +
+b)``) steers the same way, its ``R, W - R, b`` in ``[batch, r, d]`` tables, ``s`` its strength.
 
 >>> settings = [Setting(vector=None, label="unsteered")] + [
 ...     Setting(vector=joy, strength=s, label=f"joy x{s}") for s in (2, 4, 6)]  # doctest: +SKIP
@@ -46,11 +47,13 @@ from torch import Tensor
 
 from probe.hooks import HookContext, HookError, HookFn, generated_delay
 from probe.interventions import (
+    LowRankEdit,
     Shift,
     Unit,
     ablate,
     add,
     clamp,
+    lowrank_edit,
     safe_limit,
     scale,
     shift,
@@ -58,15 +61,14 @@ from probe.interventions import (
 )
 from probe.kvcache import cache_keyword, returned_cache
 from probe.sites import Site
-from steering.errors import SteeringError
+from steering.errors import SteeringError, nonfinite_message
 
 Mode = Literal["add", "ablate", "clamp", "scale"]
 
 
 @runtime_checkable
 class Directions(Protocol):
-    """What a setting needs of its vector: a :class:`steering.vector.SteeringVector` offers it
-    (and applies itself through this module, which is why this module does not import it)."""
+    """What a setting needs of a :class:`steering.vector.SteeringVector` (not imported here)."""
 
     directions: dict
     layers: list
@@ -74,6 +76,20 @@ class Directions(Protocol):
     def rms(self, site) -> float: ...
 
     def check(self, lm, *, match: str = "architecture") -> None: ...
+
+
+@runtime_checkable
+class Edits(Protocol):
+    """A vector with its own operator per site (``LowRankIntervention``; strength x its edit)."""
+
+    params: dict
+    layers: list
+
+    def operator(self, site, *, strength: float, positions) -> LowRankEdit | None: ...
+
+    def check(self, lm, *, match: str = "architecture") -> None: ...
+
+
 POSITION_MODES = ("all", "prompt", "generated", "last", "last-prompt", "last-prompt+generated",
                   "content")
 #: Position modes that leave every prompt token but the last one untouched (prefix reusable).
@@ -139,9 +155,13 @@ class Setting:
         if self.spread and self.mode != "add":
             raise SteeringError("spread=True divides an added strength across layers; it has no "
                                 f"meaning for mode={self.mode!r}")
-        if self.vector is not None and not isinstance(self.vector, Directions):
-            raise SteeringError(f"vector must be a SteeringVector or None, got "
-                                f"{type(self.vector).__name__}")
+        if isinstance(self.vector, Edits):
+            if self.mode != "add" or self.spread:
+                raise SteeringError("a low-rank intervention is applied with mode='add' (strength "
+                                    "multiplies its edit; 1 = as trained), without spread")
+        elif self.vector is not None and not isinstance(self.vector, Directions):
+            raise SteeringError(f"vector must be a SteeringVector, a LowRankIntervention or None, "
+                                f"got {type(self.vector).__name__}")
 
     @property
     def steered(self) -> bool:
@@ -149,15 +169,19 @@ class Setting:
 
     def describe(self) -> str:
         """``"add 2 rms"``, ``"scale x0.5"``, ``"ablate"``: the mode and its number."""
+        if isinstance(self.vector, Edits):
+            return f"low-rank x{self.strength:g}"
         if self.mode == "scale":
             return f"scale x{self.factor:g}"
         if self.mode == "ablate":
             return "ablate"
         return f"{self.mode} {self.strength:g} {self.unit}"
 
-    def operator(self, site: Site) -> Shift | None:
+    def operator(self, site: Site) -> Shift | LowRankEdit | None:
         """The :mod:`probe.interventions` operator at ``site`` (None when the setting leaves it
         alone)."""
+        if isinstance(self.vector, Edits):
+            return self.vector.operator(site, strength=self.strength, positions=self.positions)
         if self.vector is None or site not in self.vector.directions:
             return None
         v = self.vector.directions[site]
@@ -199,22 +223,30 @@ class SettingTable:
         self.tables = {site: self._table(site) for site in self._sites()}
 
     def _sites(self) -> list[Site]:
-        return sorted({s for st in self.settings if st.vector is not None for s in st.vector.directions})
+        return sorted({s for st in self.settings if st.vector is not None
+                       for s in (st.vector.params if isinstance(st.vector, Edits) else st.vector.directions)})
 
     def _table(self, site: Site) -> dict:
-        width = {st.vector.directions[site].numel() for st in self.settings
-                 if st.vector is not None and site in st.vector.directions}
-        if len(width) != 1:
+        ops = [st.operator(site) for st in self.settings]
+        width = {op.width if isinstance(op, LowRankEdit) else op.direction.numel()
+                 for op in ops if op is not None}
+        if len(width) > 1:
             raise SteeringError(f"settings disagree on the width of {site}: {sorted(width)}")
-        n = len(self.settings)
-        u, a, b = torch.zeros(n, width.pop()), torch.zeros(n), torch.zeros(n)
+        n, d = len(self.settings), width.pop() if width else 0
+        u, a, b = torch.zeros(n, d), torch.zeros(n), torch.zeros(n)
         tok = torch.zeros(n, dtype=torch.bool)
-        for i, st in enumerate(self.settings):
-            op = st.operator(site)
-            if op is not None:
+        for i, op in enumerate(ops):
+            if isinstance(op, Shift):
                 u[i], a[i], b[i], tok[i] = op.direction, op.offset, op.gain, op.token_rms
+        low = [(i, op) for i, op in enumerate(ops) if isinstance(op, LowRankEdit)]
+        r = max((int(op.rotation.shape[0]) for _, op in low), default=0)
+        R, D, bias, s = torch.zeros(n, r, d), torch.zeros(n, r, d), torch.zeros(n, r), torch.zeros(n)
+        for i, op in low:   # ranks may differ: zero rows pad the smaller ones (no edit there)
+            k = op.rotation.shape[0]
+            R[i, :k], D[i, :k], bias[i, :k], s[i] = op.rotation, op.delta, op.bias, op.strength
         return {"u": u, "a": a, "b": b, "tok": tok, "any_b": bool((b != 0).any()),
-                "any_tok": bool(tok.any()), "cache": {}}
+                "any_tok": bool(tok.any()), "any_shift": len(low) < n,
+                "R": R, "D": D, "bias": bias, "s": s, "any_low": bool(low), "cache": {}}
 
     def row_settings(self, batch: int) -> Tensor:
         """``[batch]`` setting index of each row."""
@@ -245,30 +277,41 @@ class SettingTable:
             if not self.active:
                 return None
             rows = self.row_settings(value.shape[0])
-            u, a, b, tok = self._rows(table, rows, value)
+            u, a, b, tok, R, D, bias, s = self._rows(table, rows, value)
             flat = value.reshape(value.shape[0], value.shape[1], -1) if value.dim() != 3 else value
             if flat.shape[-1] != u.shape[-1]:
                 raise SteeringError(f"the vector at {site} has {u.shape[-1]} dims; the model's "
                                     f"value there has {flat.shape[-1]}")
             mask = self._mask(ctx, rows, flat)
-            coef = shift_amounts(flat, u, offset=a, gain=b if table["any_b"] else 0.0,
-                                 token_rms=tok if table["any_tok"] else False, mask=mask)
-            # |u| = 1, so |h'| <= |h| + |coef|: checking the [batch, pos] coefficients is enough
-            if not bool(coef.abs().amax() <= safe_limit(flat)):  # NaN compares False
-                raise SteeringError(_nonfinite_message(site, self.settings, rows, value))
-            new = shift(flat, u, coef)
+            new, size = flat, None
+            if table["any_shift"]:
+                coef = shift_amounts(flat, u, offset=a, gain=b if table["any_b"] else 0.0,
+                                     token_rms=tok if table["any_tok"] else False, mask=mask)
+                new, size = shift(flat, u, coef), coef.abs().amax()  # |u| = 1: |coef| bounds it
+            if table["any_low"]:
+                edit = lowrank_edit(flat, R, D, bias, s[:, None] * mask)
+                new, low = new + edit, edit.abs().amax()
+                size = low if size is None else torch.maximum(size, low)
+            if size is not None and not bool(size <= safe_limit(flat)):  # NaN compares False
+                used = sorted({int(r) for r in rows.tolist()})
+                raise SteeringError(nonfinite_message(site, value.dtype, [
+                    f"{st.label or st.mode} ({st.describe()})" for st in map(self.settings.__getitem__, used)
+                    if st.steered]))
             return new.reshape(value.shape)
         return fn
 
     @staticmethod
     def _rows(table: dict, rows: Tensor, value: Tensor):
-        """The per-row ``u, a, b, tok`` (cached while the row assignment stays the same)."""
+        """The per-row ``u, a, b, tok, R, D, bias, s`` (cached while the row assignment stays
+        the same)."""
         key = (rows.cpu().numpy().tobytes(), value.dtype, value.device)
         hit = table["cache"].get(key)
         if hit is None:
             r = rows.cpu()
-            hit = [table[k][r].to(device=value.device, dtype=value.dtype) for k in ("u", "a", "b")]
+            cast = {"device": value.device, "dtype": value.dtype}
+            hit = [table[k][r].to(**cast) for k in ("u", "a", "b")]
             hit.append(table["tok"][r].to(value.device))
+            hit += [table[k][r].to(**cast) for k in ("R", "D", "bias", "s")]
             table["cache"] = {key: hit}
         return hit
 
@@ -324,15 +367,6 @@ def prefix_reusable(settings: Sequence[Setting]) -> bool:
 def _delayed(positions) -> bool:
     """``generated:K`` (any K; :func:`probe.hooks.generated_delay` checks K): prefix-safe."""
     return isinstance(positions, str) and positions.startswith("generated:")
-
-
-def _nonfinite_message(site: Site, settings: Sequence[Setting], rows: Tensor, value: Tensor) -> str:
-    used = sorted({int(r) for r in rows.tolist()})
-    desc = ", ".join(f"{settings[i].label or settings[i].mode} ({settings[i].describe()})"
-                     for i in used if settings[i].steered)
-    return (f"steering at {site} produced NaN/inf values, or values so large that the next "
-            f"layer norm overflows ({value.dtype}; settings: {desc or 'none'}); lower the "
-            "strength, or use unit='rms' so the strength is relative to the site's typical norm")
 
 
 # ------------------------------------------------------------------------------ generation

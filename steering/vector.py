@@ -263,7 +263,9 @@ class SteeringVector(Direction):
                                 "SteeringVector.save (a GGUF or repeng file? see docs/steering.md)")
         meta = json.loads(header)
         if meta.get("format") != FORMAT:
-            raise SteeringError(f"{st} has format {meta.get('format')}, this emoprobe reads {FORMAT}")
+            hint = ("; it is a low-rank intervention: read it with steering.lowrank.load_steering"
+                    if str(meta.get("format", "")).startswith("emoprobe-lowrank") else "")
+            raise SteeringError(f"{st} has format {meta.get('format')}, this emoprobe reads {FORMAT}{hint}")
         want = meta.pop("sha256", None)
         meta.pop("format", None)
         names = meta.pop("sites", list(tensors))

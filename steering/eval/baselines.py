@@ -34,11 +34,16 @@ def prompt_arms(emotion: str, setting=None, point=None) -> list[Arm]:
 
 
 def random_like(vector, seed: int):
-    """A random direction per site with the norm (and typical RMS) of ``vector``'s."""
+    """A random direction per site with the norm (and typical RMS) of ``vector``'s; for a
+    low-rank intervention, a random one of its shapes and norms
+    (:meth:`~steering.lowrank.LowRankIntervention.randomized`)."""
     import torch
 
+    from steering.lowrank import LowRankIntervention
     from steering.vector import SteeringVector
 
+    if isinstance(vector, LowRankIntervention):
+        return vector.randomized(seed)
     g = torch.Generator().manual_seed(seed)
     dirs = {}
     for site, v in vector.directions.items():

@@ -27,6 +27,7 @@ examples:
   probe steer-train --emotion anger --objective distill-boot --teacher-vector runs/anger-cd \
       --teacher-strength 0.25 --out runs/anger-boot   # the prompt + that vector, distilled
   probe steer-train --emotion anger --objective sev-pref-lm --sev ../shared/data/sev --out runs/anger-sev
+  probe steer-train --emotion anger --rank 4 --out runs/anger-loreft   # a LoReFT edit of rank 4
 
 objectives: distill (the steered model, given the plain prompt, matches the model given the
 designed prompt), distill-amp (that target sharpened away from the plain model, --amplify),
@@ -79,6 +80,10 @@ def add_parser(sub) -> dict:
     p.add_argument("--skip-opening", type=int, default=0,
                    help="sev-*: leave each reply's first N tokens out of the loss, so the vector does "
                         "not learn SEV's stock openings (default: %(default)s)")
+    p.add_argument("--rank", type=int, default=0,
+                   help="0: a steering vector (one direction per layer); R >= 1: a LoReFT low-rank "
+                        "intervention of rank R per layer, an edit that depends on the token's state "
+                        "(default: %(default)s)")
     p.add_argument("--out", required=True, help="the vector file to write (path without suffix)")
     return {"steer-train": cmd_steer_train}
 
@@ -101,8 +106,8 @@ def cmd_steer_train(args) -> int:
         layers = tuple(int(x) for x in args.layers.split(","))
     except ValueError:
         raise SteeringError(f"--layers takes comma-separated integers, e.g. 6,9,12,15; got {args.layers!r}") from None
-    if args.steps < 1 or args.prompts < 2:
-        raise SteeringError("--steps must be >= 1 and --prompts >= 2")
+    if args.steps < 1 or args.prompts < 2 or args.rank < 0:
+        raise SteeringError("--steps must be >= 1, --prompts >= 2 and --rank >= 0")
     boot = args.objective == "distill-boot"
     if boot != (args.teacher_vector is not None) or boot != (args.teacher_strength is not None):
         raise SteeringError("--objective distill-boot takes --teacher-vector FILE and --teacher-strength S "
@@ -151,7 +156,7 @@ def cmd_steer_train(args) -> int:
         data, obj = objective_data(name, e, teach, amplify=args.amplify, plausible=args.plausible,
                                    **extra)
     cfg = TrainConfig(layers=layers, steps=args.steps, batch_size=8, lr=0.02, init_strength=1.0,
-                      max_norm=args.max_norm)
+                      max_norm=args.max_norm, rank=args.rank)
     vec, tl = train_vector(lm, data, obj, cfg, init=start, emotion=e, log=log)
     vec.meta["method"] = f"trained-{name}"
     out.parent.mkdir(parents=True, exist_ok=True)

@@ -30,8 +30,10 @@ from torch import Tensor
 
 from probe.kvcache import cache_keyword, returned_cache
 from probe.sites import Site
+from steering.lowrank import LowRankIntervention
 from steering.train.batching import PairBatch
 from steering.train.objectives import PairData
+from steering.train.reft import ReftSite
 from steering.vector import SteeringError, SteeringVector
 
 
@@ -48,6 +50,9 @@ class TrainConfig:
         init_strength: Length of the initial vector per layer (x RMS) along the init direction.
         max_norm: Radius (x RMS per layer) the vector is projected into after each step.
         seed: Row order.
+        rank: 0 (default): a rank-1 additive vector per layer; ``r >= 1``: a LoReFT edit of
+            rank ``r`` per layer (:mod:`steering.train.reft`), saved as a
+            :class:`~steering.lowrank.LowRankIntervention`.
     """
 
     layers: tuple[int, ...] = (8, 10, 12)
@@ -58,12 +63,16 @@ class TrainConfig:
     init_strength: float = 0.5
     max_norm: float = 4.0
     seed: int = 0
+    rank: int = 0
 
     def __post_init__(self) -> None:
         if not self.layers or min(self.layers) < 0:
             raise SteeringError(f"layers must be non-negative and not empty, got {self.layers}")
         if self.steps < 1 or self.batch_size < 1 or not self.lr > 0 or not self.max_norm > 0:
             raise SteeringError("steps, batch_size, lr and max_norm must be positive")
+        if not isinstance(self.rank, int) or self.rank < 0:
+            raise SteeringError(f"rank must be 0 (an additive vector) or a positive integer (a "
+                                f"LoReFT edit of that rank), got {self.rank!r}")
 
     @classmethod
     def from_record(cls, record: dict) -> TrainConfig:
@@ -105,7 +114,8 @@ def site_rms(lm, data: PairData, layers: Sequence[int], *, rows: int = 16) -> di
 
 
 class SteeredModel:
-    """The model with trainable additions ``rms_l * w_l`` at ``sites``, for teacher forcing.
+    """The model with trainable additions ``rms_l * w_l`` at ``sites``, for teacher forcing
+    (or, where a weight is a :class:`~steering.train.reft.ReftSite`, its edit of the value).
 
     ``forward(batch)`` returns logits with the additions at the batch's steering mask. With
     ``last-prompt+generated`` the prompt before its last token is never steered, so its
@@ -126,7 +136,8 @@ class SteeredModel:
             mask = self._mask
             if mask is None or mask.shape != value.shape[:2]:
                 raise SteeringError("a training hook saw a value of another shape than its batch")
-            delta = (self.scales[k] * self.weights[k]).to(value.dtype)
+            w = self.weights[k]
+            delta = w.delta(value) if isinstance(w, ReftSite) else (self.scales[k] * w).to(value.dtype)
             return value + mask.unsqueeze(-1).to(value.dtype) * delta
         return fn
 
@@ -163,7 +174,7 @@ class SteeredModel:
 
 def train_vector(lm, data: PairData, objective, config: TrainConfig = TrainConfig(), *,
                  init: SteeringVector | None = None, emotion: str | None = None,
-                 log=None) -> tuple[SteeringVector, TrainLog]:
+                 log=None) -> tuple[SteeringVector | LowRankIntervention, TrainLog]:
     """Fit one vector on ``data`` with ``objective`` (:func:`steering.train.objectives.objective`).
 
     Args:
@@ -171,7 +182,8 @@ def train_vector(lm, data: PairData, objective, config: TrainConfig = TrainConfi
         data: Prompts and replies (:class:`~steering.train.objectives.PairData`).
         objective: What to minimise.
         config: Layers, positions, optimiser (:class:`TrainConfig`).
-        init: Initial directions (e.g. expression directions); None: a random start.
+        init: Initial directions (e.g. expression directions); None: a random start (with
+            ``config.rank``, the first row of each site's subspace).
         emotion: Recorded in the vector's meta.
         log: Progress lines (or None).
     """
@@ -184,12 +196,18 @@ def train_vector(lm, data: PairData, objective, config: TrainConfig = TrainConfi
     objective.prepare(lm, data)
     rms = site_rms(lm, data, config.layers)
     sites = [Site("hook_resid_post", L) for L in config.layers]
-    weights = torch.nn.ParameterList([torch.nn.Parameter(_init(lm, init, s, config))
-                                      for s in sites])
+    if config.rank:
+        weights = torch.nn.ModuleList([ReftSite(_init(lm, init, s, config), rank=config.rank,
+                                                rms=rms[s.layer], init_strength=config.init_strength,
+                                                seed=config.seed + s.layer) for s in sites])
+        opt = torch.optim.Adam(weights.parameters(), lr=config.lr)
+    else:
+        weights = torch.nn.ParameterList([torch.nn.Parameter(_init(lm, init, s, config))
+                                          for s in sites])
+        opt = torch.optim.Adam(weights, lr=config.lr)
     steered = SteeredModel(lm, sites, weights, [rms[L] for L in config.layers], config.positions)
     forward = steered   # callable; objectives that need the plain model use forward.unsteered
 
-    opt = torch.optim.Adam(weights, lr=config.lr)
     gen = torch.Generator().manual_seed(config.seed)
     out = TrainLog()
     # fixed batches (their prompt caches are reused), visited in a new order every epoch
@@ -209,17 +227,23 @@ def train_vector(lm, data: PairData, objective, config: TrainConfig = TrainConfi
             opt.step()
             with torch.no_grad():
                 for w in weights:
-                    w.mul_(min(1.0, config.max_norm / max(float(w.norm()), 1e-12)))
+                    if isinstance(w, ReftSite):
+                        w.project_(config.max_norm)
+                    else:
+                        w.mul_(min(1.0, config.max_norm / max(float(w.norm()), 1e-12)))
             out.losses.append(float(loss.detach()))
             if log and (step % 10 == 0 or step == config.steps - 1):
                 log(f"  step {step:3d} {objective.name} loss {out.losses[-1]:.4f}")
     out.seconds = time.perf_counter() - t0
-    out.norms = {str(s): float(w.detach().norm()) for s, w in zip(sites, weights)}
+    out.norms = {str(s): float(w.norm() if isinstance(w, ReftSite) else w.detach().norm())
+                 for s, w in zip(sites, weights)}
     meta = {**lm.provenance(), "method": f"trained-{objective.name}", "emotion": emotion,
             "layers": list(config.layers), "rms": {str(s): rms[L] for s, L in zip(sites, config.layers)},
             "train": {**asdict(config), "objective": repr(objective), "rows": len(data),
                       "final_loss": out.losses[-1], "seconds": round(out.seconds, 1),
                       "init": (init.meta.get("method") if init is not None else "random")}}
+    if config.rank:
+        return LowRankIntervention({s: w.export() for s, w in zip(sites, weights)}, meta), out
     vec = SteeringVector({s: w.detach().clone() for s, w in zip(sites, weights)}, meta)
     return vec, out
 
