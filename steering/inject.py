@@ -245,7 +245,7 @@ class SettingTable:
             k = op.rotation.shape[0]
             R[i, :k], D[i, :k], bias[i, :k], s[i] = op.rotation, op.delta, op.bias, op.strength
         return {"u": u, "a": a, "b": b, "tok": tok, "any_b": bool((b != 0).any()),
-                "any_tok": bool(tok.any()), "any_shift": len(low) < n,
+                "any_tok": bool(tok.any()), "any_shift": any(isinstance(op, Shift) for op in ops),
                 "R": R, "D": D, "bias": bias, "s": s, "any_low": bool(low), "cache": {}}
 
     def row_settings(self, batch: int) -> Tensor:

@@ -39,7 +39,8 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from probe.io import atomic_write, emoprobe_home
-from steering.vector import SteeringError, SteeringVector
+from steering.lowrank import load_steering  # a vector or a low-rank (LoReFT) intervention
+from steering.vector import SteeringError
 
 FORMAT = 2
 _REQUIRED = ("method", "site", "layers", "strength", "unit", "mode", "positions")
@@ -91,7 +92,8 @@ VECTOR_DIR = Path(__file__).with_name("artifacts") / "vectors"
 
 def point_vector(point: OperatingPoint, lm=None, *, folder: str | os.PathLike | None = None,
                  with_prompt: bool = False):
-    """The shipped :class:`~steering.vector.SteeringVector` of ``point`` (None if it has none).
+    """The shipped :class:`~steering.vector.SteeringVector` (or low-rank intervention) of
+    ``point`` (None if it has none).
 
     ``with_prompt``: the prompt + steering mode's own vector (``prompt["vector"]``) instead.
     Checked against ``lm`` (same weights) when given.
@@ -107,7 +109,7 @@ def point_vector(point: OperatingPoint, lm=None, *, folder: str | os.PathLike | 
     if not path.is_file():
         raise SteeringError(f"the operating point of {point.emotion} names the vector file {path}, "
                             "which is missing: reinstall emoprobe, or pass --vector/--method")
-    return SteeringVector.load(path, lm, match="exact" if lm is not None else "none")
+    return load_steering(path, lm, match="exact" if lm is not None else "none")
 
 
 def prompt_vector(point: OperatingPoint | None) -> str | None:
