@@ -39,7 +39,7 @@ from probe.io import atomic_write
 from probe.sites import Site
 from steering.errors import SteeringError
 from steering.inject import Setting, steering_hooks
-from steering.vector import Match, SteeringVector
+from steering.vector import Match, SteeringVector, read_file
 
 FORMAT = "emoprobe-lowrank-1"
 PARTS = ("R", "W", "b")
@@ -119,11 +119,6 @@ class LowRankIntervention:
         return LowRankEdit(p["R"], p["W"] - p["R"], p["b"], strength=float(strength),
                            positions=positions)
 
-    def edit_norms(self, values: Tensor, site: Site) -> Tensor:
-        """``|R^T((W - R) h + b)|`` of each row of ``values`` ``[n, d]`` (the edit's size there)."""
-        p = self.params[site]
-        return ((values.float() @ (p["W"] - p["R"]).T + p["b"]) @ p["R"]).norm(dim=-1)
-
     # ------------------------------------------------------------------ models
     def check(self, lm, *, match: Match = "architecture") -> None:
         """As :meth:`SteeringVector.check`: model fit by ``match``, then every site's width."""
@@ -180,7 +175,7 @@ class LowRankIntervention:
     @classmethod
     def load(cls, path: str | os.PathLike, lm=None, *, match: Match = "exact") -> LowRankIntervention:
         """Read what :meth:`save` wrote; verify its checksum and, given ``lm``, its fit."""
-        meta, tensors, st = _read(path)
+        meta, tensors, st = read_file(path)
         if meta.get("format") != FORMAT:
             raise SteeringError(f"{st} has format {meta.get('format')}, not a low-rank intervention "
                                 f"({FORMAT}); read it with load_steering")
@@ -191,25 +186,10 @@ def load_steering(path: str | os.PathLike, lm=None, *, match: Match = "exact"
                   ) -> SteeringVector | LowRankIntervention:
     """A steering vector or a low-rank intervention, whichever ``path`` holds (both steer
     through ``Setting(vector=...)``)."""
-    meta, tensors, st = _read(path)
+    meta, tensors, st = read_file(path)
     if meta.get("format") == FORMAT:
         return _build(meta, tensors, st, lm, match)
     return SteeringVector.load(path, lm, match=match)
-
-
-def _read(path) -> tuple[dict, dict, Path]:
-    from safetensors import safe_open
-
-    base = file_base(path)
-    st = base.with_name(base.name + ".safetensors")
-    if not st.is_file():
-        raise SteeringError(f"no steering file at {st} (save one with .save(...))")
-    with safe_open(str(st), framework="pt") as f:
-        header = (f.metadata() or {}).get("emoprobe")
-        tensors = {k: f.get_tensor(k) for k in f.keys()}  # noqa: SIM118 (safe_open is not iterable)
-    if header is None:
-        raise SteeringError(f"{st} has no emoprobe metadata; it was not written by emoprobe")
-    return json.loads(header), tensors, st
 
 
 def _build(meta: dict, tensors: Mapping, st: Path, lm, match: Match) -> LowRankIntervention:

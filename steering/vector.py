@@ -249,19 +249,7 @@ class SteeringVector(Direction):
             lm: Check the vector against this loaded model (see :meth:`check`).
             match: ``"exact"`` (same weights, default), ``"architecture"`` or ``"none"``.
         """
-        from safetensors import safe_open
-
-        base = file_base(path)
-        st = base.with_name(base.name + ".safetensors")
-        if not st.is_file():
-            raise SteeringError(f"no steering vector at {st} (save one with vector.save(...))")
-        with safe_open(str(st), framework="pt") as f:
-            header = (f.metadata() or {}).get("emoprobe")
-            tensors = {k: f.get_tensor(k) for k in f.keys()}
-        if header is None:
-            raise SteeringError(f"{st} has no emoprobe metadata; it was not written by "
-                                "SteeringVector.save (a GGUF or repeng file? see docs/steering.md)")
-        meta = json.loads(header)
+        meta, tensors, st = read_file(path)
         if meta.get("format") != FORMAT:
             hint = ("; it is a low-rank intervention: read it with steering.lowrank.load_steering"
                     if str(meta.get("format", "")).startswith("emoprobe-lowrank") else "")
@@ -276,6 +264,23 @@ class SteeringVector(Direction):
         if lm is not None:
             vec.check(lm, match=match)
         return vec
+
+
+def read_file(path: str | os.PathLike) -> tuple[dict, dict[str, Tensor], Path]:
+    """``(metadata, tensors, file)`` of a steering file emoprobe wrote (any kind)."""
+    from safetensors import safe_open
+
+    base = file_base(path)
+    st = base.with_name(base.name + ".safetensors")
+    if not st.is_file():
+        raise SteeringError(f"no steering vector at {st} (save one with vector.save(...))")
+    with safe_open(str(st), framework="pt") as f:
+        header = (f.metadata() or {}).get("emoprobe")
+        tensors = {k: f.get_tensor(k) for k in f.keys()}  # noqa: SIM118 (safe_open is not iterable)
+    if header is None:
+        raise SteeringError(f"{st} has no emoprobe metadata; it was not written by "
+                            "SteeringVector.save (a GGUF or repeng file? see docs/steering.md)")
+    return json.loads(header), tensors, st
 
 
 # ---------------------------------------------------------------------- collections
