@@ -228,11 +228,12 @@ class SettingTable:
 
     def _table(self, site: Site) -> dict:
         ops = [st.operator(site) for st in self.settings]
-        width = {op.width if isinstance(op, LowRankEdit) else op.direction.numel()
-                 for op in ops if op is not None}
-        if len(width) > 1:
+        width = {(v.params[site]["R"] if isinstance(v, Edits) else v.directions[site]).shape[-1]
+                 for v in (st.vector for st in self.settings) if v is not None
+                 and site in (v.params if isinstance(v, Edits) else v.directions)}
+        if len(width) != 1:
             raise SteeringError(f"settings disagree on the width of {site}: {sorted(width)}")
-        n, d = len(self.settings), width.pop() if width else 0
+        n, d = len(self.settings), width.pop()
         u, a, b = torch.zeros(n, d), torch.zeros(n), torch.zeros(n)
         tok = torch.zeros(n, dtype=torch.bool)
         for i, op in enumerate(ops):
