@@ -163,6 +163,7 @@ def cmd_steer_train(args) -> int:
     vec.save(out)
     print(f"{e}: {name} loss {tl.losses[0]:.4f} -> {tl.losses[-1]:.4f} in {tl.seconds:.0f} s; "
           f"wrote {out}.safetensors/.json\n"
-          f"use it: probe steer --emotion {e} --vector {out} --strength 0.5 PROMPT "
-          "(choose the strength on prompts you will not report on)")
+          f"use it: probe steer --emotion {e} --vector {out} --strength {0.75 if args.rank else 0.5} PROMPT "
+          "(choose the strength on prompts you will not report on"
+          + ("; 1 applies the low-rank edit as trained)" if args.rank else ")"))
     return 0
