@@ -395,7 +395,8 @@ def cmd_steer(args) -> int:
         system_prompt=system, progress=not args.quiet, details=True, **gen_kwargs)
     amount = (f"x{setting.factor:g}" if setting.mode == "scale" else f"x{setting.strength:g}"
               if hasattr(vec, "params") else f"x{setting.strength:g} {setting.unit.upper()}")
-    desc = (f"{args.emotion} {setting.mode} {amount} at "
+    how = f"low-rank edit (rank {vec.rank})" if hasattr(vec, "params") else setting.mode
+    desc = (f"{args.emotion} {how} {amount} at "
             f"{vec.sites[0].kind} layers {_layer_list(vec.layers)} ({vec.meta.get('method')})")
     if not args.json:
         print(side_by_side(prompts, [mark(t, c) for t, c in zip(plain, cut_plain)],
