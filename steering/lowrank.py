@@ -139,9 +139,32 @@ class LowRankIntervention:
                                      lm)) as manager:
             yield manager
 
-    def randomized(self, seed: int) -> LowRankIntervention:
-        """A random intervention of the same shapes and sizes: a random orthonormal ``R``, and
-        ``W - R`` and ``b`` random with the Frobenius norms of this one's (a control)."""
+    def edit_norms(self, states: Mapping[Site, Tensor]) -> dict[Site, float]:
+        """``{site: mean |R^T((W - R) h + b)|}`` over the rows ``h`` of ``states[site]``
+        (``[n, d]``, e.g. :func:`steering.eval.baselines.reply_states`): the size of the edit
+        at strength 1 on those tokens (a vector's is its norm on every token)."""
+        out = {}
+        for site, p in self.params.items():
+            if site not in states:
+                raise SteeringError(f"no states at {site} to measure the edit on; give "
+                                    f"{[str(s) for s in self.params]}")
+            h = states[site].float().reshape(-1, self.width(site))
+            if not len(h):
+                raise SteeringError(f"no tokens at {site} to measure the edit on")
+            # R has orthonormal rows, so |R^T x| = |x|
+            out[site] = float(((h @ (p["W"] - p["R"]).T) + p["b"]).norm(dim=-1).mean())
+        return out
+
+    def randomized(self, seed: int, *, states: Mapping[Site, Tensor] | None = None
+                   ) -> LowRankIntervention:
+        """A random intervention of the same shapes and sizes (a control): a random orthonormal
+        ``R``, and ``W - R`` and ``b`` random with the Frobenius norms of this one's.
+
+        With ``states`` (``{site: [n, d]}`` residuals of real tokens), ``W - R`` and ``b`` are
+        then scaled together, per site, so that the random edit's mean size on those tokens
+        equals this one's (:meth:`edit_norms`): matched on what the edit does to the stream,
+        not on its parameters' norms, which a random ``R`` turns into a smaller edit.
+        """
         g = torch.Generator().manual_seed(seed)
         out = {}
         for site, p in self.params.items():
@@ -151,7 +174,16 @@ class LowRankIntervention:
             D = D / D.norm() * (p["W"] - p["R"]).norm()
             b = b / b.norm() * p["b"].norm()
             out[site] = {"R": R, "W": R + D, "b": b}
-        return LowRankIntervention(out, {**self.meta, "method": "random"})
+        meta = {**self.meta, "method": "random"}
+        if states is not None:
+            want = self.edit_norms(states)
+            got = LowRankIntervention(out, meta).edit_norms(states)
+            for site, q in out.items():
+                c = want[site] / got[site] if got[site] > 0 else 0.0
+                q["W"] = q["R"] + (q["W"] - q["R"]) * c
+                q["b"] = q["b"] * c
+            meta["control"] = "edit size matched on real tokens"
+        return LowRankIntervention(out, meta)
 
     # ------------------------------------------------------------------ files
     def _flat(self) -> dict[str, Tensor]:

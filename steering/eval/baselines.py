@@ -33,17 +33,19 @@ def prompt_arms(emotion: str, setting=None, point=None) -> list[Arm]:
     return arms
 
 
-def random_like(vector, seed: int):
+def random_like(vector, seed: int, *, states=None):
     """A random direction per site with the norm (and typical RMS) of ``vector``'s; for a
     low-rank intervention, a random one of its shapes and norms
-    (:meth:`~steering.lowrank.LowRankIntervention.randomized`)."""
+    (:meth:`~steering.lowrank.LowRankIntervention.randomized`), or, with ``states``
+    (:func:`reply_states`), one whose edit on those tokens is as large as the trained one's.
+    (A vector adds the same edit to every token, so its norm already matches its edit.)"""
     import torch
 
     from steering.lowrank import LowRankIntervention
     from steering.vector import SteeringVector
 
     if isinstance(vector, LowRankIntervention):
-        return vector.randomized(seed)
+        return vector.randomized(seed, states=states)
     g = torch.Generator().manual_seed(seed)
     dirs = {}
     for site, v in vector.directions.items():
@@ -52,5 +54,30 @@ def random_like(vector, seed: int):
     return SteeringVector(dirs, {**vector.meta, "method": "random"})
 
 
+def reply_states(lm, prompts, replies, sites, *, batch_size: int = 16) -> dict:
+    """``{site: [tokens, d]}``: the unsteered residual at each of ``sites`` on the tokens
+    steering edits (the last prompt token and each reply token) of ``prompts`` + ``replies``
+    (chat template as :func:`steering.train.batching.pair_batch`). What
+    :func:`random_like` matches a low-rank control's edit size on."""
+    import torch
+
+    from steering.train.batching import pair_batch
+
+    sites = list(sites)
+    got: dict = {s: [] for s in sites}
+    for b0 in range(0, len(prompts), batch_size):
+        b = pair_batch(lm, list(prompts[b0:b0 + batch_size]), list(replies[b0:b0 + batch_size]))
+        keep = torch.cat([torch.ones(len(b.reply_mask), 1, dtype=torch.bool), b.reply_mask], 1)
+
+        def reader(site, keep=keep, w=b.width):
+            def fn(value, ctx):
+                got[site].append(value[:, w - 1:].float()[keep].detach())
+            return fn
+
+        with torch.no_grad(), lm.hooks({s: reader(s) for s in sites}):
+            lm.model(**b.inputs)
+    return {s: torch.cat(v) for s, v in got.items()}
+
+
 __all__ = ["ADJECTIVES", "DESIGNED_SUFFIX", "DESIGNED_SYSTEM", "SYSTEM_PROMPT", "prompt_arms",
-           "random_like"]
+           "random_like", "reply_states"]

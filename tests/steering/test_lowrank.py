@@ -10,7 +10,7 @@ import torch
 from probe.forward import make_batch
 from probe.interventions import InterventionError, loreft
 from probe.sites import Site
-from steering.eval.baselines import random_like
+from steering.eval.baselines import random_like, reply_states
 from steering.inject import Setting, generate_settings, steering_hooks
 from steering.lowrank import LowRankIntervention, load_steering
 from steering.train.batching import pair_batch
@@ -154,6 +154,52 @@ def test_random_control_has_the_shapes_and_sizes(tiny_qwen):
         assert_close((q["W"] - q["R"]).norm(), (p["W"] - p["R"]).norm(), rel=1e-4)
         assert_close(q["b"].norm(), p["b"].norm(), rel=1e-5)
         assert abs(float((q["R"] * p["R"]).sum())) < 0.9 * len(p["R"])   # not the same subspace
+
+
+def test_reply_states_are_the_residuals_steering_edits(tiny_qwen):
+    lm = tiny_qwen
+    sites = [Site("hook_resid_post", 0), Site("hook_resid_post", 1)]
+    st = reply_states(lm, PROMPTS, REPLIES, sites, batch_size=2)   # two batches of different widths
+    b = pair_batch(lm, PROMPTS, REPLIES)   # all three in one batch, read by plain torch hooks
+    outs = {}
+    layers = lm.model.model.layers
+    handles = [layers[s.layer].register_forward_hook(
+        lambda m, a, o, s=s: outs.__setitem__(s, (o[0] if isinstance(o, tuple) else o).detach()))
+        for s in sites]
+    try:
+        with torch.no_grad():
+            lm.model(**b.inputs)
+    finally:
+        for h in handles:
+            h.remove()
+    for s in sites:
+        want = torch.cat([torch.cat([outs[s][i, b.width - 1:b.width],
+                                     outs[s][i, b.width:][b.reply_mask[i]]]) for i in range(len(PROMPTS))])
+        assert st[s].shape == want.shape == (int(b.reply_mask.sum()) + len(PROMPTS),
+                                             lm.model.config.hidden_size)
+        assert_close(st[s], want, rel=1e-4)
+
+
+def test_matched_random_control_edits_as_much_as_the_trained_one(tiny_qwen):
+    lm = tiny_qwen
+    lr = _random(lm, scale=0.3)
+    st = reply_states(lm, PROMPTS, REPLIES, lr.sites)
+    want = lr.edit_norms(st)
+    for s, p in lr.params.items():   # the edit's size by the formula, row by row
+        h = st[s]
+        by_hand = (h + ((h @ (p["W"] - p["R"]).T + p["b"]) @ p["R"]) - h).norm(dim=-1).mean()
+        assert_close(want[s], float(by_hand), rel=1e-4)
+    plain, matched = random_like(lr, seed=5), random_like(lr, seed=5, states=st)
+    assert matched.meta["control"] == "edit size matched on real tokens"
+    got, before = matched.edit_norms(st), plain.edit_norms(st)
+    for s in lr.sites:
+        assert_close(got[s], want[s], rel=1e-4)
+        assert abs(before[s] - want[s]) > 1e-3 * want[s]   # the plain control was not matched
+        q, p0 = matched.params[s], plain.params[s]
+        assert torch.equal(q["R"], p0["R"])   # same random subspace, only rescaled
+        assert_close(q["R"] @ q["R"].T, torch.eye(len(q["R"])))
+    with pytest.raises(SteeringError, match="no states at"):
+        lr.edit_norms({lr.sites[0]: st[lr.sites[0]]})
 
 
 def test_trained_low_rank_edit_goes_down_stays_orthonormal_and_applies_as_trained(tiny_qwen):
