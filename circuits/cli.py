@@ -104,11 +104,17 @@ def register(sub) -> dict:
                    help="edge attribution (--edge-estimator) between heads, MLPs and the metric on the "
                         "validation prompts, checked by patching its top N and N random edges "
                         "(direction metrics; default: off)")
-    g.add_argument("--edge-estimator", default="eap-sublayer", choices=["eap", "eap-norm", "eap-sublayer"],
+    g.add_argument("--edge-estimator", default="eap-sublayer",
+                   choices=["eap", "eap-norm", "eap-sublayer", "hybrid"],
                    help="what scores the edges: eap (gradient x change at the edge's input), "
-                        "eap-norm (the downstream norm taken exactly, linear after it) or "
+                        "eap-norm (the downstream norm taken exactly, linear after it), "
                         "eap-sublayer (the downstream norm + attention or MLP run on each edge's "
-                        "change, linear after it; default: %(default)s)")
+                        "change, linear after it; default: %(default)s) or hybrid (eap-sublayer, "
+                        "the edges of the --exact-nodes upstream nodes with the largest ablation "
+                        "change patched instead)")
+    g.add_argument("--exact-nodes", type=int, default=2, metavar="K",
+                   help="hybrid: patch every edge out of the K upstream nodes whose ablation "
+                        "changes the residual most, relative to its norm (default: %(default)s)")
     g = p.add_argument_group("circuits")
     g.add_argument("--no-circuit", dest="circuit", action="store_false",
                    help="attribute (and validate) only")
@@ -224,7 +230,7 @@ def cmd_circuits(args) -> int:
         ablations=args.ablations, behaviour=args.behaviour,
         influence_prompts=args.influence_prompts, test_fraction=args.test_fraction,
         seed=args.seed, batch_size=args.batch_size, ig_steps=args.ig_steps, edges=args.edges,
-        edge_estimator=args.edge_estimator,
+        edge_estimator=args.edge_estimator, exact_nodes=args.exact_nodes,
         search_rounds=args.search_rounds, search_halvings=args.search_halvings,
         search_splits=args.search_splits, search_stable=args.search_stable)
     dataset = load_data(args)

@@ -20,12 +20,14 @@ from circuits.validate import compare, compare_ci, summary
 
 
 def run_edges(lm, batch, metric, baseline, groups, *, n: int, label: str, out: Path, log,
-              seed: int = 0, rows_per_forward: int = 48, estimator: str = "eap-sublayer") -> dict:
+              seed: int = 0, rows_per_forward: int = 48, estimator: str = "eap-sublayer",
+              exact_nodes: int = 2) -> dict:
     """Edge attribution (``estimator``: :data:`circuits.edges.ESTIMATORS`) + edge patching of
     its top ``n`` and ``n`` random other edges; returns a summary."""
     c_attr, c_truth = Compute(), Compute()
     with Timer(c_attr):
-        ea = edge_attribution(lm, batch, metric, baseline, estimator=estimator)
+        ea = edge_attribution(lm, batch, metric, baseline, estimator=estimator,
+                              exact_nodes=exact_nodes, rows_per_forward=rows_per_forward)
     table = ea.table()
     rng = np.random.default_rng(seed)
     rest = np.arange(n, len(table))
@@ -50,20 +52,39 @@ def run_edges(lm, batch, metric, baseline, groups, *, n: int, label: str, out: P
     rows, blocks, e = len(batch), metric.layer + 1, len(chosen)
     c_attr.forward_passes, c_attr.backward_passes = 2 * -(-rows // 8), -(-rows // 8)
     c_attr.forward_row_blocks, c_attr.backward_row_blocks = 2 * rows * blocks, rows * blocks
-    if estimator == "eap-sublayer":  # one sublayer (half a block) per edge into a sublayer, and row
+    if estimator in ("eap-sublayer", "hybrid"):  # one sublayer (half a block) per edge and row
         c_attr.forward_row_blocks += -(-int((table["downstream"] != "metric").sum()) * rows // 2)
+    exact = table["upstream"].isin(ea.exact)
+    if ea.exact:   # hybrid: the patched edges, as edge_patch counts them
+        n_exact = int(exact.sum())
+        c_attr.forward_passes += 2 + -(-n_exact // max(1, rows_per_forward // rows))
+        c_attr.forward_row_blocks += (2 + n_exact) * rows * blocks
     c_truth.forward_passes = 2 + -(-e // max(1, rows_per_forward // rows))
     c_truth.forward_row_blocks = (2 + e) * rows * blocks
-    name = {"eap": "EAP", "eap-norm": "EAP-norm", "eap-sublayer": "EAP-sublayer"}[estimator]
+    name = {"eap": "EAP", "eap-norm": "EAP-norm", "eap-sublayer": "EAP-sublayer",
+            "hybrid": f"hybrid (EAP-sublayer, the edges of {len(ea.exact)} "
+                      f"node{'s' if len(ea.exact) != 1 else ''} patched)"}[estimator]
     advice = ("trust the patched edges (--edges N patches N candidates), or try --edge-estimator "
               f"{ESTIMATORS[-1]} and validate it too" if estimator != ESTIMATORS[-1] else
               "trust the patched edges (--edges N patches N candidates; raise N)")
     text = summary(cmp, name, c_attr, c_truth, n_truth_components=len(chosen),
                    n_all_components=len(table), alternative=advice)
     text = "edges (patching = edge patching: only that edge carries its patched value)\n" + text
+    if ea.exact:
+        text += (f"\nhybrid: the {int(exact.sum())} edges out of {', '.join(ea.exact)} hold patched "
+                 f"values (exact by construction); of the estimator's top 10 / 20 / 40, "
+                 + " / ".join(str(int(exact.iloc[:k].sum())) for k in (10, 20, 40)) + " are theirs")
+        rest = ~chosen["upstream"].isin(ea.exact).to_numpy()
+        if rest.sum() >= 3:
+            c2 = compare(est[rest], tru[rest]).iloc[0]
+            text += (f"\nthe estimated edges alone ({int(rest.sum())} of the {len(chosen)} patched): "
+                     f"Spearman {c2['spearman']:.2f}, recall@10 {c2['recall@10']:.2f}, "
+                     f"recall@20 {c2['recall@20']:.2f}")
     log(text)
     (out / f"edges_{label}.txt").write_text(text + "\n")
     full = table.assign(patched=np.nan)
+    if ea.estimated:   # hybrid: what eap-sublayer said before those edges were patched
+        full["estimate"] = full["edge"].map(ea.estimated).fillna(full["value"])
     full.loc[[idx[e] for e in chosen["edge"]], "patched"] = truth.mean(0)
     full.to_csv(out / f"edges_{label}.csv", index=False)
     n_layers = metric.layer + 1
@@ -71,6 +92,7 @@ def run_edges(lm, batch, metric, baseline, groups, *, n: int, label: str, out: P
                        title=f"{metric.name}: top 40 edges by {name} ({baseline.name} baseline)",
                        out=out / f"edges_{label}")
     return {"edges": len(table), "patched": len(chosen), "prompts": len(batch), "estimator": estimator,
+            "exact_nodes": list(ea.exact), "exact_in_top": {k: int(exact.iloc[:k].sum()) for k in (10, 20, 40)},
             "table": cmp.to_dict("records"),
             # "attribution": the estimator's cost whatever it is; "eap" repeats it for readers of
             # runs written before the estimators had names (it was always called that)

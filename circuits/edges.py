@@ -65,6 +65,8 @@ class EdgeAttribution:
     downstream: list[str]
     per_row: np.ndarray
     baseline: str = ""
+    exact: tuple[str, ...] = ()   # upstream nodes whose edges hold patched values (``hybrid``)
+    estimated: dict | None = None  # hybrid: those edges' eap-sublayer scores, before patching
 
     @property
     def scores(self) -> np.ndarray:
@@ -149,11 +151,14 @@ def _input_hooks(lm, fns: dict[str, callable]):
 # --------------------------------------------------------------------------- attribution
 #: ``eap``: linear in ``v``'s input. ``eap-norm``: the norm ``v`` reads taken exactly, linear after
 #: it. ``eap-sublayer``: ``v``'s norm and attention or MLP taken exactly, linear after its output.
-ESTIMATORS = ("eap", "eap-norm", "eap-sublayer")
+#: ``hybrid``: ``eap-sublayer``, with every edge out of the ``exact_nodes`` upstream nodes whose
+#: ablation changes the residual most (relative to its norm) patched instead of estimated.
+ESTIMATORS = ("eap", "eap-norm", "eap-sublayer", "hybrid")
 
 
 def edge_attribution(lm, batch: Batch, metric: Metric, baseline, *, batch_size: int = 8,
-                     estimator: str = "eap-sublayer", edges_per_call: int = 16) -> EdgeAttribution:
+                     estimator: str = "eap-sublayer", edges_per_call: int = 16,
+                     exact_nodes: int = 2, rows_per_forward: int = 48) -> EdgeAttribution:
     """Edge scores of every edge (module docstring) against ``baseline`` (mean, zero, pairs).
 
     ``estimator`` (:data:`ESTIMATORS`): EAP scores ``delta_u . dM/d in_v``. The other two take
@@ -165,9 +170,17 @@ def edge_attribution(lm, batch: Batch, metric: Metric, baseline, *, batch_size: 
     upstream change, e.g. mean-ablating an early MLP that writes the residual's largest
     directions, rescales the norm and moves the attention pattern, which a gradient at the
     clean input does not see.
+
+    ``hybrid`` (AtP*'s other idea: measure where the linear estimate is known to fail) scores
+    with ``eap-sublayer``, then ranks the upstream nodes by :func:`change_ratios` (the mean size
+    of the node's ablation change relative to the residual it joins) and replaces the scores of
+    every edge out of the top ``exact_nodes`` with :func:`edge_patch`'s: those edges carry
+    their patched values (``.exact`` names the nodes), at the cost of patching them.
     """
     if estimator not in ESTIMATORS:
         raise EdgeError(f"unknown edge estimator {estimator!r}: use one of {', '.join(ESTIMATORS)}")
+    if estimator == "hybrid" and exact_nodes < 1:
+        raise EdgeError(f"hybrid needs exact_nodes >= 1 (got {exact_nodes}); use eap-sublayer for none")
     if metric.layer is None or len(metric.sites) != 1:
         raise EdgeError("edge attribution needs a metric that reads one residual site "
                         "(a direction metric, e.g. direction:happiness@L24)")
@@ -175,10 +188,15 @@ def edge_attribution(lm, batch: Batch, metric: Metric, baseline, *, batch_size: 
     up, down, info = nodes(lm, last)
     names = [d for d in down if d != "metric"]
     per_row = []
+    ratio_sum, ratio_n = np.zeros(len(up)), 0
     for i in range(0, len(batch), batch_size):
         sub = take(batch, slice(i, i + batch_size))
         deltas = _deltas(lm, sub, baseline, last)
-        g, moves = _downstream(lm, sub, metric, names, estimator)
+        if estimator == "hybrid":
+            ratio_sum += _change_ratio_sums(lm, sub, deltas, info, last)
+            ratio_n += int(sub.attention_mask.sum())
+        g, moves = _downstream(lm, sub, metric, names,
+                               "eap-sublayer" if estimator == "hybrid" else estimator)
         s = np.full((len(sub), len(up), len(down)), np.nan)
         for j, d in enumerate(down):
             ks = [k for k, (kind, lu, _) in enumerate(info) if _exists(kind, lu, d)]
@@ -191,7 +209,44 @@ def edge_attribution(lm, batch: Batch, metric: Metric, baseline, *, batch_size: 
                 est = (moved * g[d].to(moved.dtype)[None]).sum((2, 3))  # [E, B]
                 s[:, chunk, j] = est.double().T.numpy()
         per_row.append(s)
-    return EdgeAttribution(up, down, np.concatenate(per_row), getattr(baseline, "name", ""))
+    per_row = np.concatenate(per_row)
+    exact: tuple[str, ...] = ()
+    if estimator == "hybrid":
+        order = np.argsort(-ratio_sum / max(ratio_n, 1), kind="stable")[:exact_nodes]
+        exact = tuple(up[k] for k in order)
+        pairs = [(k, j) for k in order for j, d in enumerate(down) if _exists(*info[k][:2], d)]
+        truth = edge_patch(lm, batch, metric, baseline, [f"{up[k]}->{down[j]}" for k, j in pairs],
+                           rows_per_forward=rows_per_forward)
+        before = {}
+        for c, (k, j) in enumerate(pairs):
+            before[f"{up[k]}->{down[j]}"] = float(per_row[:, k, j].mean())
+            per_row[:, k, j] = truth[:, c]
+        return EdgeAttribution(up, down, per_row, getattr(baseline, "name", ""), exact, before)
+    return EdgeAttribution(up, down, per_row, getattr(baseline, "name", ""))
+
+
+def _change_ratio_sums(lm, batch: Batch, deltas, info, last: int) -> np.ndarray:
+    """Per upstream node: the sum over real tokens of ``|delta_u| / |resid|``, ``resid`` the
+    residual stream the node writes into (after its block)."""
+    _, cache = run_with_cache(lm, batch, [Site("hook_resid_post", L) for L in range(last + 1)],
+                              stop=True)
+    mask = batch.attention_mask.bool()
+    out = np.zeros(len(info))
+    for k, (kind, layer, h) in enumerate(info):
+        delta = deltas[(kind, layer)][:, :, h] if kind == "head" else deltas[(kind, layer)]
+        norm = cache[Site("hook_resid_post", layer)].norm(dim=-1).clamp_min(1e-6)
+        out[k] = float((delta.norm(dim=-1) / norm)[mask].sum())
+    return out
+
+
+def change_ratios(lm, batch: Batch, baseline, last: int) -> pd.Series:
+    """Each upstream node's mean ``|ablation change| / |residual|`` over the real tokens of
+    ``batch`` (largest first): how far from linear its edges are likely to be; ``hybrid``
+    patches the edges of the top ones."""
+    up, _, info = nodes(lm, last)
+    deltas = _deltas(lm, batch, baseline, last)
+    r = _change_ratio_sums(lm, batch, deltas, info, last) / max(int(batch.attention_mask.sum()), 1)
+    return pd.Series(r, index=up).sort_values(ascending=False)
 
 
 def _part(lm, down: str, which: str = "norm"):

@@ -86,6 +86,7 @@ class CircuitsConfig:
     resid_positions: int = 8
     edges: int = 0  # EAP on every edge + edge patching of the top N and N random ones
     edge_estimator: str = "eap-sublayer"  # circuits.edges.ESTIMATORS
+    exact_nodes: int = 2  # hybrid: upstream nodes whose edges are patched, not estimated
     search_rounds: int = 20  # closeness search when the ranking's top 5% is not close (0: off)
     search_halvings: int = 3
     search_splits: int = 1
@@ -241,7 +242,7 @@ def _one(lm, dataset, cfg, label, metric, types, ctypes, train, test, target, me
                                  means if means is not None else base, groups[:k_e], n=cfg.edges,
                                  label=label, out=out, log=log, seed=cfg.seed,
                                  rows_per_forward=cfg.rows_per_forward,
-                                 estimator=cfg.edge_estimator)
+                                 estimator=cfg.edge_estimator, exact_nodes=cfg.exact_nodes)
     if "heads" in types:
         figures.plot_head_heatmaps(shown, truth_table, n_layers=n_layers, n_heads=n_heads,
                                    labels=(f"{vest} ({k} prompts)",

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 
+import numpy as np
 import pandas as pd
 import pytest
 
@@ -165,6 +166,19 @@ def test_edges_are_attributed_and_checked_by_edge_patching(capsys, tiny_dir, tmp
                          "--edges", "5", "--edge-estimator", "eap", "--out", str(tmp_path / "f"),
                          "--quiet")
     assert code == 0 and "validation of EAP against activation patching" in text
+    code, text, _ = _run(capsys, "circuits", "--model", str(tiny_dir / "llama"), *small,
+                         "--metric", "direction:sadness@L2", "--components", "heads", "--no-circuit",
+                         "--prompts", "4", "--validate-prompts", "4", "--influence-prompts", "0",
+                         "--edges", "5", "--edge-estimator", "hybrid", "--exact-nodes", "1",
+                         "--out", str(tmp_path / "h"), "--quiet")
+    assert code == 0 and "validation of hybrid (EAP-sublayer, the edges of 1 node patched)" in text
+    assert "hold patched values (exact by construction)" in text
+    h = pd.read_csv(tmp_path / "h" / "edges_sadness.csv")
+    node = json.loads((tmp_path / "h" / "run.json").read_text())["emotions"]["sadness"]["edges"]["exact_nodes"]
+    mine = h["upstream"] == node[0]
+    assert len(node) == 1 and mine.any() and (h.loc[~mine, "estimate"] == h.loc[~mine, "value"]).all()
+    both = h[mine & h["patched"].notna()]   # patched twice (estimator, validation): the same numbers
+    assert np.allclose(both["value"], both["patched"], rtol=1e-6, atol=1e-9)
     code, _, err = _run(capsys, "circuits", "--metric", "logprob:happy", "--label", "happiness",
                         "--edges", "5", "--out", str(tmp_path / "x"))
     assert code == 2 and "--edges needs a direction metric" in err

@@ -9,7 +9,7 @@ from scipy.stats import spearmanr
 
 from circuits.baselines import MeanBaseline
 from circuits.components import groups
-from circuits.edges import EdgeError, edge_attribution, edge_patch, nodes
+from circuits.edges import EdgeError, change_ratios, edge_attribution, edge_patch, nodes
 from circuits.metrics import direction
 from circuits.runs import forward_metric
 from probe.hooks import module_input_hooks, module_output_hooks
@@ -157,6 +157,47 @@ def test_eap_sublayer_runs_each_llama_like_family_exactly_where_nothing_follows(
     j, i = es.downstream.index("blocks.2.mlp_in"), [es.upstream.index(u) for u in last["upstream"]]
     np.testing.assert_allclose(es.per_row[:, i, j], truth, rtol=1e-3, atol=1e-4 * np.abs(truth).max())
     assert np.isfinite(es.scores[np.isfinite(es.scores)]).all() and len(es.table()) > len(last)
+
+
+def test_hybrid_patches_the_edges_of_the_nodes_that_change_most_and_estimates_the_rest(setup):
+    lm, metric, means, batch, _ = setup
+    sub = edge_attribution(lm, batch, metric, means, batch_size=3, estimator="eap-sublayer")
+    hy = edge_attribution(lm, batch, metric, means, batch_size=3, estimator="hybrid", exact_nodes=2,
+                          rows_per_forward=8)
+    ratios = change_ratios(lm, batch, means, 2)
+    assert hy.exact == tuple(ratios.index[:2]) and not sub.exact
+    t = hy.table()
+    mine = t["upstream"].isin(hy.exact)
+    assert mine.sum() == sum(1 for d in hy.downstream for u in hy.exact
+                             if f"{u}->{d}" in set(sub.table()["edge"]))
+    truth = edge_patch(lm, batch, metric, means, list(t.loc[mine, "edge"]))
+    i = [hy.upstream.index(u) for u in t.loc[mine, "upstream"]]
+    j = [hy.downstream.index(d) for d in t.loc[mine, "downstream"]]
+    np.testing.assert_allclose(hy.per_row[:, i, j], truth, rtol=1e-6, atol=1e-9 * np.abs(truth).max())
+    # every other edge keeps eap-sublayer's estimate (the same computation, the same numbers)
+    rest = np.isfinite(sub.per_row)
+    rest[:, i, j] = False
+    assert np.array_equal(hy.per_row[rest], sub.per_row[rest])
+    assert not np.allclose(sub.per_row[:, i, j], truth, rtol=1e-3)   # where it was an estimate
+    with pytest.raises(EdgeError, match="exact_nodes >= 1"):
+        edge_attribution(lm, batch, metric, means, estimator="hybrid", exact_nodes=0)
+
+
+def test_change_ratios_are_the_ablation_change_relative_to_the_residual(setup):
+    lm, metric, means, batch, _ = setup
+    r = change_ratios(lm, batch, means, 2)
+    from probe.forward import run_with_cache
+    from probe.sites import Site
+
+    _, cache = run_with_cache(lm, batch, [Site("mlp.hook_post", 1), Site("hook_resid_post", 1)])
+    post = cache[Site("mlp.hook_post", 1)]
+    rows = torch.arange(len(batch))
+    src = means.bind(lm, batch, [Site("mlp.hook_post", 1)])
+    delta = (src(Site("mlp.hook_post", 1), post, rows) - post) @ lm.arch.part(lm.model, 1, "mlp_out").weight.T
+    m = batch.attention_mask.bool()
+    want = (delta.norm(dim=-1) / cache[Site("hook_resid_post", 1)].norm(dim=-1))[m].mean()
+    assert abs(r["blocks.1.hook_mlp_out"] - float(want)) <= 1e-6 * float(want)
+    assert r.is_monotonic_decreasing and len(r) == 3 * 5
 
 
 def test_bad_edges_and_metrics_are_refused(setup):
