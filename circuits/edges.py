@@ -1,4 +1,4 @@
-"""Edge attribution (EAP and two sharper variants) between heads, MLPs and the metric, and edge
+"""Edge attribution (EAP, two sharper variants and a hybrid) between heads, MLPs and the metric, and edge
 patching to check it.
 
 Nodes. *Upstream*: each attention head (its output ``z_h W_O,h``) and each MLP (its output) of
@@ -23,6 +23,8 @@ rescale the norm and move attention patterns, and EAP gets some of them with the
 ``eap-sublayer`` is the default: on held-out prompts it agrees with edge patching better than
 EAP for every emotion (docs/circuits.md), at about 30x EAP's cost (one sublayer per edge and
 prompt; patching every edge costs about 45x more again). ``estimator="eap"`` for speed.
+``hybrid`` patches the edges of the few upstream nodes whose ablation changes the residual most
+(:func:`change_ratios`) and estimates the rest with ``eap-sublayer``.
 
 Scope: pre-norm Llama-like blocks, whose parts ``probe.arch.BLOCK_PARTS`` names; other families
 raise :class:`EdgeError`.
