@@ -12,7 +12,9 @@ from circuits.components import groups
 from circuits.edges import EdgeError, change_ratios, edge_attribution, edge_patch, nodes
 from circuits.metrics import direction
 from circuits.runs import forward_metric
+from probe.forward import run_with_cache
 from probe.hooks import module_input_hooks, module_output_hooks
+from probe.sites import Site
 from tests.circuits.conftest import direction_for, load64
 from tests.tiny import CORPUS
 
@@ -184,11 +186,8 @@ def test_hybrid_patches_the_edges_of_the_nodes_that_change_most_and_estimates_th
 
 
 def test_change_ratios_are_the_ablation_change_relative_to_the_residual(setup):
-    lm, metric, means, batch, _ = setup
+    lm, _, means, batch, _ = setup
     r = change_ratios(lm, batch, means, 2)
-    from probe.forward import run_with_cache
-    from probe.sites import Site
-
     _, cache = run_with_cache(lm, batch, [Site("mlp.hook_post", 1), Site("hook_resid_post", 1)])
     post = cache[Site("mlp.hook_post", 1)]
     rows = torch.arange(len(batch))
