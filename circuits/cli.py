@@ -104,14 +104,14 @@ def register(sub) -> dict:
                    help="edge attribution (--edge-estimator) between heads, MLPs and the metric on the "
                         "validation prompts, checked by patching its top N and N random edges "
                         "(direction metrics; default: off)")
-    g.add_argument("--edge-estimator", default="eap-sublayer",
+    g.add_argument("--edge-estimator", default="hybrid",
                    choices=["eap", "eap-norm", "eap-sublayer", "hybrid"],
                    help="what scores the edges: eap (gradient x change at the edge's input), "
                         "eap-norm (the downstream norm taken exactly, linear after it), "
                         "eap-sublayer (the downstream norm + attention or MLP run on each edge's "
-                        "change, linear after it; default: %(default)s) or hybrid (eap-sublayer, "
-                        "the edges of the --exact-nodes upstream nodes with the largest ablation "
-                        "change patched instead)")
+                        "change, linear after it) or hybrid (eap-sublayer, the edges of the "
+                        "--exact-nodes upstream nodes with the largest ablation change patched "
+                        "instead; default: %(default)s)")
     g.add_argument("--exact-nodes", type=int, default=2, metavar="K",
                    help="hybrid: patch every edge out of the K upstream nodes whose ablation "
                         "changes the residual most, relative to its norm (default: %(default)s)")

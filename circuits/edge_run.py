@@ -20,7 +20,7 @@ from circuits.validate import compare, compare_ci, summary
 
 
 def run_edges(lm, batch, metric, baseline, groups, *, n: int, label: str, out: Path, log,
-              seed: int = 0, rows_per_forward: int = 48, estimator: str = "eap-sublayer",
+              seed: int = 0, rows_per_forward: int = 48, estimator: str = "hybrid",
               exact_nodes: int = 2) -> dict:
     """Edge attribution (``estimator``: :data:`circuits.edges.ESTIMATORS`) + edge patching of
     its top ``n`` and ``n`` random other edges; returns a summary."""

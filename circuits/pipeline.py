@@ -85,7 +85,7 @@ class CircuitsConfig:
     ig_steps: int = 8
     resid_positions: int = 8
     edges: int = 0  # EAP on every edge + edge patching of the top N and N random ones
-    edge_estimator: str = "eap-sublayer"  # circuits.edges.ESTIMATORS
+    edge_estimator: str = "hybrid"  # circuits.edges.ESTIMATORS
     exact_nodes: int = 2  # hybrid: upstream nodes whose edges are patched, not estimated
     search_rounds: int = 20  # closeness search when the ranking's top 5% is not close (0: off)
     search_halvings: int = 3

@@ -152,13 +152,13 @@ def test_edges_are_attributed_and_checked_by_edge_patching(capsys, tiny_dir, tmp
                            "--no-circuit", "--prompts", "4", "--validate-prompts", "4",
                            "--influence-prompts", "0", "--edges", "5", "--out", str(out), "--quiet")
     assert code == 0, err
-    assert "validation of EAP-sublayer against activation patching" in text  # the default
+    assert "validation of hybrid (EAP-sublayer, the edges of 2 nodes patched)" in text  # the default
     assert "edge patching" in text
     edges = pd.read_csv(out / "edges_sadness.csv")
     assert edges["patched"].notna().sum() == 10 and edges["patched"].iloc[:5].notna().all()
     e = json.loads((out / "run.json").read_text())["emotions"]["sadness"]["edges"]
     assert e["patched"] == 10 and e["table"][0]["type"] == "edges"
-    assert (out / "edges_sadness.png").exists() and e["estimator"] == "eap-sublayer"
+    assert (out / "edges_sadness.png").exists() and e["estimator"] == "hybrid"
     assert e["compute"]["attribution"] == e["compute"]["eap"] and e["compute"]["attribution"]["forward_passes"] > 0
     code, text, _ = _run(capsys, "circuits", "--model", str(tiny_dir / "llama"), *small,
                          "--metric", "direction:sadness@L2", "--components", "heads", "--no-circuit",
