@@ -22,6 +22,7 @@ comparison as paired on those edges, not as a fresh validation of the other two.
 from __future__ import annotations
 
 import argparse
+import json
 from pathlib import Path
 
 import numpy as np
@@ -37,12 +38,13 @@ def main(argv=None) -> None:
     args = ap.parse_args(argv)
     rows = []
     for run in args.runs:
+        summary = json.loads((Path(run) / "run.json").read_text())["emotions"]
         for csv in sorted(Path(run).glob("edges_*.csv")):
             f = pd.read_csv(csv)
-            if "estimate" not in f:
-                raise SystemExit(f"{csv} has no 'estimate' column: not a hybrid run")
-            exact = f["value"].ne(f["estimate"]) | f["upstream"].isin(
-                f.loc[f["value"].ne(f["estimate"]), "upstream"].unique())
+            nodes = summary[csv.stem.removeprefix("edges_")]["edges"].get("exact_nodes")
+            if "estimate" not in f or not nodes:
+                raise SystemExit(f"{csv} is not from a --edge-estimator hybrid run")
+            exact = f["upstream"].isin(nodes)
             budget = int(exact.sum())
             top_b = set(f.reindex(f["estimate"].abs().sort_values(ascending=False).index)
                         .head(budget)["edge"])

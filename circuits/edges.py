@@ -121,10 +121,12 @@ def _exists(kind: str, lu: int, down: str) -> bool:
     return lu < lv or (lu == lv and kind == "head")
 
 
-def _deltas(lm, batch: Batch, baseline, last: int):
-    """``{(kind, layer): out' - out}`` as ``[rows, pos, d_model]`` per head or per MLP."""
+def _deltas(lm, batch: Batch, baseline, last: int, *, resid_norms: bool = False):
+    """``{(kind, layer): out' - out}`` as ``[rows, pos, d_model]`` per head or per MLP; with
+    ``resid_norms``, also ``{layer: |resid_post|}`` ``[rows, pos]`` from the same forward."""
     sites = [Site(k, layer) for layer in range(last + 1) for k in ("attn.hook_z", "mlp.hook_post")]
-    _, cache = run_with_cache(lm, batch, sites, stop=True)
+    resid = [Site("hook_resid_post", layer) for layer in range(last + 1)] if resid_norms else []
+    _, cache = run_with_cache(lm, batch, sites + resid, stop=True)
     sources = baseline.bind(lm, batch, sites)
     rows = torch.arange(len(batch))
     _blocks(lm)
@@ -138,6 +140,8 @@ def _deltas(lm, batch: Batch, baseline, last: int):
         post = cache[Site("mlp.hook_post", layer)]
         dpost = sources(Site("mlp.hook_post", layer), post, rows) - post
         out[("mlp", layer)] = dpost @ lm.arch.part(lm.model, layer, "mlp_out").weight.to(dpost.dtype).T
+    if resid_norms:
+        return out, {s.layer: cache[s].norm(dim=-1) for s in resid}
     return out
 
 
@@ -195,10 +199,12 @@ def edge_attribution(lm, batch: Batch, metric: Metric, baseline, *, batch_size: 
     ratio_sum, ratio_n = np.zeros(len(up)), 0
     for i in range(0, len(batch), batch_size):
         sub = take(batch, slice(i, i + batch_size))
-        deltas = _deltas(lm, sub, baseline, last)
         if estimator == "hybrid":
-            ratio_sum += _change_ratio_sums(lm, sub, deltas, info, last)
+            deltas, norms = _deltas(lm, sub, baseline, last, resid_norms=True)
+            ratio_sum += _change_ratio_sums(sub, deltas, norms, info)
             ratio_n += int(sub.attention_mask.sum())
+        else:
+            deltas = _deltas(lm, sub, baseline, last)
         g, moves = _downstream(lm, sub, metric, names,
                                "eap-sublayer" if estimator == "hybrid" else estimator)
         s = np.full((len(sub), len(up), len(down)), np.nan)
@@ -215,6 +221,7 @@ def edge_attribution(lm, batch: Batch, metric: Metric, baseline, *, batch_size: 
         per_row.append(s)
     per_row = np.concatenate(per_row)
     exact: tuple[str, ...] = ()
+    before: dict | None = None
     if estimator == "hybrid":
         order = np.argsort(-ratio_sum / max(ratio_n, 1), kind="stable")[:exact_nodes]
         exact = tuple(up[k] for k in order)
@@ -225,21 +232,17 @@ def edge_attribution(lm, batch: Batch, metric: Metric, baseline, *, batch_size: 
         for c, (k, j) in enumerate(pairs):
             before[f"{up[k]}->{down[j]}"] = float(per_row[:, k, j].mean())
             per_row[:, k, j] = truth[:, c]
-        return EdgeAttribution(up, down, per_row, getattr(baseline, "name", ""), exact, before)
-    return EdgeAttribution(up, down, per_row, getattr(baseline, "name", ""))
+    return EdgeAttribution(up, down, per_row, getattr(baseline, "name", ""), exact, before)
 
 
-def _change_ratio_sums(lm, batch: Batch, deltas, info, last: int) -> np.ndarray:
+def _change_ratio_sums(batch: Batch, deltas, norms, info) -> np.ndarray:
     """Per upstream node: the sum over real tokens of ``|delta_u| / |resid|``, ``resid`` the
-    residual stream the node writes into (after its block)."""
-    _, cache = run_with_cache(lm, batch, [Site("hook_resid_post", L) for L in range(last + 1)],
-                              stop=True)
+    residual stream the node writes into (after its block; ``norms`` from :func:`_deltas`)."""
     mask = batch.attention_mask.bool()
     out = np.zeros(len(info))
     for k, (kind, layer, h) in enumerate(info):
         delta = deltas[(kind, layer)][:, :, h] if kind == "head" else deltas[(kind, layer)]
-        norm = cache[Site("hook_resid_post", layer)].norm(dim=-1).clamp_min(1e-6)
-        out[k] = float((delta.norm(dim=-1) / norm)[mask].sum())
+        out[k] = float((delta.norm(dim=-1) / norms[layer].clamp_min(1e-6))[mask].sum())
     return out
 
 
@@ -248,8 +251,8 @@ def change_ratios(lm, batch: Batch, baseline, last: int) -> pd.Series:
     ``batch`` (largest first): how far from linear its edges are likely to be; ``hybrid``
     patches the edges of the top ones."""
     up, _, info = nodes(lm, last)
-    deltas = _deltas(lm, batch, baseline, last)
-    r = _change_ratio_sums(lm, batch, deltas, info, last) / max(int(batch.attention_mask.sum()), 1)
+    deltas, norms = _deltas(lm, batch, baseline, last, resid_norms=True)
+    r = _change_ratio_sums(batch, deltas, norms, info) / max(int(batch.attention_mask.sum()), 1)
     return pd.Series(r, index=up).sort_values(ascending=False)
 
 

@@ -61,6 +61,7 @@ def reply_states(lm, prompts, replies, sites, *, batch_size: int = 16) -> dict:
     :func:`random_like` matches a low-rank control's edit size on."""
     import torch
 
+    from probe.hooks import StopForward
     from steering.train.batching import pair_batch
 
     sites = list(sites)
@@ -74,8 +75,12 @@ def reply_states(lm, prompts, replies, sites, *, batch_size: int = 16) -> dict:
                 got[site].append(value[:, w - 1:].float()[keep].detach())
             return fn
 
-        with torch.no_grad(), lm.hooks({s: reader(s) for s in sites}):
-            lm.model(**b.inputs)
+        with torch.no_grad(), lm.hooks({s: reader(s) for s in sites},
+                                       stop_after=max(s.layer for s in sites)):
+            try:
+                lm.model(**b.inputs)
+            except StopForward:  # nothing after the deepest site is needed
+                pass
     return {s: torch.cat(v) for s, v in got.items()}
 
 
