@@ -33,7 +33,12 @@ with its own random vector and prompt + steering point; ``steering_summary.py --
 selection rule can be judged on candidates whose test rows nobody has seen. An objective name
 ending in ``-r<R>`` (``sev-lm-r4``) trains a LoReFT low-rank intervention of rank ``R``
 (``TrainConfig(rank=R)``, :class:`steering.lowrank.LowRankIntervention`) instead of a vector;
-``-skip<N>`` before it leaves the replies' first ``N`` tokens out of the loss.
+``-skip<N>`` before it leaves the replies' first ``N`` tokens out of the loss. ``rsd-lm`` /
+``rsd-distill`` train on the model's own replies to the 96 *training* prompts
+(``load_prompts("train")``: the evaluation's kinds, none of its prompts), sampled under the
+designed prompt and kept where the *selection* judge reads the emotion and the reply stays on the
+prompt (``steering.train.data.sampled_teacher``; ``--rsd-samples``, ``--rsd-keep``,
+``--rsd-temperature``); an emotion with no kept reply gets no such candidate.
 
     python benchmarks/eval_trained_steering.py --emotions anger,sadness --out runs/trained
 """
@@ -72,16 +77,20 @@ from steering.expression import expression_vectors, reply_activations
 from steering.inject import Setting
 from steering.judges.emotion import EMOTIONS, ClassifierJudge, LexiconJudge
 from steering.lowrank import load_steering
+from steering.eval.prompts import load_prompts as load_eval_prompts
 from steering.train.data import (
+    RSD_OBJECTIVES,
     SEV_OBJECTIVES,
     objective_data,
+    rsd_data,
+    sampled_teacher,
     sev_prompts,
     sev_reply_data,
     steered_teacher,
     teacher_replies,
 )
 from steering.train.trainer import TrainConfig, train_vector
-from steering.vector import VectorSet
+from steering.vector import SteeringError, VectorSet
 
 
 def log(msg: str) -> None:
@@ -120,6 +129,11 @@ def main(argv=None) -> None:
     ap.add_argument("--kl-weight", type=float, default=1.0,
                     help="sev-pref-lm-kl: weight of KL(steered || unsteered) over the target reply")
     ap.add_argument("--seed", type=int, default=0, help="training row order (TrainConfig.seed)")
+    ap.add_argument("--rsd-samples", type=int, default=4,
+                    help="rsd-*: replies sampled per training prompt under the designed prompt")
+    ap.add_argument("--rsd-keep", type=int, default=2,
+                    help="rsd-*: at most this many kept replies per training prompt (most relevant)")
+    ap.add_argument("--rsd-temperature", type=float, default=0.8)
     ap.add_argument("--rule", choices=(*RULES, "both"), default="composite",
                     help="selection rule: the composite (AxBench), the gated expression rate "
                          "(composite breaking ties), or both side by side")
@@ -166,7 +180,9 @@ def main(argv=None) -> None:
                fitted_on={n: judge_sources(j) for n, j in report.items()},
                trained_on={"sev-scenarios", "smollm2-own-replies"}
                | ({"sev-replies"} if any(parse_name(o)[0] in SEV_OBJECTIVES
-                                         for o in args.objectives.split(",")) else set()))
+                                         for o in args.objectives.split(",")) else set())
+               | ({"steering-train-prompts"} if any(parse_name(o)[0] in RSD_OBJECTIVES
+                                                    for o in args.objectives.split(",")) else set()))
     lm = load_model("smollm2-135m")
     decoding = Decoding(max_new_tokens=args.max_new_tokens)
     t0 = time.perf_counter()
@@ -219,7 +235,7 @@ def main(argv=None) -> None:
                     select, report, refs, confirm)
 
 
-def train_all(lm, emotion, teach, expr, layers, args, out, names=None, have=None):
+def train_all(lm, emotion, teach, expr, layers, args, out, names=None, have=None, select=None):
     vecs, logs = {}, {}
     for name in names if names is not None else args.objectives.split(","):
         init, extra, t = expr[emotion], {}, teach
@@ -232,7 +248,20 @@ def train_all(lm, emotion, teach, expr, layers, args, out, names=None, have=None
                                 batch_size=40, log=log)
             init, extra = first, {"teacher_vector": first, "teacher_strength": float(strength)}
         base, skip, rank = parse_name(name)
-        if base in SEV_OBJECTIVES:   # SEV's own replies (skeletons 0..n-1; tune uses 140..)
+        if base in RSD_OBJECTIVES:   # own sampled replies to the training prompts, judge-filtered
+            try:
+                sampled = sampled_teacher(lm, [p.text for p in load_eval_prompts("train")], emotion,
+                                          judge=select, samples=args.rsd_samples, keep=args.rsd_keep,
+                                          temperature=args.rsd_temperature, cache="runs/teacher",
+                                          log=log)
+            except SteeringError as exc:
+                log(f"{emotion}: no {name} candidate: {exc}")
+                logs[name] = {"skipped": str(exc)}
+                continue
+            data, obj = rsd_data(base, sampled, plausible=args.plausible)
+            log(f"{emotion}: {name} trains on {len(sampled.replies)} kept replies "
+                f"({sampled.meta['prompts_kept']} prompts, acceptance {sampled.meta['rate']:.2f})")
+        elif base in SEV_OBJECTIVES:   # SEV's own replies (skeletons 0..n-1; tune uses 140..)
             data, obj = sev_reply_data(base, emotion, Path(args.data) / "sev", n=args.sev_skeletons,
                                        offset=args.sev_offset, lm_weight=args.lm_weight,
                                        kl_weight=args.kl_weight, skip_opening=skip)
@@ -261,12 +290,12 @@ def run_emotion(lm, emotion, teach, expr, layers, args, out, tune, test, sel_sco
         missing = [n for n in names if n not in have]
         if missing:
             new, new_logs = train_all(lm, emotion, teach, expr, layers, args, out, names=missing,
-                                      have=vecs)
+                                      have=vecs, select=select)
             vecs.update(new)
             logs.update(new_logs)
             dump(out / f"{emotion}-train.json", logs)
     else:
-        vecs, logs = train_all(lm, emotion, teach, expr, layers, args, out)
+        vecs, logs = train_all(lm, emotion, teach, expr, layers, args, out, select=select)
         dump(out / f"{emotion}-train.json", logs)
     scales = [float(s) for s in args.scales.split(",")]
     candidates = {name: list(scales) for name in vecs}
@@ -287,7 +316,8 @@ def run_emotion(lm, emotion, teach, expr, layers, args, out, tune, test, sel_sco
     arms += [Arm(condition=f"designed+{m}@{s:g}", emotion=emotion, system_prompt=designed.system_prompt,
                  user_suffix=designed.user_suffix, setting=steer(vector=vecs[m], strength=s))
              for m, s in ((x.split(":")[0], float(x.split(":")[1]))
-                          for x in args.combo_scales.split(",") if x)]
+                          for x in args.combo_scales.split(",") if x)
+             if m in vecs]
     ref_ppl, ref_rel = refs["tune"]
     old = None
     if args.reuse and (out / f"{emotion}-tune.csv").is_file():   # score only arms not scored yet

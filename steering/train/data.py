@@ -10,7 +10,11 @@ prompts (``datasets/steering_prompts``) nor from a corpus a reporting judge was 
   (the teacher of prompt distillation, and the two sides of the preference objective), and
   its unsteered replies.
 
-:func:`teacher_replies` generates them once and caches them as JSON.
+:func:`teacher_replies` generates them once and caches them as JSON. :func:`sampled_teacher`
+(the ``rsd-*`` objectives) samples several replies per prompt of ``load_prompts("train")``
+(questions, requests, small talk, instructions: the evaluation's kinds, none of its prompts)
+under the designed prompt and keeps the ones a judge says express the emotion and that stay on
+the prompt: rejection-sampled distillation of the prompted model into a vector.
 """
 
 from __future__ import annotations
@@ -34,6 +38,12 @@ from steering.vector import SteeringError, SteeringVector
 #: distils the designed prompt *plus a first vector* (:func:`steered_teacher`) into a vector
 #: that works without the prompt (no amplification, ``plausible`` kept).
 OBJECTIVES = ("distill-cd", "distill", "distill-amp", "distill-boot", "preference", "lm")
+
+#: Objectives learnt from :func:`sampled_teacher`'s kept replies: ``rsd-lm`` (their language-model
+#: loss given the plain prompt, AxBench's ReFT-r1 objective on filtered self-generated replies)
+#: and ``rsd-distill`` (KL from the designed prompt's next-token distribution over their tokens,
+#: plausibility-truncated as ``distill-cd``, no amplification).
+RSD_OBJECTIVES = ("rsd-lm", "rsd-distill")
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -257,3 +267,112 @@ def objective_data(name: str, emotion: str, teach: TeacherSet, *, amplify: float
         neg = [teach.replies[others[i % len(others)]][i] for i in range(len(teach.prompts))]
         return PairData(teach.prompts, replies, negatives=neg), objective("preference")
     return PairData(teach.prompts, replies), objective("lm")
+
+
+@dataclass(frozen=True, kw_only=True)
+class SampledSet:
+    """Replies sampled under one emotion's designed prompt and kept by a judge.
+
+    Attributes:
+        prompts / replies: One row per kept reply (a prompt appears up to ``keep`` times).
+        emotion: The target emotion.
+        system_prompt / user_suffix: The designed prompt the replies were sampled under.
+        meta: Model, sampling, the judge's sources, ``accepted`` per prompt (of ``samples``),
+            ``rate`` (accepted / sampled), ``prompts_kept`` (prompts with at least one reply).
+    """
+
+    prompts: list[str]
+    replies: list[str]
+    emotion: str
+    system_prompt: str
+    user_suffix: str
+    meta: dict
+
+    def save(self, path: str | Path) -> None:
+        Path(path).parent.mkdir(parents=True, exist_ok=True)
+        atomic_write(Path(path), json.dumps(asdict(self), indent=1))
+
+    @classmethod
+    def load(cls, path: str | Path) -> SampledSet:
+        return cls(**json.loads(Path(path).read_text()))
+
+
+def sampled_teacher(lm, prompts: Sequence[str], emotion: str, *, judge, samples: int = 8,
+                    keep: int = 2, temperature: float = 0.8, top_p: float = 0.95,
+                    max_new_tokens: int = 60, seed: int = 0, batch_size: int = 64,
+                    cache: str | Path | None = None, log=None) -> SampledSet:
+    """Rejection-sampled teacher replies for ``emotion`` (the data of :data:`RSD_OBJECTIVES`).
+
+    ``samples`` replies per prompt are sampled (``temperature``, ``top_p``, the evaluation's
+    repetition settings, ``seed``) under the emotion's designed prompt; a reply is kept if
+    ``judge`` labels it ``emotion``, it passes the fluency gate, it does not merely echo the
+    instruction, and its relevance (log-likelihood gain from the plain prompt, per token) is
+    positive; of each prompt's kept replies the ``keep`` most relevant distinct ones stay. The
+    judge must not be one that reports on the vectors trained from this (it chose their data).
+    """
+    import numpy as np
+    import torch
+
+    from steering.eval.score import judge_replies
+    from steering.inject import generate_settings
+    from steering.judges.emotion import ClassifierJudge
+
+    if samples < 1 or keep < 1 or not temperature > 0 or not 0 < top_p <= 1:
+        raise SteeringError(f"sampled_teacher needs samples >= 1, keep >= 1, temperature > 0 and "
+                            f"0 < top_p <= 1; got {samples}, {keep}, {temperature}, {top_p}")
+    prompts = list(prompts)
+    arm = next(a for a in prompt_arms(emotion) if a.condition == "prompt-designed")
+    settings = dict(samples=samples, keep=keep, temperature=temperature, top_p=top_p,
+                    max_new_tokens=max_new_tokens, seed=seed)
+    sources = sorted((getattr(judge, "meta", None) or {}).get("training", {}).get("sources", ()))
+    path = _cache_file(cache, f"sampled-{emotion}", [lm.fingerprint, prompts, settings,
+                                                      arm.system_prompt, arm.user_suffix, sources,
+                                                      getattr(judge, "name", type(judge).__name__)])
+    if path is not None and path.is_file():
+        return SampledSet.load(path)
+    rows = [p for p in prompts for _ in range(samples)]
+    torch.manual_seed(seed)
+    texts = generate_settings(lm, [p + arm.user_suffix for p in rows], [Setting()],
+                              max_new_tokens=max_new_tokens, batch_size=batch_size,
+                              system_prompt=arm.system_prompt, do_sample=True,
+                              temperature=temperature, top_p=top_p, **Decoding().kwargs())[0]
+    frame = judge_replies(lm, rows, texts, [emotion] * len(rows), judges={"teacher": judge},
+                          words=ClassifierJudge.load().words,
+                          instructions=[arm.instruction] * len(rows), relevance=True)
+    ok = ((frame["label:teacher"] == emotion) & frame["passed"].astype(bool)
+          & ~frame["echo"].astype(bool) & (frame["relevance"] > 0)).to_numpy()
+    kept_p, kept_r, accepted = [], [], []
+    for i, p in enumerate(prompts):
+        idx = [j for j in range(i * samples, (i + 1) * samples) if ok[j]]
+        accepted.append(len(idx))
+        seen: set[str] = set()
+        for j in sorted(idx, key=lambda j: -frame["relevance"].iat[j]):
+            if texts[j].strip() and texts[j] not in seen and len(seen) < keep:
+                seen.add(texts[j])
+                kept_p.append(p)
+                kept_r.append(texts[j])
+    if log:
+        log(f"{emotion}: kept {len(kept_r)} sampled replies of {len(rows)} "
+            f"({int(np.sum(ok))} accepted, {sum(a > 0 for a in accepted)}/{len(prompts)} prompts)")
+    if not kept_r:
+        raise SteeringError(f"no sampled {emotion} reply was accepted ({len(rows)} sampled): try "
+                            "more samples, a higher temperature or another judge")
+    out = SampledSet(prompts=kept_p, replies=kept_r, emotion=emotion, system_prompt=arm.system_prompt,
+                     user_suffix=arm.user_suffix,
+                     meta={"model": lm.spec.alias, "weight_fingerprint": lm.fingerprint, **settings,
+                           "judge_sources": sources, "accepted": accepted,
+                           "rate": float(np.mean(ok)), "prompts_kept": sum(a > 0 for a in accepted),
+                           "rule": "judge label == emotion, gate passed, no echo, relevance > 0"})
+    if path is not None:
+        out.save(path)
+    return out
+
+
+def rsd_data(name: str, sampled: SampledSet, *, plausible: float = 0.1):
+    """``(PairData, objective)`` of one of :data:`RSD_OBJECTIVES` on ``sampled``'s kept replies."""
+    if name not in RSD_OBJECTIVES:
+        raise SteeringError(f"unknown objective {name!r}; choose from {', '.join(RSD_OBJECTIVES)}")
+    if name == "rsd-lm":
+        return PairData(sampled.prompts, sampled.replies), objective("lm")
+    return (PairData(sampled.prompts, sampled.replies, system_prompt=sampled.system_prompt,
+                     user_suffix=sampled.user_suffix), objective("distill", plausible=plausible))

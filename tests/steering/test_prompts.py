@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from collections import Counter
 
 import pytest
@@ -27,9 +28,29 @@ def test_prompts_are_neutral_by_both_judges(judge, lexicon):
     assert Counter(lexicon.predict(texts))["neutral"] / len(texts) >= 0.5  # NRC is noisy
 
 
+def _content(text):
+    stop = set("a an the of to in on at for and or is are do does how what why which you your i me "
+               "my this that these with it be into from by".split())
+    return set(re.findall(r"[a-z]+", text.lower())) - stop
+
+
+def test_training_prompts_are_balanced_neutral_and_apart_from_the_evaluation(judge, lexicon):
+    train, evaluation = load_prompts("train"), load_prompts()
+    assert len(train) == 96 and Counter(p.kind for p in train) == {k: 24 for k in KINDS}
+    assert {p.split for p in train} == {"train"} and len({p.text for p in train}) == 96
+    assert not {p.id for p in train} & {p.id for p in evaluation}
+    # no training prompt is a tune or test prompt, nor a near copy of one (content words)
+    worst = max(len(_content(t.text) & _content(e.text)) / len(_content(t.text) | _content(e.text))
+                for t in train for e in evaluation)
+    assert worst < 0.4, worst
+    texts = [p.text for p in train]
+    assert Counter(judge.predict(texts))["neutral"] / len(texts) >= 0.85
+    assert Counter(lexicon.predict(texts))["neutral"] / len(texts) >= 0.5
+
+
 def test_loader_errors(tmp_path):
     with pytest.raises(PromptsError, match="unknown split"):
-        load_prompts("train")
+        load_prompts("validation")
     bad = tmp_path / "p.jsonl"
     bad.write_text('{"id": "q-1", "text": "hi", "kind": "question", "split": "tune"}\n'
                    '{"id": "q-1", "text": "hi again", "kind": "question", "split": "test"}\n')

@@ -1,0 +1,117 @@
+"""Rejection-sampled teacher replies (the ``rsd-*`` objectives): what is kept, how it is sampled."""
+
+from __future__ import annotations
+
+import math
+
+import pandas as pd
+import pytest
+
+from steering.vector import SteeringError
+
+PROMPTS = ["How do plants get water?", "Describe a garden gate.", "I am at the bus stop."]
+
+
+def _fake_judging(monkeypatch, verdicts, seen):
+    """Replace the judging with ``verdicts[i] = (label, passed, echo, relevance)`` per sampled row."""
+    import steering.eval.score as S
+
+    def judge_replies(lm, prompts, replies, targets, *, judges, words, instructions, relevance, **kw):
+        seen.update(prompts=list(prompts), replies=list(replies), instructions=list(instructions),
+                    relevance=relevance, judges=dict(judges))
+        label, passed, echo, rel = zip(*verdicts[:len(replies)])
+        return pd.DataFrame({"prompt": prompts, "reply": replies, "target": targets,
+                             "label:teacher": label, "passed": passed, "echo": echo,
+                             "perplexity": 1.0, "relevance": rel})
+
+    monkeypatch.setattr(S, "judge_replies", judge_replies)
+
+
+def test_sampled_teacher_keeps_the_judged_emotion_on_topic_replies(tiny_qwen, tmp_path, monkeypatch):
+    import steering.inject as I
+    import steering.train.data as D
+    from steering.eval.baselines import prompt_arms
+
+    calls = []
+    real = I.generate_settings
+
+    def spy(lm, prompts, settings, **kw):
+        calls.append((list(prompts), kw))
+        out = real(lm, prompts, settings, **kw)
+        # distinct texts per row, so the de-duplication does not hide what was kept
+        return [[f"{t} reply {i}" for i, t in enumerate(out[0])]]
+
+    monkeypatch.setattr(I, "generate_settings", spy)
+    # 3 prompts x 3 samples; rows 0-2 prompt 0, 3-5 prompt 1, 6-8 prompt 2
+    verdicts = [("anger", True, False, 0.5), ("anger", True, False, 0.9), ("anger", True, False, 0.2),
+                ("joy", True, False, 0.9), ("anger", False, False, 0.9), ("anger", True, True, 0.9),
+                ("anger", True, False, -0.1), ("anger", True, False, 0.3), ("neutral", True, False, 1.0)]
+    seen: dict = {}
+    _fake_judging(monkeypatch, verdicts, seen)
+    judge = object()
+    out = D.sampled_teacher(tiny_qwen, PROMPTS, "anger", judge=judge, samples=3, keep=2,
+                            max_new_tokens=3, temperature=0.7, top_p=0.9, cache=tmp_path)
+    designed = next(a for a in prompt_arms("anger") if a.condition == "prompt-designed")
+    (rows, kw), = calls
+    assert rows == [p + designed.user_suffix for p in PROMPTS for _ in range(3)]
+    assert kw["system_prompt"] == designed.system_prompt and kw["do_sample"] is True
+    assert (kw["temperature"], kw["top_p"], kw["max_new_tokens"]) == (0.7, 0.9, 3)
+    assert seen["prompts"] == [p for p in PROMPTS for _ in range(3)]       # judged on the plain prompt
+    assert seen["relevance"] and set(seen["instructions"]) == {designed.instruction}
+    assert seen["judges"] == {"teacher": judge}
+    # prompt 0: all three accepted, the two most relevant kept (rows 1 then 0); prompt 1: none
+    # (wrong label, failed gate, echo); prompt 2: row 7 only (row 6 is off-topic, row 8 neutral)
+    r = seen["replies"]
+    assert out.prompts == [PROMPTS[0], PROMPTS[0], PROMPTS[2]]
+    assert out.replies == [r[1], r[0], r[7]]
+    assert out.meta["accepted"] == [3, 0, 1] and out.meta["prompts_kept"] == 2
+    assert math.isclose(out.meta["rate"], 4 / 9)
+    assert (out.system_prompt, out.user_suffix) == (designed.system_prompt, designed.user_suffix)
+    # cached: the same call does not sample again
+    monkeypatch.setattr(I, "generate_settings", lambda *a, **k: pytest.fail("sampled again"))
+    again = D.sampled_teacher(tiny_qwen, PROMPTS, "anger", judge=judge, samples=3, keep=2,
+                              max_new_tokens=3, temperature=0.7, top_p=0.9, cache=tmp_path)
+    assert again == out
+
+
+def test_sampled_teacher_refuses_when_nothing_is_kept_and_bad_settings(tiny_qwen, monkeypatch):
+    import steering.train.data as D
+
+    _fake_judging(monkeypatch, [("joy", True, False, 1.0)] * 6, {})
+    with pytest.raises(SteeringError, match="no sampled anger reply was accepted"):
+        D.sampled_teacher(tiny_qwen, PROMPTS[:2], "anger", judge=object(), samples=3, max_new_tokens=2)
+    for bad in ({"samples": 0}, {"keep": 0}, {"temperature": 0.0}, {"top_p": 1.5}):
+        with pytest.raises(SteeringError, match="sampled_teacher needs"):
+            D.sampled_teacher(tiny_qwen, PROMPTS, "anger", judge=object(), **bad)
+
+
+def test_sampling_is_seeded(tiny_qwen, monkeypatch):
+    import steering.train.data as D
+
+    seen: dict = {}
+    _fake_judging(monkeypatch, [("anger", True, False, 1.0)] * 12, seen)
+    a = D.sampled_teacher(tiny_qwen, PROMPTS[:2], "anger", judge=object(), samples=3, keep=3,
+                          max_new_tokens=6, seed=3)
+    first = list(seen["replies"])
+    D.sampled_teacher(tiny_qwen, PROMPTS[:2], "anger", judge=object(), samples=3, keep=3,
+                      max_new_tokens=6, seed=3)
+    assert seen["replies"] == first and a.replies
+    D.sampled_teacher(tiny_qwen, PROMPTS[:2], "anger", judge=object(), samples=3, keep=3,
+                      max_new_tokens=6, seed=4)
+    assert seen["replies"] != first   # another seed samples other tokens
+
+
+def test_rsd_data_maps_each_name_to_its_objective():
+    from steering.train.data import RSD_OBJECTIVES, SampledSet, rsd_data
+
+    s = SampledSet(prompts=["p0", "p0", "p1"], replies=["a", "b", "c"], emotion="anger",
+                   system_prompt="Be angry.", user_suffix=" (angry)", meta={})
+    data, obj = rsd_data("rsd-lm", s)
+    assert obj.name == "lm" and data.prompts == ["p0", "p0", "p1"] and data.replies == ["a", "b", "c"]
+    assert data.system_prompt is None                    # learnt from the plain prompt
+    data, obj = rsd_data("rsd-distill", s, plausible=0.2)
+    assert obj.name == "distill" and (obj.amplify, obj.plausible) == (0.0, 0.2)
+    assert (data.system_prompt, data.user_suffix) == ("Be angry.", " (angry)")   # the teacher
+    assert set(RSD_OBJECTIVES) == {"rsd-lm", "rsd-distill"}
+    with pytest.raises(SteeringError, match="unknown objective"):
+        rsd_data("rsd-x", s)
