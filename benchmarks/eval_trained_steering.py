@@ -62,6 +62,7 @@ from steering.eval.baselines import random_like
 from steering.eval.composite import CollapseConfig, JudgeRoles, judge_sources
 from steering.eval.grid import Arm, Decoding
 from steering.eval.prompts import NeutralPrompt, load_prompts
+from steering.eval.prompts import load_prompts as load_eval_prompts
 from steering.eval.protocol import spread
 from steering.eval.scorer import Scorer
 from steering.eval.trained import (
@@ -77,7 +78,6 @@ from steering.expression import expression_vectors, reply_activations
 from steering.inject import Setting
 from steering.judges.emotion import EMOTIONS, ClassifierJudge, LexiconJudge
 from steering.lowrank import load_steering
-from steering.eval.prompts import load_prompts as load_eval_prompts
 from steering.train.data import (
     RSD_OBJECTIVES,
     SEV_OBJECTIVES,

@@ -18,6 +18,8 @@ import argparse
 OBJECTIVES = ("distill-cd", "distill", "distill-amp", "distill-boot", "preference", "lm")
 #: ``steering.train.data.SEV_OBJECTIVES`` (trained on SEV's replies; need ``--sev``).
 SEV_OBJECTIVES = ("sev-preference", "sev-pref-lm", "sev-pref-lm-kl", "sev-lm")
+#: ``steering.train.data.RSD_OBJECTIVES`` (the model's own sampled replies, kept by ``--judge``).
+RSD_OBJECTIVES = ("rsd-lm", "rsd-distill")
 
 EPILOG = """\
 examples:
@@ -28,6 +30,8 @@ examples:
       --teacher-strength 0.25 --out runs/anger-boot   # the prompt + that vector, distilled
   probe steer-train --emotion anger --objective sev-pref-lm --sev ../shared/data/sev --out runs/anger-sev
   probe steer-train --emotion anger --rank 4 --out runs/anger-loreft   # a LoReFT edit of rank 4
+  probe steer-train --emotion fear --objective rsd-lm --judge ~/.cache/emoprobe/judges/select_dair_sev \
+      --out runs/fear-rsd        # the model's own sampled replies that the judge calls fearful
 
 objectives: distill (the steered model, given the plain prompt, matches the model given the
 designed prompt), distill-amp (that target sharpened away from the plain model, --amplify),
@@ -39,7 +43,12 @@ language-model loss); sev-preference, sev-pref-lm (the same plus the target repl
 --lm-weight), sev-pref-lm-kl (sev-pref-lm plus --kl-weight x KL(steered || unsteered) over the
 reply, a fluency term) and sev-lm learn from SEV's replies (Llama-3.2-3B answering a scenario + event in
 each emotion; --sev is the folder with sev.jsonl and sev_accepted.jsonl) instead of the model's
-own."""
+own; rsd-lm (language-model loss) and rsd-distill (distillation of the designed prompt) learn from
+the model's replies to the 96 training prompts (questions, requests, small talk, instructions),
+--samples per prompt sampled under the designed prompt and kept where --judge reads the emotion,
+the fluency gate passes and the reply stays on the prompt (rejection sampling). --judge is a
+judge artifact (scripts/build_judge.py); a judge that chose the training replies should not be
+the one you report with."""
 
 
 def add_parser(sub) -> dict:
@@ -53,12 +62,13 @@ def add_parser(sub) -> dict:
                        epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
     model_args(p)
     p.add_argument("--emotion", required=True, help="anger, disgust, fear, happiness, sadness or surprise")
-    p.add_argument("--objective", default="distill-cd", choices=OBJECTIVES + SEV_OBJECTIVES,
+    p.add_argument("--objective", default="distill-cd", choices=OBJECTIVES + SEV_OBJECTIVES + RSD_OBJECTIVES,
                    help="what the vector is trained for (default: %(default)s)")
     p.add_argument("--layers", default="6,9,12,15", help="residual-stream layers steered (default: %(default)s)")
     p.add_argument("--steps", type=int, default=20, help="Adam steps (default: %(default)s)")
-    p.add_argument("--prompts", type=int, default=40,
-                   help="training prompts, of the 64 neutral emotion-scenarios items (default: %(default)s)")
+    p.add_argument("--prompts", type=int, default=None,
+                   help="training prompts: the first N of the 64 neutral emotion-scenarios items "
+                        "(default 40), or for rsd-* of the 96 training prompts (default all)")
     p.add_argument("--amplify", type=float, default=2.0, help="distill-amp/-cd sharpening (default: %(default)s)")
     p.add_argument("--plausible", type=float, default=0.1,
                    help="distill-cd: keep tokens with p >= this x max p (default: %(default)s)")
@@ -80,6 +90,15 @@ def add_parser(sub) -> dict:
     p.add_argument("--skip-opening", type=int, default=0,
                    help="sev-*: leave each reply's first N tokens out of the loss, so the vector does "
                         "not learn SEV's stock openings (default: %(default)s)")
+    p.add_argument("--judge", default=None,
+                   help="rsd-*: the judge artifact that keeps the sampled replies expressing the emotion "
+                        "(path without suffix, from scripts/build_judge.py)")
+    p.add_argument("--samples", type=int, default=4,
+                   help="rsd-*: replies sampled per training prompt (default: %(default)s)")
+    p.add_argument("--keep", type=int, default=2,
+                   help="rsd-*: kept replies per prompt at most, the most relevant (default: %(default)s)")
+    p.add_argument("--temperature", type=float, default=0.8,
+                   help="rsd-*: sampling temperature (default: %(default)s)")
     p.add_argument("--rank", type=int, default=0,
                    help="0: a steering vector (one direction per layer); R >= 1: a LoReFT low-rank "
                         "intervention of rank R per layer, an edit that depends on the token's state "
@@ -96,7 +115,14 @@ def cmd_steer_train(args) -> int:
     from steering.expression import model_expression_directions
     from steering.judges.emotion import EMOTIONS
     from steering.prompted import default_prompts
-    from steering.train.data import objective_data, sev_reply_data, steered_teacher, teacher_replies
+    from steering.train.data import (
+        objective_data,
+        rsd_data,
+        sampled_teacher,
+        sev_reply_data,
+        steered_teacher,
+        teacher_replies,
+    )
     from steering.train.trainer import TrainConfig, train_vector
     from steering.vector import SteeringError, SteeringVector
 
@@ -106,8 +132,17 @@ def cmd_steer_train(args) -> int:
         layers = tuple(int(x) for x in args.layers.split(","))
     except ValueError:
         raise SteeringError(f"--layers takes comma-separated integers, e.g. 6,9,12,15; got {args.layers!r}") from None
-    if args.steps < 1 or args.prompts < 2 or args.rank < 0:
+    rsd = args.objective in RSD_OBJECTIVES
+    n_prompts = args.prompts if args.prompts is not None else (96 if rsd else 40)
+    if args.steps < 1 or n_prompts < 2 or args.rank < 0:
         raise SteeringError("--steps must be >= 1, --prompts >= 2 and --rank >= 0")
+    if rsd != (args.judge is not None):
+        raise SteeringError("the rsd-* objectives keep the sampled replies a judge reads as the emotion "
+                            "and take --judge PATH (build one: python scripts/build_judge.py --out PATH); "
+                            "the other objectives take no --judge")
+    if rsd and not (args.samples >= 1 and args.keep >= 1 and args.temperature > 0):
+        raise SteeringError(f"--samples and --keep must be >= 1 and --temperature > 0; got "
+                            f"{args.samples}, {args.keep}, {args.temperature}")
     boot = args.objective == "distill-boot"
     if boot != (args.teacher_vector is not None) or boot != (args.teacher_strength is not None):
         raise SteeringError("--objective distill-boot takes --teacher-vector FILE and --teacher-strength S "
@@ -133,11 +168,16 @@ def cmd_steer_train(args) -> int:
         data, obj = sev_reply_data(args.objective, args.emotion, args.sev, n=args.sev_skeletons,
                                    lm_weight=args.lm_weight, skip_opening=args.skip_opening,
                                    kl_weight=args.kl_weight)
+    judge = None
+    if rsd:   # read (and check) the judge before the model loads
+        from steering.judges.emotion import ClassifierJudge
+
+        judge = ClassifierJudge.load(args.judge)
     lm = load_model(args)
     bad = [L for L in layers if not 0 <= L < lm.n_layers]
     if bad:
         raise SteeringError(f"--layers {bad} out of range: {lm.spec.alias} has layers 0-{lm.n_layers - 1}")
-    prompts = default_prompts()[:args.prompts]
+    prompts = default_prompts()[:args.prompts or 40]
     log = print if not getattr(args, "quiet", False) else None
     teach = teacher_replies(lm, prompts, EMOTIONS, max_new_tokens=40,
                             cache=cache_root() / lm.spec.alias, log=log)
@@ -152,7 +192,15 @@ def cmd_steer_train(args) -> int:
     else:
         start = model_expression_directions(lm, layers=layers, emotions=EMOTIONS, prompts=prompts,
                                             log=log)[e]
-    if not sev:
+    if rsd:
+        from steering.eval.prompts import load_prompts
+
+        sampled = sampled_teacher(lm, [p.text for p in load_prompts("train")][:n_prompts], e,
+                                  judge=judge, samples=args.samples, keep=args.keep,
+                                  temperature=args.temperature, cache=cache_root() / lm.spec.alias,
+                                  log=log)
+        data, obj = rsd_data(name, sampled, plausible=args.plausible)
+    elif not sev:
         data, obj = objective_data(name, e, teach, amplify=args.amplify, plausible=args.plausible,
                                    **extra)
     cfg = TrainConfig(layers=layers, steps=args.steps, batch_size=8, lr=0.02, init_strength=1.0,

@@ -322,8 +322,8 @@ def sampled_teacher(lm, prompts: Sequence[str], emotion: str, *, judge, samples:
                             f"0 < top_p <= 1; got {samples}, {keep}, {temperature}, {top_p}")
     prompts = list(prompts)
     arm = next(a for a in prompt_arms(emotion) if a.condition == "prompt-designed")
-    settings = dict(samples=samples, keep=keep, temperature=temperature, top_p=top_p,
-                    max_new_tokens=max_new_tokens, seed=seed)
+    settings = {"samples": samples, "keep": keep, "temperature": temperature, "top_p": top_p,
+                "max_new_tokens": max_new_tokens, "seed": seed}
     sources = sorted((getattr(judge, "meta", None) or {}).get("training", {}).get("sources", ()))
     path = _cache_file(cache, f"sampled-{emotion}", [lm.fingerprint, prompts, settings,
                                                       arm.system_prompt, arm.user_suffix, sources,

@@ -29,8 +29,9 @@ def test_prompts_are_neutral_by_both_judges(judge, lexicon):
 
 
 def _content(text):
-    stop = set("a an the of to in on at for and or is are do does how what why which you your i me "
-               "my this that these with it be into from by".split())
+    stop = {"a", "an", "the", "of", "to", "in", "on", "at", "for", "and", "or", "is", "are", "do",
+            "does", "how", "what", "why", "which", "you", "your", "i", "me", "my", "this", "that",
+            "these", "with", "it", "be", "into", "from", "by"}
     return set(re.findall(r"[a-z]+", text.lower())) - stop
 
 

@@ -115,3 +115,39 @@ def test_rsd_data_maps_each_name_to_its_objective():
     assert set(RSD_OBJECTIVES) == {"rsd-lm", "rsd-distill"}
     with pytest.raises(SteeringError, match="unknown objective"):
         rsd_data("rsd-x", s)
+
+
+def test_steer_train_rsd_samples_keeps_and_trains(capsys, tiny_dir, tmp_path, monkeypatch):
+    """``probe steer-train --objective rsd-lm``: --judge is required (and refused elsewhere); the
+    replies are sampled on the training prompts, kept by the judge, and a vector is trained."""
+    from probe.cli import main
+    from steering.judges.emotion import ARTIFACT_DIR, ARTIFACT_NAME
+    from steering.train import cli as train_cli
+    from steering.train.data import RSD_OBJECTIVES
+    from steering.vector import SteeringVector
+
+    def run(*argv):
+        code = main([str(a) for a in argv])
+        out = capsys.readouterr()
+        return code, out.out, out.err
+
+    assert train_cli.RSD_OBJECTIVES == RSD_OBJECTIVES
+    monkeypatch.setenv("EMOPROBE_CACHE", str(tmp_path / "cache"))
+    model, judge = str(tiny_dir / "llama"), ARTIFACT_DIR / ARTIFACT_NAME
+    base = ["steer-train", "--model", model, "--emotion", "fear", "--layers", "0,1", "--steps", "2"]
+    for bad, msg in ((["--objective", "rsd-lm"], "take --judge PATH"), (["--judge", judge], "take no --judge"),
+                     (["--objective", "rsd-lm", "--judge", judge, "--samples", "0"], "--samples and --keep"),
+                     (["--objective", "rsd-lm", "--judge", tmp_path / "none"], "judge artifact incomplete")):
+        code, _, err = run(*base, "--out", tmp_path / "x", *bad)
+        assert code == 2 and msg in err, err
+    # a random tiny model's samples fail the fluency gate: nothing is kept, and it says so
+    code, _, err = run(*base, "--objective", "rsd-lm", "--judge", judge, "--prompts", "3",
+                       "--samples", "2", "--keep", "1", "--out", tmp_path / "x")
+    assert code == 2 and "no sampled fear reply was accepted (6 sampled)" in err, err
+    # with every sample accepted, the vector trains on them
+    _fake_judging(monkeypatch, [("fear", True, False, 1.0)] * 6, {})
+    code, _, err = run(*base, "--objective", "rsd-lm", "--judge", judge, "--prompts", "3",
+                          "--samples", "2", "--keep", "1", "--out", tmp_path / "fear-rsd")
+    assert code == 0, err
+    vec = SteeringVector.load(tmp_path / "fear-rsd")
+    assert vec.meta["method"] == "trained-rsd-lm" and vec.meta["train"]["rows"] == 3   # 1 per prompt
