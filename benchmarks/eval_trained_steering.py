@@ -62,7 +62,6 @@ from steering.eval.baselines import random_like
 from steering.eval.composite import CollapseConfig, JudgeRoles, judge_sources
 from steering.eval.grid import Arm, Decoding
 from steering.eval.prompts import NeutralPrompt, load_prompts
-from steering.eval.prompts import load_prompts as load_eval_prompts
 from steering.eval.protocol import spread
 from steering.eval.scorer import Scorer
 from steering.eval.trained import (
@@ -175,14 +174,13 @@ def main(argv=None) -> None:
     data = Path(args.data)
 
     select = ClassifierJudge.load(args.select_judge)
+    bases = {parse_name(o)[0] for o in args.objectives.split(",")}
     report = {"classifier": ClassifierJudge.load(), "lexicon": LexiconJudge.load(data / "lexicons")}
     JudgeRoles(selection=("select", select), report=report,
                fitted_on={n: judge_sources(j) for n, j in report.items()},
                trained_on={"sev-scenarios", "smollm2-own-replies"}
-               | ({"sev-replies"} if any(parse_name(o)[0] in SEV_OBJECTIVES
-                                         for o in args.objectives.split(",")) else set())
-               | ({"steering-train-prompts"} if any(parse_name(o)[0] in RSD_OBJECTIVES
-                                                    for o in args.objectives.split(",")) else set()))
+               | ({"sev-replies"} if bases & set(SEV_OBJECTIVES) else set())
+               | ({"steering-train-prompts"} if bases & set(RSD_OBJECTIVES) else set()))
     lm = load_model("smollm2-135m")
     decoding = Decoding(max_new_tokens=args.max_new_tokens)
     t0 = time.perf_counter()
@@ -250,7 +248,7 @@ def train_all(lm, emotion, teach, expr, layers, args, out, names=None, have=None
         base, skip, rank = parse_name(name)
         if base in RSD_OBJECTIVES:   # own sampled replies to the training prompts, judge-filtered
             try:
-                sampled = sampled_teacher(lm, [p.text for p in load_eval_prompts("train")], emotion,
+                sampled = sampled_teacher(lm, [p.text for p in load_prompts("train")], emotion,
                                           judge=select, samples=args.rsd_samples, keep=args.rsd_keep,
                                           temperature=args.rsd_temperature, cache="runs/teacher",
                                           log=log)

@@ -68,7 +68,8 @@ def add_parser(sub) -> dict:
     p.add_argument("--steps", type=int, default=20, help="Adam steps (default: %(default)s)")
     p.add_argument("--prompts", type=int, default=None,
                    help="training prompts: the first N of the 64 neutral emotion-scenarios items "
-                        "(default 40), or for rsd-* of the 96 training prompts (default all)")
+                        "(default 40; they also give the starting direction), and for rsd-* the first "
+                        "N of the 96 training prompts (default all 96)")
     p.add_argument("--amplify", type=float, default=2.0, help="distill-amp/-cd sharpening (default: %(default)s)")
     p.add_argument("--plausible", type=float, default=0.1,
                    help="distill-cd: keep tokens with p >= this x max p (default: %(default)s)")

@@ -313,6 +313,7 @@ def sampled_teacher(lm, prompts: Sequence[str], emotion: str, *, judge, samples:
     import numpy as np
     import torch
 
+    from steering.eval.composite import judge_sources
     from steering.eval.score import judge_replies
     from steering.inject import generate_settings
     from steering.judges.emotion import ClassifierJudge
@@ -324,7 +325,7 @@ def sampled_teacher(lm, prompts: Sequence[str], emotion: str, *, judge, samples:
     arm = next(a for a in prompt_arms(emotion) if a.condition == "prompt-designed")
     settings = {"samples": samples, "keep": keep, "temperature": temperature, "top_p": top_p,
                 "max_new_tokens": max_new_tokens, "seed": seed}
-    sources = sorted((getattr(judge, "meta", None) or {}).get("training", {}).get("sources", ()))
+    sources = sorted(judge_sources(judge))
     path = _cache_file(cache, f"sampled-{emotion}", [lm.fingerprint, prompts, settings,
                                                       arm.system_prompt, arm.user_suffix, sources,
                                                       getattr(judge, "name", type(judge).__name__)])
