@@ -38,7 +38,9 @@ ending in ``-r<R>`` (``sev-lm-r4``) trains a LoReFT low-rank intervention of ran
 (``load_prompts("train")``: the evaluation's kinds, none of its prompts), sampled under the
 designed prompt and kept where the *selection* judge reads the emotion and the reply stays on the
 prompt (``steering.train.data.sampled_teacher``; ``--rsd-samples``, ``--rsd-keep``,
-``--rsd-temperature``); an emotion with no kept reply gets no such candidate.
+``--rsd-temperature``; ``--rsd-max-opening M`` keeps at most ``M`` kept replies per three-word
+opening, ``steering.train.data.cap_openings``); an emotion with no kept reply gets no such
+candidate. ``rsd-distill-skip6`` leaves the first 6 reply tokens out of the distillation too.
 
     python benchmarks/eval_trained_steering.py --emotions anger,sadness --out runs/trained
 """
@@ -80,6 +82,7 @@ from steering.lowrank import load_steering
 from steering.train.data import (
     RSD_OBJECTIVES,
     SEV_OBJECTIVES,
+    cap_openings,
     objective_data,
     rsd_data,
     sampled_teacher,
@@ -133,6 +136,8 @@ def main(argv=None) -> None:
     ap.add_argument("--rsd-keep", type=int, default=2,
                     help="rsd-*: at most this many kept replies per training prompt (most relevant)")
     ap.add_argument("--rsd-temperature", type=float, default=0.8)
+    ap.add_argument("--rsd-max-opening", type=int, default=0,
+                    help="rsd-*: at most this many kept replies per three-word opening (0: no cap)")
     ap.add_argument("--rule", choices=(*RULES, "both"), default="composite",
                     help="selection rule: the composite (AxBench), the gated expression rate "
                          "(composite breaking ties), or both side by side")
@@ -256,9 +261,11 @@ def train_all(lm, emotion, teach, expr, layers, args, out, names=None, have=None
                 log(f"{emotion}: no {name} candidate: {exc}")
                 logs[name] = {"skipped": str(exc)}
                 continue
-            data, obj = rsd_data(base, sampled, plausible=args.plausible)
+            sampled = cap_openings(sampled, args.rsd_max_opening)
+            data, obj = rsd_data(base, sampled, plausible=args.plausible, skip_opening=skip)
             log(f"{emotion}: {name} trains on {len(sampled.replies)} kept replies "
-                f"({sampled.meta['prompts_kept']} prompts, acceptance {sampled.meta['rate']:.2f})")
+                f"(of {sampled.meta.get('before_cap', len(sampled.replies))} before the opening cap; "
+                f"{sampled.meta['prompts_kept']} prompts, acceptance {sampled.meta['rate']:.2f})")
         elif base in SEV_OBJECTIVES:   # SEV's own replies (skeletons 0..n-1; tune uses 140..)
             data, obj = sev_reply_data(base, emotion, Path(args.data) / "sev", n=args.sev_skeletons,
                                        offset=args.sev_offset, lm_weight=args.lm_weight,

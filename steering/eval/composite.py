@@ -110,9 +110,15 @@ class CollapseConfig:
     max_phrase_share: float | None = None
 
 
+def opening(reply: str, k: int = 4) -> str:
+    """A reply's first ``k`` words, lower-cased and without punctuation (what the template gate
+    compares)."""
+    return " ".join(_WORDS.findall(reply.lower())[:k])
+
+
 def opening_share(replies: Sequence[str], k: int = 4) -> float:
     """Share of replies that open with the most common first ``k`` words (0 if none is shared)."""
-    heads = [" ".join(_WORDS.findall(r.lower())[:k]) for r in replies]
+    heads = [opening(r, k) for r in replies]
     heads = [h for h in heads if h]
     if not heads:
         return 1.0

@@ -89,8 +89,11 @@ def add_parser(sub) -> dict:
                    help="sev-pref-lm-kl: weight of KL(steered || unsteered) over the target reply's "
                         "tokens (default: %(default)s)")
     p.add_argument("--skip-opening", type=int, default=0,
-                   help="sev-*: leave each reply's first N tokens out of the loss, so the vector does "
-                        "not learn SEV's stock openings (default: %(default)s)")
+                   help="sev-*, rsd-*: leave each reply's first N tokens out of the loss, so the vector "
+                        "does not learn the replies' stock openings (default: %(default)s)")
+    p.add_argument("--max-opening", type=int, default=0,
+                   help="rsd-*: keep at most N kept replies per three-word opening (0: no cap; "
+                        "default: %(default)s)")
     p.add_argument("--judge", default=None,
                    help="rsd-*: the judge artifact that keeps the sampled replies expressing the emotion "
                         "(path without suffix, from scripts/build_judge.py)")
@@ -117,6 +120,7 @@ def cmd_steer_train(args) -> int:
     from steering.judges.emotion import EMOTIONS
     from steering.prompted import default_prompts
     from steering.train.data import (
+        cap_openings,
         objective_data,
         rsd_data,
         sampled_teacher,
@@ -141,9 +145,13 @@ def cmd_steer_train(args) -> int:
         raise SteeringError("the rsd-* objectives keep the sampled replies a judge reads as the emotion "
                             "and take --judge PATH (build one: python scripts/build_judge.py --out PATH); "
                             "the other objectives take no --judge")
-    if rsd and not (args.samples >= 1 and args.keep >= 1 and args.temperature > 0):
-        raise SteeringError(f"--samples and --keep must be >= 1 and --temperature > 0; got "
-                            f"{args.samples}, {args.keep}, {args.temperature}")
+    if rsd and not (args.samples >= 1 and args.keep >= 1 and args.temperature > 0
+                    and args.max_opening >= 0 and args.skip_opening >= 0):
+        raise SteeringError(f"--samples and --keep must be >= 1, --temperature > 0, --max-opening and "
+                            f"--skip-opening >= 0; got {args.samples}, {args.keep}, {args.temperature}, "
+                            f"{args.max_opening}, {args.skip_opening}")
+    if not rsd and args.max_opening:
+        raise SteeringError("--max-opening is for the rsd-* objectives")
     boot = args.objective == "distill-boot"
     if boot != (args.teacher_vector is not None) or boot != (args.teacher_strength is not None):
         raise SteeringError("--objective distill-boot takes --teacher-vector FILE and --teacher-strength S "
@@ -160,8 +168,8 @@ def cmd_steer_train(args) -> int:
             if not v >= low]
         if bad:
             raise SteeringError("these must be: " + "; ".join(bad))
-    if not sev and args.skip_opening:
-        raise SteeringError("--skip-opening is for the sev-* objectives")
+    if not (sev or rsd) and args.skip_opening:
+        raise SteeringError("--skip-opening is for the sev-* and rsd-* objectives")
     out = Path(args.out)
     if out.with_suffix(".safetensors").exists():
         raise SteeringError(f"{out.with_suffix('.safetensors')} exists; choose another --out")
@@ -200,7 +208,8 @@ def cmd_steer_train(args) -> int:
                                   judge=judge, samples=args.samples, keep=args.keep,
                                   temperature=args.temperature, cache=cache_root() / lm.spec.alias,
                                   log=log)
-        data, obj = rsd_data(name, sampled, plausible=args.plausible)
+        sampled = cap_openings(sampled, args.max_opening)
+        data, obj = rsd_data(name, sampled, plausible=args.plausible, skip_opening=args.skip_opening)
     elif not sev:
         data, obj = objective_data(name, e, teach, amplify=args.amplify, plausible=args.plausible,
                                    **extra)

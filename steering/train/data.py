@@ -369,11 +369,51 @@ def sampled_teacher(lm, prompts: Sequence[str], emotion: str, *, judge, samples:
     return out
 
 
-def rsd_data(name: str, sampled: SampledSet, *, plausible: float = 0.1):
-    """``(PairData, objective)`` of one of :data:`RSD_OBJECTIVES` on ``sampled``'s kept replies."""
+def cap_openings(sampled: SampledSet, max_per_opening: int, *, words: int = 3) -> SampledSet:
+    """``sampled`` with at most ``max_per_opening`` kept replies per opening (first ``words``
+    words, as the template gate reads them), so a vector trained on it is not taught one stock
+    opening (68 of 127 kept fear replies said "I'm afraid", 25 opened with it).
+
+    Which replies stay: every prompt's most relevant reply first, then every prompt's second
+    (the order :func:`sampled_teacher` keeps them in), each while its opening has room; the
+    result keeps the prompts' order. ``max_per_opening`` 0 returns ``sampled`` unchanged.
+    """
+    from steering.eval.composite import opening
+
+    if max_per_opening < 0 or words < 1:
+        raise SteeringError(f"cap_openings needs max_per_opening >= 0 and words >= 1; got "
+                            f"{max_per_opening}, {words}")
+    if not max_per_opening:
+        return sampled
+    rank, prev = [], None
+    for p in sampled.prompts:   # each reply's rank among its prompt's kept replies
+        rank.append(rank[-1] + 1 if p == prev else 0)
+        prev = p
+    used: dict[str, int] = {}
+    keep = set()
+    for i in sorted(range(len(rank)), key=lambda i: (rank[i], i)):
+        head = opening(sampled.replies[i], words)
+        if used.get(head, 0) < max_per_opening:
+            used[head] = used.get(head, 0) + 1
+            keep.add(i)
+    idx = sorted(keep)
+    return SampledSet(prompts=[sampled.prompts[i] for i in idx],
+                      replies=[sampled.replies[i] for i in idx], emotion=sampled.emotion,
+                      system_prompt=sampled.system_prompt, user_suffix=sampled.user_suffix,
+                      meta={**sampled.meta, "max_per_opening": max_per_opening,
+                            "opening_words": words, "before_cap": len(sampled.replies)})
+
+
+def rsd_data(name: str, sampled: SampledSet, *, plausible: float = 0.1, skip_opening: int = 0):
+    """``(PairData, objective)`` of one of :data:`RSD_OBJECTIVES` on ``sampled``'s kept replies;
+    ``skip_opening``: each reply's first tokens stay in the input and out of the loss."""
     if name not in RSD_OBJECTIVES:
         raise SteeringError(f"unknown objective {name!r}; choose from {', '.join(RSD_OBJECTIVES)}")
+    if skip_opening < 0:
+        raise SteeringError(f"skip_opening must be >= 0, got {skip_opening}")
     if name == "rsd-lm":
-        return PairData(sampled.prompts, sampled.replies), objective("lm")
+        return (PairData(sampled.prompts, sampled.replies, skip_reply_tokens=skip_opening),
+                objective("lm"))
     return (PairData(sampled.prompts, sampled.replies, system_prompt=sampled.system_prompt,
-                     user_suffix=sampled.user_suffix), objective("distill", plausible=plausible))
+                     user_suffix=sampled.user_suffix, skip_reply_tokens=skip_opening),
+            objective("distill", plausible=plausible))

@@ -58,7 +58,7 @@ class PairData:
     instruction (added at ``last-prompt+generated`` in ``rms`` units, as ``probe steer``),
     for distilling an instruction + steering teacher into a vector alone.
     ``skip_reply_tokens``: reply tokens at the start of each reply (and contrast reply) left
-    out of the loss (:func:`~steering.train.batching.pair_batch`); preference and LM only.
+    out of the loss (:func:`~steering.train.batching.pair_batch`); every objective.
     """
 
     prompts: list[str]
@@ -150,9 +150,6 @@ class Distill:
         if not 0.0 <= self.plausible < 1.0 or self.amplify < 0:
             raise SteeringError(f"distillation needs amplify >= 0 and 0 <= plausible < 1; got "
                                 f"amplify={self.amplify}, plausible={self.plausible}")
-        if data.skip_reply_tokens:
-            raise SteeringError("distillation scores every reply token; skip_reply_tokens is for the "
-                                "preference and LM objectives")
         if data.system_prompt is None and not data.user_suffix and data.teacher_vector is None:
             raise SteeringError("distillation needs a teacher that differs from the plain model: "
                                 "an instruction (system_prompt and/or user_suffix) or a "
@@ -169,9 +166,8 @@ class Distill:
                     s = data.batch(lm, rows)
                     ls = torch.log_softmax(s.reply_logits(lm.model(**s.inputs).logits).float(), -1)
                     lt = amplified_target(lt, ls, self.amplify, self.plausible)
-                for j in range(len(rows)):
-                    n = int(t.reply_mask[j].sum())
-                    self._target.append(lt[j, :n].to(torch.bfloat16))
+                for j in range(len(rows)):   # the scored tokens (all but a skipped opening)
+                    self._target.append(lt[j, t.reply_mask[j]].to(torch.bfloat16))
 
     def loss(self, lm, forward: Forward, data: PairData, rows: Sequence[int]) -> Tensor:
         b = data.batch(lm, rows)
@@ -179,9 +175,8 @@ class Distill:
         total, count = ls.new_zeros(()), 0
         for j, i in enumerate(rows):
             lt = self._target[i].float()
-            n = lt.shape[0]
-            total = total + (lt.exp() * (lt - ls[j, :n])).sum()
-            count += n
+            total = total + (lt.exp() * (lt - ls[j, b.reply_mask[j]])).sum()
+            count += lt.shape[0]
         return total / count
 
 

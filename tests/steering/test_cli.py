@@ -416,7 +416,7 @@ def test_steer_train_writes_a_vector_that_steer_applies_at_its_own_layers(capsys
     assert p.meta["train"]["rows"] == 12
     code, _, err = _run(capsys, "steer-train", "--model", model, "--emotion", "anger", "--skip-opening", "2",
                         "--out", tmp_path / "z")
-    assert code == 2 and "--skip-opening is for the sev-* objectives" in err, err
+    assert code == 2 and "--skip-opening is for the sev-* and rsd-* objectives" in err, err
 
 
 def test_steer_header_names_the_layers_a_vector_steers():

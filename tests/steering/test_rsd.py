@@ -115,6 +115,34 @@ def test_rsd_data_maps_each_name_to_its_objective():
     assert set(RSD_OBJECTIVES) == {"rsd-lm", "rsd-distill"}
     with pytest.raises(SteeringError, match="unknown objective"):
         rsd_data("rsd-x", s)
+    for name in RSD_OBJECTIVES:   # a skipped opening reaches the data of both objectives
+        assert rsd_data(name, s, skip_opening=3)[0].skip_reply_tokens == 3
+    with pytest.raises(SteeringError, match="skip_opening must be >= 0"):
+        rsd_data("rsd-lm", s, skip_opening=-1)
+
+
+def test_cap_openings_spreads_the_cap_over_prompts_by_rank():
+    from steering.train.data import SampledSet, cap_openings
+
+    # p0..p3 kept two replies each, most relevant first; five open "I'm afraid of", in any case
+    # and punctuation
+    replies = ["I'm afraid of the dark.", "Oh no, a storm!",
+               "(I'm afraid of spiders.)", "i'm AFRAID OF heights",
+               "Well, that is scary.", "I'm afraid of the sea.",
+               "I'm afraid of clocks.", "Yikes, what a noise."]
+    s = SampledSet(prompts=[f"p{i // 2}" for i in range(8)], replies=replies, emotion="fear",
+                   system_prompt="Be afraid.", user_suffix="", meta={"rate": 0.5})
+    out = cap_openings(s, 2)
+    # first ranks first: p0's, p1's and p3's first replies are "I'm afraid of": p0 and p1 take
+    # the two places, p3's first and every second one is dropped
+    assert out.replies == ["I'm afraid of the dark.", "Oh no, a storm!", "(I'm afraid of spiders.)",
+                           "Well, that is scary.", "Yikes, what a noise."]
+    assert out.prompts == ["p0", "p0", "p1", "p2", "p3"]
+    assert out.meta["before_cap"] == 8 and out.meta["max_per_opening"] == 2 and out.meta["rate"] == 0.5
+    assert cap_openings(s, 0) is s
+    assert len(cap_openings(s, 1, words=1).replies) == 4   # one each of "i'm", "oh", "well", "yikes"
+    with pytest.raises(SteeringError, match="max_per_opening >= 0"):
+        cap_openings(s, -1)
 
 
 def test_steer_train_rsd_samples_keeps_and_trains(capsys, tiny_dir, tmp_path, monkeypatch):

@@ -421,9 +421,20 @@ def test_skipped_opening_tokens_stay_in_the_input_but_out_of_the_loss(tiny_qwen,
         want = -torch.stack([tok[i, 3:int(n[i])].mean() for i in range(len(PROMPTS))]).mean()
         got = objective("lm").loss(lm, forward, data, [0, 1, 2, 3])
     assert float(got) == pytest.approx(float(want), rel=1e-5)
-    with pytest.raises(SteeringError, match="skip_reply_tokens is for the preference and LM"):
-        objective("distill").prepare(lm, PairData(list(PROMPTS), list(REPLIES), system_prompt="Be angry.",
-                                                  skip_reply_tokens=2))
+    # distillation then matches the teacher only after each reply's first 2 tokens: the KL
+    # summed over the remaining tokens of every reply, divided by their count
+    dist = PairData(list(PROMPTS), list(REPLIES), system_prompt="Be angry.", skip_reply_tokens=2)
+    obj = objective("distill")
+    obj.prepare(lm, dist)
+    assert [t.shape[0] for t in obj._target] == [int(k) - 2 for k in n]
+    teach = pair_batch(lm, PROMPTS, REPLIES, system_prompt="Be angry.")
+    with torch.no_grad():
+        lt = torch.log_softmax(teach.reply_logits(lm.model(**teach.inputs).logits).float(), -1)
+        kl = [(lt[i, 2:int(n[i])].exp() * (lt[i, 2:int(n[i])] - lp[i, 2:int(n[i])])).sum()
+              for i in range(len(PROMPTS))]
+        want = torch.stack(kl).sum() / int((n - 2).sum())
+        got = obj.loss(lm, forward, dist, [0, 1, 2, 3])
+    assert float(got) == pytest.approx(float(want), rel=2e-2, abs=1e-4)   # targets kept in bfloat16
     with pytest.raises(SteeringError, match=">= 0"):
         pair_batch(lm, PROMPTS, REPLIES, skip_reply_tokens=-1)
     assert data.skip_reply_tokens == 3
