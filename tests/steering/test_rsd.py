@@ -165,6 +165,8 @@ def test_steer_train_rsd_samples_keeps_and_trains(capsys, tiny_dir, tmp_path, mo
     base = ["steer-train", "--model", model, "--emotion", "fear", "--layers", "0,1", "--steps", "2"]
     for bad, msg in ((["--objective", "rsd-lm"], "take --judge PATH"), (["--judge", judge], "take no --judge"),
                      (["--objective", "rsd-lm", "--judge", judge, "--samples", "0"], "--samples and --keep"),
+                     (["--objective", "rsd-lm", "--judge", judge, "--max-opening", "-1"], "--max-opening and"),
+                     (["--max-opening", "2"], "--max-opening is for the rsd-* objectives"),
                      (["--objective", "rsd-lm", "--judge", tmp_path / "none"], "judge artifact incomplete")):
         code, _, err = run(*base, "--out", tmp_path / "x", *bad)
         assert code == 2 and msg in err, err
@@ -179,3 +181,14 @@ def test_steer_train_rsd_samples_keeps_and_trains(capsys, tiny_dir, tmp_path, mo
     assert code == 0, err
     vec = SteeringVector.load(tmp_path / "fear-rsd")
     assert vec.meta["method"] == "trained-rsd-lm" and vec.meta["train"]["rows"] == 3   # 1 per prompt
+    # --max-opening and --skip-opening reach the cap and the training data
+    import steering.train.data as D
+    seen = {}
+    cap, rsd = D.cap_openings, D.rsd_data
+    monkeypatch.setattr(D, "cap_openings", lambda s, m: seen.update(cap=m) or cap(s, m))
+    monkeypatch.setattr(D, "rsd_data", lambda *a, **k: seen.update(skip=k["skip_opening"]) or rsd(*a, **k))
+    code, _, err = run(*base, "--objective", "rsd-distill", "--judge", judge, "--prompts", "3",
+                       "--samples", "2", "--keep", "1", "--max-opening", "5", "--skip-opening", "2",
+                       "--out", tmp_path / "fear-rsd-capped")
+    assert code == 0, err
+    assert seen == {"cap": 5, "skip": 2}
