@@ -82,7 +82,6 @@ from steering.lowrank import load_steering
 from steering.train.data import (
     RSD_OBJECTIVES,
     SEV_OBJECTIVES,
-    cap_openings,
     objective_data,
     rsd_data,
     sampled_teacher,
@@ -261,10 +260,10 @@ def train_all(lm, emotion, teach, expr, layers, args, out, names=None, have=None
                 log(f"{emotion}: no {name} candidate: {exc}")
                 logs[name] = {"skipped": str(exc)}
                 continue
-            sampled = cap_openings(sampled, args.rsd_max_opening)
-            data, obj = rsd_data(base, sampled, plausible=args.plausible, skip_opening=skip)
-            log(f"{emotion}: {name} trains on {len(sampled.replies)} kept replies "
-                f"(of {sampled.meta.get('before_cap', len(sampled.replies))} before the opening cap; "
+            data, obj = rsd_data(base, sampled, plausible=args.plausible, skip_opening=skip,
+                                 max_opening=args.rsd_max_opening)
+            log(f"{emotion}: {name} trains on {len(data)} kept replies "
+                f"(of {len(sampled.replies)} before the opening cap; "
                 f"{sampled.meta['prompts_kept']} prompts, acceptance {sampled.meta['rate']:.2f})")
         elif base in SEV_OBJECTIVES:   # SEV's own replies (skeletons 0..n-1; tune uses 140..)
             data, obj = sev_reply_data(base, emotion, Path(args.data) / "sev", n=args.sev_skeletons,

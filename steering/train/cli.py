@@ -120,7 +120,6 @@ def cmd_steer_train(args) -> int:
     from steering.judges.emotion import EMOTIONS
     from steering.prompted import default_prompts
     from steering.train.data import (
-        cap_openings,
         objective_data,
         rsd_data,
         sampled_teacher,
@@ -208,8 +207,8 @@ def cmd_steer_train(args) -> int:
                                   judge=judge, samples=args.samples, keep=args.keep,
                                   temperature=args.temperature, cache=cache_root() / lm.spec.alias,
                                   log=log)
-        sampled = cap_openings(sampled, args.max_opening)
-        data, obj = rsd_data(name, sampled, plausible=args.plausible, skip_opening=args.skip_opening)
+        data, obj = rsd_data(name, sampled, plausible=args.plausible, skip_opening=args.skip_opening,
+                             max_opening=args.max_opening)
     elif not sev:
         data, obj = objective_data(name, e, teach, amplify=args.amplify, plausible=args.plausible,
                                    **extra)

@@ -404,13 +404,16 @@ def cap_openings(sampled: SampledSet, max_per_opening: int, *, words: int = 3) -
                             "opening_words": words, "before_cap": len(sampled.replies)})
 
 
-def rsd_data(name: str, sampled: SampledSet, *, plausible: float = 0.1, skip_opening: int = 0):
+def rsd_data(name: str, sampled: SampledSet, *, plausible: float = 0.1, skip_opening: int = 0,
+             max_opening: int = 0):
     """``(PairData, objective)`` of one of :data:`RSD_OBJECTIVES` on ``sampled``'s kept replies;
+    ``max_opening``: at most that many of them per opening (:func:`cap_openings`, 0: all);
     ``skip_opening``: each reply's first tokens stay in the input and out of the loss."""
     if name not in RSD_OBJECTIVES:
         raise SteeringError(f"unknown objective {name!r}; choose from {', '.join(RSD_OBJECTIVES)}")
     if skip_opening < 0:
         raise SteeringError(f"skip_opening must be >= 0, got {skip_opening}")
+    sampled = cap_openings(sampled, max_opening)
     if name == "rsd-lm":
         return (PairData(sampled.prompts, sampled.replies, skip_reply_tokens=skip_opening),
                 objective("lm"))

@@ -119,6 +119,11 @@ def test_rsd_data_maps_each_name_to_its_objective():
         assert rsd_data(name, s, skip_opening=3)[0].skip_reply_tokens == 3
     with pytest.raises(SteeringError, match="skip_opening must be >= 0"):
         rsd_data("rsd-lm", s, skip_opening=-1)
+    for name in RSD_OBJECTIVES:   # the opening cap applies before either objective's data
+        data = rsd_data(name, SampledSet(prompts=["p0", "p1", "p2"], replies=["Oh no, not a", "Oh no, not b", "Well c"],
+                                         emotion="fear", system_prompt="Be afraid.", user_suffix="",
+                                         meta={}), max_opening=1)[0]
+        assert data.prompts == ["p0", "p2"] and data.replies == ["Oh no, not a", "Well c"]
 
 
 def test_cap_openings_spreads_the_cap_over_prompts_by_rank():
@@ -181,12 +186,12 @@ def test_steer_train_rsd_samples_keeps_and_trains(capsys, tiny_dir, tmp_path, mo
     assert code == 0, err
     vec = SteeringVector.load(tmp_path / "fear-rsd")
     assert vec.meta["method"] == "trained-rsd-lm" and vec.meta["train"]["rows"] == 3   # 1 per prompt
-    # --max-opening and --skip-opening reach the cap and the training data
+    # --max-opening and --skip-opening reach the training data
     import steering.train.data as D
     seen = {}
-    cap, rsd = D.cap_openings, D.rsd_data
-    monkeypatch.setattr(D, "cap_openings", lambda s, m: seen.update(cap=m) or cap(s, m))
-    monkeypatch.setattr(D, "rsd_data", lambda *a, **k: seen.update(skip=k["skip_opening"]) or rsd(*a, **k))
+    rsd = D.rsd_data
+    monkeypatch.setattr(D, "rsd_data", lambda *a, **k: seen.update(cap=k["max_opening"], skip=k["skip_opening"])
+                        or rsd(*a, **k))
     code, _, err = run(*base, "--objective", "rsd-distill", "--judge", judge, "--prompts", "3",
                        "--samples", "2", "--keep", "1", "--max-opening", "5", "--skip-opening", "2",
                        "--out", tmp_path / "fear-rsd-capped")
