@@ -41,6 +41,10 @@ prompt (``steering.train.data.sampled_teacher``; ``--rsd-samples``, ``--rsd-keep
 ``--rsd-temperature``; ``--rsd-max-opening M`` keeps at most ``M`` kept replies per three-word
 opening, ``steering.train.data.cap_openings``); an emotion with no kept reply gets no such
 candidate. ``rsd-distill-skip6`` leaves the first 6 reply tokens out of the distillation too.
+``rsd-pref`` prefers each kept reply over a rejected sample to the same prompt (plus the kept
+reply's LM loss). ``self-lm`` / ``self-pref`` are ``rsd-lm`` / ``rsd-pref`` on the *steered*
+model's own samples given the plain prompt (``--self-from OBJECTIVE:STRENGTH``, a vector of this
+run), started from that vector at that strength: one round of on-policy self-training.
 
     python benchmarks/eval_trained_steering.py --emotions anger,sadness --out runs/trained
 """
@@ -135,6 +139,10 @@ def main(argv=None) -> None:
     ap.add_argument("--rsd-keep", type=int, default=2,
                     help="rsd-*: at most this many kept replies per training prompt (most relevant)")
     ap.add_argument("--rsd-temperature", type=float, default=0.8)
+    ap.add_argument("--self-from", default="rsd-lm:1",
+                    help="self-*: the sampler, this run's OBJECTIVE vector at STRENGTH given the plain "
+                         "prompt (OBJECTIVE:STRENGTH, listed before the self-* names or reused); the "
+                         "self-* vector starts from it")
     ap.add_argument("--rsd-max-opening", type=int, default=0,
                     help="rsd-*: at most this many kept replies per three-word opening (0: no cap)")
     ap.add_argument("--rule", choices=(*RULES, "both"), default="composite",
@@ -178,7 +186,7 @@ def main(argv=None) -> None:
     data = Path(args.data)
 
     select = ClassifierJudge.load(args.select_judge)
-    bases = {parse_name(o)[0] for o in args.objectives.split(",")}
+    bases = {re.sub(r"^self-", "rsd-", parse_name(o)[0]) for o in args.objectives.split(",")}
     report = {"classifier": ClassifierJudge.load(), "lexicon": LexiconJudge.load(data / "lexicons")}
     JudgeRoles(selection=("select", select), report=report,
                fitted_on={n: judge_sources(j) for n, j in report.items()},
@@ -250,12 +258,23 @@ def train_all(lm, emotion, teach, expr, layers, args, out, names=None, have=None
                                 batch_size=40, log=log)
             init, extra = first, {"teacher_vector": first, "teacher_strength": float(strength)}
         base, skip, rank = parse_name(name)
+        on_policy, init_strength = base.startswith("self-"), 1.0
+        base = "rsd-" + base.removeprefix("self-") if on_policy else base
         if base in RSD_OBJECTIVES:   # own sampled replies to the training prompts, judge-filtered
+            sampler = None
+            if on_policy:   # the steered model's own replies to the plain prompt; start from it
+                src, strength = args.self_from.split(":")
+                first = {**(have or {}), **vecs}.get(src)
+                if first is None:
+                    raise SystemExit(f"{name} samples with the {src} vector: list {src} before it")
+                sampler = Setting(vector=first, strength=float(strength), positions=args.positions)
+                init, init_strength = first * float(strength), None
+                extra = {"sampler": f"{src}@{float(strength):g}"}
             try:
                 sampled = sampled_teacher(lm, [p.text for p in load_prompts("train")], emotion,
                                           judge=select, samples=args.rsd_samples, keep=args.rsd_keep,
-                                          temperature=args.rsd_temperature, cache="runs/teacher",
-                                          log=log)
+                                          temperature=args.rsd_temperature, steer=sampler,
+                                          prompted=not on_policy, cache="runs/teacher", log=log)
             except SteeringError as exc:
                 log(f"{emotion}: no {name} candidate: {exc}")
                 logs[name] = {"skipped": str(exc)}
@@ -272,11 +291,13 @@ def train_all(lm, emotion, teach, expr, layers, args, out, names=None, have=None
         else:
             data, obj = objective_data(base, emotion, t, amplify=args.amplify, plausible=args.plausible,
                                        **extra)
-        cfg = TrainConfig(layers=layers, steps=args.steps, batch_size=8, lr=0.02, init_strength=1.0,
+        cfg = TrainConfig(layers=layers, steps=args.steps, batch_size=8, lr=0.02, init_strength=init_strength,
                           max_norm=4.0, seed=args.seed, rank=rank)
         log(f"{emotion}: training {name}")
         vec, tl = train_vector(lm, data, obj, cfg, init=init, emotion=emotion, log=log)
         vec.meta["method"] = f"trained-{name}"
+        if on_policy:
+            vec.meta["sampler"] = extra["sampler"]
         vec.save(out / "vectors" / f"{emotion}-{name}")
         vecs[name], logs[name] = vec, tl.record()
         log(f"{emotion}: {name} loss {tl.losses[0]:.4f} -> {np.mean(tl.losses[-5:]):.4f} in {tl.seconds:.0f} s")

@@ -23,7 +23,7 @@ import hashlib
 import json
 import math
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from probe.io import atomic_write
@@ -41,9 +41,11 @@ OBJECTIVES = ("distill-cd", "distill", "distill-amp", "distill-boot", "preferenc
 
 #: Objectives learnt from :func:`sampled_teacher`'s kept replies: ``rsd-lm`` (their language-model
 #: loss given the plain prompt, AxBench's ReFT-r1 objective on filtered self-generated replies)
-#: and ``rsd-distill`` (KL from the designed prompt's next-token distribution over their tokens,
-#: plausibility-truncated as ``distill-cd``, no amplification).
-RSD_OBJECTIVES = ("rsd-lm", "rsd-distill")
+#: ``rsd-distill`` (KL from the designed prompt's next-token distribution over their tokens,
+#: plausibility-truncated as ``distill-cd``, no amplification) and ``rsd-pref`` (each kept reply
+#: preferred over a rejected sample to the same prompt, plus its language-model loss: BiPO /
+#: RePS on the sampler's own pairs).
+RSD_OBJECTIVES = ("rsd-lm", "rsd-distill", "rsd-pref")
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -276,9 +278,14 @@ class SampledSet:
     Attributes:
         prompts / replies: One row per kept reply (a prompt appears up to ``keep`` times).
         emotion: The target emotion.
-        system_prompt / user_suffix: The designed prompt the replies were sampled under.
-        meta: Model, sampling, the judge's sources, ``accepted`` per prompt (of ``samples``),
-            ``rate`` (accepted / sampled), ``prompts_kept`` (prompts with at least one reply).
+        system_prompt / user_suffix: The emotion's designed prompt (the sampler's instruction,
+            unless ``meta["sampler"]["prompted"]`` is false; the teacher of ``rsd-distill``).
+        meta: Model, sampling, the sampler, the judge's sources, ``accepted`` per prompt (of
+            ``samples``), ``rate`` (accepted / sampled), ``prompts_kept`` (prompts with at least
+            one reply).
+        negatives: Per kept reply, the same prompt's most relevant *rejected* sample that passed
+            the fluency gate and is no echo ("" where every sample was kept; empty in sets
+            cached before negatives were kept).
     """
 
     prompts: list[str]
@@ -287,6 +294,7 @@ class SampledSet:
     system_prompt: str
     user_suffix: str
     meta: dict
+    negatives: list[str] = field(default_factory=list)
 
     def save(self, path: str | Path) -> None:
         Path(path).parent.mkdir(parents=True, exist_ok=True)
@@ -300,6 +308,7 @@ class SampledSet:
 def sampled_teacher(lm, prompts: Sequence[str], emotion: str, *, judge, samples: int = 8,
                     keep: int = 2, temperature: float = 0.8, top_p: float = 0.95,
                     max_new_tokens: int = 60, seed: int = 0, batch_size: int = 64,
+                    steer: Setting | None = None, prompted: bool = True,
                     cache: str | Path | None = None, log=None) -> SampledSet:
     """Rejection-sampled teacher replies for ``emotion`` (the data of :data:`RSD_OBJECTIVES`).
 
@@ -307,8 +316,14 @@ def sampled_teacher(lm, prompts: Sequence[str], emotion: str, *, judge, samples:
     repetition settings, ``seed``) under the emotion's designed prompt; a reply is kept if
     ``judge`` labels it ``emotion``, it passes the fluency gate, it does not merely echo the
     instruction, and its relevance (log-likelihood gain from the plain prompt, per token) is
-    positive; of each prompt's kept replies the ``keep`` most relevant distinct ones stay. The
-    judge must not be one that reports on the vectors trained from this (it chose their data).
+    positive; of each prompt's kept replies the ``keep`` most relevant distinct ones stay, each
+    with the prompt's most relevant rejected sample that passed the gate as its ``negative``.
+    The judge must not be one that reports on the vectors trained from this (it chose their data).
+
+    ``steer`` (a :class:`~steering.inject.Setting` with a :class:`SteeringVector`) steers the
+    sampler; with ``prompted=False`` it sees the plain prompt: the steered model's *own*
+    replies, judge-filtered, are then the targets of the next vector (on-policy self-training,
+    ReST / expert iteration: the openings are the steered model's, not the designed prompt's).
     """
     import numpy as np
     import torch
@@ -321,30 +336,46 @@ def sampled_teacher(lm, prompts: Sequence[str], emotion: str, *, judge, samples:
     if samples < 1 or keep < 1 or not temperature > 0 or not 0 < top_p <= 1:
         raise SteeringError(f"sampled_teacher needs samples >= 1, keep >= 1, temperature > 0 and "
                             f"0 < top_p <= 1; got {samples}, {keep}, {temperature}, {top_p}")
+    if steer is not None and not isinstance(steer.vector, SteeringVector):
+        raise SteeringError("sampled_teacher steers with a Setting whose vector is a SteeringVector")
+    if steer is None and not prompted:
+        raise SteeringError("prompted=False samples the plain model: give steer=Setting(vector=..., "
+                            "strength=...) to sample a steered model's own replies")
     prompts = list(prompts)
     arm = next(a for a in prompt_arms(emotion) if a.condition == "prompt-designed")
     settings = {"samples": samples, "keep": keep, "temperature": temperature, "top_p": top_p,
                 "max_new_tokens": max_new_tokens, "seed": seed}
+    sampler = {"prompted": prompted}
+    if steer is not None:
+        sampler.update(vector=steer.vector.meta.get("method"), strength=steer.strength,
+                       unit=steer.unit, positions=str(steer.positions),
+                       digest=vector_digest(steer.vector))
     sources = sorted(judge_sources(judge))
     path = _cache_file(cache, f"sampled-{emotion}", [lm.fingerprint, prompts, settings,
                                                       arm.system_prompt, arm.user_suffix, sources,
-                                                      getattr(judge, "name", type(judge).__name__)])
+                                                      getattr(judge, "name", type(judge).__name__)]
+                       + ([sampler] if steer is not None else []))   # older caches stay valid
     if path is not None and path.is_file():
         return SampledSet.load(path)
     rows = [p for p in prompts for _ in range(samples)]
     torch.manual_seed(seed)
-    texts = generate_settings(lm, [p + arm.user_suffix for p in rows], [Setting()],
-                              max_new_tokens=max_new_tokens, batch_size=batch_size,
-                              system_prompt=arm.system_prompt, do_sample=True,
+    texts = generate_settings(lm, [p + (arm.user_suffix if prompted else "") for p in rows],
+                              [steer or Setting()], max_new_tokens=max_new_tokens,
+                              batch_size=batch_size,
+                              system_prompt=arm.system_prompt if prompted else None, do_sample=True,
                               temperature=temperature, top_p=top_p, **Decoding().kwargs())[0]
     frame = judge_replies(lm, rows, texts, [emotion] * len(rows), judges={"teacher": judge},
                           words=ClassifierJudge.load().words,
                           instructions=[arm.instruction] * len(rows), relevance=True)
-    ok = ((frame["label:teacher"] == emotion) & frame["passed"].astype(bool)
-          & ~frame["echo"].astype(bool) & (frame["relevance"] > 0)).to_numpy()
-    kept_p, kept_r, accepted = [], [], []
+    fluent = (frame["passed"].astype(bool) & ~frame["echo"].astype(bool)).to_numpy()
+    ok = fluent & ((frame["label:teacher"] == emotion) & (frame["relevance"] > 0)).to_numpy()
+    kept_p, kept_r, kept_n, accepted = [], [], [], []
     for i, p in enumerate(prompts):
-        idx = [j for j in range(i * samples, (i + 1) * samples) if ok[j]]
+        span = range(i * samples, (i + 1) * samples)
+        idx = [j for j in span if ok[j]]
+        rejected = [j for j in span if fluent[j] and frame["label:teacher"].iat[j] != emotion
+                    and texts[j].strip()]
+        negative = texts[max(rejected, key=lambda j: frame["relevance"].iat[j])] if rejected else ""
         accepted.append(len(idx))
         seen: set[str] = set()
         for j in sorted(idx, key=lambda j: -frame["relevance"].iat[j]):
@@ -352,6 +383,7 @@ def sampled_teacher(lm, prompts: Sequence[str], emotion: str, *, judge, samples:
                 seen.add(texts[j])
                 kept_p.append(p)
                 kept_r.append(texts[j])
+                kept_n.append(negative)
     if log:
         log(f"{emotion}: kept {len(kept_r)} sampled replies of {len(rows)} "
             f"({int(np.sum(ok))} accepted, {sum(a > 0 for a in accepted)}/{len(prompts)} prompts)")
@@ -360,13 +392,24 @@ def sampled_teacher(lm, prompts: Sequence[str], emotion: str, *, judge, samples:
                             "more samples, a higher temperature or another judge")
     out = SampledSet(prompts=kept_p, replies=kept_r, emotion=emotion, system_prompt=arm.system_prompt,
                      user_suffix=arm.user_suffix,
+                     negatives=kept_n,
                      meta={"model": lm.spec.alias, "weight_fingerprint": lm.fingerprint, **settings,
-                           "judge_sources": sources, "accepted": accepted,
+                           "sampler": sampler, "judge_sources": sources, "accepted": accepted,
                            "rate": float(np.mean(ok)), "prompts_kept": sum(a > 0 for a in accepted),
-                           "rule": "judge label == emotion, gate passed, no echo, relevance > 0"})
+                           "rule": "judge label == emotion, gate passed, no echo, relevance > 0",
+                           "negative_rule": "another label, gate passed, no echo; most relevant"})
     if path is not None:
         out.save(path)
     return out
+
+
+def vector_digest(vector: SteeringVector) -> str:
+    """A short hash of ``vector``'s directions (sites and values): which vector, for cache keys."""
+    h = hashlib.sha256()
+    for site in sorted(vector.directions, key=str):
+        h.update(str(site).encode())
+        h.update(vector.directions[site].detach().float().cpu().numpy().tobytes())
+    return h.hexdigest()[:16]
 
 
 def cap_openings(sampled: SampledSet, max_per_opening: int, *, words: int = 3) -> SampledSet:
@@ -398,7 +441,9 @@ def cap_openings(sampled: SampledSet, max_per_opening: int, *, words: int = 3) -
             keep.add(i)
     idx = sorted(keep)
     return SampledSet(prompts=[sampled.prompts[i] for i in idx],
-                      replies=[sampled.replies[i] for i in idx], emotion=sampled.emotion,
+                      replies=[sampled.replies[i] for i in idx],
+                      negatives=[sampled.negatives[i] for i in idx] if sampled.negatives else [],
+                      emotion=sampled.emotion,
                       system_prompt=sampled.system_prompt, user_suffix=sampled.user_suffix,
                       meta={**sampled.meta, "max_per_opening": max_per_opening,
                             "opening_words": words, "before_cap": len(sampled.replies)})
@@ -417,6 +462,16 @@ def rsd_data(name: str, sampled: SampledSet, *, plausible: float = 0.1, skip_ope
     if name == "rsd-lm":
         return (PairData(sampled.prompts, sampled.replies, skip_reply_tokens=skip_opening),
                 objective("lm"))
+    if name == "rsd-pref":
+        rows = [i for i, n in enumerate(sampled.negatives) if n.strip()]
+        if not rows:
+            raise SteeringError("rsd-pref needs rejected samples to contrast, and this set has none "
+                                "(every sample was kept, or it was cached before negatives were "
+                                "kept: sample it again into another cache folder)")
+        return (PairData([sampled.prompts[i] for i in rows], [sampled.replies[i] for i in rows],
+                         negatives=[sampled.negatives[i] for i in rows],
+                         skip_reply_tokens=skip_opening),
+                objective("preference", lm_weight=1.0))
     return (PairData(sampled.prompts, sampled.replies, system_prompt=sampled.system_prompt,
                      user_suffix=sampled.user_suffix, skip_reply_tokens=skip_opening),
             objective("distill", plausible=plausible))

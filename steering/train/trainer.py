@@ -47,7 +47,9 @@ class TrainConfig:
         steps: Adam steps.
         batch_size: Training rows per step.
         lr: Adam learning rate (the vector is in units of RMS per layer).
-        init_strength: Length of the initial vector per layer (x RMS) along the init direction.
+        init_strength: Length of the initial vector per layer (x RMS) along the init direction;
+            None: the init vector as it is (continue a trained vector: its lengths, converted
+            to this data's RMS).
         max_norm: Radius (x RMS per layer) the vector is projected into after each step.
         seed: Row order.
         rank: 0 (default): a rank-1 additive vector per layer; ``r >= 1``: a LoReFT edit of
@@ -60,7 +62,7 @@ class TrainConfig:
     steps: int = 40
     batch_size: int = 8
     lr: float = 0.01
-    init_strength: float = 0.5
+    init_strength: float | None = 0.5
     max_norm: float = 4.0
     seed: int = 0
     rank: int = 0
@@ -70,6 +72,9 @@ class TrainConfig:
             raise SteeringError(f"layers must be non-negative and not empty, got {self.layers}")
         if self.steps < 1 or self.batch_size < 1 or not self.lr > 0 or not self.max_norm > 0:
             raise SteeringError("steps, batch_size, lr and max_norm must be positive")
+        if self.init_strength is not None and not self.init_strength > 0:
+            raise SteeringError(f"init_strength must be positive (or None: the init vector's own "
+                                f"lengths), got {self.init_strength}")
         if not isinstance(self.rank, int) or self.rank < 0:
             raise SteeringError(f"rank must be 0 (an additive vector) or a positive integer (a "
                                 f"LoReFT edit of that rank), got {self.rank!r}")
@@ -197,12 +202,15 @@ def train_vector(lm, data: PairData, objective, config: TrainConfig = TrainConfi
     rms = site_rms(lm, data, config.layers)
     sites = [Site("hook_resid_post", L) for L in config.layers]
     if config.rank:
+        if config.init_strength is None:
+            raise SteeringError("a LoReFT edit starts from a direction at init_strength; "
+                                "init_strength=None (continue a vector) is for rank 0")
         weights = torch.nn.ModuleList([ReftSite(_init(lm, init, s, config), rank=config.rank,
                                                 rms=rms[s.layer], init_strength=config.init_strength,
                                                 seed=config.seed + s.layer) for s in sites])
         opt = torch.optim.Adam(weights.parameters(), lr=config.lr)
     else:
-        weights = torch.nn.ParameterList([torch.nn.Parameter(_init(lm, init, s, config))
+        weights = torch.nn.ParameterList([torch.nn.Parameter(_init(lm, init, s, config, rms[s.layer]))
                                           for s in sites])
         opt = torch.optim.Adam(weights, lr=config.lr)
     steered = SteeredModel(lm, sites, weights, [rms[L] for L in config.layers], config.positions)
@@ -248,8 +256,17 @@ def train_vector(lm, data: PairData, objective, config: TrainConfig = TrainConfi
     return vec, out
 
 
-def _init(lm, init: SteeringVector | None, site: Site, config: TrainConfig) -> Tensor:
+def _init(lm, init: SteeringVector | None, site: Site, config: TrainConfig,
+          rms: float | None = None) -> Tensor:
     d = lm.model.config.hidden_size
+    if config.init_strength is None:   # continue ``init`` as it is, in this data's RMS units
+        if init is None or site not in init.directions:
+            raise SteeringError(f"init_strength=None continues an init vector, and it has no "
+                                f"direction at {site}")
+        v = init.directions[site].float().flatten()
+        if v.numel() != d or not torch.isfinite(v).all():
+            raise SteeringError(f"the initial vector at {site} is not a finite {d}-vector")
+        return (v * (init.rms(site) / rms if rms else 1.0)).to(torch.float32)
     if init is not None and site in init.directions:
         v = init.directions[site].float().flatten()
     else:
