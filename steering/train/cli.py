@@ -19,7 +19,7 @@ OBJECTIVES = ("distill-cd", "distill", "distill-amp", "distill-boot", "preferenc
 #: ``steering.train.data.SEV_OBJECTIVES`` (trained on SEV's replies; need ``--sev``).
 SEV_OBJECTIVES = ("sev-preference", "sev-pref-lm", "sev-pref-lm-kl", "sev-lm")
 #: ``steering.train.data.RSD_OBJECTIVES`` (the model's own sampled replies, kept by ``--judge``).
-RSD_OBJECTIVES = ("rsd-lm", "rsd-distill")
+RSD_OBJECTIVES = ("rsd-lm", "rsd-distill", "rsd-pref")
 
 EPILOG = """\
 examples:
@@ -32,6 +32,8 @@ examples:
   probe steer-train --emotion anger --rank 4 --out runs/anger-loreft   # a LoReFT edit of rank 4
   probe steer-train --emotion fear --objective rsd-lm --judge ~/.cache/emoprobe/judges/select_dair_sev \
       --out runs/fear-rsd        # the model's own sampled replies that the judge calls fearful
+  probe steer-train --emotion fear --objective rsd-lm --judge ~/.cache/emoprobe/judges/select_dair_sev \
+      --sample-vector runs/fear-rsd --sample-strength 1 --out runs/fear-self   # one round of self-training
 
 objectives: distill (the steered model, given the plain prompt, matches the model given the
 designed prompt), distill-amp (that target sharpened away from the plain model, --amplify),
@@ -43,10 +45,13 @@ language-model loss); sev-preference, sev-pref-lm (the same plus the target repl
 --lm-weight), sev-pref-lm-kl (sev-pref-lm plus --kl-weight x KL(steered || unsteered) over the
 reply, a fluency term) and sev-lm learn from SEV's replies (Llama-3.2-3B answering a scenario + event in
 each emotion; --sev is the folder with sev.jsonl and sev_accepted.jsonl) instead of the model's
-own; rsd-lm (language-model loss) and rsd-distill (distillation of the designed prompt) learn from
+own; rsd-lm (language-model loss), rsd-distill (distillation of the designed prompt) and rsd-pref
+(each kept reply preferred over a rejected sample to the same prompt, plus its LM loss) learn from
 the model's replies to the 96 training prompts (questions, requests, small talk, instructions),
 --samples per prompt sampled under the designed prompt and kept where --judge reads the emotion,
-the fluency gate passes and the reply stays on the prompt (rejection sampling). --judge is a
+the fluency gate passes and the reply stays on the prompt (rejection sampling). With
+--sample-vector FILE --sample-strength S the sampler is instead the model steered by that vector
+given the plain prompt, and training continues that vector (on-policy self-training). --judge is a
 judge artifact (scripts/build_judge.py); a judge that chose the training replies should not be
 the one you report with."""
 
@@ -97,6 +102,11 @@ def add_parser(sub) -> dict:
     p.add_argument("--judge", default=None,
                    help="rsd-*: the judge artifact that keeps the sampled replies expressing the emotion "
                         "(path without suffix, from scripts/build_judge.py)")
+    p.add_argument("--sample-vector", default=None,
+                   help="rsd-*: sample the model steered by this vector (given the plain prompt, not "
+                        "the designed prompt) and continue training it (needs --sample-strength)")
+    p.add_argument("--sample-strength", type=float, default=None,
+                   help="rsd-*: the strength --sample-vector samples at, and the vector's start")
     p.add_argument("--samples", type=int, default=4,
                    help="rsd-*: replies sampled per training prompt (default: %(default)s)")
     p.add_argument("--keep", type=int, default=2,
@@ -151,6 +161,13 @@ def cmd_steer_train(args) -> int:
                             f"{args.max_opening}, {args.skip_opening}")
     if not rsd and args.max_opening:
         raise SteeringError("--max-opening is for the rsd-* objectives")
+    on_policy = args.sample_vector is not None
+    if on_policy != (args.sample_strength is not None) or (on_policy and not rsd):
+        raise SteeringError("--sample-vector FILE and --sample-strength S go together, with an rsd-* "
+                            "objective (the model steered by FILE at S samples its own replies)")
+    if on_policy and not (args.sample_strength > 0 and args.rank == 0):
+        raise SteeringError(f"--sample-strength must be > 0 and --rank 0 (the vector is continued); "
+                            f"got {args.sample_strength}, --rank {args.rank}")
     boot = args.objective == "distill-boot"
     if boot != (args.teacher_vector is not None) or boot != (args.teacher_strength is not None):
         raise SteeringError("--objective distill-boot takes --teacher-vector FILE and --teacher-strength S "
@@ -197,23 +214,35 @@ def cmd_steer_train(args) -> int:
                                 cache=cache_root() / lm.spec.alias, log=log)
         extra = {"teacher_vector": first, "teacher_strength": args.teacher_strength}
         start = first
-    else:
+    elif not on_policy:   # (a continued vector starts from itself, below)
         start = model_expression_directions(lm, layers=layers, emotions=EMOTIONS, prompts=prompts,
                                             log=log)[e]
+    sampler, init_strength = None, 1.0
+    if on_policy:
+        from steering.inject import Setting
+
+        first = SteeringVector.load(args.sample_vector, lm)
+        missing = [L for L in layers if L not in first.layers]
+        if missing:
+            raise SteeringError(f"--sample-vector has no direction at layers {missing}: train at its "
+                                f"layers, --layers {','.join(map(str, first.layers))}")
+        sampler = Setting(vector=first, strength=args.sample_strength)
+        start, init_strength = first * args.sample_strength, None
     if rsd:
         from steering.eval.prompts import load_prompts
 
         sampled = sampled_teacher(lm, [p.text for p in load_prompts("train")][:n_prompts], e,
                                   judge=judge, samples=args.samples, keep=args.keep,
-                                  temperature=args.temperature, cache=cache_root() / lm.spec.alias,
+                                  temperature=args.temperature, steer=sampler,
+                                  prompted=not on_policy, cache=cache_root() / lm.spec.alias,
                                   log=log)
         data, obj = rsd_data(name, sampled, plausible=args.plausible, skip_opening=args.skip_opening,
                              max_opening=args.max_opening)
     elif not sev:
         data, obj = objective_data(name, e, teach, amplify=args.amplify, plausible=args.plausible,
                                    **extra)
-    cfg = TrainConfig(layers=layers, steps=args.steps, batch_size=8, lr=0.02, init_strength=1.0,
-                      max_norm=args.max_norm, rank=args.rank)
+    cfg = TrainConfig(layers=layers, steps=args.steps, batch_size=8, lr=0.02,
+                      init_strength=init_strength, max_norm=args.max_norm, rank=args.rank)
     vec, tl = train_vector(lm, data, obj, cfg, init=start, emotion=e, log=log)
     vec.meta["method"] = f"trained-{name}"
     out.parent.mkdir(parents=True, exist_ok=True)

@@ -65,6 +65,10 @@ def test_sampled_teacher_keeps_the_judged_emotion_on_topic_replies(tiny_qwen, tm
     assert out.prompts == [PROMPTS[0], PROMPTS[0], PROMPTS[2]]
     assert out.replies == [r[1], r[0], r[7]]
     assert out.meta["accepted"] == [3, 0, 1] and out.meta["prompts_kept"] == 2
+    # each kept reply's negative: its prompt's most relevant fluent sample of another label
+    # (prompt 0 has none; prompt 2's is the neutral row 8, not the off-topic anger row 6)
+    assert out.negatives == ["", "", r[8]]
+    assert out.meta["sampler"] == {"prompted": True}
     assert math.isclose(out.meta["rate"], 4 / 9)
     assert (out.system_prompt, out.user_suffix) == (designed.system_prompt, designed.user_suffix)
     # cached: the same call does not sample again
@@ -112,7 +116,15 @@ def test_rsd_data_maps_each_name_to_its_objective():
     data, obj = rsd_data("rsd-distill", s, plausible=0.2)
     assert obj.name == "distill" and (obj.amplify, obj.plausible) == (0.0, 0.2)
     assert (data.system_prompt, data.user_suffix) == ("Be angry.", " (angry)")   # the teacher
-    assert set(RSD_OBJECTIVES) == {"rsd-lm", "rsd-distill"}
+    assert set(RSD_OBJECTIVES) == {"rsd-lm", "rsd-distill", "rsd-pref"}
+    with pytest.raises(SteeringError, match="rsd-pref needs rejected samples"):
+        rsd_data("rsd-pref", s)   # a set cached before negatives were kept
+    s = SampledSet(prompts=["p0", "p0", "p1"], replies=["a", "b", "c"], negatives=["n0", "n0", ""],
+                   emotion="anger", system_prompt="Be angry.", user_suffix=" (angry)", meta={})
+    data, obj = rsd_data("rsd-pref", s)   # only the rows with a rejected sample to contrast
+    assert (obj.name, obj.lm_weight) == ("preference", 1.0)
+    assert data.prompts == ["p0", "p0"] and data.replies == ["a", "b"] and data.negatives == ["n0", "n0"]
+    assert data.system_prompt is None
     with pytest.raises(SteeringError, match="unknown objective"):
         rsd_data("rsd-x", s)
     for name in RSD_OBJECTIVES:   # a skipped opening reaches the data of both objectives
@@ -121,9 +133,47 @@ def test_rsd_data_maps_each_name_to_its_objective():
         rsd_data("rsd-lm", s, skip_opening=-1)
     for name in RSD_OBJECTIVES:   # the opening cap applies before either objective's data
         data = rsd_data(name, SampledSet(prompts=["p0", "p1", "p2"], replies=["Oh no, not a", "Oh no, not b", "Well c"],
-                                         emotion="fear", system_prompt="Be afraid.", user_suffix="",
+                                         negatives=["n0", "n1", "n2"], emotion="fear",
+                                         system_prompt="Be afraid.", user_suffix="",
                                          meta={}), max_opening=1)[0]
         assert data.prompts == ["p0", "p2"] and data.replies == ["Oh no, not a", "Well c"]
+
+
+def test_on_policy_sampling_steers_the_plain_prompt(tiny_qwen, tmp_path, monkeypatch):
+    """``steer=..., prompted=False``: the sampler is the steered model given the plain prompt (no
+    designed system prompt, no suffix), and the cache tells vectors and strengths apart."""
+    import steering.inject as I
+    import steering.train.data as D
+    from steering.train.objectives import PairData, objective
+    from steering.train.trainer import TrainConfig, train_vector
+
+    vec, _ = train_vector(tiny_qwen, PairData(PROMPTS, ["Oh no.", "Oh dear.", "Oh my."]), objective("lm"),
+                          TrainConfig(layers=(0, 1), steps=2, batch_size=3))
+    calls = []
+    real = I.generate_settings
+
+    def spy(lm, prompts, settings, **kw):
+        calls.append((list(prompts), list(settings), kw))
+        return real(lm, prompts, settings, **kw)
+
+    monkeypatch.setattr(I, "generate_settings", spy)
+    _fake_judging(monkeypatch, [("anger", True, False, 1.0), ("joy", True, False, 0.5)] * 3, {})
+    run = {"judge": object(), "samples": 2, "keep": 1, "max_new_tokens": 3, "cache": tmp_path,
+           "prompted": False}
+    out = D.sampled_teacher(tiny_qwen, PROMPTS, "anger", steer=I.Setting(vector=vec, strength=1.5), **run)
+    (rows, settings, kw), = calls
+    assert rows == [p for p in PROMPTS for _ in range(2)] and kw["system_prompt"] is None
+    assert settings[0].vector is vec and settings[0].strength == 1.5
+    assert out.meta["sampler"]["prompted"] is False and out.meta["sampler"]["strength"] == 1.5
+    assert out.meta["sampler"]["digest"] == D.vector_digest(vec) != D.vector_digest(vec * 2)
+    assert len(out.replies) == 3 and all(n.strip() for n in out.negatives)   # one joy row each
+    D.sampled_teacher(tiny_qwen, PROMPTS, "anger", steer=I.Setting(vector=vec, strength=1.5), **run)
+    assert len(calls) == 1                                     # cached
+    D.sampled_teacher(tiny_qwen, PROMPTS, "anger", steer=I.Setting(vector=vec * 2, strength=1.5), **run)
+    D.sampled_teacher(tiny_qwen, PROMPTS, "anger", steer=I.Setting(vector=vec, strength=1.0), **run)
+    assert len(calls) == 3                                     # another vector, another strength
+    with pytest.raises(SteeringError, match="prompted=False samples the plain model"):
+        D.sampled_teacher(tiny_qwen, PROMPTS, "anger", judge=object(), prompted=False)
 
 
 def test_cap_openings_spreads_the_cap_over_prompts_by_rank():
@@ -138,6 +188,7 @@ def test_cap_openings_spreads_the_cap_over_prompts_by_rank():
     s = SampledSet(prompts=[f"p{i // 2}" for i in range(8)], replies=replies, emotion="fear",
                    system_prompt="Be afraid.", user_suffix="", meta={"rate": 0.5})
     out = cap_openings(s, 2)
+    assert out.negatives == []   # a set without negatives stays without
     # first ranks first: p0's, p1's and p3's first replies are "I'm afraid of": p0 and p1 take
     # the two places, p3's first and every second one is dropped
     assert out.replies == ["I'm afraid of the dark.", "Oh no, a storm!", "(I'm afraid of spiders.)",
@@ -197,3 +248,29 @@ def test_steer_train_rsd_samples_keeps_and_trains(capsys, tiny_dir, tmp_path, mo
                        "--out", tmp_path / "fear-rsd-capped")
     assert code == 0, err
     assert seen == {"cap": 5, "skip": 2}
+    # --sample-vector / --sample-strength: the steered model samples its own replies to the plain
+    # prompt, and the vector trained goes on from it
+    for bad, msg in ((["--sample-vector", tmp_path / "fear-rsd"], "go together"),
+                     (["--objective", "lm", "--judge", judge, "--sample-vector", tmp_path / "fear-rsd",
+                       "--sample-strength", "1"], "take no --judge"),
+                     (["--objective", "rsd-lm", "--judge", judge, "--sample-vector", tmp_path / "fear-rsd",
+                       "--sample-strength", "0"], "--sample-strength must be > 0"),
+                     (["--objective", "rsd-lm", "--judge", judge, "--sample-vector", tmp_path / "fear-rsd",
+                       "--sample-strength", "1", "--layers", "0,2"], "has no direction at layers [2]")):
+        code, _, err = run(*base, "--out", tmp_path / "x", *bad)
+        assert code == 2 and msg in err, err
+    import steering.inject as I
+    calls = []
+    real = I.generate_settings
+    monkeypatch.setattr(I, "generate_settings", lambda lm, p, st, **kw: calls.append((st, kw))
+                        or real(lm, p, st, **kw))
+    _fake_judging(monkeypatch, [("fear", True, False, 1.0), ("joy", True, False, 1.0)] * 3, {})
+    code, _, err = run(*base, "--objective", "rsd-pref", "--judge", judge, "--prompts", "3",
+                       "--samples", "2", "--keep", "1", "--sample-vector", tmp_path / "fear-rsd",
+                       "--sample-strength", "1.5", "--out", tmp_path / "fear-self")
+    assert code == 0, err
+    (settings, kw), = calls
+    assert settings[0].strength == 1.5 and kw["system_prompt"] is None
+    self_vec = SteeringVector.load(tmp_path / "fear-self")
+    assert self_vec.meta["method"] == "trained-rsd-pref" and self_vec.meta["train"]["init_strength"] is None
+    assert self_vec.meta["train"]["rows"] == 3

@@ -89,6 +89,29 @@ def test_saved_vector_adds_what_was_trained(tiny_qwen):
     torch.testing.assert_close(steered[m], by_hand[m], rtol=1e-4, atol=1e-5 * float(scale))
 
 
+def test_init_strength_none_continues_the_init_vector_in_this_datas_rms(tiny_qwen):
+    """``init_strength=None``: training starts from the init vector itself (self-training goes on
+    from the sampler's vector at its strength), each layer converted to the new data's RMS so the
+    same absolute edit is added; a tiny learning rate leaves it there."""
+    lm = tiny_qwen
+    first, _ = train_vector(lm, _data(), objective("lm"), _fast(steps=3))
+    # pretend it was made where the residual stream was twice as large: the same absolute edit
+    # is then twice as many of this data's RMS
+    meta = dict(first.meta, rms={k: 2 * v for k, v in first.meta["rms"].items()})
+    init = SteeringVector(dict(first.directions), meta) * 1.5
+    vec, _ = train_vector(lm, _data(), objective("lm"), _fast(steps=1, lr=1e-9, init_strength=None),
+                          init=init)
+    for site in first.sites:
+        want = 1.5 * 2 * first.directions[site] * first.rms(site) / vec.rms(site)
+        torch.testing.assert_close(vec.directions[site], want, rtol=1e-4, atol=1e-6)
+    with pytest.raises(SteeringError, match="continues an init vector"):
+        train_vector(lm, _data(), objective("lm"), _fast(steps=1, init_strength=None))
+    with pytest.raises(SteeringError, match="init_strength=None .continue a vector. is for rank 0"):
+        train_vector(lm, _data(), objective("lm"), _fast(steps=1, init_strength=None, rank=2), init=init)
+    with pytest.raises(SteeringError, match="init_strength must be positive"):
+        _fast(init_strength=0.0)
+
+
 def test_norm_constraint_holds(tiny_qwen):
     _vec, log = train_vector(tiny_qwen, _data(), objective("lm"), _fast(max_norm=0.05, steps=4))
     assert all(n <= 0.05 * (1 + 1e-5) for n in log.norms.values())
