@@ -204,8 +204,8 @@ def cmd_steer_train(args) -> int:
         raise SteeringError(f"--layers {bad} out of range: {lm.spec.alias} has layers 0-{lm.n_layers - 1}")
     prompts = default_prompts()[:args.prompts or 40]
     log = print if not getattr(args, "quiet", False) else None
-    teach = teacher_replies(lm, prompts, EMOTIONS, max_new_tokens=40,
-                            cache=cache_root() / lm.spec.alias, log=log)
+    teach = None if on_policy else teacher_replies(lm, prompts, EMOTIONS, max_new_tokens=40,
+                                                   cache=cache_root() / lm.spec.alias, log=log)
     e, name = args.emotion, args.objective
     extra = {}
     if boot:
@@ -249,7 +249,7 @@ def cmd_steer_train(args) -> int:
     vec.save(out)
     print(f"{e}: {name} loss {tl.losses[0]:.4f} -> {tl.losses[-1]:.4f} in {tl.seconds:.0f} s; "
           f"wrote {out}.safetensors/.json\n"
-          f"use it: probe steer --emotion {e} --vector {out} --strength {0.75 if args.rank else 0.5} PROMPT "
+          f"use it: probe steer --emotion {e} --vector {out} --strength {1 if on_policy else 0.75 if args.rank else 0.5} PROMPT "
           "(choose the strength on prompts you will not report on"
           + ("; 1 applies the low-rank edit as trained)" if args.rank else ")"))
     return 0
