@@ -186,7 +186,7 @@ def main(argv=None) -> None:
     data = Path(args.data)
 
     select = ClassifierJudge.load(args.select_judge)
-    bases = {re.sub(r"^self-", "rsd-", parse_name(o)[0]) for o in args.objectives.split(",")}
+    bases = {rsd_base(parse_name(o)[0]) for o in args.objectives.split(",")}
     report = {"classifier": ClassifierJudge.load(), "lexicon": LexiconJudge.load(data / "lexicons")}
     JudgeRoles(selection=("select", select), report=report,
                fitted_on={n: judge_sources(j) for n, j in report.items()},
@@ -259,7 +259,7 @@ def train_all(lm, emotion, teach, expr, layers, args, out, names=None, have=None
             init, extra = first, {"teacher_vector": first, "teacher_strength": float(strength)}
         base, skip, rank = parse_name(name)
         on_policy, init_strength = base.startswith("self-"), 1.0
-        base = "rsd-" + base.removeprefix("self-") if on_policy else base
+        base = rsd_base(base)
         if base in RSD_OBJECTIVES:   # own sampled replies to the training prompts, judge-filtered
             sampler = None
             if on_policy:   # the steered model's own replies to the plain prompt; start from it
@@ -269,7 +269,6 @@ def train_all(lm, emotion, teach, expr, layers, args, out, names=None, have=None
                     raise SystemExit(f"{name} samples with the {src} vector: list {src} before it")
                 sampler = Setting(vector=first, strength=float(strength), positions=args.positions)
                 init, init_strength = first * float(strength), None
-                extra = {"sampler": f"{src}@{float(strength):g}"}
             try:
                 sampled = sampled_teacher(lm, [p.text for p in load_prompts("train")], emotion,
                                           judge=select, samples=args.rsd_samples, keep=args.rsd_keep,
@@ -297,7 +296,7 @@ def train_all(lm, emotion, teach, expr, layers, args, out, names=None, have=None
         vec, tl = train_vector(lm, data, obj, cfg, init=init, emotion=emotion, log=log)
         vec.meta["method"] = f"trained-{name}"
         if on_policy:
-            vec.meta["sampler"] = extra["sampler"]
+            vec.meta["sampler"] = args.self_from
         vec.save(out / "vectors" / f"{emotion}-{name}")
         vecs[name], logs[name] = vec, tl.record()
         log(f"{emotion}: {name} loss {tl.losses[0]:.4f} -> {np.mean(tl.losses[-5:]):.4f} in {tl.seconds:.0f} s")
@@ -448,6 +447,11 @@ def parse_name(name: str) -> tuple[str, int, int]:
     ``sev-lm-skip6-r4`` -> ``("sev-lm", 6, 4)``; ``distill`` -> ``("distill", 0, 0)``."""
     m = re.fullmatch(r"(.+?)(?:-skip(\d+))?(?:-r(\d+))?", name)
     return m.group(1), int(m.group(2) or 0), int(m.group(3) or 0)
+
+
+def rsd_base(objective: str) -> str:
+    """``self-lm`` -> ``rsd-lm``: the on-policy candidates train an ``rsd-*`` objective."""
+    return re.sub(r"^self-", "rsd-", objective)
 
 
 def first_picks(table, rule):

@@ -205,7 +205,7 @@ def train_vector(lm, data: PairData, objective, config: TrainConfig = TrainConfi
         if config.init_strength is None:
             raise SteeringError("a LoReFT edit starts from a direction at init_strength; "
                                 "init_strength=None (continue a vector) is for rank 0")
-        weights = torch.nn.ModuleList([ReftSite(_init(lm, init, s, config), rank=config.rank,
+        weights = torch.nn.ModuleList([ReftSite(_init(lm, init, s, config, rms[s.layer]), rank=config.rank,
                                                 rms=rms[s.layer], init_strength=config.init_strength,
                                                 seed=config.seed + s.layer) for s in sites])
         opt = torch.optim.Adam(weights.parameters(), lr=config.lr)
@@ -256,21 +256,20 @@ def train_vector(lm, data: PairData, objective, config: TrainConfig = TrainConfi
     return vec, out
 
 
-def _init(lm, init: SteeringVector | None, site: Site, config: TrainConfig,
-          rms: float | None = None) -> Tensor:
+def _init(lm, init: SteeringVector | None, site: Site, config: TrainConfig, rms: float) -> Tensor:
+    """The starting weight at ``site``: ``init``'s direction at ``config.init_strength`` x RMS (a
+    random one without ``init``), or with ``init_strength=None`` ``init`` itself, converted to
+    this data's ``rms`` so that it adds the same absolute edit."""
     d = lm.model.config.hidden_size
-    if config.init_strength is None:   # continue ``init`` as it is, in this data's RMS units
-        if init is None or site not in init.directions:
-            raise SteeringError(f"init_strength=None continues an init vector, and it has no "
-                                f"direction at {site}")
-        v = init.directions[site].float().flatten()
-        if v.numel() != d or not torch.isfinite(v).all():
-            raise SteeringError(f"the initial vector at {site} is not a finite {d}-vector")
-        return (v * (init.rms(site) / rms if rms else 1.0)).to(torch.float32)
     if init is not None and site in init.directions:
         v = init.directions[site].float().flatten()
+    elif config.init_strength is None:
+        raise SteeringError(f"init_strength=None continues an init vector, and it has no "
+                            f"direction at {site}")
     else:
         v = torch.randn(d, generator=torch.Generator().manual_seed(config.seed + site.layer))
     if v.numel() != d or not math.isfinite(float(v.norm())) or float(v.norm()) == 0:
         raise SteeringError(f"the initial direction at {site} is not a non-zero {d}-vector")
+    if config.init_strength is None:
+        return (v * (init.rms(site) / rms)).to(torch.float32)
     return (v / v.norm() * config.init_strength).to(torch.float32)
