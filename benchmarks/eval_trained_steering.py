@@ -44,7 +44,10 @@ candidate. ``rsd-distill-skip6`` leaves the first 6 reply tokens out of the dist
 ``rsd-pref`` prefers each kept reply over a rejected sample to the same prompt (plus the kept
 reply's LM loss). ``self-lm`` / ``self-pref`` are ``rsd-lm`` / ``rsd-pref`` on the *steered*
 model's own samples given the plain prompt (``--self-from OBJECTIVE:STRENGTH``, a vector of this
-run), started from that vector at that strength: one round of on-policy self-training.
+run), started from that vector at that strength: one round of on-policy self-training;
+``self2-*`` is a second round, sampled with ``--self2-from`` (a ``self-*`` vector, say).
+``--rsd-min-confidence P`` keeps a sample only where the selection judge's probability of the
+emotion is at least ``P`` as well as its arg-max.
 
     python benchmarks/eval_trained_steering.py --emotions anger,sadness --out runs/trained
 """
@@ -143,6 +146,11 @@ def main(argv=None) -> None:
                     help="self-*: the sampler, this run's OBJECTIVE vector at STRENGTH given the plain "
                          "prompt (OBJECTIVE:STRENGTH, listed before the self-* names or reused); the "
                          "self-* vector starts from it")
+    ap.add_argument("--self2-from", default=None,
+                    help="self2-*: a second round's sampler, OBJECTIVE:STRENGTH as --self-from")
+    ap.add_argument("--rsd-min-confidence", type=float, default=None,
+                    help="rsd-* / self*-*: keep a sample only where the selection judge's "
+                         "probability of the emotion is at least this (default: its arg-max only)")
     ap.add_argument("--rsd-max-opening", type=int, default=0,
                     help="rsd-*: at most this many kept replies per three-word opening (0: no cap)")
     ap.add_argument("--rule", choices=(*RULES, "both"), default="composite",
@@ -258,12 +266,15 @@ def train_all(lm, emotion, teach, expr, layers, args, out, names=None, have=None
                                 batch_size=40, log=log)
             init, extra = first, {"teacher_vector": first, "teacher_strength": float(strength)}
         base, skip, rank = parse_name(name)
-        on_policy, init_strength = base.startswith("self-"), 1.0
+        on_policy, init_strength = rsd_base(base) != base, 1.0
+        sampler_from = args.self2_from if base.startswith("self2-") else args.self_from
         base = rsd_base(base)
         if base in RSD_OBJECTIVES:   # own sampled replies to the training prompts, judge-filtered
             sampler = None
             if on_policy:   # the steered model's own replies to the plain prompt; start from it
-                src, strength = args.self_from.split(":")
+                if not sampler_from:
+                    raise SystemExit(f"{name} needs its sampler: --self2-from OBJECTIVE:STRENGTH")
+                src, strength = sampler_from.split(":")
                 first = {**(have or {}), **vecs}.get(src)
                 if first is None:
                     raise SystemExit(f"{name} samples with the {src} vector: list {src} before it")
@@ -273,7 +284,8 @@ def train_all(lm, emotion, teach, expr, layers, args, out, names=None, have=None
                 sampled = sampled_teacher(lm, [p.text for p in load_prompts("train")], emotion,
                                           judge=select, samples=args.rsd_samples, keep=args.rsd_keep,
                                           temperature=args.rsd_temperature, steer=sampler,
-                                          prompted=not on_policy, cache="runs/teacher", log=log)
+                                          prompted=not on_policy, cache="runs/teacher",
+                                          min_confidence=args.rsd_min_confidence, log=log)
             except SteeringError as exc:
                 log(f"{emotion}: no {name} candidate: {exc}")
                 logs[name] = {"skipped": str(exc)}
@@ -296,7 +308,9 @@ def train_all(lm, emotion, teach, expr, layers, args, out, names=None, have=None
         vec, tl = train_vector(lm, data, obj, cfg, init=init, emotion=emotion, log=log)
         vec.meta["method"] = f"trained-{name}"
         if on_policy:
-            vec.meta["sampler"] = args.self_from
+            vec.meta["sampler"] = sampler_from
+        if base in RSD_OBJECTIVES and args.rsd_min_confidence is not None:
+            vec.meta["min_confidence"] = args.rsd_min_confidence
         vec.save(out / "vectors" / f"{emotion}-{name}")
         vecs[name], logs[name] = vec, tl.record()
         log(f"{emotion}: {name} loss {tl.losses[0]:.4f} -> {np.mean(tl.losses[-5:]):.4f} in {tl.seconds:.0f} s")
@@ -450,8 +464,9 @@ def parse_name(name: str) -> tuple[str, int, int]:
 
 
 def rsd_base(objective: str) -> str:
-    """``self-lm`` -> ``rsd-lm``: the on-policy candidates train an ``rsd-*`` objective."""
-    return re.sub(r"^self-", "rsd-", objective)
+    """``self-lm`` / ``self2-lm`` -> ``rsd-lm``: the on-policy candidates (first and second
+    round) train an ``rsd-*`` objective."""
+    return re.sub(r"^self2?-", "rsd-", objective)
 
 
 def first_picks(table, rule):

@@ -18,16 +18,16 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from steering.judges.build import (  # noqa: E402
-    SHIPPED_SOURCES, SOURCE_FOLDERS, JudgeConfig, build_judge)
+    HELDOUT_DEFAULT, SHIPPED_SOURCES, SOURCE_FOLDERS, JudgeConfig, build_judge)
 from steering.judges.emotion import ARTIFACT_DIR, ARTIFACT_NAME, JudgeError  # noqa: E402
 
 
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--sources", default=",".join(SHIPPED_SOURCES),
-                    help="training sources, comma-separated: goemotions, dair, sev-replies "
+                    help=f"training sources, comma-separated: {', '.join(SOURCE_FOLDERS)} "
                          "(each may be name:/path). Default: goemotions (the shipped judge)")
-    ap.add_argument("--evaluate", default=",".join(SOURCE_FOLDERS),
+    ap.add_argument("--evaluate", default=",".join(HELDOUT_DEFAULT),
                     help="held-out parts to score (missing ones are skipped with a note)")
     ap.add_argument("--data", help="folder holding the datasets (default $EMOPROBE_SHARED_DATA, "
                                    "then $EMOPROBE_DATA)")

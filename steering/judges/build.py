@@ -13,6 +13,9 @@ part that never overlap:
 ``sev-replies``  SEV replies (no licence: reference only); replies of half the skeletons (every
                  other sorted ``skeleton_id``, half "A") train, the other half ("B") is held out.
                  No neutral.
+``meld``         MELD (GPL-3.0), Friends dialogue utterances; train / test (dev left out).
+                 joy -> happiness. Spoken emotion, the only source with all six emotions and
+                 neither a reporting judge's data nor SEV (the selection consensus of ``t19``).
 
 The shipped judge (``steering/artifacts/emotion_judge.*``) is trained on ``goemotions`` only
 and evaluated on all three held-out parts. ``scripts/build_judge.py`` is the command line.
@@ -35,8 +38,10 @@ import pandas as pd
 from probe.artifacts import save_safetensors
 from steering.judges.emotion import _WORD, ARTIFACT_DIR, ARTIFACT_NAME, EMOTIONS, LABELS, JudgeError
 
-SOURCE_FOLDERS = {"goemotions": "goemotions", "dair": "dair_emotion", "sev-replies": "sev"}
+SOURCE_FOLDERS = {"goemotions": "goemotions", "dair": "dair_emotion", "sev-replies": "sev",
+                  "meld": "meld"}
 SHIPPED_SOURCES = ("goemotions",)
+HELDOUT_DEFAULT = ("goemotions", "dair", "sev-replies")   # the shipped judge's held-out parts
 _LEFT_OUT = ("curiosity", "confusion", "realization")
 
 
@@ -104,6 +109,9 @@ def load_source(spec: str, data_root: str | Path | None = None) -> Labelled:
         split = frame["split"]
     elif name == "dair":
         y = frame["label"].replace({"joy": "happiness", "love": "happiness"})
+        split = frame["split"]
+    elif name == "meld":   # spoken dialogue (Friends); dev is left out, test is held out
+        y = frame["emotion"].replace({"joy": "happiness"})
         split = frame["split"]
     else:
         y = frame["emotion"]
@@ -197,7 +205,7 @@ def save_artifact(meta: dict, tensors: dict, out: str | Path) -> Path:
 
 
 def build_judge(sources: Sequence[str] = SHIPPED_SOURCES,
-                evaluate_on: Sequence[str] = tuple(SOURCE_FOLDERS), *,
+                evaluate_on: Sequence[str] = HELDOUT_DEFAULT, *,
                 data_root: str | Path | None = None, out: str | Path = ARTIFACT_DIR / ARTIFACT_NAME,
                 cfg: JudgeConfig = JudgeConfig(), log=print) -> dict:
     """Train on ``sources``' training parts, score every held-out part, save; returns the meta."""

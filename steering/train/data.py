@@ -309,6 +309,7 @@ def sampled_teacher(lm, prompts: Sequence[str], emotion: str, *, judge, samples:
                     keep: int = 2, temperature: float = 0.8, top_p: float = 0.95,
                     max_new_tokens: int = 60, seed: int = 0, batch_size: int = 64,
                     steer: Setting | None = None, prompted: bool = True,
+                    min_confidence: float | None = None,
                     cache: str | Path | None = None, log=None) -> SampledSet:
     """Rejection-sampled teacher replies for ``emotion`` (the data of :data:`RSD_OBJECTIVES`).
 
@@ -324,6 +325,10 @@ def sampled_teacher(lm, prompts: Sequence[str], emotion: str, *, judge, samples:
     sampler; with ``prompted=False`` it sees the plain prompt: the steered model's *own*
     replies, judge-filtered, are then the targets of the next vector (on-policy self-training,
     ReST / expert iteration: the openings are the steered model's, not the designed prompt's).
+
+    ``min_confidence`` also asks the judge's probability of ``emotion`` to reach it (a judge with
+    ``predict_proba`` and ``classes``): an arg-max label at p ~ 0.25 of seven classes passes
+    on-topic text with no emotion in it ("The three primary colors are ..." as anger).
     """
     import numpy as np
     import torch
@@ -338,6 +343,9 @@ def sampled_teacher(lm, prompts: Sequence[str], emotion: str, *, judge, samples:
                             f"0 < top_p <= 1; got {samples}, {keep}, {temperature}, {top_p}")
     if steer is not None and not isinstance(steer.vector, SteeringVector):
         raise SteeringError("sampled_teacher steers with a Setting whose vector is a SteeringVector")
+    if min_confidence is not None and not (0 < min_confidence < 1 and hasattr(judge, "predict_proba")):
+        raise SteeringError(f"min_confidence must be in (0, 1) with a judge that has predict_proba; "
+                            f"got {min_confidence} with {type(judge).__name__}")
     if steer is None and not prompted:
         raise SteeringError("prompted=False samples the plain model: give steer=Setting(vector=..., "
                             "strength=...) to sample a steered model's own replies")
@@ -345,6 +353,8 @@ def sampled_teacher(lm, prompts: Sequence[str], emotion: str, *, judge, samples:
     arm = next(a for a in prompt_arms(emotion) if a.condition == "prompt-designed")
     settings = {"samples": samples, "keep": keep, "temperature": temperature, "top_p": top_p,
                 "max_new_tokens": max_new_tokens, "seed": seed}
+    if min_confidence is not None:   # older caches (no threshold) keep their keys
+        settings["min_confidence"] = min_confidence
     sampler = {"prompted": prompted}
     if steer is not None:
         sampler.update(vector=steer.vector.meta.get("method"), strength=steer.strength,
@@ -369,6 +379,8 @@ def sampled_teacher(lm, prompts: Sequence[str], emotion: str, *, judge, samples:
                           instructions=[arm.instruction] * len(rows), relevance=True)
     fluent = (frame["passed"].astype(bool) & ~frame["echo"].astype(bool)).to_numpy()
     ok = fluent & ((frame["label:teacher"] == emotion) & (frame["relevance"] > 0)).to_numpy()
+    if min_confidence is not None:
+        ok &= judge.predict_proba(texts)[:, list(judge.classes).index(emotion)] >= min_confidence
     kept_p, kept_r, kept_n, accepted = [], [], [], []
     for i, p in enumerate(prompts):
         span = range(i * samples, (i + 1) * samples)
@@ -396,7 +408,8 @@ def sampled_teacher(lm, prompts: Sequence[str], emotion: str, *, judge, samples:
                      meta={"model": lm.spec.alias, "weight_fingerprint": lm.fingerprint, **settings,
                            "sampler": sampler, "judge_sources": sources, "accepted": accepted,
                            "rate": float(np.mean(ok)), "prompts_kept": sum(a > 0 for a in accepted),
-                           "rule": "judge label == emotion, gate passed, no echo, relevance > 0",
+                           "rule": "judge label == emotion, gate passed, no echo, relevance > 0"
+                                   + (f", p(emotion) >= {min_confidence}" if min_confidence else ""),
                            "negative_rule": "another label, gate passed, no echo; most relevant"})
     if path is not None:
         out.save(path)

@@ -78,6 +78,42 @@ def test_sampled_teacher_keeps_the_judged_emotion_on_topic_replies(tiny_qwen, tm
     assert again == out
 
 
+def test_min_confidence_also_asks_the_judges_probability_of_the_emotion(tiny_qwen, tmp_path, monkeypatch):
+    import numpy as np
+
+    import steering.inject as I
+    import steering.train.data as D
+
+    real = I.generate_settings
+    monkeypatch.setattr(I, "generate_settings", lambda lm, prompts, settings, **kw: [
+        [f"{t} reply {i}" for i, t in enumerate(real(lm, prompts, settings, **kw)[0])]])
+    # prompt 0: three arg-max anger rows at p 0.6, 0.3, 0.5; prompts 1-2: none
+    verdicts = [("anger", True, False, 0.5), ("anger", True, False, 0.9), ("anger", True, False, 0.2),
+                *[("joy", True, False, 0.1)] * 6]
+    seen: dict = {}
+    _fake_judging(monkeypatch, verdicts, seen)
+
+    class Judge:
+        classes = ("anger", "joy")
+
+        def predict_proba(self, texts):
+            assert list(texts) == seen["replies"]
+            p = np.array([0.6, 0.3, 0.5] + [0.1] * 6)
+            return np.stack([p, 1 - p], axis=1)
+
+    run = dict(samples=3, keep=3, max_new_tokens=3, cache=tmp_path)
+    out = D.sampled_teacher(tiny_qwen, PROMPTS, "anger", judge=Judge(), min_confidence=0.5, **run)
+    r = seen["replies"]
+    assert out.replies == [r[0], r[2]]                 # row 1 (p 0.3 < 0.5) is out, though the most relevant
+    assert out.meta["accepted"] == [2, 0, 0] and "p(emotion) >= 0.5" in out.meta["rule"]
+    # the threshold is in the cache key: without it the same call samples again and keeps row 1
+    plain = D.sampled_teacher(tiny_qwen, PROMPTS, "anger", judge=Judge(), **run)
+    assert plain.replies == [r[1], r[0], r[2]] and "p(emotion)" not in plain.meta["rule"]
+    for bad, judge in ((0.0, Judge()), (1.0, Judge()), (0.5, object())):
+        with pytest.raises(SteeringError, match="min_confidence must be in"):
+            D.sampled_teacher(tiny_qwen, PROMPTS, "anger", judge=judge, min_confidence=bad, **run)
+
+
 def test_sampled_teacher_refuses_when_nothing_is_kept_and_bad_settings(tiny_qwen, monkeypatch):
     import steering.train.data as D
 
