@@ -45,6 +45,14 @@ def test_recorded_heldout_accuracy_reproduces(judge, shared_data):
     assert rec["accuracy"] > 1 / 6 + 0.2  # well above chance on replies it never saw
 
 
+def test_meld_source_maps_joy_and_keeps_dev_out(shared_data):
+    from steering.judges.emotion import EMOTIONS
+
+    data = load_source("meld", shared_data)
+    assert (len(data.train), len(data.test)) == (9989, 2610)          # dev (1,109) is left out
+    assert set(data.train["y"]) == set(EMOTIONS) | {"neutral"}       # all six, joy -> happiness
+
+
 def test_artifact_inference_equals_sklearn(go_slice, one_thread):
     import scipy.sparse as sp
     from sklearn.linear_model import LogisticRegression

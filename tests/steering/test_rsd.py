@@ -101,7 +101,7 @@ def test_min_confidence_also_asks_the_judges_probability_of_the_emotion(tiny_qwe
             p = np.array([0.6, 0.3, 0.5] + [0.1] * 6)
             return np.stack([p, 1 - p], axis=1)
 
-    run = dict(samples=3, keep=3, max_new_tokens=3, cache=tmp_path)
+    run = {"samples": 3, "keep": 3, "max_new_tokens": 3, "cache": tmp_path}
     out = D.sampled_teacher(tiny_qwen, PROMPTS, "anger", judge=Judge(), min_confidence=0.5, **run)
     r = seen["replies"]
     assert out.replies == [r[0], r[2]]                 # row 1 (p 0.3 < 0.5) is out, though the most relevant
