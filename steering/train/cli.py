@@ -51,7 +51,8 @@ the model's replies to the 96 training prompts (questions, requests, small talk,
 --samples per prompt sampled under the designed prompt and kept where --judge reads the emotion,
 the fluency gate passes and the reply stays on the prompt (rejection sampling). With
 --sample-vector FILE --sample-strength S the sampler is instead the model steered by that vector
-given the plain prompt, and training continues that vector (on-policy self-training). --judge is a
+given the plain prompt, and training continues that vector (on-policy self-training);
+--min-confidence P also asks the judge's probability of the emotion to reach P. --judge is a
 judge artifact (scripts/build_judge.py); a judge that chose the training replies should not be
 the one you report with."""
 
@@ -113,6 +114,9 @@ def add_parser(sub) -> dict:
                    help="rsd-*: kept replies per prompt at most, the most relevant (default: %(default)s)")
     p.add_argument("--temperature", type=float, default=0.8,
                    help="rsd-*: sampling temperature (default: %(default)s)")
+    p.add_argument("--min-confidence", type=float, default=None,
+                   help="rsd-*: also ask the judge's probability of the emotion to reach this, in "
+                        "(0, 1) (default: its arg-max label only)")
     p.add_argument("--rank", type=int, default=0,
                    help="0: a steering vector (one direction per layer); R >= 1: a LoReFT low-rank "
                         "intervention of rank R per layer, an edit that depends on the token's state "
@@ -161,6 +165,9 @@ def cmd_steer_train(args) -> int:
                             f"{args.max_opening}, {args.skip_opening}")
     if not rsd and args.max_opening:
         raise SteeringError("--max-opening is for the rsd-* objectives")
+    if args.min_confidence is not None and not (rsd and 0 < args.min_confidence < 1):
+        raise SteeringError(f"--min-confidence is for the rsd-* objectives and lies in (0, 1); "
+                            f"got {args.min_confidence}")
     on_policy = args.sample_vector is not None
     if on_policy != (args.sample_strength is not None) or (on_policy and not rsd):
         raise SteeringError("--sample-vector FILE and --sample-strength S go together, with an rsd-* "
@@ -235,7 +242,7 @@ def cmd_steer_train(args) -> int:
                                   judge=judge, samples=args.samples, keep=args.keep,
                                   temperature=args.temperature, steer=sampler,
                                   prompted=not on_policy, cache=cache_root() / lm.spec.alias,
-                                  log=log)
+                                  min_confidence=args.min_confidence, log=log)
         data, obj = rsd_data(name, sampled, plausible=args.plausible, skip_opening=args.skip_opening,
                              max_opening=args.max_opening)
     elif not sev:

@@ -259,6 +259,8 @@ def test_steer_train_rsd_samples_keeps_and_trains(capsys, tiny_dir, tmp_path, mo
                      (["--objective", "rsd-lm", "--judge", judge, "--samples", "0"], "--samples and --keep"),
                      (["--objective", "rsd-lm", "--judge", judge, "--max-opening", "-1"], "--max-opening and"),
                      (["--max-opening", "2"], "--max-opening is for the rsd-* objectives"),
+                     (["--min-confidence", "0.5"], "--min-confidence is for the rsd-* objectives"),
+                     (["--objective", "rsd-lm", "--judge", judge, "--min-confidence", "1"], "lies in (0, 1)"),
                      (["--objective", "rsd-lm", "--judge", tmp_path / "none"], "judge artifact incomplete")):
         code, _, err = run(*base, "--out", tmp_path / "x", *bad)
         assert code == 2 and msg in err, err
@@ -279,11 +281,15 @@ def test_steer_train_rsd_samples_keeps_and_trains(capsys, tiny_dir, tmp_path, mo
     rsd = D.rsd_data
     monkeypatch.setattr(D, "rsd_data", lambda *a, **k: seen.update(cap=k["max_opening"], skip=k["skip_opening"])
                         or rsd(*a, **k))
+    sampler = D.sampled_teacher   # --min-confidence reaches the sampler (the threshold is tested above)
+    monkeypatch.setattr(D, "sampled_teacher", lambda *a, **k: seen.update(p=k["min_confidence"])
+                        or sampler(*a, **{**k, "min_confidence": None}))
     code, _, err = run(*base, "--objective", "rsd-distill", "--judge", judge, "--prompts", "3",
                        "--samples", "2", "--keep", "1", "--max-opening", "5", "--skip-opening", "2",
-                       "--out", tmp_path / "fear-rsd-capped")
+                       "--min-confidence", "0.4", "--out", tmp_path / "fear-rsd-capped")
     assert code == 0, err
-    assert seen == {"cap": 5, "skip": 2}
+    assert seen == {"cap": 5, "skip": 2, "p": 0.4}
+    monkeypatch.setattr(D, "sampled_teacher", sampler)
     # --sample-vector / --sample-strength: the steered model samples its own replies to the plain
     # prompt, and the vector trained goes on from it
     for bad, msg in ((["--sample-vector", tmp_path / "fear-rsd"], "go together"),
