@@ -252,6 +252,9 @@ def cmd_steer_train(args) -> int:
                       init_strength=init_strength, max_norm=args.max_norm, rank=args.rank)
     vec, tl = train_vector(lm, data, obj, cfg, init=start, emotion=e, log=log)
     vec.meta["method"] = f"trained-{name}"
+    if rsd:   # how its data were drawn and kept (sampler, judge, rule), beside how it trained
+        vec.meta["sampled"] = {k: sampled.meta[k] for k in ("sampler", "judge_sources", "rule", "rate",
+                                                            "samples", "keep", "temperature")}
     out.parent.mkdir(parents=True, exist_ok=True)
     vec.save(out)
     print(f"{e}: {name} loss {tl.losses[0]:.4f} -> {tl.losses[-1]:.4f} in {tl.seconds:.0f} s; "

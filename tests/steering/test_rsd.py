@@ -289,6 +289,9 @@ def test_steer_train_rsd_samples_keeps_and_trains(capsys, tiny_dir, tmp_path, mo
                        "--min-confidence", "0.4", "--out", tmp_path / "fear-rsd-capped")
     assert code == 0, err
     assert seen == {"cap": 5, "skip": 2, "p": 0.4}
+    drawn = SteeringVector.load(tmp_path / "fear-rsd-capped").meta["sampled"]   # provenance, in the JSON
+    assert drawn["sampler"] == {"prompted": True} and drawn["judge_sources"] == ["goemotions"]
+    assert (drawn["samples"], drawn["keep"], drawn["rate"]) == (2, 1, 1.0) and "judge label" in drawn["rule"]
     monkeypatch.setattr(D, "sampled_teacher", sampler)
     # --sample-vector / --sample-strength: the steered model samples its own replies to the plain
     # prompt, and the vector trained goes on from it
