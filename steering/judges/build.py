@@ -14,8 +14,9 @@ part that never overlap:
                  other sorted ``skeleton_id``, half "A") train, the other half ("B") is held out.
                  No neutral.
 ``meld``         MELD (GPL-3.0), Friends dialogue utterances; train / test (dev left out).
-                 joy -> happiness. Spoken emotion, the only source with all six emotions and
-                 neither a reporting judge's data nor SEV (the selection consensus of ``t19``).
+                 joy -> happiness. Spoken emotion; all six emotions, and neither a reporting
+                 judge's data nor SEV (tried as a veto on ``t19``'s training filter, not used:
+                 docs/steering.md).
 
 The shipped judge (``steering/artifacts/emotion_judge.*``) is trained on ``goemotions`` only
 and evaluated on all three held-out parts. ``scripts/build_judge.py`` is the command line.

@@ -343,9 +343,10 @@ def sampled_teacher(lm, prompts: Sequence[str], emotion: str, *, judge, samples:
                             f"0 < top_p <= 1; got {samples}, {keep}, {temperature}, {top_p}")
     if steer is not None and not isinstance(steer.vector, SteeringVector):
         raise SteeringError("sampled_teacher steers with a Setting whose vector is a SteeringVector")
-    if min_confidence is not None and not (0 < min_confidence < 1 and hasattr(judge, "predict_proba")):
-        raise SteeringError(f"min_confidence must be in (0, 1) with a judge that has predict_proba; "
-                            f"got {min_confidence} with {type(judge).__name__}")
+    if min_confidence is not None and not (0 < min_confidence < 1 and hasattr(judge, "predict_proba")
+                                           and emotion in getattr(judge, "classes", ())):
+        raise SteeringError(f"min_confidence must be in (0, 1) with a judge that has predict_proba and "
+                            f"the class {emotion!r}; got {min_confidence} with {type(judge).__name__}")
     if steer is None and not prompted:
         raise SteeringError("prompted=False samples the plain model: give steer=Setting(vector=..., "
                             "strength=...) to sample a steered model's own replies")

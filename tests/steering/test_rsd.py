@@ -109,9 +109,10 @@ def test_min_confidence_also_asks_the_judges_probability_of_the_emotion(tiny_qwe
     # the threshold is in the cache key: without it the same call samples again and keeps row 1
     plain = D.sampled_teacher(tiny_qwen, PROMPTS, "anger", judge=Judge(), **run)
     assert plain.replies == [r[1], r[0], r[2]] and "p(emotion)" not in plain.meta["rule"]
-    for bad, judge in ((0.0, Judge()), (1.0, Judge()), (0.5, object())):
+    for bad, judge, emotion in ((0.0, Judge(), "anger"), (1.0, Judge(), "anger"), (0.5, object(), "anger"),
+                                (0.5, Judge(), "fear")):    # a judge that cannot say fear
         with pytest.raises(SteeringError, match="min_confidence must be in"):
-            D.sampled_teacher(tiny_qwen, PROMPTS, "anger", judge=judge, min_confidence=bad, **run)
+            D.sampled_teacher(tiny_qwen, PROMPTS, emotion, judge=judge, min_confidence=bad, **run)
 
 
 def test_sampled_teacher_refuses_when_nothing_is_kept_and_bad_settings(tiny_qwen, monkeypatch):
