@@ -26,14 +26,13 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import torch
-from steering_summary import ci_over_prompts, fmt, fmt_diff
+from steering_summary import ci_over_prompts, fmt, fmt_diff, prompt_hits
 
 from probe.models import load_model
 from steering.eval.baselines import random_like, reply_states
 from steering.eval.grid import Arm, Decoding
 from steering.eval.prompts import load_prompts
 from steering.eval.protocol import spread
-from steering.eval.score import hits
 from steering.eval.scorer import Scorer
 from steering.eval.trained import score_arms
 from steering.inject import Setting
@@ -42,8 +41,7 @@ from steering.lowrank import LowRankIntervention, load_steering
 
 
 def per_prompt(f: pd.DataFrame, condition: str, judge: str) -> pd.Series:
-    p = f[f["condition"] == condition]
-    return pd.Series(hits(p, judge).astype(float), index=p["prompt_id"].to_numpy()).groupby(level=0).mean()
+    return prompt_hits(f[f["condition"] == condition], judge)
 
 
 def main(argv=None) -> None:

@@ -18,9 +18,7 @@ import argparse
 from pathlib import Path
 
 import pandas as pd
-from steering_summary import ci_over_prompts, fmt_diff, load
-
-from steering.eval.score import hits
+from steering_summary import ci_over_prompts, fmt_diff, load, prompt_hits
 
 
 def main(argv=None) -> None:
@@ -45,8 +43,7 @@ def main(argv=None) -> None:
                     f = frames[run]
                     pick = (f["condition"] == args.conditions[k]) if args.conditions else (f["role"] == "steered")
                     p = f[(f["emotion"] == e) & pick]
-                    s.append(pd.Series(hits(p, j).astype(float),
-                                       index=p["prompt_id"].to_numpy()).groupby(level=0).mean())
+                    s.append(prompt_hits(p, j))
                 d = (s[1] - s[0]).dropna()
                 if d.empty:
                     cells.append(f"{e} missing")

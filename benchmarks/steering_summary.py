@@ -69,6 +69,12 @@ def load(dirs: list[Path], rule: str | None = None) -> tuple[pd.DataFrame, dict]
     return pd.concat(frames, ignore_index=True), chosen
 
 
+def prompt_hits(rows: pd.DataFrame, judge: str) -> pd.Series:
+    """Each test prompt's share of ``rows`` (replies) that ``judge`` counts as the target, gated."""
+    return pd.Series(hits(rows, judge).astype(float),
+                     index=rows["prompt_id"].to_numpy()).groupby(level=0).mean()
+
+
 def ci_over_prompts(per_prompt: pd.Series, n_boot: int = 2000, seed: int = 0) -> tuple[float, float, float]:
     ids = per_prompt.index.to_numpy()
     w = group_bootstrap_weights(ids, n_boot, seed)
