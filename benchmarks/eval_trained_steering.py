@@ -135,7 +135,8 @@ def main(argv=None) -> None:
                     help="the sev-* objectives train on skeletons OFFSET .. OFFSET + --sev-skeletons")
     ap.add_argument("--lm-weight", type=float, default=1.0, help="LM anchor of sev-pref-lm(-kl)")
     ap.add_argument("--kl-weight", type=float, default=1.0,
-                    help="sev-pref-lm-kl: weight of KL(steered || unsteered) over the target reply")
+                    help="sev-pref-lm-kl, rsd-pref-kl (self-pref-kl, self2-pref-kl): weight of "
+                         "KL(steered || unsteered) over the target reply")
     ap.add_argument("--seed", type=int, default=0, help="training row order (TrainConfig.seed)")
     ap.add_argument("--rsd-samples", type=int, default=4,
                     help="rsd-*: replies sampled per training prompt under the designed prompt")
@@ -291,7 +292,7 @@ def train_all(lm, emotion, teach, expr, layers, args, out, names=None, have=None
                 logs[name] = {"skipped": str(exc)}
                 continue
             data, obj = rsd_data(base, sampled, plausible=args.plausible, skip_opening=skip,
-                                 max_opening=args.rsd_max_opening)
+                                 max_opening=args.rsd_max_opening, kl_weight=args.kl_weight)
             log(f"{emotion}: {name} trains on {len(data)} kept replies "
                 f"(of {len(sampled.replies)} before the opening cap; "
                 f"{sampled.meta['prompts_kept']} prompts, acceptance {sampled.meta['rate']:.2f})")

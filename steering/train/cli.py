@@ -19,7 +19,7 @@ OBJECTIVES = ("distill-cd", "distill", "distill-amp", "distill-boot", "preferenc
 #: ``steering.train.data.SEV_OBJECTIVES`` (trained on SEV's replies; need ``--sev``).
 SEV_OBJECTIVES = ("sev-preference", "sev-pref-lm", "sev-pref-lm-kl", "sev-lm")
 #: ``steering.train.data.RSD_OBJECTIVES`` (the model's own sampled replies, kept by ``--judge``).
-RSD_OBJECTIVES = ("rsd-lm", "rsd-distill", "rsd-pref")
+RSD_OBJECTIVES = ("rsd-lm", "rsd-distill", "rsd-pref", "rsd-pref-kl")
 
 EPILOG = """\
 examples:
@@ -46,7 +46,8 @@ language-model loss); sev-preference, sev-pref-lm (the same plus the target repl
 reply, a fluency term) and sev-lm learn from SEV's replies (Llama-3.2-3B answering a scenario + event in
 each emotion; --sev is the folder with sev.jsonl and sev_accepted.jsonl) instead of the model's
 own; rsd-lm (language-model loss), rsd-distill (distillation of the designed prompt) and rsd-pref
-(each kept reply preferred over a rejected sample to the same prompt, plus its LM loss) learn from
+(each kept reply preferred over a rejected sample to the same prompt, plus its LM loss; rsd-pref-kl
+adds --kl-weight x KL(steered || unsteered) over the kept reply) learn from
 the model's replies to the 96 training prompts (questions, requests, small talk, instructions),
 --samples per prompt sampled under the designed prompt and kept where --judge reads the emotion,
 the fluency gate passes and the reply stays on the prompt (rejection sampling). With
@@ -92,7 +93,7 @@ def add_parser(sub) -> dict:
     p.add_argument("--lm-weight", type=float, default=1.0,
                    help="sev-pref-lm: weight of the target replies' LM loss (default: %(default)s)")
     p.add_argument("--kl-weight", type=float, default=1.0,
-                   help="sev-pref-lm-kl: weight of KL(steered || unsteered) over the target reply's "
+                   help="sev-pref-lm-kl, rsd-pref-kl: weight of KL(steered || unsteered) over the target reply's "
                         "tokens (default: %(default)s)")
     p.add_argument("--skip-opening", type=int, default=0,
                    help="sev-*, rsd-*: leave each reply's first N tokens out of the loss, so the vector "
@@ -163,6 +164,8 @@ def cmd_steer_train(args) -> int:
         raise SteeringError(f"--samples and --keep must be >= 1, --temperature > 0, --max-opening and "
                             f"--skip-opening >= 0; got {args.samples}, {args.keep}, {args.temperature}, "
                             f"{args.max_opening}, {args.skip_opening}")
+    if not args.kl_weight >= 0:
+        raise SteeringError(f"--kl-weight must be >= 0; got {args.kl_weight}")
     if not rsd and args.max_opening:
         raise SteeringError("--max-opening is for the rsd-* objectives")
     if args.min_confidence is not None and not (rsd and 0 < args.min_confidence < 1):
@@ -244,7 +247,7 @@ def cmd_steer_train(args) -> int:
                                   prompted=not on_policy, cache=cache_root() / lm.spec.alias,
                                   min_confidence=args.min_confidence, log=log)
         data, obj = rsd_data(name, sampled, plausible=args.plausible, skip_opening=args.skip_opening,
-                             max_opening=args.max_opening)
+                             max_opening=args.max_opening, kl_weight=args.kl_weight)
     elif not sev:
         data, obj = objective_data(name, e, teach, amplify=args.amplify, plausible=args.plausible,
                                    **extra)

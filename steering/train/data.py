@@ -44,8 +44,9 @@ OBJECTIVES = ("distill-cd", "distill", "distill-amp", "distill-boot", "preferenc
 #: ``rsd-distill`` (KL from the designed prompt's next-token distribution over their tokens,
 #: plausibility-truncated as ``distill-cd``, no amplification) and ``rsd-pref`` (each kept reply
 #: preferred over a rejected sample to the same prompt, plus its language-model loss: BiPO /
-#: RePS on the sampler's own pairs).
-RSD_OBJECTIVES = ("rsd-lm", "rsd-distill", "rsd-pref")
+#: RePS on the sampler's own pairs); ``rsd-pref-kl`` adds ``KL(p_steered || p_unsteered)`` over
+#: the kept reply (a fluency term, as ``sev-pref-lm-kl``).
+RSD_OBJECTIVES = ("rsd-lm", "rsd-distill", "rsd-pref", "rsd-pref-kl")
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -464,10 +465,11 @@ def cap_openings(sampled: SampledSet, max_per_opening: int, *, words: int = 3) -
 
 
 def rsd_data(name: str, sampled: SampledSet, *, plausible: float = 0.1, skip_opening: int = 0,
-             max_opening: int = 0):
+             max_opening: int = 0, kl_weight: float = 1.0):
     """``(PairData, objective)`` of one of :data:`RSD_OBJECTIVES` on ``sampled``'s kept replies;
     ``max_opening``: at most that many of them per opening (:func:`cap_openings`, 0: all);
-    ``skip_opening``: each reply's first tokens stay in the input and out of the loss."""
+    ``skip_opening``: each reply's first tokens stay in the input and out of the loss;
+    ``kl_weight``: the weight of ``rsd-pref-kl``'s KL term (the others have none)."""
     if name not in RSD_OBJECTIVES:
         raise SteeringError(f"unknown objective {name!r}; choose from {', '.join(RSD_OBJECTIVES)}")
     if skip_opening < 0:
@@ -476,16 +478,17 @@ def rsd_data(name: str, sampled: SampledSet, *, plausible: float = 0.1, skip_ope
     if name == "rsd-lm":
         return (PairData(sampled.prompts, sampled.replies, skip_reply_tokens=skip_opening),
                 objective("lm"))
-    if name == "rsd-pref":
+    if name.startswith("rsd-pref"):
         rows = [i for i, n in enumerate(sampled.negatives) if n.strip()]
         if not rows:
-            raise SteeringError("rsd-pref needs rejected samples to contrast, and this set has none "
+            raise SteeringError(f"{name} needs rejected samples to contrast, and this set has none "
                                 "(every sample was kept, or it was cached before negatives were "
                                 "kept: sample it again into another cache folder)")
         return (PairData([sampled.prompts[i] for i in rows], [sampled.replies[i] for i in rows],
                          negatives=[sampled.negatives[i] for i in rows],
                          skip_reply_tokens=skip_opening),
-                objective("preference", lm_weight=1.0))
+                objective("preference", lm_weight=1.0,
+                          kl_weight=kl_weight if name == "rsd-pref-kl" else 0.0))
     return (PairData(sampled.prompts, sampled.replies, system_prompt=sampled.system_prompt,
                      user_suffix=sampled.user_suffix, skip_reply_tokens=skip_opening),
             objective("distill", plausible=plausible))

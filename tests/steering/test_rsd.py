@@ -153,13 +153,16 @@ def test_rsd_data_maps_each_name_to_its_objective():
     data, obj = rsd_data("rsd-distill", s, plausible=0.2)
     assert obj.name == "distill" and (obj.amplify, obj.plausible) == (0.0, 0.2)
     assert (data.system_prompt, data.user_suffix) == ("Be angry.", " (angry)")   # the teacher
-    assert set(RSD_OBJECTIVES) == {"rsd-lm", "rsd-distill", "rsd-pref"}
-    with pytest.raises(SteeringError, match="rsd-pref needs rejected samples"):
-        rsd_data("rsd-pref", s)   # a set cached before negatives were kept
+    assert set(RSD_OBJECTIVES) == {"rsd-lm", "rsd-distill", "rsd-pref", "rsd-pref-kl"}
+    for name in ("rsd-pref", "rsd-pref-kl"):
+        with pytest.raises(SteeringError, match=f"{name} needs rejected samples"):
+            rsd_data(name, s)   # a set cached before negatives were kept
     s = SampledSet(prompts=["p0", "p0", "p1"], replies=["a", "b", "c"], negatives=["n0", "n0", ""],
                    emotion="anger", system_prompt="Be angry.", user_suffix=" (angry)", meta={})
-    data, obj = rsd_data("rsd-pref", s)   # only the rows with a rejected sample to contrast
-    assert (obj.name, obj.lm_weight) == ("preference", 1.0)
+    data, obj = rsd_data("rsd-pref", s, kl_weight=0.7)   # only the rows with a rejected sample
+    assert (obj.name, obj.lm_weight, obj.kl_weight) == ("preference", 1.0, 0.0)   # no KL term here
+    kl_data, kl_obj = rsd_data("rsd-pref-kl", s, kl_weight=0.7)   # the same rows, plus the KL term
+    assert (kl_obj.lm_weight, kl_obj.kl_weight) == (1.0, 0.7) and kl_data.replies == data.replies
     assert data.prompts == ["p0", "p0"] and data.replies == ["a", "b"] and data.negatives == ["n0", "n0"]
     assert data.system_prompt is None
     with pytest.raises(SteeringError, match="unknown objective"):
@@ -320,3 +323,16 @@ def test_steer_train_rsd_samples_keeps_and_trains(capsys, tiny_dir, tmp_path, mo
     self_vec = SteeringVector.load(tmp_path / "fear-self")
     assert self_vec.meta["method"] == "trained-rsd-pref" and self_vec.meta["train"]["init_strength"] is None
     assert self_vec.meta["train"]["rows"] == 3
+    # rsd-pref-kl: the same data, with --kl-weight x KL(steered || unsteered) in the loss it trains
+    code, _, err = run(*base, "--objective", "rsd-pref-kl", "--judge", judge, "--prompts", "3",
+                       "--samples", "2", "--keep", "1", "--sample-vector", tmp_path / "fear-rsd",
+                       "--sample-strength", "1.5", "--kl-weight", "-1", "--out", tmp_path / "fear-kl")
+    assert code == 2 and "--kl-weight must be >= 0" in err, err
+    code, _, err = run(*base, "--objective", "rsd-pref-kl", "--judge", judge, "--prompts", "3",
+                       "--samples", "2", "--keep", "1", "--sample-vector", tmp_path / "fear-rsd",
+                       "--sample-strength", "1.5", "--kl-weight", "0.5", "--out", tmp_path / "fear-kl")
+    assert code == 0, err
+    kl_vec = SteeringVector.load(tmp_path / "fear-kl")
+    assert kl_vec.meta["method"] == "trained-rsd-pref-kl" and kl_vec.meta["train"]["rows"] == 3
+    assert "kl_weight=0.5" in kl_vec.meta["train"]["objective"]
+    assert "kl_weight=0.0" in self_vec.meta["train"]["objective"]
