@@ -178,7 +178,8 @@ def main(argv=None) -> None:
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--reuse", action="store_true",
                     help="load the vectors and tune table an earlier run wrote to --out (training only "
-                         "the objectives it has no vector for); score new arms only")
+                         "the objectives it has no vector for); score new arms only, and keep the "
+                         "replies of arms the confirmation stage scored before")
     ap.add_argument("--combo-scales", default="",
                     help="extra designed prompt + vector arms, e.g. distill:0.5,distill-amp:0.25")
     args = ap.parse_args(argv)
@@ -391,7 +392,8 @@ def run_emotion(lm, emotion, teach, expr, layers, args, out, tune, test, sel_sco
     if args.confirm_top:
         picks = confirm_choice(emotion, table, args.confirm_top, confirm, tune, out, sel_scorer,
                                select, *refs["confirm"], setting_of, designed, steer, rules,
-                               CollapseConfig(max_phrase_share=args.max_phrase_share)) or picks
+                               CollapseConfig(max_phrase_share=args.max_phrase_share),
+                               reuse=args.reuse) or picks
         if picks[rules[0]][0]:   # the confirmed point is its method's point on the test prompts
             per_method[picks[rules[0]][0].split("@")[0]] = picks[rules[0]][0]
     best, best_combo = picks[rules[0]]
@@ -479,12 +481,14 @@ def first_picks(table, rule):
 
 
 def confirm_choice(emotion, table, k, confirm, tune, out, sel_scorer, select, ref_ppl, ref_rel,
-                   setting_of, designed, steer=Setting, rules=("composite",), collapse=None):
+                   setting_of, designed, steer=Setting, rules=("composite",), collapse=None,
+                   reuse=False):
     """Second selection stage: the ``k`` best eligible steering points and the ``k`` best
     prompt + steering points of the first stage by each of ``rules``, scored again on the first
     stage's tune prompts and on the ``confirm`` prompts; each kind's point is chosen by each rule
     over all of them, the gates applied to all of them. Returns ``{rule: (best, best_combo)}``,
-    or None when the first stage left nothing eligible."""
+    or None when the first stage left nothing eligible. ``reuse``: arms an earlier run of the same
+    ``out`` confirmed keep their replies (``<emotion>-confirm-replies.csv``), the others generate."""
     alone, combos = [], []
     for r in rules:   # (dict.fromkeys: a reused run's table may list a condition twice)
         ok = list(dict.fromkeys(rank_table(table[table["eligible"]], r)["condition"]))
@@ -503,9 +507,10 @@ def confirm_choice(emotion, table, k, confirm, tune, out, sel_scorer, select, re
     prompts = list(tune) + list(confirm)
     log(f"{emotion}: confirmation, {len(arms)} arms x {len(prompts)} tune prompts "
         f"({len(confirm)} new)")
+    replies = out / f"{emotion}-confirm-replies.csv"
     fc = score_arms(sel_scorer, prompts, arms, concept_judges={"select": select},
-                    ref_perplexity=ref_ppl, ref_relevance=ref_rel)
-    fc.drop(columns=["signals"]).to_csv(out / f"{emotion}-confirm-replies.csv", index=False)
+                    ref_perplexity=ref_ppl, ref_relevance=ref_rel, reuse=replies if reuse else None)
+    fc.drop(columns=["signals"]).to_csv(replies, index=False)
     _, pooled = select_scale(fc, judge="select", ref_perplexity=ref_ppl,
                              **({"collapse": collapse} if collapse else {}))
     first = table.drop_duplicates("condition", keep="last").set_index("condition")

@@ -15,6 +15,7 @@ perplexity and relevance ratios to unsteered, collapse, wrong-way share), and
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -29,7 +30,7 @@ from steering.eval.composite import (
     suppression_scores,
     wrong_way_share,
 )
-from steering.eval.grid import Arm
+from steering.eval.grid import Arm, generate_arms
 from steering.eval.score import hits
 from steering.eval.scorer import Scorer
 from steering.inject import Setting
@@ -48,17 +49,47 @@ def baseline_arms(emotion: str, steer: Setting | None = None) -> list[Arm]:
 
 def score_arms(scorer: Scorer, prompts, arms: Sequence[Arm], *, concept_judges: Mapping[str, object],
                ref_perplexity: float, ref_relevance: float, targets: Sequence[str] | None = None,
-               away: bool = False) -> pd.DataFrame:
+               away: bool = False, reuse: str | Path | None = None) -> pd.DataFrame:
     """Judged replies of ``arms`` (relevance on) with ``composite:<judge>`` per judge.
 
     ``away``: the arms steer *away* from the target (suppression): ``concept:<judge>`` is 1 - the
     judge's probability of the target (:func:`steering.eval.composite.suppression_scores`), so the
     composite, selection and wrong-way share reward less of the emotion; ``label:<judge>`` and
     the expression rates (:func:`steering.eval.score.hits`) still count the target expressed.
+    ``reuse``: a replies CSV an earlier call wrote (``frame.drop(columns=["signals"])``); an arm
+    whose condition it holds for every prompt keeps those replies and only the other arms
+    generate. The caller vouches that a condition names the same intervention in both (every
+    reply is judged again).
     """
-    frame = scorer.frame(prompts, arms, relevance=True, targets=targets)
+    texts = None
+    if reuse is not None:
+        known = cached_replies(reuse, prompts, [a.condition for a in arms])
+        new = [a for a in arms if a.condition not in known]
+        made = dict(zip([a.condition for a in new], generate_arms(
+            scorer.lm, [p.text for p in prompts], new, decoding=scorer.decoding,
+            batch_size=scorer.batch_size, log=scorer.log) if new else []))
+        if scorer.log and known:
+            scorer.log(f"  reused the replies of {len(known)} arms from {reuse}")
+        texts = [known[a.condition] if a.condition in known else made[a.condition] for a in arms]
+    frame = scorer.frame(prompts, arms, relevance=True, targets=targets, texts=texts)
     return add_composites(frame, concept_judges=concept_judges, ref_perplexity=ref_perplexity,
                           ref_relevance=ref_relevance, away=away)
+
+
+def cached_replies(path: str | Path, prompts, conditions: Sequence[str]) -> dict[str, list[str]]:
+    """``{condition: replies in prompts' order}`` from a replies CSV (``arm, condition, prompt_id,
+    reply, ...``) for each of ``conditions`` it holds for every prompt, once each (the first
+    target's rows); ``{}`` if there is no file."""
+    path = Path(path)
+    if not path.is_file():
+        return {}
+    old = pd.read_csv(path, keep_default_na=False, dtype={"prompt_id": str, "reply": str})
+    ids, out = [str(p.id) for p in prompts], {}
+    for cond, part in old[old["condition"].isin(list(conditions))].groupby("condition", sort=False):
+        by = dict(zip(part["prompt_id"][::-1], part["reply"][::-1]))   # the first row per prompt
+        if all(i in by for i in ids):
+            out[str(cond)] = [by[i] for i in ids]
+    return out
 
 
 def add_composites(frame: pd.DataFrame, *, concept_judges: Mapping[str, object],

@@ -118,7 +118,7 @@ class _Scorer:
     def __init__(self, frames):
         self.frames = frames
 
-    def frame(self, prompts, arms, *, relevance, targets=None):
+    def frame(self, prompts, arms, *, relevance, targets=None, texts=None):
         return pd.concat([self.frames[a] for a in arms], ignore_index=True)
 
 
@@ -139,3 +139,48 @@ def test_score_arms_away_scores_one_minus_the_target_and_counts_angrier_prompts_
     r = {x["condition"]: x for x in rows}
     assert r["steered"]["wrong_way"] == 0.0 and r["worse"]["wrong_way"] == 0.2
     assert r["steered"]["composite"] > r["unsteered"]["composite"]
+
+
+def test_score_arms_reuse_keeps_the_replies_of_arms_scored_before(tmp_path, monkeypatch):
+    """``reuse=CSV``: an arm whose condition the file holds for every prompt keeps its replies
+    (in the prompts' order, "NA" and "" kept as text); the others, and every arm without a
+    file, are generated; every reply is judged again."""
+    from types import SimpleNamespace
+
+    import steering.eval.trained as T
+    from steering.eval.grid import Arm
+
+    prompts = [SimpleNamespace(id="p0", text="How do bees make honey?"),
+               SimpleNamespace(id="p1", text="What is a leap year?")]
+    arms = [Arm(condition=c, emotion="anger") for c in ("a@1", "b@1", "d@1")]
+    pd.DataFrame({"arm": [0, 0, 1, 2, 2], "condition": ["a@1", "a@1", "b@1", "c@1", "c@1"],
+                  "prompt_id": ["p1", "p0", "p0", "p0", "p1"],
+                  "reply": ["NA", "", "b0", "c0", "c1"], "target": "anger"}
+                 ).to_csv(tmp_path / "r.csv", index=False)
+    assert T.cached_replies(tmp_path / "r.csv", prompts, ["a@1", "b@1", "c@1", "d@1"]) == {
+        "a@1": ["", "NA"], "c@1": ["c0", "c1"]}   # b@1 lacks p1; d@1 is not there
+    assert T.cached_replies(tmp_path / "none.csv", prompts, ["a@1"]) == {}
+    made, seen = [], {}
+    monkeypatch.setattr(T, "generate_arms", lambda lm, texts, new, **kw: made.append(
+        [a.condition for a in new]) or [[f"{a.condition} {t}" for t in texts] for a in new])
+
+    class Recorder:
+        lm, decoding, batch_size, log = None, None, 8, None
+
+        def frame(self, prompts, arms, *, relevance, targets=None, texts=None):
+            seen["texts"] = texts
+            return pd.concat([_frame(a.condition, ["the fridge keeps food cold"] * len(prompts))
+                              for a in arms], ignore_index=True)
+
+    score_arms(Recorder(), prompts, arms, concept_judges={"judge": _Judge()}, ref_perplexity=10.0,
+               ref_relevance=1.0, reuse=tmp_path / "r.csv")
+    assert made == [["b@1", "d@1"]]
+    assert seen["texts"] == [["", "NA"], ["b@1 How do bees make honey?", "b@1 What is a leap year?"],
+                             ["d@1 How do bees make honey?", "d@1 What is a leap year?"]]
+    made.clear()
+    score_arms(Recorder(), prompts, arms, concept_judges={"judge": _Judge()}, ref_perplexity=10.0,
+               ref_relevance=1.0, reuse=tmp_path / "none.csv")
+    assert made == [["a@1", "b@1", "d@1"]]
+    score_arms(Recorder(), prompts, arms, concept_judges={"judge": _Judge()}, ref_perplexity=10.0,
+               ref_relevance=1.0)   # without reuse the scorer generates, as before
+    assert seen["texts"] is None and len(made) == 1
