@@ -164,8 +164,8 @@ def cmd_steer_train(args) -> int:
         raise SteeringError(f"--samples and --keep must be >= 1, --temperature > 0, --max-opening and "
                             f"--skip-opening >= 0; got {args.samples}, {args.keep}, {args.temperature}, "
                             f"{args.max_opening}, {args.skip_opening}")
-    if not args.kl_weight >= 0:
-        raise SteeringError(f"--kl-weight must be >= 0; got {args.kl_weight}")
+    if rsd and not args.kl_weight >= 0:
+        raise SteeringError(f"these must be: --kl-weight >= 0 (got {args.kl_weight})")
     if not rsd and args.max_opening:
         raise SteeringError("--max-opening is for the rsd-* objectives")
     if args.min_confidence is not None and not (rsd and 0 < args.min_confidence < 1):

@@ -327,7 +327,7 @@ def test_steer_train_rsd_samples_keeps_and_trains(capsys, tiny_dir, tmp_path, mo
     code, _, err = run(*base, "--objective", "rsd-pref-kl", "--judge", judge, "--prompts", "3",
                        "--samples", "2", "--keep", "1", "--sample-vector", tmp_path / "fear-rsd",
                        "--sample-strength", "1.5", "--kl-weight", "-1", "--out", tmp_path / "fear-kl")
-    assert code == 2 and "--kl-weight must be >= 0" in err, err
+    assert code == 2 and "--kl-weight >= 0 (got -1.0)" in err, err
     code, _, err = run(*base, "--objective", "rsd-pref-kl", "--judge", judge, "--prompts", "3",
                        "--samples", "2", "--keep", "1", "--sample-vector", tmp_path / "fear-rsd",
                        "--sample-strength", "1.5", "--kl-weight", "0.5", "--out", tmp_path / "fear-kl")
