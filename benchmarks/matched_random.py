@@ -26,7 +26,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import torch
-from steering_summary import ci_over_prompts, fmt, fmt_diff, prompt_hits
+from steering_summary import ci_over_prompts, condition_hits, fmt, fmt_diff
 
 from probe.models import load_model
 from steering.eval.baselines import random_like, reply_states
@@ -38,10 +38,6 @@ from steering.eval.trained import score_arms
 from steering.inject import Setting
 from steering.judges.emotion import ClassifierJudge, LexiconJudge
 from steering.lowrank import LowRankIntervention, load_steering
-
-
-def per_prompt(f: pd.DataFrame, condition: str, judge: str) -> pd.Series:
-    return prompt_hits(f[f["condition"] == condition], judge)
 
 
 def main(argv=None) -> None:
@@ -109,14 +105,14 @@ def main(argv=None) -> None:
     for cond in ("steered", "random", "random-matched"):
         ppl = {e: float(np.nanmedian(f.loc[f["condition"] == cond, "perplexity"]) / refs[e])
                for e, f in frames.items()}
-        expr = {j: pd.concat([per_prompt(f, cond, j) for f in frames.values()], axis=1).mean(axis=1)
+        expr = {j: pd.concat([condition_hits(f, cond, j) for f in frames.values()], axis=1).mean(axis=1)
                 for j in ("classifier", "lexicon")}
         print(f"  {cond}: expression {fmt(ci_over_prompts(expr['classifier']))} / "
               f"{fmt(ci_over_prompts(expr['lexicon']))}; median ppl ratio "
               + ", ".join(f"{e} {x:.2f}" for e, x in ppl.items()))
     for ctl in ("random", "random-matched"):
         for j in ("classifier", "lexicon"):
-            per = {e: (per_prompt(f, "steered", j) - per_prompt(f, ctl, j)).dropna()
+            per = {e: (condition_hits(f, "steered", j) - condition_hits(f, ctl, j)).dropna()
                    for e, f in frames.items()}
             mean = pd.concat(per.values(), axis=1).mean(axis=1)
             print(f"  steered - {ctl}, {j}: mean {fmt_diff(ci_over_prompts(mean))}; "

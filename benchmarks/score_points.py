@@ -21,7 +21,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import torch
-from steering_summary import ci_over_prompts, fmt, fmt_diff, prompt_hits
+from steering_summary import ci_over_prompts, condition_hits, fmt, fmt_diff
 
 from probe.models import load_model
 from steering.eval.grid import Arm, Decoding
@@ -34,10 +34,6 @@ from steering.judges.emotion import ClassifierJudge, LexiconJudge
 from steering.lowrank import load_steering
 
 JUDGES = ("classifier", "lexicon")
-
-
-def per_prompt(f: pd.DataFrame, condition: str, judge: str) -> pd.Series:
-    return prompt_hits(f[f["condition"] == condition], judge)
 
 
 def main(argv=None) -> None:
@@ -88,18 +84,18 @@ def main(argv=None) -> None:
         if not got:
             print(f"  {p}: no emotion has this vector")
             continue
-        each = {e: "/".join(f"{per_prompt(f, cond, j).mean():.2f}" for j in JUDGES) for e, f in got.items()}
+        each = {e: "/".join(f"{condition_hits(f, cond, j).mean():.2f}" for j in JUDGES) for e, f in got.items()}
         ratios = {e: (float(np.nanmedian(f.loc[f["condition"] == cond, "perplexity"]) / refs[e][0]),
                       float(np.nanmedian(f.loc[f["condition"] == cond, "relevance"]) / refs[e][1]))
                   for e, f in got.items()}
-        mean = [fmt(ci_over_prompts(pd.concat([per_prompt(f, cond, j) for f in got.values()], axis=1)
+        mean = [fmt(ci_over_prompts(pd.concat([condition_hits(f, cond, j) for f in got.values()], axis=1)
                                     .mean(axis=1))) for j in JUDGES]
         print(f"  {p} ({len(got)} emotions): {mean[0]} / {mean[1]}; "
               + ", ".join(f"{e} {x} (ppl {ratios[e][0]:.2f}, rel {ratios[e][1]:.2f})" for e, x in each.items()))
         for other in (a for a in args.against.split(",") if a):
             both = {e: f for e, f in got.items() if other in set(f["condition"])}
             diffs = [fmt_diff(ci_over_prompts(pd.concat(
-                [per_prompt(f, cond, j) - per_prompt(f, other, j) for f in both.values()], axis=1)
+                [condition_hits(f, cond, j) - condition_hits(f, other, j) for f in both.values()], axis=1)
                 .mean(axis=1))) for j in JUDGES]
             print(f"    minus {other} ({len(both)} emotions): {diffs[0]} / {diffs[1]}")
 

@@ -75,6 +75,11 @@ def prompt_hits(rows: pd.DataFrame, judge: str) -> pd.Series:
                      index=rows["prompt_id"].to_numpy()).groupby(level=0).mean()
 
 
+def condition_hits(frame: pd.DataFrame, condition: str, judge: str) -> pd.Series:
+    """:func:`prompt_hits` of ``frame``'s rows of one ``condition``."""
+    return prompt_hits(frame[frame["condition"] == condition], judge)
+
+
 def ci_over_prompts(per_prompt: pd.Series, n_boot: int = 2000, seed: int = 0) -> tuple[float, float, float]:
     ids = per_prompt.index.to_numpy()
     w = group_bootstrap_weights(ids, n_boot, seed)

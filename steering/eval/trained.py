@@ -65,9 +65,11 @@ def score_arms(scorer: Scorer, prompts, arms: Sequence[Arm], *, concept_judges: 
     if reuse is not None:
         known = cached_replies(reuse, prompts, [a.condition for a in arms])
         new = [a for a in arms if a.condition not in known]
-        made = dict(zip([a.condition for a in new], generate_arms(
-            scorer.lm, [p.text for p in prompts], new, decoding=scorer.decoding,
-            batch_size=scorer.batch_size, log=scorer.log) if new else []))
+        made = {}
+        if new:
+            made = dict(zip([a.condition for a in new], generate_arms(
+                scorer.lm, [p.text for p in prompts], new, decoding=scorer.decoding,
+                batch_size=scorer.batch_size, log=scorer.log)))
         if scorer.log and known:
             scorer.log(f"  reused the replies of {len(known)} arms from {reuse}")
         texts = [known[a.condition] if a.condition in known else made[a.condition] for a in arms]
