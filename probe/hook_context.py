@@ -36,6 +36,16 @@ def generated_delay(mode: str) -> int:
     return int(k)
 
 
+def opening_length(mode: str) -> int:
+    """``K`` of the position mode ``"opening:K"`` (the states that predict the reply's first K
+    tokens: the last prompt token and the first K - 1 generated ones)."""
+    head, _, k = mode.partition(":")
+    if head != "opening" or not k.isdigit() or int(k) < 1:
+        raise HookError(f"positions {mode!r}: write opening:K with K a whole number >= 1 "
+                        "(the states that predict the reply's first K tokens)")
+    return int(k)
+
+
 # ------------------------------------------------------------------------------ positions
 @dataclass
 class _Forward:
@@ -80,7 +90,9 @@ class HookContext:
         Modes: ``all``; ``prompt``; ``generated``; ``last`` (each row's last real token so far);
         ``last-prompt`` (the last prompt token); ``last-prompt+generated`` (Wang et al.'s
         ``last_k=1``); ``generated:K`` (generated tokens from the K-th on, 0-based, so the
-        first K + 1 reply tokens are predicted from untouched states); ``content`` (the row's
+        first K + 1 reply tokens are predicted from untouched states); ``opening:K`` (the last
+        prompt token and the first K - 1 generated tokens: the states that predict the reply's
+        first K tokens, after which the model goes on from its own states); ``content`` (the row's
         stimulus text, template excluded; needs a batch made by
         :func:`probe.forward.make_batch`); ``image`` / ``audio`` (the tokens the
         processor filled with image / audio features) and ``text`` (every other token,
@@ -114,6 +126,9 @@ class HookContext:
             return real & generated
         if isinstance(mode, str) and mode.startswith("generated:"):
             return real & (cols >= f.prompt_width + generated_delay(mode))[None, :]
+        if isinstance(mode, str) and mode.startswith("opening:"):
+            start = f.prompt_width - 1
+            return real & ((cols >= start) & (cols < start + opening_length(mode)))[None, :]
         if mode == "last-prompt":
             return real & (cols == f.prompt_width - 1)[None, :]
         if mode == "last-prompt+generated":
@@ -132,8 +147,8 @@ class HookContext:
             out[:, inside] = f.content[:, cols[inside]]
             return out & real
         raise HookError(f"unknown positions {mode!r}; choose all, prompt, generated, generated:K, "
-                        "last, last-prompt, last-prompt+generated, content, text, image, audio, or "
-                        "a range")
+                        "opening:K, last, last-prompt, last-prompt+generated, content, text, image, "
+                        "audio, or a range")
 
     def _modality(self, mode: str) -> Tensor:
         f, cols = self._f, self._f.columns

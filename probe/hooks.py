@@ -38,12 +38,19 @@ from typing import Literal
 import torch
 from torch import Tensor, nn
 
-from probe.hook_context import HookContext, HookError, PositionMode, _Forward, generated_delay
+from probe.hook_context import (
+    HookContext,
+    HookError,
+    PositionMode,
+    _Forward,
+    generated_delay,
+    opening_length,
+)
 from probe.sites import Site, SiteError, parse_sites
 
 __all__ = ["EXECUTION_ORDER", "HookContext", "HookError", "HookFn", "HookManager", "Hooks",
            "PositionMode", "Route", "StopForward", "active_managers", "generated_delay", "hooks",
-           "module_input_hooks", "module_output_hooks", "resolve", "route"]
+           "module_input_hooks", "module_output_hooks", "opening_length", "resolve", "route"]
 
 HookFn = Callable[[Tensor, "HookContext"], "Tensor | None"]
 Hooks = Mapping[Site | str, HookFn | Sequence[HookFn]]

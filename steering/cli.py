@@ -109,7 +109,8 @@ def register(sub) -> dict:
     p.add_argument("--mode", default=None, choices=["add", "ablate", "clamp", "scale"])
     p.add_argument("--positions", default=None,
                    help="all, prompt, generated, generated:K (from the K-th generated token on, so "
-                        "the reply opens as the model would), last-prompt+generated (default), "
+                        "the reply opens as the model would), opening:K (only the states that "
+                        "predict the reply's first K tokens), last-prompt+generated (default), "
                         "last-prompt")
     p.add_argument("--unit", dest="unit", default=None, choices=["rms", "absolute", "token-rms"],
                    help="unit of --strength (default: rms)")

@@ -45,7 +45,7 @@ from typing import Literal, Protocol, get_args, runtime_checkable
 import torch
 from torch import Tensor
 
-from probe.hooks import HookContext, HookError, HookFn, generated_delay
+from probe.hooks import HookContext, HookError, HookFn, generated_delay, opening_length
 from probe.interventions import (
     LowRankEdit,
     Shift,
@@ -110,6 +110,8 @@ class Setting:
             ``last_k=1``), ``"all"``, ``"prompt"``, ``"generated"``, ``"generated:K"`` (the
             generated tokens from the K-th on: the reply's first K + 1 tokens are the
             unsteered model's choice given the prompt, so its opening stays its own),
+            ``"opening:K"`` (the states that predict the reply's first K tokens: the emotion
+            chooses how the reply opens, and the model goes on from its own states),
             ``"last-prompt"``, or a ``range`` of token indices within each row (a text span).
         spread: For ``add``: divide the strength evenly across the vector's layers.
         label: Free text carried into results.
@@ -129,14 +131,15 @@ class Setting:
             raise SteeringError(f"unknown mode {self.mode!r}; choose add, ablate, clamp or scale")
         if self.unit not in get_args(Unit):
             raise SteeringError(f"unknown unit {self.unit!r}; choose rms, absolute or token-rms")
-        if _delayed(self.positions):
+        if _counted(self.positions):
             try:
-                generated_delay(self.positions)
+                count = generated_delay if self.positions.startswith("generated:") else opening_length
+                count(self.positions)
             except HookError as e:
                 raise SteeringError(str(e)) from None
         elif not isinstance(self.positions, range) and self.positions not in POSITION_MODES:
             raise SteeringError(f"unknown positions {self.positions!r}; choose one of "
-                                f"{', '.join(POSITION_MODES)}, generated:K or a range of token "
+                                f"{', '.join(POSITION_MODES)}, generated:K, opening:K or a range of token "
                                 "indices")
         if isinstance(self.positions, range) and len(self.positions) == 0:
             raise SteeringError(f"positions {self.positions} selects no token")
@@ -361,13 +364,15 @@ def _pos_mode(key):
 
 def prefix_reusable(settings: Sequence[Setting]) -> bool:
     """True when no setting changes a prompt token before the last one (prefix cache shareable)."""
-    return all(not st.steered or st.positions in _PREFIX_SAFE or _delayed(st.positions)
+    return all(not st.steered or st.positions in _PREFIX_SAFE or _counted(st.positions)
                for st in settings)
 
 
-def _delayed(positions) -> bool:
-    """``generated:K`` (any K; :func:`probe.hooks.generated_delay` checks K): prefix-safe."""
-    return isinstance(positions, str) and positions.startswith("generated:")
+def _counted(positions) -> bool:
+    """``generated:K`` / ``opening:K`` (any K; :func:`probe.hooks.generated_delay` and
+    :func:`probe.hooks.opening_length` check K): both prefix-safe (no prompt token before the
+    last is touched)."""
+    return isinstance(positions, str) and positions.startswith(("generated:", "opening:"))
 
 
 # ------------------------------------------------------------------------------ generation

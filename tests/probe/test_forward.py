@@ -34,7 +34,8 @@ def _same_tokens(a: torch.Tensor, b: torch.Tensor) -> None:
     assert_same_generations(a, b)
 
 
-@pytest.mark.parametrize("mode", ["all", "last-prompt+generated", "generated", "generated:2"])
+@pytest.mark.parametrize("mode", ["all", "last-prompt+generated", "generated", "generated:2",
+                                  "opening:2"])
 def test_kv_cache_equals_recomputing_the_sequence(lm, mode):
     """Greedy, hooked: with the KV cache (one new column per step) == without (all columns)."""
     kw = dict(max_new_tokens=8, min_new_tokens=8)
@@ -64,7 +65,7 @@ def test_positions_follow_prompt_and_generation(tiny_llama):
     def record(t, ctx):
         seen.append({m: ctx.positions(m).clone() for m in
                      ("all", "prompt", "generated", "last-prompt", "last-prompt+generated",
-                      "content", "last", "generated:0", "generated:2")}
+                      "content", "last", "generated:0", "generated:2", "opening:1", "opening:2")}
                     | {"cols": ctx.columns.clone(), "w": ctx.prompt_width})
 
     batch = make_batch(lm, PROMPTS)
@@ -79,6 +80,15 @@ def test_positions_follow_prompt_and_generation(tiny_llama):
     assert all(torch.equal(s["generated:0"], s["generated"]) for s in seen)   # boolean masks
     for bad in ("generated:", "generated:-1", "generated:x"):
         with pytest.raises(HookError, match="generated:K"), \
+                hooks(lm, {"blocks.0.hook_resid_post": lambda t, ctx, b=bad: ctx.positions(b)}):
+            lm.logits(batch)
+    # opening:K: the states that predict the first K reply tokens (last prompt token, then the
+    # first K - 1 generated ones); opening:1 is last-prompt
+    assert torch.equal(first["opening:2"], first["last-prompt"])
+    assert [bool(s["opening:2"].all()) for s in later] == [True, False, False]
+    assert all(torch.equal(s["opening:1"], s["last-prompt"]) for s in seen)
+    for bad in ("opening:", "opening:0", "opening:x"):
+        with pytest.raises(HookError, match="opening:K"), \
                 hooks(lm, {"blocks.0.hook_resid_post": lambda t, ctx, b=bad: ctx.positions(b)}):
             lm.logits(batch)
     assert torch.equal(first["all"], batch.attention_mask.bool())

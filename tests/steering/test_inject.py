@@ -109,6 +109,36 @@ def test_delayed_positions_leave_the_replys_opening_to_the_model(tiny_qwen):
             Setting(vector=vec, strength=1.0, positions=bad)
 
 
+def test_opening_positions_steer_only_the_replys_first_tokens(tiny_qwen):
+    lm = tiny_qwen
+    vec = random_vector(lm, layers=(0, 1, 2), seed=4)
+    kw = {"max_new_tokens": 6, "min_new_tokens": 6}
+    with torch.no_grad():
+        plain = generate_batch(lm, PROMPTS, **kw).new_ids
+        with vec.apply(lm, strength=8.0):
+            steered = generate_batch(lm, PROMPTS, **kw).new_ids
+        with vec.apply(lm, strength=8.0, positions="opening:2"):
+            opening = generate_batch(lm, PROMPTS, **kw).new_ids
+        with vec.apply(lm, strength=8.0, positions="opening:2"):
+            full = generate_batch(lm, PROMPTS, use_cache=False, **kw).new_ids
+    # tokens 0-1 are predicted from the same steered states as under the default positions
+    # (the same computation at those columns); from token 2 on the model goes on from its own
+    # states, so the reply leaves the steered one
+    assert torch.equal(opening[:, :2], steered[:, :2])
+    assert not torch.equal(opening[:, :2], plain[:, :2])
+    assert not torch.equal(opening[:, 2:], steered[:, 2:])
+    assert_same_generations(opening, full)
+    settings = [Setting(vector=vec, strength=s, positions="opening:2") for s in (0.0, 4.0)]
+    assert prefix_reusable(settings)
+    shared = generate_settings(lm, PROMPTS, settings, reuse_prefix=True, **kw)
+    alone = generate_settings(lm, PROMPTS, settings, reuse_prefix=False, **kw)
+    for a, b in zip(shared, alone):
+        assert_same_generations(a, b)
+    for bad in ("opening:", "opening:0", "opening:two"):
+        with pytest.raises(SteeringError, match="opening:K"):
+            Setting(vector=vec, strength=1.0, positions=bad)
+
+
 def test_token_range_steers_only_that_span(tiny_llama):
     lm = tiny_llama
     vec = random_vector(lm, layers=(1,))
