@@ -398,7 +398,8 @@ def cmd_steer(args) -> int:
               if hasattr(vec, "params") else f"x{setting.strength:g} {setting.unit.upper()}")
     how = f"low-rank edit (rank {vec.rank})" if hasattr(vec, "params") else setting.mode
     desc = (f"{args.emotion} {how} {amount} at "
-            f"{vec.sites[0].kind} layers {_layer_list(vec.layers)} ({vec.meta.get('method')})")
+            f"{vec.sites[0].kind} layers {_layer_list(vec.layers)} ({vec.meta.get('method')})"
+            + ("" if setting.positions == "last-prompt+generated" else f", positions {setting.positions}"))
     if not args.json:
         print(side_by_side(prompts, [mark(t, c) for t, c in zip(plain, cut_plain)],
                            [mark(t, c) for t, c in zip(steered, cut_steered)], desc))

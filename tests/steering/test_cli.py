@@ -77,7 +77,14 @@ def test_directions_then_steer(capsys, tiny_dir, toy_store):
                           "--mode", "scale", "--factor", "0", "--layers", "1-2", "--max-new-tokens",
                           "3", "--out", root / "scaled.json", "--quiet", "We won the final!")
     assert code == 0, err
-    assert "steered: joy scale x0 at" in out
+    assert "steered: joy scale x0 at" in out and "positions" not in out
+    # positions other than the default are named in the header and the record
+    code, out, err = _run(capsys, "steer", "--model", model, "--vectors", out_dir, "--emotion", "joy",
+                          "--strength", "8", "--positions", "opening:2", "--max-new-tokens", "4",
+                          "--out", root / "opening.json", "--quiet", "We won the final!")
+    assert code == 0, err
+    assert "opening:2" in out
+    assert json.loads((root / "opening.json").read_text())["setting"]["positions"] == "opening:2"
     rec = json.loads((root / "scaled.json").read_text())
     assert rec["setting"]["factor"] == 0 and rec["setting"]["mode"] == "scale"
 
