@@ -98,14 +98,21 @@ def test_delayed_positions_leave_the_replys_opening_to_the_model(tiny_qwen):
     assert torch.equal(late[:, :3], plain[:, :3])
     assert not torch.equal(late[:, 3:], plain[:, 3:])
     assert_same_generations(late, full)
-    settings = [Setting(vector=vec, strength=s, positions="generated:2") for s in (0.0, 4.0)]
+    _prefix_reuse_and_refusals(lm, vec, "generated:2", ("generated:", "generated:-2", "generated:two",
+                                                        "later:3"), "generated:K", kw)
+
+
+def _prefix_reuse_and_refusals(lm, vec, positions, bad_values, message, kw):
+    """A counted position mode touches no prompt token before the last, so grid generation may
+    share each prompt's prefix; malformed counts are refused with the mode's own syntax."""
+    settings = [Setting(vector=vec, strength=s, positions=positions) for s in (0.0, 4.0)]
     assert prefix_reusable(settings)
     shared = generate_settings(lm, PROMPTS, settings, reuse_prefix=True, **kw)
     alone = generate_settings(lm, PROMPTS, settings, reuse_prefix=False, **kw)
     for a, b in zip(shared, alone):
         assert_same_generations(a, b)
-    for bad in ("generated:", "generated:-2", "generated:two", "later:3"):
-        with pytest.raises(SteeringError, match="generated:K"):
+    for bad in bad_values:
+        with pytest.raises(SteeringError, match=message):
             Setting(vector=vec, strength=1.0, positions=bad)
 
 
@@ -128,15 +135,8 @@ def test_opening_positions_steer_only_the_replys_first_tokens(tiny_qwen):
     assert not torch.equal(opening[:, :2], plain[:, :2])
     assert not torch.equal(opening[:, 2:], steered[:, 2:])
     assert_same_generations(opening, full)
-    settings = [Setting(vector=vec, strength=s, positions="opening:2") for s in (0.0, 4.0)]
-    assert prefix_reusable(settings)
-    shared = generate_settings(lm, PROMPTS, settings, reuse_prefix=True, **kw)
-    alone = generate_settings(lm, PROMPTS, settings, reuse_prefix=False, **kw)
-    for a, b in zip(shared, alone):
-        assert_same_generations(a, b)
-    for bad in ("opening:", "opening:0", "opening:two"):
-        with pytest.raises(SteeringError, match="opening:K"):
-            Setting(vector=vec, strength=1.0, positions=bad)
+    _prefix_reuse_and_refusals(lm, vec, "opening:2", ("opening:", "opening:0", "opening:two"),
+                               "opening:K", kw)
 
 
 def test_token_range_steers_only_that_span(tiny_llama):
