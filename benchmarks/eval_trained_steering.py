@@ -166,6 +166,12 @@ def main(argv=None) -> None:
                          "K best prompt + steering points) on the confirm prompts (the shipped tune "
                          "prompts the first stage left out + SEV skeletons 148-159) and choose by the "
                          "composite over both stages' prompts; 0 = one stage")
+    ap.add_argument("--train-positions", default="last-prompt+generated",
+                    help="where the vectors trained by this run are added while training: "
+                         "last-prompt+generated (as probe steer) or opening:K (only the states that "
+                         "predict the reply's first K tokens; steer with --positions opening:K)")
+    ap.add_argument("--sampler-positions", default=None,
+                    help="self-* / self2-*: where the sampler's vector is added (default: --positions)")
     ap.add_argument("--positions", default="last-prompt+generated",
                     help="where the steering arms add their vector: last-prompt+generated (as the "
                          "vectors were trained) or e.g. generated:5 (from the 6th reply token on, so "
@@ -183,7 +189,12 @@ def main(argv=None) -> None:
     ap.add_argument("--combo-scales", default="",
                     help="extra designed prompt + vector arms, e.g. distill:0.5,distill-amp:0.25")
     args = ap.parse_args(argv)
-    Setting(positions=args.positions)   # a bad --positions fails here, before anything loads
+    try:   # a bad --positions / --train-positions fails here, before anything loads
+        Setting(positions=args.positions)
+        Setting(positions=args.sampler_positions or args.positions)
+        TrainConfig(positions=args.train_positions)
+    except SteeringError as exc:
+        raise SystemExit(f"error: {exc}") from None
     torch.set_num_threads(args.threads)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
@@ -280,7 +291,8 @@ def train_all(lm, emotion, teach, expr, layers, args, out, names=None, have=None
                 first = {**(have or {}), **vecs}.get(src)
                 if first is None:
                     raise SystemExit(f"{name} samples with the {src} vector: list {src} before it")
-                sampler = Setting(vector=first, strength=float(strength), positions=args.positions)
+                sampler = Setting(vector=first, strength=float(strength),
+                                  positions=args.sampler_positions or args.positions)
                 init, init_strength = first * float(strength), None
             try:
                 sampled = sampled_teacher(lm, [p.text for p in load_prompts("train")], emotion,
@@ -305,7 +317,7 @@ def train_all(lm, emotion, teach, expr, layers, args, out, names=None, have=None
             data, obj = objective_data(base, emotion, t, amplify=args.amplify, plausible=args.plausible,
                                        **extra)
         cfg = TrainConfig(layers=layers, steps=args.steps, batch_size=8, lr=0.02, init_strength=init_strength,
-                          max_norm=4.0, seed=args.seed, rank=rank)
+                          max_norm=4.0, seed=args.seed, rank=rank, positions=args.train_positions)
         log(f"{emotion}: training {name}")
         vec, tl = train_vector(lm, data, obj, cfg, init=init, emotion=emotion, log=log)
         vec.meta["method"] = f"trained-{name}"

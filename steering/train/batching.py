@@ -4,7 +4,8 @@ Every row is ``[left padding] prompt [reply] [right padding]``: the prompts are 
 one width ``W`` so every prompt's last token sits in column ``W - 1`` and every reply starts in
 column ``W``. The logits in columns ``W - 1 ... W + R - 2`` predict the reply's tokens; the
 steering mask of ``last-prompt+generated`` is the real tokens from column ``W - 1`` on (what
-``probe steer`` steers while generating the same reply).
+``probe steer`` steers while generating the same reply); that of ``opening:K`` the columns
+``W - 1 ... W + K - 2``, the states that predict the reply's first K tokens.
 """
 
 from __future__ import annotations
@@ -15,10 +16,23 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
+from probe.hooks import HookError, opening_length
 from steering.scoring import continuation_ids, prompt_ids
 from steering.vector import SteeringError
 
-POSITIONS = ("last-prompt+generated", "all")
+POSITIONS = ("last-prompt+generated", "all", "opening:K")
+
+
+def check_positions(positions: str) -> None:
+    """Refuse training positions other than :data:`POSITIONS` (``opening:K`` with K >= 1)."""
+    if isinstance(positions, str) and positions.startswith("opening:"):
+        try:
+            opening_length(positions)
+        except HookError as exc:
+            raise SteeringError(str(exc)) from None
+    elif positions not in POSITIONS:
+        raise SteeringError(f"training positions must be one of {', '.join(POSITIONS)}, not "
+                            f"{positions!r}")
 
 
 @dataclass(frozen=True)
@@ -47,11 +61,12 @@ class PairBatch:
 
     def steer_mask(self, positions: str) -> Tensor:
         """``[batch, W + R]`` float mask of the positions a vector is added at."""
-        if positions not in POSITIONS:
-            raise SteeringError(f"training positions must be one of {POSITIONS}, not {positions!r}")
+        check_positions(positions)
         mask = self.attention_mask.bool().clone()
-        if positions == "last-prompt+generated":
+        if positions != "all":
             mask[:, : self.width - 1] = False
+        if positions.startswith("opening:"):
+            mask[:, self.width - 1 + opening_length(positions):] = False
         return mask.float()
 
     def reply_logits(self, logits: Tensor) -> Tensor:

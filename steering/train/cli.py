@@ -72,6 +72,10 @@ def add_parser(sub) -> dict:
     p.add_argument("--objective", default="distill-cd", choices=OBJECTIVES + SEV_OBJECTIVES + RSD_OBJECTIVES,
                    help="what the vector is trained for (default: %(default)s)")
     p.add_argument("--layers", default="6,9,12,15", help="residual-stream layers steered (default: %(default)s)")
+    p.add_argument("--positions", default="last-prompt+generated",
+                   help="where the vector is added while training: last-prompt+generated (default, as "
+                        "probe steer) or opening:K (only the states that predict the reply's first K "
+                        "tokens; steer it with probe steer --positions opening:K)")
     p.add_argument("--steps", type=int, default=20, help="Adam steps (default: %(default)s)")
     p.add_argument("--prompts", type=int, default=None,
                    help="training prompts: the first N of the 64 neutral emotion-scenarios items "
@@ -155,6 +159,7 @@ def cmd_steer_train(args) -> int:
     n_prompts = args.prompts if args.prompts is not None else (96 if rsd else 40)
     if args.steps < 1 or n_prompts < 2 or args.rank < 0:
         raise SteeringError("--steps must be >= 1, --prompts >= 2 and --rank >= 0")
+    TrainConfig(positions=args.positions)   # a bad --positions, before anything loads
     if rsd != (args.judge is not None):
         raise SteeringError("the rsd-* objectives keep the sampled replies a judge reads as the emotion "
                             "and take --judge PATH (build one: python scripts/build_judge.py --out PATH); "
@@ -252,7 +257,8 @@ def cmd_steer_train(args) -> int:
         data, obj = objective_data(name, e, teach, amplify=args.amplify, plausible=args.plausible,
                                    **extra)
     cfg = TrainConfig(layers=layers, steps=args.steps, batch_size=8, lr=0.02,
-                      init_strength=init_strength, max_norm=args.max_norm, rank=args.rank)
+                      init_strength=init_strength, max_norm=args.max_norm, rank=args.rank,
+                      positions=args.positions)
     vec, tl = train_vector(lm, data, obj, cfg, init=start, emotion=e, log=log)
     vec.meta["method"] = f"trained-{name}"
     if rsd:   # how its data were drawn and kept (sampler, judge, rule), beside how it trained
@@ -262,7 +268,9 @@ def cmd_steer_train(args) -> int:
     vec.save(out)
     print(f"{e}: {name} loss {tl.losses[0]:.4f} -> {tl.losses[-1]:.4f} in {tl.seconds:.0f} s; "
           f"wrote {out}.safetensors/.json\n"
-          f"use it: probe steer --emotion {e} --vector {out} --strength {1 if on_policy else 0.75 if args.rank else 0.5} PROMPT "
+          f"use it: probe steer --emotion {e} --vector {out} --strength {1 if on_policy else 0.75 if args.rank else 0.5} "
+          + ("" if args.positions == "last-prompt+generated" else f"--positions {args.positions} ")
+          + "PROMPT "
           "(choose the strength on prompts you will not report on"
           + ("; 1 applies the low-rank edit as trained)" if args.rank else ")"))
     return 0

@@ -23,7 +23,6 @@ import math
 import time
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
-from typing import Literal
 
 import torch
 from torch import Tensor
@@ -31,7 +30,7 @@ from torch import Tensor
 from probe.kvcache import cache_keyword, returned_cache
 from probe.sites import Site
 from steering.lowrank import LowRankIntervention
-from steering.train.batching import PairBatch
+from steering.train.batching import PairBatch, check_positions
 from steering.train.objectives import PairData
 from steering.train.reft import ReftSite
 from steering.vector import SteeringError, SteeringVector
@@ -43,7 +42,9 @@ class TrainConfig:
 
     Attributes:
         layers: Residual-stream layers (``blocks.L.hook_resid_post``) the vector is added at.
-        positions: ``"last-prompt+generated"`` (as ``probe steer``) or ``"all"``.
+        positions: ``"last-prompt+generated"`` (as ``probe steer``), ``"all"``, or
+            ``"opening:K"`` (only the states that predict the reply's first K tokens; steer with
+            the same positions).
         steps: Adam steps.
         batch_size: Training rows per step.
         lr: Adam learning rate (the vector is in units of RMS per layer).
@@ -58,7 +59,7 @@ class TrainConfig:
     """
 
     layers: tuple[int, ...] = (8, 10, 12)
-    positions: Literal["last-prompt+generated", "all"] = "last-prompt+generated"
+    positions: str = "last-prompt+generated"
     steps: int = 40
     batch_size: int = 8
     lr: float = 0.01
@@ -70,6 +71,7 @@ class TrainConfig:
     def __post_init__(self) -> None:
         if not self.layers or min(self.layers) < 0:
             raise SteeringError(f"layers must be non-negative and not empty, got {self.layers}")
+        check_positions(self.positions)
         if self.steps < 1 or self.batch_size < 1 or not self.lr > 0 or not self.max_norm > 0:
             raise SteeringError("steps, batch_size, lr and max_norm must be positive")
         if self.init_strength is not None and not self.init_strength > 0:

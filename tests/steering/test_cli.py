@@ -379,7 +379,8 @@ def test_steer_train_writes_a_vector_that_steer_applies_at_its_own_layers(capsys
     assert code == 0, err
     assert json.loads(js.read_text())["vector"]["layers"] == [0, 1]
     for bad, msg in ((["--emotion", "joy"], "unknown emotion"), (["--layers", "0,x"], "comma-separated"),
-                     (["--emotion", "anger", "--layers", "9"], "out of range")):
+                     (["--emotion", "anger", "--layers", "9"], "out of range"),
+                     (["--positions", "opening:0"], "write opening:K")):
         argv = ["steer-train", "--model", model, "--out", tmp_path / "x", *bad]
         if "--emotion" not in bad:
             argv += ["--emotion", "anger"]
@@ -395,10 +396,13 @@ def test_steer_train_writes_a_vector_that_steer_applies_at_its_own_layers(capsys
     boot = tmp_path / "vec" / "anger-boot"
     code, text, err = _run(capsys, "steer-train", "--model", model, "--emotion", "anger",
                            "--objective", "distill-boot", "--teacher-vector", out, "--teacher-strength",
-                           "0.5", "--layers", "0,1", "--steps", "2", "--prompts", "4", "--out", boot)
+                           "0.5", "--layers", "0,1", "--steps", "2", "--prompts", "4",
+                           "--positions", "opening:3", "--out", boot)
     assert code == 0, err
     b = SteeringVector.load(boot)
     assert b.meta["method"] == "trained-distill-boot" and b.meta["train"]["init"] == "trained-distill-cd"
+    # trained at the reply's opening only: recorded, and the hint steers it there
+    assert b.meta["train"]["positions"] == "opening:3" and "--positions opening:3" in text
     assert "amplify=0.0" in b.meta["train"]["objective"]
     # sev-*: SEV's replies instead of the model's own; --sev is required by them, refused by others
     from tests.steering.sev_fake import fake_sev

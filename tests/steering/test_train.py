@@ -124,6 +124,15 @@ def test_steer_mask_covers_last_prompt_token_and_reply(tiny_qwen):
     assert mask[:, b.width - 1].all()
     assert torch.equal(mask[:, b.width:], b.reply_mask)
     assert torch.equal(b.steer_mask("all").bool(), b.attention_mask.bool())
+    # opening:K: the states that predict the reply's first K tokens (columns W - 1 .. W + K - 2)
+    opening = b.steer_mask("opening:2").bool()
+    assert torch.equal(opening[:, : b.width + 1], mask[:, : b.width + 1])
+    assert opening[:, b.width + 1:].sum() == 0 and mask[:, b.width + 1:].any()
+    for bad in ("opening:0", "opening:", "later"):
+        with pytest.raises(SteeringError, match="opening:K" if "opening" in bad else "must be one of"):
+            b.steer_mask(bad)
+        with pytest.raises(SteeringError):
+            TrainConfig(positions=bad)
 
 
 def test_bad_input(tiny_qwen):
@@ -139,7 +148,8 @@ def test_bad_input(tiny_qwen):
         PairData(["a"], [" "])
 
 
-def test_prefix_cache_forward_equals_full_forward(tiny_qwen):
+@pytest.mark.parametrize("positions", ["last-prompt+generated", "opening:2"])
+def test_prefix_cache_forward_equals_full_forward(tiny_qwen, positions):
     from probe.sites import Site
     from steering.train.trainer import SteeredModel
 
@@ -147,13 +157,13 @@ def test_prefix_cache_forward_equals_full_forward(tiny_qwen):
     g = torch.Generator().manual_seed(0)
     sites = [Site("hook_resid_post", 0), Site("hook_resid_post", 2)]
     weights = [torch.randn(64, generator=g) for _ in sites]
-    cached = SteeredModel(lm, sites, weights, [3.0, 5.0], "last-prompt+generated")
+    cached = SteeredModel(lm, sites, weights, [3.0, 5.0], positions)
     batch = pair_batch(lm, PROMPTS, REPLIES)
     with torch.no_grad(), cached.hooks():
         fast = batch.reply_logits(cached.forward(batch))
         again = batch.reply_logits(cached.forward(batch))      # from the stored prefix cache
-    # the same additions over the whole row, masked to the last prompt token and the reply
-    mask = batch.steer_mask("last-prompt+generated")
+    # the same additions over the whole row, masked to the steered positions
+    mask = batch.steer_mask(positions)
 
     def add(k):
         def fn(value, ctx):
