@@ -16,7 +16,9 @@ vector of the selected point's norm; each trained method's own selected point as
 
 ``--tune distill-amp,distill-cd`` also prints those methods' selection rows side by side (the
 selection judge's composite, gated expression and perplexity ratio on the tune prompts, per
-emotion and scale): what one objective buys over another where it is chosen.
+emotion and scale): what one objective buys over another where it is chosen. ``--gates`` also
+prints, per emotion, each steering role's opening share on the test prompts, whether the
+selection's collapse gate would call it collapsed there, and its perplexity ratio.
 """
 
 from __future__ import annotations
@@ -28,6 +30,7 @@ from pathlib import Path
 import pandas as pd
 
 from probe.stats import group_bootstrap_weights, percentile_ci
+from steering.eval.composite import CollapseConfig, collapse_report
 from steering.eval.score import hits
 
 ROLES = ("unsteered", "prompt-user", "prompt-designed", "steered", "prompt-designed+steered", "random")
@@ -102,6 +105,8 @@ def main(argv=None) -> None:
     ap.add_argument("--tune", default="", help="methods whose tune rows to compare, e.g. distill-amp,distill-cd")
     ap.add_argument("--rule", default=None, choices=("composite", "expression"),
                     help="runs made with --rule both: the roles from this selection rule's choices")
+    ap.add_argument("--gates", action="store_true",
+                    help="also print each steering role's collapse gate and perplexity ratio on the test prompts")
     args = ap.parse_args(argv)
     if args.tune:
         tune_table(args.dirs, args.tune.split(","))
@@ -148,6 +153,30 @@ def main(argv=None) -> None:
                     per_e.append(d.rename(e))
             mean = fmt_diff(ci_over_prompts(pd.concat(per_e, axis=1).mean(axis=1))) if per_e else "-"
             print(f"| {a} - {b} | " + " | ".join(cells) + f" | {mean} |")
+    if args.gates:
+        gates_table(frame, emotions, ref)
+
+
+def gates_table(frame: pd.DataFrame, emotions: list[str], ref: pd.DataFrame) -> None:
+    """Opening share (collapsed?) / perplexity ratio of every steering role on the test prompts."""
+    print("\ngates on the test prompts: opening share (* = collapsed by the selection's template gate: "
+          "shared openings, distinct-n across prompts; a looping reply already fails the fluency gate "
+          "per reply) / median perplexity ratio\n")
+    print("| role | " + " | ".join(emotions) + " |")
+    print("|" + "---|" * (len(emotions) + 1))
+    roles = ["steered", "prompt-designed+steered",
+             *sorted(r for r in frame["role"].unique() if r.startswith("steered:"))]
+    for role in roles:
+        cells = []
+        for e in emotions:
+            part = frame[(frame["role"] == role) & (frame["emotion"] == e)]
+            if part.empty:
+                cells.append("-")
+                continue
+            rep = collapse_report(list(part["reply"]), None, CollapseConfig())   # loops: the reply gate
+            ratio = part["perplexity"].median() / ref.loc[e, "perplexity"]
+            cells.append(f"{rep['opening_share']:.3f}{'*' if rep['collapsed'] else ''} / {ratio:.2f}")
+        print(f"| {role} | " + " | ".join(cells) + " |")
 
 
 def tune_table(dirs: list[Path], methods: list[str]) -> None:
