@@ -110,8 +110,7 @@ class Setting:
             ``last_k=1``), ``"all"``, ``"prompt"``, ``"generated"``, ``"generated:K"`` (the
             generated tokens from the K-th on: the reply's first K + 1 tokens are the
             unsteered model's choice given the prompt, so its opening stays its own),
-            ``"opening:K"`` (the states that predict the reply's first K tokens: the emotion
-            chooses how the reply opens, and the model goes on from its own states),
+            ``"opening:K"`` (only the states that predict the reply's first K tokens),
             ``"last-prompt"``, or a ``range`` of token indices within each row (a text span).
         spread: For ``add``: divide the strength evenly across the vector's layers.
         label: Free text carried into results.
@@ -132,15 +131,13 @@ class Setting:
         if self.unit not in get_args(Unit):
             raise SteeringError(f"unknown unit {self.unit!r}; choose rms, absolute or token-rms")
         if _counted(self.positions):
-            try:
-                count = generated_delay if self.positions.startswith("generated:") else opening_length
-                count(self.positions)
+            try:   # K checked by the probe function of the mode
+                (opening_length if self.positions.startswith("o") else generated_delay)(self.positions)
             except HookError as e:
                 raise SteeringError(str(e)) from None
         elif not isinstance(self.positions, range) and self.positions not in POSITION_MODES:
             raise SteeringError(f"unknown positions {self.positions!r}; choose one of "
-                                f"{', '.join(POSITION_MODES)}, generated:K, opening:K or a range of token "
-                                "indices")
+                                f"{', '.join(POSITION_MODES)}, generated:K, opening:K or a token range")
         if isinstance(self.positions, range) and len(self.positions) == 0:
             raise SteeringError(f"positions {self.positions} selects no token")
         if not isinstance(self.strength, (int, float)) or not math.isfinite(self.strength):
@@ -369,9 +366,7 @@ def prefix_reusable(settings: Sequence[Setting]) -> bool:
 
 
 def _counted(positions) -> bool:
-    """``generated:K`` / ``opening:K`` (any K; :func:`probe.hooks.generated_delay` and
-    :func:`probe.hooks.opening_length` check K): both prefix-safe (no prompt token before the
-    last is touched)."""
+    """``generated:K`` / ``opening:K``: prefix-safe (no prompt token before the last touched)."""
     return isinstance(positions, str) and positions.startswith(("generated:", "opening:"))
 
 
