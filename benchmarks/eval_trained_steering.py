@@ -189,9 +189,10 @@ def main(argv=None) -> None:
     ap.add_argument("--combo-scales", default="",
                     help="extra designed prompt + vector arms, e.g. distill:0.5,distill-amp:0.25")
     args = ap.parse_args(argv)
+    args.sampler_positions = args.sampler_positions or args.positions
     try:   # a bad --positions / --train-positions fails here, before anything loads
         Setting(positions=args.positions)
-        Setting(positions=args.sampler_positions or args.positions)
+        Setting(positions=args.sampler_positions)
         TrainConfig(positions=args.train_positions)
     except SteeringError as exc:
         raise SystemExit(f"error: {exc}") from None
@@ -235,9 +236,7 @@ def main(argv=None) -> None:
         expr.save(out / "expression")
     log("expression directions saved")
 
-    tune = spread(load_prompts("tune"), args.tune_prompts) + [
-        NeutralPrompt(id=f"sev-{i}", text=t, kind="narrative", split="tune")
-        for i, t in enumerate(sev_prompts(data / "sev", n=args.tune_sev, offset=140))]
+    tune = tune_prompts(data, args.tune_prompts, args.tune_sev)
     first_ids = {t.id for t in tune}
     confirm = [p for p in load_prompts("tune") if p.id not in first_ids] + [
         NeutralPrompt(id=f"sev-{148 + i}", text=t, kind="narrative", split="tune")
@@ -266,6 +265,14 @@ def main(argv=None) -> None:
                     select, report, refs, confirm)
 
 
+def tune_prompts(data: Path, n_shipped: int = 10, n_sev: int = 8) -> list[NeutralPrompt]:
+    """The first selection stage's tune prompts: ``n_shipped`` shipped tune prompts spread over
+    their kinds and SEV skeletons 140 .. 140 + ``n_sev`` as narrative prompts."""
+    return spread(load_prompts("tune"), n_shipped) + [
+        NeutralPrompt(id=f"sev-{i}", text=t, kind="narrative", split="tune")
+        for i, t in enumerate(sev_prompts(data / "sev", n=n_sev, offset=140))]
+
+
 def train_all(lm, emotion, teach, expr, layers, args, out, names=None, have=None, select=None):
     vecs, logs = {}, {}
     for name in names if names is not None else args.objectives.split(","):
@@ -291,8 +298,7 @@ def train_all(lm, emotion, teach, expr, layers, args, out, names=None, have=None
                 first = {**(have or {}), **vecs}.get(src)
                 if first is None:
                     raise SystemExit(f"{name} samples with the {src} vector: list {src} before it")
-                sampler = Setting(vector=first, strength=float(strength),
-                                  positions=args.sampler_positions or args.positions)
+                sampler = Setting(vector=first, strength=float(strength), positions=args.sampler_positions)
                 init, init_strength = first * float(strength), None
             try:
                 sampled = sampled_teacher(lm, [p.text for p in load_prompts("train")], emotion,

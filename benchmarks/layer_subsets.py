@@ -25,26 +25,17 @@ from pathlib import Path
 
 import pandas as pd
 import torch
+from eval_trained_steering import tune_prompts
 
 from probe.models import load_model
 from steering.eval.grid import Arm, Decoding
-from steering.eval.prompts import NeutralPrompt, load_prompts
-from steering.eval.protocol import spread
 from steering.eval.scorer import Scorer
 from steering.eval.trained import score_arms, select_scale
 from steering.inject import Setting
 from steering.judges.emotion import ClassifierJudge
-from steering.train.data import sev_prompts
-from steering.vector import SteeringVector
+from steering.vector import SteeringError, SteeringVector
 
 COLUMNS = ["condition", "expression", "composite", "ppl_ratio", "opening_share", "eligible"]
-
-
-def tune_prompts(data: Path, n_shipped: int = 10, n_sev: int = 8) -> list[NeutralPrompt]:
-    """The first-stage tune prompts of ``eval_trained_steering.py`` (its defaults)."""
-    return spread(load_prompts("tune"), n_shipped) + [
-        NeutralPrompt(id=f"sev-{i}", text=t, kind="narrative", split="tune")
-        for i, t in enumerate(sev_prompts(data / "sev", n=n_sev, offset=140))]
 
 
 def main(argv=None) -> None:
@@ -68,8 +59,11 @@ def main(argv=None) -> None:
     subsets = [None if s == "all" else tuple(int(x) for x in s.split(","))
                for s in args.subsets.split("/") if s]
     positions = [p for p in args.positions.split(",") if p]
-    for p in positions:
-        Setting(positions=p)   # a bad mode fails here, before anything loads
+    try:   # a bad mode fails here, before anything loads
+        for p in positions:
+            Setting(positions=p)
+    except SteeringError as exc:
+        raise SystemExit(f"error: {exc}") from None
     strengths = [float(s) for s in args.strengths.split(",")]
     lm = select = None
     for e in args.emotions.split(","):
@@ -78,21 +72,22 @@ def main(argv=None) -> None:
         if not vec_path.with_suffix(".safetensors").is_file() or not (d / "refs.json").is_file():
             raise SystemExit(f"{d} has no {args.method} vector or refs.json: run eval_trained_steering.py first")
         out = d / f"{e}-tune-{args.tag}.csv"
-        ref_ppl = json.loads((d / "refs.json").read_text())["tune"][0]
+        ref_ppl, ref_rel = json.loads((d / "refs.json").read_text())["tune"]
         if not args.report_only:
             if lm is None:
                 lm = load_model("smollm2-135m")
                 select = ClassifierJudge.load(args.select_judge)
             vec = SteeringVector.load(vec_path, lm)
-            missing = [L for s in subsets if s for L in s if L not in vec.layers]
-            if missing:
-                raise SystemExit(f"{vec_path} has no layer {missing[0]}; it has {list(vec.layers)}")
+            try:   # SteeringVector.at names a layer the vector lacks
+                parts = {s: vec.at(s) if s else vec for s in subsets}
+            except SteeringError as exc:
+                raise SystemExit(f"{vec_path}: {exc}") from None
             arms = [Arm(condition=label(args.method, s, p, k), emotion=e,
-                        setting=Setting(vector=vec.at(s) if s else vec, strength=k, positions=p))
+                        setting=Setting(vector=parts[s], strength=k, positions=p))
                     for s in subsets for p in positions for k in strengths]
             scorer = Scorer(lm, {"select": select}, decoding=Decoding(max_new_tokens=60), batch_size=64)
             ft = score_arms(scorer, tune_prompts(Path(args.data)), arms, concept_judges={"select": select},
-                            ref_perplexity=ref_ppl, ref_relevance=json.loads((d / "refs.json").read_text())["tune"][1])
+                            ref_perplexity=ref_ppl, ref_relevance=ref_rel)
             ft.drop(columns=["signals"]).to_csv(d / f"{e}-tune-{args.tag}-replies.csv", index=False)
             _, table = select_scale(ft, judge="select", ref_perplexity=ref_ppl)
             table.to_csv(out, index=False)

@@ -46,6 +46,14 @@ def opening_length(mode: str) -> int:
     return int(k)
 
 
+def position_count(mode) -> int | None:
+    """``K`` of a counted position mode (``generated:K``, ``opening:K``; :class:`HookError` if K
+    is malformed), None for every other mode."""
+    if not isinstance(mode, str) or not mode.startswith(("generated:", "opening:")):
+        return None
+    return generated_delay(mode) if mode.startswith("generated:") else opening_length(mode)
+
+
 # ------------------------------------------------------------------------------ positions
 @dataclass
 class _Forward:

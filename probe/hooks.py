@@ -45,12 +45,14 @@ from probe.hook_context import (
     _Forward,
     generated_delay,
     opening_length,
+    position_count,
 )
 from probe.sites import Site, SiteError, parse_sites
 
 __all__ = ["EXECUTION_ORDER", "HookContext", "HookError", "HookFn", "HookManager", "Hooks",
            "PositionMode", "Route", "StopForward", "active_managers", "generated_delay", "hooks",
-           "module_input_hooks", "module_output_hooks", "opening_length", "resolve", "route"]
+           "module_input_hooks", "module_output_hooks", "opening_length", "position_count",
+           "resolve", "route"]
 
 HookFn = Callable[[Tensor, "HookContext"], "Tensor | None"]
 Hooks = Mapping[Site | str, HookFn | Sequence[HookFn]]

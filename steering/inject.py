@@ -45,7 +45,7 @@ from typing import Literal, Protocol, get_args, runtime_checkable
 import torch
 from torch import Tensor
 
-from probe.hooks import HookContext, HookError, HookFn, generated_delay, opening_length
+from probe.hooks import HookContext, HookError, HookFn, position_count
 from probe.interventions import (
     LowRankEdit,
     Shift,
@@ -130,14 +130,15 @@ class Setting:
             raise SteeringError(f"unknown mode {self.mode!r}; choose add, ablate, clamp or scale")
         if self.unit not in get_args(Unit):
             raise SteeringError(f"unknown unit {self.unit!r}; choose rms, absolute or token-rms")
-        if _counted(self.positions):
-            try:   # K checked by the probe function of the mode
-                (opening_length if self.positions.startswith("o") else generated_delay)(self.positions)
-            except HookError as e:
-                raise SteeringError(str(e)) from None
-        elif not isinstance(self.positions, range) and self.positions not in POSITION_MODES:
+        try:   # generated:K / opening:K: K is checked
+            counted = position_count(self.positions) is not None
+        except HookError as e:
+            raise SteeringError(str(e)) from None
+        named = isinstance(self.positions, range) or self.positions in POSITION_MODES
+        if not (counted or named):
             raise SteeringError(f"unknown positions {self.positions!r}; choose one of "
-                                f"{', '.join(POSITION_MODES)}, generated:K, opening:K or a token range")
+                                f"{', '.join(POSITION_MODES)}, generated:K, opening:K or a range "
+                                "of token indices")
         if isinstance(self.positions, range) and len(self.positions) == 0:
             raise SteeringError(f"positions {self.positions} selects no token")
         if not isinstance(self.strength, (int, float)) or not math.isfinite(self.strength):
@@ -361,13 +362,8 @@ def _pos_mode(key):
 
 def prefix_reusable(settings: Sequence[Setting]) -> bool:
     """True when no setting changes a prompt token before the last one (prefix cache shareable)."""
-    return all(not st.steered or st.positions in _PREFIX_SAFE or _counted(st.positions)
-               for st in settings)
-
-
-def _counted(positions) -> bool:
-    """``generated:K`` / ``opening:K``: prefix-safe (no prompt token before the last touched)."""
-    return isinstance(positions, str) and positions.startswith(("generated:", "opening:"))
+    return all(not st.steered or st.positions in _PREFIX_SAFE  # generated:K / opening:K too
+               or position_count(st.positions) is not None for st in settings)
 
 
 # ------------------------------------------------------------------------------ generation
