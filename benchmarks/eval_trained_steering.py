@@ -237,10 +237,7 @@ def main(argv=None) -> None:
     log("expression directions saved")
 
     tune = tune_prompts(data, args.tune_prompts, args.tune_sev)
-    first_ids = {t.id for t in tune}
-    confirm = [p for p in load_prompts("tune") if p.id not in first_ids] + [
-        NeutralPrompt(id=f"sev-{148 + i}", text=t, kind="narrative", split="tune")
-        for i, t in enumerate(sev_prompts(data / "sev", n=12, offset=148))]
+    confirm = confirm_prompts(data, tune)
     test = spread(load_prompts("test"), args.test_prompts)
     sel_scorer = Scorer(lm, {"select": select}, decoding=decoding, batch_size=64, log=log)
     rep_scorer = Scorer(lm, report, decoding=decoding, batch_size=64, log=log)
@@ -271,6 +268,15 @@ def tune_prompts(data: Path, n_shipped: int = 10, n_sev: int = 8) -> list[Neutra
     return spread(load_prompts("tune"), n_shipped) + [
         NeutralPrompt(id=f"sev-{i}", text=t, kind="narrative", split="tune")
         for i, t in enumerate(sev_prompts(data / "sev", n=n_sev, offset=140))]
+
+
+def confirm_prompts(data: Path, tune) -> list[NeutralPrompt]:
+    """The confirmation stage's new prompts: the shipped tune prompts the first stage (``tune``)
+    left out and SEV skeletons 148-159 as narrative prompts."""
+    first_ids = {t.id for t in tune}
+    return [p for p in load_prompts("tune") if p.id not in first_ids] + [
+        NeutralPrompt(id=f"sev-{148 + i}", text=t, kind="narrative", split="tune")
+        for i, t in enumerate(sev_prompts(data / "sev", n=12, offset=148))]
 
 
 def train_all(lm, emotion, teach, expr, layers, args, out, names=None, have=None, select=None):

@@ -16,8 +16,10 @@ the prompts come from the first pool run's test replies (greedy, the same test p
         --emotions sadness,happiness,fear,surprise --out runs/t25 --data ../shared/data
     python benchmarks/steering_summary.py runs/t25-neutral-{sadness,happiness,fear,surprise} --rule expression --gates
 
-No confirmation stage (the runs' ``--confirm-top``): every judge chooses on the same 18 first-stage
-tune prompts. ``--history``: earlier runs whose tune replies a pool run's reused candidates
+``--confirm-top K`` adds the runs' second selection stage: each rule's K best eligible points of
+each kind judged again on 60 tune prompts (the pool runs' own confirmation replies are reused
+where they cover them); without it every judge chooses on the 18 first-stage tune prompts.
+``--history``: earlier runs whose tune replies a pool run's reused candidates
 came from (``--reuse`` keeps only its last round's new replies); each pooled candidate's
 recomputed composite under the judge the pool run used must equal that run's table, or the
 script stops.
@@ -40,13 +42,21 @@ from steering.eval.composite import CollapseConfig, JudgeRoles, judge_sources
 from steering.eval.grid import Arm, Decoding
 from steering.eval.prompts import load_prompts
 from steering.eval.scorer import Scorer
-from steering.eval.trained import RULES, add_composites, baseline_arms, score_arms, select_scale
+from steering.eval.trained import (
+    RULES,
+    add_composites,
+    baseline_arms,
+    rank_table,
+    score_arms,
+    select_scale,
+)
 from steering.inject import Setting
 from steering.judges.emotion import ClassifierJudge, LexiconJudge
+from steering.judges.gate import text_signals
 from steering.lowrank import load_steering
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from eval_trained_steering import first_picks  # noqa: E402
+from eval_trained_steering import confirm_prompts, tune_prompts
 
 BASELINES = ("unsteered", "prompt-user", "prompt-designed")
 
@@ -64,6 +74,16 @@ def parse_pool(spec: str) -> list[tuple[str, str]]:
     if not out:
         raise SystemExit("--pool names no run")
     return out
+
+
+def first_picks(table: pd.DataFrame, rule: str) -> tuple[str | None, str | None]:
+    """``(steering alone, prompt + steering)``: the best eligible pooled point of each kind by
+    ``rule`` (conditions ``<run>/<label>``; the designed prompt alone is no candidate)."""
+    ok = list(dict.fromkeys(rank_table(table[table["eligible"]], rule)["condition"]))
+    label = {c: c.partition("/")[2] for c in ok}
+    alone = [c for c in ok if "@" in label[c] and not label[c].startswith("designed+")]
+    combos = [c for c in ok if label[c].startswith("designed+")]
+    return (alone[0] if alone else None, combos[0] if combos else None)
 
 
 def pooled_tune(runs: Path, pool, history, emotion: str, check_judge) -> tuple[pd.DataFrame, tuple]:
@@ -88,14 +108,20 @@ def pooled_tune(runs: Path, pool, history, emotion: str, check_judge) -> tuple[p
         if missing:
             raise SystemExit(f"{d}: no tune replies for {missing}; add the runs they came from to --history")
         f = pd.concat(got.values(), ignore_index=True)
+        # the CSVs keep no gate signals; the loop checks are text-only, so recompute them
+        f["signals"] = text_signals(list(f["reply"]), check_judge.words,
+                                    perplexity=list(f["perplexity"]), reference_perplexity=refs[0])
         check = add_composites(f.copy(), concept_judges={"check": check_judge},
                                ref_perplexity=refs[0], ref_relevance=refs[1])
-        mean = check.groupby("condition")["composite:check"].mean()
-        want = table.set_index("condition")["composite"]
-        bad = [c for c in want.index if abs(mean[c] - want[c]) > 1e-6]
+        check["label:check"] = check_judge.predict(list(check["reply"]))
+        _, mine = select_scale(check, judge="check", ref_perplexity=refs[0], collapse=CollapseConfig())
+        mine = mine.set_index("condition")
+        want = table.set_index("condition")
+        bad = [c for c in want.index if abs(mine.at[c, "composite"] - want.at[c, "composite"]) > 1e-6
+               or bool(mine.at[c, "eligible"]) != bool(want.at[c, "eligible"])]
         if bad:
             raise SystemExit(f"{d}: the pooled replies of {bad} do not reproduce the run's own "
-                             "composites (replies from another vector?)")
+                             "composites and gates (replies from another vector?)")
         f["condition"] = run + "/" + f["condition"]
         frames.append(f)
     return pd.concat(frames, ignore_index=True), refs
@@ -118,6 +144,133 @@ def test_reuse(runs: Path, run: str, emotion: str, label: str, combo: bool) -> p
     return part if len(part) else None
 
 
+def arm_of(runs: Path, emotion: str, label: str, cond: str, positions: dict, lm,
+           control: bool = False) -> Arm:
+    """The arm of pooled point ``label`` (``<run>/<method>@<strength>``, or ``designed+...``),
+    named ``cond``, in its run's positions; ``control``: a random vector of its norm instead."""
+    run, _, lab = label.partition("/")
+    m, s = lab.removeprefix("designed+").split("@")
+    v = load_steering(runs / f"{run}-{emotion}" / "vectors" / f"{emotion}-{m}", lm)
+    if control:
+        v = random_like(v, seed=1)
+    extra = {}
+    if lab.startswith("designed+"):
+        d = next(a for a in baseline_arms(emotion) if a.condition == "prompt-designed")
+        extra = {"system_prompt": d.system_prompt, "user_suffix": d.user_suffix}
+    return Arm(condition=cond, emotion=emotion, **extra,
+               setting=Setting(vector=v, strength=float(s), positions=positions[run]))
+
+
+def confirm(table: pd.DataFrame, k: int, scorer: Scorer, prompts, refs, make_arm, reuse: Path,
+            out: Path, emotion: str) -> dict:
+    """``eval_trained_steering.py --confirm-top k`` on pooled points: each rule's ``k`` best
+    eligible points of each kind, judged again on ``prompts`` (the first stage's and the
+    confirmation prompts), chosen over all of them. ``reuse``: the pool runs' own confirmation
+    replies (conditions prefixed), kept where they cover every prompt."""
+    alone, combos = [], []
+    for r in RULES:
+        ok = list(dict.fromkeys(rank_table(table[table["eligible"]], r)["condition"]))
+        lab = {c: c.partition("/")[2] for c in ok}
+        alone += [c for c in ok if "@" in lab[c] and not lab[c].startswith("designed+")][:k]
+        combos += [c for c in ok if lab[c].startswith("designed+")][:k]
+    alone, combos = list(dict.fromkeys(alone)), list(dict.fromkeys(combos))
+    if not alone and not combos:
+        return {r: (None, None) for r in RULES}
+    judge = scorer.judges["select"]
+    fc = score_arms(scorer, prompts, [make_arm(c, c) for c in alone + combos],
+                    concept_judges={"select": judge}, ref_perplexity=refs[0], ref_relevance=refs[1],
+                    reuse=reuse)
+    fc.drop(columns=["signals"]).to_csv(out / f"{emotion}-confirm-replies.csv", index=False)
+    _, pooled = select_scale(fc, judge="select", ref_perplexity=refs[0], collapse=CollapseConfig())
+    pooled.to_csv(out / f"{emotion}-confirm.csv", index=False)
+    picks = {}
+    for r in RULES:
+        order = list(rank_table(pooled[pooled["eligible"]], r)["condition"])
+        picks[r] = (next((c for c in order if c in alone), None), next((c for c in order if c in combos), None))
+    return picks
+
+
+def choose(name, judge, emotion, tune, refs, base, first, test_refs, lm, report, args, test,
+           stage_one) -> None:
+    """One selection judge's choice for ``emotion`` from the pooled ``tune`` replies, reported on
+    the test prompts into ``<out>-<name>-<emotion>/``."""
+    runs, pool, data = Path(args.runs), parse_pool(args.pool), Path(args.data)
+    positions, (ref_ppl, ref_rel) = dict(pool), refs
+    out = Path(f"{args.out}-{name}-{emotion}")
+    out.mkdir(parents=True, exist_ok=True)
+    f = add_composites(tune.copy(), concept_judges={"select": judge},
+                       ref_perplexity=ref_ppl, ref_relevance=ref_rel)
+    f["label:select"] = judge.predict(list(f["reply"]))
+    _, table = select_scale(f, judge="select", ref_perplexity=ref_ppl,
+                            collapse=CollapseConfig())
+    table.to_csv(out / f"{emotion}-tune.csv", index=False)
+    picks = {r: first_picks(table, r) for r in RULES}
+    log(f"{emotion}, judge {name}: {picks}")
+    frames, winners, randoms, combos = [base], {}, {}, {}
+    arms, known = [], set()
+
+    def point(label, cond, combo, control=None):
+        run, _, lab = label.partition("/")
+        if cond in known:
+            return
+        known.add(cond)
+        old = None if control else test_reuse(runs, run, emotion, lab, combo)
+        if old is not None:
+            frames.append(old.assign(condition=cond))
+            return
+        arms.append(arm_of(runs, emotion, label, cond, positions, lm, control))
+
+    stage1 = dict(picks)
+    if args.confirm_top:
+        prev = []
+        for run, _ in pool:
+            f = runs / f"{run}-{emotion}" / f"{emotion}-confirm-replies.csv"
+            if f.is_file():
+                c = pd.read_csv(f, keep_default_na=False, dtype={"prompt_id": str, "reply": str})
+                prev.append(c.assign(condition=run + "/" + c["condition"]))
+        reuse = out / f"{emotion}-confirm-pool.csv"
+        pd.concat(prev or [pd.DataFrame(columns=["condition"])]).to_csv(reuse, index=False)
+        scorer = Scorer(lm, {"select": judge}, decoding=Decoding(max_new_tokens=args.max_new_tokens),
+                        batch_size=64, log=log)
+        refs = tuple(json.loads((first / "refs.json").read_text())["confirm"])
+        picks = confirm(table, args.confirm_top, scorer, stage_one + confirm_prompts(data, stage_one),
+                        refs, lambda lab, cond: arm_of(runs, emotion, lab, cond, positions, lm),
+                        reuse, out, emotion)
+        log(f"{emotion}, judge {name}: confirmed {picks}")
+    for k, rule in enumerate(RULES):
+        b, c = picks[rule]
+        prime = picks[RULES[0]]
+        winners[rule] = combos[rule] = randoms[rule] = None
+        if b:
+            same = k > 0 and b == prime[0]
+            winners[rule] = "steered:pick" if k == 0 or same else f"rule:{rule}"
+            randoms[rule] = "random" if k == 0 or same else f"random:{rule}"
+            point(b, winners[rule], False)
+            point(b, randoms[rule], False, control=True)
+        if c:
+            same = k > 0 and c == prime[1]
+            combos[rule] = ("prompt-designed+steered" if k == 0 or same
+                            else f"prompt-designed+steered:{rule}")
+            point(c, combos[rule], True)
+    if arms:
+        log(f"{emotion}, judge {name}: test, {len(arms)} arms x {len(test)} prompts")
+        scorer = Scorer(lm, report, decoding=Decoding(max_new_tokens=args.max_new_tokens),
+                        batch_size=64, log=log)
+        fr = score_arms(scorer, test, arms, concept_judges=report, ref_perplexity=test_refs[0],
+                        ref_relevance=test_refs[1], targets=[emotion])
+        frames.append(fr.drop(columns=["signals"]))
+    fr = pd.concat(frames, ignore_index=True).drop(columns=["signals"], errors="ignore")
+    fr.to_csv(out / f"{emotion}-test-replies.csv", index=False)
+    best, combo = picks[RULES[0]]
+    (out / f"{emotion}-results.json").write_text(json.dumps(
+        {"selected": {"best": best, "combo": combo, "per_method": {},
+                      "rules": {r: list(p) for r, p in picks.items()}},
+         "winner": winners[RULES[0]], "winners": winners, "randoms": randoms,
+         "combos": combos, "judge": name, "pool": args.pool,
+         "stage1": {r: list(p) for r, p in stage1.items()}, "confirm_top": args.confirm_top},
+        indent=1))
+    (out / "refs.json").write_text(json.dumps({"tune": [ref_ppl, ref_rel], "test": list(test_refs)}))
+
 def main(argv=None) -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--pool", required=True, help="run prefixes, each RUN or RUN:POSITIONS")
@@ -130,9 +283,10 @@ def main(argv=None) -> None:
     ap.add_argument("--out", required=True, help="prefix: writes <out>-<judge>-<emotion>/")
     ap.add_argument("--data", required=True)
     ap.add_argument("--max-new-tokens", type=int, default=60)
+    ap.add_argument("--confirm-top", type=int, default=0,
+                    help="K: a second selection stage on 60 tune prompts, as eval_trained_steering.py's")
     args = ap.parse_args(argv)
     runs, pool = Path(args.runs), parse_pool(args.pool)
-    positions = dict(pool)
     history = [h for h in args.history.split(",") if h]
     judges = {}
     for item in args.judges.split(","):
@@ -146,10 +300,14 @@ def main(argv=None) -> None:
                    fitted_on={n: judge_sources(r) for n, r in report.items()},
                    trained_on={"sev-scenarios", "smollm2-own-replies", "steering-train-prompts"})
     check = ClassifierJudge.load(Path(args.check_judge).expanduser())
-    lm = None
+    lm = load_model("smollm2-135m")
     test = load_prompts("test")
+    data = Path(args.data)
+    stage_one = tune_prompts(data)
     for emotion in args.emotions.split(","):
         tune, (ref_ppl, ref_rel) = pooled_tune(runs, pool, history, emotion, check)
+        if sorted(tune["prompt_id"].astype(str).unique()) != sorted(p.id for p in stage_one):
+            raise SystemExit("the pooled tune replies are not on the first-stage tune prompts")
         first = runs / f"{pool[0][0]}-{emotion}"
         base = pd.read_csv(first / f"{emotion}-test-replies.csv")
         base = base[base["condition"].isin(BASELINES) & (base["target"] == emotion)]
@@ -157,72 +315,8 @@ def main(argv=None) -> None:
             raise SystemExit(f"{first}: its test prompts are not the shipped test prompts")
         test_refs = tuple(json.loads((first / "refs.json").read_text())["test"])
         for name, judge in judges.items():
-            out = Path(f"{args.out}-{name}-{emotion}")
-            out.mkdir(parents=True, exist_ok=True)
-            f = add_composites(tune.copy(), concept_judges={"select": judge},
-                               ref_perplexity=ref_ppl, ref_relevance=ref_rel)
-            f["label:select"] = judge.predict(list(f["reply"]))
-            _, table = select_scale(f, judge="select", ref_perplexity=ref_ppl,
-                                    collapse=CollapseConfig())
-            table.to_csv(out / f"{emotion}-tune.csv", index=False)
-            picks = {r: first_picks(table, r) for r in RULES}
-            log(f"{emotion}, judge {name}: {picks}")
-            frames, winners, randoms, combos = [base], {}, {}, {}
-            arms, known = [], set()
-
-            def point(label, cond, combo, control=None):
-                run, _, lab = label.partition("/")
-                if cond in known:
-                    return
-                known.add(cond)
-                old = None if control else test_reuse(runs, run, emotion, lab, combo)
-                if old is not None:
-                    frames.append(old.assign(condition=cond))
-                    return
-                m, s = lab.removeprefix("designed+").split("@")
-                v = load_steering(runs / f"{run}-{emotion}" / "vectors" / f"{emotion}-{m}", lm)
-                if control:
-                    v = random_like(v, seed=1)
-                extra = {}
-                if combo:
-                    d = next(a for a in baseline_arms(emotion) if a.condition == "prompt-designed")
-                    extra = {"system_prompt": d.system_prompt, "user_suffix": d.user_suffix}
-                arms.append(Arm(condition=cond, emotion=emotion, **extra,
-                                setting=Setting(vector=v, strength=float(s), positions=positions[run])))
-
-            if lm is None:
-                lm = load_model("smollm2-135m")
-            for k, rule in enumerate(RULES):
-                b, c = picks[rule]
-                prime = picks[RULES[0]]
-                winners[rule] = combos[rule] = randoms[rule] = None
-                if b:
-                    same = k > 0 and b == prime[0]
-                    winners[rule] = "steered:pick" if k == 0 or same else f"rule:{rule}"
-                    randoms[rule] = "random" if k == 0 or same else f"random:{rule}"
-                    point(b, winners[rule], False)
-                    point(b, randoms[rule], False, control=True)
-                if c:
-                    same = k > 0 and c == prime[1]
-                    combos[rule] = ("prompt-designed+steered" if k == 0 or same
-                                    else f"prompt-designed+steered:{rule}")
-                    point(c, combos[rule], True)
-            if arms:
-                log(f"{emotion}, judge {name}: test, {len(arms)} arms x {len(test)} prompts")
-                scorer = Scorer(lm, report, decoding=Decoding(max_new_tokens=args.max_new_tokens),
-                                batch_size=64, log=log)
-                fr = score_arms(scorer, test, arms, concept_judges=report, ref_perplexity=test_refs[0],
-                                ref_relevance=test_refs[1], targets=[emotion])
-                frames.append(fr.drop(columns=["signals"]))
-            fr = pd.concat(frames, ignore_index=True)
-            fr.to_csv(out / f"{emotion}-test-replies.csv", index=False)
-            best, combo = picks[RULES[0]]
-            (out / f"{emotion}-results.json").write_text(json.dumps(
-                {"selected": {"best": best, "combo": combo, "per_method": {},
-                              "rules": {r: list(p) for r, p in picks.items()}},
-                 "winner": winners[RULES[0]], "winners": winners, "randoms": randoms,
-                 "combos": combos, "judge": name, "pool": args.pool}, indent=1))
-            (out / "refs.json").write_text(json.dumps({"tune": [ref_ppl, ref_rel], "test": list(test_refs)}))
+            choose(name, judge, emotion, tune, (ref_ppl, ref_rel), base, first, test_refs, lm, report,
+                   args, test, stage_one)
 
 
 if __name__ == "__main__":
