@@ -30,9 +30,9 @@ examples:
       --teacher-strength 0.25 --out runs/anger-boot   # the prompt + that vector, distilled
   probe steer-train --emotion anger --objective sev-pref-lm --sev ../shared/data/sev --out runs/anger-sev
   probe steer-train --emotion anger --rank 4 --out runs/anger-loreft   # a LoReFT edit of rank 4
-  probe steer-train --emotion fear --objective rsd-lm --judge ~/.cache/emoprobe/judges/select_dair_sev \
+  probe steer-train --emotion fear --objective rsd-lm --judge ~/.cache/emoprobe/judges/select_dair_sev_meld \
       --out runs/fear-rsd        # the model's own sampled replies that the judge calls fearful
-  probe steer-train --emotion fear --objective rsd-lm --judge ~/.cache/emoprobe/judges/select_dair_sev \
+  probe steer-train --emotion fear --objective rsd-lm --judge ~/.cache/emoprobe/judges/select_dair_sev_meld \
       --sample-vector runs/fear-rsd --sample-strength 1 --out runs/fear-self   # one round of self-training
 
 objectives: distill (the steered model, given the plain prompt, matches the model given the
