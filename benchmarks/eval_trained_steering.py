@@ -114,7 +114,10 @@ def main(argv=None) -> None:
     ap.add_argument("--emotions", default="anger,sadness")
     ap.add_argument("--out", required=True)
     ap.add_argument("--data", default="../shared/data")
-    ap.add_argument("--select-judge", default=str(Path.home() / ".cache/emoprobe/judges/select_dair_sev"))
+    ap.add_argument("--select-judge", default=str(Path.home() / ".cache/emoprobe/judges/select_dair_sev"),
+                    help="the selection judge (default: the dair + SEV build the runs t7-t24 used; "
+                         "new work: the build with a neutral class, --sources dair,sev-replies,meld, "
+                         "docs/judges.md)")
     ap.add_argument("--train-prompts", type=int, default=40)
     ap.add_argument("--layers", default="6,9,12,15")
     ap.add_argument("--steps", type=int, default=30)
