@@ -414,11 +414,17 @@ def run_emotion(lm, emotion, teach, expr, layers, args, out, tune, test, sel_sco
         m, s = label.removeprefix("designed+").split("@")
         return vecs[m], float(s)
 
+    def arm_of(label):
+        v, s = setting_of(label)
+        extra = ({"system_prompt": designed.system_prompt, "user_suffix": designed.user_suffix}
+                 if label.startswith("designed+") else {})
+        return Arm(condition=label, emotion=emotion, setting=steer(vector=v, strength=s), **extra)
+
     stage1 = {"best": picks[rules[0]][0], "per_method": dict(per_method), "combo": picks[rules[0]][1],
               "rules": dict(picks)}
     if args.confirm_top:
         picks = confirm_choice(emotion, table, args.confirm_top, confirm, tune, out, sel_scorer,
-                               select, *refs["confirm"], setting_of, designed, steer, rules,
+                               select, *refs["confirm"], arm_of, rules,
                                CollapseConfig(max_phrase_share=args.max_phrase_share),
                                reuse=args.reuse) or picks
         if picks[rules[0]][0]:   # the confirmed point is its method's point on the test prompts
@@ -499,38 +505,38 @@ def rsd_base(objective: str) -> str:
     return re.sub(r"^self2?-", "rsd-", objective)
 
 
+def kinds(conditions) -> tuple[list[str], list[str]]:
+    """``(steering alone, prompt + steering)`` among candidate conditions, order kept; a
+    condition may carry a ``<run>/`` prefix (``reselect.py`` pools runs); the designed prompt
+    alone is neither."""
+    label = {c: c.rpartition("/")[2] for c in conditions}
+    return ([c for c in conditions if "@" in label[c] and not label[c].startswith("designed+")],
+            [c for c in conditions if label[c].startswith("designed+")])
+
+
 def first_picks(table, rule):
     """``(steering alone, prompt + steering)``: the best eligible point of each kind by ``rule``."""
-    ok = list(dict.fromkeys(rank_table(table[table["eligible"]], rule)["condition"]))
-    alone = [c for c in ok if "@" in c and not c.startswith("designed+")]
-    combos = [c for c in ok if c.startswith("designed+")]
+    alone, combos = kinds(list(dict.fromkeys(rank_table(table[table["eligible"]], rule)["condition"])))
     return (alone[0] if alone else None, combos[0] if combos else None)
 
 
 def confirm_choice(emotion, table, k, confirm, tune, out, sel_scorer, select, ref_ppl, ref_rel,
-                   setting_of, designed, steer=Setting, rules=("composite",), collapse=None,
-                   reuse=False):
+                   arm_of, rules=("composite",), collapse=None, reuse=False):
     """Second selection stage: the ``k`` best eligible steering points and the ``k`` best
     prompt + steering points of the first stage by each of ``rules``, scored again on the first
     stage's tune prompts and on the ``confirm`` prompts; each kind's point is chosen by each rule
     over all of them, the gates applied to all of them. Returns ``{rule: (best, best_combo)}``,
-    or None when the first stage left nothing eligible. ``reuse``: arms an earlier run of the same
-    ``out`` confirmed keep their replies (``<emotion>-confirm-replies.csv``), the others generate."""
+    or None when the first stage left nothing eligible. ``arm_of(label)``: the candidate's
+    :class:`Arm`, named ``label``. ``reuse``: arms an earlier run of the same ``out`` confirmed
+    keep their replies (``<emotion>-confirm-replies.csv``), the others generate."""
     alone, combos = [], []
     for r in rules:   # (dict.fromkeys: a reused run's table may list a condition twice)
-        ok = list(dict.fromkeys(rank_table(table[table["eligible"]], r)["condition"]))
-        alone += [c for c in ok if "@" in c and not c.startswith("designed+")][:k]
-        combos += [c for c in ok if c.startswith("designed+")][:k]
+        a, c = kinds(list(dict.fromkeys(rank_table(table[table["eligible"]], r)["condition"])))
+        alone, combos = alone + a[:k], combos + c[:k]
     alone, combos = list(dict.fromkeys(alone)), list(dict.fromkeys(combos))
     if not alone and not combos:
         return None
-    arms = []
-    for label in alone + combos:
-        v, s = setting_of(label)
-        extra = ({"system_prompt": designed.system_prompt, "user_suffix": designed.user_suffix}
-                 if label.startswith("designed+") else {})
-        arms.append(Arm(condition=label, emotion=emotion, setting=steer(vector=v, strength=s),
-                        **extra))
+    arms = [arm_of(label) for label in alone + combos]
     prompts = list(tune) + list(confirm)
     log(f"{emotion}: confirmation, {len(arms)} arms x {len(prompts)} tune prompts "
         f"({len(confirm)} new)")

@@ -46,7 +46,6 @@ from steering.eval.trained import (
     RULES,
     add_composites,
     baseline_arms,
-    rank_table,
     score_arms,
     select_scale,
 )
@@ -56,7 +55,7 @@ from steering.judges.gate import text_signals
 from steering.lowrank import load_steering
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from eval_trained_steering import confirm_prompts, tune_prompts
+from eval_trained_steering import confirm_choice, confirm_prompts, first_picks, tune_prompts
 
 BASELINES = ("unsteered", "prompt-user", "prompt-designed")
 
@@ -74,16 +73,6 @@ def parse_pool(spec: str) -> list[tuple[str, str]]:
     if not out:
         raise SystemExit("--pool names no run")
     return out
-
-
-def first_picks(table: pd.DataFrame, rule: str) -> tuple[str | None, str | None]:
-    """``(steering alone, prompt + steering)``: the best eligible pooled point of each kind by
-    ``rule`` (conditions ``<run>/<label>``; the designed prompt alone is no candidate)."""
-    ok = list(dict.fromkeys(rank_table(table[table["eligible"]], rule)["condition"]))
-    label = {c: c.partition("/")[2] for c in ok}
-    alone = [c for c in ok if "@" in label[c] and not label[c].startswith("designed+")]
-    combos = [c for c in ok if label[c].startswith("designed+")]
-    return (alone[0] if alone else None, combos[0] if combos else None)
 
 
 def pooled_tune(runs: Path, pool, history, emotion: str, check_judge) -> tuple[pd.DataFrame, tuple]:
@@ -161,35 +150,6 @@ def arm_of(runs: Path, emotion: str, label: str, cond: str, positions: dict, lm,
                setting=Setting(vector=v, strength=float(s), positions=positions[run]))
 
 
-def confirm(table: pd.DataFrame, k: int, scorer: Scorer, prompts, refs, make_arm, reuse: Path,
-            out: Path, emotion: str) -> dict:
-    """``eval_trained_steering.py --confirm-top k`` on pooled points: each rule's ``k`` best
-    eligible points of each kind, judged again on ``prompts`` (the first stage's and the
-    confirmation prompts), chosen over all of them. ``reuse``: the pool runs' own confirmation
-    replies (conditions prefixed), kept where they cover every prompt."""
-    alone, combos = [], []
-    for r in RULES:
-        ok = list(dict.fromkeys(rank_table(table[table["eligible"]], r)["condition"]))
-        lab = {c: c.partition("/")[2] for c in ok}
-        alone += [c for c in ok if "@" in lab[c] and not lab[c].startswith("designed+")][:k]
-        combos += [c for c in ok if lab[c].startswith("designed+")][:k]
-    alone, combos = list(dict.fromkeys(alone)), list(dict.fromkeys(combos))
-    if not alone and not combos:
-        return {r: (None, None) for r in RULES}
-    judge = scorer.judges["select"]
-    fc = score_arms(scorer, prompts, [make_arm(c, c) for c in alone + combos],
-                    concept_judges={"select": judge}, ref_perplexity=refs[0], ref_relevance=refs[1],
-                    reuse=reuse)
-    fc.drop(columns=["signals"]).to_csv(out / f"{emotion}-confirm-replies.csv", index=False)
-    _, pooled = select_scale(fc, judge="select", ref_perplexity=refs[0], collapse=CollapseConfig())
-    pooled.to_csv(out / f"{emotion}-confirm.csv", index=False)
-    picks = {}
-    for r in RULES:
-        order = list(rank_table(pooled[pooled["eligible"]], r)["condition"])
-        picks[r] = (next((c for c in order if c in alone), None), next((c for c in order if c in combos), None))
-    return picks
-
-
 def choose(name, judge, emotion, tune, refs, base, first, test_refs, lm, report, args, test,
            stage_one) -> None:
     """One selection judge's choice for ``emotion`` from the pooled ``tune`` replies, reported on
@@ -221,21 +181,23 @@ def choose(name, judge, emotion, tune, refs, base, first, test_refs, lm, report,
         arms.append(arm_of(runs, emotion, label, cond, positions, lm, control))
 
     stage1 = dict(picks)
-    if args.confirm_top:
+    if args.confirm_top:   # the pool runs' own confirmation replies, reused where they cover the prompts
         prev = []
         for run, _ in pool:
             f = runs / f"{run}-{emotion}" / f"{emotion}-confirm-replies.csv"
             if f.is_file():
                 c = pd.read_csv(f, keep_default_na=False, dtype={"prompt_id": str, "reply": str})
                 prev.append(c.assign(condition=run + "/" + c["condition"]))
-        reuse = out / f"{emotion}-confirm-pool.csv"
-        pd.concat(prev or [pd.DataFrame(columns=["condition"])]).to_csv(reuse, index=False)
+        replies = out / f"{emotion}-confirm-replies.csv"
+        replies.unlink(missing_ok=True)
+        if prev:
+            pd.concat(prev).to_csv(replies, index=False)
         scorer = Scorer(lm, {"select": judge}, decoding=Decoding(max_new_tokens=args.max_new_tokens),
                         batch_size=64, log=log)
-        refs = tuple(json.loads((first / "refs.json").read_text())["confirm"])
-        picks = confirm(table, args.confirm_top, scorer, stage_one + confirm_prompts(data, stage_one),
-                        refs, lambda lab, cond: arm_of(runs, emotion, lab, cond, positions, lm),
-                        reuse, out, emotion)
+        picks = confirm_choice(emotion, table, args.confirm_top, confirm_prompts(data, stage_one), stage_one,
+                               out, scorer, judge, *json.loads((first / "refs.json").read_text())["confirm"],
+                               lambda lab: arm_of(runs, emotion, lab, lab, positions, lm), rules=RULES,
+                               collapse=CollapseConfig(), reuse=True) or picks
         log(f"{emotion}, judge {name}: confirmed {picks}")
     for k, rule in enumerate(RULES):
         b, c = picks[rule]
@@ -270,6 +232,7 @@ def choose(name, judge, emotion, tune, refs, base, first, test_refs, lm, report,
          "stage1": {r: list(p) for r, p in stage1.items()}, "confirm_top": args.confirm_top},
         indent=1))
     (out / "refs.json").write_text(json.dumps({"tune": [ref_ppl, ref_rel], "test": list(test_refs)}))
+
 
 def main(argv=None) -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])

@@ -42,7 +42,7 @@ def test_parse_pool(reselect):
         reselect.parse_pool(" , ")
 
 
-def test_first_picks_reads_the_label_after_the_run(reselect):
+def test_first_picks_reads_the_label_after_the_run(reselect):  # eval_trained_steering's, shared
     table = pd.DataFrame({
         "condition": ["t1/designed+a@0.5", "t2/a@1", "t1/prompt-designed", "t2/b@2"],
         "composite": [0.9, 0.5, 0.95, 0.8], "expression": [1.0, 0.6, 1.0, 0.7],
